@@ -1,0 +1,2 @@
+//! The `codebox` command.
+fn main() {}

@@ -1,0 +1,471 @@
+//! The one error type that crosses every crate boundary.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A `Result` whose error is [`CodeBoxError`].
+pub type Result<T, E = CodeBoxError> = std::result::Result<T, E>;
+
+/// Why a box failed.
+///
+/// A Python exception raised by user code is not a `CodeBoxError`: it comes back as
+/// [`ErrorInfo`](crate::ErrorInfo) inside a successful [`Execution`](crate::Execution).
+/// Use [`kind`](Self::kind) to branch on the category; it is the same whether the failure
+/// happened in this process or on a server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodeBoxError {
+    /// An HTTP request got a failure status from a CodeBox server.
+    #[error("{0}")]
+    Http(Box<HttpError>),
+    /// The API key was missing or not accepted.
+    #[error("authentication failed: {message}")]
+    Authentication {
+        /// What the server or client said.
+        message: String,
+    },
+    /// A session, file or kernel does not exist.
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// Too many requests or sessions; try again later.
+    #[error("rate limited{}", fmt_retry_after(*retry_after))]
+    RateLimited {
+        /// How long the server asked the caller to wait.
+        retry_after: Option<Duration>,
+    },
+    /// Something took longer than allowed.
+    #[error("{kind} timed out{}{}", fmt_after(*after), if *state_lost { "; the kernel was restarted and its state was lost" } else { "" })]
+    Timeout {
+        /// Which deadline passed.
+        kind: TimeoutKind,
+        /// The deadline, when known.
+        after: Option<Duration>,
+        /// The kernel ignored the interrupt and was killed, so variables are gone.
+        state_lost: bool,
+    },
+    /// A connection could not be made or was cut.
+    #[error("connection failed: {message}")]
+    Connection {
+        /// What failed.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The kernel process died (OOM kill, `os._exit`, segfault, ...).
+    #[error("kernel died: {cause}")]
+    KernelDied {
+        /// How it died.
+        cause: KernelDeath,
+    },
+    /// A kernel could not be started.
+    #[error("kernel failed to start: {message}")]
+    KernelStart {
+        /// What went wrong, with the tail of the kernel's stderr when there is one.
+        message: String,
+    },
+    /// The backend cannot do this operation.
+    #[error("unsupported by this box: {operation}")]
+    Unsupported {
+        /// The operation that was asked for.
+        operation: String,
+    },
+    /// The request was malformed or refers to something invalid.
+    #[error("invalid input: {message}")]
+    InvalidInput {
+        /// What is wrong.
+        message: String,
+    },
+    /// A path was refused because it could lead outside the box.
+    #[error("unsafe path {path:?}: {reason}")]
+    UnsafePath {
+        /// The path as given.
+        path: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A package installation failed.
+    #[error("install failed:\n{output}")]
+    Install {
+        /// The installer's combined output.
+        output: String,
+    },
+    /// The box is not running (never started, or stopped).
+    #[error("box is not running: {message}")]
+    NotRunning {
+        /// Detail.
+        message: String,
+    },
+    /// The peer spoke the protocol wrongly (malformed JSON, a cut stream, an unexpected reply).
+    #[error("protocol error: {message}")]
+    Protocol {
+        /// What was wrong.
+        message: String,
+    },
+    /// A local I/O failure.
+    #[error("I/O error: {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The category of a [`CodeBoxError`], stable across local and remote boxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// See [`CodeBoxError::Authentication`].
+    Authentication,
+    /// See [`CodeBoxError::NotFound`].
+    NotFound,
+    /// See [`CodeBoxError::RateLimited`].
+    RateLimited,
+    /// See [`CodeBoxError::Timeout`].
+    Timeout,
+    /// See [`CodeBoxError::Connection`].
+    Connection,
+    /// See [`CodeBoxError::KernelDied`].
+    KernelDied,
+    /// See [`CodeBoxError::KernelStart`].
+    KernelStart,
+    /// See [`CodeBoxError::Unsupported`].
+    Unsupported,
+    /// See [`CodeBoxError::InvalidInput`].
+    InvalidInput,
+    /// See [`CodeBoxError::UnsafePath`].
+    UnsafePath,
+    /// See [`CodeBoxError::Install`].
+    Install,
+    /// See [`CodeBoxError::NotRunning`].
+    NotRunning,
+    /// See [`CodeBoxError::Protocol`].
+    Protocol,
+    /// See [`CodeBoxError::Io`].
+    Io,
+    /// A request payload exceeded a size limit (HTTP 413).
+    TooLarge,
+    /// The server failed in a way that has no better category.
+    Server,
+}
+
+impl ErrorKind {
+    /// The snake_case name used on the wire, e.g. `"not_found"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authentication => "authentication",
+            Self::NotFound => "not_found",
+            Self::RateLimited => "rate_limited",
+            Self::Timeout => "timeout",
+            Self::Connection => "connection",
+            Self::KernelDied => "kernel_died",
+            Self::KernelStart => "kernel_start",
+            Self::Unsupported => "unsupported",
+            Self::InvalidInput => "invalid_input",
+            Self::UnsafePath => "unsafe_path",
+            Self::Install => "install",
+            Self::NotRunning => "not_running",
+            Self::Protocol => "protocol",
+            Self::Io => "io",
+            Self::TooLarge => "too_large",
+            Self::Server => "server",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which deadline passed in a [`CodeBoxError::Timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// Opening a connection.
+    Connect,
+    /// A whole HTTP request.
+    Request,
+    /// Waiting for the next bytes of a response.
+    Read,
+    /// Running user code.
+    Execution,
+    /// Starting a kernel.
+    KernelStart,
+    /// Sending or receiving an upload or download body.
+    Transfer,
+    /// Any other operation.
+    Operation,
+}
+
+impl fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect",
+            Self::Request => "request",
+            Self::Read => "read",
+            Self::Execution => "execution",
+            Self::KernelStart => "kernel start",
+            Self::Transfer => "transfer",
+            Self::Operation => "operation",
+        })
+    }
+}
+
+/// How a kernel died.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum KernelDeath {
+    /// The process exited with this code.
+    Exited {
+        /// Exit code.
+        code: i32,
+    },
+    /// The process was killed by this signal.
+    Signaled {
+        /// Signal number.
+        signal: i32,
+    },
+    /// The process was killed for exceeding its memory limit.
+    OutOfMemory,
+    /// The kernel stopped answering, or the cause is not known.
+    Unknown {
+        /// What is known.
+        detail: String,
+    },
+}
+
+impl fmt::Display for KernelDeath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited { code } => write!(f, "exited with code {code}"),
+            Self::Signaled { signal } => write!(f, "killed by signal {signal}{}", signal_name(*signal)),
+            Self::OutOfMemory => f.write_str("killed for running out of memory"),
+            Self::Unknown { detail } => f.write_str(detail),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        6 => " (SIGABRT)",
+        9 => " (SIGKILL)",
+        11 => " (SIGSEGV)",
+        15 => " (SIGTERM)",
+        _ => "",
+    }
+}
+
+/// A failure status from an HTTP server, with everything the server sent back.
+#[derive(Clone, PartialEq)]
+pub struct HttpError {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The category, from the server's error body when it sent one, else from the status.
+    pub kind: ErrorKind,
+    /// A human-readable message.
+    pub message: String,
+    /// The JSON body, when the body was JSON.
+    pub body: Option<serde_json::Value>,
+    /// The response headers, with credentials removed.
+    pub headers: Vec<(String, String)>,
+    /// `Retry-After`, when the server sent one.
+    pub retry_after: Option<Duration>,
+}
+
+impl HttpError {
+    /// An error for `status` with the kind derived from the status code.
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind: Self::kind_for_status(status),
+            message: message.into(),
+            body: None,
+            headers: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// The category that a bare status code implies.
+    pub fn kind_for_status(status: u16) -> ErrorKind {
+        match status {
+            400 | 405 | 415 | 422 => ErrorKind::InvalidInput,
+            401 | 403 => ErrorKind::Authentication,
+            404 | 410 => ErrorKind::NotFound,
+            408 | 504 => ErrorKind::Timeout,
+            413 => ErrorKind::TooLarge,
+            429 => ErrorKind::RateLimited,
+            501 => ErrorKind::Unsupported,
+            502 | 503 => ErrorKind::Connection,
+            _ => ErrorKind::Server,
+        }
+    }
+}
+
+impl fmt::Debug for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpError")
+            .field("status", &self.status)
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("body", &self.body)
+            .field("headers", &self.headers)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {} ({}): {}", self.status, self.kind, self.message)
+    }
+}
+
+impl CodeBoxError {
+    /// The category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Http(e) => e.kind,
+            Self::Authentication { .. } => ErrorKind::Authentication,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::RateLimited { .. } => ErrorKind::RateLimited,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Connection { .. } => ErrorKind::Connection,
+            Self::KernelDied { .. } => ErrorKind::KernelDied,
+            Self::KernelStart { .. } => ErrorKind::KernelStart,
+            Self::Unsupported { .. } => ErrorKind::Unsupported,
+            Self::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Self::UnsafePath { .. } => ErrorKind::UnsafePath,
+            Self::Install { .. } => ErrorKind::Install,
+            Self::NotRunning { .. } => ErrorKind::NotRunning,
+            Self::Protocol { .. } => ErrorKind::Protocol,
+            Self::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    /// Whether repeating the same request may succeed.
+    ///
+    /// True for connection failures, rate limiting, connect and read timeouts, and the
+    /// HTTP statuses 502, 503 and 504. Never true for an execution timeout: running code
+    /// twice is not safe.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Http(e) => matches!(e.status, 429 | 502 | 503 | 504),
+            Self::Connection { .. } | Self::RateLimited { .. } => true,
+            Self::Timeout { kind, .. } => matches!(kind, TimeoutKind::Connect | TimeoutKind::Read),
+            _ => false,
+        }
+    }
+
+    /// How long to wait before retrying, when the server said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Http(e) => e.retry_after,
+            Self::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP details, when this error came from an HTTP response.
+    pub fn http(&self) -> Option<&HttpError> {
+        match self {
+            Self::Http(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// An [`Io`](Self::Io) error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+
+    /// An [`InvalidInput`](Self::InvalidInput) error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidInput { message: message.into() }
+    }
+
+    /// An [`Unsupported`](Self::Unsupported) error for `operation`.
+    pub fn unsupported(operation: impl Into<String>) -> Self {
+        Self::Unsupported { operation: operation.into() }
+    }
+
+    /// A [`Protocol`](Self::Protocol) error.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Self::Protocol { message: message.into() }
+    }
+
+    /// A [`NotFound`](Self::NotFound) error.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::NotFound { what: what.into() }
+    }
+}
+
+impl From<HttpError> for CodeBoxError {
+    fn from(e: HttpError) -> Self {
+        Self::Http(Box::new(e))
+    }
+}
+
+fn fmt_retry_after(d: Option<Duration>) -> String {
+    d.map(|d| format!("; retry after {:.1}s", d.as_secs_f64())).unwrap_or_default()
+}
+
+fn fmt_after(d: Option<Duration>) -> String {
+    d.map(|d| format!(" after {:.1}s", d.as_secs_f64())).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_kind_follows_status() {
+        assert_eq!(CodeBoxError::from(HttpError::new(404, "x")).kind(), ErrorKind::NotFound);
+        assert_eq!(CodeBoxError::from(HttpError::new(401, "x")).kind(), ErrorKind::Authentication);
+        assert_eq!(CodeBoxError::from(HttpError::new(429, "x")).kind(), ErrorKind::RateLimited);
+        assert_eq!(CodeBoxError::from(HttpError::new(413, "x")).kind(), ErrorKind::TooLarge);
+    }
+
+    #[test]
+    fn retryable_errors() {
+        assert!(CodeBoxError::from(HttpError::new(503, "busy")).is_retryable());
+        assert!(CodeBoxError::from(HttpError::new(429, "slow down")).is_retryable());
+        assert!(!CodeBoxError::from(HttpError::new(500, "bug")).is_retryable());
+        let exec = CodeBoxError::Timeout { kind: TimeoutKind::Execution, after: None, state_lost: false };
+        assert!(!exec.is_retryable(), "an execution is never retried");
+        let read = CodeBoxError::Timeout { kind: TimeoutKind::Read, after: None, state_lost: false };
+        assert!(read.is_retryable());
+    }
+
+    #[test]
+    fn messages_name_the_cause() {
+        let e = CodeBoxError::KernelDied { cause: KernelDeath::Signaled { signal: 11 } };
+        assert_eq!(e.to_string(), "kernel died: killed by signal 11 (SIGSEGV)");
+        let e = CodeBoxError::Timeout {
+            kind: TimeoutKind::Execution,
+            after: Some(Duration::from_secs(2)),
+            state_lost: true,
+        };
+        assert!(e.to_string().contains("state was lost"), "{e}");
+        let e = CodeBoxError::RateLimited { retry_after: Some(Duration::from_secs(3)) };
+        assert_eq!(e.to_string(), "rate limited; retry after 3.0s");
+    }
+
+    #[test]
+    fn kind_names_round_trip_through_json() {
+        for kind in [ErrorKind::NotFound, ErrorKind::KernelDied, ErrorKind::UnsafePath] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorKind>(&json).unwrap(), kind);
+        }
+    }
+}

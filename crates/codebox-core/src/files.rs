@@ -1,0 +1,102 @@
+//! File metadata and the one rule for paths inside a box.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{CodeBoxError, Result};
+
+/// A file or directory inside a box.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// The path relative to the box's working directory, with `/` separators.
+    pub path: String,
+    /// The last path component.
+    pub name: String,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Whether this is a directory.
+    pub is_dir: bool,
+    /// Last modification time, when known. On the wire: seconds since the Unix epoch.
+    #[serde(default, with = "unix_seconds")]
+    pub modified: Option<SystemTime>,
+}
+
+/// Check a path given by a caller and return it as a relative path beneath the box's
+/// working directory.
+///
+/// Absolute paths, `..` components, NUL bytes and empty paths are refused. `.` components
+/// and repeated separators are dropped. This is a purely lexical check; backends must still
+/// refuse symlinks that lead outside when they open the file.
+pub fn normalize_box_path(path: &str) -> Result<PathBuf> {
+    let refuse = |reason: &str| CodeBoxError::UnsafePath { path: path.to_owned(), reason: reason.to_owned() };
+    if path.contains('\0') {
+        return Err(refuse("contains a NUL byte"));
+    }
+    if path.starts_with('/') || path.starts_with('\\') || Path::new(path).is_absolute() {
+        return Err(refuse("absolute paths are not allowed; use a path relative to the box's working directory"));
+    }
+    let mut out = PathBuf::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(refuse("`..` is not allowed")),
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("absolute paths are not allowed")),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(refuse("the path names no file"));
+    }
+    Ok(out)
+}
+
+mod unix_seconds {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let secs = Option::<f64>::deserialize(d)?;
+        Ok(secs.filter(|s| s.is_finite() && *s >= 0.0).map(|s| UNIX_EPOCH + Duration::from_secs_f64(s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_normalized() {
+        assert_eq!(normalize_box_path("a/./b//c.txt").unwrap(), PathBuf::from("a/b/c.txt"));
+        assert_eq!(normalize_box_path("data.csv").unwrap(), PathBuf::from("data.csv"));
+    }
+
+    #[test]
+    fn unsafe_paths_are_refused() {
+        for bad in ["../x", "a/../../x", "/etc/passwd", "", ".", "a\0b", "a/.."] {
+            let err = normalize_box_path(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::UnsafePath, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn modified_round_trips_as_unix_seconds() {
+        let info = FileInfo {
+            path: "a/b.txt".into(),
+            name: "b.txt".into(),
+            size: 3,
+            is_dir: false,
+            modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        };
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["modified"], 1_700_000_000.0);
+        assert_eq!(serde_json::from_value::<FileInfo>(json).unwrap(), info);
+    }
+}

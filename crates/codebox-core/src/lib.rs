@@ -1,0 +1,31 @@
+//! The core of codebox: the [`CodeBox`] trait every backend implements, the types that cross
+//! its boundary, the one error type, and the settings read from the environment.
+//!
+//! This crate performs no I/O of its own. Backends live in their own crates
+//! (`codebox-local`, `codebox-remote`) and the `codebox` facade re-exports them.
+//!
+//! A Python exception raised by user code is *data*: it comes back inside `Ok(Execution)`
+//! with name, value and traceback. An `Err(CodeBoxError)` means the box itself failed.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod codebox;
+mod error;
+mod event;
+mod execution;
+mod files;
+mod options;
+mod settings;
+mod status;
+
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
+
+pub use crate::codebox::{ByteStream, CodeBox, CodeBoxExt, EventStream};
+pub use crate::error::{CodeBoxError, ErrorKind, HttpError, KernelDeath, Result, TimeoutKind};
+pub use crate::event::{ErrorInfo, ExecEvent, MimeBundle, Outcome};
+pub use crate::execution::{Execution, Image};
+pub use crate::files::{FileInfo, normalize_box_path};
+pub use crate::options::{CommandOutput, CommandSpec, RunOptions};
+pub use crate::settings::{ApiKey, CodeBoxSettings};
+pub use crate::status::{BoxState, BoxStatus, Capabilities};

@@ -1,0 +1,177 @@
+//! Per-call options.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Options for one execution. Build with [`RunOptions::new`] and the `with_*` setters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Interrupt the code after this long. The box keeps its state.
+    #[serde(default, with = "opt_secs", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// The directory (relative to the box's working directory) the code runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Environment variables set for this execution.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The language or kernel name (`python`, `bash`, or a kernelspec name).
+    /// `None` means the box's default kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+impl RunOptions {
+    /// Default options: the box's default kernel, no timeout beyond the box's own.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Interrupt the code after `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Run in `cwd`, relative to the box's working directory.
+    pub fn with_cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
+        self
+    }
+
+    /// Set one environment variable for this execution.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Run in this language or kernel.
+    pub fn with_language(mut self, language: impl Into<String>) -> Self {
+        self.language = Some(language.into());
+        self
+    }
+}
+
+/// A shell command to run in a box, without a shell: the program and its arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CommandSpec {
+    /// The program to run, looked up on the box's `PATH`.
+    pub program: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The directory (relative to the box's working directory) to run in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Kill the command after this long.
+    #[serde(default, with = "opt_secs", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+impl CommandSpec {
+    /// A command for `program` with no arguments.
+    pub fn new(program: impl Into<String>) -> Self {
+        Self { program: program.into(), ..Self::default() }
+    }
+
+    /// Append one argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Append arguments.
+    pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Run in `cwd`, relative to the box's working directory.
+    pub fn with_cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
+        self
+    }
+
+    /// Set one environment variable.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Kill the command after `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// What a finished command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CommandOutput {
+    /// The exit code; `None` when the command was killed by a signal or timed out.
+    pub exit_code: Option<i32>,
+    /// Standard output, lossily decoded as UTF-8.
+    pub stdout: String,
+    /// Standard error, lossily decoded as UTF-8.
+    pub stderr: String,
+    /// Whether the command was killed because it ran past its timeout.
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+impl CommandOutput {
+    /// A finished command's output.
+    pub fn new(exit_code: Option<i32>, stdout: String, stderr: String, timed_out: bool) -> Self {
+        Self { exit_code, stdout, stderr, timed_out }
+    }
+
+    /// Whether the command exited with code 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+mod opt_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let secs = Option::<f64>::deserialize(d)?;
+        match secs {
+            None => Ok(None),
+            Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+            Some(s) => {
+                Err(serde::de::Error::custom(format!("timeout must be a non-negative number of seconds, got {s}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_options_wire_form_uses_seconds() {
+        let opts = RunOptions::new().with_timeout(Duration::from_millis(1500)).with_language("bash");
+        let json = serde_json::to_value(&opts).unwrap();
+        assert_eq!(json, serde_json::json!({"timeout": 1.5, "language": "bash"}));
+        assert_eq!(serde_json::from_value::<RunOptions>(json).unwrap(), opts);
+        assert!(serde_json::from_value::<RunOptions>(serde_json::json!({"timeout": -1})).is_err());
+    }
+}

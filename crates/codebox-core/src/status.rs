@@ -1,0 +1,138 @@
+//! What a box is doing and what it can do.
+
+use serde::{Deserialize, Serialize};
+
+/// The lifecycle state of a box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BoxState {
+    /// Created but not started.
+    NotStarted,
+    /// The kernel is starting.
+    Starting,
+    /// Ready for code.
+    Idle,
+    /// Running code.
+    Busy,
+    /// The kernel is being restarted.
+    Restarting,
+    /// Stopped by its owner.
+    Stopped,
+    /// The kernel died and could not be restarted within its budget.
+    Dead,
+}
+
+/// A report of a box's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BoxStatus {
+    /// The lifecycle state.
+    pub state: BoxState,
+    /// The kernel's name (e.g. `python3`), when one is running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// The isolation the kernel runs under (e.g. `none`, `bubblewrap`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    /// How many times the kernel was restarted after dying.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Why the box is dead or was restarted last, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl BoxStatus {
+    /// A status with only the state set.
+    pub fn new(state: BoxState) -> Self {
+        Self { state, kernel: None, isolation: None, restarts: 0, detail: None }
+    }
+
+    /// Set the kernel name.
+    pub fn with_kernel(mut self, kernel: impl Into<String>) -> Self {
+        self.kernel = Some(kernel.into());
+        self
+    }
+
+    /// Set the isolation level.
+    pub fn with_isolation(mut self, isolation: impl Into<String>) -> Self {
+        self.isolation = Some(isolation.into());
+        self
+    }
+
+    /// Set the restart count.
+    pub fn with_restarts(mut self, restarts: u32) -> Self {
+        self.restarts = restarts;
+        self
+    }
+
+    /// Set the detail text.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Whether the box can run code now or after a short wait.
+    pub fn is_running(&self) -> bool {
+        matches!(self.state, BoxState::Starting | BoxState::Idle | BoxState::Busy | BoxState::Restarting)
+    }
+}
+
+/// What a backend can do. An operation a backend cannot do returns
+/// [`CodeBoxError::Unsupported`](crate::CodeBoxError::Unsupported), never a silent no-op.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Execution events arrive as they happen (not only at the end).
+    pub streaming: bool,
+    /// `interrupt()` works.
+    pub interrupt: bool,
+    /// `restart()` works.
+    pub restart: bool,
+    /// `install()` works.
+    pub install: bool,
+    /// `run_command()` works.
+    pub commands: bool,
+    /// `delete_file()` works.
+    pub delete_file: bool,
+    /// `list_files(.., recursive = true)` works.
+    pub recursive_list: bool,
+    /// Languages or kernel names that `RunOptions::language` accepts.
+    pub languages: Vec<String>,
+    /// The largest upload accepted, in bytes, when there is a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_upload_bytes: Option<u64>,
+}
+
+impl Capabilities {
+    /// A backend that can do everything the trait offers.
+    pub fn full(languages: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            streaming: true,
+            interrupt: true,
+            restart: true,
+            install: true,
+            commands: true,
+            delete_file: true,
+            recursive_list: true,
+            languages: languages.into_iter().map(Into::into).collect(),
+            max_upload_bytes: None,
+        }
+    }
+
+    /// A backend that can do nothing but run code and move files.
+    pub fn minimal(languages: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            streaming: false,
+            interrupt: false,
+            restart: false,
+            install: false,
+            commands: false,
+            delete_file: false,
+            recursive_list: false,
+            languages: languages.into_iter().map(Into::into).collect(),
+            max_upload_bytes: None,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! RemoteBox: a session on a CodeBox server, driven over HTTP.

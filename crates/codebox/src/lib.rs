@@ -1,0 +1,1 @@
+//! codebox facade.

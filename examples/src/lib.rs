@@ -1,0 +1,1 @@
+//! Examples for codebox; each lives in `examples/examples/`.

@@ -1,0 +1,1 @@
+//! End-to-end tests across the codebox crates live in `tests/it/`.
