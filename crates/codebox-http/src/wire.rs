@@ -1,0 +1,196 @@
+//! The JSON shapes of the native API (`/v1`), shared by client and server.
+
+use codebox_core::{BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, HttpError, RunOptions};
+use serde::{Deserialize, Serialize};
+
+/// The path prefix of the native API.
+pub const API_PREFIX: &str = "/v1";
+
+/// The media type of an execution stream.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSession {
+    /// Use this id (attach if this key already has a session with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The kernel to start, when not the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+/// A session as the server describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session id.
+    pub id: String,
+    /// The box's status.
+    pub status: BoxStatus,
+    /// What the box can do.
+    pub capabilities: Capabilities,
+    /// When it was created, in Unix seconds.
+    pub created_at: f64,
+    /// When it was last used, in Unix seconds.
+    pub last_used_at: f64,
+}
+
+/// `POST /v1/sessions/{id}/execute`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    /// The code to run.
+    pub code: String,
+    /// Per-execution options.
+    #[serde(default)]
+    pub options: RunOptions,
+}
+
+/// `POST /v1/sessions/{id}/install`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallRequest {
+    /// Package specifications as pip takes them.
+    pub packages: Vec<String>,
+}
+
+/// The answer to an install.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallResponse {
+    /// The installer's output.
+    pub output: String,
+}
+
+/// One line of an execution stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StreamLine {
+    /// An execution event with its sequence number.
+    Event {
+        /// Counts from 0 with no gaps.
+        seq: u64,
+        /// The event.
+        event: ExecEvent,
+    },
+    /// The box failed; the stream ends after this line.
+    Error {
+        /// Continues the event numbering.
+        seq: u64,
+        /// What failed.
+        error: ErrorBody,
+    },
+    /// Sent during silence; carries nothing.
+    Keepalive {
+        /// Always true.
+        keepalive: bool,
+    },
+}
+
+/// The `error` object of every JSON error response and of a stream's error line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The category.
+    pub kind: ErrorKind,
+    /// A human-readable message.
+    pub message: String,
+}
+
+/// A JSON error response: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+impl ErrorBody {
+    /// The wire form of an error.
+    pub fn from_error(err: &CodeBoxError) -> Self {
+        Self { kind: err.kind(), message: err.to_string() }
+    }
+
+    /// The HTTP status a server answers with for this kind of error.
+    pub fn status(&self) -> u16 {
+        status_for_kind(self.kind)
+    }
+}
+
+/// The HTTP status that fits an error kind.
+pub fn status_for_kind(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::InvalidInput | ErrorKind::UnsafePath | ErrorKind::Protocol | ErrorKind::Install => 400,
+        ErrorKind::Authentication => 401,
+        ErrorKind::NotFound => 404,
+        ErrorKind::Timeout => 504,
+        ErrorKind::NotRunning => 409,
+        ErrorKind::TooLarge => 413,
+        ErrorKind::RateLimited => 429,
+        ErrorKind::Unsupported => 501,
+        ErrorKind::Connection => 502,
+        _ => 500,
+    }
+}
+
+/// Rebuild a client-side error from a failure response.
+///
+/// `body` is the raw response body; when it is a JSON error response its kind and message
+/// are kept, and the JSON is attached either way.
+pub fn error_from_response(status: u16, headers: Vec<(String, String)>, body: &[u8]) -> CodeBoxError {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let parsed = json.as_ref().and_then(|j| serde_json::from_value::<ErrorResponse>(j.clone()).ok());
+    let retry_after = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(std::time::Duration::from_secs_f64);
+    let (kind, message) = match parsed {
+        Some(r) => (r.error.kind, r.error.message),
+        None => {
+            (HttpError::kind_for_status(status), String::from_utf8_lossy(&body[..body.len().min(2048)]).into_owned())
+        }
+    };
+    let headers = headers
+        .into_iter()
+        .filter(|(k, _)| !matches!(k.to_ascii_lowercase().as_str(), "authorization" | "cookie" | "set-cookie"))
+        .collect();
+    CodeBoxError::Http(Box::new(HttpError { status, kind, message, body: json, headers, retry_after }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codebox_core::Outcome;
+    use std::time::Duration;
+
+    #[test]
+    fn stream_lines_parse_in_all_three_forms() {
+        let ev: StreamLine = serde_json::from_str(r#"{"seq":0,"event":{"type":"stdout","text":"hi"}}"#).unwrap();
+        assert_eq!(ev, StreamLine::Event { seq: 0, event: ExecEvent::stdout("hi") });
+        let ka: StreamLine = serde_json::from_str(r#"{"keepalive":true}"#).unwrap();
+        assert_eq!(ka, StreamLine::Keepalive { keepalive: true });
+        let err: StreamLine =
+            serde_json::from_str(r#"{"seq":3,"error":{"kind":"kernel_died","message":"boom"}}"#).unwrap();
+        assert!(matches!(err, StreamLine::Error { seq: 3, error: ErrorBody { kind: ErrorKind::KernelDied, .. } }));
+        let end = StreamLine::Event { seq: 1, event: ExecEvent::end(Some(1), Duration::from_millis(2), Outcome::Ok) };
+        let back: StreamLine = serde_json::from_str(&serde_json::to_string(&end).unwrap()).unwrap();
+        assert_eq!(back, end);
+    }
+
+    #[test]
+    fn failure_responses_keep_status_body_and_headers() {
+        let body = br#"{"error":{"kind":"not_found","message":"no session abc"}}"#;
+        let err = error_from_response(
+            404,
+            vec![("x-request-id".into(), "r1".into()), ("set-cookie".into(), "secret".into())],
+            body,
+        );
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        let http = err.http().unwrap();
+        assert_eq!(http.status, 404);
+        assert_eq!(http.body.as_ref().unwrap()["error"]["message"], "no session abc");
+        assert_eq!(http.headers, vec![("x-request-id".to_string(), "r1".to_string())]);
+
+        let err = error_from_response(429, vec![("Retry-After".into(), "2".into())], b"slow down");
+        assert_eq!(err.kind(), ErrorKind::RateLimited);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+        assert!(err.is_retryable());
+    }
+}
