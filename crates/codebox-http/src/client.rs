@@ -1,0 +1,1 @@
+//! The hyper client shared by every remote backend: pooling, timeouts, retries.

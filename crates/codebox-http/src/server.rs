@@ -1,0 +1,1 @@
+//! The hyper server plumbing: listening with TCP_NODELAY, bodies, NDJSON streaming.

@@ -1,1 +1,0 @@
-//! End-to-end tests across the codebox crates live in `tests/it/`.

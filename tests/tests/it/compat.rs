@@ -1,0 +1,1 @@
+//! codebox-api Python clients, unchanged, against `codebox serve`.

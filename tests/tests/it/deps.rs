@@ -1,0 +1,1 @@
+//! The dependency rules of ARCHITECTURE.md, checked against `cargo metadata`.

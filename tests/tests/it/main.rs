@@ -1,0 +1,4 @@
+//! End-to-end tests across the codebox crates.
+
+mod compat;
+mod deps;
