@@ -1,1 +1,463 @@
+//! The behaviour every backend must share, as a runnable suite.
+//!
+//! Every backend's tests call [`run_all`] on a started box and assert that the report
+//! passed; so LocalBox, RemoteBox against a real server, and anything added later are held
+//! to the same contract. The suite runs Python code, so the box's default kernel must be a
+//! Python (IPython) kernel.
+//!
+//! ```no_run
+//! # async fn demo(b: &dyn codebox_core::CodeBox) {
+//! use codebox_core::conformance::{run_all, ConformanceOptions};
+//! let report = run_all(b, &ConformanceOptions::default()).await;
+//! report.assert_all_passed();
+//! # }
+//! ```
 
+use std::fmt::Write as _;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::{CodeBox, CodeBoxExt, ErrorKind, ExecEvent, Execution, Outcome, Result, RunOptions};
+
+/// Tunables for the suite.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConformanceOptions {
+    /// Fail the matplotlib check when matplotlib is not installed in the box. When false,
+    /// a box without matplotlib is only checked for a clean import error.
+    pub require_matplotlib: bool,
+    /// The size of the large file in the round-trip check (must exceed 64 MiB to be
+    /// meaningful for chunked transfer).
+    pub large_file_bytes: usize,
+    /// The timeout used by the timeout check.
+    pub timeout: Duration,
+}
+
+impl Default for ConformanceOptions {
+    fn default() -> Self {
+        Self { require_matplotlib: false, large_file_bytes: (64 << 20) + 4099, timeout: Duration::from_secs(1) }
+    }
+}
+
+impl ConformanceOptions {
+    /// Require matplotlib (and so a PNG) in the box.
+    pub fn with_require_matplotlib(mut self, yes: bool) -> Self {
+        self.require_matplotlib = yes;
+        self
+    }
+
+    /// Set the large file size.
+    pub fn with_large_file_bytes(mut self, bytes: usize) -> Self {
+        self.large_file_bytes = bytes;
+        self
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    /// The check's name.
+    pub name: &'static str,
+    /// `Ok` with a note, or `Err` with what went wrong.
+    pub outcome: std::result::Result<String, String>,
+    /// How long the check took.
+    pub elapsed: Duration,
+}
+
+/// The outcome of a whole run.
+#[derive(Debug, Clone, Default)]
+pub struct ConformanceReport {
+    /// One entry per check, in the order they ran.
+    pub checks: Vec<CheckResult>,
+}
+
+impl ConformanceReport {
+    /// The checks that failed.
+    pub fn failures(&self) -> Vec<&CheckResult> {
+        self.checks.iter().filter(|c| c.outcome.is_err()).collect()
+    }
+
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.failures().is_empty() && !self.checks.is_empty()
+    }
+
+    /// A readable summary, one line per check.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            let (mark, text) = match &c.outcome {
+                Ok(note) => ("ok  ", note.as_str()),
+                Err(e) => ("FAIL", e.as_str()),
+            };
+            let _ = writeln!(out, "{mark} {:<28} {:>7.0} ms  {text}", c.name, c.elapsed.as_secs_f64() * 1e3);
+        }
+        out
+    }
+
+    /// Panic with the summary unless every check passed.
+    #[track_caller]
+    pub fn assert_all_passed(&self) {
+        assert!(self.passed(), "conformance failures:\n{}", self.summary());
+    }
+}
+
+type CheckOutcome = std::result::Result<String, String>;
+
+/// Start the box (if needed) and run every check against it. The box is left running.
+pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> ConformanceReport {
+    let mut report = ConformanceReport::default();
+    if let Err(e) = b.start().await {
+        report.checks.push(CheckResult { name: "start", outcome: Err(e.to_string()), elapsed: Duration::ZERO });
+        return report;
+    }
+    macro_rules! check {
+        ($name:literal, $fut:expr) => {
+            report.checks.push(timed($name, $fut).await);
+        };
+    }
+    check!("status_running", status_running(b));
+    check!("state_persists", state_persists(b));
+    check!("stdout_stderr_in_order", stdout_stderr_in_order(b));
+    check!("stream_ends_once", stream_ends_once(b));
+    check!("exception_is_data", exception_is_data(b));
+    check!("rich_display", rich_display(b));
+    check!("several_displays", several_displays(b));
+    check!("matplotlib_png", matplotlib_png(b, options.require_matplotlib));
+    check!("file_round_trip", file_round_trip(b, options.large_file_bytes));
+    check!("files_visible_to_code", files_visible_to_code(b));
+    check!("list_and_delete", list_and_delete(b));
+    check!("unsafe_paths_refused", unsafe_paths_refused(b));
+    check!("symlink_escape_refused", symlink_escape_refused(b));
+    check!("timeout_keeps_box", timeout_keeps_box(b, options.timeout));
+    check!("interrupt", interrupt(b));
+    check!("restart_clears_state", restart_clears_state(b));
+    report
+}
+
+async fn timed(name: &'static str, fut: impl Future<Output = CheckOutcome>) -> CheckResult {
+    let started = Instant::now();
+    // A hung check must not hang the suite.
+    let outcome = match tokio::time::timeout(Duration::from_secs(120), fut).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err("did not finish within 120 s".to_owned()),
+    };
+    CheckResult { name, outcome, elapsed: started.elapsed() }
+}
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> std::result::Result<(), String> {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+async fn exec(b: &dyn CodeBox, code: &str) -> std::result::Result<Execution, String> {
+    b.run(code, RunOptions::default()).await.map_err(|e| format!("run({code:?}) failed: {e}"))
+}
+
+fn describe(ex: &Execution) -> String {
+    format!("outcome {:?}, stdout {:?}, stderr {:?}, error {:?}", ex.outcome, ex.stdout(), ex.stderr(), ex.error())
+}
+
+async fn status_running(b: &dyn CodeBox) -> CheckOutcome {
+    let status = b.status().await.map_err(|e| e.to_string())?;
+    ensure(status.is_running(), || format!("started box reports {status:?}"))?;
+    let caps = b.capabilities();
+    ensure(!caps.languages.is_empty(), || "capabilities list no language".into())?;
+    Ok(format!("{:?}", status.state))
+}
+
+async fn state_persists(b: &dyn CodeBox) -> CheckOutcome {
+    exec(b, "conformance_x = 41").await?;
+    let ex = exec(b, "conformance_x + 1").await?;
+    ensure(ex.text() == "42", || format!("expected 42, got {}", describe(&ex)))?;
+    ensure(ex.execution_count.is_some(), || "no execution count".into())?;
+    Ok(String::new())
+}
+
+async fn stdout_stderr_in_order(b: &dyn CodeBox) -> CheckOutcome {
+    let code =
+        "import sys\nprint('one', flush=True)\nprint('two', file=sys.stderr, flush=True)\nprint('three', flush=True)";
+    let ex = exec(b, code).await?;
+    ensure(ex.stdout() == "one\nthree\n", || format!("stdout: {}", describe(&ex)))?;
+    ensure(ex.stderr() == "two\n", || format!("stderr: {}", describe(&ex)))?;
+    let order: Vec<&str> = ex
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ExecEvent::Stdout { text } | ExecEvent::Stderr { text } => Some(text.trim_end()),
+            _ => None,
+        })
+        .flat_map(|t| t.split('\n'))
+        .collect();
+    ensure(order == ["one", "two", "three"], || format!("events out of order: {order:?}"))?;
+    Ok(String::new())
+}
+
+async fn stream_ends_once(b: &dyn CodeBox) -> CheckOutcome {
+    let mut stream = b.run_stream("print('streamed')", RunOptions::default()).await.map_err(|e| e.to_string())?;
+    let mut ends = 0;
+    let mut saw_output = false;
+    while let Some(event) = stream.next().await {
+        match event.map_err(|e| e.to_string())? {
+            ExecEvent::End { outcome, .. } => {
+                ends += 1;
+                ensure(outcome == Outcome::Ok, || format!("outcome {outcome:?}"))?;
+            }
+            ExecEvent::Stdout { text } if text.contains("streamed") => saw_output = true,
+            _ => ensure(ends == 0, || "an event arrived after the end".into())?,
+        }
+    }
+    ensure(ends == 1, || format!("{ends} end events"))?;
+    ensure(saw_output, || "stdout never arrived".into())?;
+    Ok(String::new())
+}
+
+async fn exception_is_data(b: &dyn CodeBox) -> CheckOutcome {
+    let ex = exec(b, "def conformance_boom():\n    return 1 / 0\nconformance_boom()").await?;
+    let err = ex.error().ok_or_else(|| format!("no error event: {}", describe(&ex)))?;
+    ensure(err.name == "ZeroDivisionError", || format!("error name {:?}", err.name))?;
+    ensure(err.value.contains("division"), || format!("error value {:?}", err.value))?;
+    let tb = err.traceback.join("\n");
+    ensure(tb.contains("conformance_boom"), || format!("traceback lacks the frame: {tb:?}"))?;
+    ensure(!tb.contains('\u{1b}'), || "traceback has terminal colour codes".into())?;
+    ensure(ex.outcome == Outcome::Error, || format!("outcome {:?}", ex.outcome))?;
+    let after = exec(b, "1 + 1").await?;
+    ensure(after.text() == "2", || format!("box unusable after an exception: {}", describe(&after)))?;
+    Ok(String::new())
+}
+
+async fn rich_display(b: &dyn CodeBox) -> CheckOutcome {
+    let code = "from IPython.display import display\n\
+                display({'text/html': '<b>bold</b>', 'text/plain': 'bold', 'application/json': {'k': [1, 2]}}, raw=True)";
+    let ex = exec(b, code).await?;
+    let displays = ex.displays();
+    ensure(displays.len() == 1, || format!("{} displays: {}", displays.len(), describe(&ex)))?;
+    let d = displays[0];
+    ensure(d.text_of("text/html").as_deref() == Some("<b>bold</b>"), || format!("html: {d:?}"))?;
+    ensure(d.plain().as_deref() == Some("bold"), || format!("plain: {d:?}"))?;
+    ensure(d.get("application/json").is_some_and(|j| j["k"][1] == 2), || format!("json: {d:?}"))?;
+    Ok(String::new())
+}
+
+async fn several_displays(b: &dyn CodeBox) -> CheckOutcome {
+    let code = "from IPython.display import display\n\
+                for i in range(3):\n    display({'text/plain': f'shown {i}'}, raw=True)\n    print(f'printed {i}', flush=True)\n\
+                'last value'";
+    let ex = exec(b, code).await?;
+    let shown: Vec<String> = ex.displays().iter().filter_map(|d| d.plain()).collect();
+    ensure(shown == ["shown 0", "shown 1", "shown 2"], || format!("displays {shown:?}: {}", describe(&ex)))?;
+    ensure(ex.stdout() == "printed 0\nprinted 1\nprinted 2\n", || describe(&ex))?;
+    ensure(ex.result().and_then(|r| r.plain()).as_deref() == Some("'last value'"), || describe(&ex))?;
+    Ok(String::new())
+}
+
+async fn matplotlib_png(b: &dyn CodeBox, required: bool) -> CheckOutcome {
+    let probe = exec(b, "import importlib.util\nprint(importlib.util.find_spec('matplotlib') is not None)").await?;
+    let present = probe.stdout().trim() == "True";
+    if !present {
+        ensure(!required, || "matplotlib is required but not installed in the box".into())?;
+        return Ok("matplotlib not installed: PNG not checked".into());
+    }
+    let code = "import matplotlib.pyplot as plt\n\
+                fig, ax = plt.subplots(figsize=(2, 2))\nax.plot([1, 3, 2])\nplt.show()\n\
+                fig2, ax2 = plt.subplots(figsize=(2, 2))\nax2.bar([1, 2], [3, 4])\nplt.show()";
+    let ex = exec(b, code).await?;
+    let images = ex.images();
+    let pngs: Vec<_> = images.iter().filter(|i| i.mime == "image/png").collect();
+    ensure(pngs.len() == 2, || format!("expected 2 PNGs, got {}: {}", pngs.len(), describe(&ex)))?;
+    for png in pngs {
+        ensure(png.bytes.starts_with(b"\x89PNG\r\n\x1a\n"), || "image/png is not a PNG".into())?;
+    }
+    Ok("two PNG figures".into())
+}
+
+/// Deterministic content that differs at every offset class, so a shifted chunk is caught.
+fn pattern_byte(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 13)) as u8
+}
+
+fn pattern_chunk(start: usize, len: usize) -> Bytes {
+    Bytes::from((start..start + len).map(pattern_byte).collect::<Vec<u8>>())
+}
+
+async fn round_trip(b: &dyn CodeBox, path: &str, size: usize) -> std::result::Result<(), String> {
+    const CHUNK: usize = 1 << 20;
+    let chunks = futures::stream::iter(
+        (0..size).step_by(CHUNK).map(move |start| Ok(pattern_chunk(start, CHUNK.min(size - start)))),
+    );
+    let info = b.upload(path, Box::pin(chunks)).await.map_err(|e| format!("upload {path} ({size} B): {e}"))?;
+    ensure(info.size == size as u64, || format!("upload {path}: FileInfo.size {} != {size}", info.size))?;
+    ensure(!info.is_dir, || format!("upload {path}: reported as a directory"))?;
+    let mut stream = b.download(path).await.map_err(|e| format!("download {path}: {e}"))?;
+    let mut offset = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("download {path} at {offset}: {e}"))?;
+        for (i, byte) in chunk.iter().enumerate() {
+            if *byte != pattern_byte(offset + i) {
+                return Err(format!("download {path}: byte {} differs", offset + i));
+            }
+        }
+        offset += chunk.len();
+    }
+    ensure(offset == size, || format!("download {path}: {offset} bytes, expected {size}"))
+}
+
+async fn file_round_trip(b: &dyn CodeBox, large: usize) -> CheckOutcome {
+    round_trip(b, "conformance/empty.bin", 0).await?;
+    round_trip(b, "conformance/one.bin", 1).await?;
+    round_trip(b, "conformance/odd.bin", 70_001).await?;
+    round_trip(b, "conformance/large.bin", large).await?;
+    // Overwriting replaces the content rather than appending to it.
+    round_trip(b, "conformance/one.bin", 3).await?;
+    b.delete_file("conformance/large.bin").await.map_err(|e| e.to_string())?;
+    Ok(format!("0 B, 1 B, 70001 B, {large} B"))
+}
+
+async fn files_visible_to_code(b: &dyn CodeBox) -> CheckOutcome {
+    b.upload_bytes("conformance/hello.txt", "hello from upload").await.map_err(|e| e.to_string())?;
+    let ex = exec(b, "print(open('conformance/hello.txt').read())").await?;
+    ensure(ex.stdout() == "hello from upload\n", || {
+        format!("the kernel's cwd is not the box's directory: {}", describe(&ex))
+    })?;
+    exec(
+        b,
+        "import os\nos.makedirs('conformance', exist_ok=True)\nopen('conformance/made.txt', 'w').write('made by code')",
+    )
+    .await?;
+    let got = b.download_bytes("conformance/made.txt").await.map_err(|e| e.to_string())?;
+    ensure(got.as_ref() == b"made by code", || format!("downloaded {got:?}"))?;
+    Ok(String::new())
+}
+
+async fn list_and_delete(b: &dyn CodeBox) -> CheckOutcome {
+    let err_str = |e: crate::CodeBoxError| e.to_string();
+    b.upload_bytes("conformance/tree/a.txt", "a").await.map_err(err_str)?;
+    b.upload_bytes("conformance/tree/sub/b.txt", "bb").await.map_err(err_str)?;
+    let flat = b.list_files("conformance/tree", false).await.map_err(err_str)?;
+    let names: Vec<(&str, bool)> = {
+        let mut v: Vec<_> = flat.iter().map(|f| (f.name.as_str(), f.is_dir)).collect();
+        v.sort();
+        v
+    };
+    ensure(names == [("a.txt", false), ("sub", true)], || format!("flat listing {flat:?}"))?;
+    let a = flat.iter().find(|f| f.name == "a.txt").ok_or("a.txt missing")?;
+    ensure(a.path == "conformance/tree/a.txt" && a.size == 1, || format!("a.txt info {a:?}"))?;
+    let deep = b.list_files("conformance/tree", true).await.map_err(err_str)?;
+    let deep_b = deep.iter().find(|f| f.path == "conformance/tree/sub/b.txt");
+    ensure(deep_b.is_some_and(|f| f.size == 2 && f.name == "b.txt"), || format!("recursive listing {deep:?}"))?;
+    let root = b.list_files("", false).await.map_err(err_str)?;
+    ensure(root.iter().any(|f| f.name == "conformance" && f.is_dir), || format!("root listing {root:?}"))?;
+    b.delete_file("conformance/tree/a.txt").await.map_err(err_str)?;
+    let after = b.list_files("conformance/tree", false).await.map_err(err_str)?;
+    ensure(!after.iter().any(|f| f.name == "a.txt"), || format!("a.txt still listed: {after:?}"))?;
+    expect_kind(b.download("conformance/tree/a.txt").await.map(|_| ()), ErrorKind::NotFound, "download deleted")?;
+    expect_kind(b.delete_file("conformance/tree/a.txt").await, ErrorKind::NotFound, "delete deleted")?;
+    expect_kind(b.list_files("conformance/no-such-dir", false).await.map(|_| ()), ErrorKind::NotFound, "list missing")?;
+    Ok(String::new())
+}
+
+fn expect_kind(result: Result<()>, kind: ErrorKind, what: &str) -> std::result::Result<(), String> {
+    match result {
+        Ok(()) => Err(format!("{what}: succeeded, expected a {kind} error")),
+        Err(e) if e.kind() == kind => Ok(()),
+        Err(e) => Err(format!("{what}: expected a {kind} error, got {} ({e})", e.kind())),
+    }
+}
+
+async fn unsafe_paths_refused(b: &dyn CodeBox) -> CheckOutcome {
+    for path in ["../conformance-escape.txt", "/tmp/conformance-escape.txt", "conformance/../../conformance-escape.txt"]
+    {
+        let up = b.upload_bytes(path, "escaped").await.map(|_| ());
+        expect_kind(up, ErrorKind::UnsafePath, &format!("upload {path:?}"))?;
+        expect_kind(b.download(path).await.map(|_| ()), ErrorKind::UnsafePath, &format!("download {path:?}"))?;
+        expect_kind(b.delete_file(path).await, ErrorKind::UnsafePath, &format!("delete {path:?}"))?;
+    }
+    expect_kind(b.list_files("..", false).await.map(|_| ()), ErrorKind::UnsafePath, "list ..")?;
+    expect_kind(b.list_files("/", false).await.map(|_| ()), ErrorKind::UnsafePath, "list /")?;
+    let ex = exec(
+        b,
+        "import os\nprint(os.path.exists('../conformance-escape.txt'), os.path.exists('/tmp/conformance-escape.txt'))",
+    )
+    .await?;
+    ensure(ex.stdout().trim() == "False False", || format!("a refused upload wrote a file: {}", describe(&ex)))?;
+    Ok(String::new())
+}
+
+async fn symlink_escape_refused(b: &dyn CodeBox) -> CheckOutcome {
+    let code = "import os\nos.makedirs('conformance', exist_ok=True)\n\
+                for name, target in [('conformance/etc-link', '/etc'), ('conformance/passwd-link', '/etc/passwd')]:\n    \
+                if not os.path.lexists(name):\n        os.symlink(target, name)";
+    exec(b, code).await?;
+    for path in ["conformance/passwd-link", "conformance/etc-link/passwd"] {
+        expect_kind(b.download(path).await.map(|_| ()), ErrorKind::UnsafePath, &format!("download {path}"))?;
+    }
+    expect_kind(
+        b.upload_bytes("conformance/etc-link/conformance-escape", "x").await.map(|_| ()),
+        ErrorKind::UnsafePath,
+        "upload through a symlinked directory",
+    )?;
+    expect_kind(
+        b.upload_bytes("conformance/passwd-link", "x").await.map(|_| ()),
+        ErrorKind::UnsafePath,
+        "upload onto a symlink",
+    )?;
+    let ex = exec(b, "import os\nprint(os.path.exists('/etc/conformance-escape'))").await?;
+    ensure(ex.stdout().trim() == "False", || "an upload through a symlink wrote outside the box".into())?;
+    Ok(String::new())
+}
+
+async fn timeout_keeps_box(b: &dyn CodeBox, timeout: Duration) -> CheckOutcome {
+    exec(b, "conformance_kept = 'still here'").await?;
+    let started = Instant::now();
+    let ex = b
+        .run("import time\nprint('sleeping', flush=True)\ntime.sleep(60)", RunOptions::new().with_timeout(timeout))
+        .await
+        .map_err(|e| format!("a timed-out execution should be data, got an error: {e}"))?;
+    let took = started.elapsed();
+    ensure(ex.outcome == Outcome::TimedOut, || format!("expected TimedOut: {}", describe(&ex)))?;
+    ensure(ex.stdout().contains("sleeping"), || format!("output before the timeout was lost: {}", describe(&ex)))?;
+    ensure(took < Duration::from_secs(30), || format!("the timeout did not interrupt (took {took:?})"))?;
+    let after = exec(b, "conformance_kept").await?;
+    ensure(after.text() == "'still here'", || format!("state lost after a timeout: {}", describe(&after)))?;
+    Ok(String::new())
+}
+
+async fn interrupt(b: &dyn CodeBox) -> CheckOutcome {
+    let mut stream = b
+        .run_stream("import time\nprint('waiting', flush=True)\ntime.sleep(60)", RunOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut events = Vec::new();
+    // Interrupt only once the code is really running.
+    while let Some(event) = stream.next().await {
+        let event = event.map_err(|e| e.to_string())?;
+        let started = matches!(&event, ExecEvent::Stdout { text } if text.contains("waiting"));
+        events.push(event);
+        if started {
+            break;
+        }
+    }
+    b.interrupt().await.map_err(|e| format!("interrupt: {e}"))?;
+    let rest = Execution::collect(stream).await.map_err(|e| e.to_string())?;
+    ensure(rest.outcome == Outcome::Interrupted, || format!("expected Interrupted: {}", describe(&rest)))?;
+    let after = exec(b, "'alive'").await?;
+    ensure(after.text() == "'alive'", || describe(&after))?;
+    Ok(String::new())
+}
+
+async fn restart_clears_state(b: &dyn CodeBox) -> CheckOutcome {
+    exec(b, "conformance_gone = 1").await?;
+    b.upload_bytes("conformance/kept.txt", "kept").await.map_err(|e| e.to_string())?;
+    b.restart().await.map_err(|e| format!("restart: {e}"))?;
+    let ex = exec(b, "conformance_gone").await?;
+    ensure(ex.error().is_some_and(|e| e.name == "NameError"), || {
+        format!("variable survived the restart: {}", describe(&ex))
+    })?;
+    let kept = b.download_bytes("conformance/kept.txt").await.map_err(|e| format!("file lost on restart: {e}"))?;
+    ensure(kept.as_ref() == b"kept", || format!("file changed on restart: {kept:?}"))?;
+    let status = b.status().await.map_err(|e| e.to_string())?;
+    ensure(status.is_running(), || format!("not running after restart: {status:?}"))?;
+    Ok(String::new())
+}
