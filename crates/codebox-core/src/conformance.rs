@@ -182,15 +182,21 @@ async fn stdout_stderr_in_order(b: &dyn CodeBox) -> CheckOutcome {
     let ex = exec(b, code).await?;
     ensure(ex.stdout() == "one\nthree\n", || format!("stdout: {}", describe(&ex)))?;
     ensure(ex.stderr() == "two\n", || format!("stderr: {}", describe(&ex)))?;
-    let order: Vec<&str> = ex
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            ExecEvent::Stdout { text } | ExecEvent::Stderr { text } => Some(text.trim_end()),
-            _ => None,
-        })
-        .flat_map(|t| t.split('\n'))
-        .collect();
+    // Chunking is the backend's business (`print` may arrive as "one" then "\n"), so join
+    // consecutive events of one stream before comparing the order of lines.
+    let mut runs: Vec<(bool, String)> = Vec::new();
+    for event in &ex.events {
+        let (is_err, text) = match event {
+            ExecEvent::Stdout { text } => (false, text),
+            ExecEvent::Stderr { text } => (true, text),
+            _ => continue,
+        };
+        match runs.last_mut() {
+            Some((last, run)) if *last == is_err => run.push_str(text),
+            _ => runs.push((is_err, text.clone())),
+        }
+    }
+    let order: Vec<&str> = runs.iter().flat_map(|(_, run)| run.lines()).collect();
     ensure(order == ["one", "two", "three"], || format!("events out of order: {order:?}"))?;
     Ok(String::new())
 }
