@@ -91,12 +91,9 @@ fn violations(meta: &Value) -> Vec<String> {
             let kind = dep["kind"].as_str().unwrap_or("normal");
             let edge = format!("{name} -> {to} ({kind})");
             let ships = kind != "dev";
-            if members.contains(to) && (ships || name == "xtask") {
-                if let Some(allowed) = allowed {
-                    if !allowed.contains(&to) {
-                        errors.push(format!("{edge}: forbidden, {}", reason(name, to)));
-                    }
-                }
+            let checked = members.contains(to) && (ships || name == "xtask");
+            if checked && allowed.is_some_and(|allowed| !allowed.contains(&to)) {
+                errors.push(format!("{edge}: forbidden, {}", reason(name, to)));
             }
             if name == CORE && ships && !members.contains(to) {
                 if !CORE_ALLOWED.contains(&to) {
