@@ -1,0 +1,301 @@
+//! Drop-in compatibility with the Python `codeboxapi` clients: every request whose path
+//! starts with `/api/v1/` (codebox-api 0.1) or `/api/v2/` (codebox-api 0.2) comes here, and
+//! existing users switch by pointing `CODEBOX_BASE_URL` at this server.
+//!
+//! Both protocols run on the session registry, so every session is an ordinary session of
+//! the caller's key (visible to the native API, reaped when idle, stopped on shutdown), and
+//! every operation maps onto the [`CodeBox`](codebox_core::CodeBox) trait. Both clients send
+//! `Authorization: Bearer <CODEBOX_API_KEY>`; a missing or unknown key gets 401.
+//!
+//! # codebox-api 0.1.x — `CODEBOX_BASE_URL=http://HOST:PORT/api/v1`
+//!
+//! The `CodeBox` class (sync methods over `requests`, `a*` async twins over `aiohttp`; both
+//! send the same requests). It treats any status but 200 as a failure and reads the failure
+//! body as JSON, so every answer is 200 or a JSON error. The session id is an integer (the
+//! client keeps `UUID(int=id)` and puts `uuid.int` in paths), so sessions started here get a
+//! random id below 2^128, written in decimal as the registry id.
+//!
+//! | client call | request | answer |
+//! |---|---|---|
+//! | `start` | `GET /codebox/start` | `{"id": <int>}`; a new session |
+//! | `status` | `GET /codebox/{id}/` | `{"status": "running" \| "started" \| "stopped" \| "dead"}` |
+//! | `run(code)` | `POST /codebox/{id}/run` `{"code"}` | `{"type": "text" \| "image/png" \| "error", "content"}` |
+//! | `upload(name, bytes)` | `POST /codebox/{id}/upload`, multipart field `file` | `{"status": "<name> uploaded successfully"}` |
+//! | `download(name)` | `GET /codebox/{id}/download` with a JSON body `{"file_name"}` | raw bytes, `application/octet-stream`, `Content-Disposition: attachment; filename=<name>` (the client takes the name after `=`) |
+//! | `install(pkg)` | `POST /codebox/{id}/install` `{"package_name"}` | `{"status": "<pkg> installed successfully"}` |
+//! | `list_files` | `GET /codebox/{id}/files` | `{"files": [<name>, ...]}` (the working directory, like `os.listdir`) |
+//! | `restart` | `POST /codebox/{id}/restart` | `{"status": "restarted"}` |
+//! | `stop` | `POST /codebox/{id}/stop` | `{"status": "stopped"}`; the session is gone |
+//!
+//! `run` answers like the client's own local box: the first image shown (`image/png`, base64)
+//! or the first exception (`error`, `"Name: value"`), else all text output in order (stdout,
+//! stderr, the cell's value), or `code run successfully (no output)`. `download` also takes
+//! `?file_name=` for clients that cannot send a body with `GET`.
+//!
+//! # codebox-api 0.2.x — `CODEBOX_BASE_URL=http://HOST:PORT/api/v2`
+//!
+//! `RemoteBox` (`httpx`), which also sends `Factory-Id` (ignored here). The session id is the
+//! client's choice (`uuid4().hex` by default); its first request creates the session under
+//! that id. Only `exec`, `upload` and `stream_download` are requests; the other calls are
+//! built by the client on `exec`.
+//!
+//! | client call | request | answer |
+//! |---|---|---|
+//! | `exec`, `stream_exec` | `POST /codebox/{id}/exec` `{"code", "kernel": "ipython" \| "bash", "cwd"?, "timeout"?}` | 200, a stream of tagged chunks `<txt>..</txt>`, `<img>..</img>`, `<err>..</err>`, nothing between them |
+//! | `upload(path, content)` | `POST /codebox/{id}/files/upload`, multipart field `file` whose file name is the path | 200 `FileInfo` JSON (the client only checks the status) |
+//! | `stream_download(path)` | `GET /codebox/{id}/files/download/{path}` | raw bytes, streamed |
+//! | `download(path)` | `list_files`, then `stream_download` | |
+//! | `list_files` | bash `find . -type f -exec du -h {} + \| awk '{print $2, $1}' \| sort` | |
+//! | `install(*pkgs)` | bash `uv pip install <pkgs>` | |
+//! | `list_packages` | bash `uv pip list \| tail -n +3 \| cut -d ' ' -f 1` | |
+//! | `show_variables` | ipython `%who`, then `print(<name>, end='')` for each name | |
+//! | `restart` | ipython `%restart` | |
+//! | `healthcheck` | bash `echo ok`; healthy when the text holds `ok` | |
+//! | (the 0.2 server's health) | `GET /codebox/{id}/` | `{"status": "ok"}` |
+//!
+//! Chunks map execution events: stdout and a text value or display are `txt`; a PNG in a
+//! display or value is `img` (base64); stderr, a raised exception (its traceback, else
+//! `Name: value`), a timeout, an interruption and a failure of the box mid-way are `err`. The
+//! client parses chunks from the start of its buffer, so nothing (not even a keepalive) goes
+//! between them. A client that disconnects drops the event stream, which interrupts the code.
+//!
+//! Kernels: `ipython` is the box's default kernel, and the exact code `%restart` is the box's
+//! `restart()`. `bash` runs in the box's `bash` kernel when it has one (streamed), else as
+//! `bash -c <code>` through `run_command` (output at the end). A plain `uv pip install <pkgs>`
+//! is the box's `install()`; any other `uv pip ...` in bash code is served by a shell function
+//! running `pip` of the box's Python kernel, so the helpers work in boxes without `uv`.
+
+mod multipart;
+mod v1;
+mod v2;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use codebox_core::{ByteStream, CodeBoxError, ErrorKind, Result};
+use codebox_http::server::{Body, json_response, read_limited, status_error, stream_limited};
+use futures::StreamExt;
+use http::{HeaderValue, Method, header};
+use http_body::Body as HttpBody;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use crate::auth::Owner;
+use crate::sessions::Session;
+use crate::state::AppState;
+
+/// The path prefix of the codebox-api 0.1 protocol.
+const V1_PREFIX: &str = "/api/v1";
+/// The path prefix of the codebox-api 0.2 protocol.
+const V2_PREFIX: &str = "/api/v2";
+
+/// Answer one compatibility request. `owner` is `None` when the request carried no key or an
+/// unknown one: every compatibility route needs a key, so that is a 401.
+pub(crate) async fn handle(state: &AppState, owner: Option<Owner>, req: Request<Incoming>) -> Response<Body> {
+    let Some(owner) = owner else {
+        let err =
+            status_error(401, ErrorKind::Authentication, "a valid `Authorization: Bearer <key>` header is required");
+        return state.fail(&err);
+    };
+    let scope = Scope { state, owner };
+    let path = req.uri().path().to_owned();
+    let result = if let Some(rest) = path.strip_prefix(V1_PREFIX) {
+        v1::handle(&scope, rest, req).await
+    } else if let Some(rest) = path.strip_prefix(V2_PREFIX) {
+        v2::handle(&scope, rest, req).await
+    } else {
+        Err(no_route(req.method(), &path))
+    };
+    result.unwrap_or_else(|err| state.fail(&err))
+}
+
+/// One caller's view of the server: its sessions and the request limits.
+struct Scope<'a> {
+    state: &'a AppState,
+    owner: Owner,
+}
+
+impl Scope<'_> {
+    /// The caller's session `id`, created (and started) when it has none by that id.
+    async fn open(&self, id: &str) -> Result<Arc<Session>> {
+        let (session, _) = self.state.registry.get_or_create(self.owner, Some(id), None).await?;
+        Ok(session)
+    }
+
+    /// The caller's existing session `id`.
+    fn get(&self, id: &str) -> Result<Arc<Session>> {
+        self.state.registry.require(self.owner, id)
+    }
+
+    /// Stop and forget the caller's session `id`.
+    async fn close(&self, id: &str) -> Result<()> {
+        if self.state.registry.stop(self.owner, id).await {
+            Ok(())
+        } else {
+            Err(CodeBoxError::not_found(format!("session {id}")))
+        }
+    }
+
+    /// A JSON body, read with the JSON limit; `None` when the body is empty.
+    async fn read_json<B, T>(&self, req: Request<B>) -> Result<Option<T>>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+        T: serde::de::DeserializeOwned,
+    {
+        let config = &self.state.config;
+        let bytes = read_limited(req.into_body(), config.max_json_bytes, config.body_idle_timeout).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| status_error(400, ErrorKind::InvalidInput, format!("malformed JSON body: {e}")))
+    }
+
+    /// Upload the file part of a multipart request into `session`'s box, streamed, with the
+    /// upload limit applied. Returns the file name the client gave and the written file.
+    async fn upload<B>(&self, session: &Session, req: Request<B>) -> Result<(String, codebox_core::FileInfo)>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let boundary = multipart::boundary(content_type)
+            .map_err(|e| status_error(415, ErrorKind::InvalidInput, strip_kind(&e)))?;
+        let config = &self.state.config;
+        // The framing around the file adds a little; allow for it on top of the file limit.
+        let body = stream_limited(
+            req.into_body(),
+            config.max_upload_bytes.saturating_add(64 * 1024),
+            config.body_idle_timeout,
+        );
+        let part = multipart::first_file_part(body, &boundary).await?;
+        if part.field != "file" {
+            tracing::debug!(field = %part.field, "the upload's file field is not named `file`; taking it anyway");
+        }
+        let metrics = Arc::clone(&self.state.metrics);
+        let content: ByteStream = Box::pin(part.content.inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                metrics.uploaded(bytes.len() as u64);
+            }
+        }));
+        let info = session.codebox.upload(&part.file_name, content).await?;
+        Ok((part.file_name, info))
+    }
+
+    /// A streamed file download with the headers both clients expect. The session counts as
+    /// in use until the body is sent or dropped.
+    fn file_response(&self, session: &Arc<Session>, name: &str, content: ByteStream) -> Result<Response<Body>> {
+        // The 0.1 client takes everything after the first `=` as the name, so it goes
+        // unquoted; what a header cannot carry is percent-encoded.
+        let disposition = HeaderValue::from_str(&format!("attachment; filename={}", header_safe(name)))
+            .map_err(|e| CodeBoxError::invalid(format!("file name {name:?} cannot be sent in a header: {e}")))?;
+        let guard = session.use_guard();
+        let metrics = Arc::clone(&self.state.metrics);
+        let content = content.inspect(move |chunk| {
+            let _in_use = &guard;
+            if let Ok(bytes) = chunk {
+                metrics.downloaded(bytes.len() as u64);
+            }
+        });
+        let mut resp = Response::new(Body::from_stream(content));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
+        Ok(resp)
+    }
+}
+
+/// A 404 for a path no route serves.
+fn no_route(method: &Method, path: &str) -> CodeBoxError {
+    status_error(404, ErrorKind::NotFound, format!("no route for {method} {path}"))
+}
+
+/// A 405 for a known path with another method.
+fn wrong_method(method: &Method, path: &str) -> CodeBoxError {
+    status_error(405, ErrorKind::InvalidInput, format!("{method} is not allowed on {path}"))
+}
+
+/// A 200 JSON answer.
+fn ok_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Response<Body>> {
+    Ok(json_response(StatusCode::OK, value))
+}
+
+/// An error's message without the `invalid input: ` its display adds.
+fn strip_kind(err: &CodeBoxError) -> String {
+    match err {
+        CodeBoxError::InvalidInput { message } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `name` with control characters, non-ASCII bytes and `;`, `"`, `\`, `%` percent-encoded.
+fn header_safe(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if (b.is_ascii_graphic() && !matches!(b, b';' | b'"' | b'\\' | b'%')) || b == b' ' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decode `%XX` escapes; `None` when an escape is malformed or the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Seconds from a client, as a timeout.
+fn timeout_secs(secs: Option<f64>) -> Result<Option<Duration>> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(CodeBoxError::invalid(format!("timeout must be a positive number of seconds, got {s}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_refuses_bad_escapes() {
+        assert_eq!(percent_decode("a%20b%2Fc").as_deref(), Some("a b/c"));
+        assert_eq!(percent_decode("na%C3%AFve").as_deref(), Some("naïve"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
+
+    #[test]
+    fn header_names_stay_readable_and_safe() {
+        assert_eq!(header_safe("plot 1.png"), "plot 1.png");
+        assert_eq!(header_safe("a;b\"c\n"), "a%3Bb%22c%0A");
+        assert_eq!(header_safe("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn timeouts_must_be_positive_seconds() {
+        assert_eq!(timeout_secs(Some(1.5)).unwrap(), Some(Duration::from_millis(1500)));
+        assert_eq!(timeout_secs(None).unwrap(), None);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(timeout_secs(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}
