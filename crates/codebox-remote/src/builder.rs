@@ -1,0 +1,193 @@
+//! Building a [`RemoteBox`]: from code or from [`CodeBoxSettings`].
+
+use std::time::Duration;
+
+use codebox_core::{ApiKey, CodeBoxError, CodeBoxSettings, Result};
+use codebox_http::client::{ClientConfig, HttpClient, RetryPolicy};
+
+use crate::remote_box::{RemoteBox, new_session_id};
+
+/// Which protocol the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// The native API of `codebox serve` (`/v1`). Every operation works.
+    #[default]
+    Native,
+    /// The hosted codebox-api 0.2 service: `{base}/codebox/{session}/exec`, `/files/upload`,
+    /// `/files/download/{path}`, with `Authorization: Bearer` and `Factory-Id` headers.
+    CodeboxApi,
+    /// The single-box server of the `codeboxapi` 0.2 Python package
+    /// (`uvicorn codeboxapi.api:app`): the same routes at the base URL's root.
+    CodeboxApiServer,
+}
+
+/// Builds a [`RemoteBox`]. Start from [`RemoteBox::builder`].
+#[derive(Debug, Clone)]
+pub struct RemoteBoxBuilder {
+    base_url: String,
+    api_key: Option<ApiKey>,
+    session_id: Option<String>,
+    factory_id: Option<String>,
+    kernel: Option<String>,
+    protocol: Option<Protocol>,
+    execution_timeout: Option<Duration>,
+    client: ClientConfig,
+}
+
+impl Default for RemoteBoxBuilder {
+    fn default() -> Self {
+        Self {
+            base_url: CodeBoxSettings::DEFAULT_BASE_URL.to_owned(),
+            api_key: None,
+            session_id: None,
+            factory_id: None,
+            kernel: None,
+            protocol: None,
+            execution_timeout: None,
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+impl RemoteBoxBuilder {
+    /// A builder with the defaults: `http://127.0.0.1:8069`, the native protocol, a new session.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder filled from `CODEBOX_*` settings: API key, base URL, execution timeout,
+    /// session id (attach instead of create), factory id and kernel. A base URL whose path
+    /// ends in `/v2` (like `https://codeboxapi.com/api/v2`) selects [`Protocol::CodeboxApi`].
+    pub fn from_settings(settings: &CodeBoxSettings) -> Self {
+        let mut b = Self::new().with_base_url(settings.base_url.clone());
+        b.api_key = settings.api_key.clone();
+        b.session_id = settings.session_id.clone();
+        b.factory_id = settings.factory_id.clone();
+        b.kernel = settings.kernel.clone();
+        b.execution_timeout = settings.timeout;
+        if settings.base_url.trim_end_matches('/').ends_with("/v2") {
+            b.protocol = Some(Protocol::CodeboxApi);
+        }
+        b
+    }
+
+    /// The server's base URL, e.g. `http://127.0.0.1:8069`.
+    pub fn with_base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = url.into();
+        self
+    }
+
+    /// The API key sent as `Authorization: Bearer`.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(ApiKey::new(key));
+        self
+    }
+
+    /// Attach to this existing session instead of creating one.
+    pub fn with_session_id(mut self, id: impl Into<String>) -> Self {
+        self.session_id = Some(id.into());
+        self
+    }
+
+    /// The factory id sent to hosted codebox-api 0.2 services.
+    pub fn with_factory_id(mut self, id: impl Into<String>) -> Self {
+        self.factory_id = Some(id.into());
+        self
+    }
+
+    /// The kernel the server starts for a new session, when not its default.
+    pub fn with_kernel(mut self, kernel: impl Into<String>) -> Self {
+        self.kernel = Some(kernel.into());
+        self
+    }
+
+    /// The protocol the server speaks.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
+        self
+    }
+
+    /// The timeout of an execution whose [`RunOptions`](codebox_core::RunOptions) set none.
+    pub fn with_execution_timeout(mut self, timeout: Duration) -> Self {
+        self.execution_timeout = Some(timeout);
+        self
+    }
+
+    /// The longest time to open a connection.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.client.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest time from sending a request to its response head (`None`: no limit).
+    /// Uploads, installs and commands are not bounded by it.
+    pub fn with_request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.client.request_timeout = timeout;
+        self
+    }
+
+    /// The longest silence while waiting for response bytes. The native server sends a
+    /// keepalive line every 10 s during an execution, so keep this above that.
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.client.read_timeout = timeout;
+        self
+    }
+
+    /// The retry policy for requests that may be repeated. Executions are never retried.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.client.retry = retry;
+        self
+    }
+
+    /// Every HTTP client setting at once.
+    pub fn with_client_config(mut self, config: ClientConfig) -> Self {
+        self.client = config;
+        self
+    }
+
+    /// Check the settings and make the box. No request is sent until
+    /// [`start`](codebox_core::CodeBox::start) (or, when attaching by id, the first call).
+    pub fn build(self) -> Result<RemoteBox> {
+        let base = self.base_url.trim().trim_end_matches('/').to_owned();
+        if base.is_empty() {
+            return Err(CodeBoxError::invalid("the base URL is empty"));
+        }
+        // Validates scheme and host (and TLS availability for https).
+        codebox_http::client::Request::new(http::Method::GET, &format!("{base}/"))?;
+        let protocol = self.protocol.unwrap_or_default();
+        if protocol == Protocol::Native && self.api_key.is_none() {
+            return Err(CodeBoxError::invalid(
+                "an API key is required for a CodeBox server (set CODEBOX_API_KEY or use with_api_key)",
+            ));
+        }
+        if let Some(key) = &self.api_key {
+            if key.expose().is_empty() || key.expose().chars().any(|c| c.is_control() || c == ' ') {
+                return Err(CodeBoxError::invalid("the API key is empty or contains spaces or control characters"));
+            }
+        }
+        if let Some(id) = &self.session_id {
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+                return Err(CodeBoxError::invalid(format!(
+                    "session id {id:?} must be non-empty ASCII letters, digits, '-', '_' or '.'"
+                )));
+            }
+        }
+        let http = HttpClient::new(self.client)?;
+        let (id, attached) = match self.session_id {
+            Some(id) => (id, true),
+            None => (new_session_id(), false),
+        };
+        Ok(RemoteBox::assemble(crate::remote_box::Parts {
+            id,
+            attached,
+            base,
+            http,
+            api_key: self.api_key,
+            factory_id: self.factory_id,
+            kernel: self.kernel,
+            protocol,
+            execution_timeout: self.execution_timeout,
+        }))
+    }
+}

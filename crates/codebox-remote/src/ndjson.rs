@@ -1,0 +1,193 @@
+//! The execution stream of the native API: NDJSON lines to execution events.
+//!
+//! Lines are parsed as they arrive. Sequence numbers must count from 0 without gaps,
+//! keepalive lines are skipped, an error line ends the stream with that error, and a stream
+//! that ends without an `end` event is a protocol error.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{StreamExt, stream};
+
+use codebox_core::{ByteStream, CodeBoxError, EventStream, ExecEvent, Result};
+use codebox_http::wire::{ErrorBody, ErrorResponse, StreamLine, error_from_response, status_for_kind};
+
+/// The longest line accepted (one event with a large image can be tens of MiB).
+const MAX_LINE: usize = 256 << 20;
+
+/// How long to wait for the end of the body after the `end` event, so the connection can
+/// be reused. A server that keeps the body open longer loses the connection instead.
+const DRAIN_AFTER_END: Duration = Duration::from_secs(2);
+
+struct Decoder {
+    body: ByteStream,
+    buf: BytesMut,
+    next_seq: u64,
+    finished: bool,
+}
+
+/// Decode an execution response body into events.
+pub(crate) fn decode(body: ByteStream) -> EventStream {
+    let decoder = Decoder { body, buf: BytesMut::new(), next_seq: 0, finished: false };
+    Box::pin(stream::unfold(decoder, |mut d| async move {
+        if d.finished {
+            return None;
+        }
+        match d.next_event().await {
+            Ok(Some(event)) => {
+                if event.is_end() {
+                    d.finished = true;
+                    d.drain().await;
+                }
+                Some((Ok(event), d))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                d.finished = true;
+                Some((Err(e), d))
+            }
+        }
+    }))
+}
+
+impl Decoder {
+    async fn next_event(&mut self) -> Result<Option<ExecEvent>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line = self.buf.split_to(pos + 1);
+                if let Some(event) = self.line(&line[..pos])? {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(CodeBoxError::protocol(format!(
+                    "an execution stream line is longer than {MAX_LINE} bytes"
+                )));
+            }
+            match self.body.next().await {
+                Some(chunk) => self.buf.extend_from_slice(&chunk?),
+                None => {
+                    // A last line without its newline still counts.
+                    let rest = std::mem::take(&mut self.buf);
+                    if let Some(event) = self.line(&rest)? {
+                        return Ok(Some(event));
+                    }
+                    return Err(CodeBoxError::protocol(
+                        "the execution stream ended without an end event (the connection was cut or the server failed)",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// One line: an event, or `None` for a keepalive or a blank line.
+    fn line(&mut self, line: &[u8]) -> Result<Option<ExecEvent>> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let parsed: StreamLine = serde_json::from_slice(line).map_err(|e| {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+            CodeBoxError::protocol(format!("malformed execution stream line ({e}): {shown}"))
+        })?;
+        match parsed {
+            StreamLine::Keepalive { .. } => Ok(None),
+            StreamLine::Event { seq, event } => {
+                self.check_seq(seq)?;
+                Ok(Some(event))
+            }
+            StreamLine::Error { seq, error } => {
+                self.check_seq(seq)?;
+                Err(error_from_line(error))
+            }
+        }
+    }
+
+    fn check_seq(&mut self, seq: u64) -> Result<()> {
+        if seq != self.next_seq {
+            return Err(CodeBoxError::protocol(format!(
+                "execution stream out of order: expected event {}, got {seq}",
+                self.next_seq
+            )));
+        }
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Read the body to its end (bounded) so the connection goes back to the pool.
+    async fn drain(&mut self) {
+        let body = &mut self.body;
+        let _ = tokio::time::timeout(DRAIN_AFTER_END, async {
+            while let Some(Ok(chunk)) = body.next().await {
+                if !chunk.iter().all(u8::is_ascii_whitespace) && !chunk.starts_with(b"{\"keepalive\"") {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.buf.clear();
+    }
+}
+
+/// The error an error line stands for, with the same kind the server reported.
+fn error_from_line(error: ErrorBody) -> CodeBoxError {
+    let status = status_for_kind(error.kind);
+    let body = serde_json::to_vec(&ErrorResponse { error }).unwrap_or_default();
+    error_from_response(status, Vec::new(), &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use codebox_core::{ErrorKind, Execution, Outcome};
+
+    fn body(chunks: &[&str]) -> ByteStream {
+        let chunks: Vec<Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::from(c.to_string()))).collect();
+        Box::pin(stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn lines_split_across_chunks_and_keepalives_are_skipped() {
+        let b = body(&[
+            "{\"seq\":0,\"event\":{\"type\":\"std",
+            "out\",\"text\":\"hi\\n\"}}\n{\"keepalive\":true}\n\n",
+            "{\"seq\":1,\"event\":{\"type\":\"end\",\"execution_count\":1,\"duration_ms\":3.1,\"outcome\":\"ok\"}}\n",
+        ]);
+        let ex = Execution::collect(decode(b)).await.unwrap();
+        assert_eq!(ex.stdout(), "hi\n");
+        assert_eq!(ex.outcome, Outcome::Ok);
+        assert_eq!(ex.execution_count, Some(1));
+    }
+
+    #[tokio::test]
+    async fn gaps_malformed_lines_cut_streams_and_error_lines_fail() {
+        let gap = body(&[
+            "{\"seq\":0,\"event\":{\"type\":\"stdout\",\"text\":\"a\"}}\n",
+            "{\"seq\":2,\"event\":{\"type\":\"stdout\",\"text\":\"b\"}}\n",
+        ]);
+        assert_eq!(Execution::collect(decode(gap)).await.unwrap_err().kind(), ErrorKind::Protocol);
+        let malformed = body(&["{\"seq\":0,\"event\":{\"type\":\"stdout\"\n"]);
+        assert_eq!(Execution::collect(decode(malformed)).await.unwrap_err().kind(), ErrorKind::Protocol);
+        let cut = body(&["{\"seq\":0,\"event\":{\"type\":\"stdout\",\"text\":\"a\"}}\n"]);
+        assert_eq!(Execution::collect(decode(cut)).await.unwrap_err().kind(), ErrorKind::Protocol);
+        let died = body(&[
+            "{\"seq\":0,\"event\":{\"type\":\"stdout\",\"text\":\"a\"}}\n",
+            "{\"seq\":1,\"error\":{\"kind\":\"kernel_died\",\"message\":\"killed by signal 9\"}}\n",
+        ]);
+        let err = Execution::collect(decode(died)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::KernelDied);
+        assert!(err.to_string().contains("signal 9"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_stream_stops_after_the_end_event() {
+        let b = body(&[
+            "{\"seq\":0,\"event\":{\"type\":\"end\",\"duration_ms\":1.0,\"outcome\":\"ok\"}}\n",
+            "{\"seq\":1,\"event\":{\"type\":\"stdout\",\"text\":\"late\"}}\n",
+        ]);
+        let events: Vec<_> = decode(b).collect().await;
+        assert_eq!(events.len(), 1);
+    }
+}
