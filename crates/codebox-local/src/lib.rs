@@ -1,2 +1,68 @@
 //! LocalBox: run code in Jupyter kernels that codebox starts and supervises itself on this
-//! machine, over the Jupyter messaging protocol.
+//! machine, over the Jupyter messaging protocol on ZeroMQ (no Jupyter server, no IPython in
+//! this process).
+//!
+//! ```no_run
+//! use codebox_core::{CodeBox, CodeBoxExt};
+//! use codebox_local::LocalBox;
+//!
+//! # async fn demo() -> codebox_core::Result<()> {
+//! let lb = LocalBox::new()?;
+//! lb.start().await?;
+//! lb.exec("x = 20").await?;
+//! let ex = lb.exec("print('hello'); x + 22").await?;
+//! assert_eq!(ex.stdout(), "hello\n");
+//! assert_eq!(ex.result().and_then(|r| r.plain()).as_deref(), Some("42"));
+//! lb.stop().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What a box is
+//!
+//! Each [`LocalBox`] owns one kernel process (ipykernel by default, or any installed
+//! kernelspec) and one working directory, the kernel's current directory. Boxes are
+//! independent: many run side by side in one process.
+//!
+//! # Python
+//!
+//! The kernel's Python is, in order: the builder's [`with_python`](LocalBoxBuilder::with_python),
+//! `CODEBOX_PYTHON`, or a managed virtual environment (see [`managed_python_dir`]) that is
+//! created on first use with ipykernel, matplotlib, numpy and pandas
+//! ([`PythonProfile::Data`]) unless provisioning is [`Provision::Off`].
+//!
+//! # Supervision
+//!
+//! Kernels are forked from one long-lived thread with `PR_SET_PDEATHSIG`, each in its own
+//! process group, so none outlives the process that owns it, even when that process is
+//! killed. A kernel that dies (`os._exit`, a segfault, the OOM killer) fails the running
+//! call at once with [`CodeBoxError::KernelDied`](codebox_core::CodeBoxError::KernelDied)
+//! and its cause, and is restarted (at most 3 times a minute by default). An execution that
+//! passes its timeout is interrupted and ends with
+//! [`Outcome::TimedOut`](codebox_core::Outcome::TimedOut), state kept; if the kernel
+//! ignores the interrupt it is killed and restarted and the call fails with a timeout error
+//! saying the state was lost.
+//!
+//! # Per-execution options
+//!
+//! `RunOptions::cwd` and `env` are applied by two small silent requests around the
+//! execution (`os.chdir` and `os.environ`, restored afterwards); the user's code is sent
+//! unchanged. `language: "bash"` runs the code with `bash -c` as a child process in the
+//! working directory.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod command;
+mod exec;
+mod files;
+mod kernel;
+mod kernelspec;
+mod localbox;
+mod output;
+mod pool;
+mod protocol;
+mod python;
+mod spawn;
+mod util;
+
+pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
+pub use crate::pool::KernelPool;
+pub use crate::python::{ProgressFn, Provision, PythonProfile, managed_python_dir, provision_at};

@@ -1,0 +1,171 @@
+//! Programs run as child processes in the box's working directory: `run_command` and the
+//! `bash` execution language.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use codebox_core::{CodeBoxError, CommandOutput, ErrorInfo, EventStream, ExecEvent, Outcome, Result};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::{OwnedMutexGuard, mpsc};
+use tokio::time::Instant;
+
+use crate::output::OutputCap;
+
+fn spawn(
+    program: &str,
+    args: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    extra: &BTreeMap<String, String>,
+) -> Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CodeBoxError::not_found(format!("program {program:?}")),
+        _ => CodeBoxError::io(format!("running {program:?}"), e),
+    })
+}
+
+fn kill_group(child: &Child) {
+    if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Read at most `limit` bytes, then keep draining (and discarding) so the child never blocks.
+async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, limit: usize) -> (Vec<u8>, u64) {
+    let mut kept = Vec::new();
+    let mut dropped = 0u64;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, dropped),
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&buf[..room]);
+                dropped += (n - room) as u64;
+            }
+        }
+    }
+}
+
+/// Run a program to completion, with a timeout, collecting its output (capped).
+pub(crate) async fn run_command(
+    program: &str,
+    args: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    extra: &BTreeMap<String, String>,
+    timeout: Option<Duration>,
+    limit: usize,
+) -> Result<CommandOutput> {
+    let mut child = spawn(program, args, cwd, env, extra)?;
+    let out = read_capped(child.stdout.take().expect("piped"), limit / 2);
+    let err = read_capped(child.stderr.take().expect("piped"), limit / 2);
+    let all = async { tokio::join!(child.wait(), out, err) };
+    let (status, (stdout, _), (stderr, _), timed_out) = match timeout {
+        None => {
+            let (s, o, e) = all.await;
+            (s, o, e, false)
+        }
+        Some(t) => match tokio::time::timeout(t, all).await {
+            Ok((s, o, e)) => (s, o, e, false),
+            Err(_) => {
+                kill_group(&child);
+                let status = child.wait().await;
+                (status, (Vec::new(), 0), (Vec::new(), 0), true)
+            }
+        },
+    };
+    let status = status.map_err(|e| CodeBoxError::io(format!("waiting for {program:?}"), e))?;
+    Ok(CommandOutput::new(
+        if timed_out { None } else { status.code() },
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+        timed_out,
+    ))
+}
+
+/// Run `code` with `bash -c`, streaming stdout and stderr as they come.
+pub(crate) fn run_bash(
+    code: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    extra: &BTreeMap<String, String>,
+    timeout: Option<Duration>,
+    limit: usize,
+    guard: OwnedMutexGuard<()>,
+) -> Result<EventStream> {
+    let started = Instant::now();
+    let mut child = spawn("bash", &["-c".to_owned(), code.to_owned()], cwd, env, extra)?;
+    let (tx, rx) = mpsc::channel(32);
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    tokio::spawn(async move {
+        let _guard = guard;
+        let mut cap = OutputCap::new(limit);
+        let (mut out_open, mut err_open) = (true, true);
+        let (mut obuf, mut ebuf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+        let deadline = timeout.map(|t| started + t);
+        let far = started + Duration::from_secs(86_400 * 365);
+        let mut timed_out = false;
+        while out_open || err_open {
+            let event = tokio::select! {
+                r = stdout.read(&mut obuf), if out_open => match r {
+                    Ok(n) if n > 0 => ExecEvent::stdout(String::from_utf8_lossy(&obuf[..n])),
+                    _ => { out_open = false; continue }
+                },
+                r = stderr.read(&mut ebuf), if err_open => match r {
+                    Ok(n) if n > 0 => ExecEvent::stderr(String::from_utf8_lossy(&ebuf[..n])),
+                    _ => { err_open = false; continue }
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && !timed_out => {
+                    timed_out = true;
+                    kill_group(&child);
+                    continue;
+                }
+                _ = tx.closed() => {
+                    kill_group(&child);
+                    return;
+                }
+            };
+            for e in cap.push(event) {
+                let _ = tx.send(Ok(e)).await;
+            }
+        }
+        let status = child.wait().await;
+        for e in cap.finish() {
+            let _ = tx.send(Ok(e)).await;
+        }
+        let outcome = match status {
+            _ if timed_out => Outcome::TimedOut,
+            Ok(s) if s.success() => Outcome::Ok,
+            Ok(s) => {
+                let value = match s.code() {
+                    Some(code) => format!("bash exited with code {code}"),
+                    None => format!("bash was killed ({s})"),
+                };
+                let info = ErrorInfo { name: "BashError".into(), value: value.clone(), traceback: vec![value] };
+                let _ = tx.send(Ok(ExecEvent::Error(info))).await;
+                Outcome::Error
+            }
+            Err(e) => {
+                let _ = tx.send(Err(CodeBoxError::io("waiting for bash", e))).await;
+                return;
+            }
+        };
+        let _ = tx.send(Ok(ExecEvent::end(None, started.elapsed(), outcome))).await;
+    });
+    Ok(crate::exec::receiver_stream(rx))
+}

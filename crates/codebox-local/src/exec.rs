@@ -1,0 +1,265 @@
+//! Running one execution: Jupyter messages in, [`ExecEvent`]s out, with timeout, interrupt,
+//! output cap and death handling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use codebox_core::{
+    CodeBoxError, ErrorInfo, EventStream, ExecEvent, KernelDeath, MimeBundle, Outcome, Result, TimeoutKind,
+};
+use serde_json::{Value, json};
+use tokio::sync::{OwnedMutexGuard, mpsc};
+use tokio::time::Instant;
+
+use crate::kernel::{Channel, ExitReason, Kernel, Routed};
+use crate::output::OutputCap;
+use crate::protocol::strip_ansi;
+
+/// Limits that apply to one execution.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExecLimits {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) output_limit: usize,
+    pub(crate) interrupt_grace: Duration,
+}
+
+/// Events buffered between the driver and the caller's stream.
+const EVENT_BUFFER: usize = 32;
+/// Kernel messages buffered between the socket readers and the driver.
+const MESSAGE_BUFFER: usize = 64;
+
+pub(crate) fn receiver_stream(rx: mpsc::Receiver<Result<ExecEvent>>) -> EventStream {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+/// Wait for the kernel's death and return its cause.
+pub(crate) async fn wait_death(death: &mut tokio::sync::watch::Receiver<Option<KernelDeath>>) -> KernelDeath {
+    let cause = death.wait_for(Option::is_some).await.map(|d| d.clone());
+    match cause {
+        Ok(d) => d.unwrap_or(KernelDeath::Unknown { detail: "gone".into() }),
+        // The kernel's watcher is gone (the kernel was dropped): never resolves.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+fn died(cause: KernelDeath) -> CodeBoxError {
+    CodeBoxError::KernelDied { cause }
+}
+
+/// Run code silently (no outputs, no history) and wait for it; used to set and restore the
+/// working directory and environment around an execution.
+pub(crate) async fn run_silent(kernel: &Kernel, code: &str) -> Result<()> {
+    let content = json!({
+        "code": code, "silent": true, "store_history": false,
+        "user_expressions": {}, "allow_stdin": false, "stop_on_error": false,
+    });
+    let mut req = kernel.request(Channel::Shell, "execute_request", content, MESSAGE_BUFFER).await?;
+    let mut death = kernel.death();
+    let (mut reply, mut idle) = (None, false);
+    while reply.is_none() || !idle {
+        tokio::select! {
+            m = req.rx.recv() => match m {
+                Some(Routed { channel: Channel::Shell, msg }) if msg.msg_type == "execute_reply" => reply = Some(msg.content),
+                Some(Routed { channel: Channel::IoPub, msg }) if msg.msg_type == "status" => {
+                    idle |= msg.content["execution_state"] == "idle";
+                }
+                Some(_) => {}
+                None => return Err(CodeBoxError::protocol("the kernel's reply channel closed")),
+            },
+            cause = wait_death(&mut death) => return Err(died(cause)),
+        }
+    }
+    let reply = reply.unwrap_or_default();
+    if reply["status"] == "ok" {
+        Ok(())
+    } else {
+        Err(CodeBoxError::invalid(format!(
+            "could not prepare the execution: {}: {}",
+            reply["ename"].as_str().unwrap_or("error"),
+            reply["evalue"].as_str().unwrap_or("")
+        )))
+    }
+}
+
+/// Start an execution on `kernel` and return its event stream. `guard` keeps other
+/// executions of the same box waiting until this one has completely finished.
+pub(crate) async fn execute(
+    kernel: Arc<Kernel>,
+    code: &str,
+    limits: ExecLimits,
+    around: Option<(String, String)>,
+    guard: OwnedMutexGuard<()>,
+) -> Result<EventStream> {
+    if let Some((before, _)) = &around {
+        run_silent(&kernel, before).await?;
+    }
+    let started = Instant::now();
+    let content = json!({
+        "code": code, "silent": false, "store_history": true,
+        "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
+    });
+    let req = kernel.request(Channel::Shell, "execute_request", content, MESSAGE_BUFFER).await?;
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let span = tracing::debug_span!("execution", kernel = %kernel.name, msg_id = %req.id);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let driver = Driver { kernel, limits, tx, started, cap: OutputCap::new(limits.output_limit) };
+            driver.run(req, around.map(|(_, after)| after)).await;
+            drop(guard);
+        },
+        span,
+    ));
+    Ok(receiver_stream(rx))
+}
+
+struct Driver {
+    kernel: Arc<Kernel>,
+    limits: ExecLimits,
+    tx: mpsc::Sender<Result<ExecEvent>>,
+    started: Instant,
+    cap: OutputCap,
+}
+
+#[derive(Default)]
+struct Progress {
+    reply: Option<Value>,
+    idle: bool,
+    execution_count: Option<u64>,
+}
+
+impl Driver {
+    async fn emit(&mut self, event: ExecEvent) {
+        for e in self.cap.push(event) {
+            // A closed receiver is noticed in the main loop.
+            let _ = self.tx.send(Ok(e)).await;
+        }
+    }
+
+    async fn run(mut self, mut req: crate::kernel::Request, after: Option<String>) {
+        let mut death = self.kernel.death();
+        let mut progress = Progress::default();
+        let far = self.started + Duration::from_secs(86_400 * 365);
+        let deadline = self.limits.timeout.map(|t| self.started + t);
+        let mut timed_out = false;
+        let mut cancelled = false;
+        let mut grace_until: Option<Instant> = None;
+        while progress.reply.is_none() || !progress.idle {
+            tokio::select! {
+                biased;
+                m = req.rx.recv() => match m {
+                    Some(routed) => self.handle(routed, &mut progress).await,
+                    None => {
+                        let _ = self.tx.send(Err(CodeBoxError::protocol("the kernel's reply channel closed"))).await;
+                        return;
+                    }
+                },
+                cause = wait_death(&mut death) => {
+                    let err = if self.kernel.exit_reason() == ExitReason::TimeoutKill {
+                        CodeBoxError::Timeout { kind: TimeoutKind::Execution, after: self.limits.timeout, state_lost: true }
+                    } else {
+                        died(cause)
+                    };
+                    self.flush_tail().await;
+                    let _ = self.tx.send(Err(err)).await;
+                    return;
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && !timed_out && !cancelled => {
+                    tracing::debug!("execution timed out; interrupting");
+                    timed_out = true;
+                    let _ = self.kernel.interrupt().await;
+                    grace_until = Some(Instant::now() + self.limits.interrupt_grace);
+                }
+                _ = tokio::time::sleep_until(grace_until.unwrap_or(far)), if grace_until.is_some() => {
+                    // The kernel ignores the interrupt (C code holding the GIL): only a kill helps.
+                    tracing::warn!(pid = self.kernel.pid(), "the kernel ignored the interrupt; killing it");
+                    self.kernel.kill(ExitReason::TimeoutKill);
+                    grace_until = None;
+                    // The death arm reports it.
+                }
+                _ = self.tx.closed(), if !cancelled => {
+                    tracing::debug!("the caller dropped the stream; interrupting");
+                    cancelled = true;
+                    if !timed_out {
+                        let _ = self.kernel.interrupt().await;
+                        grace_until = Some(Instant::now() + self.limits.interrupt_grace);
+                    }
+                }
+            }
+        }
+        let duration = self.started.elapsed();
+        if let Some(after) = after
+            && let Err(e) = run_silent(&self.kernel, &after).await
+        {
+            tracing::warn!("restoring the working directory and environment failed: {e}");
+        }
+        let reply = progress.reply.unwrap_or_default();
+        let count = reply["execution_count"].as_u64().or(progress.execution_count);
+        let outcome = match reply["status"].as_str() {
+            Some("ok") => Outcome::Ok,
+            _ if timed_out => Outcome::TimedOut,
+            _ if reply["ename"] == "KeyboardInterrupt" => Outcome::Interrupted,
+            Some("aborted") => Outcome::Interrupted,
+            _ => Outcome::Error,
+        };
+        self.flush_tail().await;
+        let _ = self.tx.send(Ok(ExecEvent::end(count, duration, outcome))).await;
+    }
+
+    async fn flush_tail(&mut self) {
+        for e in self.cap.finish() {
+            let _ = self.tx.send(Ok(e)).await;
+        }
+    }
+
+    async fn handle(&mut self, routed: Routed, progress: &mut Progress) {
+        let Routed { channel, msg } = routed;
+        let c = msg.content;
+        match (channel, msg.msg_type.as_str()) {
+            (Channel::Shell, "execute_reply") => progress.reply = Some(c),
+            (Channel::IoPub, "status") => progress.idle |= c["execution_state"] == "idle",
+            (Channel::IoPub, "execute_input") => progress.execution_count = c["execution_count"].as_u64(),
+            (Channel::IoPub, "stream") => {
+                let text = c["text"].as_str().unwrap_or_default().to_owned();
+                let event = if c["name"] == "stderr" { ExecEvent::Stderr { text } } else { ExecEvent::Stdout { text } };
+                self.emit(event).await;
+            }
+            (Channel::IoPub, "display_data") => {
+                let display_id = c["transient"]["display_id"].as_str().map(str::to_owned);
+                self.emit(ExecEvent::Display { data: bundle(&c["data"]), display_id }).await;
+            }
+            (Channel::IoPub, "update_display_data") => {
+                if let Some(id) = c["transient"]["display_id"].as_str() {
+                    self.emit(ExecEvent::UpdateDisplay { data: bundle(&c["data"]), display_id: id.to_owned() }).await;
+                }
+            }
+            (Channel::IoPub, "execute_result") => {
+                let execution_count = c["execution_count"].as_u64();
+                self.emit(ExecEvent::Result { data: bundle(&c["data"]), execution_count }).await;
+            }
+            (Channel::IoPub, "error") => self.emit(ExecEvent::Error(error_info(&c))).await,
+            (Channel::IoPub, "clear_output") => {
+                self.emit(ExecEvent::ClearOutput { wait: c["wait"].as_bool().unwrap_or(false) }).await
+            }
+            (_, other) => tracing::trace!(msg_type = other, "skipping a kernel message"),
+        }
+    }
+}
+
+fn bundle(data: &Value) -> MimeBundle {
+    match data {
+        Value::Object(map) => MimeBundle(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        _ => MimeBundle::new(),
+    }
+}
+
+fn error_info(c: &Value) -> ErrorInfo {
+    let traceback = c["traceback"]
+        .as_array()
+        .map(|lines| lines.iter().filter_map(Value::as_str).map(strip_ansi).collect())
+        .unwrap_or_default();
+    ErrorInfo {
+        name: c["ename"].as_str().unwrap_or("Error").to_owned(),
+        value: strip_ansi(c["evalue"].as_str().unwrap_or_default()),
+        traceback,
+    }
+}

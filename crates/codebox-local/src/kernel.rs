@@ -1,0 +1,599 @@
+//! One kernel process and the ZeroMQ client that talks to it.
+//!
+//! The kernel is spawned from the dedicated spawner thread (see `spawn`), watched through a
+//! pidfd so its death is seen at once, and reached over IPC sockets in a private 0700
+//! directory (TCP on 127.0.0.1 for kernels that cannot do IPC).
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use codebox_core::{CodeBoxError, KernelDeath, Result};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use zeromq::{DealerSendHalf, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::protocol::{Incoming, Signer};
+use crate::util::random_hex;
+
+/// How an interrupt reaches the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum InterruptMode {
+    /// `interrupt_request` on the control channel (works for ipykernel, even sandboxed).
+    Message,
+    /// SIGINT to the kernel process.
+    Signal,
+}
+
+/// How the client reaches the kernel's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Transport {
+    Ipc,
+    Tcp,
+}
+
+/// Everything needed to start one kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct LaunchSpec {
+    pub(crate) name: String,
+    /// The command line; `{connection_file}` is replaced.
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) interrupt_mode: InterruptMode,
+    pub(crate) transport: Transport,
+    pub(crate) start_timeout: Duration,
+}
+
+/// Which socket a message came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    Shell,
+    IoPub,
+    Control,
+}
+
+/// A message routed to the request it answers.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    pub(crate) channel: Channel,
+    pub(crate) msg: Incoming,
+}
+
+#[derive(Default)]
+struct Routes {
+    map: Mutex<HashMap<String, mpsc::Sender<Routed>>>,
+    iopub_seen: AtomicBool,
+    iopub_notify: Notify,
+}
+
+impl Routes {
+    async fn dispatch(&self, channel: Channel, msg: Incoming) {
+        if channel == Channel::IoPub && !self.iopub_seen.swap(true, Ordering::AcqRel) {
+            self.iopub_notify.notify_waiters();
+        }
+        let Some(parent) = msg.parent_id.as_deref() else { return };
+        let tx = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(parent).cloned();
+        match tx {
+            // Backpressure: a slow consumer slows this kernel's reader, never grows a buffer.
+            Some(tx) => {
+                let _ = tx.send(Routed { channel, msg }).await;
+            }
+            None => tracing::trace!(msg_type = %msg.msg_type, "no one waits for this kernel message"),
+        }
+    }
+}
+
+/// A request in flight: its replies and outputs arrive on `rx` until it is dropped.
+pub(crate) struct Request {
+    pub(crate) id: String,
+    pub(crate) rx: mpsc::Receiver<Routed>,
+    routes: Arc<Routes>,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        self.routes.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
+/// Why the kernel exited, when we caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ExitReason {
+    /// Not asked for: a crash.
+    Unexpected = 0,
+    /// Killed because it ignored an interrupt after a timeout.
+    TimeoutKill = 1,
+    /// Shut down by its owner (stop, restart, drop).
+    Requested = 2,
+}
+
+struct Process {
+    child: Mutex<Option<Child>>,
+    pid: rustix::process::Pid,
+    reaped: AtomicBool,
+}
+
+impl Process {
+    fn signal_group(&self, signal: rustix::process::Signal) {
+        // While the leader is unreaped its pid (and so its group id) cannot be reused.
+        if !self.reaped.load(Ordering::Acquire) {
+            let _ = rustix::process::kill_process_group(self.pid, signal);
+        }
+    }
+}
+
+/// A running kernel.
+pub(crate) struct Kernel {
+    pub(crate) name: String,
+    signer: Signer,
+    shell: tokio::sync::Mutex<DealerSendHalf>,
+    control: tokio::sync::Mutex<DealerSendHalf>,
+    routes: Arc<Routes>,
+    death: watch::Receiver<Option<KernelDeath>>,
+    process: Arc<Process>,
+    stderr_tail: Arc<Mutex<VecDeque<u8>>>,
+    tasks: Vec<JoinHandle<()>>,
+    interrupt_mode: InterruptMode,
+    exit_reason: AtomicU8,
+    _runtime_dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel").field("name", &self.name).field("pid", &self.process.pid.as_raw_nonzero()).finish()
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.process.signal_group(rustix::process::Signal::KILL);
+        if let Some(child) = self.process.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            crate::spawn::reap(child);
+        }
+    }
+}
+
+const STDERR_TAIL: usize = 4096;
+
+fn runtime_base() -> PathBuf {
+    // Unix socket paths are limited to ~107 bytes: keep the directory short.
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)
+        && dir.is_dir()
+        && dir.as_os_str().len() < 60
+    {
+        return dir;
+    }
+    let tmp = std::env::temp_dir();
+    if tmp.as_os_str().len() < 60 { tmp } else { PathBuf::from("/tmp") }
+}
+
+fn free_tcp_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    // Bind them all at once so they differ, then release them for the kernel.
+    let listeners: Vec<_> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect()
+}
+
+fn start_error(message: impl Into<String>) -> CodeBoxError {
+    CodeBoxError::KernelStart { message: message.into() }
+}
+
+fn death_from_status(status: std::process::ExitStatus) -> KernelDeath {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => KernelDeath::Exited { code },
+        (None, Some(signal)) => KernelDeath::Signaled { signal },
+        _ => KernelDeath::Unknown { detail: format!("exited with status {status}") },
+    }
+}
+
+impl Kernel {
+    /// Spawn a kernel in `cwd` and wait until it answers `kernel_info` and its IOPub
+    /// subscription is live.
+    pub(crate) async fn start(spec: &LaunchSpec, cwd: &Path) -> Result<Arc<Kernel>> {
+        let started = Instant::now();
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("cbk-")
+            .tempdir_in(runtime_base())
+            .map_err(|e| CodeBoxError::io("creating the kernel's runtime directory", e))?;
+        let key = random_hex(32);
+        let (transport, ip, ports) = match spec.transport {
+            Transport::Ipc => ("ipc", runtime_dir.path().join("k").to_string_lossy().into_owned(), vec![1, 2, 3, 4, 5]),
+            Transport::Tcp => (
+                "tcp",
+                "127.0.0.1".to_owned(),
+                free_tcp_ports(5).map_err(|e| CodeBoxError::io("choosing kernel ports", e))?,
+            ),
+        };
+        let conn = json!({
+            "transport": transport, "ip": ip,
+            "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
+            "control_port": ports[3], "hb_port": ports[4],
+            "key": key, "signature_scheme": "hmac-sha256", "kernel_name": spec.name,
+        });
+        let conn_file = runtime_dir.path().join("connection.json");
+        std::fs::write(&conn_file, serde_json::to_vec(&conn).expect("JSON serializes"))
+            .map_err(|e| CodeBoxError::io("writing the connection file", e))?;
+        let endpoint = |port: u16| match spec.transport {
+            Transport::Ipc => format!("ipc://{ip}-{port}"),
+            Transport::Tcp => format!("tcp://{ip}:{port}"),
+        };
+
+        let argv: Vec<String> =
+            spec.argv.iter().map(|a| a.replace("{connection_file}", &conn_file.to_string_lossy())).collect();
+        let Some((program, args)) = argv.split_first() else {
+            return Err(start_error(format!("kernel {:?} has an empty command line", spec.name)));
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(cwd)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let program_name = program.clone();
+        let mut child = tokio::task::spawn_blocking(move || crate::spawn::spawn(cmd))
+            .await
+            .map_err(|e| start_error(format!("the spawn task failed: {e}")))?
+            .map_err(|e| start_error(format!("could not run {program_name}: {e}")))?;
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a positive pid");
+        tracing::debug!(kernel = %spec.name, pid = child.id(), "kernel spawned");
+
+        let stderr = child.stderr.take();
+        let process = Arc::new(Process { child: Mutex::new(Some(child)), pid, reaped: AtomicBool::new(false) });
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let mut tasks = Vec::new();
+        let (death_tx, death_rx) = watch::channel(None);
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .map_err(|e| start_error(format!("pidfd_open failed: {e}")));
+        let pidfd = match pidfd {
+            Ok(fd) => fd,
+            Err(e) => {
+                process.signal_group(rustix::process::Signal::KILL);
+                if let Some(c) = process.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    crate::spawn::reap(c);
+                }
+                return Err(e);
+            }
+        };
+        tasks.push(tokio::spawn(watch_process(pidfd, process.clone(), death_tx)));
+        if let Some(stderr) = stderr {
+            tasks.push(tokio::spawn(drain_stderr(stderr, stderr_tail.clone())));
+        }
+
+        let fail = |tasks: Vec<JoinHandle<()>>, process: &Arc<Process>| {
+            let tasks = tasks;
+            let process = process.clone();
+            let tail = stderr_tail.clone();
+            async move {
+                process.signal_group(rustix::process::Signal::KILL);
+                // Let the last stderr lines arrive.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                for t in &tasks {
+                    t.abort();
+                }
+                if let Some(c) = process.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    crate::spawn::reap(c);
+                }
+                let bytes: Vec<u8> = tail.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+                String::from_utf8_lossy(&bytes).trim().to_owned()
+            }
+        };
+        let deadline = started + spec.start_timeout;
+
+        let connected = connect_all(spec.transport, &ip, &endpoint, &ports, &death_rx, deadline).await;
+        let (shell_tx, shell_rx, control_tx, control_rx, iopub) = match connected {
+            Ok(sockets) => sockets,
+            Err(what) => {
+                let tail = fail(tasks, &process).await;
+                return Err(start_error(format!("{what}{}", fmt_tail(&tail))));
+            }
+        };
+
+        let signer = Signer::new(&key, random_hex(16));
+        let routes = Arc::new(Routes::default());
+        tasks.push(tokio::spawn(read_loop(shell_rx, signer.clone(), routes.clone(), Channel::Shell)));
+        tasks.push(tokio::spawn(read_loop(control_rx, signer.clone(), routes.clone(), Channel::Control)));
+        tasks.push(tokio::spawn(read_loop(iopub, signer.clone(), routes.clone(), Channel::IoPub)));
+
+        let kernel = Kernel {
+            name: spec.name.clone(),
+            signer,
+            shell: tokio::sync::Mutex::new(shell_tx),
+            control: tokio::sync::Mutex::new(control_tx),
+            routes,
+            death: death_rx,
+            process,
+            stderr_tail,
+            tasks,
+            interrupt_mode: spec.interrupt_mode,
+            exit_reason: AtomicU8::new(ExitReason::Unexpected as u8),
+            _runtime_dir: runtime_dir,
+        };
+        match kernel.wait_ready(deadline, spec.start_timeout).await {
+            Ok(()) => {
+                tracing::debug!(kernel = %spec.name, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "kernel ready");
+                Ok(Arc::new(kernel))
+            }
+            Err(e) => {
+                kernel.exit_reason.store(ExitReason::Requested as u8, Ordering::Release);
+                kernel.process.signal_group(rustix::process::Signal::KILL);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let tail = kernel.stderr_tail();
+                Err(start_error(format!("{e}{}", fmt_tail(&tail))))
+            }
+        }
+    }
+
+    async fn wait_ready(&self, deadline: Instant, limit: Duration) -> std::result::Result<(), String> {
+        let mut death = self.death.clone();
+        loop {
+            let mut req = self
+                .request(Channel::Shell, "kernel_info_request", json!({}), 4)
+                .await
+                .map_err(|e| format!("sending kernel_info_request failed: {e}"))?;
+            let got_reply = async {
+                while let Some(m) = req.rx.recv().await {
+                    if m.msg.msg_type == "kernel_info_reply" {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                _ = got_reply => {}
+                cause = death.wait_for(Option::is_some) => {
+                    let cause = cause.ok().and_then(|c| c.clone()).map(|c| c.to_string()).unwrap_or_default();
+                    return Err(format!("the kernel {cause} before it was ready"));
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(format!("the kernel did not answer kernel_info within {limit:?}"));
+                }
+            }
+            if self.routes.iopub_seen.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // The reply came, but our IOPub subscription may not be live yet: outputs sent now
+            // would be lost. Wait for any IOPub message (ipykernel 7 sends iopub_welcome).
+            let notified = self.routes.iopub_notify.notified();
+            if self.routes.iopub_seen.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+            if self.routes.iopub_seen.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err("the kernel's IOPub channel never delivered a message".into());
+            }
+        }
+    }
+
+    /// Send a request on `channel`; its answers arrive on the returned request.
+    pub(crate) async fn request(
+        &self,
+        channel: Channel,
+        msg_type: &str,
+        content: Value,
+        capacity: usize,
+    ) -> Result<Request> {
+        let (msg_id, frames) = self.signer.request(msg_type, content);
+        let (tx, rx) = mpsc::channel(capacity);
+        self.routes.map.lock().unwrap_or_else(|e| e.into_inner()).insert(msg_id.clone(), tx);
+        let req = Request { id: msg_id, rx, routes: self.routes.clone() };
+        self.send(channel, frames).await?;
+        Ok(req)
+    }
+
+    async fn send(&self, channel: Channel, frames: Vec<Bytes>) -> Result<()> {
+        let msg = ZmqMessage::try_from(frames).map_err(|e| CodeBoxError::protocol(e.to_string()))?;
+        let sent = match channel {
+            Channel::Shell => self.shell.lock().await.send(msg).await,
+            Channel::Control => self.control.lock().await.send(msg).await,
+            Channel::IoPub => return Err(CodeBoxError::protocol("cannot send on IOPub")),
+        };
+        sent.map_err(|e| CodeBoxError::Connection {
+            message: format!("sending to kernel {} failed", self.name),
+            source: Some(Box::new(e)),
+        })
+    }
+
+    /// Ask the kernel to interrupt what it runs. Does not wait for it to comply.
+    pub(crate) async fn interrupt(&self) -> Result<()> {
+        match self.interrupt_mode {
+            InterruptMode::Message => {
+                let (_, frames) = self.signer.request("interrupt_request", json!({}));
+                self.send(Channel::Control, frames).await
+            }
+            InterruptMode::Signal => rustix::process::kill_process(self.process.pid, rustix::process::Signal::INT)
+                .map_err(|e| CodeBoxError::io("interrupting the kernel", e.into())),
+        }
+    }
+
+    /// The cause of death, once the kernel has died.
+    pub(crate) fn death(&self) -> watch::Receiver<Option<KernelDeath>> {
+        self.death.clone()
+    }
+
+    /// Whether the kernel process has exited.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.death.borrow().is_some()
+    }
+
+    pub(crate) fn exit_reason(&self) -> ExitReason {
+        match self.exit_reason.load(Ordering::Acquire) {
+            1 => ExitReason::TimeoutKill,
+            2 => ExitReason::Requested,
+            _ => ExitReason::Unexpected,
+        }
+    }
+
+    /// Kill at once (SIGKILL to the whole process group).
+    pub(crate) fn kill(&self, reason: ExitReason) {
+        self.exit_reason.store(reason as u8, Ordering::Release);
+        self.process.signal_group(rustix::process::Signal::KILL);
+    }
+
+    /// Wait until the process has exited.
+    pub(crate) async fn wait_dead(&self) -> KernelDeath {
+        let mut death = self.death.clone();
+        match death.wait_for(Option::is_some).await {
+            Ok(d) => d.clone().unwrap_or(KernelDeath::Unknown { detail: "gone".into() }),
+            Err(_) => KernelDeath::Unknown { detail: "the kernel's watcher stopped".into() },
+        }
+    }
+
+    /// Graceful shutdown: `shutdown_request`, then SIGTERM, then SIGKILL.
+    pub(crate) async fn shutdown(&self, grace: Duration) {
+        self.exit_reason.store(ExitReason::Requested as u8, Ordering::Release);
+        if self.is_dead() {
+            return;
+        }
+        let (_, frames) = self.signer.request("shutdown_request", json!({"restart": false}));
+        let _ = self.send(Channel::Control, frames).await;
+        if tokio::time::timeout(grace, self.wait_dead()).await.is_ok() {
+            return;
+        }
+        self.process.signal_group(rustix::process::Signal::TERM);
+        if tokio::time::timeout(grace, self.wait_dead()).await.is_ok() {
+            return;
+        }
+        self.process.signal_group(rustix::process::Signal::KILL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_dead()).await;
+    }
+
+    /// The last lines the kernel wrote to stderr.
+    pub(crate) fn stderr_tail(&self) -> String {
+        let bytes: Vec<u8> = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        String::from_utf8_lossy(&bytes).trim().to_owned()
+    }
+
+    /// The kernel's process id.
+    pub(crate) fn pid(&self) -> i32 {
+        self.process.pid.as_raw_nonzero().get()
+    }
+}
+
+fn fmt_tail(tail: &str) -> String {
+    if tail.is_empty() { String::new() } else { format!("\n--- kernel stderr (last lines) ---\n{tail}") }
+}
+
+type Sockets = (DealerSendHalf, zeromq::DealerRecvHalf, DealerSendHalf, zeromq::DealerRecvHalf, zeromq::SubSocket);
+
+async fn connect_all(
+    transport: Transport,
+    ip: &str,
+    endpoint: &impl Fn(u16) -> String,
+    ports: &[u16],
+    death: &watch::Receiver<Option<KernelDeath>>,
+    deadline: Instant,
+) -> std::result::Result<Sockets, String> {
+    let mut death = death.clone();
+    let work = async {
+        if transport == Transport::Ipc {
+            // Wait for the kernel to bind its sockets; the library's own retry backs off too slowly.
+            let paths: Vec<PathBuf> =
+                [ports[0], ports[1], ports[3]].iter().map(|p| PathBuf::from(format!("{ip}-{p}"))).collect();
+            while !paths.iter().all(|p| p.exists()) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let mut iopub = zeromq::SubSocket::new();
+        iopub.connect(&endpoint(ports[1])).await.map_err(|e| format!("connecting to IOPub failed: {e}"))?;
+        iopub.subscribe("").await.map_err(|e| format!("subscribing to IOPub failed: {e}"))?;
+        let mut shell = zeromq::DealerSocket::new();
+        shell.connect(&endpoint(ports[0])).await.map_err(|e| format!("connecting to the shell failed: {e}"))?;
+        let mut control = zeromq::DealerSocket::new();
+        control.connect(&endpoint(ports[3])).await.map_err(|e| format!("connecting to control failed: {e}"))?;
+        let (shell_tx, shell_rx) = shell.split();
+        let (control_tx, control_rx) = control.split();
+        Ok::<_, String>((shell_tx, shell_rx, control_tx, control_rx, iopub))
+    };
+    tokio::select! {
+        r = work => r,
+        cause = death.wait_for(Option::is_some) => {
+            let cause = cause.ok().and_then(|c| c.clone()).map(|c| c.to_string()).unwrap_or_default();
+            Err(format!("the kernel {cause} before it was ready"))
+        }
+        _ = tokio::time::sleep_until(deadline) => Err("the kernel did not open its sockets in time".to_owned()),
+    }
+}
+
+async fn read_loop(mut socket: impl SocketRecv, signer: Signer, routes: Arc<Routes>, channel: Channel) {
+    loop {
+        match socket.recv().await {
+            Ok(msg) => match signer.parse(&msg.into_vec()) {
+                Ok(m) => routes.dispatch(channel, m).await,
+                Err(e) => tracing::warn!(?channel, "dropping a kernel message: {e}"),
+            },
+            Err(e) => {
+                tracing::debug!(?channel, "kernel socket closed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn register(pidfd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: `pidfd` is an open descriptor owned by the AsyncFd for its whole life; it is
+    // neither closed nor replaced while registered.
+    unsafe { AsyncFd::register(pidfd) }.map_err(|e| e.into_parts().1)
+}
+
+async fn watch_process(pidfd: OwnedFd, process: Arc<Process>, death: watch::Sender<Option<KernelDeath>>) {
+    let cause = match register(pidfd) {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+            None
+        }
+        Err(e) => Some(KernelDeath::Unknown { detail: format!("cannot watch the kernel: {e}") }),
+    };
+    let status = {
+        let mut guard = process.child.lock().unwrap_or_else(|e| e.into_inner());
+        let status = guard.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        if status.is_some() {
+            guard.take();
+            // Take the kernel's children (same group) along; the group id is still ours.
+            let _ = rustix::process::kill_process_group(process.pid, rustix::process::Signal::KILL);
+            process.reaped.store(true, Ordering::Release);
+        }
+        status
+    };
+    let cause = cause.unwrap_or_else(|| match status {
+        Some(status) => death_from_status(status),
+        None => KernelDeath::Unknown { detail: "the kernel process is gone".into() },
+    });
+    tracing::debug!(pid = process.pid.as_raw_nonzero().get(), %cause, "kernel exited");
+    let _ = death.send(Some(cause));
+}
+
+async fn drain_stderr(stderr: std::process::ChildStderr, tail: Arc<Mutex<VecDeque<u8>>>) {
+    let Ok(mut stderr) = tokio::process::ChildStderr::from_std(stderr) else { return };
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                tracing::trace!(target: "codebox_local::kernel_stderr", "{}", String::from_utf8_lossy(&buf[..n]));
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                t.extend(&buf[..n]);
+                let excess = t.len().saturating_sub(STDERR_TAIL);
+                t.drain(..excess);
+            }
+        }
+    }
+}

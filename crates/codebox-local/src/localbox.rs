@@ -1,0 +1,819 @@
+//! `LocalBox`: the `CodeBox` backed by a kernel on this machine.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use codebox_core::{
+    BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
+    EventStream, FileInfo, Result, RunOptions,
+};
+use tokio::time::Instant;
+
+use crate::exec::ExecLimits;
+use crate::files::Root;
+use crate::kernel::{ExitReason, Kernel, LaunchSpec};
+use crate::pool::KernelPool;
+use crate::python::{ProgressFn, Provision, PythonProfile};
+
+/// Output kept per execution unless configured otherwise: 10 MiB.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 10 * 1024 * 1024;
+
+/// A box that runs code in a Jupyter kernel started and supervised on this machine.
+///
+/// Each `LocalBox` has its own kernel process and its own working directory (the kernel's
+/// current directory; a fresh temporary directory unless the builder names one). Many boxes
+/// run side by side in one process. Dropping a box kills its kernel; `stop()` shuts it down
+/// gracefully and removes the working directory unless asked to keep it.
+///
+/// See the [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct LocalBox {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBox").field("id", &self.inner.id).field("kernel", &self.inner.config.kernel).finish()
+    }
+}
+
+/// Builds a [`LocalBox`]. Get one from [`LocalBox::builder`].
+#[derive(Clone)]
+pub struct LocalBoxBuilder {
+    config: Config,
+}
+
+impl std::fmt::Debug for LocalBoxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBoxBuilder")
+            .field("python", &self.config.python)
+            .field("kernel", &self.config.kernel)
+            .field("working_dir", &self.config.working_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    python: Option<PathBuf>,
+    provision: Provision,
+    profile: PythonProfile,
+    progress: Option<ProgressFn>,
+    kernel: String,
+    timeout: Option<Duration>,
+    output_limit: usize,
+    interrupt_grace: Duration,
+    start_timeout: Duration,
+    working_dir: Option<PathBuf>,
+    keep_working_dir: bool,
+    pool: Option<KernelPool>,
+    env: BTreeMap<String, String>,
+    max_restarts: usize,
+    restart_window: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            python: None,
+            provision: Provision::Auto,
+            profile: PythonProfile::Data,
+            progress: None,
+            kernel: "python3".into(),
+            timeout: None,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
+            interrupt_grace: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(30),
+            working_dir: None,
+            keep_working_dir: false,
+            pool: None,
+            env: BTreeMap::new(),
+            max_restarts: 3,
+            restart_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    async fn python(&self) -> Result<PathBuf> {
+        let (python, provision, profile, progress) =
+            (self.python.clone(), self.provision, self.profile, self.progress.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::python::resolve(python.as_deref(), provision, profile, progress.as_ref())
+        })
+        .await
+        .map_err(|e| CodeBoxError::KernelStart { message: format!("provisioning task failed: {e}") })?
+    }
+
+    /// The environment of the kernel and of commands: ours, the environment's `bin` first on
+    /// `PATH`, and the builder's variables.
+    fn child_env(&self, python: &Path) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(bin) = python.parent() {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let joined = std::env::join_paths(std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&path)))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| path.to_string_lossy().into_owned());
+            env.push(("PATH".to_owned(), joined));
+        }
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    pub(crate) async fn launch_spec(&self) -> Result<LaunchSpec> {
+        let python = self.python().await?;
+        crate::kernelspec::launch_spec(&self.kernel, &python, self.child_env(&python), self.start_timeout)
+    }
+}
+
+impl LocalBoxBuilder {
+    /// Use this Python (it must have ipykernel) instead of `CODEBOX_PYTHON` or the managed
+    /// environment.
+    pub fn with_python(mut self, python: impl Into<PathBuf>) -> Self {
+        self.config.python = Some(python.into());
+        self
+    }
+
+    /// Allow or forbid creating the managed Python environment.
+    pub fn with_provision(mut self, provision: Provision) -> Self {
+        self.config.provision = provision;
+        self
+    }
+
+    /// What the managed environment contains (default: [`PythonProfile::Data`]).
+    pub fn with_profile(mut self, profile: PythonProfile) -> Self {
+        self.config.profile = profile;
+        self
+    }
+
+    /// Receive provisioning progress, one line at a time.
+    pub fn with_progress(mut self, progress: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.config.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// The kernel to run: `python3` (the default, ipykernel over the box's Python) or the
+    /// name of an installed kernelspec.
+    pub fn with_kernel(mut self, kernel: impl Into<String>) -> Self {
+        self.config.kernel = kernel.into();
+        self
+    }
+
+    /// The default timeout of one execution (none unless set).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = Some(timeout);
+        self
+    }
+
+    /// How many bytes of output one execution keeps (default 10 MiB): the first and last
+    /// halves, with an [`ExecEvent::Truncated`](codebox_core::ExecEvent::Truncated) marker
+    /// for the rest.
+    pub fn with_output_limit(mut self, bytes: usize) -> Self {
+        self.config.output_limit = bytes;
+        self
+    }
+
+    /// How long a timed-out execution may take to honour its interrupt before the kernel is
+    /// killed and restarted (default 5 s).
+    pub fn with_interrupt_grace(mut self, grace: Duration) -> Self {
+        self.config.interrupt_grace = grace;
+        self
+    }
+
+    /// How long a kernel may take to start (default 30 s).
+    pub fn with_start_timeout(mut self, timeout: Duration) -> Self {
+        self.config.start_timeout = timeout;
+        self
+    }
+
+    /// Use this existing directory as the working directory instead of a temporary one.
+    /// It is never removed.
+    pub fn with_working_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.working_dir = Some(dir.into());
+        self
+    }
+
+    /// Keep the temporary working directory when the box stops.
+    pub fn with_keep_working_dir(mut self, keep: bool) -> Self {
+        self.config.keep_working_dir = keep;
+        self
+    }
+
+    /// Take kernels from this pool when starting.
+    pub fn with_pool(mut self, pool: KernelPool) -> Self {
+        self.config.pool = Some(pool);
+        self
+    }
+
+    /// Set an environment variable for the kernel and for commands.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// How many crash restarts are allowed within `window` before the box is declared dead
+    /// (default 3 within 60 s).
+    pub fn with_restart_limit(mut self, restarts: usize, window: Duration) -> Self {
+        self.config.max_restarts = restarts;
+        self.config.restart_window = window;
+        self
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Check the settings and make the box. Nothing starts until [`CodeBox::start`] (or the
+    /// first call that needs the kernel).
+    pub fn build(self) -> Result<LocalBox> {
+        let c = &self.config;
+        if c.kernel.trim().is_empty() {
+            return Err(CodeBoxError::invalid("the kernel name is empty"));
+        }
+        if c.output_limit < 2 {
+            return Err(CodeBoxError::invalid("the output limit must be at least 2 bytes"));
+        }
+        if let Some(dir) = &c.working_dir
+            && !dir.is_dir()
+        {
+            return Err(CodeBoxError::invalid(format!("working directory {} does not exist", dir.display())));
+        }
+        if let Some(p) = &c.python
+            && !p.exists()
+        {
+            return Err(CodeBoxError::invalid(format!("Python {} does not exist", p.display())));
+        }
+        Ok(LocalBox::from_config(self.config))
+    }
+}
+
+enum WorkDir {
+    Temp(tempfile::TempDir),
+    Given(PathBuf),
+}
+
+impl WorkDir {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Temp(t) => t.path(),
+            Self::Given(p) => p,
+        }
+    }
+}
+
+pub(crate) fn new_temp_workdir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("codebox-")
+        .tempdir()
+        .map_err(|e| CodeBoxError::io("creating a working directory", e))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    NotStarted,
+    Running,
+    Stopped,
+    Dead,
+}
+
+struct Running {
+    kernel: Arc<Kernel>,
+    root: Arc<Root>,
+    python: PathBuf,
+    spec: LaunchSpec,
+}
+
+struct State {
+    phase: Phase,
+    run: Option<Running>,
+    workdir: Option<WorkDir>,
+    restart_times: VecDeque<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct Snapshot {
+    state: BoxState,
+    restarts: u32,
+    detail: Option<String>,
+}
+
+struct Inner {
+    id: String,
+    config: Config,
+    exec_lock: Arc<tokio::sync::Mutex<()>>,
+    state: tokio::sync::Mutex<State>,
+    snapshot: Mutex<Snapshot>,
+}
+
+/// What a call needs from a running box.
+#[derive(Clone)]
+struct Handle {
+    kernel: Arc<Kernel>,
+    root: Arc<Root>,
+    python: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn fresh_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("local-{}-{}", crate::util::random_hex(6), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+impl LocalBox {
+    /// A builder with the defaults: kernel `python3`, Python from `CODEBOX_PYTHON` or the
+    /// managed environment, a temporary working directory, 10 MiB output per execution.
+    pub fn builder() -> LocalBoxBuilder {
+        LocalBoxBuilder { config: Config::default() }
+    }
+
+    /// A box with the defaults. It starts on [`CodeBox::start`] or on first use.
+    pub fn new() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    /// A box configured from settings (`python`, `kernel`, `timeout`). Not started.
+    pub fn from_settings(settings: &CodeBoxSettings) -> Result<Self> {
+        let mut b = Self::builder();
+        if let Some(p) = &settings.python {
+            b = b.with_python(p.clone());
+        }
+        if let Some(k) = &settings.kernel {
+            b = b.with_kernel(k.clone());
+        }
+        if let Some(t) = settings.timeout {
+            b = b.with_timeout(t);
+        }
+        b.build()
+    }
+
+    fn from_config(config: Config) -> Self {
+        let inner = Inner {
+            id: fresh_id(),
+            config,
+            exec_lock: Arc::new(tokio::sync::Mutex::new(())),
+            state: tokio::sync::Mutex::new(State {
+                phase: Phase::NotStarted,
+                run: None,
+                workdir: None,
+                restart_times: VecDeque::new(),
+            }),
+            snapshot: Mutex::new(Snapshot { state: BoxState::NotStarted, restarts: 0, detail: None }),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The box's working directory on this machine, once started.
+    pub async fn working_dir(&self) -> Option<PathBuf> {
+        self.inner.state.lock().await.workdir.as_ref().map(|w| w.path().to_owned())
+    }
+
+    /// The process id of the running kernel, if any.
+    pub async fn kernel_pid(&self) -> Option<i32> {
+        self.inner.state.lock().await.run.as_ref().map(|r| r.kernel.pid())
+    }
+
+    /// The Python the box's kernels and `install` use, once started.
+    pub async fn python(&self) -> Option<PathBuf> {
+        self.inner.state.lock().await.run.as_ref().map(|r| r.python.clone())
+    }
+}
+
+impl Inner {
+    fn set_snapshot(&self, f: impl FnOnce(&mut Snapshot)) {
+        f(&mut self.snapshot.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    async fn start(self: &Arc<Self>) -> Result<()> {
+        let mut st = self.state.lock().await;
+        if st.phase == Phase::Running {
+            return Ok(());
+        }
+        self.set_snapshot(|s| s.state = BoxState::Starting);
+        let started = self.start_locked(&mut st).await;
+        match &started {
+            Ok(()) => self.set_snapshot(|s| {
+                s.state = BoxState::Idle;
+                s.detail = None;
+            }),
+            Err(e) => {
+                let prev = st.phase;
+                self.set_snapshot(|s| {
+                    s.state = if prev == Phase::Stopped { BoxState::Stopped } else { BoxState::NotStarted };
+                    s.detail = Some(e.to_string());
+                })
+            }
+        }
+        started
+    }
+
+    async fn start_locked(self: &Arc<Self>, st: &mut State) -> Result<()> {
+        let python = self.config.python().await?;
+        let spec = crate::kernelspec::launch_spec(
+            &self.config.kernel,
+            &python,
+            self.config.child_env(&python),
+            self.config.start_timeout,
+        )?;
+        let warm = match (&self.config.pool, &self.config.working_dir) {
+            (Some(pool), None) => pool.take(&spec),
+            _ => None,
+        };
+        let (kernel, workdir) = match warm {
+            Some(w) => {
+                tracing::debug!(box_id = %self.id, "took a kernel from the pool");
+                (w.kernel, WorkDir::Temp(w.dir))
+            }
+            None => {
+                let workdir = match &self.config.working_dir {
+                    Some(dir) => WorkDir::Given(dir.clone()),
+                    None => WorkDir::Temp(new_temp_workdir()?),
+                };
+                let kernel = Kernel::start(&spec, workdir.path()).await?;
+                (kernel, workdir)
+            }
+        };
+        let root = Arc::new(Root::open(workdir.path())?);
+        self.watch(&kernel);
+        st.run = Some(Running { kernel, root, python, spec });
+        st.workdir = Some(workdir);
+        st.phase = Phase::Running;
+        tracing::debug!(box_id = %self.id, "box started");
+        Ok(())
+    }
+
+    /// Restart the kernel when it dies on its own.
+    fn watch(self: &Arc<Self>, kernel: &Arc<Kernel>) {
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        let mut death = kernel.death();
+        let target = Arc::as_ptr(kernel) as usize;
+        tokio::spawn(async move {
+            if death.wait_for(Option::is_some).await.is_err() {
+                return; // the kernel was dropped
+            }
+            if let Some(inner) = weak.upgrade() {
+                let mut st = inner.state.lock().await;
+                inner.recover(&mut st, target).await;
+            }
+        });
+    }
+
+    /// Replace the dead kernel `target` (if it is still the current one) within the restart
+    /// budget.
+    async fn recover(self: &Arc<Self>, st: &mut State, target: usize) {
+        let Some(run) = st.run.as_ref() else { return };
+        if st.phase != Phase::Running || Arc::as_ptr(&run.kernel) as usize != target || !run.kernel.is_dead() {
+            return;
+        }
+        let reason = run.kernel.exit_reason();
+        let cause = run.kernel.death().borrow().clone();
+        if reason == ExitReason::Requested {
+            return;
+        }
+        if reason == ExitReason::Unexpected {
+            let now = Instant::now();
+            let window = self.config.restart_window;
+            st.restart_times.retain(|t| now.duration_since(*t) < window);
+            if st.restart_times.len() >= self.config.max_restarts {
+                let detail = format!(
+                    "the kernel died {} times within {:?} (last: {}); call restart() to try again",
+                    st.restart_times.len() + 1,
+                    window,
+                    cause.map(|c| c.to_string()).unwrap_or_default()
+                );
+                tracing::warn!(box_id = %self.id, "{detail}");
+                st.phase = Phase::Dead;
+                self.set_snapshot(|s| {
+                    s.state = BoxState::Dead;
+                    s.detail = Some(detail);
+                });
+                return;
+            }
+            st.restart_times.push_back(now);
+            self.set_snapshot(|s| s.restarts += 1);
+        }
+        tracing::info!(box_id = %self.id, ?reason, "the kernel exited; restarting it");
+        self.set_snapshot(|s| {
+            s.state = BoxState::Restarting;
+            s.detail = cause.map(|c| format!("the kernel {c}"));
+        });
+        let (spec, dir) = {
+            let run = st.run.as_ref().expect("checked above");
+            (run.spec.clone(), st.workdir.as_ref().map(|w| w.path().to_owned()).unwrap_or_default())
+        };
+        match Kernel::start(&spec, &dir).await {
+            Ok(kernel) => {
+                self.watch(&kernel);
+                if let Some(run) = st.run.as_mut() {
+                    run.kernel = kernel;
+                }
+                self.set_snapshot(|s| s.state = BoxState::Idle);
+            }
+            Err(e) => {
+                st.phase = Phase::Dead;
+                self.set_snapshot(|s| {
+                    s.state = BoxState::Dead;
+                    s.detail = Some(format!("restarting the kernel failed: {e}"));
+                });
+            }
+        }
+    }
+
+    /// The running kernel, starting the box on first use and replacing a dead kernel.
+    async fn handle(self: &Arc<Self>) -> Result<Handle> {
+        loop {
+            let mut st = self.state.lock().await;
+            match st.phase {
+                Phase::NotStarted => {
+                    drop(st);
+                    self.start().await?;
+                    continue;
+                }
+                Phase::Stopped => {
+                    return Err(CodeBoxError::NotRunning { message: "the box was stopped".into() });
+                }
+                Phase::Dead => {
+                    let detail = self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).detail.clone();
+                    return Err(CodeBoxError::NotRunning {
+                        message: detail.unwrap_or_else(|| "the kernel is dead".into()),
+                    });
+                }
+                Phase::Running => {}
+            }
+            let run = st.run.as_ref().expect("a running box has a kernel");
+            if run.kernel.is_dead() {
+                let target = Arc::as_ptr(&run.kernel) as usize;
+                self.recover(&mut st, target).await;
+                continue;
+            }
+            let env = self.config.child_env(&run.python);
+            return Ok(Handle { kernel: run.kernel.clone(), root: run.root.clone(), python: run.python.clone(), env });
+        }
+    }
+
+    /// The handle of a running box, without starting it.
+    async fn running(self: &Arc<Self>) -> Result<Handle> {
+        if self.state.lock().await.phase == Phase::NotStarted {
+            return Err(CodeBoxError::NotRunning { message: "the box has not been started".into() });
+        }
+        self.handle().await
+    }
+
+    fn limits(&self, timeout: Option<Duration>) -> ExecLimits {
+        ExecLimits {
+            timeout: timeout.or(self.config.timeout),
+            output_limit: self.config.output_limit,
+            interrupt_grace: self.config.interrupt_grace,
+        }
+    }
+}
+
+/// Python statements that set the working directory and environment of one execution, and
+/// restore them afterwards. They run as separate silent requests, so the user's code is sent
+/// unchanged (its last expression is still displayed, tracebacks keep their line numbers).
+fn around_code(cwd: Option<&Path>, env: &BTreeMap<String, String>) -> (String, String) {
+    let lit = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let keys: Vec<String> = env.keys().map(|k| lit(k)).collect();
+    let mut before = format!(
+        "import os as __codebox_os\n__codebox_saved = (__codebox_os.getcwd(), {{k: __codebox_os.environ.get(k) for k in [{}]}})\n",
+        keys.join(", ")
+    );
+    for (k, v) in env {
+        before.push_str(&format!("__codebox_os.environ[{}] = {}\n", lit(k), lit(v)));
+    }
+    if let Some(cwd) = cwd {
+        before.push_str(&format!("__codebox_os.chdir({})\n", lit(&cwd.to_string_lossy())));
+    }
+    let after = "__codebox_os.chdir(__codebox_saved[0])\n\
+                 for __codebox_k, __codebox_v in __codebox_saved[1].items():\n    \
+                 if __codebox_v is None: __codebox_os.environ.pop(__codebox_k, None)\n    \
+                 else: __codebox_os.environ[__codebox_k] = __codebox_v\n\
+                 del __codebox_saved, __codebox_os\n"
+        .to_owned();
+    (before, after)
+}
+
+fn is_bash(language: &str) -> bool {
+    matches!(language, "bash" | "sh" | "shell")
+}
+
+#[async_trait]
+impl CodeBox for LocalBox {
+    fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut languages = vec!["python".to_owned(), "bash".to_owned()];
+        if !matches!(self.inner.config.kernel.as_str(), "python3" | "python") {
+            languages.push(self.inner.config.kernel.clone());
+        }
+        Capabilities::full(languages)
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.inner.start().await
+    }
+
+    async fn stop(&self) -> Result<()> {
+        let mut st = self.inner.state.lock().await;
+        if st.phase == Phase::Stopped {
+            return Ok(());
+        }
+        if let Some(run) = st.run.take() {
+            run.kernel.shutdown(Duration::from_secs(1)).await;
+        }
+        if let Some(WorkDir::Temp(dir)) = st.workdir.take() {
+            if self.inner.config.keep_working_dir {
+                let _ = dir.keep();
+            } else if let Err(e) = dir.close() {
+                tracing::warn!(box_id = %self.inner.id, "removing the working directory failed: {e}");
+            }
+        }
+        st.phase = Phase::Stopped;
+        self.inner.set_snapshot(|s| {
+            s.state = BoxState::Stopped;
+            s.detail = None;
+        });
+        Ok(())
+    }
+
+    async fn status(&self) -> Result<BoxStatus> {
+        let snap = self.inner.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut state = snap.state;
+        if state == BoxState::Idle && self.inner.exec_lock.try_lock().is_err() {
+            state = BoxState::Busy;
+        }
+        let mut status = BoxStatus::new(state)
+            .with_kernel(self.inner.config.kernel.clone())
+            .with_isolation("none")
+            .with_restarts(snap.restarts);
+        if let Some(d) = snap.detail {
+            status = status.with_detail(d);
+        }
+        Ok(status)
+    }
+
+    async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
+        let language = options.language.as_deref().unwrap_or("python");
+        let bash = is_bash(language);
+        if !bash && !matches!(language, "python" | "python3") && language != self.inner.config.kernel {
+            return Err(CodeBoxError::invalid(format!(
+                "language {language:?} is not available in this box; use one of: {}",
+                self.capabilities().languages.join(", ")
+            )));
+        }
+        let guard = self.inner.exec_lock.clone().lock_owned().await;
+        let h = self.inner.handle().await?;
+        let cwd = match options.cwd.as_deref() {
+            Some(c) => Some(h.root.path().join(h.root.check_dir(c)?)),
+            None => None,
+        };
+        let limits = self.inner.limits(options.timeout);
+        if bash {
+            let dir = cwd.unwrap_or_else(|| h.root.path().to_owned());
+            return crate::command::run_bash(
+                code,
+                &dir,
+                &h.env,
+                &options.env,
+                limits.timeout,
+                limits.output_limit,
+                guard,
+            );
+        }
+        let around = (cwd.is_some() || !options.env.is_empty()).then(|| around_code(cwd.as_deref(), &options.env));
+        crate::exec::execute(h.kernel, code, limits, around, guard).await
+    }
+
+    async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
+        let h = self.inner.handle().await?;
+        h.root.upload(path, content).await
+    }
+
+    async fn download(&self, path: &str) -> Result<ByteStream> {
+        let h = self.inner.handle().await?;
+        h.root.download(path)
+    }
+
+    async fn list_files(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
+        let h = self.inner.handle().await?;
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || h.root.list(&dir, recursive))
+            .await
+            .map_err(|e| CodeBoxError::io("listing files", std::io::Error::other(e.to_string())))?
+    }
+
+    async fn delete_file(&self, path: &str) -> Result<()> {
+        let h = self.inner.handle().await?;
+        h.root.delete(path)
+    }
+
+    async fn install(&self, packages: &[String]) -> Result<String> {
+        if packages.is_empty() {
+            return Err(CodeBoxError::invalid("no packages to install"));
+        }
+        if let Some(bad) = packages.iter().find(|p| p.trim().is_empty() || p.starts_with('-')) {
+            return Err(CodeBoxError::invalid(format!("{bad:?} is not a package name")));
+        }
+        let h = self.inner.handle().await?;
+        let mut args: Vec<String> =
+            ["-m", "pip", "install", "--disable-pip-version-check", "--no-input"].map(str::to_owned).to_vec();
+        args.extend(packages.iter().cloned());
+        let out = crate::command::run_command(
+            &h.python.to_string_lossy(),
+            &args,
+            h.root.path(),
+            &h.env,
+            &BTreeMap::new(),
+            Some(Duration::from_secs(900)),
+            self.inner.config.output_limit,
+        )
+        .await?;
+        let text = format!("{}{}", out.stdout, out.stderr);
+        if !out.success() {
+            return Err(CodeBoxError::Install { output: text });
+        }
+        // Let the running kernel see the new packages without a restart.
+        let _guard = self.inner.exec_lock.lock().await;
+        if let Ok(h) = self.inner.handle().await {
+            crate::exec::run_silent(
+                &h.kernel,
+                "import importlib as __codebox_il\n__codebox_il.invalidate_caches()\ndel __codebox_il\n",
+            )
+            .await?;
+        }
+        Ok(text)
+    }
+
+    async fn restart(&self) -> Result<()> {
+        let mut st = self.inner.state.lock().await;
+        match st.phase {
+            Phase::NotStarted => {
+                drop(st);
+                return self.inner.start().await;
+            }
+            Phase::Stopped => return Err(CodeBoxError::NotRunning { message: "the box was stopped".into() }),
+            Phase::Running | Phase::Dead => {}
+        }
+        self.inner.set_snapshot(|s| s.state = BoxState::Restarting);
+        let dir = st.workdir.as_ref().map(|w| w.path().to_owned()).unwrap_or_default();
+        let Some(run) = st.run.as_mut() else {
+            return Err(CodeBoxError::NotRunning { message: "the box has no kernel".into() });
+        };
+        run.kernel.shutdown(Duration::from_secs(1)).await;
+        let spec = run.spec.clone();
+        match Kernel::start(&spec, &dir).await {
+            Ok(kernel) => {
+                self.inner.watch(&kernel);
+                if let Some(run) = st.run.as_mut() {
+                    run.kernel = kernel;
+                }
+                st.phase = Phase::Running;
+                st.restart_times.clear();
+                self.inner.set_snapshot(|s| {
+                    s.state = BoxState::Idle;
+                    s.detail = None;
+                });
+                Ok(())
+            }
+            Err(e) => {
+                st.phase = Phase::Dead;
+                self.inner.set_snapshot(|s| {
+                    s.state = BoxState::Dead;
+                    s.detail = Some(e.to_string());
+                });
+                Err(e)
+            }
+        }
+    }
+
+    async fn interrupt(&self) -> Result<()> {
+        let h = self.inner.running().await?;
+        h.kernel.interrupt().await
+    }
+
+    async fn run_command(&self, command: CommandSpec) -> Result<CommandOutput> {
+        if command.program.trim().is_empty() {
+            return Err(CodeBoxError::invalid("the command has no program"));
+        }
+        let h = self.inner.handle().await?;
+        let cwd = match command.cwd.as_deref() {
+            Some(c) => h.root.path().join(h.root.check_dir(c)?),
+            None => h.root.path().to_owned(),
+        };
+        crate::command::run_command(
+            &command.program,
+            &command.args,
+            &cwd,
+            &h.env,
+            &command.env,
+            command.timeout.or(self.inner.config.timeout),
+            self.inner.config.output_limit,
+        )
+        .await
+    }
+}

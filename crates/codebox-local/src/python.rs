@@ -1,0 +1,247 @@
+//! Finding a Python with ipykernel, and creating the managed environment when there is none.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use codebox_core::{CodeBoxError, Result};
+
+/// Whether LocalBox may create its managed Python environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Provision {
+    /// Use the managed environment, creating it on first use (the default).
+    #[default]
+    Auto,
+    /// Never create anything: use the given Python, `CODEBOX_PYTHON`, or an existing managed
+    /// environment, and fail with instructions otherwise.
+    Off,
+}
+
+/// What the managed environment contains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PythonProfile {
+    /// ipykernel with matplotlib, numpy and pandas (the default).
+    #[default]
+    Data,
+    /// ipykernel alone.
+    Minimal,
+}
+
+impl PythonProfile {
+    fn packages(self) -> &'static [&'static str] {
+        match self {
+            Self::Data => &["ipykernel", "matplotlib", "numpy", "pandas"],
+            Self::Minimal => &["ipykernel"],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Data => "data",
+            Self::Minimal => "minimal",
+        }
+    }
+}
+
+/// A progress callback for provisioning: one human-readable line at a time.
+pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The managed environment's directory: `$CODEBOX_HOME/python`; else, for root,
+/// `/var/lib/codebox/python` (readable by the unprivileged users kernels may run as);
+/// else `$XDG_DATA_HOME/codebox/python` or `~/.local/share/codebox/python`.
+pub fn managed_python_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CODEBOX_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join("python");
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/codebox/python");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| std::env::temp_dir().join("codebox-data"));
+    data.join("codebox/python")
+}
+
+fn venv_python(dir: &Path) -> PathBuf {
+    dir.join("bin/python")
+}
+
+const MARKER: &str = ".codebox-ready";
+
+fn checked() -> &'static Mutex<HashSet<PathBuf>> {
+    static CHECKED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    CHECKED.get_or_init(Default::default)
+}
+
+/// Check (once per process) that `python` runs and can import ipykernel.
+fn check_python(python: &Path, origin: &str) -> Result<()> {
+    if checked().lock().unwrap_or_else(|e| e.into_inner()).contains(python) {
+        return Ok(());
+    }
+    let out = Command::new(python).args(["-c", "import ipykernel"]).stdin(Stdio::null()).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            checked().lock().unwrap_or_else(|e| e.into_inner()).insert(python.to_owned());
+            Ok(())
+        }
+        Ok(o) => Err(CodeBoxError::KernelStart {
+            message: format!(
+                "the Python from {origin} ({}) cannot import ipykernel: {}\nInstall it with: {} -m pip install ipykernel",
+                python.display(),
+                String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or(""),
+                python.display()
+            ),
+        }),
+        Err(e) => Err(CodeBoxError::KernelStart {
+            message: format!("the Python from {origin} ({}) cannot be run: {e}", python.display()),
+        }),
+    }
+}
+
+/// Find the Python for kernels: `explicit`, then `CODEBOX_PYTHON`, then the managed
+/// environment (created when `provision` allows). Blocking: run it off the async threads.
+pub(crate) fn resolve(
+    explicit: Option<&Path>,
+    provision: Provision,
+    profile: PythonProfile,
+    progress: Option<&ProgressFn>,
+) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        check_python(p, "the builder")?;
+        return Ok(p.to_owned());
+    }
+    if let Some(p) = std::env::var_os("CODEBOX_PYTHON").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        check_python(&p, "CODEBOX_PYTHON")?;
+        return Ok(p);
+    }
+    let dir = managed_python_dir();
+    if ready(&dir, profile) {
+        return Ok(venv_python(&dir));
+    }
+    if provision == Provision::Off {
+        return Err(CodeBoxError::KernelStart {
+            message: format!(
+                "no Python with ipykernel: set CODEBOX_PYTHON to a Python that has ipykernel \
+                 (`python3 -m pip install ipykernel`), pass one to LocalBox::builder().with_python(..), \
+                 or allow provisioning so codebox creates its managed environment in {}",
+                dir.display()
+            ),
+        });
+    }
+    provision_at(&dir, profile, progress)?;
+    Ok(venv_python(&dir))
+}
+
+fn ready(dir: &Path, profile: PythonProfile) -> bool {
+    match std::fs::read_to_string(dir.join(MARKER)) {
+        Ok(m) => profile == PythonProfile::Minimal || m.trim() == PythonProfile::Data.name(),
+        Err(_) => false,
+    }
+}
+
+fn say(progress: Option<&ProgressFn>, line: &str) {
+    tracing::info!(target: "codebox_local::provision", "{line}");
+    if let Some(p) = progress {
+        p(line);
+    }
+}
+
+fn base_pythons() -> Vec<PathBuf> {
+    let mut c = Vec::new();
+    if let Some(p) = std::env::var_os("CODEBOX_BASE_PYTHON").filter(|v| !v.is_empty()) {
+        c.push(PathBuf::from(p));
+    }
+    // As root, prefer the system Python: a Python under root's 0700 home would be
+    // unreachable for kernels run as other users.
+    if rustix::process::geteuid().is_root() {
+        c.push("/usr/bin/python3".into());
+    }
+    c.push("python3".into());
+    c.push("/usr/bin/python3".into());
+    c
+}
+
+fn run_logged(mut cmd: Command, what: &str, progress: Option<&ProgressFn>) -> Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CodeBoxError::KernelStart { message: format!("{what}: cannot run: {e}") })?;
+    let stderr = child.stderr.take().expect("piped");
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+    let mut tail = std::collections::VecDeque::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(|l| l.ok()) {
+        say(progress, &format!("{what}: {line}"));
+        tail.push_back(line);
+        if tail.len() > 30 {
+            tail.pop_front();
+        }
+    }
+    let status = child.wait().map_err(|e| CodeBoxError::io(what.to_owned(), e))?;
+    let stderr = err_thread.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let out: Vec<String> = tail.into_iter().collect();
+    Err(CodeBoxError::KernelStart {
+        message: format!("{what} failed ({status}):\n{}\n{}", out.join("\n"), stderr.trim()),
+    })
+}
+
+/// Create (or complete) the managed environment at `dir`, holding a lock file so that two
+/// processes never provision at once.
+pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&ProgressFn>) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent).map_err(|e| CodeBoxError::io(format!("creating {}", parent.display()), e))?;
+    let lock_path = parent.join(format!(".{}.lock", dir.file_name().and_then(|n| n.to_str()).unwrap_or("python")));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| CodeBoxError::io(format!("opening {}", lock_path.display()), e))?;
+    say(progress, &format!("waiting for the provisioning lock {}", lock_path.display()));
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| CodeBoxError::io("locking the managed Python environment", e.into()))?;
+    // Someone else may have finished while we waited.
+    if ready(dir, profile) {
+        return Ok(());
+    }
+    let python = venv_python(dir);
+    if !python.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+        let base = base_pythons()
+            .into_iter()
+            .find(|p| Command::new(p).args(["-c", "import venv, ensurepip"]).output().is_ok_and(|o| o.status.success()))
+            .ok_or_else(|| CodeBoxError::KernelStart {
+                message: "no python3 with the venv module found: install Python 3 (on Debian/Ubuntu: \
+                          apt-get install python3-venv) or set CODEBOX_PYTHON"
+                    .into(),
+            })?;
+        say(progress, &format!("creating the Python environment {} from {}", dir.display(), base.display()));
+        let mut cmd = Command::new(&base);
+        cmd.args(["-m", "venv"]).arg(dir);
+        run_logged(cmd, "venv", progress)?;
+    }
+    let packages = profile.packages();
+    say(progress, &format!("installing {} (profile {})", packages.join(" "), profile.name()));
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]).args(packages);
+    run_logged(cmd, "pip", progress)?;
+    std::fs::write(dir.join(MARKER), profile.name())
+        .map_err(|e| CodeBoxError::io("marking the environment ready", e))?;
+    say(progress, "the Python environment is ready");
+    Ok(())
+}

@@ -1,0 +1,199 @@
+use std::time::Duration;
+
+use codebox_core::{CodeBox, CodeBoxExt, ExecEvent, MimeBundle, Outcome, RunOptions};
+use futures::StreamExt;
+
+use crate::started;
+
+#[tokio::test]
+async fn state_survives_between_executions_and_values_come_back() {
+    let lb = started().await;
+    let ex = lb.exec("x = 20").await.unwrap();
+    assert!(ex.is_ok());
+    let ex = lb.exec("print('hello'); x + 22").await.unwrap();
+    assert_eq!(ex.stdout(), "hello\n");
+    assert_eq!(ex.result().and_then(MimeBundle::plain).as_deref(), Some("42"));
+    assert_eq!(ex.execution_count, Some(2));
+    assert_eq!(ex.outcome, Outcome::Ok);
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cell_that_prints_plots_twice_and_returns_gives_four_outputs_in_order() {
+    let lb = started().await;
+    let code = "import matplotlib.pyplot as plt\nprint('start')\nplt.plot([1,2,3]); plt.show()\nplt.plot([3,2,1]); plt.show()\n'done'";
+    let ex = lb.exec(code).await.unwrap();
+    let kinds: Vec<&str> = ex
+        .events
+        .iter()
+        .map(|e| match e {
+            ExecEvent::Stdout { .. } => "stdout",
+            ExecEvent::Display { .. } => "display",
+            ExecEvent::Result { .. } => "result",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["stdout", "display", "display", "result"], "{:?}", ex.events);
+    let images = ex.images();
+    assert_eq!(images.len(), 2);
+    assert!(images.iter().all(|i| i.bytes.starts_with(b"\x89PNG")));
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn exceptions_are_data_with_a_plain_traceback() {
+    let lb = started().await;
+    let ex = lb.exec("def f():\n    1/0\nf()").await.unwrap();
+    assert_eq!(ex.outcome, Outcome::Error);
+    let err = ex.error().expect("an error event");
+    assert_eq!(err.name, "ZeroDivisionError");
+    let tb = err.traceback.join("\n");
+    assert!(tb.contains("1/0"), "{tb}");
+    assert!(!tb.contains('\u{1b}'), "ANSI codes in {tb:?}");
+    // The box still works.
+    assert_eq!(lb.exec("1+1").await.unwrap().text(), "2");
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_stream_as_they_happen() {
+    let lb = started().await;
+    let mut stream = lb
+        .run_stream("import time\nprint('a', flush=True)\ntime.sleep(0.5)\nprint('b')", RunOptions::new())
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first, ExecEvent::stdout("a\n"));
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    while let Some(e) = stream.next().await {
+        rest.push(e.unwrap());
+    }
+    // "b" came after "a" was already in our hands: the first event was not held back.
+    assert!(started.elapsed() > Duration::from_millis(100));
+    assert_eq!(rest.first(), Some(&ExecEvent::stdout("b\n")));
+    assert!(rest.last().unwrap().is_end());
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn cwd_and_env_apply_to_one_execution_only() {
+    let lb = started().await;
+    lb.run_command(codebox_core::CommandSpec::new("mkdir").arg("sub")).await.unwrap();
+    let opts = RunOptions::new().with_cwd("sub").with_env("CODEBOX_TEST_VAR", "yes");
+    let ex = lb
+        .run("import os; print(os.path.basename(os.getcwd()), os.environ.get('CODEBOX_TEST_VAR'))", opts)
+        .await
+        .unwrap();
+    assert_eq!(ex.stdout(), "sub yes\n");
+    let ex = lb
+        .exec("import os; print(os.path.basename(os.getcwd()) != 'sub', os.environ.get('CODEBOX_TEST_VAR'))")
+        .await
+        .unwrap();
+    assert_eq!(ex.stdout(), "True None\n");
+    let err = lb.run("1", RunOptions::new().with_cwd("../..")).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::UnsafePath);
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bash_runs_as_a_language_and_commands_run_in_the_working_dir() {
+    let lb = started().await;
+    let ex = lb.run("echo out; echo err >&2; pwd", RunOptions::new().with_language("bash")).await.unwrap();
+    let wd = lb.working_dir().await.unwrap();
+    assert!(ex.stdout().starts_with("out\n"), "{ex:?}");
+    assert!(ex.stdout().contains(wd.to_str().unwrap()));
+    assert_eq!(ex.stderr(), "err\n");
+    let ex = lb.run("exit 3", RunOptions::new().with_language("bash")).await.unwrap();
+    assert_eq!(ex.outcome, Outcome::Error);
+    assert!(ex.error().unwrap().value.contains('3'));
+
+    let out = lb
+        .run_command(codebox_core::CommandSpec::new("sh").args(["-c", "echo $FOO; pwd; exit 4"]).with_env("FOO", "bar"))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(4));
+    assert_eq!(out.stdout, format!("bar\n{}\n", wd.display()));
+    let out = lb
+        .run_command(codebox_core::CommandSpec::new("sleep").arg("30").with_timeout(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert!(out.timed_out);
+    assert_eq!(out.exit_code, None);
+    let err = lb.run_command(codebox_core::CommandSpec::new("no-such-program-xyz")).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::NotFound);
+    let err = lb.run("1", RunOptions::new().with_language("cobol")).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("bash"), "{err}");
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn restart_forgets_variables_but_keeps_files() {
+    let lb = started().await;
+    lb.exec("x = 1\nopen('kept.txt','w').write('k')").await.unwrap();
+    let pid = lb.kernel_pid().await.unwrap();
+    lb.restart().await.unwrap();
+    assert_ne!(lb.kernel_pid().await.unwrap(), pid);
+    let ex = lb.exec("x").await.unwrap();
+    assert_eq!(ex.error().unwrap().name, "NameError");
+    assert_eq!(lb.exec("open('kept.txt').read()").await.unwrap().text(), "'k'");
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn stop_removes_the_working_dir_and_boxes_are_independent() {
+    let (a, b) = tokio::join!(started(), started());
+    assert_ne!(a.id(), b.id());
+    a.exec("v = 'a'").await.unwrap();
+    b.exec("v = 'b'").await.unwrap();
+    let (ra, rb) = tokio::join!(a.exec("v"), b.exec("v"));
+    assert_eq!(ra.unwrap().text(), "'a'");
+    assert_eq!(rb.unwrap().text(), "'b'");
+    let wd = a.working_dir().await.unwrap();
+    assert!(wd.is_dir());
+    a.stop().await.unwrap();
+    assert!(!wd.exists());
+    assert_eq!(a.exec("1").await.unwrap_err().kind(), codebox_core::ErrorKind::NotRunning);
+    assert_eq!(a.status().await.unwrap().state, codebox_core::BoxState::Stopped);
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn install_runs_pip_and_reports_its_failure() {
+    let lb = started().await;
+    let err = lb.install(&["codebox-no-such-package-zzz==0.0.0".to_owned()]).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::Install);
+    assert!(err.to_string().contains("codebox-no-such-package-zzz"), "{err}");
+    let err = lb.install(&["--index-url=http://evil".to_owned()]).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput);
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pool_hands_out_ready_kernels() {
+    let pool = codebox_local::KernelPool::new(1);
+    let builder = crate::builder().with_pool(pool.clone());
+    pool.prewarm(&builder).await.unwrap();
+    assert_eq!(pool.ready(), 1);
+    let lb = builder.clone().build().unwrap();
+    lb.start().await.unwrap();
+    assert_eq!(lb.exec("1+1").await.unwrap().text(), "2");
+    // The pool refills in the background.
+    for _ in 0..200 {
+        if pool.ready() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.ready(), 1);
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_kernels_are_refused_with_the_list_of_available_ones() {
+    let lb = crate::builder().with_kernel("no-such-kernel").build().unwrap();
+    let err = lb.start().await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("python3"), "{err}");
+}

@@ -1,0 +1,25 @@
+//! Integration tests for LocalBox against real ipykernel processes.
+//!
+//! Python comes from `CODEBOX_PYTHON` when set; otherwise the tests provision the managed
+//! environment through the same code users run, so they work on a fresh machine.
+
+mod basics;
+mod conformance;
+mod faults;
+mod files;
+mod orphans;
+
+use codebox_core::CodeBox;
+use codebox_local::{LocalBox, LocalBoxBuilder};
+
+/// The builder every test starts from.
+pub(crate) fn builder() -> LocalBoxBuilder {
+    LocalBox::builder().with_progress(|line| eprintln!("[provision] {line}"))
+}
+
+/// A started box with the default settings.
+pub(crate) async fn started() -> LocalBox {
+    let lb = builder().build().expect("builder");
+    lb.start().await.expect("start");
+    lb
+}
