@@ -1,2 +1,190 @@
 //! The CodeBox HTTP server as a library: it serves sessions, each backed by a box from a
-//! factory, and knows only the `CodeBox` trait.
+//! [`BoxFactory`], and knows only the [`CodeBox`](codebox_core::CodeBox) trait.
+//!
+//! It speaks the native API described in `docs/native-api.md` under `/v1` (HTTP/1.1 and
+//! HTTP/2, JSON, NDJSON execution streams, streamed file bodies), the codebox-api
+//! compatibility routes under `/api/v1` and `/api/v2`, and serves `/health`, `/metrics`
+//! (Prometheus text) and `/openapi.json`.
+//!
+//! ```no_run
+//! # async fn demo(factory: std::sync::Arc<dyn codebox_server::BoxFactory>) -> codebox_core::Result<()> {
+//! use codebox_server::{Server, ServerConfig};
+//!
+//! let config = ServerConfig::new().with_addr("127.0.0.1:0".parse().unwrap()).with_api_key("secret");
+//! let server = Server::bind(config, factory).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run_until(codebox_server::shutdown_signal()).await
+//! # }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod api;
+mod auth;
+mod compat;
+mod config;
+mod factory;
+mod metrics;
+mod routes;
+mod service;
+mod sessions;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codebox_core::{CodeBoxError, Result};
+use codebox_http::server::{ConnectionLimits, serve};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use crate::config::ServerConfig;
+pub use crate::factory::BoxFactory;
+
+use crate::auth::ApiKeys;
+use crate::metrics::Metrics;
+use crate::sessions::Registry;
+use crate::state::AppState;
+
+/// A bound CodeBox server. [`bind`](Self::bind) it, read [`local_addr`](Self::local_addr),
+/// then [`run_until`](Self::run_until) a shutdown future resolves.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Validate `config` and bind its address. Boxes for new sessions come from `factory`.
+    pub async fn bind(config: ServerConfig, factory: Arc<dyn BoxFactory>) -> Result<Self> {
+        config.validate()?;
+        if config.no_auth {
+            tracing::warn!(
+                addr = %config.addr,
+                "AUTHENTICATION IS OFF: anyone who can reach {} can run code on this machine. \
+                 Use this for local development only.",
+                config.addr
+            );
+        }
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| CodeBoxError::io(format!("binding {}", config.addr), e))?;
+        let local_addr = listener.local_addr().map_err(|e| CodeBoxError::io("reading the bound address", e))?;
+        let metrics = Arc::new(Metrics::default());
+        let registry = Registry::new(factory, config.max_sessions, config.retry_after, Arc::clone(&metrics));
+        let keys = ApiKeys::new(config.api_keys.clone(), config.no_auth);
+        let state = Arc::new(AppState { config, keys, registry, metrics });
+        Ok(Self { listener, local_addr, state })
+    }
+
+    /// The address the server listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serve until `shutdown` resolves, then shut down gracefully: stop accepting, refuse
+    /// new sessions, let running executions finish for the configured grace period and
+    /// interrupt those still running, wait for responses to complete, and stop every box.
+    pub async fn run_until<F>(self, shutdown: F) -> Result<()>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let Self { listener, local_addr, state } = self;
+        tracing::info!(addr = %local_addr, "serving");
+        let reaper = tokio::spawn(reap_idle(Arc::clone(&state)));
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+
+        let shutdown = {
+            let state = Arc::clone(&state);
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                state.registry.refuse_new();
+                let _ = stopping_tx.send(true);
+                // Executions get the grace period; then they are interrupted.
+                tokio::spawn(async move {
+                    tokio::time::sleep(state.config.shutdown_grace).await;
+                    let running: Vec<_> = state.registry.all().into_iter().filter(|s| s.is_executing()).collect();
+                    if !running.is_empty() {
+                        tracing::info!(count = running.len(), "interrupting executions still running");
+                    }
+                    for session in running {
+                        if let Err(e) = session.codebox.interrupt().await {
+                            tracing::warn!(session = %session.id, error = %e, "interrupt failed");
+                        }
+                    }
+                });
+            }
+        };
+        let drain = {
+            let grace = state.config.shutdown_grace;
+            let mut stopping = stopping_rx;
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+                // After the interrupt, responses get a little longer to end cleanly.
+                tokio::time::sleep(grace + Duration::from_secs(5)).await;
+            }
+        };
+        let limits = ConnectionLimits::default().with_header_read_timeout(state.config.header_read_timeout);
+        let handler_state = Arc::clone(&state);
+        let handler = move |req, peer| service::handle(Arc::clone(&handler_state), req, peer);
+        serve(listener, handler, limits, shutdown, drain).await;
+
+        reaper.abort();
+        let sessions = state.registry.len();
+        state.registry.close().await;
+        tracing::info!(sessions, "every box stopped; server down");
+        Ok(())
+    }
+
+    /// Serve until SIGTERM or SIGINT (see [`shutdown_signal`]).
+    pub async fn run(self) -> Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+}
+
+/// The routes of the native API and the operational endpoints, as method and path
+/// template (`{id}` is one segment, `{path}` the rest); the same set as the OpenAPI document.
+/// The compatibility routes under `/api/v1` and `/api/v2` are not included.
+pub fn routes() -> Vec<(http::Method, &'static str)> {
+    routes::Route::ALL.iter().map(|r| r.spec()).collect()
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn reap_idle(state: Arc<AppState>) {
+    let timeout = state.config.idle_timeout;
+    let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reaped = state.registry.reap_idle(timeout).await;
+        if reaped > 0 {
+            tracing::info!(reaped, "idle sessions stopped");
+        }
+    }
+}

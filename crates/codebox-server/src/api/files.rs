@@ -1,0 +1,256 @@
+//! File routes: list, streamed upload, streamed download, delete.
+
+use std::sync::{Arc, Mutex};
+
+use codebox_core::{CodeBoxError, ErrorKind, FileInfo, Result, normalize_box_path};
+use codebox_http::server::{Body, json_response, status_error, stream_limited};
+use futures::StreamExt;
+use http::{HeaderValue, header};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use super::{no_content, session_for};
+use crate::auth::Owner;
+use crate::state::AppState;
+
+/// Decode one percent-encoded URL component. Malformed escapes and non-UTF-8 are refused.
+pub(crate) fn percent_decode(s: &str) -> Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let byte = hex
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| CodeBoxError::invalid(format!("malformed percent-encoding in {:?}", truncate(s))))?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| CodeBoxError::invalid(format!("{:?} does not decode to UTF-8", truncate(s))))
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The box path named by the `{path}` part of a URL: each segment decoded, then checked
+/// (no `..`, no absolute paths).
+fn box_path(raw: &str) -> Result<String> {
+    let decoded: Vec<String> = raw.split('/').map(percent_decode).collect::<Result<_>>()?;
+    let joined = decoded.join("/");
+    let normalized = normalize_box_path(&joined)?;
+    normalized.to_str().map(|s| s.to_owned()).ok_or_else(|| CodeBoxError::invalid("the path does not decode to UTF-8"))
+}
+
+/// The query parameters, decoded (`+` is a space).
+fn query_pairs(req: &Request<Incoming>) -> Result<Vec<(String, String)>> {
+    let Some(query) = req.uri().query() else { return Ok(Vec::new()) };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(&k.replace('+', " "))?, percent_decode(&v.replace('+', " "))?))
+        })
+        .collect()
+}
+
+pub(super) async fn list(
+    state: &Arc<AppState>,
+    owner: Owner,
+    id: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>> {
+    let session = session_for(state, owner, id)?;
+    let mut dir = String::new();
+    let mut recursive = false;
+    for (k, v) in query_pairs(req)? {
+        match k.as_str() {
+            "dir" => dir = v,
+            "recursive" => {
+                recursive = match v.as_str() {
+                    "true" | "1" | "" => true,
+                    "false" | "0" => false,
+                    other => return Err(CodeBoxError::invalid(format!("recursive={other:?}: expected true or false"))),
+                }
+            }
+            other => return Err(CodeBoxError::invalid(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let dir = if dir.is_empty() || dir == "." { String::new() } else { box_path_str(&dir)? };
+    let _use = session.use_guard();
+    let files = session.codebox.list_files(&dir, recursive).await?;
+    Ok(json_response(StatusCode::OK, &files))
+}
+
+fn box_path_str(decoded: &str) -> Result<String> {
+    let normalized = normalize_box_path(decoded)?;
+    normalized.to_str().map(str::to_owned).ok_or_else(|| CodeBoxError::invalid("the path does not decode to UTF-8"))
+}
+
+/// What went wrong with an upload's request body, remembered so the response says so even
+/// when the box reports it in its own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFailure {
+    TooLarge,
+    Stalled,
+    Cut,
+}
+
+pub(super) async fn put(
+    state: &Arc<AppState>,
+    owner: Owner,
+    id: &str,
+    raw_path: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let session = session_for(state, owner, id)?;
+    let path = box_path(raw_path)?;
+    let limit = state.config.max_upload_bytes;
+    let too_large =
+        || status_error(413, ErrorKind::TooLarge, format!("the upload exceeds the server's limit of {limit} bytes"));
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| CodeBoxError::invalid("malformed Content-Length"))?;
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let failure: Arc<Mutex<Option<BodyFailure>>> = Arc::default();
+    let seen = Arc::clone(&failure);
+    let metrics = Arc::clone(&state.metrics);
+    let chunks = stream_limited(req.into_body(), limit, state.config.body_idle_timeout).map(move |chunk| {
+        match &chunk {
+            Ok(bytes) => metrics.uploaded(bytes.len() as u64),
+            Err(e) => {
+                let kind = match e.kind() {
+                    ErrorKind::TooLarge => BodyFailure::TooLarge,
+                    ErrorKind::Timeout => BodyFailure::Stalled,
+                    _ => BodyFailure::Cut,
+                };
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(kind);
+            }
+        }
+        chunk
+    });
+    let _use = session.use_guard();
+    let result = session.codebox.upload(&path, Box::pin(chunks)).await;
+    let failure = *failure.lock().unwrap_or_else(|p| p.into_inner());
+    match (result, failure) {
+        (Ok(info), None) => {
+            let mut resp = json_response(StatusCode::CREATED, &info);
+            if let Ok(location) = HeaderValue::from_str(&format!("/v1/sessions/{id}/files/{raw_path}")) {
+                resp.headers_mut().insert(header::LOCATION, location);
+            }
+            Ok(resp)
+        }
+        (result, Some(failure)) => {
+            if result.is_ok() {
+                // The box kept what it got before the body failed: remove the partial file.
+                let _ = session.codebox.delete_file(&path).await;
+            }
+            Err(match failure {
+                BodyFailure::TooLarge => too_large(),
+                BodyFailure::Stalled => status_error(
+                    408,
+                    ErrorKind::Timeout,
+                    format!(
+                        "the client sent no bytes for {:.1}s; the upload was abandoned",
+                        state.config.body_idle_timeout.as_secs_f64()
+                    ),
+                ),
+                BodyFailure::Cut => {
+                    CodeBoxError::Connection { message: "the upload was cut off by the client".into(), source: None }
+                }
+            })
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// The size of the file at `path`, from a listing of its directory.
+async fn stat(session: &crate::sessions::Session, path: &str) -> Result<Option<FileInfo>> {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((dir, name)) => (dir, name),
+        None => ("", path),
+    };
+    let listing = session.codebox.list_files(dir, false).await?;
+    Ok(listing.into_iter().find(|f| f.name == name || f.path == path))
+}
+
+pub(super) async fn get(
+    state: &Arc<AppState>,
+    owner: Owner,
+    id: &str,
+    raw_path: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>> {
+    let session = session_for(state, owner, id)?;
+    let path = box_path(raw_path)?;
+    let use_guard = session.use_guard();
+    let info = match stat(&session, &path).await {
+        Ok(info) => info,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(CodeBoxError::not_found(format!("file {path}"))),
+        Err(e) => return Err(e),
+    };
+    if info.as_ref().is_some_and(|i| i.is_dir) {
+        return Err(CodeBoxError::invalid(format!("{path} is a directory; list it instead")));
+    }
+    let size = info.map(|i| i.size);
+    let metrics = Arc::clone(&state.metrics);
+    let mut resp = if req.method() == http::Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        let stream = session.codebox.download(&path).await?;
+        let stream = stream.map(move |chunk| {
+            let _held = &use_guard;
+            if let Ok(bytes) = &chunk {
+                metrics.downloaded(bytes.len() as u64);
+            }
+            chunk
+        });
+        match size {
+            Some(len) => Response::new(Body::sized_stream(stream, len)),
+            None => Response::new(Body::from_stream(stream)),
+        }
+    };
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Some(len) = size {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Ok(resp)
+}
+
+pub(super) async fn delete(state: &Arc<AppState>, owner: Owner, id: &str, raw_path: &str) -> Result<Response<Body>> {
+    let session = session_for(state, owner, id)?;
+    let path = box_path(raw_path)?;
+    let _use = session.use_guard();
+    session.codebox.delete_file(&path).await?;
+    Ok(no_content())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_paths_decode_and_are_checked() {
+        assert_eq!(box_path("a/b%20c.txt").unwrap(), "a/b c.txt");
+        assert_eq!(box_path("a%2Fb").unwrap(), "a/b");
+        for bad in ["..%2Fetc", "%2E%2E/x", "%2Fetc%2Fpasswd", "a/../../b", "%zz", "%c3%28"] {
+            assert!(box_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(box_path("..%2Fx").unwrap_err().kind(), ErrorKind::UnsafePath);
+    }
+}

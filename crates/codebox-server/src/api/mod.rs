@@ -1,0 +1,146 @@
+//! The native API (`/v1`) handlers.
+
+mod execute;
+mod files;
+mod sessions;
+
+use std::sync::Arc;
+
+use codebox_core::{CodeBoxError, CommandSpec, ErrorKind, Result};
+use codebox_http::server::{Body, json_response, read_limited, status_error};
+use codebox_http::wire::{InstallRequest, InstallResponse};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::auth::Owner;
+use crate::routes::{Params, Route};
+use crate::sessions::Session;
+use crate::state::AppState;
+
+pub(crate) use files::percent_decode;
+
+/// Answer a native API request for an authenticated caller.
+pub(crate) async fn dispatch(
+    state: &Arc<AppState>,
+    route: Route,
+    params: Params<'_>,
+    owner: Owner,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let id = params.id.map(percent_decode).transpose()?;
+    let id = id.as_deref().unwrap_or_default();
+    match route {
+        Route::Health | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route")),
+        Route::CreateSession => sessions::create(state, owner, req).await,
+        Route::ListSessions => sessions::list(state, owner).await,
+        Route::GetSession => sessions::get(state, owner, id).await,
+        Route::DeleteSession => sessions::delete(state, owner, id).await,
+        Route::Execute => execute::execute(state, owner, id, req).await,
+        Route::Interrupt => {
+            let session = state.registry.require(owner, id)?;
+            session.touch();
+            session.codebox.interrupt().await?;
+            Ok(no_content())
+        }
+        Route::Restart => {
+            let session = state.registry.require(owner, id)?;
+            let _use = session.use_guard();
+            session.codebox.restart().await?;
+            Ok(no_content())
+        }
+        Route::Install => {
+            let session = state.registry.require(owner, id)?;
+            let body: InstallRequest = json_body(state, req).await?;
+            check_packages(&body.packages)?;
+            let _use = session.use_guard();
+            let output = session.codebox.install(&body.packages).await?;
+            Ok(json_response(StatusCode::OK, &InstallResponse { output }))
+        }
+        Route::Commands => {
+            let session = state.registry.require(owner, id)?;
+            let spec: CommandSpec = json_body(state, req).await?;
+            if spec.program.is_empty() {
+                return Err(CodeBoxError::invalid("`program` must name a program"));
+            }
+            let _use = session.use_guard();
+            let output = session.codebox.run_command(spec).await?;
+            Ok(json_response(StatusCode::OK, &output))
+        }
+        Route::ListFiles => files::list(state, owner, id, &req).await,
+        Route::PutFile => files::put(state, owner, id, params.path.unwrap_or_default(), req).await,
+        Route::GetFile => files::get(state, owner, id, params.path.unwrap_or_default(), &req).await,
+        Route::DeleteFile => files::delete(state, owner, id, params.path.unwrap_or_default()).await,
+    }
+}
+
+/// A 204.
+pub(crate) fn no_content() -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
+/// Whether the request says its body is JSON.
+fn is_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.len() > 5
+                    && mime[..mime.len() - 5].contains('/')
+                    && mime.to_ascii_lowercase().ends_with("+json"))
+        })
+}
+
+/// Read and parse a JSON request body: 415 unless it is `application/json`, 413 over the
+/// JSON limit, 400 when malformed.
+pub(crate) async fn json_body<T: DeserializeOwned>(state: &AppState, req: Request<Incoming>) -> Result<T> {
+    if !is_json(&req) {
+        return Err(status_error(
+            415,
+            ErrorKind::InvalidInput,
+            "this route takes a JSON body: send `Content-Type: application/json`",
+        ));
+    }
+    let limit = state.config.max_json_bytes;
+    let bytes = read_limited(req.into_body(), limit, state.config.body_idle_timeout).await?;
+    serde_json::from_slice(&bytes).map_err(|e| CodeBoxError::invalid(format!("malformed JSON body: {e}")))
+}
+
+/// Like [`json_body`], but an empty body without a content type means `T::default()`.
+pub(crate) async fn optional_json_body<T: DeserializeOwned + Default>(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<T> {
+    let empty = req.headers().get(http::header::CONTENT_TYPE).is_none()
+        && req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) == Some(0))
+        && hyper::body::Body::is_end_stream(req.body());
+    if empty { Ok(T::default()) } else { json_body(state, req).await }
+}
+
+/// Package specs must not look like installer options.
+fn check_packages(packages: &[String]) -> Result<()> {
+    if packages.is_empty() {
+        return Err(CodeBoxError::invalid("`packages` must name at least one package"));
+    }
+    if let Some(bad) =
+        packages.iter().find(|p| p.trim().is_empty() || p.trim_start().starts_with('-') || p.contains(['\n', '\0']))
+    {
+        return Err(CodeBoxError::invalid(format!("{bad:?} is not a package specification")));
+    }
+    Ok(())
+}
+
+/// The session, touched.
+pub(crate) fn session_for(state: &AppState, owner: Owner, id: &str) -> Result<Arc<Session>> {
+    let session = state.registry.require(owner, id)?;
+    session.touch();
+    Ok(session)
+}

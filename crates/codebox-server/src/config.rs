@@ -1,0 +1,209 @@
+//! The server's configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use codebox_core::{ApiKey, CodeBoxError, Result};
+
+/// Everything a [`Server`](crate::Server) needs to know. Start from [`ServerConfig::new`]
+/// and change what you need with the `with_*` setters; [`Server::bind`](crate::Server::bind)
+/// validates it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Where to listen. Default `127.0.0.1:8069`; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// The accepted API keys.
+    pub api_keys: Vec<ApiKey>,
+    /// Accept every request without a key (local development only).
+    pub no_auth: bool,
+    /// Allow `no_auth` on an address other than loopback.
+    pub force_no_auth: bool,
+    /// The most sessions alive at once; more get 503 with `Retry-After`. Default 64.
+    pub max_sessions: usize,
+    /// A session unused for this long is stopped. Default 15 minutes.
+    pub idle_timeout: Duration,
+    /// The largest file upload, in bytes. Default 1 GiB.
+    pub max_upload_bytes: u64,
+    /// The largest JSON request body, in bytes. Default 16 MiB.
+    pub max_json_bytes: u64,
+    /// A client that sends no request body bytes for this long is cut off (408). Default 30 s.
+    pub body_idle_timeout: Duration,
+    /// How long a client may take to send its request headers. Default 30 s.
+    pub header_read_timeout: Duration,
+    /// A keepalive line is sent after this much silence in an execution stream. Default 10 s.
+    pub keepalive_interval: Duration,
+    /// On shutdown, running executions get this long to finish before they are
+    /// interrupted. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// The `Retry-After` sent when the server is full. Default 5 s.
+    pub retry_after: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8069)),
+            api_keys: Vec::new(),
+            no_auth: false,
+            force_no_auth: false,
+            max_sessions: 64,
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_upload_bytes: 1 << 30,
+            max_json_bytes: 16 << 20,
+            body_idle_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The defaults: loopback port 8069, no keys yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Listen on `addr`.
+    pub fn with_addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Accept one more API key.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_keys.push(ApiKey::new(key));
+        self
+    }
+
+    /// Accept these API keys as well.
+    pub fn with_api_keys(mut self, keys: impl IntoIterator<Item = ApiKey>) -> Self {
+        self.api_keys.extend(keys);
+        self
+    }
+
+    /// Turn authentication off (`force` allows it on a non-loopback address).
+    pub fn with_no_auth(mut self, no_auth: bool, force: bool) -> Self {
+        self.no_auth = no_auth;
+        self.force_no_auth = force;
+        self
+    }
+
+    /// Allow at most `max` sessions at once.
+    pub fn with_max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max;
+        self
+    }
+
+    /// Stop sessions unused for `timeout`.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Refuse uploads over `bytes`.
+    pub fn with_max_upload_bytes(mut self, bytes: u64) -> Self {
+        self.max_upload_bytes = bytes;
+        self
+    }
+
+    /// Refuse JSON bodies over `bytes`.
+    pub fn with_max_json_bytes(mut self, bytes: u64) -> Self {
+        self.max_json_bytes = bytes;
+        self
+    }
+
+    /// Cut off clients that stall their request body for `timeout`.
+    pub fn with_body_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.body_idle_timeout = timeout;
+        self
+    }
+
+    /// Cut off clients that take longer than `timeout` to send their headers.
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// Send keepalive lines after `interval` of silence in execution streams.
+    pub fn with_keepalive_interval(mut self, interval: Duration) -> Self {
+        self.keepalive_interval = interval;
+        self
+    }
+
+    /// Let running executions finish for `grace` on shutdown before interrupting them.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Ask refused clients to come back after `after`.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = after;
+        self
+    }
+
+    /// Check that the configuration makes sense.
+    pub fn validate(&self) -> Result<()> {
+        if self.no_auth {
+            if !self.addr.ip().is_loopback() && !self.force_no_auth {
+                return Err(CodeBoxError::invalid(format!(
+                    "refusing to serve without authentication on {}, which is not a loopback address; \
+                     use API keys, bind 127.0.0.1, or force it explicitly",
+                    self.addr
+                )));
+            }
+        } else if self.api_keys.is_empty() {
+            return Err(CodeBoxError::invalid(
+                "no API keys configured: give at least one key, or turn authentication off for local development",
+            ));
+        }
+        if let Some(i) = self.api_keys.iter().position(|k| {
+            let k = k.expose();
+            k.is_empty() || k.len() > 4096 || k.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        }) {
+            return Err(CodeBoxError::invalid(format!(
+                "API key #{i} is empty, too long, or contains whitespace or control characters"
+            )));
+        }
+        if self.max_sessions == 0 {
+            return Err(CodeBoxError::invalid("max_sessions must be at least 1"));
+        }
+        for (name, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("body_idle_timeout", self.body_idle_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+        ] {
+            if d.is_zero() {
+                return Err(CodeBoxError::invalid(format!("{name} must be longer than zero")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_a_key() {
+        assert!(ServerConfig::new().validate().is_err());
+        assert!(ServerConfig::new().with_api_key("k").validate().is_ok());
+        assert!(ServerConfig::new().with_api_key("has space").validate().is_err());
+        assert!(ServerConfig::new().with_api_key("").validate().is_err());
+    }
+
+    #[test]
+    fn no_auth_is_loopback_only_unless_forced() {
+        let open = ServerConfig::new().with_no_auth(true, false);
+        assert!(open.clone().validate().is_ok());
+        let public = open.with_addr("0.0.0.0:8069".parse().unwrap());
+        let err = public.clone().validate().unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
+        assert!(public.with_no_auth(true, true).validate().is_ok());
+    }
+}

@@ -1,0 +1,170 @@
+//! The route table of the native API and the operational endpoints. Requests are matched
+//! against this table, and a test checks it against `openapi.json` both ways, so the
+//! document cannot drift from what the server does.
+
+use http::Method;
+
+/// One route of the server (the compatibility routes under `/api/` are not in this table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Health,
+    Metrics,
+    OpenApi,
+    CreateSession,
+    ListSessions,
+    GetSession,
+    DeleteSession,
+    Execute,
+    Interrupt,
+    Restart,
+    Install,
+    Commands,
+    ListFiles,
+    PutFile,
+    GetFile,
+    DeleteFile,
+}
+
+impl Route {
+    /// Every route.
+    pub(crate) const ALL: [Route; 16] = [
+        Route::Health,
+        Route::Metrics,
+        Route::OpenApi,
+        Route::CreateSession,
+        Route::ListSessions,
+        Route::GetSession,
+        Route::DeleteSession,
+        Route::Execute,
+        Route::Interrupt,
+        Route::Restart,
+        Route::Install,
+        Route::Commands,
+        Route::ListFiles,
+        Route::PutFile,
+        Route::GetFile,
+        Route::DeleteFile,
+    ];
+
+    /// The method and the path template (`{id}` is one segment, `{path}` the rest).
+    pub(crate) fn spec(self) -> (Method, &'static str) {
+        match self {
+            Route::Health => (Method::GET, "/health"),
+            Route::Metrics => (Method::GET, "/metrics"),
+            Route::OpenApi => (Method::GET, "/openapi.json"),
+            Route::CreateSession => (Method::POST, "/v1/sessions"),
+            Route::ListSessions => (Method::GET, "/v1/sessions"),
+            Route::GetSession => (Method::GET, "/v1/sessions/{id}"),
+            Route::DeleteSession => (Method::DELETE, "/v1/sessions/{id}"),
+            Route::Execute => (Method::POST, "/v1/sessions/{id}/execute"),
+            Route::Interrupt => (Method::POST, "/v1/sessions/{id}/interrupt"),
+            Route::Restart => (Method::POST, "/v1/sessions/{id}/restart"),
+            Route::Install => (Method::POST, "/v1/sessions/{id}/install"),
+            Route::Commands => (Method::POST, "/v1/sessions/{id}/commands"),
+            Route::ListFiles => (Method::GET, "/v1/sessions/{id}/files"),
+            Route::PutFile => (Method::PUT, "/v1/sessions/{id}/files/{path}"),
+            Route::GetFile => (Method::GET, "/v1/sessions/{id}/files/{path}"),
+            Route::DeleteFile => (Method::DELETE, "/v1/sessions/{id}/files/{path}"),
+        }
+    }
+
+    /// Whether the route needs an API key.
+    pub(crate) fn needs_auth(self) -> bool {
+        self != Route::Health
+    }
+}
+
+/// The variable parts of a matched path, still percent-encoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Params<'a> {
+    /// `{id}`.
+    pub(crate) id: Option<&'a str>,
+    /// `{path}`: the rest of the path, segments joined with `/`.
+    pub(crate) path: Option<&'a str>,
+}
+
+/// The result of matching a request against the table.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Matched<'a> {
+    /// A route and its parameters.
+    Route(Route, Params<'a>),
+    /// The path exists, with other methods.
+    WrongMethod(Vec<Method>),
+    /// No route has this path.
+    NotFound,
+}
+
+/// Find the route for a request.
+pub(crate) fn find<'a>(method: &Method, path: &'a str) -> Matched<'a> {
+    let mut allowed = Vec::new();
+    for route in Route::ALL {
+        let (route_method, template) = route.spec();
+        if let Some(params) = match_template(template, path) {
+            if route_method == method || (method == Method::HEAD && route_method == Method::GET) {
+                return Matched::Route(route, params);
+            }
+            allowed.push(route_method);
+        }
+    }
+    if allowed.is_empty() { Matched::NotFound } else { Matched::WrongMethod(allowed) }
+}
+
+fn match_template<'a>(template: &str, path: &'a str) -> Option<Params<'a>> {
+    let mut params = Params::default();
+    let mut rest = path.strip_prefix('/')?;
+    let mut parts = template.trim_start_matches('/').split('/').peekable();
+    while let Some(part) = parts.next() {
+        if part == "{path}" {
+            // The rest, which must name something: no empty tail.
+            if rest.is_empty() || parts.peek().is_some() {
+                return None;
+            }
+            params.path = Some(rest);
+            return Some(params);
+        }
+        let (segment, tail) = match rest.split_once('/') {
+            Some((s, t)) => (s, Some(t)),
+            None => (rest, None),
+        };
+        if part == "{id}" {
+            if segment.is_empty() {
+                return None;
+            }
+            params.id = Some(segment);
+        } else if part != segment {
+            return None;
+        }
+        match (tail, parts.peek()) {
+            (None, None) => return Some(params),
+            (Some(t), Some(_)) => rest = t,
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_their_routes() {
+        assert_eq!(find(&Method::GET, "/health"), Matched::Route(Route::Health, Params::default()));
+        let Matched::Route(r, p) = find(&Method::GET, "/v1/sessions/abc") else { panic!() };
+        assert_eq!((r, p.id), (Route::GetSession, Some("abc")));
+        let Matched::Route(r, p) = find(&Method::PUT, "/v1/sessions/abc/files/a/b%20c.txt") else { panic!() };
+        assert_eq!((r, p.id, p.path), (Route::PutFile, Some("abc"), Some("a/b%20c.txt")));
+        let Matched::Route(r, _) = find(&Method::GET, "/v1/sessions/abc/files") else { panic!() };
+        assert_eq!(r, Route::ListFiles);
+    }
+
+    #[test]
+    fn near_misses_do_not_match() {
+        assert_eq!(find(&Method::GET, "/v1/sessions/"), Matched::NotFound);
+        assert_eq!(find(&Method::GET, "/v1/sessions/abc/files/"), Matched::NotFound);
+        assert_eq!(find(&Method::GET, "/v1/sessions/abc/nope"), Matched::NotFound);
+        assert_eq!(find(&Method::GET, "/v1/sessionsx"), Matched::NotFound);
+        assert_eq!(find(&Method::GET, "health"), Matched::NotFound);
+        assert_eq!(find(&Method::PATCH, "/v1/sessions/a"), Matched::WrongMethod(vec![Method::GET, Method::DELETE]));
+    }
+}

@@ -1,0 +1,103 @@
+//! The entry point of every request: request id and span, authentication, routing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use codebox_core::{CodeBoxError, ErrorKind};
+use codebox_http::server::{Body, REQUEST_ID_HEADER, RequestId, json_response, status_error};
+use http::{HeaderValue, Method, header};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tracing::Instrument;
+
+use crate::api;
+use crate::auth::Caller;
+use crate::compat;
+use crate::routes::{self, Matched, Route};
+use crate::state::AppState;
+
+/// The OpenAPI document of the native API.
+pub(crate) const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Answer one request.
+pub(crate) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let request_id = RequestId::from_headers(req.headers());
+    let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
+    async move {
+        let started = Instant::now();
+        let mut resp = route(&state, req).await;
+        let status = resp.status().as_u16();
+        state.metrics.response(status);
+        if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+            resp.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        tracing::info!(status, %peer, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "answered");
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+fn is_compat(path: &str) -> bool {
+    ["/api/v1", "/api/v2"]
+        .iter()
+        .any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+}
+
+async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let caller = state.keys.identify(req.headers());
+    let path = req.uri().path().to_owned();
+    if is_compat(&path) {
+        return compat::handle(state, caller.owner(), req).await;
+    }
+    let (route, params) = match routes::find(req.method(), &path) {
+        Matched::Route(route, params) => (route, params),
+        Matched::WrongMethod(allowed) => {
+            let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            let err = status_error(
+                405,
+                ErrorKind::InvalidInput,
+                format!("{} is not allowed here; use {allow}", req.method()),
+            );
+            let mut resp = state.fail(&err);
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+            return resp;
+        }
+        Matched::NotFound => return state.fail(&CodeBoxError::not_found(format!("no route {path}"))),
+    };
+    match route {
+        Route::Health => return json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        Route::OpenApi if caller.owner().is_some() => {
+            let mut resp = Response::new(Body::full(OPENAPI));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return resp;
+        }
+        _ => {}
+    }
+    let owner = match caller {
+        Caller::Known(owner) => owner,
+        Caller::Missing | Caller::Invalid if route.needs_auth() => {
+            let message = if caller == Caller::Missing {
+                "this route needs `Authorization: Bearer <key>`"
+            } else {
+                "the API key was not accepted"
+            };
+            let mut resp = state.fail(&CodeBoxError::Authentication { message: message.into() });
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+        _ => return state.fail(&CodeBoxError::not_found(format!("no route {path}"))),
+    };
+    if route == Route::Metrics {
+        let mut resp = Response::new(Body::full(state.metrics.render(state.registry.len())));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        return resp;
+    }
+    match api::dispatch(state, route, params, owner, req).await {
+        Ok(resp) => resp,
+        Err(err) => state.fail(&err),
+    }
+}

@@ -1,0 +1,376 @@
+//! The session registry: one box per session, owned by one API key, reaped when idle.
+//!
+//! This is shared with the compatibility routes; the `pub(crate)` items below are their
+//! interface and keep their signatures.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use codebox_core::{CodeBox, CodeBoxError, ErrorKind, Result};
+use codebox_http::server::status_error;
+use codebox_http::wire::SessionInfo;
+use tokio::sync::OnceCell;
+
+use crate::auth::Owner;
+use crate::factory::BoxFactory;
+use crate::metrics::Metrics;
+
+/// One session: a box, its owner, and its use.
+pub(crate) struct Session {
+    /// The id, unique among its owner's sessions.
+    pub(crate) id: String,
+    /// The key that created it.
+    pub(crate) owner: Owner,
+    /// The box.
+    pub(crate) codebox: Arc<dyn CodeBox>,
+    created_at: SystemTime,
+    last_used_ms: AtomicU64,
+    in_use: AtomicUsize,
+    executions: AtomicUsize,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).field("owner", &self.owner).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+}
+
+impl Session {
+    fn new(id: String, owner: Owner, codebox: Arc<dyn CodeBox>) -> Self {
+        Self {
+            id,
+            owner,
+            codebox,
+            created_at: SystemTime::now(),
+            last_used_ms: AtomicU64::new(now_ms()),
+            in_use: AtomicUsize::new(0),
+            executions: AtomicUsize::new(0),
+        }
+    }
+
+    /// Mark the session used now.
+    pub(crate) fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Hold the session in use until the guard drops: the idle reaper leaves it alone, and
+    /// it counts as used until then.
+    pub(crate) fn use_guard(self: &Arc<Self>) -> SessionUse {
+        self.touch();
+        self.in_use.fetch_add(1, Ordering::AcqRel);
+        SessionUse { session: Arc::clone(self), execution: false }
+    }
+
+    /// Like [`use_guard`](Self::use_guard), and also count a running execution (which
+    /// shutdown interrupts after its grace period).
+    pub(crate) fn execution_guard(self: &Arc<Self>) -> SessionUse {
+        let mut guard = self.use_guard();
+        self.executions.fetch_add(1, Ordering::AcqRel);
+        guard.execution = true;
+        guard
+    }
+
+    /// Whether an execution is running.
+    pub(crate) fn is_executing(&self) -> bool {
+        self.executions.load(Ordering::Acquire) > 0
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_use.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(Duration::from_millis(now_ms().saturating_sub(self.last_used_ms.load(Ordering::Relaxed))))
+    }
+
+    /// The wire description of the session. `max_upload_bytes` is the server's limit.
+    pub(crate) async fn info(&self, max_upload_bytes: u64) -> SessionInfo {
+        let status = match self.codebox.status().await {
+            Ok(status) => status,
+            Err(e) => codebox_core::BoxStatus::new(codebox_core::BoxState::Dead).with_detail(e.to_string()),
+        };
+        let mut capabilities = self.codebox.capabilities();
+        capabilities.max_upload_bytes =
+            Some(capabilities.max_upload_bytes.map_or(max_upload_bytes, |m| m.min(max_upload_bytes)));
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+        SessionInfo {
+            id: self.id.clone(),
+            status,
+            capabilities,
+            created_at: secs(self.created_at),
+            last_used_at: self.last_used_ms.load(Ordering::Relaxed) as f64 / 1e3,
+        }
+    }
+}
+
+/// Holds a session in use; see [`Session::use_guard`].
+#[derive(Debug)]
+pub(crate) struct SessionUse {
+    session: Arc<Session>,
+    execution: bool,
+}
+
+impl Drop for SessionUse {
+    fn drop(&mut self) {
+        self.session.touch();
+        if self.execution {
+            self.session.executions.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.session.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    owner: Owner,
+    id: String,
+}
+
+/// A session being created, or created. Concurrent creators of the same id share one.
+#[derive(Default)]
+struct Slot {
+    cell: OnceCell<Arc<Session>>,
+}
+
+/// Whether [`Registry::get_or_create`] made a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Created {
+    /// A new session was started.
+    New,
+    /// The caller already had a session with this id.
+    Existing,
+}
+
+/// Every session, keyed by owner and id.
+pub(crate) struct Registry {
+    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    factory: Arc<dyn BoxFactory>,
+    max_sessions: usize,
+    retry_after: Duration,
+    metrics: Arc<Metrics>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("sessions", &self.lock().len()).field("max", &self.max_sessions).finish()
+    }
+}
+
+/// Whether `id` can name a session: 1 to 128 letters, digits, `-`, `_` or `.`.
+pub(crate) fn valid_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn new_session_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: ids stay unique (counter) if not unpredictable; ownership still guards them.
+        static FALLBACK: AtomicU64 = AtomicU64::new(0);
+        bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
+        bytes[8..].copy_from_slice(&FALLBACK.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Registry {
+    pub(crate) fn new(
+        factory: Arc<dyn BoxFactory>,
+        max_sessions: usize,
+        retry_after: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            factory,
+            max_sessions,
+            retry_after,
+            metrics,
+            closed: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The owner's session `id`, if it exists and has started.
+    pub(crate) fn get(&self, owner: Owner, id: &str) -> Option<Arc<Session>> {
+        let slot = self.lock().get(&Key { owner, id: id.to_owned() }).cloned()?;
+        slot.cell.get().cloned()
+    }
+
+    /// [`get`](Self::get), or a 404 `not_found` error naming the session.
+    pub(crate) fn require(&self, owner: Owner, id: &str) -> Result<Arc<Session>> {
+        self.get(owner, id).ok_or_else(|| CodeBoxError::not_found(format!("session {id}")))
+    }
+
+    /// The owner's sessions, oldest first.
+    pub(crate) fn list(&self, owner: Owner) -> Vec<Arc<Session>> {
+        let mut out: Vec<Arc<Session>> =
+            self.lock().iter().filter(|(k, _)| k.owner == owner).filter_map(|(_, s)| s.cell.get().cloned()).collect();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Every live session, of every owner.
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+        self.lock().values().filter_map(|s| s.cell.get().cloned()).collect()
+    }
+
+    /// How many sessions exist or are being created.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The owner's session `id` (a new id when `None`), creating and starting its box with
+    /// `kernel` when it does not exist yet. Refused with 503 `rate_limited` and
+    /// `Retry-After` when the server is full, and with 400 for an invalid id.
+    pub(crate) async fn get_or_create(
+        &self,
+        owner: Owner,
+        id: Option<&str>,
+        kernel: Option<&str>,
+    ) -> Result<(Arc<Session>, Created)> {
+        let id = match id {
+            Some(id) if !valid_session_id(id) => {
+                return Err(CodeBoxError::invalid(
+                    "a session id is 1 to 128 letters, digits, `-`, `_` or `.` characters",
+                ));
+            }
+            Some(id) => id.to_owned(),
+            None => new_session_id(),
+        };
+        let key = Key { owner, id: id.clone() };
+        let slot = {
+            let mut slots = self.lock();
+            if self.closed.load(Ordering::Acquire) {
+                return Err(status_error(503, ErrorKind::Connection, "the server is shutting down"));
+            }
+            match slots.get(&key) {
+                Some(slot) => Arc::clone(slot),
+                None => {
+                    if slots.len() >= self.max_sessions {
+                        self.metrics.session_rejected();
+                        let mut err = codebox_core::HttpError::new(
+                            503,
+                            format!("the server is at its limit of {} sessions; try again later", self.max_sessions),
+                        );
+                        err.kind = ErrorKind::RateLimited;
+                        err.retry_after = Some(self.retry_after);
+                        return Err(CodeBoxError::Http(Box::new(err)));
+                    }
+                    let slot = Arc::new(Slot::default());
+                    slots.insert(key.clone(), Arc::clone(&slot));
+                    slot
+                }
+            }
+        };
+        let mut created = Created::Existing;
+        let result = slot
+            .cell
+            .get_or_try_init(|| async {
+                created = Created::New;
+                let codebox = self.factory.create(kernel).await?;
+                if let Err(e) = codebox.start().await {
+                    let _ = codebox.stop().await;
+                    return Err(e);
+                }
+                tracing::info!(session = %id, %owner, "session started");
+                Ok(Arc::new(Session::new(id.clone(), owner, codebox)))
+            })
+            .await;
+        match result {
+            Ok(session) => {
+                let session = Arc::clone(session);
+                if created == Created::New {
+                    self.metrics.session_created();
+                    let still_registered = self.lock().get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot));
+                    if !still_registered {
+                        // Deleted or shut down while it was starting: do not leave its kernel behind.
+                        let _ = session.codebox.stop().await;
+                        return Err(CodeBoxError::not_found(format!("session {id} was stopped while starting")));
+                    }
+                }
+                session.touch();
+                Ok((session, created))
+            }
+            Err(e) => {
+                let mut slots = self.lock();
+                if slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot) && s.cell.get().is_none()) {
+                    slots.remove(&key);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove the owner's session `id` and stop its box. False when there was none.
+    pub(crate) async fn stop(&self, owner: Owner, id: &str) -> bool {
+        let removed = {
+            let mut slots = self.lock();
+            let key = Key { owner, id: id.to_owned() };
+            match slots.get(&key) {
+                Some(slot) if slot.cell.get().is_some() => slots.remove(&key),
+                _ => None,
+            }
+        };
+        match removed.and_then(|slot| slot.cell.get().cloned()) {
+            Some(session) => {
+                stop_box(&session).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stop every session that has been idle for longer than `timeout`; returns how many.
+    pub(crate) async fn reap_idle(&self, timeout: Duration) -> usize {
+        let expired: Vec<Arc<Session>> = {
+            let mut slots = self.lock();
+            let keys: Vec<Key> = slots
+                .iter()
+                .filter(|(_, s)| s.cell.get().and_then(|s| s.idle_for()).is_some_and(|idle| idle > timeout))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter().filter_map(|k| slots.remove(&k)).filter_map(|s| s.cell.get().cloned()).collect()
+        };
+        for session in &expired {
+            tracing::info!(session = %session.id, owner = %session.owner, "stopping idle session");
+            stop_box(session).await;
+            self.metrics.session_reaped();
+        }
+        expired.len()
+    }
+
+    /// Refuse new sessions, remove every session and stop all their boxes.
+    pub(crate) async fn close(&self) {
+        let sessions: Vec<Arc<Session>> = {
+            let mut slots = self.lock();
+            self.closed.store(true, Ordering::Release);
+            slots.drain().filter_map(|(_, s)| s.cell.get().cloned()).collect()
+        };
+        futures::future::join_all(sessions.iter().map(|s| stop_box(s))).await;
+    }
+
+    /// Refuse new sessions from now on.
+    pub(crate) fn refuse_new(&self) {
+        let _slots = self.lock();
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+async fn stop_box(session: &Session) {
+    if let Err(e) = session.codebox.stop().await {
+        tracing::warn!(session = %session.id, error = %e, "stopping a box failed");
+    }
+}

@@ -1,0 +1,42 @@
+//! The state every request handler shares.
+//!
+//! The compatibility routes (`compat`) get `&AppState` and use, as their stable interface:
+//! `registry` (see [`Registry`](crate::sessions::Registry): `get`, `require`,
+//! `get_or_create` with a client-chosen id, `stop`, `list`), `config.max_upload_bytes`,
+//! `config.body_idle_timeout`, `config.keepalive_interval`, `metrics`, and the body
+//! helpers of `codebox_http::server` (`Body`, `json_response`, `error_response`,
+//! `stream_limited`, `read_limited`).
+
+use std::sync::Arc;
+
+use codebox_core::CodeBoxError;
+use codebox_http::server::{Body, error_response};
+use hyper::Response;
+
+use crate::auth::ApiKeys;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::sessions::Registry;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    /// The configuration the server was started with.
+    pub(crate) config: ServerConfig,
+    /// The accepted keys.
+    pub(crate) keys: ApiKeys,
+    /// Every session.
+    pub(crate) registry: Registry,
+    /// The counters behind `/metrics`.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// The error response for `err`, counted in the metrics. Logged at debug level: errors
+    /// never contain keys.
+    pub(crate) fn fail(&self, err: &CodeBoxError) -> Response<Body> {
+        self.metrics.error(err.kind());
+        tracing::debug!(error = %err, kind = %err.kind(), "request failed");
+        error_response(err)
+    }
+}
