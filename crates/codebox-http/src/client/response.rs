@@ -128,7 +128,13 @@ fn body_error(e: &hyper::Error) -> CodeBoxError {
     let message = if e.is_incomplete_message() {
         "the connection closed before the response was complete".to_owned()
     } else {
-        format!("reading the response failed: {e}")
+        let mut message = format!("reading the response failed: {e}");
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            message.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        message
     };
     CodeBoxError::Connection { message, source: None }
 }

@@ -1,1 +1,7 @@
-//! Integration tests for RemoteBox.
+//! Integration tests for RemoteBox: transport edge cases against wiremock and raw sockets,
+//! the codebox-api 0.2 mode against the real `codeboxapi` server, and the conformance suite
+//! against a real in-process `codebox serve`.
+
+mod codeboxapi_v2;
+mod support;
+mod transport;
