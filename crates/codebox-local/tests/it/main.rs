@@ -13,6 +13,8 @@ use codebox_core::CodeBox;
 use codebox_local::{LocalBox, LocalBoxBuilder};
 
 /// The builder every test starts from.
+// Provisioning can take minutes on a fresh machine: show why the first test waits.
+#[allow(clippy::print_stderr)]
 pub(crate) fn builder() -> LocalBoxBuilder {
     LocalBox::builder().with_progress(|line| eprintln!("[provision] {line}"))
 }
