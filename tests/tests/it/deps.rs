@@ -36,7 +36,10 @@ fn allowed_internal(name: &str) -> Option<Option<&'static [&'static str]>> {
         "codebox-remote" => Some(&["codebox-core", "codebox-http"]),
         "codebox-server" => Some(&["codebox-core", "codebox-http"]),
         "codebox" => Some(&["codebox-core", "codebox-local", "codebox-remote", "codebox-server"]),
-        "codebox-cli" => Some(&["codebox"]),
+        // The application at the top of the graph may use any library crate directly.
+        "codebox-cli" => {
+            Some(&["codebox", "codebox-core", "codebox-http", "codebox-local", "codebox-remote", "codebox-server"])
+        }
         "xtask" => Some(&[]),
         // Not published; they exist to exercise everything.
         "codebox-examples" | "codebox-tests" | "codebox-bench" => None,
