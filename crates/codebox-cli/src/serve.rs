@@ -1,11 +1,420 @@
-//! `codebox serve`.
+//! `codebox serve`: host a CodeBox server backed by local Jupyter kernels.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Arguments of `codebox serve`.
+use anyhow::{Context as _, bail};
+use async_trait::async_trait;
+use codebox_core::{ApiKey, CodeBox};
+use codebox_local::{KernelPool, LocalBox, LocalBoxBuilder};
+use codebox_server::{BoxFactory, Server, ServerConfig};
+use serde::Deserialize;
+
+/// Host a CodeBox server: sessions of local Jupyter kernels behind the native API (`/v1`)
+/// and the codebox-api compatibility routes (`/api/v1`, `/api/v2`).
+///
+/// Every option can also come from a config file (`--config`, TOML, or JSON when the name
+/// ends in `.json`) using the option's long name with `_` for `-`, e.g.
+/// `max_sessions = 32`, `idle_timeout = "30m"`, `api_keys = ["..."]`. Flags win over the
+/// file. API keys are the union of `--api-key`, `CODEBOX_SERVER_API_KEYS`,
+/// `--api-key-file` and the config file; they are never logged.
 #[derive(Debug, clap::Args)]
-pub(crate) struct ServeArgs {}
+#[command(long_about)]
+pub(crate) struct ServeArgs {
+    // Boxed: the options are many, and the subcommand enum stays small.
+    #[command(flatten)]
+    options: Box<ServeOptions>,
+}
 
-pub(crate) fn main(_args: ServeArgs) -> ExitCode {
-    ExitCode::from(2)
+/// The options of `codebox serve`.
+#[derive(Debug, clap::Args)]
+struct ServeOptions {
+    /// Address to listen on, HOST:PORT [default: 127.0.0.1:8069].
+    #[arg(long, env = "CODEBOX_SERVER_ADDR", value_name = "HOST:PORT")]
+    addr: Option<SocketAddr>,
+
+    /// Accept this API key (repeatable). Clients send it as `Authorization: Bearer KEY`.
+    /// More keys come from CODEBOX_SERVER_API_KEYS (comma-separated), --api-key-file and
+    /// the config file.
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_keys: Vec<String>,
+
+    /// Read API keys from this file: one per line; blank lines and lines starting with `#`
+    /// are ignored.
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+
+    /// Read options from this file (TOML, or JSON if the name ends in `.json`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Serve without authentication, for local development only. Refused on an address
+    /// that is not loopback unless --force-no-auth is given too.
+    #[arg(long)]
+    no_auth: bool,
+
+    /// Allow --no-auth on a non-loopback address. Anyone who can reach the server can run
+    /// code on this machine.
+    #[arg(long, requires = "no_auth")]
+    force_no_auth: bool,
+
+    /// The most sessions alive at once; more are refused with 503 and Retry-After [default: 64].
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
+
+    /// Stop a session unused for this long, e.g. `900`, `15m`, `1h` [default: 15m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// The largest file upload, e.g. `1073741824`, `512M`, `1G` [default: 1G].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_upload_bytes: Option<u64>,
+
+    /// Cut off a client that sends no request body bytes for this long [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    upload_timeout: Option<Duration>,
+
+    /// On SIGTERM/SIGINT, let running executions finish for this long before interrupting
+    /// them [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    shutdown_grace: Option<Duration>,
+
+    /// Kernels kept started and ready for new sessions; 0 turns the pool off [default: 2].
+    #[arg(long, value_name = "N")]
+    pool_size: Option<usize>,
+
+    /// The kernel new sessions run when they do not ask for one [default: python3].
+    #[arg(long, value_name = "NAME")]
+    kernel: Option<String>,
+
+    /// The Python interpreter for kernels [default: CODEBOX_PYTHON, else a managed environment].
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+
+    /// Log format on stderr: `text` or `json`. The level comes from RUST_LOG [default: text, info].
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+/// The config file: the same options, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    addr: Option<SocketAddr>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    api_key_file: Option<PathBuf>,
+    #[serde(default)]
+    no_auth: bool,
+    #[serde(default)]
+    force_no_auth: bool,
+    max_sessions: Option<usize>,
+    idle_timeout: Option<DurationValue>,
+    max_upload_bytes: Option<SizeValue>,
+    upload_timeout: Option<DurationValue>,
+    shutdown_grace: Option<DurationValue>,
+    pool_size: Option<usize>,
+    kernel: Option<String>,
+    python: Option<PathBuf>,
+    log_format: Option<String>,
+}
+
+/// A duration in a file: seconds as a number, or text like `15m`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(f64),
+    Text(String),
+}
+
+impl DurationValue {
+    fn get(&self) -> anyhow::Result<Duration> {
+        match self {
+            Self::Seconds(s) if s.is_finite() && *s >= 0.0 => Ok(Duration::from_secs_f64(*s)),
+            Self::Seconds(s) => bail!("{s} is not a duration"),
+            Self::Text(t) => parse_duration(t).map_err(anyhow::Error::msg),
+        }
+    }
+}
+
+/// A size in a file: bytes as a number, or text like `512M`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeValue {
+    fn get(&self) -> anyhow::Result<u64> {
+        match self {
+            Self::Bytes(b) => Ok(*b),
+            Self::Text(t) => parse_size(t).map_err(anyhow::Error::msg),
+        }
+    }
+}
+
+/// `90`, `1.5s`, `500ms`, `15m`, `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!("{text:?} is not a duration (try 30, 30s, 15m, 1h, 500ms)")),
+    }
+}
+
+/// `1048576`, `512K`, `100M`, `1G` (powers of 1024; a trailing `B`/`iB` is allowed).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().trim_end_matches("iB").trim_end_matches(['B', 'b']);
+    let (num, scale) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        Some((i, 't' | 'T')) => (&t[..i], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a size (try 1073741824, 512M, 1G)"))
+}
+
+fn read_key_file(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading API keys from {}", path.display()))?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect())
+}
+
+fn read_config_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        serde_json::from_str(&text).with_context(|| format!("parsing {} as JSON", path.display()))
+    } else {
+        toml::from_str(&text).with_context(|| format!("parsing {} as TOML", path.display()))
+    }
+}
+
+/// Everything `serve` needs, after merging flags, environment and file.
+#[derive(Debug)]
+struct Settings {
+    server: ServerConfig,
+    pool_size: usize,
+    kernel: Option<String>,
+    python: Option<PathBuf>,
+    log_format: String,
+}
+
+fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Settings> {
+    let args = *args.options;
+    let file = match &args.config {
+        Some(path) => read_config_file(path)?,
+        None => FileConfig::default(),
+    };
+    let mut keys: Vec<String> = args.api_keys.clone();
+    if let Some(env_keys) = env_keys {
+        keys.extend(env_keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned));
+    }
+    for path in [&args.api_key_file, &file.api_key_file].into_iter().flatten() {
+        keys.extend(read_key_file(path)?);
+    }
+    keys.extend(file.api_keys.iter().cloned());
+    keys.sort();
+    keys.dedup();
+
+    let mut server = ServerConfig::new()
+        .with_api_keys(keys.into_iter().map(ApiKey::new))
+        .with_no_auth(args.no_auth || file.no_auth, args.force_no_auth || file.force_no_auth);
+    if let Some(addr) = args.addr.or(file.addr) {
+        server = server.with_addr(addr);
+    }
+    if let Some(n) = args.max_sessions.or(file.max_sessions) {
+        server = server.with_max_sessions(n);
+    }
+    if let Some(d) = args.idle_timeout.map(Ok).or(file.idle_timeout.as_ref().map(DurationValue::get)) {
+        server = server.with_idle_timeout(d?);
+    }
+    if let Some(b) = args.max_upload_bytes.map(Ok).or(file.max_upload_bytes.as_ref().map(SizeValue::get)) {
+        server = server.with_max_upload_bytes(b?);
+    }
+    if let Some(d) = args.upload_timeout.map(Ok).or(file.upload_timeout.as_ref().map(DurationValue::get)) {
+        server = server.with_body_idle_timeout(d?);
+    }
+    if let Some(d) = args.shutdown_grace.map(Ok).or(file.shutdown_grace.as_ref().map(DurationValue::get)) {
+        server = server.with_shutdown_grace(d?);
+    }
+    server.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
+    if !matches!(log_format.as_str(), "text" | "json") {
+        bail!("log_format must be `text` or `json`, not {log_format:?}");
+    }
+    Ok(Settings {
+        server,
+        pool_size: args.pool_size.or(file.pool_size).unwrap_or(2),
+        kernel: args.kernel.or(file.kernel),
+        python: args.python.or(file.python),
+        log_format,
+    })
+}
+
+/// New sessions get a LocalBox, taking a pre-started kernel from the pool when one is ready.
+#[derive(Debug)]
+struct LocalFactory {
+    builder: LocalBoxBuilder,
+}
+
+#[async_trait]
+impl BoxFactory for LocalFactory {
+    async fn create(&self, kernel: Option<&str>) -> codebox_core::Result<Arc<dyn CodeBox>> {
+        let builder = match kernel {
+            Some(kernel) => self.builder.clone().with_kernel(kernel),
+            None => self.builder.clone(),
+        };
+        Ok(Arc::new(builder.build()?))
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+// The CLI reports fatal errors on stderr, also before logging is set up.
+#[allow(clippy::print_stderr)]
+pub(crate) fn main(args: ServeArgs) -> ExitCode {
+    let settings = match settings(args, std::env::var("CODEBOX_SERVER_API_KEYS").ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("codebox serve: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("codebox serve: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("codebox serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let mut builder = LocalBox::builder();
+    if let Some(python) = &settings.python {
+        builder = builder.with_python(python);
+    }
+    if let Some(kernel) = &settings.kernel {
+        builder = builder.with_kernel(kernel);
+    }
+    if settings.pool_size > 0 {
+        let pool = KernelPool::new(settings.pool_size);
+        builder = builder.with_pool(pool.clone());
+        let warm = builder.clone();
+        tokio::spawn(async move {
+            match pool.prewarm(&warm).await {
+                Ok(()) => tracing::info!(ready = pool.ready(), "kernel pool warm"),
+                Err(e) => tracing::warn!("warming the kernel pool failed: {e}"),
+            }
+        });
+    }
+    let factory = Arc::new(LocalFactory { builder });
+    let server = Server::bind(settings.server, factory).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(addr = %server.local_addr(), pool = settings.pool_size, "codebox serve listening");
+    server.run().await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).unwrap().args
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("1X").is_err());
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn keys_come_from_flags_env_and_files() {
+        let dir = std::env::temp_dir().join(format!("codebox-serve-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_file = dir.join("keys");
+        std::fs::write(&key_file, "# team keys\nfrom-file\n\n").unwrap();
+        let config = dir.join("serve.toml");
+        std::fs::write(&config, "api_keys = [\"from-config\"]\nmax_sessions = 7\nidle_timeout = \"2m\"\n").unwrap();
+        let args = parse(&[
+            "--api-key",
+            "from-flag",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--max-upload-bytes",
+            "10M",
+        ]);
+        let s = settings(args, Some("from-env-1, from-env-2".into())).unwrap();
+        let keys: Vec<&str> = s.server.api_keys.iter().map(|k| k.expose()).collect();
+        assert_eq!(keys, ["from-config", "from-env-1", "from-env-2", "from-file", "from-flag"]);
+        assert_eq!(s.server.max_sessions, 7);
+        assert_eq!(s.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.server.max_upload_bytes, 10 << 20);
+        assert_eq!(s.pool_size, 2);
+        assert!(!format!("{s:?}").contains("from-flag"), "keys never show in Debug");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let err = settings(parse(&[]), None).unwrap_err();
+        assert!(err.to_string().contains("no API keys"), "{err}");
+        let err = settings(parse(&["--no-auth", "--addr", "0.0.0.0:8069"]), None).unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
+        assert!(settings(parse(&["--no-auth", "--force-no-auth", "--addr", "0.0.0.0:8069"]), None).is_ok());
+        assert!(Cli::try_parse_from(["serve", "--force-no-auth"]).is_err(), "--force-no-auth needs --no-auth");
+        assert!(Cli::try_parse_from(["serve", "--log-format", "xml"]).is_err());
+    }
 }
