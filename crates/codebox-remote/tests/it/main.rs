@@ -3,5 +3,6 @@
 //! against a real in-process `codebox serve`.
 
 mod codeboxapi_v2;
+mod python_server;
 mod support;
 mod transport;
