@@ -3,6 +3,7 @@
 //! against a real in-process `codebox serve`.
 
 mod codeboxapi_v2;
+mod end_to_end;
 mod python_server;
 mod support;
 mod transport;

@@ -1,0 +1,133 @@
+//! RemoteBox against a real in-process `codebox serve` backed by LocalBox on 127.0.0.1:0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use codebox_core::conformance::{ConformanceOptions, run_all};
+use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings, ErrorKind, ExecEvent, Execution, Result, RunOptions};
+use codebox_local::LocalBox;
+use codebox_remote::RemoteBox;
+use codebox_server::{BoxFactory, Server, ServerConfig};
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+const KEY: &str = "sk-end-to-end";
+
+/// Every session gets its own LocalBox.
+#[derive(Debug)]
+struct LocalFactory;
+
+#[async_trait]
+impl BoxFactory for LocalFactory {
+    async fn create(&self, kernel: Option<&str>) -> Result<Arc<dyn CodeBox>> {
+        let mut b = LocalBox::builder();
+        if let Some(kernel) = kernel {
+            b = b.with_kernel(kernel);
+        }
+        Ok(Arc::new(b.build()?))
+    }
+}
+
+/// A running server; stops when dropped.
+struct Running {
+    base: String,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn serve() -> Running {
+    let config = ServerConfig::new().with_addr("127.0.0.1:0".parse().unwrap()).with_api_key(KEY);
+    let server = Server::bind(config, Arc::new(LocalFactory)).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run_until(async {
+        let _ = stopped.await;
+    }));
+    Running { base, _stop: stop }
+}
+
+fn settings(base: &str) -> CodeBoxSettings {
+    CodeBoxSettings::new().with_api_key(KEY).with_base_url(base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_box_passes_the_conformance_suite_against_a_real_server() {
+    let server = serve().await;
+    let remote = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    let report = run_all(&remote, &ConformanceOptions::default().with_require_matplotlib(true)).await;
+    remote.stop().await.unwrap();
+    report.assert_all_passed();
+}
+
+/// The comparable part of an execution: its events without timings.
+fn shape(ex: &Execution) -> (Vec<ExecEvent>, codebox_core::Outcome) {
+    (ex.events.clone(), ex.outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_and_local_give_the_same_results() {
+    let server = serve().await;
+    let remote = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    remote.start().await.unwrap();
+    let local = LocalBox::builder().build().unwrap();
+    local.start().await.unwrap();
+    let cells = [
+        "print('out'); import sys; print('err', file=sys.stderr)",
+        "x = 41\nx + 1",
+        "from IPython.display import display, HTML\ndisplay(HTML('<b>hi</b>'))\n'value'",
+        "raise ValueError('bad input')",
+        "print('ünïcödé ✓')",
+    ];
+    for code in cells {
+        let r = remote.exec(code).await.unwrap();
+        let l = local.exec(code).await.unwrap();
+        assert_eq!(shape(&r), shape(&l), "cell {code:?}");
+    }
+    remote.stop().await.unwrap();
+    local.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_by_id_drop_cancels_and_stop_ends_the_session() {
+    let server = serve().await;
+    let owner = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    owner.start().await.unwrap();
+    owner.exec("shared = 'from the owner'").await.unwrap();
+
+    let attached = RemoteBox::from_id(owner.id(), &settings(&server.base)).unwrap();
+    attached.start().await.unwrap();
+    assert_eq!(attached.exec("shared").await.unwrap().text(), "'from the owner'");
+
+    // Dropping a running execution's stream interrupts it on the server: the kernel is free
+    // again for the next execution, and the state survives.
+    let mut stream = owner
+        .run_stream("import time\nprint('spinning', flush=True)\nwhile True: time.sleep(0.05)", RunOptions::new())
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first, ExecEvent::stdout("spinning\n"));
+    drop(stream);
+    let next = owner.run("shared", RunOptions::new().with_timeout(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(next.text(), "'from the owner'");
+    assert!(next.is_ok(), "{next:?}");
+
+    let listed = owner.list_files("", false).await.unwrap();
+    assert!(listed.iter().all(|f| !f.path.starts_with('/')));
+    let out = owner.run_command(codebox_core::CommandSpec::new("echo").arg("hi")).await.unwrap();
+    assert_eq!(out.stdout, "hi\n");
+
+    owner.stop().await.unwrap();
+    let err = attached.exec("1").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let gone = RemoteBox::from_id(owner.id(), &settings(&server.base)).unwrap();
+    assert_eq!(gone.start().await.unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_is_an_authentication_error_without_the_key() {
+    let server = serve().await;
+    let b = RemoteBox::builder().with_base_url(&server.base).with_api_key("sk-wrong-secret").build().unwrap();
+    let err = b.start().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Authentication);
+    assert!(!format!("{err} {err:?}").contains("wrong-secret"));
+}
