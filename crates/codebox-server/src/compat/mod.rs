@@ -176,10 +176,20 @@ impl Scope<'_> {
             tracing::debug!(field = %part.field, "the upload's file field is not named `file`; taking it anyway");
         }
         let metrics = Arc::clone(&self.state.metrics);
-        let content: ByteStream = Box::pin(part.content.inspect(move |chunk| {
-            if let Ok(bytes) = chunk {
-                metrics.uploaded(bytes.len() as u64);
+        let limit = config.max_upload_bytes;
+        let mut seen = 0u64;
+        let content: ByteStream = Box::pin(part.content.map(move |chunk| {
+            let bytes = chunk?;
+            seen += bytes.len() as u64;
+            if seen > limit {
+                return Err(status_error(
+                    413,
+                    ErrorKind::TooLarge,
+                    format!("the file exceeds the upload limit of {limit} bytes"),
+                ));
             }
+            metrics.uploaded(bytes.len() as u64);
+            Ok(bytes)
         }));
         let info = session.codebox.upload(&part.file_name, content).await?;
         Ok((part.file_name, info))
