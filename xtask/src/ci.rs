@@ -39,6 +39,10 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             bail!("unknown step `{name}` (steps: {})", STEPS.join(", "));
         }
     }
+    if crate::workspace::in_ci(std::env::var("CI").ok().as_deref()) {
+        eprintln!("==> lockfile: Cargo.lock must be the committed one");
+        lockfile_unchanged(&crate::workspace::root())?;
+    }
     let jobs: Vec<Job> = plan().into_iter().filter(|j| !opts.skip.iter().any(|s| s == j.step)).collect();
     let started = Instant::now();
     let mut timings: Vec<(String, Duration)> = Vec::new();
@@ -56,6 +60,23 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     summary(&timings);
     eprintln!("==> ci passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// In CI, `cargo xtask` itself (a `cargo run` without `--locked`) would quietly rewrite a stale
+/// Cargo.lock before the `--locked` steps see it; comparing with the commit catches that.
+fn lockfile_unchanged(root: &std::path::Path) -> Result<()> {
+    let mut diff = crate::workspace::git(root);
+    diff.args(["diff", "--exit-code", "--stat", "HEAD", "--", "Cargo.lock"]);
+    let out = diff.output().with_context(|| format!("running {}", display(&diff)))?;
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(1) => bail!(
+            "step `lockfile` failed: Cargo.lock differs from the committed one (cargo had to update it); \
+             commit the updated Cargo.lock\n{}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        _ => bail!("step `lockfile`: {} failed: {}", display(&diff), String::from_utf8_lossy(&out.stderr).trim()),
+    }
 }
 
 fn summary(timings: &[(String, Duration)]) {
@@ -147,5 +168,27 @@ mod tests {
     fn unknown_step_is_refused_before_anything_runs() {
         let err = run(&Options { skip: vec!["lint".into()] }).unwrap_err();
         assert_eq!(err.to_string(), "unknown step `lint` (steps: fmt, clippy, test, doc, features)");
+    }
+
+    fn git_in(dir: &std::path::Path, args: &[&str]) {
+        let mut cmd = crate::workspace::git(dir);
+        cmd.args(["-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false"]).args(args);
+        assert!(cmd.status().unwrap().success(), "git {args:?}");
+    }
+
+    #[test]
+    fn lockfile_rewritten_after_the_commit_is_caught() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        git_in(dir, &["init", "--quiet"]);
+        std::fs::write(dir.join("Cargo.lock"), "version = 4\n").unwrap();
+        git_in(dir, &["add", "Cargo.lock"]);
+        git_in(dir, &["commit", "--quiet", "-m", "lock"]);
+        lockfile_unchanged(dir).unwrap();
+
+        std::fs::write(dir.join("Cargo.lock"), "version = 4\n\n[[package]]\nname = \"new\"\n").unwrap();
+        let err = lockfile_unchanged(dir).unwrap_err().to_string();
+        assert!(err.contains("Cargo.lock differs from the committed one"), "{err}");
+        assert!(err.contains("1 file changed"), "{err}");
     }
 }

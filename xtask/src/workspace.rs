@@ -71,6 +71,11 @@ pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     String::from_utf8(stdout).with_context(|| format!("`{shown}` printed invalid UTF-8"))
 }
 
+/// Whether the `CI` variable says this runs in CI (CI services set it to `true`).
+pub(crate) fn in_ci(ci: Option<&str>) -> bool {
+    ci.is_some_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no"))
+}
+
 /// How a package depends on another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum DepKind {
@@ -270,6 +275,12 @@ mod tests {
         json["packages"][4]["dependencies"] = json!([{"name": "local", "kind": null}]);
         let err = Metadata::parse(&json).unwrap().publish_order().unwrap_err();
         assert!(err.to_string().contains("dependency cycle"), "{err}");
+    }
+
+    #[test]
+    fn ci_is_recognised() {
+        assert!(in_ci(Some("true")) && in_ci(Some("1")) && in_ci(Some("TRUE")));
+        assert!(!in_ci(None) && !in_ci(Some("")) && !in_ci(Some("false")) && !in_ci(Some("0")));
     }
 
     #[test]
