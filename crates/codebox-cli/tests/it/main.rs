@@ -1,0 +1,3 @@
+//! The `codebox` binary, run as a user would: real processes, real kernels.
+
+mod run;
