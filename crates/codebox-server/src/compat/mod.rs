@@ -217,6 +217,34 @@ impl Scope<'_> {
     }
 }
 
+/// Counts one execution in the server's metrics: started when made, ended exactly once (as
+/// disconnected when dropped before [`finish`](Self::finish)).
+struct ExecutionMetrics {
+    metrics: Arc<crate::metrics::Metrics>,
+    started: std::time::Instant,
+    ended: bool,
+}
+
+impl ExecutionMetrics {
+    fn start(state: &AppState) -> Self {
+        state.metrics.execution_started();
+        Self { metrics: Arc::clone(&state.metrics), started: std::time::Instant::now(), ended: false }
+    }
+
+    fn finish(&mut self, end: crate::metrics::ExecutionEnd) {
+        if !self.ended {
+            self.ended = true;
+            self.metrics.execution_ended(end, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for ExecutionMetrics {
+    fn drop(&mut self) {
+        self.finish(crate::metrics::ExecutionEnd::Disconnected);
+    }
+}
+
 /// A 404 for a path no route serves.
 fn no_route(method: &Method, path: &str) -> CodeBoxError {
     status_error(404, ErrorKind::NotFound, format!("no route for {method} {path}"))

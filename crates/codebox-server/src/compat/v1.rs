@@ -7,7 +7,8 @@ use http::{Method, Request, Response};
 use http_body::Body as HttpBody;
 use serde::{Deserialize, Serialize};
 
-use super::{Scope, no_route, ok_json, wrong_method};
+use super::{ExecutionMetrics, Scope, no_route, ok_json, wrong_method};
+use crate::metrics::ExecutionEnd;
 
 /// What `run` answers when the code printed nothing, as the 0.1 client's own box does.
 pub(super) const NO_OUTPUT: &str = "code run successfully (no output)";
@@ -98,7 +99,17 @@ where
             let body: RunBody = required(scope.read_json(req).await?)?;
             let session = scope.get(id)?;
             let _running = session.execution_guard();
-            let execution = session.codebox.run(&body.code, RunOptions::default()).await?;
+            let mut counted = ExecutionMetrics::start(scope.state);
+            let execution = match session.codebox.run(&body.code, RunOptions::default()).await {
+                Ok(execution) => {
+                    counted.finish(ExecutionEnd::Finished(execution.outcome));
+                    execution
+                }
+                Err(e) => {
+                    counted.finish(ExecutionEnd::Failed);
+                    return Err(e);
+                }
+            };
             let (kind, content) = run_output(&execution);
             ok_json(&RunOutput { r#type: kind, content })
         }

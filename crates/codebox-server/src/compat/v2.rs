@@ -9,7 +9,9 @@ use http_body::Body as HttpBody;
 use serde::Deserialize;
 
 use super::v1::png;
-use super::{Scope, no_route, ok_json, timeout_secs, wrong_method};
+use super::{ExecutionMetrics, Scope, no_route, ok_json, timeout_secs, wrong_method};
+use crate::metrics::ExecutionEnd;
+use crate::sessions::SessionUse;
 use crate::sessions::valid_session_id;
 
 /// `POST /codebox/{id}/exec`.
@@ -62,12 +64,17 @@ where
                 .ok_or_else(|| CodeBoxError::invalid("exec needs a JSON body {\"code\": ...}"))?;
             let session = scope.open(id).await?;
             let running = session.execution_guard();
-            let chunks = exec(session.codebox.as_ref(), body).await?;
+            let mut counted = ExecutionMetrics::start(scope.state);
+            let chunks = match exec(session.codebox.as_ref(), body).await {
+                Ok(chunks) => chunks,
+                Err(e) => {
+                    counted.finish(ExecutionEnd::Failed);
+                    return Err(e);
+                }
+            };
             // The session stays in use, and counts as executing, until the stream ends or the
-            // client goes away.
-            let chunks = chunks.inspect(move |_| {
-                let _running = &running;
-            });
+            // client goes away (which counts as a disconnect).
+            let chunks = Counted { chunks, counted, errors: false, _running: running };
             let mut resp = Response::new(Body::from_stream(chunks));
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -97,6 +104,36 @@ where
             let name = path.rsplit('/').next().unwrap_or(&path).to_owned();
             scope.file_response(&session, &name, content)
         }
+    }
+}
+
+/// An execution's chunks, counted in the metrics when they end: with an error outcome when
+/// any chunk was an `<err>`.
+struct Counted {
+    chunks: ChunkStream,
+    counted: ExecutionMetrics,
+    errors: bool,
+    _running: SessionUse,
+}
+
+impl Stream for Counted {
+    type Item = Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes>>> {
+        let polled = self.chunks.poll_next_unpin(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(chunk))) => self.errors |= chunk.starts_with(b"<err>"),
+            std::task::Poll::Ready(Some(Err(_))) => self.counted.finish(ExecutionEnd::Failed),
+            std::task::Poll::Ready(None) => {
+                let outcome = if self.errors { Outcome::Error } else { Outcome::Ok };
+                self.counted.finish(ExecutionEnd::Finished(outcome));
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
     }
 }
 

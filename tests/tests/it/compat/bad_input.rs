@@ -151,5 +151,14 @@ async fn a_client_that_disconnects_mid_exec_gets_its_code_interrupted() {
     .await
     .expect("the execution after a disconnect must not wait for the abandoned one");
     assert_eq!((after.status, after.text().as_str()), (200, "<txt>7\n</txt>"));
+
+    let metrics = server.request("GET", "/metrics", &[("Authorization", auth.as_str())], b"").await.text();
+    for line in [
+        "codebox_executions_total{outcome=\"ok\"} 2\n",
+        "codebox_executions_total{outcome=\"disconnected\"} 1\n",
+        "codebox_executions_running 0\n",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line:?}:\n{metrics}");
+    }
     server.shutdown().await;
 }
