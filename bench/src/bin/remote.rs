@@ -1,0 +1,239 @@
+//! RemoteBox benchmark; prints one JSON object.
+//!
+//! - p50 execution round trip of a tiny cell: RemoteBox against an in-process `codebox
+//!   serve` (LocalBox sessions), LocalBox direct, and the Python codeboxapi 0.2 client against
+//!   its own server (`bench/reference/codeboxapi_v2_ref.py`, run as a subprocess against
+//!   `uvicorn codeboxapi.api:app` from the venv cached in `target/codeboxapi-venv`);
+//! - a 1 GiB download through RemoteBox to a file, with the client's RSS growth.
+//!
+//! `BENCH_ROUNDS` (default 200) sets the number of timed executions per setup.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings};
+use codebox_local::LocalBox;
+use codebox_remote::RemoteBox;
+use codebox_server::{BoxFactory, Server, ServerConfig};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+const KEY: &str = "bench-key";
+const WARMUP: usize = 20;
+
+/// Every session gets its own LocalBox.
+#[derive(Debug)]
+struct LocalFactory;
+
+type Created<'a> = Pin<Box<dyn Future<Output = codebox_core::Result<Arc<dyn CodeBox>>> + Send + 'a>>;
+
+impl BoxFactory for LocalFactory {
+    fn create<'s, 'k, 'f>(&'s self, kernel: Option<&'k str>) -> Created<'f>
+    where
+        's: 'f,
+        'k: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let mut b = LocalBox::builder();
+            if let Some(kernel) = kernel {
+                b = b.with_kernel(kernel);
+            }
+            Ok(Arc::new(b.build()?) as Arc<dyn CodeBox>)
+        })
+    }
+}
+
+fn p50(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+async fn round_trips(b: &dyn CodeBox, rounds: usize) -> Result<f64> {
+    for _ in 0..WARMUP {
+        b.exec("1 + 1").await?;
+    }
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let ex = b.exec("1 + 1").await?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+        if ex.text() != "2" {
+            bail!("unexpected output {:?}", ex.text());
+        }
+    }
+    Ok(p50(samples))
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Download `path` to a file, sampling RSS; returns (bytes, seconds, peak RSS growth).
+async fn download_to_file(b: &RemoteBox, path: &str, dest: &Path) -> Result<(u64, f64, u64)> {
+    let before = rss_bytes();
+    let mut peak = before;
+    let start = Instant::now();
+    let mut file = tokio::fs::File::create(dest).await?;
+    let mut stream = b.download(path).await?;
+    let mut total = 0u64;
+    let mut next_sample = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        total += chunk.len() as u64;
+        file.write_all(&chunk).await?;
+        if total >= next_sample {
+            peak = peak.max(rss_bytes());
+            next_sample = total + (16 << 20);
+        }
+    }
+    file.flush().await?;
+    let secs = start.elapsed().as_secs_f64();
+    peak = peak.max(rss_bytes());
+    Ok((total, secs, peak.saturating_sub(before)))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The venv with codeboxapi 0.2.6 and its server, created when missing.
+fn codeboxapi_python() -> Result<PathBuf> {
+    let venv = target_dir().join("codeboxapi-venv");
+    let python = venv.join("bin/python");
+    let probe = "import codeboxapi, fastapi, uvicorn, multipart, IPython, matplotlib, aiofiles, httpx";
+    let ready =
+        |p: &Path| Command::new(p).args(["-c", probe]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if ready(&python) {
+        return Ok(python);
+    }
+    let base = std::env::var("CODEBOX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let ok = Command::new(&base).args(["-m", "venv", "--clear"]).arg(&venv).status()?.success()
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "codeboxapi==0.2.6", "fastapi", "uvicorn"])
+            .args(["python-multipart", "ipython", "matplotlib", "aiofiles"])
+            .status()?
+            .success();
+    if !ok || !ready(&python) {
+        bail!("creating {} failed", venv.display());
+    }
+    Ok(python)
+}
+
+/// The Python client against its own server: p50 in ms.
+fn python_reference(rounds: usize) -> Result<f64> {
+    let python = codeboxapi_python()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = tempfile_dir()?;
+    let mut server = Command::new(&python)
+        .args(["-m", "uvicorn", "codeboxapi.api:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--log-level", "warning"])
+        .current_dir(&dir)
+        .env("CODEBOX_TIMEOUT", "none")
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting uvicorn")?;
+    let result = (|| -> Result<f64> {
+        let up = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if up.elapsed() > Duration::from_secs(60) {
+                bail!("uvicorn did not start");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/codeboxapi_v2_ref.py");
+        let out = Command::new(&python)
+            .arg(script)
+            .args([port.to_string(), rounds.to_string(), WARMUP.to_string()])
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            bail!("the reference script failed");
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        json["p50_ms"].as_f64().context("no p50_ms in the reference output")
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("codebox-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
+
+    let config = ServerConfig::new().with_addr("127.0.0.1:0".parse()?).with_api_key(KEY);
+    let server = Server::bind(config, Arc::new(LocalFactory)).await?;
+    let base = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let remote = RemoteBox::from_settings(&CodeBoxSettings::new().with_api_key(KEY).with_base_url(&base))?;
+    remote.start().await?;
+    let remote_p50 = round_trips(&remote, rounds).await?;
+
+    let local = LocalBox::builder().build()?;
+    local.start().await?;
+    let local_p50 = round_trips(&local, rounds).await?;
+    local.stop().await?;
+
+    let python_p50 = tokio::task::spawn_blocking(move || python_reference(rounds)).await??;
+
+    // 1 GiB download: the file is made by code in the box, then streamed to a local file.
+    remote.exec("with open('big.bin', 'wb') as f:\n    f.truncate(1 << 30)").await?;
+    let dir = tempfile_dir()?;
+    let dest = dir.join("big.bin");
+    let (bytes, secs, rss_growth) = download_to_file(&remote, "big.bin", &dest).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    remote.stop().await?;
+    let _ = stop.send(());
+    let _ = serving.await;
+
+    let report = serde_json::json!({
+        "bench": "remote",
+        "rounds": rounds,
+        "exec_p50_ms": {
+            "remote_box_codebox_serve": remote_p50,
+            "local_box_direct": local_p50,
+            "python_codeboxapi_0_2": python_p50,
+        },
+        "ratio_remote_to_python": remote_p50 / python_p50,
+        "ratio_remote_to_local": remote_p50 / local_p50,
+        "target_ratio_remote_to_python_max": 0.5,
+        "download_1gib": {
+            "bytes": bytes,
+            "seconds": secs,
+            "mib_per_s": bytes as f64 / (1 << 20) as f64 / secs,
+            "client_rss_growth_mib": rss_growth as f64 / (1 << 20) as f64,
+            "target_rss_growth_mib_max": 32,
+        },
+    });
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{report}");
+    }
+    Ok(())
+}
