@@ -102,7 +102,9 @@ fn plan() -> Vec<Job> {
         ),
         job("test", "test".into(), &["test", "--workspace", "--all-features", "--locked"]),
     ];
-    let mut doc = job("doc", "doc".into(), &["doc", "--workspace", "--no-deps", "--all-features", "--locked"]);
+    // `--lib`: the `codebox` binary of codebox-cli would otherwise be documented into the same
+    // `target/doc/codebox/` as the facade library and overwrite it (cargo issue 6313).
+    let mut doc = job("doc", "doc".into(), &["doc", "--workspace", "--no-deps", "--all-features", "--locked", "--lib"]);
     doc.cmd.env("RUSTDOCFLAGS", "-D warnings");
     jobs.push(doc);
     for features in feature_matrix() {
@@ -155,7 +157,10 @@ mod tests {
         assert_eq!(shown[0], "cargo fmt --all --check");
         assert_eq!(shown[1], "cargo clippy --workspace --all-targets --all-features --locked -- -D warnings");
         assert_eq!(shown[2], "cargo test --workspace --all-features --locked");
-        assert_eq!(shown[3], "RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features --locked");
+        assert_eq!(
+            shown[3],
+            "RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features --locked --lib"
+        );
         assert_eq!(shown[4], "cargo check --package codebox --locked --no-default-features");
         assert_eq!(
             shown[11],
