@@ -45,6 +45,8 @@ def sync_suite():
     check([(c.type, c.content) for c in r.chunks] == [("txt", "hello\n")], f"exec print: {r.chunks}")
     r = cb.exec("x = 40\nx + 2")
     check(r.text == "42", f"exec value: {r.chunks}")
+    r = cb.exec("print('<txt>tags</txt> in output'); print('after')")
+    check(r.text == "<txt>tags</txt> in output\nafter\n", f"exec output holding tags: {r.chunks}")
     r = cb.exec("1/0")
     check(len(r.errors) == 1 and "ZeroDivisionError" in r.errors[0], f"exec error: {r.chunks}")
     r = cb.exec(PLOT)

@@ -225,8 +225,25 @@ async fn uv_shim(cb: &dyn CodeBox) -> String {
 }
 
 /// One complete chunk; empty content gives nothing.
+///
+/// The client ends a chunk at the first closing tag, so content that holds its own closing
+/// tag (`print("</txt>")`) is split just inside it into several chunks of the same kind:
+/// joined, they give the content back exactly, and the stream stays parseable.
 fn tag(kind: &str, content: &str) -> Bytes {
-    if content.is_empty() { Bytes::new() } else { Bytes::from(format!("<{kind}>{content}</{kind}>")) }
+    let close = format!("</{kind}>");
+    let mut out = String::with_capacity(content.len() + 2 * close.len());
+    let mut rest = content;
+    while !rest.is_empty() {
+        let cut = rest.find(&close).map_or(rest.len(), |at| at + 1);
+        let (piece, tail) = rest.split_at(cut);
+        out.push('<');
+        out.push_str(kind);
+        out.push('>');
+        out.push_str(piece);
+        out.push_str(&close);
+        rest = tail;
+    }
+    Bytes::from(out)
 }
 
 fn chunks_of(chunks: Vec<Bytes>) -> ChunkStream {
@@ -306,6 +323,14 @@ mod tests {
         assert!(encode_event(&end).is_empty());
         let timed_out = ExecEvent::end(Some(1), Duration::ZERO, Outcome::TimedOut);
         assert!(encode_event(&timed_out).starts_with(b"<err>TimeoutError"));
+    }
+
+    #[test]
+    fn content_holding_its_closing_tag_is_split_so_the_client_can_parse_it() {
+        assert_eq!(tag("txt", "a</txt>b"), "<txt>a<</txt><txt>/txt>b</txt>");
+        assert_eq!(tag("txt", "</txt>"), "<txt><</txt><txt>/txt></txt>");
+        assert_eq!(tag("err", "x</txt>y"), "<err>x</txt>y</err>");
+        assert!(tag("img", "").is_empty());
     }
 
     #[tokio::test]
