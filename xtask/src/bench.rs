@@ -53,7 +53,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         let exe = meta.target_directory.join("release").join(name);
         eprintln!("\n==> bench {name}: {}", exe.display());
         let started = Instant::now();
-        let outcome = run_one(&exe, &opts.args, opts.timeout);
+        let outcome = run_one(&exe, &opts.args, &meta.target_directory, opts.timeout);
         let entry = match outcome {
             Ok(value) => value,
             Err(e) => {
@@ -95,12 +95,14 @@ impl Failure {
     }
 }
 
-/// Runs one binary: stderr is shown live and its tail kept; stdout must be one JSON object.
-fn run_one(exe: &Path, args: &[String], timeout: Duration) -> Result<Value, Failure> {
+/// Runs one binary from the workspace root, with `CARGO_TARGET_DIR` set so it finds its caches:
+/// stderr is shown live and its tail kept; stdout must be one JSON object.
+fn run_one(exe: &Path, args: &[String], target_dir: &Path, timeout: Duration) -> Result<Value, Failure> {
     let fail = |message: String| Failure { message, status: None, stderr_tail: Vec::new() };
     let mut child = Command::new(exe)
         .args(args)
         .current_dir(root())
+        .env("CARGO_TARGET_DIR", target_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -260,6 +262,8 @@ fn rfc3339_utc(t: SystemTime) -> String {
 mod tests {
     use super::*;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     #[test]
     fn result_is_the_json_object_on_stdout() {
         assert_eq!(parse_result("{\"a\": 1}\n").unwrap(), json!({"a": 1}));
@@ -294,7 +298,7 @@ mod tests {
 
     #[test]
     fn failing_binary_becomes_an_error_entry_with_its_stderr() {
-        let err = run_one(Path::new("sh"), &["-c".into(), "echo boom >&2; exit 3".into()], Duration::from_secs(60))
+        let err = run_one(Path::new("sh"), &["-c".into(), "echo boom >&2; exit 3".into()], Path::new("target"), MINUTE)
             .unwrap_err();
         assert_eq!(err.status, Some(3));
         assert_eq!(err.stderr_tail, ["boom"]);
@@ -305,16 +309,16 @@ mod tests {
 
     #[test]
     fn binary_that_overruns_is_killed_and_reported() {
-        let err = run_one(Path::new("sleep"), &["30".into()], Duration::from_millis(200)).unwrap_err();
+        let err =
+            run_one(Path::new("sleep"), &["30".into()], Path::new("target"), Duration::from_millis(200)).unwrap_err();
         assert_eq!(err.message, "timed out after 200ms");
     }
 
     #[test]
     fn successful_binary_yields_its_object() {
-        let value =
-            run_one(Path::new("sh"), &["-c".into(), r#"echo '{"ratio": 1.5}'"#.into()], Duration::from_secs(60))
-                .unwrap();
-        assert_eq!(value, json!({"ratio": 1.5}));
+        let script = r#"echo "{\"ratio\": 1.5, \"target\": \"$CARGO_TARGET_DIR\"}""#;
+        let value = run_one(Path::new("sh"), &["-c".into(), script.into()], Path::new("/t/target"), MINUTE).unwrap();
+        assert_eq!(value, json!({"ratio": 1.5, "target": "/t/target"}));
     }
 
     #[test]
