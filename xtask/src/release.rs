@@ -65,12 +65,8 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     ensure!(stale.is_empty(), "versions left behind after the bump:\n  {}", stale.join("\n  "));
 
     eprintln!("==> checking that every publishable crate packages");
-    let mut package = cargo();
-    package.args(["publish", "--workspace", "--dry-run", "--allow-dirty", "--locked"]);
-    if opts.no_verify {
-        package.arg("--no-verify");
-    }
-    run_cmd(&mut package).context("packaging failed; the bump is left in the working tree for you to fix or revert")?;
+    check_packaging(opts.no_verify)
+        .context("packaging failed; the bump is left in the working tree for you to fix or revert")?;
 
     if opts.commit {
         let mut files: Vec<PathBuf> = changes.iter().map(|c| c.file.clone()).collect();
@@ -86,6 +82,38 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         eprintln!(
             "    or commit and tag by hand: git commit -am 'Release {new}' && git tag -a {tag} -m 'codebox {new}'"
         );
+    }
+    Ok(())
+}
+
+/// `cargo publish --workspace --dry-run` where cargo has it (1.90 and later): it packages every
+/// publishable crate and builds each against its packaged siblings. Older cargo: `cargo
+/// package` per crate in dependency order, building only the crates with no workspace
+/// dependency (the others would need their siblings on the registry).
+fn check_packaging(no_verify: bool) -> Result<()> {
+    let help = output(cargo().args(["publish", "--help"]))?;
+    if help.contains("--workspace") {
+        let mut cmd = cargo();
+        cmd.args(["publish", "--workspace", "--dry-run", "--allow-dirty", "--locked"]);
+        if no_verify {
+            cmd.arg("--no-verify");
+        }
+        return run_cmd(&mut cmd);
+    }
+    let meta = crate::workspace::Metadata::load()?;
+    let order = meta.publish_order()?;
+    let internal: Vec<&str> = meta.packages.iter().map(|p| p.name.as_str()).collect();
+    for pkg in order {
+        let mut cmd = cargo();
+        cmd.args(["package", "--allow-dirty", "--locked", "--package", &pkg.name]);
+        let has_sibling = pkg
+            .dependencies
+            .iter()
+            .any(|d| d.kind != crate::workspace::DepKind::Dev && internal.contains(&d.name.as_str()));
+        if no_verify || has_sibling {
+            cmd.arg("--no-verify");
+        }
+        run_cmd(&mut cmd)?;
     }
     Ok(())
 }
