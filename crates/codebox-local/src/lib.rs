@@ -60,6 +60,7 @@ mod output;
 mod pool;
 mod protocol;
 mod python;
+pub mod sandbox;
 mod spawn;
 mod util;
 

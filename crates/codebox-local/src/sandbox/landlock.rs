@@ -1,0 +1,128 @@
+//! The Landlock ruleset of a kernel where user namespaces are not available.
+//!
+//! Read and execute: `/usr`, the `/bin` and `/lib*` links, `/proc`, a few files of `/etc` and
+//! `/dev`, the Python environment. Read and write: the working directory and the kernel's run
+//! directory (its sockets, and a private TMPDIR and HOME). Everything else, including the
+//! user's HOME, is denied. With ABI >= 4 and no network, TCP bind and connect are denied too.
+//! The ruleset is created in the parent (opening descriptors allocates) and enforced between
+//! fork and exec.
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr,
+};
+
+const READ_ONLY: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/proc",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/fonts",
+    "/etc/mime.types",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/dev/urandom",
+    "/dev/random",
+];
+
+const READ_WRITE_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
+
+/// What a kernel under Landlock may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LandlockConfig {
+    /// Read-write: the working directory and the run directory.
+    pub read_write: Vec<PathBuf>,
+    /// Read and execute, on top of the system paths: the Python environment.
+    pub read_only: Vec<PathBuf>,
+    /// Allow TCP (otherwise denied where the kernel's Landlock can say so, ABI >= 4).
+    pub network: bool,
+}
+
+/// The highest ABI this code asks for; older kernels get what they support.
+const TARGET: ABI = ABI::V5;
+
+fn rights(path: &Path, dir_rights: BitFlags<AccessFs>) -> Option<(PathFd, BitFlags<AccessFs>)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let rights = if meta.is_dir() { dir_rights } else { dir_rights & AccessFs::from_file(TARGET) };
+    Some((PathFd::new(path).ok()?, rights))
+}
+
+impl LandlockConfig {
+    /// Create the ruleset (not yet enforced). Paths that do not exist are skipped.
+    pub fn build(&self) -> Result<RulesetCreated, String> {
+        let read = AccessFs::from_read(TARGET);
+        let all = AccessFs::from_all(TARGET);
+        let mut ruleset = Ruleset::default().set_compatibility(CompatLevel::BestEffort).handle_access(all);
+        if !self.network {
+            ruleset = ruleset.and_then(|r| r.handle_access(AccessNet::from_all(TARGET)));
+        }
+        let mut created = ruleset.and_then(|r| r.create()).map_err(|e| format!("creating a Landlock ruleset: {e}"))?;
+        let read_only = READ_ONLY.iter().map(PathBuf::from).chain(self.read_only.iter().cloned());
+        let rules = read_only
+            .filter_map(|p| rights(&p, read))
+            .chain(READ_WRITE_DEVICES.iter().filter_map(|p| rights(Path::new(p), all)))
+            .chain(self.read_write.iter().filter_map(|p| rights(p, all)));
+        for (fd, access) in rules {
+            created =
+                created.add_rule(PathBeneath::new(fd, access)).map_err(|e| format!("adding a Landlock rule: {e}"))?;
+        }
+        Ok(created.no_new_privs(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_child_under_the_ruleset_reaches_only_its_directories() {
+        let work = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        let cfg = LandlockConfig { read_write: vec![work.path().into()], read_only: vec![], network: false };
+        let ruleset = Mutex::new(Some(cfg.build().unwrap()));
+        let script = format!(
+            "echo ok > {w}/x && cat {w}/x; cat {o}/secret 2>/dev/null || echo denied-read; \
+             touch {o}/y 2>/dev/null || echo denied-write; ls /root >/dev/null 2>&1 || echo denied-home",
+            w = work.path().display(),
+            o = outside.path().display()
+        );
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", &script]);
+        // SAFETY: restrict_self makes two system calls (prctl, landlock_restrict_self) and
+        // allocates nothing on success; the ruleset was built before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = ruleset.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match r {
+                    Some(r) => r.restrict_self().map(|_| ()).map_err(|_| std::io::Error::other("landlock")),
+                    None => Ok(()),
+                }
+            })
+        };
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout,
+            "ok\ndenied-read\ndenied-write\ndenied-home\n",
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!outside.path().join("y").exists());
+    }
+}

@@ -1,0 +1,164 @@
+//! Resource limits of one kernel.
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+
+/// Resource limits of one kernel. `None` means "no limit of this kind".
+///
+/// rlimits (`data`, `file_size`, `open_files`, core dumps off) apply at every isolation
+/// level; `memory`, `pids` and `cpu` need a per-session cgroup (the server); the tmpfs sizes
+/// apply under bubblewrap.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Hard memory limit of the kernel and everything it starts (cgroup), in bytes. Past it
+    /// the kernel is OOM-killed and restarted.
+    pub memory: Option<u64>,
+    /// `RLIMIT_DATA`, in bytes: an allocation past it raises `MemoryError` and the kernel
+    /// lives on. Keep it a little under `memory`.
+    pub data: Option<u64>,
+    /// Most processes and threads at once (cgroup `pids.max`).
+    pub pids: Option<u64>,
+    /// CPU share in CPUs (cgroup `cpu.max` / `cpu.cfs_quota_us`), e.g. `1.0`.
+    pub cpu: Option<f64>,
+    /// `RLIMIT_FSIZE`: the largest file the kernel may write, in bytes.
+    pub file_size: Option<u64>,
+    /// `RLIMIT_NOFILE`: most open descriptors per process.
+    pub open_files: Option<u64>,
+    /// Size of the private `/tmp` tmpfs, in bytes.
+    pub tmp_size: u64,
+    /// Size of the private `/dev/shm` tmpfs, in bytes.
+    pub shm_size: u64,
+    /// Size of the private `HOME` tmpfs, in bytes.
+    pub home_size: u64,
+    /// Size limit of the working directory, in bytes (enforced by the server).
+    pub workdir_size: Option<u64>,
+}
+
+impl Default for Limits {
+    /// The local defaults: `RLIMIT_DATA` 2 GiB, files up to 1 GiB, 1024 descriptors, no
+    /// cgroup limits; `/tmp` 256 MiB, `/dev/shm` 64 MiB, `HOME` 16 MiB.
+    fn default() -> Self {
+        Self {
+            memory: None,
+            data: Some(2 * GIB),
+            pids: None,
+            cpu: None,
+            file_size: Some(GIB),
+            open_files: Some(1024),
+            tmp_size: 256 * MIB,
+            shm_size: 64 * MIB,
+            home_size: 16 * MIB,
+            workdir_size: None,
+        }
+    }
+}
+
+impl Limits {
+    /// The server defaults: 1 GiB of memory (`RLIMIT_DATA` at 0.9 of it), 256 processes,
+    /// one CPU, files up to 1 GiB, 1024 descriptors, a 1 GiB working directory.
+    pub fn server() -> Self {
+        Self {
+            memory: Some(GIB),
+            data: Some(GIB / 10 * 9),
+            pids: Some(256),
+            cpu: Some(1.0),
+            workdir_size: Some(GIB),
+            ..Self::default()
+        }
+    }
+
+    /// No limits at all (tmpfs sizes stay, since a tmpfs always has one).
+    pub fn unlimited() -> Self {
+        Self { data: None, file_size: None, open_files: None, ..Self::default() }
+    }
+
+    /// Set the hard memory limit and put `RLIMIT_DATA` at 90 % of it.
+    pub fn with_memory(mut self, bytes: u64) -> Self {
+        self.memory = Some(bytes);
+        self.data = Some(bytes / 10 * 9);
+        self
+    }
+
+    /// Check the values: sizes must be positive, the CPU share finite and positive, and
+    /// `data` no larger than `memory`.
+    pub fn validate(&self) -> codebox_core::Result<()> {
+        let bad = |what: &str| Err(codebox_core::CodeBoxError::invalid(format!("limit {what}")));
+        for (name, value) in [
+            ("memory", self.memory),
+            ("data", self.data),
+            ("pids", self.pids),
+            ("file_size", self.file_size),
+            ("open_files", self.open_files),
+            ("workdir_size", self.workdir_size),
+        ] {
+            if value == Some(0) {
+                return bad(&format!("{name} must be positive"));
+            }
+        }
+        for (name, value) in [("tmp_size", self.tmp_size), ("shm_size", self.shm_size), ("home_size", self.home_size)] {
+            if value < MIB {
+                return bad(&format!("{name} must be at least 1 MiB"));
+            }
+        }
+        if let Some(cpu) = self.cpu
+            && !(cpu.is_finite() && cpu >= 0.01)
+        {
+            return bad("cpu must be a number of CPUs of at least 0.01");
+        }
+        if let (Some(memory), Some(data)) = (self.memory, self.data)
+            && data > memory
+        {
+            return bad("data (RLIMIT_DATA) must not exceed memory");
+        }
+        if let Some(memory) = self.memory
+            && memory < 64 * MIB
+        {
+            return bad("memory must be at least 64 MiB: a Python kernel needs about 50 MiB idle");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_table() {
+        let local = Limits::default();
+        assert_eq!(local.data, Some(2 * GIB));
+        assert_eq!(local.memory, None);
+        assert_eq!((local.tmp_size, local.shm_size, local.home_size), (256 * MIB, 64 * MIB, 16 * MIB));
+        let server = Limits::server();
+        assert_eq!(server.memory, Some(GIB));
+        assert!(server.data.unwrap() < GIB && server.data.unwrap() > GIB / 10 * 8);
+        assert_eq!(server.pids, Some(256));
+        assert_eq!(server.open_files, Some(1024));
+        local.validate().unwrap();
+        server.validate().unwrap();
+        Limits::unlimited().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_their_name() {
+        let err = Limits { pids: Some(0), ..Limits::server() }.validate().unwrap_err().to_string();
+        assert!(err.contains("pids"), "{err}");
+        let err = Limits { data: Some(2 * GIB), ..Limits::server() }.validate().unwrap_err().to_string();
+        assert!(err.contains("RLIMIT_DATA"), "{err}");
+        let err = Limits { cpu: Some(f64::NAN), ..Limits::server() }.validate().unwrap_err().to_string();
+        assert!(err.contains("cpu"), "{err}");
+        let err = Limits { tmp_size: 10, ..Limits::default() }.validate().unwrap_err().to_string();
+        assert!(err.contains("tmp_size"), "{err}");
+        let err = Limits::server().with_memory(MIB).validate().unwrap_err().to_string();
+        assert!(err.contains("64 MiB"), "{err}");
+    }
+
+    #[test]
+    fn with_memory_keeps_data_under_it() {
+        let l = Limits::default().with_memory(512 * MIB);
+        assert_eq!(l.memory, Some(512 * MIB));
+        assert!(l.data.unwrap() < 512 * MIB);
+        l.validate().unwrap();
+    }
+}

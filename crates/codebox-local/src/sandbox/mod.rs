@@ -1,0 +1,185 @@
+//! Sandboxing kernels: the isolation ladder, resource limits, per-session uids and cgroups.
+//!
+//! A kernel runs under the strongest level this machine allows, tried in order:
+//!
+//! 1. [`IsolationLevel::Bubblewrap`]: `bwrap` with a user namespace, no network unless the box
+//!    opts in, a minimal read-only root, only the working directory (and the kernel's socket
+//!    directory) writable, sized tmpfs for `/tmp`, `/dev/shm` and `HOME`, every capability
+//!    dropped, no new privileges and a seccomp deny-list ([`seccomp`]).
+//! 2. [`IsolationLevel::Landlock`]: where user namespaces are not available, Landlock rules
+//!    (read-only system and Python, read-write working directory), the same seccomp deny-list
+//!    and rlimits.
+//! 3. [`IsolationLevel::None`]: rlimits only, with a loud warning.
+//!
+//! [`Isolation`] selects a level (or `Auto`); [`probe`] says what this machine allows.
+//! [`Limits`] holds the resource limits: rlimits always apply, cgroup limits ([`cgroup`])
+//! need a cgroup manager (the server, running as root).
+
+pub mod bwrap;
+pub mod cgroup;
+pub mod landlock;
+pub mod launch;
+mod limits;
+pub mod probe;
+pub mod rlimits;
+pub mod seccomp;
+pub mod uid;
+
+use std::fmt;
+
+pub use self::limits::Limits;
+pub use self::probe::{Probe, probe};
+
+/// Which isolation a box asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// The strongest level this machine allows: bubblewrap, else Landlock, else none.
+    #[default]
+    Auto,
+    /// bubblewrap with a user namespace; an error where it does not work.
+    Bubblewrap,
+    /// Landlock, seccomp and rlimits; an error where Landlock is not available.
+    Landlock,
+    /// No isolation: the kernel runs as a plain child process (rlimits still apply).
+    None,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = codebox_core::CodeBoxError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "bwrap" | "bubblewrap" => Ok(Self::Bubblewrap),
+            "landlock" => Ok(Self::Landlock),
+            "none" | "off" => Ok(Self::None),
+            other => Err(codebox_core::CodeBoxError::invalid(format!(
+                "unknown isolation {other:?}: expected auto, bubblewrap, landlock or none"
+            ))),
+        }
+    }
+}
+
+/// The isolation a kernel actually runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum IsolationLevel {
+    /// No isolation.
+    None,
+    /// Landlock, seccomp and rlimits.
+    Landlock,
+    /// bubblewrap: namespaces, minimal read-only root, seccomp, no capabilities.
+    Bubblewrap,
+}
+
+impl IsolationLevel {
+    /// The name reported in [`BoxStatus::isolation`](codebox_core::BoxStatus::isolation).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Landlock => "landlock",
+            Self::Bubblewrap => "bubblewrap",
+        }
+    }
+}
+
+impl fmt::Display for IsolationLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Choose the level for `wanted` on a machine described by `probe`.
+///
+/// `Auto` falls down the ladder; an explicit level that does not work here is an error, and
+/// so is `Auto` ending at `None` when `require` is set. The error says why each level failed
+/// and how to fix it.
+pub fn choose(wanted: Isolation, require: bool, probe: &Probe) -> codebox_core::Result<IsolationLevel> {
+    let bwrap_err = || probe.bubblewrap.as_ref().err().cloned().unwrap_or_default();
+    let landlock_err = || probe.landlock.as_ref().err().cloned().unwrap_or_default();
+    let fail = |message: String| codebox_core::CodeBoxError::KernelStart { message };
+    match wanted {
+        Isolation::Bubblewrap => match &probe.bubblewrap {
+            Ok(_) => Ok(IsolationLevel::Bubblewrap),
+            Err(e) => Err(fail(format!("isolation bubblewrap is not available: {e}"))),
+        },
+        Isolation::Landlock => match &probe.landlock {
+            Ok(_) => Ok(IsolationLevel::Landlock),
+            Err(e) => Err(fail(format!("isolation landlock is not available: {e}"))),
+        },
+        Isolation::None if require => {
+            Err(codebox_core::CodeBoxError::invalid("isolation none contradicts require_isolation"))
+        }
+        Isolation::None => Ok(IsolationLevel::None),
+        Isolation::Auto => {
+            if probe.bubblewrap.is_ok() {
+                Ok(IsolationLevel::Bubblewrap)
+            } else if probe.landlock.is_ok() {
+                Ok(IsolationLevel::Landlock)
+            } else if require {
+                Err(fail(format!(
+                    "no isolation is available and it is required: bubblewrap: {}; landlock: {}",
+                    bwrap_err(),
+                    landlock_err()
+                )))
+            } else {
+                Ok(IsolationLevel::None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn machine(bwrap: bool, landlock: bool) -> Probe {
+        Probe {
+            bubblewrap: if bwrap { Ok(PathBuf::from("/usr/bin/bwrap")) } else { Err("bwrap: not found".into()) },
+            landlock: if landlock { Ok(7) } else { Err("Landlock is not enabled".into()) },
+        }
+    }
+
+    #[test]
+    fn auto_walks_down_the_ladder() {
+        assert_eq!(choose(Isolation::Auto, false, &machine(true, true)).unwrap(), IsolationLevel::Bubblewrap);
+        assert_eq!(choose(Isolation::Auto, false, &machine(false, true)).unwrap(), IsolationLevel::Landlock);
+        assert_eq!(choose(Isolation::Auto, false, &machine(false, false)).unwrap(), IsolationLevel::None);
+    }
+
+    #[test]
+    fn required_isolation_fails_closed_with_the_reasons() {
+        let err = choose(Isolation::Auto, true, &machine(false, false)).unwrap_err().to_string();
+        assert!(err.contains("bwrap: not found") && err.contains("Landlock is not enabled"), "{err}");
+        assert!(choose(Isolation::None, true, &machine(true, true)).is_err());
+    }
+
+    #[test]
+    fn an_explicit_level_that_is_missing_is_an_error() {
+        let err = choose(Isolation::Bubblewrap, false, &machine(false, true)).unwrap_err().to_string();
+        assert!(err.contains("bubblewrap is not available"), "{err}");
+        assert!(choose(Isolation::Landlock, false, &machine(true, false)).is_err());
+        assert_eq!(choose(Isolation::Landlock, false, &machine(true, true)).unwrap(), IsolationLevel::Landlock);
+        assert_eq!(choose(Isolation::None, false, &machine(true, true)).unwrap(), IsolationLevel::None);
+    }
+
+    #[test]
+    fn isolation_parses_and_rejects_unknown_names() {
+        assert_eq!("bwrap".parse::<Isolation>().unwrap(), Isolation::Bubblewrap);
+        assert_eq!(" Landlock ".parse::<Isolation>().unwrap(), Isolation::Landlock);
+        assert_eq!("none".parse::<Isolation>().unwrap(), Isolation::None);
+        assert_eq!("auto".parse::<Isolation>().unwrap(), Isolation::Auto);
+        let err = "docker".parse::<Isolation>().unwrap_err().to_string();
+        assert!(err.contains("docker"), "{err}");
+    }
+
+    #[test]
+    fn levels_have_stable_names() {
+        assert_eq!(IsolationLevel::Bubblewrap.to_string(), "bubblewrap");
+        assert_eq!(IsolationLevel::Landlock.as_str(), "landlock");
+        assert_eq!(IsolationLevel::None.as_str(), "none");
+    }
+}

@@ -1,0 +1,150 @@
+//! Per-session unprivileged uids.
+//!
+//! A user namespace does not lower a root caller's identity for file permission checks, so a
+//! server running as root gives each session's kernel its own uid (and gid of the same
+//! number) from a range, switched to before bubblewrap starts. A uid is handed out only when
+//! no process runs under it, and returns to the pool when its [`SessionUid`] is dropped.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+/// The default range of session uids.
+pub const DEFAULT_RANGE: Range<u32> = 200_000..265_535;
+
+/// Hands out session uids from a range.
+#[derive(Debug, Clone)]
+pub struct UidAllocator {
+    range: Range<u32>,
+    taken: Arc<Mutex<BTreeSet<u32>>>,
+}
+
+/// A uid held by one session; dropping it frees the uid.
+#[derive(Debug)]
+pub struct SessionUid {
+    uid: u32,
+    taken: Arc<Mutex<BTreeSet<u32>>>,
+}
+
+impl SessionUid {
+    /// The uid (and gid).
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+}
+
+impl Drop for SessionUid {
+    fn drop(&mut self) {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.uid);
+    }
+}
+
+impl UidAllocator {
+    /// An allocator over `range`, which must be non-empty and must not include uid 0.
+    pub fn new(range: Range<u32>) -> codebox_core::Result<Self> {
+        if range.is_empty() || range.start == 0 {
+            return Err(codebox_core::CodeBoxError::invalid(format!(
+                "session uid range {}..{} must be non-empty and above 0",
+                range.start, range.end
+            )));
+        }
+        Ok(Self { range, taken: Arc::default() })
+    }
+
+    /// The range.
+    pub fn range(&self) -> Range<u32> {
+        self.range.clone()
+    }
+
+    /// A uid no other session holds and no process runs under.
+    pub fn allocate(&self) -> codebox_core::Result<SessionUid> {
+        let busy = uids_with_processes();
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let uid = self.range.clone().find(|u| !taken.contains(u) && !busy.contains(u)).ok_or_else(|| {
+            codebox_core::CodeBoxError::invalid(format!(
+                "no free session uid in {}..{}: too many sessions",
+                self.range.start, self.range.end
+            ))
+        })?;
+        taken.insert(uid);
+        Ok(SessionUid { uid, taken: self.taken.clone() })
+    }
+}
+
+/// The real uids of every process on the machine.
+pub fn uids_with_processes() -> BTreeSet<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .collect()
+}
+
+/// The processes whose real uid is in `range`.
+pub fn processes_in_range(range: &Range<u32>) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()).map(|pid| (pid, e.path())))
+        .filter(|(_, path)| {
+            std::fs::read_to_string(path.join("status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("Uid:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
+                })
+                .is_some_and(|uid| range.contains(&uid))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// SIGKILL every process whose uid is in `range` (a sweep after a crash); returns how many.
+pub fn kill_range(range: &Range<u32>) -> usize {
+    let pids = processes_in_range(range);
+    for pid in &pids {
+        if let Some(pid) = rustix::process::Pid::from_raw(*pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    pids.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_unique_and_come_back_on_drop() {
+        let a = UidAllocator::new(300_000..300_003).unwrap();
+        let u1 = a.allocate().unwrap();
+        let u2 = a.allocate().unwrap();
+        let u3 = a.allocate().unwrap();
+        assert_eq!([u1.uid(), u2.uid(), u3.uid()], [300_000, 300_001, 300_002]);
+        let err = a.allocate().unwrap_err().to_string();
+        assert!(err.contains("no free session uid"), "{err}");
+        drop(u2);
+        assert_eq!(a.allocate().unwrap().uid(), 300_001);
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        assert!(UidAllocator::new(0..10).is_err());
+        assert!(UidAllocator::new(5..5).is_err());
+    }
+
+    #[test]
+    fn a_uid_with_a_running_process_is_skipped() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("/bin/sleep").arg("30").uid(300_100).gid(300_100).spawn().unwrap();
+        let a = UidAllocator::new(300_100..300_102).unwrap();
+        assert_eq!(a.allocate().unwrap().uid(), 300_101);
+        assert_eq!(processes_in_range(&(300_100..300_101)), vec![child.id() as i32]);
+        assert_eq!(kill_range(&(300_100..300_101)), 1);
+        child.wait().unwrap();
+        assert!(processes_in_range(&(300_100..300_101)).is_empty());
+    }
+}
