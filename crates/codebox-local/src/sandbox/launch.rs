@@ -57,6 +57,15 @@ pub struct Prepared {
 #[derive(Debug, Default)]
 pub struct SpawnGuard {
     _fds: Vec<OwnedFd>,
+    _entry: Option<Entry>,
+}
+
+impl SpawnGuard {
+    /// Also keep the cgroup entry descriptors open until the spawn.
+    pub fn with_entry(mut self, entry: Option<Entry>) -> Self {
+        self._entry = entry;
+        self
+    }
 }
 
 /// The paths a Python interpreter needs: its virtual environment (the parent of `bin/`

@@ -23,12 +23,14 @@ mod limits;
 pub mod probe;
 pub mod rlimits;
 pub mod seccomp;
+mod session;
 pub mod uid;
 
 use std::fmt;
 
 pub use self::limits::Limits;
 pub use self::probe::{Probe, probe};
+pub use self::session::{Confinement, SandboxPolicy, cgroup_manager, sweep_orphans};
 
 /// Which isolation a box asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -1,0 +1,350 @@
+//! The confinement of one kernel: its level, its uid and its cgroup, from start to teardown.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use codebox_core::{CodeBoxError, KernelDeath, Result};
+
+use super::cgroup::{CgroupManager, SessionCgroup};
+use super::launch::{Prepared, SandboxSpec, python_paths};
+use super::uid::{SessionUid, UidAllocator};
+use super::{Isolation, IsolationLevel, Limits, choose, probe};
+
+/// How a box's kernels are confined.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SandboxPolicy {
+    /// The isolation asked for.
+    pub isolation: Isolation,
+    /// Fail instead of running a kernel without isolation.
+    pub require: bool,
+    /// Give kernels the host network.
+    pub network: bool,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Run each kernel under its own uid from this allocator (needs root).
+    pub uids: Option<UidAllocator>,
+    /// Put each kernel in its own cgroup with the memory, pids and cpu limits (needs root
+    /// or a delegated cgroup subtree).
+    pub cgroups: bool,
+}
+
+impl Default for SandboxPolicy {
+    /// `Auto` isolation, not required, no network, the local [`Limits`], no session uid or
+    /// cgroup.
+    fn default() -> Self {
+        Self {
+            isolation: Isolation::Auto,
+            require: false,
+            network: false,
+            limits: Limits::default(),
+            uids: None,
+            cgroups: false,
+        }
+    }
+}
+
+/// The process-wide cgroup manager, detected once under `/sys/fs/cgroup`.
+pub fn cgroup_manager() -> std::result::Result<&'static CgroupManager, String> {
+    static MANAGER: OnceLock<std::result::Result<CgroupManager, String>> = OnceLock::new();
+    MANAGER
+        .get_or_init(|| {
+            let m = CgroupManager::detect(Path::new("/sys/fs/cgroup")).map_err(|e| e.to_string())?;
+            let swept = sweep_orphans(&m);
+            if swept > 0 {
+                tracing::info!(swept, "removed session cgroups of processes that are gone");
+            }
+            Ok(m)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Remove session cgroups whose owning process (the number before the first `-` of the
+/// name) no longer exists, killing what is left in them. Sessions of live processes, this
+/// one or others, are left alone.
+pub fn sweep_orphans(manager: &CgroupManager) -> usize {
+    let mut removed = 0;
+    for base in manager.bases() {
+        let Ok(rd) = std::fs::read_dir(&base) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            let alive = owner.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if owner.is_none() || alive {
+                continue;
+            }
+            if let Ok(cg) = manager.create(&name, &Limits::unlimited()) {
+                cg.kill_all();
+                if cg.remove().is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
+fn warn_unisolated() {
+    static WARNED: OnceLock<()> = OnceLock::new();
+    WARNED.get_or_init(|| {
+        tracing::warn!(
+            "KERNELS RUN WITHOUT ISOLATION: neither bubblewrap (user namespaces) nor Landlock works on this \
+             machine, so code in a box can read and write everything this user can. Install bubblewrap, or set \
+             require_isolation to refuse to run like this."
+        );
+    });
+}
+
+impl SandboxPolicy {
+    /// The level kernels will run under here; an error when a required level is missing.
+    pub fn level(&self) -> Result<IsolationLevel> {
+        self.limits.validate()?;
+        let level = choose(self.isolation, self.require, probe())?;
+        if level == IsolationLevel::None {
+            warn_unisolated();
+        }
+        Ok(level)
+    }
+
+    /// Confine one kernel that will run `python` in `work_dir` with its sockets in `run_dir`:
+    /// allocate its uid (and hand it both directories), create its cgroup.
+    pub fn confine(&self, work_dir: &Path, run_dir: &Path) -> Result<Confinement> {
+        let level = self.level()?;
+        let uid = match &self.uids {
+            Some(a) => {
+                if !rustix::process::geteuid().is_root() {
+                    return Err(CodeBoxError::invalid("per-session uids need the process to run as root"));
+                }
+                let uid = a.allocate()?;
+                for dir in [work_dir, run_dir] {
+                    hand_over(dir, uid.uid())
+                        .map_err(|e| CodeBoxError::io(format!("giving {} to the session uid", dir.display()), e))?;
+                }
+                Some(uid)
+            }
+            None => None,
+        };
+        let cgroup = if self.cgroups {
+            let manager = cgroup_manager().map_err(|e| CodeBoxError::KernelStart { message: e })?;
+            let name = format!("{}-{}", std::process::id(), next_serial());
+            Some(manager.create(&name, &self.limits).map_err(|e| CodeBoxError::io("creating the session cgroup", e))?)
+        } else {
+            None
+        };
+        Ok(Confinement {
+            level,
+            network: self.network,
+            limits: self.limits.clone(),
+            uid,
+            cgroup,
+            oom_base: AtomicU64::new(0),
+            work_dir: work_dir.to_owned(),
+            run_dir: run_dir.to_owned(),
+        })
+    }
+}
+
+fn next_serial() -> u64 {
+    static SERIAL: AtomicU64 = AtomicU64::new(0);
+    SERIAL.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `chown` a directory (not what is in it) to `uid:uid`, mode 0700.
+fn hand_over(dir: &Path, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::fs::chown(dir, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(uid)))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// One kernel's confinement. Dropping it kills whatever is left in its cgroup and under its
+/// uid, removes the cgroup and frees the uid.
+#[derive(Debug)]
+pub struct Confinement {
+    level: IsolationLevel,
+    network: bool,
+    limits: Limits,
+    uid: Option<SessionUid>,
+    cgroup: Option<SessionCgroup>,
+    oom_base: AtomicU64,
+    work_dir: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl Confinement {
+    /// The isolation level.
+    pub fn level(&self) -> IsolationLevel {
+        self.level
+    }
+
+    /// The session uid, if any.
+    pub fn uid(&self) -> Option<u32> {
+        self.uid.as_ref().map(SessionUid::uid)
+    }
+
+    /// The cgroup, if any.
+    pub fn cgroup(&self) -> Option<&SessionCgroup> {
+        self.cgroup.as_ref()
+    }
+
+    /// The sandboxed command for the kernel `argv` (argv[0] is its Python or program) with
+    /// the box's own environment `env`.
+    pub fn prepare(&self, argv: &[String], env: &[(String, String)]) -> Result<Prepared> {
+        let program = argv.first().map(PathBuf::from).unwrap_or_default();
+        let mut read_only = python_paths(&program);
+        // A kernelspec may name a program elsewhere: its directory must be readable too.
+        if read_only.is_empty()
+            && let Some(dir) = program.parent().filter(|d| d.is_absolute())
+        {
+            read_only.push(dir.to_owned());
+        }
+        let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+        let bin = program.parent().map(|p| p.to_string_lossy().into_owned());
+        let path = match self.level {
+            // Inside the sandbox only the program's directory and the system's make sense.
+            IsolationLevel::Bubblewrap | IsolationLevel::Landlock => bin.map_or_else(
+                || "/usr/local/bin:/usr/bin:/bin".to_owned(),
+                |b| format!("{b}:/usr/local/bin:/usr/bin:/bin"),
+            ),
+            IsolationLevel::None => path_var.clone().unwrap_or_default(),
+        };
+        let box_env: Vec<(String, String)> = env.iter().filter(|(k, _)| k != "PATH").cloned().collect();
+        let spec = SandboxSpec {
+            level: self.level,
+            bwrap: probe().bubblewrap.as_ref().ok().cloned(),
+            network: self.network,
+            limits: self.limits.clone(),
+            work_dir: self.work_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            read_only,
+            path,
+            env: if self.level == IsolationLevel::None { env.to_vec() } else { box_env },
+            uid: self.uid(),
+        };
+        let entry = match &self.cgroup {
+            Some(cg) => Some(cg.entry().map_err(|e| CodeBoxError::io("opening the session cgroup", e))?),
+            None => None,
+        };
+        if let Some(cg) = &self.cgroup {
+            self.oom_base.store(cg.oom_kills(), Ordering::Release);
+        }
+        let prepared = spec.prepare(argv, entry.as_ref()).map_err(|message| CodeBoxError::KernelStart { message })?;
+        // The cgroup descriptors must stay open until the spawn: keep them with the guard.
+        Ok(Prepared { command: prepared.command, guard: prepared.guard.with_entry(entry) })
+    }
+
+    /// Whether the OOM killer struck since the kernel started.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|cg| cg.oom_kills() > self.oom_base.load(Ordering::Acquire))
+    }
+
+    /// Why the kernel died, from its (bwrap's) exit status and the cgroup's OOM counter.
+    /// bwrap reports a kernel killed by signal N as exit code 128 + N.
+    pub fn death_cause(&self, status: std::process::ExitStatus) -> KernelDeath {
+        if self.oom_killed() {
+            return KernelDeath::OutOfMemory;
+        }
+        match (status.code(), status.signal()) {
+            (Some(code), _) if self.level == IsolationLevel::Bubblewrap && code > 128 && code < 128 + 65 => {
+                KernelDeath::Signaled { signal: code - 128 }
+            }
+            (Some(code), _) => KernelDeath::Exited { code },
+            (None, Some(signal)) => KernelDeath::Signaled { signal },
+            _ => KernelDeath::Unknown { detail: format!("exited with status {status}") },
+        }
+    }
+
+    /// Kill every process left in the cgroup and under the uid.
+    pub fn kill_all(&self) {
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
+        if let Some(uid) = self.uid() {
+            for _ in 0..100 {
+                if super::uid::kill_range(&(uid..uid + 1)) == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for Confinement {
+    fn drop(&mut self) {
+        self.kill_all();
+        if let Some(cg) = &self.cgroup
+            && let Err(e) = cg.remove()
+        {
+            tracing::warn!("could not remove a session cgroup: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: i32) -> std::process::ExitStatus {
+        std::process::ExitStatus::from_raw(code << 8)
+    }
+
+    fn bare(level: IsolationLevel) -> Confinement {
+        Confinement {
+            level,
+            network: false,
+            limits: Limits::default(),
+            uid: None,
+            cgroup: None,
+            oom_base: AtomicU64::new(0),
+            work_dir: "/w".into(),
+            run_dir: "/r".into(),
+        }
+    }
+
+    #[test]
+    fn bwrap_exit_codes_above_128_are_signals() {
+        let c = bare(IsolationLevel::Bubblewrap);
+        assert_eq!(c.death_cause(status(139)), KernelDeath::Signaled { signal: 11 });
+        assert_eq!(c.death_cause(status(137)), KernelDeath::Signaled { signal: 9 });
+        assert_eq!(c.death_cause(status(1)), KernelDeath::Exited { code: 1 });
+        let plain = bare(IsolationLevel::None);
+        assert_eq!(plain.death_cause(status(139)), KernelDeath::Exited { code: 139 });
+        assert_eq!(plain.death_cause(std::process::ExitStatus::from_raw(11)), KernelDeath::Signaled { signal: 11 });
+    }
+
+    #[test]
+    fn sessions_get_their_own_uid_and_cgroup_and_leave_nothing() {
+        let policy = SandboxPolicy {
+            uids: Some(UidAllocator::new(300_400..300_410).unwrap()),
+            cgroups: true,
+            limits: Limits::server(),
+            ..SandboxPolicy::default()
+        };
+        let base = tempfile::tempdir().unwrap();
+        let (work, run) = (base.path().join("w"), base.path().join("r"));
+        std::fs::create_dir(&work).unwrap();
+        std::fs::create_dir(&run).unwrap();
+        let c = policy.confine(&work, &run).unwrap();
+        let uid = c.uid().unwrap();
+        assert!((300_400..300_410).contains(&uid));
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&work).unwrap());
+        assert_eq!(owner, uid);
+        let paths = c.cgroup().unwrap().paths();
+        assert!(paths.iter().all(|p| p.exists()));
+        let prepared = c.prepare(&["/usr/bin/sleep".into(), "60".into()], &[]).unwrap();
+        let mut cmd = prepared.command;
+        let child = cmd.spawn().unwrap();
+        drop(prepared.guard);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(c.cgroup().unwrap().pids_current() >= 2, "bwrap and the kernel are in the cgroup");
+        assert!(!super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty());
+        drop(c);
+        let mut child = child;
+        child.wait().unwrap();
+        assert!(super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty(), "nothing runs under the uid");
+        assert!(paths.iter().all(|p| !p.exists()), "the cgroup is gone");
+    }
+}
