@@ -112,18 +112,28 @@ pub(crate) fn resolve(
     profile: PythonProfile,
     progress: Option<&ProgressFn>,
 ) -> Result<PathBuf> {
+    let from_env = std::env::var_os("CODEBOX_PYTHON").filter(|v| !v.is_empty()).map(PathBuf::from);
+    resolve_with(explicit, from_env, &managed_python_dir(), provision, profile, progress)
+}
+
+fn resolve_with(
+    explicit: Option<&Path>,
+    from_env: Option<PathBuf>,
+    dir: &Path,
+    provision: Provision,
+    profile: PythonProfile,
+    progress: Option<&ProgressFn>,
+) -> Result<PathBuf> {
     if let Some(p) = explicit {
         check_python(p, "the builder")?;
         return Ok(p.to_owned());
     }
-    if let Some(p) = std::env::var_os("CODEBOX_PYTHON").filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
+    if let Some(p) = from_env {
         check_python(&p, "CODEBOX_PYTHON")?;
         return Ok(p);
     }
-    let dir = managed_python_dir();
-    if ready(&dir, profile) {
-        return Ok(venv_python(&dir));
+    if ready(dir, profile) {
+        return Ok(venv_python(dir));
     }
     if provision == Provision::Off {
         return Err(CodeBoxError::KernelStart {
@@ -135,8 +145,8 @@ pub(crate) fn resolve(
             ),
         });
     }
-    provision_at(&dir, profile, progress)?;
-    Ok(venv_python(&dir))
+    provision_at(dir, profile, progress)?;
+    Ok(venv_python(dir))
 }
 
 fn ready(dir: &Path, profile: PythonProfile) -> bool {
@@ -244,4 +254,46 @@ pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&Progre
         .map_err(|e| CodeBoxError::io("marking the environment ready", e))?;
     say(progress, "the Python environment is ready");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_provisioning_off_and_nothing_usable_the_error_says_what_to_do() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join("python");
+        let err = resolve_with(None, None, &dir, Provision::Off, PythonProfile::Minimal, None).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.kind(), codebox_core::ErrorKind::KernelStart);
+        assert!(msg.contains("CODEBOX_PYTHON") && msg.contains("pip install ipykernel"), "{msg}");
+        assert!(msg.contains(&dir.display().to_string()), "{msg}");
+        assert!(!dir.exists(), "nothing was created");
+    }
+
+    #[test]
+    fn a_python_that_cannot_run_is_named_in_the_error() {
+        let err = resolve_with(
+            None,
+            Some("/nonexistent/python".into()),
+            Path::new("/nonexistent"),
+            Provision::Off,
+            PythonProfile::Data,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("CODEBOX_PYTHON"), "{err}");
+    }
+
+    #[test]
+    fn a_ready_marker_satisfies_the_profile_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!ready(dir.path(), PythonProfile::Minimal));
+        std::fs::write(dir.path().join(MARKER), "minimal").unwrap();
+        assert!(ready(dir.path(), PythonProfile::Minimal));
+        assert!(!ready(dir.path(), PythonProfile::Data), "data needs more packages");
+        std::fs::write(dir.path().join(MARKER), "data").unwrap();
+        assert!(ready(dir.path(), PythonProfile::Minimal) && ready(dir.path(), PythonProfile::Data));
+    }
 }

@@ -1,1 +1,100 @@
+//! No kernel outlives its owner: not when the owner process is SIGKILLed, not when the
+//! box is dropped; and a kernel does not die with the thread that happened to start it.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use codebox_core::CodeBox;
+
+const ROLE: &str = "CODEBOX_IT_OWNER_ROLE";
+
+/// Whether `pid` is a live process (a zombie counts as dead).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z" | "X"))
+        }
+        Err(_) => false,
+    }
+}
+
+fn wait_until_dead(pid: i32, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
+/// The owner's side: start a box, report the kernel's pid, wait to be killed.
+#[allow(clippy::print_stdout)]
+fn act_as_owner() -> ! {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let lb = crate::builder().build().unwrap();
+        lb.start().await.unwrap();
+        println!("KERNEL_PID {}", lb.kernel_pid().await.unwrap());
+        std::io::Write::flush(&mut std::io::stdout()).unwrap();
+        std::future::pending::<()>().await;
+    });
+    unreachable!()
+}
+
+#[test]
+fn no_kernel_outlives_a_sigkilled_owner() {
+    // This test re-runs itself as the owner process, which the parent then SIGKILLs.
+    if std::env::var_os(ROLE).is_some() {
+        act_as_owner();
+    }
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "orphans::no_kernel_outlives_a_sigkilled_owner", "--nocapture", "--test-threads=1"])
+        .env(ROLE, "owner")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(owner.stdout.take().unwrap());
+    let pid: i32 = stdout
+        .lines()
+        .map_while(Result::ok)
+        // libtest prints the test's name on the same line.
+        .find_map(|l| l.split_once("KERNEL_PID ").map(|(_, p)| p.trim().parse().unwrap()))
+        .expect("the owner reported its kernel");
+    assert!(alive(pid), "the kernel runs while its owner lives");
+    owner.kill().unwrap(); // SIGKILL: the owner runs no cleanup at all
+    owner.wait().unwrap();
+    assert!(wait_until_dead(pid, Duration::from_secs(10)), "kernel {pid} outlived its SIGKILLed owner");
+}
+
+#[test]
+fn a_kernel_outlives_the_thread_that_started_it_and_dies_with_its_box() {
+    // PR_SET_PDEATHSIG fires when the forking *thread* exits: starting a box from a
+    // short-lived thread must not kill its kernel.
+    let (lb, pid) = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let lb = crate::started().await;
+            let pid = lb.kernel_pid().await.unwrap();
+            (lb, pid)
+        })
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(pid), "the kernel died with the thread that started the box");
+    drop(lb);
+    assert!(wait_until_dead(pid, Duration::from_secs(10)), "kernel {pid} outlived its dropped box");
+}
+
+#[tokio::test]
+async fn stop_ends_the_kernel_process() {
+    let lb = crate::started().await;
+    let pid = lb.kernel_pid().await.unwrap();
+    lb.stop().await.unwrap();
+    assert!(wait_until_dead(pid, Duration::from_secs(10)));
+}
