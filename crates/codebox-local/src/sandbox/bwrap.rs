@@ -49,6 +49,8 @@ pub struct BwrapConfig {
     pub env: Vec<(String, String)>,
     /// Descriptors holding seccomp programs, inherited by bwrap.
     pub seccomp_fds: Vec<RawFd>,
+    /// The current directory inside (default: the working directory).
+    pub chdir: Option<PathBuf>,
 }
 
 /// The read-only system mounts: `/usr`, the merged-usr links (or binds where the host has
@@ -109,6 +111,11 @@ impl BwrapConfig {
         if let Some(p) = self.read_only.iter().find(|p| !p.is_absolute()) {
             return Err(format!("read-only path {} is not absolute", p.display()));
         }
+        if let Some(c) = &self.chdir
+            && !c.starts_with(&self.work_dir)
+        {
+            return Err(format!("the current directory {} is outside the working directory", c.display()));
+        }
         if let Some((k, _)) = self.env.iter().find(|(k, _)| k.is_empty() || k.contains('=') || k.contains('\0')) {
             return Err(format!("invalid environment variable name {k:?}"));
         }
@@ -145,7 +152,7 @@ impl BwrapConfig {
         push_path(&mut a, "--bind", &self.work_dir);
         push(&mut a, ["--remount-ro", "/dev", "--remount-ro", "/"]);
         a.push("--chdir".into());
-        a.push(self.work_dir.as_os_str().to_owned());
+        a.push(self.chdir.as_deref().unwrap_or(&self.work_dir).as_os_str().to_owned());
         for fd in &self.seccomp_fds {
             a.push("--add-seccomp-fd".into());
             a.push(fd.to_string().into());
@@ -199,6 +206,7 @@ mod tests {
             limits: Limits::default(),
             env: sandbox_env("/opt/venv/bin:/usr/bin", SANDBOX_HOME, &[("SECRET_FREE".into(), "1".into())]),
             seccomp_fds: vec![7, 8],
+            chdir: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// Run as this uid and gid (the caller must be root).
     pub uid: Option<u32>,
+    /// The current directory, inside `work_dir` (default: `work_dir`).
+    pub cwd: Option<PathBuf>,
 }
 
 /// A command ready to spawn, and the descriptors it needs until it has been spawned.
@@ -70,7 +72,8 @@ impl SpawnGuard {
 
 /// The paths a Python interpreter needs: its virtual environment (the parent of `bin/`
 /// when `pyvenv.cfg` is there), the base install named by `pyvenv.cfg`'s `home`, and the
-/// prefix of the real interpreter the executable resolves to.
+/// prefix of the real interpreter the executable resolves to (when it has `lib/python3*`);
+/// for any other program, its own directory.
 pub fn python_paths(python: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let venv = python.parent().and_then(Path::parent);
@@ -82,24 +85,32 @@ pub fn python_paths(python: &Path) -> Vec<PathBuf> {
                 let (k, v) = l.split_once('=')?;
                 (k.trim() == "home").then(|| PathBuf::from(v.trim()))
             });
-            if let Some(base) = home.as_deref().and_then(Path::parent) {
+            if let Some(base) = home.as_deref().and_then(Path::parent).filter(|b| is_python_prefix(b)) {
                 out.push(base.to_path_buf());
             }
         }
     }
-    if let Ok(real) = std::fs::canonicalize(python)
-        && let Some(prefix) = real.parent().and_then(Path::parent)
-    {
-        out.push(prefix.to_path_buf());
+    if let Ok(real) = std::fs::canonicalize(python) {
+        match real.parent().and_then(Path::parent) {
+            Some(prefix) if is_python_prefix(prefix) => out.push(prefix.to_path_buf()),
+            _ => out.extend(real.parent().map(Path::to_path_buf)),
+        }
     }
     if out.is_empty()
-        && let Some(v) = venv
+        && let Some(dir) = python.parent()
     {
-        out.push(v.to_path_buf());
+        out.push(dir.to_path_buf());
     }
-    out.retain(|p| p != Path::new("/"));
+    out.retain(|p| p.is_absolute() && p != Path::new("/"));
     out.dedup();
     out
+}
+
+/// Whether `prefix` holds a Python installation (`lib/python3*`).
+fn is_python_prefix(prefix: &Path) -> bool {
+    std::fs::read_dir(prefix.join("lib"))
+        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("python3")))
+        .unwrap_or(false)
 }
 
 fn clear_cloexec(fds: &[RawFd]) -> std::io::Result<()> {
@@ -153,6 +164,7 @@ impl SandboxSpec {
                     limits: self.limits.clone(),
                     env: self.kernel_env(),
                     seccomp_fds: raw.clone(),
+                    chdir: self.cwd.clone(),
                 };
                 config.validate()?;
                 guard._fds = fds;
@@ -183,7 +195,10 @@ impl SandboxSpec {
                 let filters = super::seccomp::deny_list()?;
                 let mut ruleset = Some(ruleset);
                 cmd = Command::new(program);
-                cmd.args(args).env_clear().envs(self.kernel_env()).current_dir(&self.work_dir);
+                cmd.args(args)
+                    .env_clear()
+                    .envs(self.kernel_env())
+                    .current_dir(self.cwd.as_ref().unwrap_or(&self.work_dir));
                 // SAFETY: runs between fork and exec; the ruleset and filters were built
                 // before the fork. restrict_self and apply_filter make only prctl, landlock
                 // and seccomp system calls and allocate nothing on success.
@@ -203,7 +218,9 @@ impl SandboxSpec {
             }
             _ => {
                 cmd = Command::new(program);
-                cmd.args(args).envs(self.env.iter().map(|(k, v)| (k, v))).current_dir(&self.work_dir);
+                cmd.args(args)
+                    .envs(self.env.iter().map(|(k, v)| (k, v)))
+                    .current_dir(self.cwd.as_ref().unwrap_or(&self.work_dir));
                 // SAFETY: as above: only system calls on pre-opened descriptors.
                 unsafe {
                     cmd.pre_exec(move || {
@@ -285,6 +302,7 @@ print("pids=%d" % len([p for p in os.listdir("/proc") if p.isdigit()]))
             path: "/usr/bin:/bin".into(),
             env: vec![("BOX_VAR".into(), "1".into())],
             uid: None,
+            cwd: None,
         }
     }
 
@@ -384,12 +402,20 @@ print("pids=%d" % len([p for p in os.listdir("/proc") if p.isdigit()]))
     fn python_paths_cover_a_venv_and_its_base() {
         let venv = tempfile::tempdir().unwrap();
         std::fs::create_dir(venv.path().join("bin")).unwrap();
-        std::fs::write(venv.path().join("pyvenv.cfg"), "home = /opt/py/bin\nversion = 3.11\n").unwrap();
+        let base = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(base.path().join("bin")).unwrap();
+        std::fs::create_dir_all(base.path().join("lib/python3.11")).unwrap();
+        let cfg = format!("home = {}/bin\nversion = 3.11\n", base.path().display());
+        std::fs::write(venv.path().join("pyvenv.cfg"), cfg).unwrap();
         std::os::unix::fs::symlink("/usr/bin/python3", venv.path().join("bin/python")).unwrap();
         let paths = python_paths(&venv.path().join("bin/python"));
-        assert_eq!(paths[0], venv.path());
-        assert_eq!(paths[1], Path::new("/opt/py"));
-        assert_eq!(paths[2], Path::new("/usr"));
+        assert_eq!(paths, [venv.path(), base.path(), Path::new("/usr")]);
+        // Any other program: its own directory, never its parent (which may be /tmp).
+        let script = venv.path().join("bin/kernel.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("k"), "").unwrap();
+        assert_eq!(python_paths(&other.path().join("k")), [other.path()]);
     }
 
     #[test]

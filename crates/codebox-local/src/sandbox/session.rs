@@ -189,26 +189,30 @@ impl Confinement {
         self.cgroup.as_ref()
     }
 
-    /// The sandboxed command for the kernel `argv` (argv[0] is its Python or program) with
-    /// the box's own environment `env`.
-    pub fn prepare(&self, argv: &[String], env: &[(String, String)]) -> Result<Prepared> {
+    /// The sandboxed command for `argv` (a kernel, or a command run in the box) with the
+    /// box's own environment `env`, reading the Python environment of `python`, in `cwd`
+    /// (inside the working directory; default: the working directory).
+    pub fn prepare(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        python: Option<&Path>,
+        cwd: Option<&Path>,
+    ) -> Result<Prepared> {
         let program = argv.first().map(PathBuf::from).unwrap_or_default();
-        let mut read_only = python_paths(&program);
+        let mut read_only = python.map(python_paths).unwrap_or_default();
         // A kernelspec may name a program elsewhere: its directory must be readable too.
-        if read_only.is_empty()
-            && let Some(dir) = program.parent().filter(|d| d.is_absolute())
-        {
-            read_only.push(dir.to_owned());
+        if program.is_absolute() && !python.is_some_and(|p| p == program) {
+            read_only.extend(python_paths(&program));
         }
-        let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
-        let bin = program.parent().map(|p| p.to_string_lossy().into_owned());
+        let bin = python.or(Some(program.as_path()).filter(|p| p.is_absolute())).and_then(Path::parent);
         let path = match self.level {
-            // Inside the sandbox only the program's directory and the system's make sense.
-            IsolationLevel::Bubblewrap | IsolationLevel::Landlock => bin.map_or_else(
-                || "/usr/local/bin:/usr/bin:/bin".to_owned(),
-                |b| format!("{b}:/usr/local/bin:/usr/bin:/bin"),
-            ),
-            IsolationLevel::None => path_var.clone().unwrap_or_default(),
+            // Inside the sandbox only the Python's directory and the system's make sense.
+            IsolationLevel::Bubblewrap | IsolationLevel::Landlock => {
+                let sys = "/usr/local/bin:/usr/bin:/bin";
+                bin.map_or_else(|| sys.to_owned(), |b| format!("{}:{sys}", b.display()))
+            }
+            IsolationLevel::None => env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default(),
         };
         let box_env: Vec<(String, String)> = env.iter().filter(|(k, _)| k != "PATH").cloned().collect();
         let spec = SandboxSpec {
@@ -222,6 +226,7 @@ impl Confinement {
             path,
             env: if self.level == IsolationLevel::None { env.to_vec() } else { box_env },
             uid: self.uid(),
+            cwd: cwd.map(Path::to_path_buf),
         };
         let entry = match &self.cgroup {
             Some(cg) => Some(cg.entry().map_err(|e| CodeBoxError::io("opening the session cgroup", e))?),
@@ -334,7 +339,7 @@ mod tests {
         assert_eq!(owner, uid);
         let paths = c.cgroup().unwrap().paths();
         assert!(paths.iter().all(|p| p.exists()));
-        let prepared = c.prepare(&["/usr/bin/sleep".into(), "60".into()], &[]).unwrap();
+        let prepared = c.prepare(&["/usr/bin/sleep".into(), "60".into()], &[], None, None).unwrap();
         let mut cmd = prepared.command;
         let child = cmd.spawn().unwrap();
         drop(prepared.guard);
