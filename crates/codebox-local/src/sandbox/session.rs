@@ -202,7 +202,7 @@ impl Confinement {
         let program = argv.first().map(PathBuf::from).unwrap_or_default();
         let mut read_only = python.map(python_paths).unwrap_or_default();
         // A kernelspec may name a program elsewhere: its directory must be readable too.
-        if program.is_absolute() && !python.is_some_and(|p| p == program) {
+        if program.is_absolute() && python.is_none_or(|p| p != program) {
             read_only.extend(python_paths(&program));
         }
         let bin = python.or(Some(program.as_path()).filter(|p| p.is_absolute())).and_then(Path::parent);
