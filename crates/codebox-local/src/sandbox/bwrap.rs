@@ -37,8 +37,8 @@ pub struct BwrapConfig {
     pub bwrap: PathBuf,
     /// The working directory (read-write, also the kernel's current directory).
     pub work_dir: PathBuf,
-    /// The directory of the kernel's sockets and connection file (read-write).
-    pub run_dir: PathBuf,
+    /// The directory of the kernel's sockets and connection file (read-write), if any.
+    pub run_dir: Option<PathBuf>,
     /// More paths to mount read-only, e.g. the Python environment and its base install.
     pub read_only: Vec<PathBuf>,
     /// Share the host network (default: a private network namespace with only `lo`).
@@ -100,7 +100,9 @@ fn outermost(paths: &[PathBuf]) -> Vec<PathBuf> {
 impl BwrapConfig {
     /// Check what bwrap would otherwise reject late or unclearly.
     pub fn validate(&self) -> Result<(), String> {
-        for (what, p) in [("working directory", &self.work_dir), ("run directory", &self.run_dir)] {
+        for (what, p) in std::iter::once(("working directory", &self.work_dir))
+            .chain(self.run_dir.as_ref().map(|r| ("run directory", r)))
+        {
             if !p.is_absolute() {
                 return Err(format!("the {what} {} is not absolute", p.display()));
             }
@@ -148,7 +150,9 @@ impl BwrapConfig {
         for p in outermost(&self.read_only) {
             push_path(&mut a, "--ro-bind", &p);
         }
-        push_path(&mut a, "--bind", &self.run_dir);
+        if let Some(run) = &self.run_dir {
+            push_path(&mut a, "--bind", run);
+        }
         push_path(&mut a, "--bind", &self.work_dir);
         push(&mut a, ["--remount-ro", "/dev", "--remount-ro", "/"]);
         a.push("--chdir".into());
@@ -200,7 +204,7 @@ mod tests {
         BwrapConfig {
             bwrap: "/usr/bin/bwrap".into(),
             work_dir: "/srv/s/work".into(),
-            run_dir: "/run/cb/s".into(),
+            run_dir: Some("/run/cb/s".into()),
             read_only: vec!["/opt/venv".into(), "/opt/venv/lib".into(), "/usr/lib/python3".into()],
             network: false,
             limits: Limits::default(),

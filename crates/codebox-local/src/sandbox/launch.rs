@@ -32,8 +32,8 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// The working directory: read-write, the kernel's current directory.
     pub work_dir: PathBuf,
-    /// The kernel's socket directory: read-write.
-    pub run_dir: PathBuf,
+    /// The kernel's socket directory: read-write (none for a command).
+    pub run_dir: Option<PathBuf>,
     /// Paths the kernel may read: its Python environment (see [`python_paths`]).
     pub read_only: Vec<PathBuf>,
     /// `PATH` inside the sandbox.
@@ -125,15 +125,20 @@ fn clear_cloexec(fds: &[RawFd]) -> std::io::Result<()> {
 impl SandboxSpec {
     /// The environment the kernel gets.
     pub fn kernel_env(&self) -> Vec<(String, String)> {
+        // Under Landlock, HOME and TMPDIR are private directories of the socket directory
+        // (for a command without one: the working directory).
+        let private = |sub: &str| match &self.run_dir {
+            Some(r) => r.join(sub).to_string_lossy().into_owned(),
+            None => self.work_dir.to_string_lossy().into_owned(),
+        };
         let home = match self.level {
             IsolationLevel::Bubblewrap => SANDBOX_HOME.to_owned(),
-            _ => self.run_dir.join("home").to_string_lossy().into_owned(),
+            _ => private("home"),
         };
         let mut env = sandbox_env(&self.path, &home, &self.env);
         if self.level != IsolationLevel::Bubblewrap {
-            let tmp = self.run_dir.join("tmp").to_string_lossy().into_owned();
             env.retain(|(k, _)| k != "TMPDIR");
-            env.push(("TMPDIR".into(), tmp));
+            env.push(("TMPDIR".into(), private("tmp")));
         }
         env
     }
@@ -182,12 +187,19 @@ impl SandboxSpec {
                 }
             }
             IsolationLevel::Landlock => {
-                for sub in ["home", "tmp"] {
-                    std::fs::create_dir_all(self.run_dir.join(sub))
-                        .map_err(|e| format!("creating the kernel's {sub} directory: {e}"))?;
+                if let Some(run) = &self.run_dir {
+                    for sub in ["home", "tmp"] {
+                        std::fs::create_dir_all(run.join(sub))
+                            .map_err(|e| format!("creating the kernel's {sub} directory: {e}"))?;
+                        if let Some(u) = self.uid {
+                            let id = (Some(rustix::fs::Uid::from_raw(u)), Some(rustix::fs::Gid::from_raw(u)));
+                            rustix::fs::chown(run.join(sub), id.0, id.1)
+                                .map_err(|e| format!("giving the kernel's {sub} directory to its uid: {e}"))?;
+                        }
+                    }
                 }
                 let ruleset = LandlockConfig {
-                    read_write: vec![self.work_dir.clone(), self.run_dir.clone()],
+                    read_write: std::iter::once(self.work_dir.clone()).chain(self.run_dir.clone()).collect(),
                     read_only: self.read_only.clone(),
                     network: self.network,
                 }
@@ -297,7 +309,7 @@ print("pids=%d" % len([p for p in os.listdir("/proc") if p.isdigit()]))
             network: false,
             limits: Limits::default(),
             work_dir: work.to_owned(),
-            run_dir: run.to_owned(),
+            run_dir: Some(run.to_owned()),
             read_only: python_paths(Path::new("/usr/bin/python3")),
             path: "/usr/bin:/bin".into(),
             env: vec![("BOX_VAR".into(), "1".into())],

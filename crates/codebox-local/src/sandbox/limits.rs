@@ -31,8 +31,11 @@ pub struct Limits {
     pub shm_size: u64,
     /// Size of the private `HOME` tmpfs, in bytes.
     pub home_size: u64,
-    /// Size limit of the working directory, in bytes (enforced by the server).
+    /// Size limit of the working directory, in bytes: a sparse ext4 image mounted over it
+    /// (needs root and `mkfs.ext4`).
     pub workdir_size: Option<u64>,
+    /// Most files and directories in the working directory (with `workdir_size`).
+    pub workdir_inodes: u64,
 }
 
 impl Default for Limits {
@@ -50,13 +53,15 @@ impl Default for Limits {
             shm_size: 64 * MIB,
             home_size: 16 * MIB,
             workdir_size: None,
+            workdir_inodes: 100_000,
         }
     }
 }
 
 impl Limits {
     /// The server defaults: 1 GiB of memory (`RLIMIT_DATA` at 0.9 of it), 256 processes,
-    /// one CPU, files up to 1 GiB, 1024 descriptors, a 1 GiB working directory.
+    /// one CPU, files up to 1 GiB, 1024 descriptors, a 1 GiB working directory with at most
+    /// 100 000 files.
     pub fn server() -> Self {
         Self {
             memory: Some(GIB),
@@ -100,6 +105,12 @@ impl Limits {
             if value < MIB {
                 return bad(&format!("{name} must be at least 1 MiB"));
             }
+        }
+        if self.workdir_size.is_some_and(|w| w < 8 * MIB) {
+            return bad("workdir_size must be at least 8 MiB");
+        }
+        if self.workdir_inodes < 16 {
+            return bad("workdir_inodes must be at least 16");
         }
         if let Some(cpu) = self.cpu
             && !(cpu.is_finite() && cpu >= 0.01)

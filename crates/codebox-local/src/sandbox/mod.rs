@@ -17,6 +17,7 @@
 
 pub mod bwrap;
 pub mod cgroup;
+pub mod disk;
 pub mod landlock;
 pub mod launch;
 mod limits;

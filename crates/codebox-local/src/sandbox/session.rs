@@ -3,11 +3,12 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use codebox_core::{CodeBoxError, KernelDeath, Result};
 
 use super::cgroup::{CgroupManager, SessionCgroup};
+use super::disk::WorkDisk;
 use super::launch::{Prepared, SandboxSpec, python_paths};
 use super::uid::{SessionUid, UidAllocator};
 use super::{Isolation, IsolationLevel, Limits, choose, probe};
@@ -109,24 +110,34 @@ impl SandboxPolicy {
         Ok(level)
     }
 
-    /// Confine one kernel that will run `python` in `work_dir` with its sockets in `run_dir`:
-    /// allocate its uid (and hand it both directories), create its cgroup.
-    pub fn confine(&self, work_dir: &Path, run_dir: &Path) -> Result<Confinement> {
+    /// Confine a box whose working directory is `work_dir`: allocate its uid (and hand it
+    /// the directory), mount the size-limited image over the directory when `workdir_size`
+    /// is set and this process is root, create its cgroup. Every kernel and command of the
+    /// box then runs under this confinement.
+    pub fn confine(&self, work_dir: &Path) -> Result<Confinement> {
         let level = self.level()?;
+        let root = rustix::process::geteuid().is_root();
         let uid = match &self.uids {
-            Some(a) => {
-                if !rustix::process::geteuid().is_root() {
-                    return Err(CodeBoxError::invalid("per-session uids need the process to run as root"));
-                }
-                let uid = a.allocate()?;
-                for dir in [work_dir, run_dir] {
-                    hand_over(dir, uid.uid())
-                        .map_err(|e| CodeBoxError::io(format!("giving {} to the session uid", dir.display()), e))?;
-                }
-                Some(uid)
+            Some(_) if !root => return Err(CodeBoxError::invalid("per-session uids need the process to run as root")),
+            Some(a) => Some(a.allocate()?),
+            None => None,
+        };
+        let uid_raw = uid.as_ref().map(SessionUid::uid);
+        let disk = match self.limits.workdir_size {
+            Some(bytes) if root => Some(
+                WorkDisk::mount(work_dir, bytes, self.limits.workdir_inodes, uid_raw)
+                    .map_err(|e| CodeBoxError::io("limiting the working directory's size", e))?,
+            ),
+            Some(_) => {
+                tracing::debug!("the working directory size limit needs root; not applied");
+                None
             }
             None => None,
         };
+        if let Some(u) = uid_raw {
+            hand_over(work_dir, u)
+                .map_err(|e| CodeBoxError::io("giving the working directory to the session uid", e))?;
+        }
         let cgroup = if self.cgroups {
             let manager = cgroup_manager().map_err(|e| CodeBoxError::KernelStart { message: e })?;
             let name = format!("{}-{}", std::process::id(), next_serial());
@@ -140,9 +151,10 @@ impl SandboxPolicy {
             limits: self.limits.clone(),
             uid,
             cgroup,
+            disk,
             oom_base: AtomicU64::new(0),
             work_dir: work_dir.to_owned(),
-            run_dir: run_dir.to_owned(),
+            released: AtomicBool::new(false),
         })
     }
 }
@@ -159,8 +171,10 @@ fn hand_over(dir: &Path, uid: u32) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
-/// One kernel's confinement. Dropping it kills whatever is left in its cgroup and under its
-/// uid, removes the cgroup and frees the uid.
+/// A box's confinement: its level, uid, cgroup and working-directory image, shared by its
+/// kernels (one after another) and commands. [`Confinement::release`] (or dropping it)
+/// kills whatever is left in its cgroup and under its uid, removes the cgroup, unmounts the
+/// image and frees the uid.
 #[derive(Debug)]
 pub struct Confinement {
     level: IsolationLevel,
@@ -168,9 +182,10 @@ pub struct Confinement {
     limits: Limits,
     uid: Option<SessionUid>,
     cgroup: Option<SessionCgroup>,
+    disk: Option<WorkDisk>,
     oom_base: AtomicU64,
     work_dir: PathBuf,
-    run_dir: PathBuf,
+    released: AtomicBool,
 }
 
 impl Confinement {
@@ -189,16 +204,31 @@ impl Confinement {
         self.cgroup.as_ref()
     }
 
+    /// Give a kernel's socket directory to the session uid (mode 0700).
+    pub fn adopt_run_dir(&self, run_dir: &Path) -> Result<()> {
+        match self.uid() {
+            Some(u) => {
+                hand_over(run_dir, u).map_err(|e| CodeBoxError::io("giving the socket directory to the session uid", e))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The sandboxed command for `argv` (a kernel, or a command run in the box) with the
     /// box's own environment `env`, reading the Python environment of `python`, in `cwd`
-    /// (inside the working directory; default: the working directory).
+    /// (inside the working directory; default: the working directory), with the kernel's
+    /// socket directory `run_dir` writable.
     pub fn prepare(
         &self,
         argv: &[String],
         env: &[(String, String)],
         python: Option<&Path>,
         cwd: Option<&Path>,
+        run_dir: Option<&Path>,
     ) -> Result<Prepared> {
+        if self.released.load(Ordering::Acquire) {
+            return Err(CodeBoxError::NotRunning { message: "the box's sandbox was released".into() });
+        }
         let program = argv.first().map(PathBuf::from).unwrap_or_default();
         let mut read_only = python.map(python_paths).unwrap_or_default();
         // A kernelspec may name a program elsewhere: its directory must be readable too.
@@ -221,7 +251,7 @@ impl Confinement {
             network: self.network,
             limits: self.limits.clone(),
             work_dir: self.work_dir.clone(),
-            run_dir: self.run_dir.clone(),
+            run_dir: run_dir.map(Path::to_path_buf),
             read_only,
             path,
             env: if self.level == IsolationLevel::None { env.to_vec() } else { box_env },
@@ -275,16 +305,30 @@ impl Confinement {
             }
         }
     }
-}
 
-impl Drop for Confinement {
-    fn drop(&mut self) {
+    /// Kill everything left, remove the cgroup, unmount the working-directory image (its
+    /// files are gone after) and free the uid when dropped. Idempotent.
+    pub fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.kill_all();
         if let Some(cg) = &self.cgroup
             && let Err(e) = cg.remove()
         {
             tracing::warn!("could not remove a session cgroup: {e}");
         }
+        if let Some(d) = &self.disk
+            && let Err(e) = d.release()
+        {
+            tracing::warn!("could not release the working-directory image: {e}");
+        }
+    }
+}
+
+impl Drop for Confinement {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -303,9 +347,10 @@ mod tests {
             limits: Limits::default(),
             uid: None,
             cgroup: None,
+            disk: None,
             oom_base: AtomicU64::new(0),
             work_dir: "/w".into(),
-            run_dir: "/r".into(),
+            released: AtomicBool::new(false),
         }
     }
 
@@ -332,14 +377,20 @@ mod tests {
         let (work, run) = (base.path().join("w"), base.path().join("r"));
         std::fs::create_dir(&work).unwrap();
         std::fs::create_dir(&run).unwrap();
-        let c = policy.confine(&work, &run).unwrap();
+        let c = policy.confine(&work).unwrap();
+        c.adopt_run_dir(&run).unwrap();
         let uid = c.uid().unwrap();
         assert!((300_400..300_410).contains(&uid));
-        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&work).unwrap());
-        assert_eq!(owner, uid);
+        for d in [&work, &run] {
+            let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(d).unwrap());
+            assert_eq!(owner, uid);
+        }
+        // The working directory is a size-limited image now.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(mounts.contains(&*work.to_string_lossy()), "no image mounted on the working directory");
         let paths = c.cgroup().unwrap().paths();
         assert!(paths.iter().all(|p| p.exists()));
-        let prepared = c.prepare(&["/usr/bin/sleep".into(), "60".into()], &[], None, None).unwrap();
+        let prepared = c.prepare(&["/usr/bin/sleep".into(), "60".into()], &[], None, None, Some(&run)).unwrap();
         let mut cmd = prepared.command;
         let child = cmd.spawn().unwrap();
         drop(prepared.guard);
@@ -351,5 +402,7 @@ mod tests {
         child.wait().unwrap();
         assert!(super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty(), "nothing runs under the uid");
         assert!(paths.iter().all(|p| !p.exists()), "the cgroup is gone");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(!mounts.contains(&*work.to_string_lossy()), "the image is unmounted");
     }
 }
