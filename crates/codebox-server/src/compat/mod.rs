@@ -5,7 +5,9 @@
 //! Both protocols run on the session registry, so every session is an ordinary session of
 //! the caller's key (visible to the native API, reaped when idle, stopped on shutdown), and
 //! every operation maps onto the [`CodeBox`](codebox_core::CodeBox) trait. Both clients send
-//! `Authorization: Bearer <CODEBOX_API_KEY>`; a missing or unknown key gets 401.
+//! `Authorization: Bearer <CODEBOX_API_KEY>`; a missing or unknown key gets 401. Clients
+//! must set `CODEBOX_API_KEY` to a key of this server: both treat an unset key (0.1) or the
+//! values `local` and `docker` (0.2) as a request for a box of their own, not a server.
 //!
 //! # codebox-api 0.1.x — `CODEBOX_BASE_URL=http://HOST:PORT/api/v1`
 //!
@@ -57,7 +59,9 @@
 //! display or value is `img` (base64); stderr, a raised exception (its traceback, else
 //! `Name: value`), a timeout, an interruption and a failure of the box mid-way are `err`. The
 //! client parses chunks from the start of its buffer, so nothing (not even a keepalive) goes
-//! between them. A client that disconnects drops the event stream, which interrupts the code.
+//! between them, and content holding its own closing tag is split into several chunks of the
+//! same kind that join back to it exactly. A client that disconnects drops the event stream,
+//! which interrupts the code.
 //!
 //! Kernels: `ipython` is the box's default kernel, and the exact code `%restart` is the box's
 //! `restart()`. `bash` runs in the box's `bash` kernel when it has one (streamed), else as

@@ -24,7 +24,7 @@ fn form(file_name: &str, content: &[u8]) -> (String, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_json_errors() {
-    let server = TestServer::start_with(|c| c.with_max_upload_bytes(4096)).await;
+    let server = TestServer::start_with(|c| c.with_max_upload_bytes(4096).with_api_key("second-key")).await;
     let auth = server.auth();
     let auth = ("Authorization", auth.as_str());
 
@@ -114,7 +114,22 @@ async fn bad_requests_get_clear_json_errors() {
     let reply = server.request("POST", &format!("{v2}/files/upload"), &[auth, ("Content-Type", &ct)], &body).await;
     assert_eq!((reply.status, reply.error_kind().as_str()), (400, "unsafe_path"), "{}", reply.text());
 
-    // After all that the server still serves, and the sessions are the two made above.
+    // A session belongs to the key that made it: another key sees no 0.1 session by that id,
+    // and the same 0.2 id names a box of its own.
+    let other = ("Authorization", "Bearer second-key");
+    let reply = server.request("GET", &v1(""), &[other], b"").await;
+    assert_eq!((reply.status, reply.error_kind().as_str()), (404, "not_found"), "{}", reply.text());
+    let reply = server.request("POST", &v1("stop"), &[other], b"").await;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    let reply = server.request("GET", &format!("{}?file_name=ok.txt", v1("download")), &[other], b"").await;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    let (ct, body) = form("mine.txt", b"first key");
+    let reply = server.request("POST", &format!("{v2}/files/upload"), &[auth, ("Content-Type", &ct)], &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = server.request("GET", &format!("{v2}/files/download/mine.txt"), &[other], b"").await;
+    assert_eq!(reply.status, 404, "another key's box has no such file: {}", reply.text());
+
+    // After all that the server still serves, and this key's sessions are the two made above.
     let reply = server.request("POST", &format!("{v2}/exec"), &[auth, JSON], br#"{"code": "print(6 * 7)"}"#).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "<txt>42\n</txt>"));
     assert_eq!(server.session_count().await, 2);
