@@ -137,7 +137,7 @@ async fn bad_requests_get_clear_json_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_disconnects_mid_exec_gets_its_code_interrupted() {
+async fn a_disconnect_or_a_timeout_interrupts_the_code_and_keeps_its_state() {
     let server = TestServer::start().await;
     let auth = server.auth();
     let headers = [("Authorization", auth.as_str()), JSON];
@@ -167,9 +167,18 @@ async fn a_client_that_disconnects_mid_exec_gets_its_code_interrupted() {
     .expect("the execution after a disconnect must not wait for the abandoned one");
     assert_eq!((after.status, after.text().as_str()), (200, "<txt>7\n</txt>"));
 
+    // The 0.2 server's `timeout` (seconds) interrupts the code; the box keeps its state.
+    let reply =
+        server.request("POST", exec, &headers, br#"{"code": "import time\ntime.sleep(3600)", "timeout": 1}"#).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.text().starts_with("<err>") && reply.text().contains("timed out"), "{}", reply.text());
+    let reply = server.request("POST", exec, &headers, br#"{"code": "print(kept)"}"#).await;
+    assert_eq!(reply.text(), "<txt>7\n</txt>");
+
     let metrics = server.request("GET", "/metrics", &[("Authorization", auth.as_str())], b"").await.text();
     for line in [
-        "codebox_executions_total{outcome=\"ok\"} 2\n",
+        "codebox_executions_total{outcome=\"ok\"} 3\n",
+        "codebox_executions_total{outcome=\"error\"} 1\n",
         "codebox_executions_total{outcome=\"disconnected\"} 1\n",
         "codebox_executions_running 0\n",
     ] {
