@@ -182,31 +182,66 @@ impl Scope<'_> {
         let metrics = Arc::clone(&self.state.metrics);
         let limit = config.max_upload_bytes;
         let mut seen = 0u64;
+        // What went wrong with the body, kept for the answer: the box sees the error in the
+        // stream, but answers with its own view of it.
+        let failure: Arc<std::sync::Mutex<Option<CodeBoxError>>> = Arc::default();
+        let record = Arc::clone(&failure);
         let content: ByteStream = Box::pin(part.content.map(move |chunk| {
-            let bytes = chunk?;
-            seen += bytes.len() as u64;
-            if seen > limit {
-                return Err(status_error(
-                    413,
-                    ErrorKind::TooLarge,
-                    format!("the file exceeds the upload limit of {limit} bytes"),
-                ));
+            let checked = chunk.and_then(|bytes| {
+                seen += bytes.len() as u64;
+                if seen > limit {
+                    let message = format!("the file exceeds the upload limit of {limit} bytes");
+                    return Err(status_error(413, ErrorKind::TooLarge, message));
+                }
+                Ok(bytes)
+            });
+            match checked {
+                Ok(bytes) => {
+                    metrics.uploaded(bytes.len() as u64);
+                    Ok(bytes)
+                }
+                Err(e) => {
+                    let mut slot = record.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert_with(|| replica(&e));
+                    Err(e)
+                }
             }
-            metrics.uploaded(bytes.len() as u64);
-            Ok(bytes)
         }));
-        let info = session.codebox.upload(&part.file_name, content).await?;
-        Ok((part.file_name, info))
+        let result = session.codebox.upload(&part.file_name, content).await;
+        let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match (result, failure) {
+            (Ok(info), None) => Ok((part.file_name, info)),
+            (result, Some(failure)) => {
+                if result.is_ok() {
+                    // The box kept what it got before the body failed: remove the partial file.
+                    let _ = session.codebox.delete_file(&part.file_name).await;
+                }
+                Err(failure)
+            }
+            (Err(e), None) => Err(e),
+        }
     }
 
-    /// A streamed file download with the headers both clients expect. The session counts as
-    /// in use until the body is sent or dropped.
-    fn file_response(&self, session: &Arc<Session>, name: &str, content: ByteStream) -> Result<Response<Body>> {
+    /// The file at `path` as a streamed download with the headers both clients expect
+    /// (`Content-Length` when the box knows the size; `name` in `Content-Disposition`). The
+    /// session counts as in use until the body is sent or dropped.
+    async fn download(&self, session: &Arc<Session>, path: &str, name: &str) -> Result<Response<Body>> {
         // The 0.1 client takes everything after the first `=` as the name, so it goes
         // unquoted; what a header cannot carry is percent-encoded.
         let disposition = HeaderValue::from_str(&format!("attachment; filename={}", header_safe(name)))
             .map_err(|e| CodeBoxError::invalid(format!("file name {name:?} cannot be sent in a header: {e}")))?;
         let guard = session.use_guard();
+        let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
+        let size = match session.codebox.list_files(dir, false).await {
+            Ok(listing) => listing.into_iter().find(|f| f.name == file).map(|f| (f.size, f.is_dir)),
+            // No such directory, an unsafe path and the like: the download below fails with
+            // the error that fits.
+            Err(_) => None,
+        };
+        if let Some((_, true)) = size {
+            return Err(CodeBoxError::invalid(format!("{path} is a directory, not a file")));
+        }
+        let content = session.codebox.download(path).await?;
         let metrics = Arc::clone(&self.state.metrics);
         let content = content.inspect(move |chunk| {
             let _in_use = &guard;
@@ -214,10 +249,25 @@ impl Scope<'_> {
                 metrics.downloaded(bytes.len() as u64);
             }
         });
-        let mut resp = Response::new(Body::from_stream(content));
+        let mut resp = match size {
+            Some((len, _)) => {
+                let mut resp = Response::new(Body::sized_stream(content, len));
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                resp
+            }
+            None => Response::new(Body::from_stream(content)),
+        };
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
         Ok(resp)
+    }
+}
+
+/// A copy of an error with the same status, kind and message.
+fn replica(err: &CodeBoxError) -> CodeBoxError {
+    match err.http() {
+        Some(http) => status_error(http.status, http.kind, http.message.clone()),
+        None => status_error(codebox_http::wire::status_for_kind(err.kind()), err.kind(), err.to_string()),
     }
 }
 

@@ -127,8 +127,7 @@ where
                 None => required::<DownloadBody>(scope.read_json(req).await?)?.file_name,
             };
             let session = scope.get(id)?;
-            let content = session.codebox.download(&name).await?;
-            scope.file_response(&session, &name, content)
+            scope.download(&session, &name, &name).await
         }
         "install" => {
             let body: InstallBody = required(scope.read_json(req).await?)?;

@@ -100,9 +100,8 @@ where
                 CodeBoxError::invalid(format!("the file path {path:?} is not valid percent-encoded UTF-8"))
             })?;
             let session = scope.open(id).await?;
-            let content = session.codebox.download(&path).await?;
             let name = path.rsplit('/').next().unwrap_or(&path).to_owned();
-            scope.file_response(&session, &name, content)
+            scope.download(&session, &path, &name).await
         }
     }
 }

@@ -94,6 +94,7 @@ async fn bad_requests_get_clear_json_errors() {
     let reply = server.request("GET", &format!("{}?file_name=ok.txt", v1("download")), &[auth], b"").await;
     assert_eq!((reply.status, reply.body.as_slice()), (200, b"fits".as_slice()), "{}", reply.text());
     assert_eq!(reply.header("content-disposition"), Some("attachment; filename=ok.txt"));
+    assert_eq!(reply.header("content-length"), Some("4"));
 
     // The 0.2 protocol.
     let v2 = "/api/v2/codebox/bad-input-session";
