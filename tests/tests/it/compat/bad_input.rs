@@ -24,7 +24,10 @@ fn form(file_name: &str, content: &[u8]) -> (String, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_json_errors() {
-    let server = TestServer::start_with(|c| c.with_max_upload_bytes(4096).with_api_key("second-key")).await;
+    let server = TestServer::start_with(|c| {
+        c.with_max_upload_bytes(4096).with_api_key("second-key").with_body_idle_timeout(Duration::from_secs(1))
+    })
+    .await;
     let auth = server.auth();
     let auth = ("Authorization", auth.as_str());
 
@@ -84,7 +87,14 @@ async fn bad_requests_get_clear_json_errors() {
     let reply = server.request("POST", &v1("upload"), &[auth, ("Content-Type", &ct)], cut).await;
     assert_eq!(reply.status, 400, "{}", reply.text());
     assert!(reply.text().contains("closing boundary"), "{}", reply.text());
-    for refused in ["big.bin", "cut.txt"] {
+    // A client that stops sending in the middle of its upload is cut off.
+    let (ct, body) = form("stalled.txt", b"the rest never comes");
+    let stalled = server
+        .send_declaring("POST", &v1("upload"), &[auth, ("Content-Type", &ct)], &body[..body.len() - 10], body.len())
+        .await;
+    let reply = TestServer::response(stalled).await;
+    assert_eq!((reply.status, reply.error_kind().as_str()), (408, "timeout"), "{}", reply.text());
+    for refused in ["big.bin", "cut.txt", "stalled.txt"] {
         let reply = server.request("GET", &format!("{}?file_name={refused}", v1("download")), &[auth], b"").await;
         assert_eq!(reply.status, 404, "a refused upload leaves no file behind: {refused}: {}", reply.text());
     }

@@ -201,24 +201,41 @@ impl TestServer {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> tokio::net::TcpStream {
+        self.send_declaring(method, path, headers, body, body.len()).await
+    }
+
+    /// Like [`send`](Self::send), announcing `declared` bytes of body whatever `body` holds, so
+    /// a test can stall or cut an upload.
+    pub(super) async fn send_declaring(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        declared: usize,
+    ) -> tokio::net::TcpStream {
         let mut stream = tokio::net::TcpStream::connect(self.addr).await.expect("connecting to the server");
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        head.push_str(&format!("Content-Length: {declared}\r\n\r\n"));
         stream.write_all(head.as_bytes()).await.expect("sending the request head");
         // The server may answer (413, 415) and close before it has read the whole body.
         let _ = stream.write_all(body).await;
         stream
     }
 
-    /// One HTTP/1.1 request and its whole response.
-    pub(super) async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-        let mut stream = self.send(method, path, headers, body).await;
+    /// Read the whole response from a connection made by [`send`](Self::send).
+    pub(super) async fn response(mut stream: tokio::net::TcpStream) -> Reply {
         let mut raw = Vec::new();
         let _ = stream.read_to_end(&mut raw).await;
         Reply::parse(&raw)
+    }
+
+    /// One HTTP/1.1 request and its whole response.
+    pub(super) async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        Self::response(self.send(method, path, headers, body).await).await
     }
 
     /// Stop the server: every session and its kernel end.
