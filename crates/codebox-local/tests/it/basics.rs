@@ -171,6 +171,38 @@ async fn install_runs_pip_and_reports_its_failure() {
 }
 
 #[tokio::test]
+async fn installed_packages_import_without_a_restart() {
+    let lb = started().await;
+    // A tiny wheel built on the spot, so the test needs no network.
+    let name = format!("codebox_probe_{}", lb.id().replace('-', "_"));
+    let make_wheel = format!(
+        "import zipfile, os\n\
+         name = {name:?}\n\
+         whl = os.path.abspath(f'{{name}}-0.1-py3-none-any.whl')\n\
+         with zipfile.ZipFile(whl, 'w') as z:\n    \
+         z.writestr(f'{{name}}/__init__.py', 'VALUE = 42\\n')\n    \
+         z.writestr(f'{{name}}-0.1.dist-info/METADATA', f'Metadata-Version: 2.1\\nName: {{name}}\\nVersion: 0.1\\n')\n    \
+         z.writestr(f'{{name}}-0.1.dist-info/WHEEL', 'Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n')\n    \
+         z.writestr(f'{{name}}-0.1.dist-info/RECORD', '')\n\
+         print(whl)"
+    );
+    let ex = lb.exec(&make_wheel).await.unwrap();
+    assert!(ex.is_ok(), "{ex:?}");
+    let wheel = ex.stdout().trim().to_owned();
+    let before = lb.exec(&format!("import {name}")).await.unwrap();
+    assert_eq!(before.error().unwrap().name, "ModuleNotFoundError");
+    let output = lb.install(std::slice::from_ref(&wheel)).await.unwrap();
+    assert!(output.contains("Successfully installed"), "{output}");
+    let after = lb.exec(&format!("import {name}\n{name}.VALUE")).await.unwrap();
+    let python = lb.python().await.unwrap();
+    let cleanup =
+        codebox_core::CommandSpec::new(python.to_string_lossy()).args(["-m", "pip", "uninstall", "-y", &name]);
+    lb.run_command(cleanup).await.unwrap();
+    assert_eq!(after.text(), "42", "{after:?}");
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_pool_hands_out_ready_kernels() {
     let pool = codebox_local::KernelPool::new(1);
     let builder = crate::builder().with_pool(pool.clone());
