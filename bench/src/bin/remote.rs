@@ -54,20 +54,30 @@ fn p50(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-async fn round_trips(b: &dyn CodeBox, rounds: usize) -> Result<f64> {
-    for _ in 0..WARMUP {
-        b.exec("1 + 1").await?;
-    }
-    let mut samples = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let start = Instant::now();
-        let ex = b.exec("1 + 1").await?;
-        samples.push(start.elapsed().as_secs_f64() * 1e3);
-        if ex.text() != "2" {
-            bail!("unexpected output {:?}", ex.text());
+/// p50 round trips of a tiny cell on each box, measured in alternation so that both see
+/// the same machine load.
+async fn round_trips(boxes: &[&dyn CodeBox], rounds: usize) -> Result<Vec<f64>> {
+    for b in boxes {
+        for _ in 0..WARMUP {
+            b.exec("1 + 1").await?;
         }
     }
-    Ok(p50(samples))
+    let mut samples = vec![Vec::with_capacity(rounds); boxes.len()];
+    for _ in 0..rounds {
+        for (b, samples) in boxes.iter().zip(samples.iter_mut()) {
+            let start = Instant::now();
+            let ex = b.exec("1 + 1").await?;
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+            if ex.text() != "2" {
+                bail!("unexpected output {:?}", ex.text());
+            }
+        }
+    }
+    Ok(samples.into_iter().map(p50).collect())
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 fn rss_bytes() -> u64 {
@@ -193,11 +203,11 @@ async fn main() -> Result<()> {
 
     let remote = RemoteBox::from_settings(&CodeBoxSettings::new().with_api_key(KEY).with_base_url(&base))?;
     remote.start().await?;
-    let remote_p50 = round_trips(&remote, rounds).await?;
-
     let local = LocalBox::builder().build()?;
     local.start().await?;
-    let local_p50 = round_trips(&local, rounds).await?;
+    let load_before = load_average();
+    let p50s = round_trips(&[&remote, &local], rounds).await?;
+    let (remote_p50, local_p50) = (p50s[0], p50s[1]);
     local.stop().await?;
 
     let python_p50 = tokio::task::spawn_blocking(move || python_reference(rounds)).await??;
@@ -215,6 +225,7 @@ async fn main() -> Result<()> {
     let report = serde_json::json!({
         "bench": "remote",
         "rounds": rounds,
+        "load_average_1m": load_before,
         "exec_p50_ms": {
             "remote_box_codebox_serve": remote_p50,
             "local_box_direct": local_p50,
