@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::config::ServerConfig;
-pub use crate::factory::BoxFactory;
+pub use crate::factory::{BoxFactory, factory_fn};
 
 use crate::auth::ApiKeys;
 use crate::metrics::Metrics;

@@ -1,0 +1,229 @@
+//! The server in front of real LocalBox kernels.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use codebox_core::CodeBox;
+use codebox_local::LocalBox;
+use codebox_server::{BoxFactory, Server, factory_fn};
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{KEY, Reply, test_config};
+
+/// A server whose sessions are LocalBoxes; the boxes are kept for inspection.
+struct LocalServer {
+    addr: std::net::SocketAddr,
+    boxes: Arc<Mutex<Vec<LocalBox>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<codebox_core::Result<()>>>,
+}
+
+// Provisioning can take minutes on a fresh machine: show why the first test waits.
+#[allow(clippy::print_stderr)]
+fn local_factory(boxes: Arc<Mutex<Vec<LocalBox>>>) -> Arc<dyn BoxFactory> {
+    factory_fn(move |kernel| {
+        let boxes = Arc::clone(&boxes);
+        async move {
+            let mut builder = LocalBox::builder().with_progress(|line| eprintln!("[provision] {line}"));
+            if let Some(kernel) = kernel {
+                builder = builder.with_kernel(kernel);
+            }
+            let lb = builder.build()?;
+            boxes.lock().unwrap().push(lb.clone());
+            Ok(Arc::new(lb) as Arc<dyn CodeBox>)
+        }
+    })
+}
+
+impl LocalServer {
+    async fn start(config: codebox_server::ServerConfig) -> Self {
+        let boxes = Arc::new(Mutex::new(Vec::new()));
+        let server = Server::bind(config, local_factory(Arc::clone(&boxes))).await.unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self { addr, boxes, stop: Some(stop), task: Some(task) }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        json_body: Option<serde_json::Value>,
+        raw: Option<Bytes>,
+    ) -> Reply {
+        use http_body_util::{BodyExt, Full};
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("authorization", format!("Bearer {KEY}"));
+        let body = match (json_body, raw) {
+            (Some(j), _) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(j.to_string())
+            }
+            (None, Some(raw)) => raw,
+            (None, None) => Bytes::new(),
+        };
+        let resp = client.request(req.body(Full::new(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply { status, headers, body }
+    }
+
+    async fn session(&self) -> String {
+        let reply = self.send(Method::POST, "/v1/sessions", Some(json!({})), None).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        reply.json()["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn execute(&self, id: &str, code: &str) -> Vec<serde_json::Value> {
+        let reply =
+            self.send(Method::POST, &format!("/v1/sessions/{id}/execute"), Some(json!({"code": code})), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.lines().into_iter().filter(|l| l.get("keepalive").is_none()).collect()
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+    }
+}
+
+fn stdout_of(lines: &[serde_json::Value]) -> String {
+    lines
+        .iter()
+        .filter(|l| l["event"]["type"] == "stdout")
+        .map(|l| l["event"]["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_runs_in_a_real_kernel_and_streams_its_events() {
+    let server = LocalServer::start(test_config()).await;
+    let id = server.session().await;
+    let lines = server.execute(&id, "x = 20\nprint('hello')\nx + 22").await;
+    assert_eq!(stdout_of(&lines), "hello\n");
+    let result = lines.iter().find(|l| l["event"]["type"] == "result").expect("a result event");
+    assert_eq!(result["event"]["data"]["text/plain"], "42");
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"]["type"], "end");
+    assert_eq!(last["event"]["outcome"], "ok");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["seq"], i, "seq counts from 0 with no gaps");
+    }
+    let lines = server.execute(&id, "1/0").await;
+    let error = lines.iter().find(|l| l["event"]["type"] == "error").expect("an error event");
+    assert_eq!(error["event"]["name"], "ZeroDivisionError");
+    assert_eq!(lines.last().unwrap()["event"]["outcome"], "error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_execution_gets_the_kernel_interrupted() {
+    let server = LocalServer::start(test_config()).await;
+    let id = server.session().await;
+    let code = "import time\nstate = 'started'\nprint('go', flush=True)\ntime.sleep(60)\nstate = 'finished'";
+    let body = json!({"code": code}).to_string();
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "POST /v1/sessions/{id}/execute HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("go\\n") {
+        let mut buf = [0u8; 1024];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(conn);
+    // Had the sleep not been interrupted, this would run after it and see 'finished'.
+    let lines = server.execute(&id, "print(state)").await;
+    assert_eq!(stdout_of(&lines), "started\n", "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_move_through_the_server_intact_and_over_limit_uploads_leave_nothing() {
+    let server = LocalServer::start(test_config().with_max_upload_bytes(4 << 20)).await;
+    let id = server.session().await;
+    let content: Bytes = (0..3_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    let put =
+        server.send(Method::PUT, &format!("/v1/sessions/{id}/files/data/blob.bin"), None, Some(content.clone())).await;
+    assert_eq!(put.status, StatusCode::CREATED, "{}", put.text());
+    let lines = server.execute(&id, "import os\nprint(os.path.getsize('data/blob.bin'))").await;
+    assert_eq!(stdout_of(&lines), "3000000\n");
+    let got = server.send(Method::GET, &format!("/v1/sessions/{id}/files/data/blob.bin"), None, None).await;
+    assert_eq!(got.headers["content-length"], "3000000");
+    assert!(got.body == content, "the downloaded bytes are the uploaded bytes");
+
+    // Streamed without a length and over the limit: 413, and no file in the box.
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/sessions/{id}/files/data/huge.bin HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'z'; 1 << 20];
+    let mut response = Vec::new();
+    for _ in 0..8 {
+        if conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_err()
+            || conn.write_all(&chunk).await.is_err()
+            || conn.write_all(b"\r\n").await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    let lines = server.execute(&id, "import os\nprint(sorted(os.listdir('data')))").await;
+    assert_eq!(stdout_of(&lines), "['blob.bin']\n");
+
+    // A symlink leading outside the working directory is refused.
+    server.execute(&id, "import os\nos.symlink('/etc', 'outside')").await;
+    let reply = server.send(Method::GET, &format!("/v1/sessions/{id}/files/outside/passwd"), None, None).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert_eq!(reply.error_kind(), "unsafe_path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_no_kernel_behind() {
+    let mut server = LocalServer::start(test_config()).await;
+    let a = server.session().await;
+    let _b = server.session().await;
+    server.execute(&a, "print(1)").await;
+    let mut pids = Vec::new();
+    let boxes = server.boxes.lock().unwrap().clone();
+    for lb in &boxes {
+        pids.push(lb.kernel_pid().await.expect("a running kernel"));
+    }
+    assert_eq!(pids.len(), 2);
+    server.shutdown().await;
+    for lb in &boxes {
+        assert_eq!(lb.status().await.unwrap().state, codebox_core::BoxState::Stopped);
+    }
+    for pid in pids {
+        crate::support::eventually("the kernel process to exit", || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+                .unwrap_or(true)
+        })
+        .await;
+    }
+}
