@@ -131,3 +131,45 @@ async fn a_wrong_key_is_an_authentication_error_without_the_key() {
     assert_eq!(err.kind(), ErrorKind::Authentication);
     assert!(!format!("{err} {err:?}").contains("wrong-secret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_works_end_to_end() {
+    let server = serve().await;
+    let config = codebox_remote::ClientConfig::new().with_http2_prior_knowledge(true);
+    let b =
+        RemoteBox::builder().with_base_url(&server.base).with_api_key(KEY).with_client_config(config).build().unwrap();
+    b.start().await.unwrap();
+    let ex = b.exec("print('over h2')").await.unwrap();
+    assert_eq!(ex.stdout(), "over h2\n");
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    b.upload_bytes("h2.bin", content.clone()).await.unwrap();
+    assert_eq!(b.download_bytes("h2.bin").await.unwrap().as_ref(), content.as_slice());
+    // Several executions at once share one HTTP/2 connection; an execution stream dropped
+    // early cancels only its own execution.
+    let mut spinning =
+        b.run_stream("import time\nprint('go', flush=True)\ntime.sleep(60)", Default::default()).await.unwrap();
+    assert!(matches!(spinning.next().await, Some(Ok(ExecEvent::Stdout { .. }))));
+    drop(spinning);
+    assert_eq!(b.exec("'after'").await.unwrap().text(), "'after'");
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_box_that_created_its_session_deletes_it() {
+    let server = serve().await;
+    let owner = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    owner.start().await.unwrap();
+    let id = owner.id().to_owned();
+    drop(owner);
+    let probe = RemoteBox::from_id(&id, &settings(&server.base)).unwrap();
+    // The delete runs in the background; wait for it to land.
+    let mut last = None;
+    for _ in 0..200 {
+        match probe.start().await {
+            Err(e) if e.kind() == ErrorKind::NotFound => return,
+            other => last = Some(other),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the session of a dropped box is still there: {last:?}");
+}
