@@ -181,6 +181,22 @@ fn runtime_base() -> PathBuf {
     if tmp.as_os_str().len() < 60 { tmp } else { PathBuf::from("/tmp") }
 }
 
+/// Whether Unix sockets can be made where kernels' IPC sockets go (checked once).
+pub(crate) fn ipc_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let probe = tempfile::Builder::new().prefix("cbk-probe-").tempdir_in(runtime_base());
+        let works = probe.is_ok_and(|dir| std::os::unix::net::UnixListener::bind(dir.path().join("s")).is_ok());
+        if !works {
+            tracing::warn!(
+                "Unix sockets are unavailable in {}; kernels use TCP on 127.0.0.1",
+                runtime_base().display()
+            );
+        }
+        works
+    })
+}
+
 fn free_tcp_ports(n: usize) -> std::io::Result<Vec<u16>> {
     // Bind them all at once so they differ, then release them for the kernel.
     let listeners: Vec<_> =

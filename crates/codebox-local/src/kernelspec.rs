@@ -74,7 +74,7 @@ pub(crate) fn launch_spec(
             argv,
             env,
             interrupt_mode: InterruptMode::Message,
-            transport: Transport::Ipc,
+            transport: if crate::kernel::ipc_works() { Transport::Ipc } else { Transport::Tcp },
             start_timeout,
         });
     }

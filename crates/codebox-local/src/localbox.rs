@@ -577,23 +577,40 @@ impl Inner {
 fn around_code(cwd: Option<&Path>, env: &BTreeMap<String, String>) -> (String, String) {
     let lit = |s: &str| serde_json::to_string(s).expect("a string serializes");
     let keys: Vec<String> = env.keys().map(|k| lit(k)).collect();
-    let mut before = format!(
-        "import os as __codebox_os\n__codebox_saved = (__codebox_os.getcwd(), {{k: __codebox_os.environ.get(k) for k in [{}]}})\n",
-        keys.join(", ")
-    );
+    let restore = "__codebox_os.chdir(__codebox_saved[0])\n\
+                   for __codebox_k, __codebox_v in __codebox_saved[1].items():\n    \
+                   if __codebox_v is None: __codebox_os.environ.pop(__codebox_k, None)\n    \
+                   else: __codebox_os.environ[__codebox_k] = __codebox_v\n\
+                   del __codebox_saved, __codebox_os\n";
+    let mut apply = String::new();
     for (k, v) in env {
-        before.push_str(&format!("__codebox_os.environ[{}] = {}\n", lit(k), lit(v)));
+        apply.push_str(&format!("    __codebox_os.environ[{}] = {}\n", lit(k), lit(v)));
     }
     if let Some(cwd) = cwd {
-        before.push_str(&format!("__codebox_os.chdir({})\n", lit(&cwd.to_string_lossy())));
+        apply.push_str(&format!("    __codebox_os.chdir({})\n", lit(&cwd.to_string_lossy())));
     }
-    let after = "__codebox_os.chdir(__codebox_saved[0])\n\
-                 for __codebox_k, __codebox_v in __codebox_saved[1].items():\n    \
-                 if __codebox_v is None: __codebox_os.environ.pop(__codebox_k, None)\n    \
-                 else: __codebox_os.environ[__codebox_k] = __codebox_v\n\
-                 del __codebox_saved, __codebox_os\n"
-        .to_owned();
-    (before, after)
+    // If applying fails half way (say the directory vanished), undo what was done.
+    let indented: String = restore.lines().map(|l| format!("    {l}\n")).collect();
+    let before = format!(
+        "import os as __codebox_os\n\
+         __codebox_saved = (__codebox_os.getcwd(), {{k: __codebox_os.environ.get(k) for k in [{}]}})\n\
+         try:\n{apply}    pass\n\
+         except BaseException:\n{indented}    raise\n",
+        keys.join(", ")
+    );
+    (before, restore.to_owned())
+}
+
+/// Refuse environment variables the OS cannot represent.
+fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(CodeBoxError::invalid(format!(
+                "environment variable {k:?} is not valid: names must be non-empty without `=` or NUL, values without NUL"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn is_bash(language: &str) -> bool {
@@ -666,6 +683,7 @@ impl CodeBox for LocalBox {
                 self.capabilities().languages.join(", ")
             )));
         }
+        check_env(&options.env)?;
         let guard = self.inner.exec_lock.clone().lock_owned().await;
         let h = self.inner.handle().await?;
         let cwd = match options.cwd.as_deref() {
@@ -800,6 +818,7 @@ impl CodeBox for LocalBox {
         if command.program.trim().is_empty() {
             return Err(CodeBoxError::invalid("the command has no program"));
         }
+        check_env(&command.env)?;
         let h = self.inner.handle().await?;
         let cwd = match command.cwd.as_deref() {
             Some(c) => h.root.path().join(h.root.check_dir(c)?),

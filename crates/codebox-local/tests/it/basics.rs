@@ -93,6 +93,19 @@ async fn cwd_and_env_apply_to_one_execution_only() {
     assert_eq!(ex.stdout(), "True None\n");
     let err = lb.run("1", RunOptions::new().with_cwd("../..")).await.unwrap_err();
     assert_eq!(err.kind(), codebox_core::ErrorKind::UnsafePath);
+    let err = lb.run("1", RunOptions::new().with_env("A=B", "x")).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput);
+    let err = lb.run("1", RunOptions::new().with_cwd("no-such-dir")).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::NotFound);
+    // A directory removed between the check and the run: nothing stays half applied.
+    lb.run_command(codebox_core::CommandSpec::new("mkdir").arg("gone")).await.unwrap();
+    let opts = RunOptions::new().with_cwd("gone").with_env("CODEBOX_HALF", "1");
+    let ex = lb.run("import os; os.chdir('..'); os.rmdir('gone'); print('removed')", opts.clone()).await.unwrap();
+    assert_eq!(ex.stdout(), "removed\n");
+    let err = lb.run("1", opts).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::NotFound, "{err}");
+    let ex = lb.exec("import os; print(os.environ.get('CODEBOX_HALF'))").await.unwrap();
+    assert_eq!(ex.stdout(), "None\n");
     lb.stop().await.unwrap();
 }
 
