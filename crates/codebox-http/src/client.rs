@@ -24,7 +24,7 @@ mod response;
 mod retry;
 mod transport;
 
-pub use config::{ClientConfig, RetryPolicy};
+pub use config::{ClientConfig, PemCertificates, RetryPolicy};
 pub use request::{Request, RequestBody, Retry};
 pub use response::Response;
 pub use transport::HttpClient;

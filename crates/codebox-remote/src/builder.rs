@@ -140,6 +140,13 @@ impl RemoteBoxBuilder {
         self
     }
 
+    /// Trust these PEM certificates for `https://` servers besides the webpki roots (needs
+    /// the `rustls` feature), e.g. a private CA.
+    pub fn with_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.client = self.client.with_root_certificates_pem(pem);
+        self
+    }
+
     /// Every HTTP client setting at once.
     pub fn with_client_config(mut self, config: ClientConfig) -> Self {
         self.client = config;

@@ -25,6 +25,19 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Certificates trusted for TLS in addition to the webpki roots (with the `rustls`
+    /// feature), e.g. a private CA's.
+    pub extra_root_certificates: Vec<PemCertificates>,
+}
+
+/// One or more PEM-encoded certificates.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemCertificates(pub Vec<u8>);
+
+impl std::fmt::Debug for PemCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PemCertificates({} bytes)", self.0.len())
+    }
 }
 
 impl Default for ClientConfig {
@@ -38,6 +51,7 @@ impl Default for ClientConfig {
             http2_prior_knowledge: false,
             retry: RetryPolicy::default(),
             user_agent: concat!("codebox/", env!("CARGO_PKG_VERSION")).to_owned(),
+            extra_root_certificates: Vec::new(),
         }
     }
 }
@@ -69,6 +83,12 @@ impl ClientConfig {
     /// Set the retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Trust the PEM certificates in `pem` for TLS, besides the webpki roots.
+    pub fn with_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.extra_root_certificates.push(PemCertificates(pem.into()));
         self
     }
 

@@ -42,7 +42,7 @@ pub(crate) struct Connector {
 }
 
 impl Connector {
-    pub(crate) fn new(timeout: Duration) -> Result<Self> {
+    pub(crate) fn new(timeout: Duration, extra_roots: &[super::config::PemCertificates]) -> Result<Self> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
@@ -50,17 +50,44 @@ impl Connector {
         let inner = {
             http.enforce_http(false);
             hyper_rustls::HttpsConnectorBuilder::new()
-                .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-                .map_err(|e| CodeBoxError::invalid(format!("TLS setup failed: {e}")))?
+                .with_tls_config(tls_config(extra_roots)?)
                 .https_or_http()
                 .enable_http1()
                 .enable_http2()
                 .wrap_connector(http)
         };
         #[cfg(not(feature = "rustls"))]
-        let inner = http;
+        let inner = {
+            let _ = extra_roots;
+            http
+        };
         Ok(Self { inner, timeout })
     }
+}
+
+/// The rustls configuration: the ring provider, the webpki roots plus `extra_roots`.
+#[cfg(feature = "rustls")]
+fn tls_config(extra_roots: &[super::config::PemCertificates]) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for pem in extra_roots {
+        let mut found = false;
+        for cert in CertificateDer::pem_slice_iter(&pem.0) {
+            let cert = cert.map_err(|e| CodeBoxError::invalid(format!("invalid PEM certificate: {e}")))?;
+            roots.add(cert).map_err(|e| CodeBoxError::invalid(format!("unusable root certificate: {e}")))?;
+            found = true;
+        }
+        if !found {
+            return Err(CodeBoxError::invalid("no certificate found in the PEM data"));
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CodeBoxError::invalid(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 impl tower_service::Service<Uri> for Connector {

@@ -36,7 +36,7 @@ impl HttpClient {
         if config.read_timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(CodeBoxError::invalid("connect and read timeouts must be longer than zero"));
         }
-        let connector = Connector::new(config.connect_timeout)?;
+        let connector = Connector::new(config.connect_timeout, &config.extra_root_certificates)?;
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(config.pool_idle_timeout)

@@ -6,4 +6,5 @@ mod codeboxapi_v2;
 mod end_to_end;
 mod python_server;
 mod support;
+mod tls;
 mod transport;
