@@ -49,6 +49,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let changelog_path = root.join("CHANGELOG.md");
     let text = std::fs::read_to_string(&changelog_path).context("reading CHANGELOG.md")?;
     let date = opts.date.clone().unwrap_or_else(today_utc);
+    ensure!(is_iso_date(&date), "--date must be YYYY-MM-DD, got {date:?}");
     let released = changelog::release(&text, &new.to_string(), &date)?;
 
     let changes = bump_versions(&root, &current, &new)?;
@@ -116,6 +117,16 @@ fn check_packaging(no_verify: bool) -> Result<()> {
         run_cmd(&mut cmd)?;
     }
     Ok(())
+}
+
+fn is_iso_date(date: &str) -> bool {
+    let parts: Vec<&str> = date.split('-').collect();
+    let number = |s: &str, len: usize, max: u32| {
+        s.len() == len
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && s.parse::<u32>().is_ok_and(|n| (1..=max).contains(&n))
+    };
+    matches!(parts[..], [y, m, d] if number(y, 4, 9999) && number(m, 2, 12) && number(d, 2, 31))
 }
 
 fn parse_version(v: &str) -> Result<Version> {
@@ -493,6 +504,14 @@ mod tests {
         git_in(dir, &["tag", "v0.2.0"]);
         assert_eq!(preflight(dir, "v0.2.0").unwrap_err().to_string(), "the tag v0.2.0 already exists");
         preflight(dir, "v0.3.0").unwrap();
+    }
+
+    #[test]
+    fn release_date_must_be_iso() {
+        assert!(is_iso_date("2026-11-21"));
+        for bad in ["2026-13-01", "2026-1-01", "21/11/2026", "2026-11-21T00:00", "", "2026-00-10"] {
+            assert!(!is_iso_date(bad), "{bad}");
+        }
     }
 
     #[test]
