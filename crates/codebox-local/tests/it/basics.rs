@@ -242,3 +242,39 @@ async fn unknown_kernels_are_refused_with_the_list_of_available_ones() {
     assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("python3"), "{err}");
 }
+
+#[tokio::test]
+async fn a_kernelspec_from_the_jupyter_path_runs_over_tcp_with_signal_interrupts() {
+    // The Python the other tests use, behind a wrapper whose prefix holds a kernelspec.
+    let probe = started().await;
+    let real = probe.python().await.unwrap();
+    probe.stop().await.unwrap();
+    let prefix = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(prefix.path().join("bin")).unwrap();
+    let wrapper = prefix.path().join("bin/python");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec {} \"$@\"\n", real.display())).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spec_dir = prefix.path().join("share/jupyter/kernels/spec-py");
+    std::fs::create_dir_all(&spec_dir).unwrap();
+    let spec = serde_json::json!({
+        "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "spec-py", "language": "python", "interrupt_mode": "signal",
+    });
+    std::fs::write(spec_dir.join("kernel.json"), spec.to_string()).unwrap();
+
+    let lb = crate::builder().with_python(&wrapper).with_kernel("spec-py").build().unwrap();
+    lb.start().await.unwrap();
+    assert!(lb.exec("import sys; sys.argv[-1]").await.unwrap().text().contains(".json"));
+    assert!(lb.capabilities().languages.contains(&"spec-py".to_owned()));
+    let mut stream =
+        lb.run_stream("import time\nprint('go', flush=True)\ntime.sleep(100)", RunOptions::new()).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), ExecEvent::stdout("go\n"));
+    lb.interrupt().await.unwrap();
+    let ex =
+        tokio::time::timeout(Duration::from_secs(30), codebox_core::Execution::collect(stream)).await.unwrap().unwrap();
+    assert_eq!(ex.outcome, Outcome::Interrupted);
+    lb.stop().await.unwrap();
+
+    let err = crate::builder().with_python(&wrapper).with_kernel("nope").build().unwrap().start().await.unwrap_err();
+    assert!(err.to_string().contains("spec-py"), "the list names discovered kernelspecs: {err}");
+}
