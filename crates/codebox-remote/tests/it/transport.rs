@@ -336,3 +336,39 @@ async fn dropping_an_execution_stream_closes_the_connection() {
     drop(stream);
     assert!(server.await.unwrap(), "the server never saw the connection close");
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connection_error() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let b = attached(&format!("http://127.0.0.1:{port}"));
+    let err = b.status().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn settings_give_the_default_execution_timeout_and_the_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("{SESSION}/execute")))
+        .and(header("authorization", "Bearer sk-from-settings"))
+        .and(body_json(serde_json::json!({"code": "1", "options": {"timeout": 7.0}})))
+        .respond_with(ndjson(&[r#"{"seq":0,"event":{"type":"end","duration_ms":1.0,"outcome":"ok"}}"#]))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings = codebox_core::CodeBoxSettings::from_lookup(|name| match name {
+        "CODEBOX_API_KEY" => Some("sk-from-settings".into()),
+        "CODEBOX_BASE_URL" => Some(server.uri()),
+        "CODEBOX_TIMEOUT" => Some("7".into()),
+        "CODEBOX_SESSION_ID" => Some("s1".into()),
+        _ => None,
+    })
+    .unwrap();
+    let b = codebox_remote::RemoteBox::from_settings(&settings).unwrap();
+    assert_eq!(b.id(), "s1");
+    assert!(b.exec("1").await.unwrap().is_ok());
+}
