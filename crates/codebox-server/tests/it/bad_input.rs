@@ -254,13 +254,14 @@ async fn no_auth_is_refused_off_loopback_unless_forced() {
     assert!(Server::bind(no_keys, factory()).await.is_err());
 }
 
-/// Read a response's head and whatever body arrived with it, until the connection closes or
-/// 2 s pass without data.
+/// Read a response's head and whatever body arrived with it: waits up to 10 s for the first
+/// bytes, then reads until the connection closes or goes quiet for a second.
 async fn read_response_head(conn: &mut TcpStream) -> String {
     let mut seen = Vec::new();
     loop {
         let mut buf = [0u8; 4096];
-        match tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await {
+        let wait = if seen.is_empty() { Duration::from_secs(10) } else { Duration::from_secs(1) };
+        match tokio::time::timeout(wait, conn.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {
                 seen.extend_from_slice(&buf[..n]);
                 if seen.len() > 8192 {
