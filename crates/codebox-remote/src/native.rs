@@ -91,8 +91,13 @@ pub(crate) async fn status(i: &Inner) -> Result<BoxStatus> {
 pub(crate) async fn run_stream(i: &Inner, code: &str, options: RunOptions) -> Result<EventStream> {
     i.ensure_running()?;
     let body = ExecuteRequest { code: code.to_owned(), options };
-    // Running code twice is never safe: no retry, whatever failed.
-    let req = i.request(Method::POST, &format!("{}/execute", session_url(i)))?.json(&body)?.retry(Retry::Never);
+    // Running code twice is never safe: no retry, whatever failed. The server answers once
+    // the box takes the execution, which waits for one already running: no deadline on that.
+    let req = i
+        .request(Method::POST, &format!("{}/execute", session_url(i)))?
+        .json(&body)?
+        .retry(Retry::Never)
+        .without_head_deadline();
     let response = i.http.send(req).await?;
     Ok(ndjson::decode(response.into_stream()))
 }

@@ -60,6 +60,7 @@ pub struct Request {
     pub(crate) retry: Retry,
     pub(crate) timeout: Option<Option<Duration>>,
     pub(crate) read_timeout: Option<Duration>,
+    pub(crate) head_deadline: bool,
 }
 
 impl fmt::Debug for Request {
@@ -105,6 +106,7 @@ impl Request {
             retry,
             timeout: None,
             read_timeout: None,
+            head_deadline: true,
         })
     }
 
@@ -179,6 +181,14 @@ impl Request {
         self
     }
 
+    /// Wait for the response head as long as it takes (the read timeout still bounds every
+    /// wait for body bytes). For requests the server may legitimately hold, such as an
+    /// execution queued behind another one in the same box.
+    pub fn without_head_deadline(mut self) -> Self {
+        self.head_deadline = false;
+        self
+    }
+
     /// A copy for a retry, when the body can be sent again.
     pub(crate) fn try_clone(&self) -> Option<Self> {
         let body = match &self.body {
@@ -194,6 +204,7 @@ impl Request {
             retry: self.retry,
             timeout: self.timeout,
             read_timeout: self.read_timeout,
+            head_deadline: self.head_deadline,
         })
     }
 

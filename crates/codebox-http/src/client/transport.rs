@@ -88,9 +88,13 @@ impl HttpClient {
     async fn send_once(&self, request: Request) -> std::result::Result<Response, (CodeBoxError, Sent)> {
         let request_timeout = request.timeout.unwrap_or(self.config.request_timeout);
         let read_timeout = request.read_timeout.unwrap_or(self.config.read_timeout);
+        let head_deadline = request.head_deadline;
         let (req, body_sent, body_error) = request.into_hyper(&self.config.user_agent).map_err(|e| (e, Sent::No))?;
         let response = self.inner.request(req);
         let read_deadline = async {
+            if !head_deadline {
+                return std::future::pending().await;
+            }
             if let Some(sent) = body_sent {
                 // Counting starts once the request body is handed over; a failed body ends it too.
                 let _ = sent.await;
@@ -98,7 +102,7 @@ impl HttpClient {
             tokio::time::sleep(read_timeout).await;
         };
         let request_deadline = async {
-            match request_timeout {
+            match request_timeout.filter(|_| head_deadline) {
                 Some(t) => tokio::time::sleep(t).await,
                 None => std::future::pending().await,
             }

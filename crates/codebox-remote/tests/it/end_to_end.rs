@@ -173,3 +173,33 @@ async fn dropping_a_box_that_created_its_session_deletes_it() {
     }
     panic!("the session of a dropped box is still there: {last:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_queued_behind_a_long_one_waits_longer_than_the_read_timeout() {
+    let server = serve().await;
+    let b = Arc::new(
+        RemoteBox::builder()
+            .with_base_url(&server.base)
+            .with_api_key(KEY)
+            .with_read_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap(),
+    );
+    b.start().await.unwrap();
+    // The first execution runs twice as long as the read timeout (printing, so its own
+    // stream is never silent that long); the second waits for it before the server answers.
+    let code = "import time\nfor i in range(8):\n    print('first', i, flush=True)\n    time.sleep(0.5)\n'done'";
+    let mut first = b.run_stream(code, RunOptions::new()).await.unwrap();
+    assert!(matches!(first.next().await, Some(Ok(ExecEvent::Stdout { .. }))));
+    let second = tokio::spawn({
+        let b = Arc::clone(&b);
+        async move { b.exec("'second'").await }
+    });
+    let rest = Execution::collect(first).await;
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.text(), "'second'");
+    let rest = rest.unwrap();
+    assert_eq!(rest.result().and_then(|r| r.plain()).as_deref(), Some("'done'"));
+    assert!(rest.stdout().ends_with("first 7\n"), "{rest:?}");
+    b.stop().await.unwrap();
+}
