@@ -203,3 +203,20 @@ async fn an_execution_queued_behind_a_long_one_waits_longer_than_the_read_timeou
     assert!(rest.stdout().ends_with("first 7\n"), "{rest:?}");
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosted_codebox_api_mode_works_against_the_servers_v2_routes() {
+    let server = serve().await;
+    // A base URL ending in /v2 selects the codebox-api 0.2 protocol, as the hosted service's does.
+    let b = RemoteBox::from_settings(&settings(&format!("{}/api/v2", server.base))).unwrap();
+    assert_eq!(b.protocol(), codebox_remote::Protocol::CodeboxApi);
+    b.start().await.unwrap();
+    let ex = b.exec("print('via v2')").await.unwrap();
+    assert_eq!(ex.stdout(), "via v2\n");
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 199) as u8).collect();
+    assert_eq!(b.upload_bytes("v2.bin", content.clone()).await.unwrap().size, 100_000);
+    assert_eq!(b.download_bytes("v2.bin").await.unwrap().as_ref(), content.as_slice());
+    let ex = b.run("echo from bash", RunOptions::new().with_language("bash")).await.unwrap();
+    assert_eq!(ex.stdout(), "from bash\n");
+    assert_eq!(b.restart().await.unwrap_err().kind(), ErrorKind::Unsupported);
+}
