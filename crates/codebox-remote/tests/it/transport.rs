@@ -372,3 +372,29 @@ async fn settings_give_the_default_execution_timeout_and_the_key() {
     assert_eq!(b.id(), "s1");
     assert!(b.exec("1").await.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn a_server_that_never_accepts_gives_a_connect_timeout() {
+    // A listener whose backlog is full and that never accepts: the kernel drops further SYNs,
+    // so a new connection can only hang until the connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    let b = builder(&format!("http://{addr}"))
+        .with_connect_timeout(Duration::from_millis(300))
+        .with_retry(codebox_remote::RetryPolicy::none())
+        .build()
+        .unwrap();
+    let err = b.status().await.unwrap_err();
+    assert!(matches!(err, CodeBoxError::Timeout { kind: TimeoutKind::Connect, .. }), "{err:?}");
+    assert!(err.is_retryable());
+    drop(listener);
+}
