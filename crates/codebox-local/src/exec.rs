@@ -84,6 +84,7 @@ pub(crate) async fn run_silent(kernel: &Kernel, code: &str) -> Result<()> {
 /// Start an execution on `kernel` and return its event stream. `guard` keeps other
 /// executions of the same box waiting until this one has completely finished.
 pub(crate) async fn execute(
+    box_id: &str,
     kernel: Arc<Kernel>,
     code: &str,
     limits: ExecLimits,
@@ -100,7 +101,7 @@ pub(crate) async fn execute(
     });
     let req = kernel.request(Channel::Shell, "execute_request", content, MESSAGE_BUFFER).await?;
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-    let span = tracing::debug_span!("execution", kernel = %kernel.name, msg_id = %req.id);
+    let span = tracing::debug_span!("execution", box_id, kernel = %kernel.name, execution_id = %req.id);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             let driver = Driver { kernel, limits, tx, started, cap: OutputCap::new(limits.output_limit) };

@@ -704,7 +704,7 @@ impl CodeBox for LocalBox {
             );
         }
         let around = (cwd.is_some() || !options.env.is_empty()).then(|| around_code(cwd.as_deref(), &options.env));
-        crate::exec::execute(h.kernel, code, limits, around, guard).await
+        crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard).await
     }
 
     async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
