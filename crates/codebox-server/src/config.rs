@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// The `Retry-After` sent when the server is full. Default 5 s.
     pub retry_after: Duration,
+    /// How many boxes may be starting at once; further session creations wait their turn,
+    /// so a burst of new sessions does not starve every kernel start at once. Default: the
+    /// number of CPUs, at least 2.
+    pub max_concurrent_starts: usize,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +60,7 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
+            max_concurrent_starts: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
         }
     }
 }
@@ -145,6 +150,12 @@ impl ServerConfig {
         self
     }
 
+    /// Let at most `n` boxes start at once.
+    pub fn with_max_concurrent_starts(mut self, n: usize) -> Self {
+        self.max_concurrent_starts = n;
+        self
+    }
+
     /// Check that the configuration makes sense.
     pub fn validate(&self) -> Result<()> {
         if self.no_auth {
@@ -170,6 +181,9 @@ impl ServerConfig {
         }
         if self.max_sessions == 0 {
             return Err(CodeBoxError::invalid("max_sessions must be at least 1"));
+        }
+        if self.max_concurrent_starts == 0 {
+            return Err(CodeBoxError::invalid("max_concurrent_starts must be at least 1"));
         }
         for (name, d) in [
             ("idle_timeout", self.idle_timeout),

@@ -73,7 +73,13 @@ impl Server {
             .map_err(|e| CodeBoxError::io(format!("binding {}", config.addr), e))?;
         let local_addr = listener.local_addr().map_err(|e| CodeBoxError::io("reading the bound address", e))?;
         let metrics = Arc::new(Metrics::default());
-        let registry = Registry::new(factory, config.max_sessions, config.retry_after, Arc::clone(&metrics));
+        let registry = Registry::new(
+            factory,
+            config.max_sessions,
+            config.retry_after,
+            config.max_concurrent_starts,
+            Arc::clone(&metrics),
+        );
         let keys = ApiKeys::new(config.api_keys.clone(), config.no_auth);
         let state = Arc::new(AppState { config, keys, registry, metrics });
         Ok(Self { listener, local_addr, state })

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use codebox_core::{CodeBox, CodeBoxError, ErrorKind, Result};
 use codebox_http::server::status_error;
 use codebox_http::wire::SessionInfo;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::auth::Owner;
 use crate::factory::BoxFactory;
@@ -154,6 +154,7 @@ pub(crate) struct Registry {
     retry_after: Duration,
     metrics: Arc<Metrics>,
     closed: std::sync::atomic::AtomicBool,
+    starts: Semaphore,
 }
 
 impl std::fmt::Debug for Registry {
@@ -187,6 +188,7 @@ impl Registry {
         factory: Arc<dyn BoxFactory>,
         max_sessions: usize,
         retry_after: Duration,
+        max_concurrent_starts: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -196,6 +198,7 @@ impl Registry {
             retry_after,
             metrics,
             closed: Default::default(),
+            starts: Semaphore::new(max_concurrent_starts.max(1)),
         }
     }
 
@@ -280,6 +283,11 @@ impl Registry {
             .cell
             .get_or_try_init(|| async {
                 created = Created::New;
+                let _turn = self
+                    .starts
+                    .acquire()
+                    .await
+                    .map_err(|_| status_error(503, ErrorKind::Connection, "the server is shutting down"))?;
                 let codebox = self.factory.create(kernel).await?;
                 if let Err(e) = codebox.start().await {
                     let _ = codebox.stop().await;

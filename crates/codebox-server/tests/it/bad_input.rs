@@ -235,6 +235,17 @@ async fn a_full_server_refuses_new_sessions_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_burst_of_new_sessions_starts_a_few_boxes_at_a_time() {
+    let server = TestServer::with_config(test_config().with_max_concurrent_starts(2)).await;
+    let replies =
+        futures::future::join_all((0..6).map(|_| server.post_json("/v1/sessions", json!({"kernel": "slow"})))).await;
+    assert!(replies.iter().all(|r| r.status == StatusCode::CREATED), "{replies:?}");
+    assert_eq!(server.factory.created.load(Ordering::SeqCst), 6);
+    let most = server.factory.most_starting.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "{most} boxes were starting at once");
+}
+
+#[tokio::test]
 async fn a_factory_failure_frees_its_slot() {
     let server = TestServer::with_config(test_config().with_max_sessions(1)).await;
     let reply = server.post_json("/v1/sessions", json!({"kernel": "broken"})).await;

@@ -191,6 +191,9 @@ fn file_info(path: &str, size: u64) -> FileInfo {
 pub(crate) struct ScriptedFactory {
     pub(crate) probes: Mutex<Vec<Arc<Probe>>>,
     pub(crate) created: AtomicUsize,
+    /// Boxes being made right now, and the most there ever were at once.
+    pub(crate) starting: AtomicUsize,
+    pub(crate) most_starting: AtomicUsize,
 }
 
 #[async_trait]
@@ -198,6 +201,12 @@ impl BoxFactory for ScriptedFactory {
     async fn create(&self, kernel: Option<&str>) -> Result<Arc<dyn CodeBox>> {
         if kernel == Some("broken") {
             return Err(CodeBoxError::KernelStart { message: "no such kernel".into() });
+        }
+        if kernel == Some("slow") {
+            let now = self.starting.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_starting.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.starting.fetch_sub(1, Ordering::SeqCst);
         }
         let n = self.created.fetch_add(1, Ordering::SeqCst);
         let probe = Arc::new(Probe::default());
