@@ -181,6 +181,45 @@ fn runtime_base() -> PathBuf {
     if tmp.as_os_str().len() < 60 { tmp } else { PathBuf::from("/tmp") }
 }
 
+const OWNER_FILE: &str = "owner";
+
+/// This process's pid and start time: a pid alone may be reused after a crash.
+fn owner_tag() -> String {
+    let pid = std::process::id();
+    format!("{pid} {}", start_time(pid).unwrap_or_default())
+}
+
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the parenthesised command name (which may hold spaces).
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// Remove runtime directories left by owners that died without cleaning up (SIGKILL, a
+/// crash). Runs once per process; their kernels are already gone (PR_SET_PDEATHSIG).
+fn sweep_stale_runtime_dirs() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(runtime_base()) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with("cbk-") {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(tag) = std::fs::read_to_string(path.join(OWNER_FILE)) else { continue };
+            let mut parts = tag.split_whitespace();
+            let (Some(pid), Some(started)) = (parts.next().and_then(|p| p.parse::<u32>().ok()), parts.next()) else {
+                continue;
+            };
+            if start_time(pid).as_deref() != Some(started) {
+                tracing::debug!(dir = %path.display(), "removing a stale kernel runtime directory");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    });
+}
+
 /// Whether Unix sockets can be made where kernels' IPC sockets go (checked once).
 pub(crate) fn ipc_works() -> bool {
     static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -221,10 +260,15 @@ impl Kernel {
     /// subscription is live.
     pub(crate) async fn start(spec: &LaunchSpec, cwd: &Path) -> Result<Arc<Kernel>> {
         let started = Instant::now();
+        sweep_stale_runtime_dirs();
+        // 0700: the connection file holds the signing key, and the sockets accept commands.
         let runtime_dir = tempfile::Builder::new()
             .prefix("cbk-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(runtime_base())
             .map_err(|e| CodeBoxError::io("creating the kernel's runtime directory", e))?;
+        std::fs::write(runtime_dir.path().join(OWNER_FILE), owner_tag())
+            .map_err(|e| CodeBoxError::io("writing the kernel's owner file", e))?;
         let key = random_hex(32);
         let (transport, ip, ports) = match spec.transport {
             Transport::Ipc => ("ipc", runtime_dir.path().join("k").to_string_lossy().into_owned(), vec![1, 2, 3, 4, 5]),

@@ -266,8 +266,10 @@ impl WorkDir {
 }
 
 pub(crate) fn new_temp_workdir() -> Result<tempfile::TempDir> {
+    // 0700: the box's files are its owner's alone.
     tempfile::Builder::new()
         .prefix("codebox-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| CodeBoxError::io("creating a working directory", e))
 }

@@ -98,3 +98,20 @@ async fn stop_ends_the_kernel_process() {
     lb.stop().await.unwrap();
     assert!(wait_until_dead(pid, Duration::from_secs(10)));
 }
+
+#[tokio::test]
+async fn runtime_and_working_dirs_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let lb = crate::started().await;
+    let wd = lb.working_dir().await.unwrap();
+    assert_eq!(std::fs::metadata(&wd).unwrap().permissions().mode() & 0o777, 0o700);
+    // The kernel's connection file (with the signing key) sits in a 0700 directory.
+    let pid = lb.kernel_pid().await.unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let conn =
+        cmdline.split(|b| *b == 0).map(String::from_utf8_lossy).find(|a| a.ends_with("connection.json")).unwrap();
+    let dir = std::path::Path::new(conn.as_ref()).parent().unwrap().to_owned();
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    lb.stop().await.unwrap();
+    assert!(!dir.exists(), "the runtime directory is removed with the kernel");
+}
