@@ -25,6 +25,7 @@ use tokio::io::AsyncWriteExt;
 
 const KEY: &str = "bench-key";
 const WARMUP: usize = 20;
+const BLOCKS: usize = 5;
 
 /// Every session gets its own LocalBox.
 #[derive(Debug)]
@@ -54,11 +55,11 @@ fn p50(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// p50 round trips of a tiny cell on each box, measured in alternation so that both see
-/// the same machine load.
-async fn round_trips(boxes: &[&dyn CodeBox], rounds: usize) -> Result<Vec<f64>> {
+/// Round-trip samples (ms) of a tiny cell on each box, measured in alternation so that
+/// every box sees the same machine load.
+async fn round_trips(boxes: &[&dyn CodeBox], rounds: usize, warmup: usize) -> Result<Vec<Vec<f64>>> {
     for b in boxes {
-        for _ in 0..WARMUP {
+        for _ in 0..warmup {
             b.exec("1 + 1").await?;
         }
     }
@@ -73,7 +74,7 @@ async fn round_trips(boxes: &[&dyn CodeBox], rounds: usize) -> Result<Vec<f64>> 
             }
         }
     }
-    Ok(samples.into_iter().map(p50).collect())
+    Ok(samples)
 }
 
 fn load_average() -> Option<f64> {
@@ -144,20 +145,37 @@ fn codeboxapi_python() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// The Python client against its own server: p50 in ms.
-fn python_reference(rounds: usize) -> Result<f64> {
-    let python = codeboxapi_python()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let dir = tempfile_dir()?;
-    let mut server = Command::new(&python)
-        .args(["-m", "uvicorn", "codeboxapi.api:app", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--log-level", "warning"])
-        .current_dir(&dir)
-        .env("CODEBOX_TIMEOUT", "none")
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting uvicorn")?;
-    let result = (|| -> Result<f64> {
+/// `uvicorn codeboxapi.api:app` on a free loopback port, killed on drop.
+struct PythonServer {
+    python: PathBuf,
+    port: u16,
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl PythonServer {
+    fn start() -> Result<Self> {
+        let python = codeboxapi_python()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tempfile_dir()?.join("codeboxapi");
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new(&python)
+            .args(["-m", "uvicorn", "codeboxapi.api:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--log-level", "warning"])
+            .current_dir(&dir)
+            .env("CODEBOX_TIMEOUT", "none")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting uvicorn")?;
+        let server = Self { python, port, child, dir };
         let up = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if up.elapsed() > Duration::from_secs(60) {
@@ -165,22 +183,24 @@ fn python_reference(rounds: usize) -> Result<f64> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(server)
+    }
+
+    /// One block of the Python client's round trips (ms), after `warmup` untimed ones.
+    fn round_trips(&self, rounds: usize, warmup: usize) -> Result<Vec<f64>> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/codeboxapi_v2_ref.py");
-        let out = Command::new(&python)
+        let out = Command::new(&self.python)
             .arg(script)
-            .args([port.to_string(), rounds.to_string(), WARMUP.to_string()])
+            .args([self.port.to_string(), rounds.to_string(), warmup.to_string()])
             .stderr(Stdio::inherit())
             .output()?;
         if !out.status.success() {
             bail!("the reference script failed");
         }
         let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        json["p50_ms"].as_f64().context("no p50_ms in the reference output")
-    })();
-    let _ = server.kill();
-    let _ = server.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+        let samples = json["samples_ms"].as_array().context("no samples_ms in the reference output")?;
+        Ok(samples.iter().filter_map(serde_json::Value::as_f64).collect())
+    }
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
@@ -205,12 +225,23 @@ async fn main() -> Result<()> {
     remote.start().await?;
     let local = LocalBox::builder().build()?;
     local.start().await?;
+    let python = Arc::new(tokio::task::spawn_blocking(PythonServer::start).await??);
     let load_before = load_average();
-    let p50s = round_trips(&[&remote, &local], rounds).await?;
-    let (remote_p50, local_p50) = (p50s[0], p50s[1]);
+    // Blocks of each setup in turn, so that a change of machine load hits all three alike.
+    let (mut remote_ms, mut local_ms, mut python_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for block in 0..BLOCKS {
+        let warmup = if block == 0 { WARMUP } else { 2 };
+        let per_block = rounds.div_ceil(BLOCKS);
+        let mut rust = round_trips(&[&remote, &local], per_block, warmup).await?;
+        local_ms.append(&mut rust[1]);
+        remote_ms.append(&mut rust[0]);
+        let py = Arc::clone(&python);
+        python_ms.extend(tokio::task::spawn_blocking(move || py.round_trips(per_block, warmup)).await??);
+    }
+    let load_after = load_average();
+    let (remote_p50, local_p50, python_p50) = (p50(remote_ms), p50(local_ms), p50(python_ms));
+    drop(python);
     local.stop().await?;
-
-    let python_p50 = tokio::task::spawn_blocking(move || python_reference(rounds)).await??;
 
     // 1 GiB download: the file is made by code in the box, then streamed to a local file.
     remote.exec("with open('big.bin', 'wb') as f:\n    f.truncate(1 << 30)").await?;
@@ -225,7 +256,8 @@ async fn main() -> Result<()> {
     let report = serde_json::json!({
         "bench": "remote",
         "rounds": rounds,
-        "load_average_1m": load_before,
+        "blocks": BLOCKS,
+        "load_average_1m": [load_before, load_after],
         "exec_p50_ms": {
             "remote_box_codebox_serve": remote_p50,
             "local_box_direct": local_p50,
