@@ -278,3 +278,41 @@ impl BodyErrorSlot {
         self.0.lock().ok().and_then(|mut slot| slot.take())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codebox_core::ErrorKind;
+
+    #[test]
+    fn the_key_never_shows_and_is_marked_sensitive() {
+        let req = Request::new(Method::GET, "http://127.0.0.1:1/x").unwrap().bearer(&ApiKey::new("sk-hidden")).unwrap();
+        assert!(!format!("{req:?}").contains("sk-hidden"));
+        assert!(req.headers.get(AUTHORIZATION).unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn bad_urls_are_refused_clearly() {
+        for (url, needle) in [("ftp://h/x", "not an http"), ("not a url", "invalid URL"), ("http:///x", "invalid URL")]
+        {
+            let err = Request::new(Method::GET, url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url}");
+            assert!(err.to_string().contains(needle), "{url}: {err}");
+        }
+        let err = Request::new(Method::GET, "http://h/x").unwrap().bearer(&ApiKey::new("bad\nkey")).unwrap_err();
+        assert!(!err.to_string().contains("bad\nkey"));
+    }
+
+    #[test]
+    fn only_replayable_bodies_can_be_retried() {
+        let get = Request::new(Method::GET, "http://h/x").unwrap();
+        assert_eq!(get.retry, Retry::Idempotent);
+        assert!(get.try_clone().is_some());
+        let post = Request::new(Method::POST, "http://h/x").unwrap().json(&serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(post.retry, Retry::OnRefusal);
+        assert!(post.try_clone().is_some());
+        let body: ByteStream = Box::pin(stream::empty());
+        let put = Request::new(Method::PUT, "http://h/x").unwrap().stream("application/octet-stream", body).unwrap();
+        assert!(put.try_clone().is_none());
+    }
+}
