@@ -86,6 +86,11 @@ struct ServeOptions {
     #[arg(long, value_name = "N")]
     pool_size: Option<usize>,
 
+    /// How many kernels may be starting at once; further new sessions wait their turn
+    /// [default: the number of CPUs, at least 2].
+    #[arg(long, value_name = "N")]
+    max_concurrent_starts: Option<usize>,
+
     /// The kernel new sessions run when they do not ask for one [default: python3].
     #[arg(long, value_name = "NAME")]
     kernel: Option<String>,
@@ -117,6 +122,7 @@ struct FileConfig {
     upload_timeout: Option<DurationValue>,
     shutdown_grace: Option<DurationValue>,
     pool_size: Option<usize>,
+    max_concurrent_starts: Option<usize>,
     kernel: Option<String>,
     python: Option<PathBuf>,
     log_format: Option<String>,
@@ -243,6 +249,9 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
     }
     if let Some(n) = args.max_sessions.or(file.max_sessions) {
         server = server.with_max_sessions(n);
+    }
+    if let Some(n) = args.max_concurrent_starts.or(file.max_concurrent_starts) {
+        server = server.with_max_concurrent_starts(n);
     }
     if let Some(d) = args.idle_timeout.map(Ok).or(file.idle_timeout.as_ref().map(DurationValue::get)) {
         server = server.with_idle_timeout(d?);
