@@ -176,28 +176,30 @@ fn parse_result(stdout: &str) -> Result<Value, String> {
     }
 }
 
-/// Lines of the form `bench.path.to.ratio = value` for every ratio-like number, and one line per
-/// failed benchmark.
+/// Lines of the form `bench.path.to.ratio = value` for every ratio-like number (its key, or
+/// an enclosing key, names a ratio, speedup or overhead), and one line per failed benchmark.
+/// Thresholds (keys starting with `target`) are not measurements and are left out.
 fn summarize(results: &Value) -> Vec<String> {
-    fn walk(path: &str, value: &Value, lines: &mut Vec<String>) {
+    fn walk(path: &str, in_ratio: bool, value: &Value, lines: &mut Vec<String>) {
         match value {
             Value::Object(map) => {
                 for (key, v) in map {
-                    let here = format!("{path}.{key}");
-                    let ratio_like = ["ratio", "speedup", "overhead"].iter().any(|w| key.to_lowercase().contains(w));
-                    match v {
-                        Value::Number(n) if ratio_like => {
-                            let shown = n.as_f64().map_or_else(|| n.to_string(), |f| format!("{f:.3}"));
-                            lines.push(format!("{here} = {shown}"));
-                        }
-                        _ => walk(&here, v, lines),
+                    let lower = key.to_lowercase();
+                    if lower.starts_with("target") {
+                        continue;
                     }
+                    let ratio_like = in_ratio || ["ratio", "speedup", "overhead"].iter().any(|w| lower.contains(w));
+                    walk(&format!("{path}.{key}"), ratio_like, v, lines);
                 }
             }
             Value::Array(items) => {
                 for (i, v) in items.iter().enumerate() {
-                    walk(&format!("{path}[{i}]"), v, lines);
+                    walk(&format!("{path}[{i}]"), in_ratio, v, lines);
                 }
+            }
+            Value::Number(n) if in_ratio => {
+                let shown = n.as_f64().map_or_else(|| n.to_string(), |f| format!("{f:.3}"));
+                lines.push(format!("{path} = {shown}"));
             }
             _ => {}
         }
@@ -208,7 +210,7 @@ fn summarize(results: &Value) -> Vec<String> {
             lines.push(format!("{name}: FAILED: {err}"));
         } else {
             let before = lines.len();
-            walk(name, result, &mut lines);
+            walk(name, false, result, &mut lines);
             if lines.len() == before {
                 lines.push(format!("{name}: ok (no ratio fields)"));
             }
@@ -281,7 +283,13 @@ mod tests {
     #[test]
     fn summary_lists_ratio_fields_and_failures() {
         let results = json!({
-            "local": {"warm": {"p50_ms": 0.4, "ratio_vs_reference": 0.8123}, "cold": {"speedup": 2}},
+            "local": {
+                "warm": {"p50_ms": 0.4, "ratio_vs_reference": 0.8123},
+                "cold": {"speedup": 2},
+                "ratios_over_reference": {"cold_p50": 0.657},
+                "targets": {"warm_ratio_max": 0.9},
+                "target_ratio_min": 1.0,
+            },
             "remote": {"error": "exited with exit status: 1"},
             "server": {"p50_ms": 1.0},
         });
@@ -289,6 +297,7 @@ mod tests {
             summarize(&results),
             [
                 "local.cold.speedup = 2.000",
+                "local.ratios_over_reference.cold_p50 = 0.657",
                 "local.warm.ratio_vs_reference = 0.812",
                 "remote: FAILED: exited with exit status: 1",
                 "server: ok (no ratio fields)",
