@@ -183,7 +183,6 @@ pub fn sandbox_env(path: &str, home: &str, extra: &[(String, String)]) -> Vec<(S
         ("LOGNAME", "user"),
         ("LANG", "C.UTF-8"),
         ("TMPDIR", "/tmp"),
-        ("MPLBACKEND", "Agg"),
         ("PYTHONUNBUFFERED", "1"),
     ]
     .iter()

@@ -318,7 +318,7 @@ print("pids=%d" % len([p for p in os.listdir("/proc") if p.isdigit()]))
         }
     }
 
-    const ENV_KEYS: &str = "BOX_VAR,HOME,LANG,LOGNAME,MPLBACKEND,PATH,PYTHONUNBUFFERED,TMPDIR,USER";
+    const ENV_KEYS: &str = "BOX_VAR,HOME,LANG,LOGNAME,PATH,PYTHONUNBUFFERED,TMPDIR,USER";
 
     fn run(spec: &SandboxSpec) -> std::process::Output {
         let prepared = spec.prepare(&["/usr/bin/python3".into(), "-c".into(), PROBE.into()], None).unwrap();

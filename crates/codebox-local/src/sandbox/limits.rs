@@ -85,6 +85,49 @@ impl Limits {
         self
     }
 
+    /// Set `RLIMIT_DATA` (`None`: no limit).
+    pub fn with_data(mut self, bytes: Option<u64>) -> Self {
+        self.data = bytes;
+        self
+    }
+
+    /// Set the process and thread limit (`None`: no limit).
+    pub fn with_pids(mut self, pids: Option<u64>) -> Self {
+        self.pids = pids;
+        self
+    }
+
+    /// Set the CPU share in CPUs (`None`: no limit).
+    pub fn with_cpu(mut self, cpus: Option<f64>) -> Self {
+        self.cpu = cpus;
+        self
+    }
+
+    /// Set `RLIMIT_FSIZE` (`None`: no limit).
+    pub fn with_file_size(mut self, bytes: Option<u64>) -> Self {
+        self.file_size = bytes;
+        self
+    }
+
+    /// Set `RLIMIT_NOFILE` (`None`: no limit).
+    pub fn with_open_files(mut self, n: Option<u64>) -> Self {
+        self.open_files = n;
+        self
+    }
+
+    /// Set the sizes of the private `/tmp`, `/dev/shm` and `HOME` tmpfs.
+    pub fn with_tmpfs_sizes(mut self, tmp: u64, shm: u64, home: u64) -> Self {
+        (self.tmp_size, self.shm_size, self.home_size) = (tmp, shm, home);
+        self
+    }
+
+    /// Set the working directory's size limit (`None`: no limit) and most files in it.
+    pub fn with_workdir_size(mut self, bytes: Option<u64>, inodes: u64) -> Self {
+        self.workdir_size = bytes;
+        self.workdir_inodes = inodes;
+        self
+    }
+
     /// Check the values: sizes must be positive, the CPU share finite and positive, and
     /// `data` no larger than `memory`.
     pub fn validate(&self) -> codebox_core::Result<()> {

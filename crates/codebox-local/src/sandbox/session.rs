@@ -400,7 +400,11 @@ mod tests {
         drop(c);
         let mut child = child;
         child.wait().unwrap();
-        assert!(super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty(), "nothing runs under the uid");
+        let start = std::time::Instant::now();
+        while !super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty() {
+            assert!(start.elapsed().as_secs() < 5, "something still runs under the uid");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert!(paths.iter().all(|p| !p.exists()), "the cgroup is gone");
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         assert!(!mounts.contains(&*work.to_string_lossy()), "the image is unmounted");

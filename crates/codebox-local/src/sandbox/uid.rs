@@ -83,20 +83,21 @@ pub fn uids_with_processes() -> BTreeSet<u32> {
         .collect()
 }
 
-/// The processes whose real uid is in `range`.
+/// The live (not zombie) processes whose real uid is in `range`.
 pub fn processes_in_range(range: &Range<u32>) -> Vec<i32> {
     let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
     rd.flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()).map(|pid| (pid, e.path())))
         .filter(|(_, path)| {
-            std::fs::read_to_string(path.join("status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("Uid:"))
-                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
-                })
-                .is_some_and(|uid| range.contains(&uid))
+            let Ok(status) = std::fs::read_to_string(path.join("status")) else { return false };
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            };
+            let live = field("State:").is_some_and(|s| s != "Z" && s != "X");
+            live && field("Uid:").and_then(|u| u.parse::<u32>().ok()).is_some_and(|uid| range.contains(&uid))
         })
         .map(|(pid, _)| pid)
         .collect()
