@@ -71,6 +71,12 @@ impl UidAllocator {
     }
 }
 
+/// Whether this process runs as root (session uids, cgroups and size-limited working
+/// directories need it).
+pub fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
 /// The real uids of every process on the machine.
 pub fn uids_with_processes() -> BTreeSet<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
