@@ -13,6 +13,22 @@ use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio::time::Instant;
 
 use crate::output::OutputCap;
+use crate::sandbox::Confinement;
+
+/// Where a command runs: in the box's sandbox (its confinement, reading the box's Python
+/// environment), or on the host (`None`: `install`, which writes to that environment).
+pub(crate) type Jail<'a> = Option<(&'a Confinement, &'a Path)>;
+
+/// Whether `program` exists where the sandbox will look for it.
+fn findable(program: &str, python: &Path) -> bool {
+    if program.contains('/') {
+        return Path::new(program).exists();
+    }
+    let bin = python.parent().map(Path::to_path_buf);
+    bin.into_iter()
+        .chain(["/usr/local/bin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
+        .any(|d| d.join(program).exists())
+}
 
 fn spawn(
     program: &str,
@@ -20,18 +36,29 @@ fn spawn(
     cwd: &Path,
     env: &[(String, String)],
     extra: &BTreeMap<String, String>,
+    jail: Jail<'_>,
 ) -> Result<Child> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(cwd)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .envs(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    cmd.spawn().map_err(|e| match e.kind() {
+    let (mut cmd, guard) = match jail {
+        Some((confinement, python)) => {
+            if !findable(program, python) {
+                return Err(CodeBoxError::not_found(format!("program {program:?}")));
+            }
+            let argv: Vec<String> = std::iter::once(program.to_owned()).chain(args.iter().cloned()).collect();
+            let mut all: Vec<(String, String)> = env.to_vec();
+            all.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let prepared = confinement.prepare(&argv, &all, Some(python), Some(cwd), None)?;
+            (Command::from(prepared.command), Some(prepared.guard))
+        }
+        None => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).current_dir(cwd).envs(env.iter().map(|(k, v)| (k, v))).envs(extra);
+            (cmd, None)
+        }
+    };
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    let spawned = cmd.spawn();
+    drop(guard);
+    spawned.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => CodeBoxError::not_found(format!("program {program:?}")),
         _ => CodeBoxError::io(format!("running {program:?}"), e),
     })
@@ -61,6 +88,7 @@ async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, limit: usize) -> 
 }
 
 /// Run a program to completion, with a timeout, collecting its output (capped).
+#[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
 pub(crate) async fn run_command(
     program: &str,
     args: &[String],
@@ -69,8 +97,9 @@ pub(crate) async fn run_command(
     extra: &BTreeMap<String, String>,
     timeout: Option<Duration>,
     limit: usize,
+    jail: Jail<'_>,
 ) -> Result<CommandOutput> {
-    let mut child = spawn(program, args, cwd, env, extra)?;
+    let mut child = spawn(program, args, cwd, env, extra, jail)?;
     let out = read_capped(child.stdout.take().expect("piped"), limit / 2);
     let err = read_capped(child.stderr.take().expect("piped"), limit / 2);
     let all = async { tokio::join!(child.wait(), out, err) };
@@ -98,6 +127,7 @@ pub(crate) async fn run_command(
 }
 
 /// Run `code` with `bash -c`, streaming stdout and stderr as they come.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_bash(
     code: &str,
     cwd: &Path,
@@ -106,9 +136,10 @@ pub(crate) fn run_bash(
     timeout: Option<Duration>,
     limit: usize,
     guard: OwnedMutexGuard<()>,
+    jail: Jail<'_>,
 ) -> Result<EventStream> {
     let started = Instant::now();
-    let mut child = spawn("bash", &["-c".to_owned(), code.to_owned()], cwd, env, extra)?;
+    let mut child = spawn("bash", &["-c".to_owned(), code.to_owned()], cwd, env, extra, jail)?;
     let (tx, rx) = mpsc::channel(32);
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");

@@ -25,6 +25,9 @@ const READ_CHUNK: usize = 256 * 1024;
 pub(crate) struct Root {
     fd: OwnedFd,
     path: PathBuf,
+    /// The session uid (and gid) that files put in the box are given to, so that the
+    /// box's code can change them.
+    owner: Option<u32>,
 }
 
 fn unsafe_path(path: &str, reason: &str) -> CodeBoxError {
@@ -48,10 +51,21 @@ fn dir_flags() -> OFlags {
 }
 
 impl Root {
-    pub(crate) fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path, owner: Option<u32>) -> Result<Self> {
         let fd = rustix::fs::open(path, dir_flags(), Mode::empty())
             .map_err(|e| CodeBoxError::io(format!("opening the working directory {}", path.display()), e.into()))?;
-        Ok(Self { fd, path: path.to_owned() })
+        Ok(Self { fd, path: path.to_owned(), owner })
+    }
+
+    /// Give a file or directory made through `fd` to the box's uid.
+    fn give(&self, fd: &OwnedFd, shown: &str) -> Result<()> {
+        match self.owner {
+            Some(uid) => {
+                rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(uid)))
+                    .map_err(|e| errno_to_error(shown, e, "giving to the box's user"))
+            }
+            None => Ok(()),
+        }
     }
 
     /// The directory's path on this machine.
@@ -64,9 +78,11 @@ impl Root {
         let mut cur = rustix::fs::openat(&self.fd, ".", dir_flags(), Mode::empty())
             .map_err(|e| errno_to_error(shown, e, "opening"))?;
         for part in components {
+            let mut made = false;
             if create {
                 match rustix::fs::mkdirat(&cur, *part, Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                    Ok(()) => made = true,
+                    Err(Errno::EXIST) => {}
                     Err(e) => return Err(errno_to_error(shown, e, "creating a directory for")),
                 }
             }
@@ -77,6 +93,9 @@ impl Root {
                 }
                 Err(e) => return Err(errno_to_error(shown, e, "opening")),
             };
+            if made {
+                self.give(&cur, shown)?;
+            }
         }
         Ok(cur)
     }
@@ -123,6 +142,10 @@ impl Root {
             Mode::from_raw_mode(0o644),
         )
         .map_err(|e| errno_to_error(path, e, "creating"))?;
+        if let Err(e) = self.give(&fd, path) {
+            let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());
+            return Err(e);
+        }
         let mut file = tokio::fs::File::from_std(std::fs::File::from(fd));
         let written = async {
             while let Some(chunk) = content.next().await {

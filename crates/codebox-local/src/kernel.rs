@@ -6,9 +6,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +23,7 @@ use tokio::time::Instant;
 use zeromq::{DealerSendHalf, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::protocol::{Incoming, Signer};
+use crate::sandbox::{Confinement, IsolationLevel, PolicyRef};
 use crate::util::random_hex;
 
 /// How an interrupt reaches the kernel.
@@ -52,6 +52,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) interrupt_mode: InterruptMode,
     pub(crate) transport: Transport,
     pub(crate) start_timeout: Duration,
+    /// How kernels of this kind are confined.
+    pub(crate) sandbox: PolicyRef,
 }
 
 /// Which socket a message came in on.
@@ -146,7 +148,8 @@ pub(crate) struct Kernel {
     tasks: Vec<JoinHandle<()>>,
     interrupt_mode: InterruptMode,
     exit_reason: AtomicU8,
-    _runtime_dir: tempfile::TempDir,
+    confinement: Arc<Confinement>,
+    runtime_dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -247,20 +250,21 @@ fn start_error(message: impl Into<String>) -> CodeBoxError {
     CodeBoxError::KernelStart { message: message.into() }
 }
 
-fn death_from_status(status: std::process::ExitStatus) -> KernelDeath {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => KernelDeath::Exited { code },
-        (None, Some(signal)) => KernelDeath::Signaled { signal },
-        _ => KernelDeath::Unknown { detail: format!("exited with status {status}") },
-    }
-}
-
 impl Kernel {
-    /// Spawn a kernel in `cwd` and wait until it answers `kernel_info` and its IOPub
-    /// subscription is live.
-    pub(crate) async fn start(spec: &LaunchSpec, cwd: &Path) -> Result<Arc<Kernel>> {
+    /// Spawn a kernel in the working directory of `confinement`, sandboxed by it, and wait
+    /// until it answers `kernel_info` and its IOPub subscription is live.
+    ///
+    /// Under bubblewrap the kernel always speaks IPC (TCP cannot cross the private network
+    /// namespace) and is always interrupted by message (bwrap does not forward signals).
+    pub(crate) async fn start(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
         let started = Instant::now();
         sweep_stale_runtime_dirs();
+        let sandboxed = confinement.level() == IsolationLevel::Bubblewrap;
+        let spec = &LaunchSpec {
+            transport: if sandboxed { Transport::Ipc } else { spec.transport },
+            interrupt_mode: if sandboxed { InterruptMode::Message } else { spec.interrupt_mode },
+            ..spec.clone()
+        };
         // 0700: the connection file holds the signing key, and the sockets accept commands.
         let runtime_dir = tempfile::Builder::new()
             .prefix("cbk-")
@@ -269,6 +273,7 @@ impl Kernel {
             .map_err(|e| CodeBoxError::io("creating the kernel's runtime directory", e))?;
         std::fs::write(runtime_dir.path().join(OWNER_FILE), owner_tag())
             .map_err(|e| CodeBoxError::io("writing the kernel's owner file", e))?;
+        confinement.adopt_run_dir(runtime_dir.path())?;
         let key = random_hex(32);
         let (transport, ip, ports) = match spec.transport {
             Transport::Ipc => ("ipc", runtime_dir.path().join("k").to_string_lossy().into_owned(), vec![1, 2, 3, 4, 5]),
@@ -294,21 +299,18 @@ impl Kernel {
 
         let argv: Vec<String> =
             spec.argv.iter().map(|a| a.replace("{connection_file}", &conn_file.to_string_lossy())).collect();
-        let Some((program, args)) = argv.split_first() else {
+        let Some(program) = argv.first() else {
             return Err(start_error(format!("kernel {:?} has an empty command line", spec.name)));
         };
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .current_dir(cwd)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let prepared = confinement.prepare(&argv, &spec.env, None, None, Some(runtime_dir.path()))?;
+        let mut cmd = prepared.command;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let program_name = program.clone();
-        let mut child = tokio::task::spawn_blocking(move || crate::spawn::spawn(cmd))
+        let spawned = tokio::task::spawn_blocking(move || crate::spawn::spawn(cmd))
             .await
-            .map_err(|e| start_error(format!("the spawn task failed: {e}")))?
-            .map_err(|e| start_error(format!("could not run {program_name}: {e}")))?;
+            .map_err(|e| start_error(format!("the spawn task failed: {e}")))?;
+        drop(prepared.guard);
+        let mut child = spawned.map_err(|e| start_error(format!("could not run {program_name}: {e}")))?;
         let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a positive pid");
         tracing::debug!(kernel = %spec.name, pid = child.id(), "kernel spawned");
 
@@ -329,7 +331,7 @@ impl Kernel {
                 return Err(e);
             }
         };
-        tasks.push(tokio::spawn(watch_process(pidfd, process.clone(), death_tx)));
+        tasks.push(tokio::spawn(watch_process(pidfd, process.clone(), confinement.clone(), death_tx)));
         if let Some(stderr) = stderr {
             tasks.push(tokio::spawn(drain_stderr(stderr, stderr_tail.clone())));
         }
@@ -381,7 +383,8 @@ impl Kernel {
             tasks,
             interrupt_mode: spec.interrupt_mode,
             exit_reason: AtomicU8::new(ExitReason::Unexpected as u8),
-            _runtime_dir: runtime_dir,
+            confinement,
+            runtime_dir,
         };
         match kernel.wait_ready(deadline, spec.start_timeout).await {
             Ok(()) => {
@@ -545,6 +548,16 @@ impl Kernel {
     pub(crate) fn pid(&self) -> i32 {
         self.process.pid.as_raw_nonzero().get()
     }
+
+    /// The directory of the kernel's sockets and connection file.
+    pub(crate) fn runtime_dir(&self) -> &Path {
+        self.runtime_dir.path()
+    }
+
+    /// How the kernel is confined.
+    pub(crate) fn confinement(&self) -> &Arc<Confinement> {
+        &self.confinement
+    }
 }
 
 fn fmt_tail(tail: &str) -> String {
@@ -614,7 +627,12 @@ fn register(pidfd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(pidfd) }.map_err(|e| e.into_parts().1)
 }
 
-async fn watch_process(pidfd: OwnedFd, process: Arc<Process>, death: watch::Sender<Option<KernelDeath>>) {
+async fn watch_process(
+    pidfd: OwnedFd,
+    process: Arc<Process>,
+    confinement: Arc<Confinement>,
+    death: watch::Sender<Option<KernelDeath>>,
+) {
     let cause = match register(pidfd) {
         Ok(fd) => {
             let _ = fd.readable().await;
@@ -634,9 +652,13 @@ async fn watch_process(pidfd: OwnedFd, process: Arc<Process>, death: watch::Send
         status
     };
     let cause = cause.unwrap_or_else(|| match status {
-        Some(status) => death_from_status(status),
+        Some(status) => confinement.death_cause(status),
         None => KernelDeath::Unknown { detail: "the kernel process is gone".into() },
     });
+    // What the kernel left in its cgroup or under its uid dies with it, before anyone
+    // hears of the death (and starts a replacement).
+    let c = confinement.clone();
+    let _ = tokio::task::spawn_blocking(move || c.kill_all()).await;
     tracing::debug!(pid = process.pid.as_raw_nonzero().get(), %cause, "kernel exited");
     let _ = death.send(Some(cause));
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use codebox_core::{CodeBoxError, Result};
 
 use crate::kernel::{InterruptMode, LaunchSpec, Transport};
+use crate::sandbox::PolicyRef;
 
 /// Flags for ipykernel: in-memory history (a shared SQLite history file serializes
 /// concurrent kernels) and tracebacks without terminal colours.
@@ -76,6 +77,7 @@ pub(crate) fn launch_spec(
             interrupt_mode: InterruptMode::Message,
             transport: if crate::kernel::ipc_works() { Transport::Ipc } else { Transport::Tcp },
             start_timeout,
+            sandbox: PolicyRef::default(),
         });
     }
     for dir in data_dirs(python) {
@@ -111,6 +113,7 @@ pub(crate) fn launch_spec(
             // Not every kernel implements IPC; TCP on loopback always works.
             transport: Transport::Tcp,
             start_timeout,
+            sandbox: PolicyRef::default(),
         });
     }
     Err(CodeBoxError::invalid(format!("unknown kernel {name:?}; available kernels: {}", available(python).join(", "))))

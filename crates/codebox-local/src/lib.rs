@@ -42,6 +42,21 @@
 //! ignores the interrupt it is killed and restarted and the call fails with a timeout error
 //! saying the state was lost.
 //!
+//! # Isolation
+//!
+//! Kernels, and the commands and `bash` cells of a box, run sandboxed by default: under
+//! bubblewrap where it works (a user namespace, no network, a minimal read-only root with
+//! only the working directory writable, no capabilities, a seccomp deny-list), else under
+//! Landlock, else without isolation and with a loud warning. The level is reported in
+//! [`BoxStatus::isolation`](codebox_core::BoxStatus::isolation);
+//! [`with_isolation`](LocalBoxBuilder::with_isolation) picks one and
+//! [`with_require_isolation`](LocalBoxBuilder::with_require_isolation) refuses to run
+//! without. [`Limits`] sets rlimits, tmpfs sizes and, with
+//! [`with_cgroups`](LocalBoxBuilder::with_cgroups) (root), memory, process and CPU limits;
+//! a server gives each box its own uid with
+//! [`with_session_uids`](LocalBoxBuilder::with_session_uids). `install` runs pip on this
+//! machine, outside the sandbox. See [`sandbox`].
+//!
 //! # Per-execution options
 //!
 //! `RunOptions::cwd` and `env` are applied by two small silent requests around the
@@ -67,3 +82,4 @@ mod util;
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
 pub use crate::pool::KernelPool;
 pub use crate::python::{ProgressFn, Provision, PythonProfile, managed_python_dir, provision_at};
+pub use crate::sandbox::{Isolation, IsolationLevel, Limits};

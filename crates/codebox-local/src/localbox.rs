@@ -18,6 +18,8 @@ use crate::files::Root;
 use crate::kernel::{ExitReason, Kernel, LaunchSpec};
 use crate::pool::KernelPool;
 use crate::python::{ProgressFn, Provision, PythonProfile};
+use crate::sandbox::uid::UidAllocator;
+use crate::sandbox::{Confinement, Isolation, IsolationLevel, Limits, PolicyRef, SandboxPolicy};
 
 /// Output kept per execution unless configured otherwise: 10 MiB.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 10 * 1024 * 1024;
@@ -74,6 +76,7 @@ pub(crate) struct Config {
     env: BTreeMap<String, String>,
     max_restarts: usize,
     restart_window: Duration,
+    sandbox: SandboxPolicy,
 }
 
 impl Default for Config {
@@ -94,6 +97,7 @@ impl Default for Config {
             env: BTreeMap::new(),
             max_restarts: 3,
             restart_window: Duration::from_secs(60),
+            sandbox: SandboxPolicy::default(),
         }
     }
 }
@@ -126,7 +130,14 @@ impl Config {
 
     pub(crate) async fn launch_spec(&self) -> Result<LaunchSpec> {
         let python = self.python().await?;
-        crate::kernelspec::launch_spec(&self.kernel, &python, self.child_env(&python), self.start_timeout)
+        self.spec_for(&python)
+    }
+
+    fn spec_for(&self, python: &Path) -> Result<LaunchSpec> {
+        let mut spec =
+            crate::kernelspec::launch_spec(&self.kernel, python, self.child_env(python), self.start_timeout)?;
+        spec.sandbox = PolicyRef::new(self.sandbox.clone());
+        Ok(spec)
     }
 }
 
@@ -223,6 +234,48 @@ impl LocalBoxBuilder {
         self
     }
 
+    /// Which isolation kernels run under (default [`Isolation::Auto`]: bubblewrap where it
+    /// works, else Landlock, else none with a loud warning). See [`crate::sandbox`].
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.config.sandbox.isolation = isolation;
+        self
+    }
+
+    /// Refuse to run kernels without isolation: a level that is not available here is an
+    /// error instead of a step down the ladder (default off).
+    pub fn with_require_isolation(mut self, require: bool) -> Self {
+        self.config.sandbox.require = require;
+        self
+    }
+
+    /// Give kernels the host network (default off: a private network namespace with only
+    /// loopback under bubblewrap; TCP denied under Landlock).
+    pub fn with_network(mut self, network: bool) -> Self {
+        self.config.sandbox.network = network;
+        self
+    }
+
+    /// Resource limits of the box's kernels and commands (default [`Limits::default`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.config.sandbox.limits = limits;
+        self
+    }
+
+    /// Run each box under its own unprivileged uid from `uids` (the process must be root).
+    /// The Python environment must be readable by those uids (the managed environment of
+    /// root, under `/var/lib/codebox`, is).
+    pub fn with_session_uids(mut self, uids: UidAllocator) -> Self {
+        self.config.sandbox.uids = Some(uids);
+        self
+    }
+
+    /// Put each box in a cgroup of its own that applies the memory, process and CPU limits
+    /// and tells an OOM kill apart (needs root or a delegated cgroup subtree).
+    pub fn with_cgroups(mut self, cgroups: bool) -> Self {
+        self.config.sandbox.cgroups = cgroups;
+        self
+    }
+
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
@@ -246,6 +299,11 @@ impl LocalBoxBuilder {
             && !p.exists()
         {
             return Err(CodeBoxError::invalid(format!("Python {} does not exist", p.display())));
+        }
+        c.sandbox.limits.validate()?;
+        // An isolation that was asked for by name, or required, must exist: say so now.
+        if c.sandbox.require || c.sandbox.isolation != Isolation::Auto {
+            c.sandbox.level()?;
         }
         Ok(LocalBox::from_config(self.config))
     }
@@ -287,6 +345,7 @@ struct Running {
     root: Arc<Root>,
     python: PathBuf,
     spec: LaunchSpec,
+    confinement: Arc<Confinement>,
 }
 
 struct State {
@@ -301,6 +360,7 @@ struct Snapshot {
     state: BoxState,
     restarts: u32,
     detail: Option<String>,
+    isolation: Option<IsolationLevel>,
 }
 
 struct Inner {
@@ -318,6 +378,20 @@ struct Handle {
     root: Arc<Root>,
     python: PathBuf,
     env: Vec<(String, String)>,
+    confinement: Arc<Confinement>,
+}
+
+/// Confine a box whose working directory is `dir` (blocking work: uid, image, cgroup).
+pub(crate) async fn confine(spec: &LaunchSpec, dir: &Path) -> Result<Arc<Confinement>> {
+    let (policy, dir) = (spec.sandbox.policy().clone(), dir.to_owned());
+    tokio::task::spawn_blocking(move || policy.confine(&dir).map(Arc::new))
+        .await
+        .map_err(|e| CodeBoxError::KernelStart { message: format!("the sandbox task failed: {e}") })?
+}
+
+/// Release a confinement off the async threads (it may wait for processes to die).
+async fn release(confinement: Arc<Confinement>) {
+    let _ = tokio::task::spawn_blocking(move || confinement.release()).await;
 }
 
 fn fresh_id() -> String {
@@ -363,7 +437,7 @@ impl LocalBox {
                 workdir: None,
                 restart_times: VecDeque::new(),
             }),
-            snapshot: Mutex::new(Snapshot { state: BoxState::NotStarted, restarts: 0, detail: None }),
+            snapshot: Mutex::new(Snapshot { state: BoxState::NotStarted, restarts: 0, detail: None, isolation: None }),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -382,9 +456,35 @@ impl LocalBox {
     pub async fn python(&self) -> Option<PathBuf> {
         self.inner.state.lock().await.run.as_ref().map(|r| r.python.clone())
     }
+
+    /// The directory of the running kernel's sockets and connection file.
+    pub async fn runtime_dir(&self) -> Option<PathBuf> {
+        self.inner.state.lock().await.run.as_ref().map(|r| r.kernel.runtime_dir().to_owned())
+    }
+
+    /// The isolation the box's kernels run under, once started.
+    pub async fn isolation(&self) -> Option<IsolationLevel> {
+        self.inner.state.lock().await.run.as_ref().map(|r| r.confinement.level())
+    }
+
+    /// The unprivileged uid the box runs under, when it has one of its own.
+    pub async fn session_uid(&self) -> Option<u32> {
+        self.inner.state.lock().await.run.as_ref().and_then(|r| r.confinement.uid())
+    }
+
+    /// The box's cgroup directories, when it has a cgroup.
+    pub async fn cgroup_paths(&self) -> Vec<PathBuf> {
+        let st = self.inner.state.lock().await;
+        st.run.as_ref().and_then(|r| r.confinement.cgroup().map(|c| c.paths())).unwrap_or_default()
+    }
 }
 
 impl Inner {
+    /// The isolation the box will run under, before it has started.
+    fn expected_isolation(&self) -> String {
+        self.config.sandbox.level().map_or_else(|_| "unavailable".to_owned(), |l| l.as_str().to_owned())
+    }
+
     fn set_snapshot(&self, f: impl FnOnce(&mut Snapshot)) {
         f(&mut self.snapshot.lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -414,12 +514,7 @@ impl Inner {
 
     async fn start_locked(self: &Arc<Self>, st: &mut State) -> Result<()> {
         let python = self.config.python().await?;
-        let spec = crate::kernelspec::launch_spec(
-            &self.config.kernel,
-            &python,
-            self.config.child_env(&python),
-            self.config.start_timeout,
-        )?;
+        let spec = self.config.spec_for(&python)?;
         let warm = match (&self.config.pool, &self.config.working_dir) {
             (Some(pool), None) => pool.take(&spec),
             _ => None,
@@ -434,13 +529,31 @@ impl Inner {
                     Some(dir) => WorkDir::Given(dir.clone()),
                     None => WorkDir::Temp(new_temp_workdir()?),
                 };
-                let kernel = Kernel::start(&spec, workdir.path()).await?;
-                (kernel, workdir)
+                let confinement = confine(&spec, workdir.path()).await?;
+                match Kernel::start(&spec, confinement.clone()).await {
+                    Ok(kernel) => (kernel, workdir),
+                    Err(e) => {
+                        release(confinement).await;
+                        return Err(e);
+                    }
+                }
             }
         };
-        let root = Arc::new(Root::open(workdir.path())?);
+        let confinement = kernel.confinement().clone();
+        let root = match Root::open(workdir.path(), confinement.uid()) {
+            Ok(root) => Arc::new(root),
+            Err(e) => {
+                kernel.kill(ExitReason::Requested);
+                release(confinement).await;
+                return Err(e);
+            }
+        };
+        if confinement.level() == IsolationLevel::None {
+            tracing::warn!(box_id = %self.id, "this box runs code without isolation");
+        }
+        self.set_snapshot(|s| s.isolation = Some(confinement.level()));
         self.watch(&kernel);
-        st.run = Some(Running { kernel, root, python, spec });
+        st.run = Some(Running { kernel, root, python, spec, confinement });
         st.workdir = Some(workdir);
         st.phase = Phase::Running;
         tracing::debug!(box_id = %self.id, "box started");
@@ -502,11 +615,11 @@ impl Inner {
             s.state = BoxState::Restarting;
             s.detail = cause.map(|c| format!("the kernel {c}"));
         });
-        let (spec, dir) = {
+        let (spec, confinement) = {
             let run = st.run.as_ref().expect("checked above");
-            (run.spec.clone(), st.workdir.as_ref().map(|w| w.path().to_owned()).unwrap_or_default())
+            (run.spec.clone(), run.confinement.clone())
         };
-        match Kernel::start(&spec, &dir).await {
+        match Kernel::start(&spec, confinement).await {
             Ok(kernel) => {
                 self.watch(&kernel);
                 if let Some(run) = st.run.as_mut() {
@@ -552,7 +665,13 @@ impl Inner {
                 continue;
             }
             let env = self.config.child_env(&run.python);
-            return Ok(Handle { kernel: run.kernel.clone(), root: run.root.clone(), python: run.python.clone(), env });
+            return Ok(Handle {
+                kernel: run.kernel.clone(),
+                root: run.root.clone(),
+                python: run.python.clone(),
+                env,
+                confinement: run.confinement.clone(),
+            });
         }
     }
 
@@ -644,6 +763,8 @@ impl CodeBox for LocalBox {
         }
         if let Some(run) = st.run.take() {
             run.kernel.shutdown(Duration::from_secs(1)).await;
+            // Before the working directory goes: its image is unmounted here.
+            release(run.confinement).await;
         }
         if let Some(WorkDir::Temp(dir)) = st.workdir.take() {
             if self.inner.config.keep_working_dir {
@@ -668,7 +789,7 @@ impl CodeBox for LocalBox {
         }
         let mut status = BoxStatus::new(state)
             .with_kernel(self.inner.config.kernel.clone())
-            .with_isolation("none")
+            .with_isolation(snap.isolation.map_or_else(|| self.inner.expected_isolation(), |l| l.as_str().to_owned()))
             .with_restarts(snap.restarts);
         if let Some(d) = snap.detail {
             status = status.with_detail(d);
@@ -703,6 +824,7 @@ impl CodeBox for LocalBox {
                 limits.timeout,
                 limits.output_limit,
                 guard,
+                Some((&h.confinement, &h.python)),
             );
         }
         let around = (cwd.is_some() || !options.env.is_empty()).then(|| around_code(cwd.as_deref(), &options.env));
@@ -751,6 +873,7 @@ impl CodeBox for LocalBox {
             &BTreeMap::new(),
             Some(Duration::from_secs(900)),
             self.inner.config.output_limit,
+            None,
         )
         .await?;
         let text = format!("{}{}", out.stdout, out.stderr);
@@ -780,13 +903,12 @@ impl CodeBox for LocalBox {
             Phase::Running | Phase::Dead => {}
         }
         self.inner.set_snapshot(|s| s.state = BoxState::Restarting);
-        let dir = st.workdir.as_ref().map(|w| w.path().to_owned()).unwrap_or_default();
         let Some(run) = st.run.as_mut() else {
             return Err(CodeBoxError::NotRunning { message: "the box has no kernel".into() });
         };
         run.kernel.shutdown(Duration::from_secs(1)).await;
         let spec = run.spec.clone();
-        match Kernel::start(&spec, &dir).await {
+        match Kernel::start(&spec, run.confinement.clone()).await {
             Ok(kernel) => {
                 self.inner.watch(&kernel);
                 if let Some(run) = st.run.as_mut() {
@@ -834,6 +956,7 @@ impl CodeBox for LocalBox {
             &command.env,
             command.timeout.or(self.inner.config.timeout),
             self.inner.config.output_limit,
+            Some((&h.confinement, &h.python)),
         )
         .await
     }

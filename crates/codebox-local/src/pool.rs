@@ -118,7 +118,8 @@ async fn fill(weak: Weak<PoolInner>, spec: LaunchSpec) -> Result<()> {
             }
         }
         let dir = crate::localbox::new_temp_workdir()?;
-        let kernel = Kernel::start(&spec, dir.path()).await?;
+        let confinement = crate::localbox::confine(&spec, dir.path()).await?;
+        let kernel = Kernel::start(&spec, confinement).await?;
         let Some(inner) = weak.upgrade() else { return Ok(()) };
         inner.ready.lock().unwrap_or_else(|e| e.into_inner()).push((spec.clone(), WarmKernel { kernel, dir }));
     }

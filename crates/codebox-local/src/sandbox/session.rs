@@ -2,8 +2,8 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use codebox_core::{CodeBoxError, KernelDeath, Result};
 
@@ -408,5 +408,53 @@ mod tests {
         assert!(paths.iter().all(|p| !p.exists()), "the cgroup is gone");
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         assert!(!mounts.contains(&*work.to_string_lossy()), "the image is unmounted");
+    }
+}
+
+/// A policy shared by the kernels of one kind, compared by its settings (so that a kernel
+/// pool hands out only kernels confined the same way).
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyRef {
+    policy: Arc<SandboxPolicy>,
+    key: String,
+}
+
+impl PolicyRef {
+    pub(crate) fn new(policy: SandboxPolicy) -> Self {
+        let p = &policy;
+        let key = format!(
+            "{:?}|{}|{}|{:?}|{:?}|{}",
+            p.isolation,
+            p.require,
+            p.network,
+            p.limits,
+            p.uids.as_ref().map(UidAllocator::range),
+            p.cgroups
+        );
+        Self { policy: Arc::new(policy), key }
+    }
+
+    pub(crate) fn policy(&self) -> &SandboxPolicy {
+        &self.policy
+    }
+}
+
+impl Default for PolicyRef {
+    fn default() -> Self {
+        Self::new(SandboxPolicy::default())
+    }
+}
+
+impl PartialEq for PolicyRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for PolicyRef {}
+
+impl std::hash::Hash for PolicyRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
     }
 }

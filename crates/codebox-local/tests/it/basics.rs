@@ -262,8 +262,15 @@ async fn a_kernelspec_from_the_jupyter_path_runs_over_tcp_with_signal_interrupts
     });
     std::fs::write(spec_dir.join("kernel.json"), spec.to_string()).unwrap();
 
-    let lb = crate::builder().with_python(&wrapper).with_kernel("spec-py").build().unwrap();
+    // Unsandboxed: under bubblewrap every kernel speaks IPC and is interrupted by message.
+    let lb = crate::builder()
+        .with_python(&wrapper)
+        .with_kernel("spec-py")
+        .with_isolation(codebox_local::Isolation::None)
+        .build()
+        .unwrap();
     lb.start().await.unwrap();
+    assert_eq!(lb.status().await.unwrap().isolation.as_deref(), Some("none"));
     assert!(lb.exec("import sys; sys.argv[-1]").await.unwrap().text().contains(".json"));
     assert!(lb.capabilities().languages.contains(&"spec-py".to_owned()));
     let mut stream =

@@ -3,6 +3,7 @@
 //! Python comes from `CODEBOX_PYTHON` when set; otherwise the tests provision the managed
 //! environment through the same code users run, so they work on a fresh machine.
 
+mod adversarial;
 mod basics;
 mod conformance;
 mod faults;
