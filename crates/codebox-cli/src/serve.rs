@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use codebox_core::{ApiKey, CodeBox};
-use codebox_local::{KernelPool, LocalBox, LocalBoxBuilder};
+use codebox_local::sandbox::uid::UidAllocator;
+use codebox_local::{Isolation, KernelPool, Limits, LocalBox, LocalBoxBuilder};
 use codebox_server::{BoxFactory, Server, ServerConfig};
 use serde::Deserialize;
 
@@ -99,6 +100,60 @@ struct ServeOptions {
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
 
+    /// Kernel isolation: `auto` (bubblewrap, else Landlock, else none), `bubblewrap`,
+    /// `landlock` or `none` [default: auto].
+    #[arg(long, value_name = "MODE", value_parser = ["auto", "bubblewrap", "bwrap", "landlock", "none"])]
+    isolation: Option<String>,
+
+    /// Refuse to start kernels without isolation instead of stepping down the ladder.
+    #[arg(long)]
+    require_isolation: bool,
+
+    /// Give kernels the host network (default: none, only a private loopback).
+    #[arg(long)]
+    kernel_network: bool,
+
+    /// Memory of one session (cgroup); RLIMIT_DATA is 90 % of it [default: 1G].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    memory_limit: Option<u64>,
+
+    /// Processes and threads of one session (cgroup pids.max) [default: 256].
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<u64>,
+
+    /// CPUs one session may use (cgroup quota), e.g. `0.5` [default: 1].
+    #[arg(long, value_name = "CPUS")]
+    cpu_limit: Option<f64>,
+
+    /// The largest file a kernel may write (RLIMIT_FSIZE) [default: 1G].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    file_size_limit: Option<u64>,
+
+    /// Open files per kernel process (RLIMIT_NOFILE) [default: 1024].
+    #[arg(long, value_name = "N")]
+    open_files_limit: Option<u64>,
+
+    /// Size of a session's working directory (a sparse ext4 image; needs root) [default: 1G].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    workdir_size: Option<u64>,
+
+    /// Size of a session's private /tmp [default: 256M].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    tmp_size: Option<u64>,
+
+    /// Unprivileged uids for sessions, one each, as FIRST-LAST [default: 200000-265535
+    /// when running as root].
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_uid_range)]
+    session_uids: Option<std::ops::Range<u32>>,
+
+    /// Run every session's kernel as this server's user instead of a uid of its own.
+    #[arg(long, conflicts_with = "session_uids")]
+    no_session_uids: bool,
+
+    /// Do not put sessions in cgroups (memory, process and CPU limits then do not apply).
+    #[arg(long)]
+    no_cgroups: bool,
+
     /// Log format on stderr: `text` or `json`. The level comes from RUST_LOG [default: text, info].
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -126,6 +181,23 @@ struct FileConfig {
     kernel: Option<String>,
     python: Option<PathBuf>,
     log_format: Option<String>,
+    isolation: Option<String>,
+    #[serde(default)]
+    require_isolation: bool,
+    #[serde(default)]
+    kernel_network: bool,
+    memory_limit: Option<SizeValue>,
+    pids_limit: Option<u64>,
+    cpu_limit: Option<f64>,
+    file_size_limit: Option<SizeValue>,
+    open_files_limit: Option<u64>,
+    workdir_size: Option<SizeValue>,
+    tmp_size: Option<SizeValue>,
+    session_uids: Option<String>,
+    #[serde(default)]
+    no_session_uids: bool,
+    #[serde(default)]
+    no_cgroups: bool,
 }
 
 /// A duration in a file: seconds as a number, or text like `15m`.
@@ -200,6 +272,82 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size (try 1073741824, 512M, 1G)"))
 }
 
+/// `200000-265535`: the first and last uid, inclusive.
+fn parse_uid_range(text: &str) -> Result<std::ops::Range<u32>, String> {
+    let bad = || format!("{text:?} is not a uid range (try 200000-265535)");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u32, u32) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if a == 0 || b < a || b == u32::MAX {
+        return Err(format!("{text:?}: the range must be above uid 0 and not empty"));
+    }
+    Ok(a..b + 1)
+}
+
+/// How sessions are sandboxed.
+#[derive(Debug)]
+struct SandboxSettings {
+    isolation: Isolation,
+    require: bool,
+    network: bool,
+    limits: Limits,
+    /// Session uids (root only).
+    uids: Option<std::ops::Range<u32>>,
+    /// Session cgroups (root only).
+    cgroups: bool,
+}
+
+fn sandbox_settings(args: &ServeOptions, file: &FileConfig) -> anyhow::Result<SandboxSettings> {
+    let size = |flag: Option<u64>, f: &Option<SizeValue>| -> anyhow::Result<Option<u64>> {
+        flag.map(Ok).or(f.as_ref().map(SizeValue::get)).transpose()
+    };
+    let isolation = match args.isolation.as_ref().or(file.isolation.as_ref()) {
+        Some(m) => m.parse::<Isolation>().map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Isolation::Auto,
+    };
+    let mut limits = Limits::server();
+    if let Some(m) = size(args.memory_limit, &file.memory_limit)? {
+        limits = limits.with_memory(m);
+    }
+    if let Some(n) = args.pids_limit.or(file.pids_limit) {
+        limits = limits.with_pids(Some(n));
+    }
+    if let Some(c) = args.cpu_limit.or(file.cpu_limit) {
+        limits = limits.with_cpu(Some(c));
+    }
+    if let Some(b) = size(args.file_size_limit, &file.file_size_limit)? {
+        limits = limits.with_file_size(Some(b));
+    }
+    if let Some(n) = args.open_files_limit.or(file.open_files_limit) {
+        limits = limits.with_open_files(Some(n));
+    }
+    if let Some(b) = size(args.workdir_size, &file.workdir_size)? {
+        let inodes = limits.workdir_inodes;
+        limits = limits.with_workdir_size(Some(b), inodes);
+    }
+    if let Some(b) = size(args.tmp_size, &file.tmp_size)? {
+        let (shm, home) = (limits.shm_size, limits.home_size);
+        limits = limits.with_tmpfs_sizes(b, shm, home);
+    }
+    limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let uids = if args.no_session_uids || file.no_session_uids {
+        None
+    } else {
+        match (&args.session_uids, &file.session_uids) {
+            (Some(r), _) => Some(r.clone()),
+            (None, Some(text)) => Some(parse_uid_range(text).map_err(anyhow::Error::msg)?),
+            (None, None) => Some(codebox_local::sandbox::uid::DEFAULT_RANGE),
+        }
+    };
+    Ok(SandboxSettings {
+        isolation,
+        require: args.require_isolation || file.require_isolation,
+        network: args.kernel_network || file.kernel_network,
+        limits,
+        uids,
+        cgroups: !(args.no_cgroups || file.no_cgroups),
+    })
+}
+
 fn read_key_file(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading API keys from {}", path.display()))?;
     Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect())
@@ -222,6 +370,7 @@ struct Settings {
     kernel: Option<String>,
     python: Option<PathBuf>,
     log_format: String,
+    sandbox: SandboxSettings,
 }
 
 fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Settings> {
@@ -266,6 +415,7 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
         server = server.with_shutdown_grace(d?);
     }
     server.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sandbox = sandbox_settings(&args, &file)?;
     let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
     if !matches!(log_format.as_str(), "text" | "json") {
         bail!("log_format must be `text` or `json`, not {log_format:?}");
@@ -276,6 +426,7 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
         kernel: args.kernel.or(file.kernel),
         python: args.python.or(file.python),
         log_format,
+        sandbox,
     })
 }
 
@@ -336,7 +487,31 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let mut builder = LocalBox::builder();
+    let sb = &settings.sandbox;
+    let mut builder = LocalBox::builder()
+        .with_isolation(sb.isolation)
+        .with_require_isolation(sb.require)
+        .with_network(sb.network)
+        .with_limits(sb.limits.clone());
+    let root = codebox_local::sandbox::uid::running_as_root();
+    match (&sb.uids, root) {
+        (Some(range), true) => {
+            builder = builder.with_session_uids(UidAllocator::new(range.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        (Some(_), false) => tracing::warn!("not running as root: every session runs as this user (no session uids)"),
+        (None, _) => {}
+    }
+    if sb.cgroups && root {
+        match codebox_local::sandbox::cgroup_manager() {
+            Ok(m) => {
+                tracing::info!(version = m.version(), "sessions get cgroups");
+                builder = builder.with_cgroups(true);
+            }
+            Err(e) => tracing::warn!("no cgroups for sessions (memory, process and CPU limits do not apply): {e}"),
+        }
+    } else if sb.cgroups {
+        tracing::warn!("not running as root: no cgroups (memory, process and CPU limits do not apply)");
+    }
     if let Some(python) = &settings.python {
         builder = builder.with_python(python);
     }
@@ -425,5 +600,60 @@ mod tests {
         assert!(settings(parse(&["--no-auth", "--force-no-auth", "--addr", "0.0.0.0:8069"]), None).is_ok());
         assert!(Cli::try_parse_from(["serve", "--force-no-auth"]).is_err(), "--force-no-auth needs --no-auth");
         assert!(Cli::try_parse_from(["serve", "--log-format", "xml"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--isolation", "docker"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--session-uids", "5-1"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--session-uids", "0-10"]).is_err());
+        let err = settings(parse(&["--no-auth", "--memory-limit", "1M"]), None).unwrap_err();
+        assert!(err.to_string().contains("64 MiB"), "{err}");
+        let err = settings(parse(&["--no-auth", "--cpu-limit", "0"]), None).unwrap_err();
+        assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_limits_come_from_flags_and_the_file_with_server_defaults() {
+        let s = settings(parse(&["--no-auth"]), None).unwrap().sandbox;
+        assert_eq!(s.isolation, Isolation::Auto);
+        assert_eq!(s.limits, Limits::server());
+        assert_eq!(s.uids, Some(codebox_local::sandbox::uid::DEFAULT_RANGE));
+        assert!(s.cgroups && !s.network && !s.require);
+        let s = settings(
+            parse(&[
+                "--no-auth",
+                "--isolation",
+                "bubblewrap",
+                "--require-isolation",
+                "--memory-limit",
+                "512M",
+                "--pids-limit",
+                "64",
+                "--cpu-limit",
+                "0.5",
+                "--file-size-limit",
+                "10M",
+                "--session-uids",
+                "300000-300009",
+                "--no-cgroups",
+            ]),
+            None,
+        )
+        .unwrap()
+        .sandbox;
+        assert_eq!(s.isolation, Isolation::Bubblewrap);
+        assert!(s.require && !s.cgroups);
+        assert_eq!(s.limits.memory, Some(512 << 20));
+        assert!(s.limits.data.unwrap() < 512 << 20);
+        assert_eq!((s.limits.pids, s.limits.cpu, s.limits.file_size), (Some(64), Some(0.5), Some(10 << 20)));
+        assert_eq!(s.uids, Some(300_000..300_010));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "no_auth = true\nisolation = \"landlock\"\nmemory_limit = \"256M\"\nno_session_uids = true\n",
+        )
+        .unwrap();
+        let s = settings(parse(&["--config", cfg.to_str().unwrap()]), None).unwrap().sandbox;
+        assert_eq!(s.isolation, Isolation::Landlock);
+        assert_eq!(s.limits.memory, Some(256 << 20));
+        assert_eq!(s.uids, None);
     }
 }

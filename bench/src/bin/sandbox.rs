@@ -1,0 +1,156 @@
+//! Sandbox benchmark; prints one JSON object.
+//!
+//! In one run, with and without bubblewrap (isolation `none` against `bubblewrap`, runs
+//! interleaved so that drift hits both alike):
+//! - cold start to first result (`start()` + `1+1`), p50 over `BENCH_COLD_RUNS` (default 10);
+//! - warm `1+1` round trips on two live boxes, alternating, p50/p90/p99 over
+//!   `BENCH_WARM_RUNS` (default 500) each;
+//! - the raw cost of the sandbox itself: spawning `true` directly and under the same bwrap
+//!   command line, p50 over 50 runs;
+//! - the overheads against the targets (warm p50 at most +5 %, cold start at most +15 ms).
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use codebox_core::{CodeBox, CodeBoxExt};
+use codebox_local::{Isolation, LocalBox};
+use serde_json::{Value, json};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn pct(samples: &[f64], q: f64) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((q * s.len() as f64) as usize).min(s.len() - 1)]
+}
+
+fn summary(samples: &[f64]) -> Value {
+    json!({"p50": pct(samples, 0.5), "p90": pct(samples, 0.9), "p99": pct(samples, 0.99), "n": samples.len()})
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn boxed(isolation: Isolation) -> Result<LocalBox> {
+    Ok(LocalBox::builder().with_isolation(isolation).with_require_isolation(isolation != Isolation::None).build()?)
+}
+
+async fn cold_once(isolation: Isolation) -> Result<f64> {
+    let t0 = Instant::now();
+    let lb = boxed(isolation)?;
+    lb.start().await?;
+    let ex = lb.exec("1+1").await?;
+    let elapsed = ms(t0.elapsed());
+    if ex.text() != "2" {
+        bail!("cold start ({isolation:?}): 1+1 gave {:?}", ex.text());
+    }
+    let want = if isolation == Isolation::None { "none" } else { "bubblewrap" };
+    let got = lb.status().await?.isolation;
+    if got.as_deref() != Some(want) {
+        bail!("asked for {want}, the box reports {got:?}");
+    }
+    lb.stop().await?;
+    Ok(elapsed)
+}
+
+/// Warm `1+1` round trips on two live boxes, one without and one with the sandbox,
+/// alternating so that load on the machine hits both alike.
+async fn warm(runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let plain = boxed(Isolation::None)?;
+    let sandboxed = boxed(Isolation::Bubblewrap)?;
+    plain.start().await?;
+    sandboxed.start().await?;
+    for _ in 0..50 {
+        plain.exec("1+1").await?;
+        sandboxed.exec("1+1").await?;
+    }
+    let (mut a, mut b) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        for (lb, samples) in [(&plain, &mut a), (&sandboxed, &mut b)] {
+            let t0 = Instant::now();
+            let ex = lb.exec("1+1").await?;
+            samples.push(ms(t0.elapsed()));
+            if ex.text() != "2" {
+                bail!("warm: 1+1 gave {:?}", ex.text());
+            }
+        }
+    }
+    plain.stop().await?;
+    sandboxed.stop().await?;
+    Ok((a, b))
+}
+
+/// Spawning `true` directly and through bwrap with the kernel's sandbox options.
+fn raw_spawn(runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let Ok(bwrap) = codebox_local::sandbox::probe().bubblewrap.clone() else {
+        bail!("bubblewrap does not work here: {:?}", codebox_local::sandbox::probe().bubblewrap);
+    };
+    let mut args: Vec<std::ffi::OsString> = [
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+    ]
+    .map(Into::into)
+    .to_vec();
+    args.extend(codebox_local::sandbox::bwrap::system_mounts());
+    args.extend(["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "true"].map(Into::into));
+    let (mut direct, mut sandboxed) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        std::process::Command::new("true").status()?;
+        direct.push(ms(t0.elapsed()));
+        let t0 = Instant::now();
+        let st = std::process::Command::new(&bwrap).args(&args).status()?;
+        sandboxed.push(ms(t0.elapsed()));
+        if !st.success() {
+            bail!("bwrap true failed: {st}");
+        }
+    }
+    Ok((direct, sandboxed))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cold_runs = env_usize("BENCH_COLD_RUNS", 10);
+    let warm_runs = env_usize("BENCH_WARM_RUNS", 500);
+    // The managed environment is provisioned (untimed) by a first start.
+    cold_once(Isolation::None).await?;
+    cold_once(Isolation::Bubblewrap).await?;
+    let (mut cold_none, mut cold_bwrap) = (Vec::new(), Vec::new());
+    for _ in 0..cold_runs {
+        cold_none.push(cold_once(Isolation::None).await?);
+        cold_bwrap.push(cold_once(Isolation::Bubblewrap).await?);
+    }
+    let (warm_none, warm_bwrap) = warm(warm_runs).await?;
+    let (spawn_direct, spawn_bwrap) = raw_spawn(50)?;
+    let warm_ratio = pct(&warm_bwrap, 0.5) / pct(&warm_none, 0.5);
+    let cold_delta = pct(&cold_bwrap, 0.5) - pct(&cold_none, 0.5);
+    let spawn_delta = pct(&spawn_bwrap, 0.5) - pct(&spawn_direct, 0.5);
+    let report = json!({
+        "bench": "sandbox",
+        "cold_start_ms": {"none": summary(&cold_none), "bubblewrap": summary(&cold_bwrap)},
+        "warm_exec_ms": {"none": summary(&warm_none), "bubblewrap": summary(&warm_bwrap)},
+        "spawn_true_ms": {"direct": summary(&spawn_direct), "bubblewrap": summary(&spawn_bwrap)},
+        "overhead": {
+            "warm_p50_ratio": warm_ratio,
+            "cold_start_p50_delta_ms": cold_delta,
+            "spawn_p50_delta_ms": spawn_delta,
+        },
+        "targets": {
+            "warm_p50_ratio_max": 1.05,
+            "cold_start_delta_ms_max": 15.0,
+            "warm_met": warm_ratio <= 1.05,
+            "cold_met": cold_delta <= 15.0,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
