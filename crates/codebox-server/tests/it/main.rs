@@ -1,6 +1,7 @@
 //! Integration tests of the CodeBox server: a real server on 127.0.0.1 port 0, driven over
 //! real HTTP connections.
 
+mod adversarial;
 mod api;
 mod bad_input;
 mod local;
