@@ -19,6 +19,8 @@ pub const SANDBOX_HOME: &str = "/home/user";
 /// Files of `/etc` the kernel may read (each only when it exists).
 const ETC_FILES: &[&str] = &[
     "/etc/ld.so.cache",
+    // Debian's /usr/bin/awk, editor, pager... are links through here.
+    "/etc/alternatives",
     "/etc/localtime",
     "/etc/ssl",
     "/etc/ca-certificates",

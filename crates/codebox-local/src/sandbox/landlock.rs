@@ -23,6 +23,7 @@ const READ_ONLY: &[&str] = &[
     "/lib64",
     "/proc",
     "/etc/ld.so.cache",
+    "/etc/alternatives",
     "/etc/localtime",
     "/etc/ssl",
     "/etc/ca-certificates",

@@ -634,6 +634,17 @@ async fn case22_client_disconnect_mid_stream_leaves_the_box_usable() {
     t.finish().await;
 }
 
+// The usual tools work in a sandboxed bash cell (awk is a link through /etc/alternatives).
+#[tokio::test]
+async fn bash_cells_find_the_usual_tools() {
+    let t = Tracked::start(sandboxed()).await;
+    t.lb.upload_bytes("a.txt", "hello").await.unwrap();
+    let opts = RunOptions::new().with_language("bash");
+    let ex = t.lb.run("find . -type f -exec du -h {} + | awk '{print $2, $1}' | sort", opts).await.unwrap();
+    assert_eq!(ex.stdout(), "./a.txt 4.0K\n", "stderr: {}", ex.stderr());
+    t.finish().await;
+}
+
 // 23. Concurrent hogs: each box is killed on its own; the others keep their state.
 #[tokio::test]
 async fn case23_concurrent_hogs_only_hurt_themselves() {
