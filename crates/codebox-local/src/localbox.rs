@@ -514,6 +514,18 @@ impl Inner {
 
     async fn start_locked(self: &Arc<Self>, st: &mut State) -> Result<()> {
         let python = self.config.python().await?;
+        if self.config.sandbox.uids.is_some()
+            && let Some(dir) = crate::sandbox::uid::unreachable_for_others(&python)
+        {
+            return Err(CodeBoxError::KernelStart {
+                message: format!(
+                    "the Python {} is inside {}, which session uids cannot enter: use a Python \
+                     environment outside it (as root the managed one lives in /var/lib/codebox)",
+                    python.display(),
+                    dir.display()
+                ),
+            });
+        }
         let spec = self.config.spec_for(&python)?;
         let warm = match (&self.config.pool, &self.config.working_dir) {
             (Some(pool), None) => pool.take(&spec),

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// The default range of session uids.
@@ -77,6 +78,22 @@ pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// The first directory on the way to `path` (or through the links it resolves through)
+/// that other users cannot enter, if any: a session uid could not run a program there.
+pub fn unreachable_for_others(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let real = std::fs::canonicalize(path).ok();
+    for p in std::iter::once(path.to_path_buf()).chain(real) {
+        for dir in p.ancestors().skip(1) {
+            let Ok(meta) = std::fs::metadata(dir) else { continue };
+            if meta.permissions().mode() & 0o001 == 0 {
+                return Some(dir.to_path_buf());
+            }
+        }
+    }
+    None
+}
+
 /// The real uids of every process on the machine.
 pub fn uids_with_processes() -> BTreeSet<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
@@ -135,6 +152,18 @@ mod tests {
         assert!(err.contains("no free session uid"), "{err}");
         drop(u2);
         assert_eq!(a.allocate().unwrap().uid(), 300_001);
+    }
+
+    #[test]
+    fn closed_directories_on_the_way_are_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let closed = base.path().join("closed");
+        std::fs::create_dir_all(closed.join("bin")).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(unreachable_for_others(&closed.join("bin/python")), Some(closed.clone()));
+        assert_eq!(unreachable_for_others(std::path::Path::new("/usr/bin/python3")), None);
     }
 
     #[test]

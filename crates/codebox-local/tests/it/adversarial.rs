@@ -634,6 +634,25 @@ async fn case22_client_disconnect_mid_stream_leaves_the_box_usable() {
     t.finish().await;
 }
 
+// A Python that session uids cannot reach is refused up front, with the reason.
+#[tokio::test]
+async fn a_python_session_uids_cannot_reach_is_refused_clearly() {
+    use std::os::unix::fs::PermissionsExt;
+    let probe = Tracked::start(sandboxed()).await;
+    let real = probe.lb.python().await.unwrap();
+    probe.finish().await;
+    let closed = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // The same environment, reached through a directory only root may enter.
+    let venv = real.parent().and_then(|b| b.parent()).unwrap();
+    std::os::unix::fs::symlink(venv, closed.path().join("env")).unwrap();
+    let link = closed.path().join("env/bin/python");
+    let lb = server_box(Limits::server()).with_python(&link).build().unwrap();
+    let err = within("start", lb.start()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KernelStart, "{err}");
+    assert!(err.to_string().contains("session uids cannot enter"), "{err}");
+}
+
 // The usual tools work in a sandboxed bash cell (awk is a link through /etc/alternatives).
 #[tokio::test]
 async fn bash_cells_find_the_usual_tools() {
