@@ -168,17 +168,17 @@ impl RemoteBoxBuilder {
                 "an API key is required for a CodeBox server (set CODEBOX_API_KEY or use with_api_key)",
             ));
         }
-        if let Some(key) = &self.api_key {
-            if key.expose().is_empty() || key.expose().chars().any(|c| c.is_control() || c == ' ') {
-                return Err(CodeBoxError::invalid("the API key is empty or contains spaces or control characters"));
-            }
+        if let Some(key) = &self.api_key
+            && (key.expose().is_empty() || key.expose().chars().any(|c| c.is_control() || c == ' '))
+        {
+            return Err(CodeBoxError::invalid("the API key is empty or contains spaces or control characters"));
         }
-        if let Some(id) = &self.session_id {
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-                return Err(CodeBoxError::invalid(format!(
-                    "session id {id:?} must be non-empty ASCII letters, digits, '-', '_' or '.'"
-                )));
-            }
+        if let Some(id) = &self.session_id
+            && (id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return Err(CodeBoxError::invalid(format!(
+                "session id {id:?} must be non-empty ASCII letters, digits, '-', '_' or '.'"
+            )));
         }
         let http = HttpClient::new(self.client)?;
         let (id, attached) = match self.session_id {

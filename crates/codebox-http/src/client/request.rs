@@ -240,10 +240,10 @@ impl Request {
         let mut builder = http::Request::builder().method(self.method).uri(self.uri);
         if let Some(headers) = builder.headers_mut() {
             *headers = self.headers;
-            if !headers.contains_key(http::header::USER_AGENT) {
-                if let Ok(ua) = HeaderValue::from_str(user_agent) {
-                    headers.insert(http::header::USER_AGENT, ua);
-                }
+            if !headers.contains_key(http::header::USER_AGENT)
+                && let Ok(ua) = HeaderValue::from_str(user_agent)
+            {
+                headers.insert(http::header::USER_AGENT, ua);
             }
         }
         let req = builder.body(body).map_err(|e| CodeBoxError::invalid(format!("invalid request: {e}")))?;
