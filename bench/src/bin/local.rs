@@ -25,23 +25,7 @@ use serde_json::{Value, json};
 const KERNEL_FLAGS: &[&str] =
     &["--HistoryManager.hist_file=:memory:", "--InteractiveShell.colors=nocolor", "--IPKernelApp.quiet=True"];
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pct(samples: &[f64], q: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((q * s.len() as f64) as usize).min(s.len() - 1)]
-}
-
-fn summary(samples: &[f64]) -> Value {
-    json!({"p50": pct(samples, 0.5), "p90": pct(samples, 0.9), "p99": pct(samples, 0.99), "n": samples.len()})
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+use codebox_bench::{env_usize, ms, summary};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

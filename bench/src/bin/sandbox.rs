@@ -10,30 +10,14 @@
 //! - the overheads against the targets (warm p50 at most +5 %, cold start at most +15 ms).
 #![allow(clippy::print_stdout)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use codebox_core::{CodeBox, CodeBoxExt};
 use codebox_local::{Isolation, LocalBox};
-use serde_json::{Value, json};
+use serde_json::json;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pct(samples: &[f64], q: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((q * s.len() as f64) as usize).min(s.len() - 1)]
-}
-
-fn summary(samples: &[f64]) -> Value {
-    json!({"p50": pct(samples, 0.5), "p90": pct(samples, 0.9), "p99": pct(samples, 0.99), "n": samples.len()})
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+use codebox_bench::{env_usize, ms, pct, summary};
 
 fn boxed(isolation: Isolation) -> Result<LocalBox> {
     Ok(LocalBox::builder().with_isolation(isolation).with_require_isolation(isolation != Isolation::None).build()?)

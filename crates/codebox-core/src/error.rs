@@ -266,7 +266,9 @@ fn signal_name(signal: i32) -> &'static str {
 }
 
 /// A failure status from an HTTP server, with everything the server sent back.
-#[derive(Clone, PartialEq)]
+///
+/// `headers` never hold credentials (the HTTP client drops them), so `Debug` may show all of it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpError {
     /// The HTTP status code.
     pub status: u16,
@@ -308,19 +310,6 @@ impl HttpError {
             502 | 503 => ErrorKind::Connection,
             _ => ErrorKind::Server,
         }
-    }
-}
-
-impl fmt::Debug for HttpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpError")
-            .field("status", &self.status)
-            .field("kind", &self.kind)
-            .field("message", &self.message)
-            .field("body", &self.body)
-            .field("headers", &self.headers)
-            .field("retry_after", &self.retry_after)
-            .finish()
     }
 }
 

@@ -304,6 +304,13 @@ fn no_route(method: &Method, path: &str) -> CodeBoxError {
     status_error(404, ErrorKind::NotFound, format!("no route for {method} {path}"))
 }
 
+/// Split `rest`, the path after `/api/v1` or `/api/v2`, of a `/codebox/{id}/{op}` route into
+/// the session id and the operation (empty for `/codebox/{id}`).
+fn session_route<'a>(rest: &'a str, method: &Method, full_path: &str) -> Result<(&'a str, &'a str)> {
+    let after = rest.strip_prefix("/codebox/").ok_or_else(|| no_route(method, full_path))?;
+    Ok(after.split_once('/').unwrap_or((after, "")))
+}
+
 /// A 405 for a known path with another method.
 fn wrong_method(method: &Method, path: &str) -> CodeBoxError {
     status_error(405, ErrorKind::InvalidInput, format!("{method} is not allowed on {path}"))

@@ -7,7 +7,7 @@ use http::{Method, Request, Response};
 use http_body::Body as HttpBody;
 use serde::{Deserialize, Serialize};
 
-use super::{ExecutionMetrics, Scope, no_route, ok_json, wrong_method};
+use super::{ExecutionMetrics, Scope, no_route, ok_json, session_route, wrong_method};
 use crate::metrics::ExecutionEnd;
 
 /// What `run` answers when the code printed nothing, as the 0.1 client's own box does.
@@ -61,10 +61,7 @@ where
 {
     let method = req.method().clone();
     let full_path = req.uri().path().to_owned();
-    let Some(after) = rest.strip_prefix("/codebox/") else {
-        return Err(no_route(&method, &full_path));
-    };
-    let (id, op) = after.split_once('/').unwrap_or((after, ""));
+    let (id, op) = session_route(rest, &method, &full_path)?;
     if id == "start" && op.is_empty() {
         if method != Method::GET && method != Method::POST {
             return Err(wrong_method(&method, &full_path));

@@ -9,7 +9,7 @@ use http_body::Body as HttpBody;
 use serde::Deserialize;
 
 use super::v1::png;
-use super::{ExecutionMetrics, Scope, no_route, ok_json, timeout_secs, wrong_method};
+use super::{ExecutionMetrics, Scope, no_route, ok_json, session_route, timeout_secs, wrong_method};
 use crate::metrics::ExecutionEnd;
 use crate::sessions::SessionUse;
 use crate::sessions::valid_session_id;
@@ -38,10 +38,7 @@ where
 {
     let method = req.method().clone();
     let full_path = req.uri().path().to_owned();
-    let Some(after) = rest.strip_prefix("/codebox/") else {
-        return Err(no_route(&method, &full_path));
-    };
-    let (id, op) = after.split_once('/').unwrap_or((after, ""));
+    let (id, op) = session_route(rest, &method, &full_path)?;
     if !valid_session_id(id) {
         return Err(no_route(&method, &full_path));
     }
