@@ -56,7 +56,7 @@ pub struct BwrapConfig {
 }
 
 /// The read-only system mounts: `/usr`, the merged-usr links (or binds where the host has
-/// real directories) and the files of [`ETC_FILES`].
+/// real directories) and the files of `ETC_FILES`.
 pub fn system_mounts() -> Vec<OsString> {
     let mut args = Vec::new();
     push(&mut args, ["--ro-bind", "/usr", "/usr"]);

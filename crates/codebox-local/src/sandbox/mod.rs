@@ -11,7 +11,7 @@
 //!    and rlimits.
 //! 3. [`IsolationLevel::None`]: rlimits only, with a loud warning.
 //!
-//! [`Isolation`] selects a level (or `Auto`); [`probe`] says what this machine allows.
+//! [`Isolation`] selects a level (or `Auto`); [`probe()`] says what this machine allows.
 //! [`Limits`] holds the resource limits: rlimits always apply, cgroup limits ([`cgroup`])
 //! need a cgroup manager (the server, running as root).
 
