@@ -16,8 +16,8 @@ use super::Limits;
 /// HOME inside the sandbox: a private tmpfs.
 pub const SANDBOX_HOME: &str = "/home/user";
 
-/// Files of `/etc` the kernel may read (each only when it exists).
-const ETC_FILES: &[&str] = &[
+/// Files of `/etc` the kernel may read (each only when it exists); Landlock allows the same.
+pub(crate) const ETC_FILES: &[&str] = &[
     "/etc/ld.so.cache",
     // Debian's /usr/bin/awk, editor, pager... are links through here.
     "/etc/alternatives",
@@ -30,7 +30,8 @@ const ETC_FILES: &[&str] = &[
 ];
 
 /// More of `/etc` when the box has network.
-const ETC_NETWORK_FILES: &[&str] = &["/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf"];
+pub(crate) const ETC_NETWORK_FILES: &[&str] =
+    &["/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf"];
 
 /// Everything bwrap needs to run one kernel.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,27 +14,10 @@ use landlock::{
     RulesetCreated, RulesetCreatedAttr,
 };
 
-const READ_ONLY: &[&str] = &[
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/proc",
-    "/etc/ld.so.cache",
-    "/etc/alternatives",
-    "/etc/localtime",
-    "/etc/ssl",
-    "/etc/ca-certificates",
-    "/etc/fonts",
-    "/etc/mime.types",
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/nsswitch.conf",
-    "/dev/urandom",
-    "/dev/random",
-];
+/// System paths to read and execute; the `/etc` files come from the bwrap mount list, so both
+/// levels expose the same system.
+const SYSTEM_DIRS: &[&str] =
+    &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/proc", "/dev/urandom", "/dev/random"];
 
 const READ_WRITE_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
 
@@ -68,7 +51,9 @@ impl LandlockConfig {
             ruleset = ruleset.and_then(|r| r.handle_access(AccessNet::from_all(TARGET)));
         }
         let mut created = ruleset.and_then(|r| r.create()).map_err(|e| format!("creating a Landlock ruleset: {e}"))?;
-        let read_only = READ_ONLY.iter().map(PathBuf::from).chain(self.read_only.iter().cloned());
+        // Landlock cannot add files later, so the network files are always readable.
+        let system = SYSTEM_DIRS.iter().chain(super::bwrap::ETC_FILES).chain(super::bwrap::ETC_NETWORK_FILES);
+        let read_only = system.map(PathBuf::from).chain(self.read_only.iter().cloned());
         let rules = read_only
             .filter_map(|p| rights(&p, read))
             .chain(READ_WRITE_DEVICES.iter().filter_map(|p| rights(Path::new(p), all)))
