@@ -185,7 +185,7 @@ impl RemoteBoxBuilder {
             Some(id) => (id, true),
             None => (new_session_id(), false),
         };
-        Ok(RemoteBox::assemble(crate::remote_box::Parts {
+        Ok(RemoteBox::assemble(crate::remote_box::Connection {
             id,
             attached,
             base,

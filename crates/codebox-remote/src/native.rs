@@ -25,11 +25,11 @@ pub(crate) fn default_capabilities() -> Capabilities {
 }
 
 fn sessions_url(i: &Inner) -> String {
-    format!("{}{API_PREFIX}/sessions", i.base)
+    format!("{}{API_PREFIX}/sessions", i.conn.base)
 }
 
 fn session_url(i: &Inner) -> String {
-    format!("{}/{}", sessions_url(i), encode_component(&i.id))
+    format!("{}/{}", sessions_url(i), encode_component(&i.conn.id))
 }
 
 pub(crate) fn delete_session_request(i: &Inner) -> Result<Request> {
@@ -43,23 +43,26 @@ fn remember(i: &Inner, info: &SessionInfo) {
 }
 
 pub(crate) async fn start(i: &Inner) -> Result<()> {
-    if i.attached {
+    if i.conn.attached {
         // Attaching: the session must exist already.
-        let info: SessionInfo = i.http.send(i.request(Method::GET, &session_url(i))?).await?.json().await?;
+        let info: SessionInfo = i.conn.http.send(i.request(Method::GET, &session_url(i))?).await?.json().await?;
         remember(i, &info);
     } else {
-        let body = CreateSession { id: Some(i.id.clone()), kernel: i.kernel.clone() };
+        let body = CreateSession { id: Some(i.conn.id.clone()), kernel: i.conn.kernel.clone() };
         // Creating with an explicit id is idempotent: the server attaches when it exists.
         let req = i.request(Method::POST, &sessions_url(i))?.json(&body)?.retry(Retry::Idempotent);
-        let info: SessionInfo = i.http.send(req).await?.json().await?;
-        if info.id != i.id {
-            return Err(CodeBoxError::protocol(format!("asked for session {}, the server made {}", i.id, info.id)));
+        let info: SessionInfo = i.conn.http.send(req).await?.json().await?;
+        if info.id != i.conn.id {
+            return Err(CodeBoxError::protocol(format!(
+                "asked for session {}, the server made {}",
+                i.conn.id, info.id
+            )));
         }
         remember(i, &info);
     }
     i.stopped.store(false, Ordering::Release);
     i.running.store(true, Ordering::Release);
-    debug!(session = %i.id, "remote box started");
+    debug!(session = %i.conn.id, "remote box started");
     Ok(())
 }
 
@@ -69,7 +72,7 @@ pub(crate) async fn stop(i: &Inner) -> Result<()> {
         return Ok(());
     }
     i.stopped.store(true, Ordering::Release);
-    match i.http.send(delete_session_request(i)?).await {
+    match i.conn.http.send(delete_session_request(i)?).await {
         Ok(resp) => resp.discard().await,
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => {
@@ -83,7 +86,7 @@ pub(crate) async fn status(i: &Inner) -> Result<BoxStatus> {
     if !i.running.load(Ordering::Acquire) {
         return Ok(i.not_running_status());
     }
-    let info: SessionInfo = i.http.send(i.request(Method::GET, &session_url(i))?).await?.json().await?;
+    let info: SessionInfo = i.conn.http.send(i.request(Method::GET, &session_url(i))?).await?.json().await?;
     remember(i, &info);
     Ok(info.status)
 }
@@ -98,7 +101,7 @@ pub(crate) async fn run_stream(i: &Inner, code: &str, options: RunOptions) -> Re
         .json(&body)?
         .retry(Retry::Never)
         .without_head_deadline();
-    let response = i.http.send(req).await?;
+    let response = i.conn.http.send(req).await?;
     Ok(ndjson::decode(response.into_stream()))
 }
 
@@ -109,28 +112,28 @@ pub(crate) async fn upload(i: &Inner, path: &str, content: ByteStream) -> Result
         .request(Method::PUT, &format!("{}/files/{encoded}", session_url(i)))?
         .stream("application/octet-stream", content)?
         .with_timeout(None);
-    i.http.send(req).await?.json().await
+    i.conn.http.send(req).await?.json().await
 }
 
 pub(crate) async fn download(i: &Inner, path: &str) -> Result<ByteStream> {
     let encoded = encode_file_path(path)?;
     i.ensure_running()?;
     let req = i.request(Method::GET, &format!("{}/files/{encoded}", session_url(i)))?;
-    Ok(i.http.send(req).await?.into_stream())
+    Ok(i.conn.http.send(req).await?.into_stream())
 }
 
 pub(crate) async fn list_files(i: &Inner, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
     let dir = checked_dir(dir)?;
     i.ensure_running()?;
     let url = format!("{}/files?dir={}&recursive={recursive}", session_url(i), encode_component(&dir));
-    i.http.send(i.request(Method::GET, &url)?).await?.json().await
+    i.conn.http.send(i.request(Method::GET, &url)?).await?.json().await
 }
 
 pub(crate) async fn delete_file(i: &Inner, path: &str) -> Result<()> {
     let encoded = encode_file_path(path)?;
     i.ensure_running()?;
     let req = i.request(Method::DELETE, &format!("{}/files/{encoded}", session_url(i)))?;
-    i.http.send(req).await?.discard().await
+    i.conn.http.send(req).await?.discard().await
 }
 
 pub(crate) async fn install(i: &Inner, packages: &[String]) -> Result<String> {
@@ -145,7 +148,7 @@ pub(crate) async fn install(i: &Inner, packages: &[String]) -> Result<String> {
         .retry(Retry::OnRefusal)
         .with_timeout(None)
         .with_read_timeout(LONG_OPERATION);
-    let out: InstallResponse = i.http.send(req).await?.json().await?;
+    let out: InstallResponse = i.conn.http.send(req).await?.json().await?;
     Ok(out.output)
 }
 
@@ -160,12 +163,12 @@ pub(crate) async fn run_command(i: &Inner, command: CommandSpec) -> Result<Comma
         .retry(Retry::OnRefusal)
         .with_timeout(None)
         .with_read_timeout(LONG_OPERATION);
-    i.http.send(req).await?.json().await
+    i.conn.http.send(req).await?.json().await
 }
 
 /// `interrupt` and `restart`.
 pub(crate) async fn post_empty(i: &Inner, action: &str) -> Result<()> {
     i.ensure_running()?;
     let req = i.request(Method::POST, &format!("{}/{action}", session_url(i)))?.retry(Retry::OnRefusal);
-    i.http.send(req).await?.discard().await
+    i.conn.http.send(req).await?.discard().await
 }

@@ -29,16 +29,8 @@ pub struct RemoteBox {
 }
 
 pub(crate) struct Inner {
-    pub(crate) id: String,
-    pub(crate) base: String,
-    pub(crate) http: HttpClient,
-    pub(crate) api_key: Option<ApiKey>,
-    pub(crate) factory_id: Option<String>,
-    pub(crate) kernel: Option<String>,
-    pub(crate) protocol: Protocol,
-    pub(crate) execution_timeout: Option<Duration>,
-    /// The session was attached by id rather than created by this box.
-    pub(crate) attached: bool,
+    /// Where the session lives and how to reach it; fixed for the box's life.
+    pub(crate) conn: Connection,
     /// Whether the session is believed to exist on the server.
     pub(crate) running: AtomicBool,
     /// Whether `stop` was called.
@@ -46,8 +38,10 @@ pub(crate) struct Inner {
     pub(crate) capabilities: Mutex<Option<Capabilities>>,
 }
 
-pub(crate) struct Parts {
+/// The settings a box is built from.
+pub(crate) struct Connection {
     pub(crate) id: String,
+    /// The session was attached by id rather than created by this box.
     pub(crate) attached: bool,
     pub(crate) base: String,
     pub(crate) http: HttpClient,
@@ -62,11 +56,11 @@ impl fmt::Debug for RemoteBox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
         f.debug_struct("RemoteBox")
-            .field("id", &i.id)
-            .field("base_url", &i.base)
-            .field("protocol", &i.protocol)
-            .field("api_key", &i.api_key)
-            .field("attached", &i.attached)
+            .field("id", &i.conn.id)
+            .field("base_url", &i.conn.base)
+            .field("protocol", &i.conn.protocol)
+            .field("api_key", &i.conn.api_key)
+            .field("attached", &i.conn.attached)
             .field("running", &i.running.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -89,19 +83,11 @@ impl RemoteBox {
         RemoteBoxBuilder::from_settings(settings).with_session_id(id).build()
     }
 
-    pub(crate) fn assemble(p: Parts) -> Self {
+    pub(crate) fn assemble(conn: Connection) -> Self {
         Self {
             inner: Inner {
-                id: p.id,
-                base: p.base,
-                http: p.http,
-                api_key: p.api_key,
-                factory_id: p.factory_id,
-                kernel: p.kernel,
-                protocol: p.protocol,
-                execution_timeout: p.execution_timeout,
-                running: AtomicBool::new(p.attached),
-                attached: p.attached,
+                running: AtomicBool::new(conn.attached),
+                conn,
                 stopped: AtomicBool::new(false),
                 capabilities: Mutex::new(None),
             },
@@ -110,17 +96,17 @@ impl RemoteBox {
 
     /// The base URL of the server.
     pub fn base_url(&self) -> &str {
-        &self.inner.base
+        &self.inner.conn.base
     }
 
     /// The protocol spoken.
     pub fn protocol(&self) -> Protocol {
-        self.inner.protocol
+        self.inner.conn.protocol
     }
 
     /// The HTTP client (shared connection pool).
     pub fn http_client(&self) -> &HttpClient {
-        &self.inner.http
+        &self.inner.conn.http
     }
 }
 
@@ -128,7 +114,7 @@ impl Inner {
     /// A request with the credentials of this box.
     pub(crate) fn request(&self, method: http::Method, url: &str) -> Result<Request> {
         let mut req = Request::new(method, url)?;
-        if let Some(key) = &self.api_key {
+        if let Some(key) = &self.conn.api_key {
             req = req.bearer(key)?;
         }
         Ok(req)
@@ -138,9 +124,11 @@ impl Inner {
         if self.running.load(Ordering::Acquire) {
             Ok(())
         } else if self.stopped.load(Ordering::Acquire) {
-            Err(CodeBoxError::NotRunning { message: format!("box {} was stopped", self.id) })
+            Err(CodeBoxError::NotRunning { message: format!("box {} was stopped", self.conn.id) })
         } else {
-            Err(CodeBoxError::NotRunning { message: format!("box {} is not started; call start() first", self.id) })
+            Err(CodeBoxError::NotRunning {
+                message: format!("box {} is not started; call start() first", self.conn.id),
+            })
         }
     }
 
@@ -155,7 +143,7 @@ impl Inner {
     /// The execution options with the box's default timeout filled in.
     pub(crate) fn with_default_timeout(&self, mut options: RunOptions) -> RunOptions {
         if options.timeout.is_none() {
-            options.timeout = self.execution_timeout;
+            options.timeout = self.conn.execution_timeout;
         }
         options
     }
@@ -164,17 +152,17 @@ impl Inner {
 impl Drop for RemoteBox {
     fn drop(&mut self) {
         let i = &self.inner;
-        if i.protocol != Protocol::Native || i.attached || !i.running.load(Ordering::Acquire) {
+        if i.conn.protocol != Protocol::Native || i.conn.attached || !i.running.load(Ordering::Acquire) {
             return;
         }
         // A created session must not outlive its owner: delete it in the background.
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(session = %i.id, "RemoteBox dropped outside a Tokio runtime; its session stays until the server reaps it");
+            tracing::warn!(session = %i.conn.id, "RemoteBox dropped outside a Tokio runtime; its session stays until the server reaps it");
             return;
         };
         let Ok(req) = native::delete_session_request(i) else { return };
-        let http = i.http.clone();
-        let id = i.id.clone();
+        let http = i.conn.http.clone();
+        let id = i.conn.id.clone();
         handle.spawn(async move {
             if let Err(e) = http.send(req).await {
                 tracing::debug!(session = %id, error = %e, "deleting the session of a dropped RemoteBox failed");
@@ -186,11 +174,11 @@ impl Drop for RemoteBox {
 #[async_trait]
 impl CodeBox for RemoteBox {
     fn id(&self) -> &str {
-        &self.inner.id
+        &self.inner.conn.id
     }
 
     fn capabilities(&self) -> Capabilities {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => {
                 self.inner.capabilities.lock().ok().and_then(|c| c.clone()).unwrap_or_else(native::default_capabilities)
             }
@@ -199,21 +187,21 @@ impl CodeBox for RemoteBox {
     }
 
     async fn start(&self) -> Result<()> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::start(&self.inner).await,
             _ => v2::start(&self.inner).await,
         }
     }
 
     async fn stop(&self) -> Result<()> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::stop(&self.inner).await,
             _ => v2::stop(&self.inner).await,
         }
     }
 
     async fn status(&self) -> Result<BoxStatus> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::status(&self.inner).await,
             _ => v2::status(&self.inner).await,
         }
@@ -221,63 +209,63 @@ impl CodeBox for RemoteBox {
 
     async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
         let options = self.inner.with_default_timeout(options);
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::run_stream(&self.inner, code, options).await,
             _ => v2::run_stream(&self.inner, code, options).await,
         }
     }
 
     async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::upload(&self.inner, path, content).await,
             _ => v2::upload(&self.inner, path, content).await,
         }
     }
 
     async fn download(&self, path: &str) -> Result<ByteStream> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::download(&self.inner, path).await,
             _ => v2::download(&self.inner, path).await,
         }
     }
 
     async fn list_files(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::list_files(&self.inner, dir, recursive).await,
             _ => Err(v2::unsupported("list_files")),
         }
     }
 
     async fn delete_file(&self, path: &str) -> Result<()> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::delete_file(&self.inner, path).await,
             _ => Err(v2::unsupported("delete_file")),
         }
     }
 
     async fn install(&self, packages: &[String]) -> Result<String> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::install(&self.inner, packages).await,
             _ => Err(v2::unsupported("install")),
         }
     }
 
     async fn restart(&self) -> Result<()> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::post_empty(&self.inner, "restart").await,
             _ => Err(v2::unsupported("restart")),
         }
     }
 
     async fn interrupt(&self) -> Result<()> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::post_empty(&self.inner, "interrupt").await,
             _ => Err(v2::unsupported("interrupt")),
         }
     }
 
     async fn run_command(&self, command: CommandSpec) -> Result<CommandOutput> {
-        match self.inner.protocol {
+        match self.inner.conn.protocol {
             Protocol::Native => native::run_command(&self.inner, command).await,
             _ => Err(v2::unsupported("run_command")),
         }
@@ -333,6 +321,6 @@ mod tests {
         let s = CodeBoxSettings::new().with_api_key("k").with_session_id("abc");
         let b = RemoteBox::from_settings(&s).unwrap();
         assert_eq!(b.id(), "abc");
-        assert!(b.inner.attached);
+        assert!(b.inner.conn.attached);
     }
 }

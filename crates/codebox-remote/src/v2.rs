@@ -39,15 +39,15 @@ pub(crate) fn unsupported(operation: &str) -> CodeBoxError {
 
 /// The root the routes hang off.
 fn root(i: &Inner) -> String {
-    match i.protocol {
-        Protocol::CodeboxApi => format!("{}/codebox/{}", i.base, encode_component(&i.id)),
-        _ => i.base.clone(),
+    match i.conn.protocol {
+        Protocol::CodeboxApi => format!("{}/codebox/{}", i.conn.base, encode_component(&i.conn.id)),
+        _ => i.conn.base.clone(),
     }
 }
 
 fn request(i: &Inner, method: Method, route: &str) -> Result<Request> {
     let mut req = i.request(method, &format!("{}{route}", root(i)))?;
-    let factory = i.factory_id.as_deref().or((i.protocol == Protocol::CodeboxApi).then_some("default"));
+    let factory = i.conn.factory_id.as_deref().or((i.conn.protocol == Protocol::CodeboxApi).then_some("default"));
     if let Some(factory) = factory {
         req = req.header(HeaderName::from_static("factory-id"), factory)?;
     }
@@ -55,9 +55,9 @@ fn request(i: &Inner, method: Method, route: &str) -> Result<Request> {
 }
 
 pub(crate) async fn start(i: &Inner) -> Result<()> {
-    if i.protocol == Protocol::CodeboxApiServer {
+    if i.conn.protocol == Protocol::CodeboxApiServer {
         // The single-box server answers `GET /` with {"status": "ok"}.
-        let health: serde_json::Value = i.http.send(request(i, Method::GET, "/")?).await?.json().await?;
+        let health: serde_json::Value = i.conn.http.send(request(i, Method::GET, "/")?).await?.json().await?;
         if health.get("status").and_then(|s| s.as_str()) != Some("ok") {
             return Err(CodeBoxError::protocol(format!("unexpected health answer {health}")));
         }
@@ -78,8 +78,8 @@ pub(crate) async fn status(i: &Inner) -> Result<BoxStatus> {
     if !i.running.load(Ordering::Acquire) {
         return Ok(i.not_running_status());
     }
-    if i.protocol == Protocol::CodeboxApiServer {
-        i.http.send(request(i, Method::GET, "/")?).await?.discard().await?;
+    if i.conn.protocol == Protocol::CodeboxApiServer {
+        i.conn.http.send(request(i, Method::GET, "/")?).await?.discard().await?;
     }
     Ok(BoxStatus::new(BoxState::Idle).with_kernel("ipython"))
 }
@@ -104,7 +104,7 @@ pub(crate) async fn run_stream(i: &Inner, code: &str, options: RunOptions) -> Re
     let body = serde_json::json!({"code": code, "kernel": kernel, "timeout": timeout, "cwd": options.cwd});
     let started = Instant::now();
     let req = request(i, Method::POST, "/exec")?.json(&body)?.retry(Retry::Never);
-    let response = i.http.send(req).await?;
+    let response = i.conn.http.send(req).await?;
     let state = (response.into_stream(), TaggedParser::default(), false);
     Ok(Box::pin(stream::unfold(state, move |(mut body, mut parser, mut done)| async move {
         if done {
@@ -159,7 +159,7 @@ pub(crate) async fn upload(i: &Inner, path: &str, content: ByteStream) -> Result
     let req = request(i, Method::POST, "/files/upload")?
         .stream(&format!("multipart/form-data; boundary={boundary}"), Box::pin(body))?
         .with_timeout(None);
-    i.http.send(req).await?.discard().await?;
+    i.conn.http.send(req).await?.discard().await?;
     let name = path.rsplit('/').next().unwrap_or(path).to_owned();
     Ok(FileInfo { path: path.to_owned(), name, size: size.load(Ordering::Relaxed), is_dir: false, modified: None })
 }
@@ -168,7 +168,7 @@ pub(crate) async fn download(i: &Inner, path: &str) -> Result<ByteStream> {
     let encoded = encode_file_path(path)?;
     i.ensure_running()?;
     let req = request(i, Method::GET, &format!("/files/download/{encoded}"))?;
-    Ok(i.http.send(req).await?.into_stream())
+    Ok(i.conn.http.send(req).await?.into_stream())
 }
 
 #[cfg(test)]
