@@ -1,6 +1,7 @@
 //! LocalBox benchmark; prints one JSON object.
 //!
-//! - cold start to first result (`start()` + `1+1`), p50 over `BENCH_COLD_RUNS` (default 10);
+//! - cold start to first result (`start()` + `1+1`), p50 over `BENCH_COLD_RUNS` (default 10),
+//!   and in turn with it the time a fresh Python takes just to import ipykernel;
 //! - pooled start (`start()` with a ready kernel waiting in a `KernelPool`), p50;
 //! - warm `1+1` and `print('x')` round trips, p50/p90/p99 over `BENCH_WARM_RUNS` (default 1000);
 //! - 8 boxes x 200 executions at once, executions per second;
@@ -36,8 +37,12 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn cold_start(runs: usize) -> Result<Vec<f64>> {
+/// Cold starts, each followed by a bare `import ipykernel.kernelapp` in a fresh Python: the
+/// import bounds any ipykernel start from below, and timing both in turn shows how far
+/// above it a cold start is while the machine's speed drifts.
+async fn cold_start(python: &Path, runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     let mut samples = Vec::new();
+    let mut imports = Vec::new();
     for _ in 0..runs {
         let t0 = Instant::now();
         let lb = LocalBox::new()?;
@@ -48,8 +53,14 @@ async fn cold_start(runs: usize) -> Result<Vec<f64>> {
             bail!("cold start: 1+1 gave {:?}", ex.text());
         }
         lb.stop().await?;
+        let t0 = Instant::now();
+        let status = Command::new(python).args(["-c", "import ipykernel.kernelapp"]).status()?;
+        imports.push(ms(t0.elapsed()));
+        if !status.success() {
+            bail!("{} cannot import ipykernel", python.display());
+        }
     }
-    Ok(samples)
+    Ok((samples, imports))
 }
 
 async fn pooled_start(runs: usize) -> Result<Vec<f64>> {
@@ -186,7 +197,7 @@ async fn main() -> Result<()> {
     }
     drop(many);
 
-    let cold = cold_start(cold_runs).await?;
+    let (cold, imports) = cold_start(&python, cold_runs).await?;
     let pooled = pooled_start(cold_runs).await?;
 
     let lb = LocalBox::new()?;
@@ -200,6 +211,7 @@ async fn main() -> Result<()> {
     let reference = reference(&python, cold_runs, warm_runs, boxes, per_box)?;
     let ours = json!({
         "cold_start_ms": summary(&cold),
+        "ipykernel_import_ms": summary(&imports),
         "pooled_start_ms": summary(&pooled),
         "warm_1plus1_ms": summary(&w_add),
         "warm_print_ms": summary(&w_print),
@@ -213,6 +225,7 @@ async fn main() -> Result<()> {
         "warm_1plus1_p50": ratio(&ours["warm_1plus1_ms"]["p50"], &reference["warm_1plus1_ms"]["p50"]),
         "warm_print_p50": ratio(&ours["warm_print_ms"]["p50"], &reference["warm_print_ms"]["p50"]),
         "cold_start_p50": ratio(&ours["cold_start_ms"]["p50"], &reference["cold_start_ms"]["p50"]),
+        "cold_start_over_ipykernel_import_p50": ratio(&ours["cold_start_ms"]["p50"], &ours["ipykernel_import_ms"]["p50"]),
         "concurrent_exec_per_s": ratio(&ours["concurrent"]["exec_per_s"], &reference["concurrent"]["exec_per_s"]),
     });
     let targets = json!({

@@ -14,6 +14,9 @@ use crate::sandbox::PolicyRef;
 pub(crate) const IPYKERNEL_FLAGS: &[&str] =
     &["--HistoryManager.hist_file=:memory:", "--InteractiveShell.colors=nocolor", "--IPKernelApp.quiet=True"];
 
+/// The program the built-in kernel runs under `python -c`: ipykernel without its debugger.
+pub(crate) const KERNEL_LAUNCHER: &str = include_str!("python/kernel_launcher.py");
+
 /// The Jupyter data directories, most specific first.
 fn data_dirs(python: &Path) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -67,7 +70,7 @@ pub(crate) fn launch_spec(
     start_timeout: Duration,
 ) -> Result<LaunchSpec> {
     if is_builtin(name) {
-        let mut argv = vec![python.to_string_lossy().into_owned(), "-m".into(), "ipykernel_launcher".into()];
+        let mut argv = vec![python.to_string_lossy().into_owned(), "-c".into(), KERNEL_LAUNCHER.into()];
         argv.extend(["-f".to_owned(), "{connection_file}".to_owned()]);
         argv.extend(IPYKERNEL_FLAGS.iter().map(|s| (*s).to_owned()));
         return Ok(LaunchSpec {

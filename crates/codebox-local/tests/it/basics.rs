@@ -18,6 +18,20 @@ async fn state_survives_between_executions_and_values_come_back() {
     lb.stop().await.unwrap();
 }
 
+/// The kernel starts with debugpy hidden (see the launcher); user code must not notice, and
+/// the working directory is on `sys.path` again for it.
+#[tokio::test]
+async fn the_kernel_launcher_leaves_nothing_behind_for_user_code() {
+    let lb = started().await;
+    lb.upload_bytes("mymodule.py", "VALUE = 7\n").await.unwrap();
+    let code =
+        "import sys, gc, debugpy, mymodule\nprint(sys.modules['debugpy'] is debugpy, gc.isenabled(), mymodule.VALUE)";
+    let ex = lb.exec(code).await.unwrap();
+    assert!(ex.is_ok(), "{:?}", ex.error());
+    assert_eq!(ex.stdout(), "True True 7\n");
+    lb.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_cell_that_prints_plots_twice_and_returns_gives_four_outputs_in_order() {
     let lb = started().await;

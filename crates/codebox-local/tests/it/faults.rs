@@ -159,7 +159,7 @@ async fn a_kernel_that_fails_to_start_reports_its_stderr() {
     // Passes the ipykernel check, then dies at kernel start like a broken sitecustomize.
     std::fs::write(
         &fake,
-        "#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then exit 0; fi\necho 'ImportError: sitecustomize is broken' >&2\nexit 1\n",
+        "#!/bin/sh\nif [ \"$2\" = \"import ipykernel\" ]; then exit 0; fi\necho 'ImportError: sitecustomize is broken' >&2\nexit 1\n",
     )
     .unwrap();
     std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&fake).unwrap().permissions(), 0o755);
