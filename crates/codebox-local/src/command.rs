@@ -16,7 +16,8 @@ use crate::output::OutputCap;
 use crate::sandbox::Confinement;
 
 /// Where a command runs: in the box's sandbox (its confinement, reading the box's Python
-/// environment), or on the host (`None`: `install`, which writes to that environment).
+/// environment), or on the host (`None`: `install` of an unconfined box, which writes to that
+/// environment).
 pub(crate) type Jail<'a> = Option<(&'a Confinement, &'a Path)>;
 
 /// Whether `program` exists where the sandbox will look for it.
@@ -99,7 +100,79 @@ pub(crate) async fn run_command(
     limit: usize,
     jail: Jail<'_>,
 ) -> Result<CommandOutput> {
-    let mut child = spawn(program, args, cwd, env, extra, jail)?;
+    let child = spawn(program, args, cwd, env, extra, jail)?;
+    collect(child, program, timeout, limit).await
+}
+
+/// Run `python -m pip install ... packages` inside the box's confinement: as the box's uid,
+/// with network, writing only to the working directory, into `target`. The operator's pip
+/// settings (index, find-links, certificate, proxies) reach pip; local directories they name
+/// are readable.
+pub(crate) async fn run_pip_install(
+    confinement: &Confinement,
+    python: &Path,
+    target: &Path,
+    packages: &[String],
+    env: &[(String, String)],
+    timeout: Option<Duration>,
+    limit: usize,
+) -> Result<CommandOutput> {
+    let mut argv: Vec<String> = vec![python.to_string_lossy().into_owned()];
+    argv.extend(
+        ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-cache-dir", "--target"]
+            .map(str::to_owned),
+    );
+    argv.push(target.to_string_lossy().into_owned());
+    argv.extend(packages.iter().cloned());
+    let (pip_env, read_only) = pip_settings(std::env::vars());
+    let mut all = env.to_vec();
+    all.extend(pip_env);
+    let prepared = confinement.prepare_installer(&argv, &all, python, &read_only)?;
+    let mut cmd = Command::from(prepared.command);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    let spawned = cmd.spawn();
+    drop(prepared.guard);
+    let child = spawned.map_err(|e| CodeBoxError::io("running pip", e))?;
+    collect(child, "pip", timeout, limit).await
+}
+
+/// The host's pip settings that a sandboxed pip gets, and the local paths they name.
+fn pip_settings(host: impl Iterator<Item = (String, String)>) -> (Vec<(String, String)>, Vec<std::path::PathBuf>) {
+    const PASSED: &[&str] = &[
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_FIND_LINKS",
+        "PIP_TRUSTED_HOST",
+        "PIP_DEFAULT_TIMEOUT",
+        "PIP_CERT",
+        "PIP_CLIENT_CERT",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    ];
+    let mut env = Vec::new();
+    let mut paths = Vec::new();
+    for (k, v) in host {
+        if !PASSED.contains(&k.as_str()) {
+            continue;
+        }
+        if matches!(k.as_str(), "PIP_FIND_LINKS" | "PIP_CERT" | "PIP_CLIENT_CERT") {
+            paths.extend(
+                v.split_whitespace()
+                    .map(|p| std::path::PathBuf::from(p.strip_prefix("file://").unwrap_or(p)))
+                    .filter(|p| p.is_absolute() && p.exists()),
+            );
+        }
+        env.push((k, v));
+    }
+    env.sort();
+    (env, paths)
+}
+
+async fn collect(mut child: Child, program: &str, timeout: Option<Duration>, limit: usize) -> Result<CommandOutput> {
     let out = read_capped(child.stdout.take().expect("piped"), limit / 2);
     let err = read_capped(child.stderr.take().expect("piped"), limit / 2);
     let all = async { tokio::join!(child.wait(), out, err) };
@@ -199,4 +272,25 @@ pub(crate) fn run_bash(
         let _ = tx.send(Ok(ExecEvent::end(None, started.elapsed(), outcome))).await;
     });
     Ok(crate::exec::receiver_stream(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pip_gets_only_the_operators_pip_settings_and_their_local_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = [
+            ("PIP_FIND_LINKS", format!("{} https://example.org/wheels /does/not/exist", dir.path().display())),
+            ("HTTPS_PROXY", "http://proxy:3128".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "hunter2".to_owned()),
+            ("PATH", "/usr/bin".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
+        let (env, paths) = pip_settings(host.into_iter());
+        let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["HTTPS_PROXY", "PIP_FIND_LINKS"]);
+        assert_eq!(paths, [dir.path().to_owned()]);
+    }
 }

@@ -235,12 +235,19 @@ fn info(rel: &Path, st: &rustix::fs::Stat) -> FileInfo {
     }
 }
 
+/// The top-level directory of the box's own state, left out of listings.
+const RESERVED: &str = ".codebox";
+
 fn list_into(fd: OwnedFd, rel: &Path, recursive: bool, out: &mut Vec<FileInfo>) -> rustix::io::Result<()> {
     let mut subdirs = Vec::new();
     for entry in rustix::fs::Dir::read_from(fd.as_fd())? {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {
+            continue;
+        }
+        // The box's own state (installed packages) is not part of the user's files.
+        if rel.as_os_str().is_empty() && name == RESERVED.as_bytes() {
             continue;
         }
         let name = OsStr::from_bytes(name).to_owned();

@@ -54,8 +54,20 @@
 //! without. [`Limits`] sets rlimits, tmpfs sizes and, with
 //! [`with_cgroups`](LocalBoxBuilder::with_cgroups) (root), memory, process and CPU limits;
 //! a server gives each box its own uid with
-//! [`with_session_uids`](LocalBoxBuilder::with_session_uids). `install` runs pip on this
-//! machine, outside the sandbox. See [`sandbox`].
+//! [`with_session_uids`](LocalBoxBuilder::with_session_uids). See [`sandbox`].
+//!
+//! # Installing packages
+//!
+//! In a confined box (any isolation level, or a uid of its own) `install` runs
+//! `pip install --target` under the box's own confinement and uid, with network for pip
+//! alone, into `.codebox/site-packages` in the working directory
+//! ([`sandbox::PACKAGES_DIR`]): the packages count against the box's disk limit, go with the
+//! box, and are first on `PYTHONPATH` of its kernels and commands from the start, so they
+//! import at once and after a restart. The shared Python is never written. `--target`
+//! installs a package's dependencies into the box too, even those the shared environment
+//! has. `.codebox/` is left out of file listings. The operator's pip settings (`PIP_INDEX_URL`,
+//! `PIP_FIND_LINKS`, `PIP_CERT`, proxies) reach pip. An unconfined box (isolation none, no
+//! session uid) runs pip on this machine into the box's Python environment.
 //!
 //! # Per-execution options
 //!
@@ -79,6 +91,7 @@ pub mod sandbox;
 mod spawn;
 mod util;
 
+pub use crate::kernelspec::LEAN_KERNEL;
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
 pub use crate::pool::KernelPool;
 pub use crate::python::{ProgressFn, Provision, PythonProfile, managed_python_dir, provision_at};

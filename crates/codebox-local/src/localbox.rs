@@ -21,6 +21,9 @@ use crate::python::{ProgressFn, Provision, PythonProfile};
 use crate::sandbox::uid::UidAllocator;
 use crate::sandbox::{Confinement, Isolation, IsolationLevel, Limits, PolicyRef, SandboxPolicy};
 
+/// How long one `install` may take.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// Output kept per execution unless configured otherwise: 10 MiB.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 10 * 1024 * 1024;
 
@@ -167,8 +170,10 @@ impl LocalBoxBuilder {
         self
     }
 
-    /// The kernel to run: `python3` (the default, ipykernel over the box's Python) or the
-    /// name of an installed kernelspec.
+    /// The kernel to run: `python3` (the default, ipykernel over the box's Python),
+    /// [`LEAN_KERNEL`](crate::LEAN_KERNEL) (IPython over the box's Python without ipykernel:
+    /// shorter round trips and starts, no widgets or debugger), or the name of an installed
+    /// kernelspec.
     pub fn with_kernel(mut self, kernel: impl Into<String>) -> Self {
         self.config.kernel = kernel.into();
         self
@@ -874,20 +879,38 @@ impl CodeBox for LocalBox {
             return Err(CodeBoxError::invalid(format!("{bad:?} is not a package name")));
         }
         let h = self.inner.handle().await?;
-        let mut args: Vec<String> =
-            ["-m", "pip", "install", "--disable-pip-version-check", "--no-input"].map(str::to_owned).to_vec();
-        args.extend(packages.iter().cloned());
-        let out = crate::command::run_command(
-            &h.python.to_string_lossy(),
-            &args,
-            h.root.path(),
-            &h.env,
-            &BTreeMap::new(),
-            Some(Duration::from_secs(900)),
-            self.inner.config.output_limit,
-            None,
-        )
-        .await?;
+        let timeout = Some(INSTALL_TIMEOUT);
+        let out = match h.confinement.packages_dir() {
+            // A confined box installs into its own directory, under its own confinement.
+            Some(target) => {
+                crate::command::run_pip_install(
+                    &h.confinement,
+                    &h.python,
+                    &target,
+                    packages,
+                    &h.env,
+                    timeout,
+                    self.inner.config.output_limit,
+                )
+                .await?
+            }
+            None => {
+                let mut args: Vec<String> =
+                    ["-m", "pip", "install", "--disable-pip-version-check", "--no-input"].map(str::to_owned).to_vec();
+                args.extend(packages.iter().cloned());
+                crate::command::run_command(
+                    &h.python.to_string_lossy(),
+                    &args,
+                    h.root.path(),
+                    &h.env,
+                    &BTreeMap::new(),
+                    timeout,
+                    self.inner.config.output_limit,
+                    None,
+                )
+                .await?
+            }
+        };
         let text = format!("{}{}", out.stdout, out.stderr);
         if !out.success() {
             return Err(CodeBoxError::Install { output: text });

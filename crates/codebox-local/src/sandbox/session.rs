@@ -159,6 +159,23 @@ impl SandboxPolicy {
     }
 }
 
+/// The directory of a confined box's installed packages, relative to its working directory.
+/// `.codebox/` is reserved for the box's own state and left out of file listings.
+pub const PACKAGES_DIR: &str = ".codebox/site-packages";
+
+/// `env` with `packages` first on `PYTHONPATH` (before any `PYTHONPATH` the box sets).
+fn with_packages(env: &[(String, String)], packages: Option<&Path>) -> Vec<(String, String)> {
+    let Some(dir) = packages else { return env.to_vec() };
+    let dir = dir.to_string_lossy().into_owned();
+    let mut out: Vec<(String, String)> = env.iter().filter(|(k, _)| k != "PYTHONPATH").cloned().collect();
+    let value = match env.iter().find(|(k, _)| k == "PYTHONPATH") {
+        Some((_, v)) if !v.is_empty() => format!("{dir}:{v}"),
+        _ => dir,
+    };
+    out.push(("PYTHONPATH".to_owned(), value));
+    out
+}
+
 fn next_serial() -> u64 {
     static SERIAL: AtomicU64 = AtomicU64::new(0);
     SERIAL.fetch_add(1, Ordering::Relaxed)
@@ -214,6 +231,19 @@ impl Confinement {
         }
     }
 
+    /// Whether the box is confined (a sandbox level, or a uid of its own): then `install`
+    /// runs pip inside the confinement, into [`Confinement::packages_dir`].
+    pub fn is_confined(&self) -> bool {
+        self.level != IsolationLevel::None || self.uid.is_some()
+    }
+
+    /// Where a confined box's packages go: `.codebox/site-packages` in its working directory,
+    /// so they count against the disk limit and go with the box. Every kernel and command of
+    /// the box has it first on `PYTHONPATH`. `None` for an unconfined box.
+    pub fn packages_dir(&self) -> Option<PathBuf> {
+        self.is_confined().then(|| self.work_dir.join(PACKAGES_DIR))
+    }
+
     /// The sandboxed command for `argv` (a kernel, or a command run in the box) with the
     /// box's own environment `env`, reading the Python environment of `python`, in `cwd`
     /// (inside the working directory; default: the working directory), with the kernel's
@@ -226,11 +256,40 @@ impl Confinement {
         cwd: Option<&Path>,
         run_dir: Option<&Path>,
     ) -> Result<Prepared> {
+        self.prepare_with(argv, env, python, cwd, run_dir, self.network, &[])
+    }
+
+    /// The sandboxed `pip` (or any installer) command for `argv`: like [`Confinement::prepare`]
+    /// for a command in the working directory, but with the host network whatever the box's
+    /// setting, and with `read_only` (say a local wheel directory) readable.
+    pub fn prepare_installer(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        python: &Path,
+        read_only: &[PathBuf],
+    ) -> Result<Prepared> {
+        self.prepare_with(argv, env, Some(python), None, None, true, read_only)
+    }
+
+    #[allow(clippy::too_many_arguments)] // the two public entry points above name them
+    fn prepare_with(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        python: Option<&Path>,
+        cwd: Option<&Path>,
+        run_dir: Option<&Path>,
+        network: bool,
+        extra_read_only: &[PathBuf],
+    ) -> Result<Prepared> {
         if self.released.load(Ordering::Acquire) {
             return Err(CodeBoxError::NotRunning { message: "the box's sandbox was released".into() });
         }
+        let env = &with_packages(env, self.packages_dir().as_deref());
         let program = argv.first().map(PathBuf::from).unwrap_or_default();
         let mut read_only = python.map(python_paths).unwrap_or_default();
+        read_only.extend(extra_read_only.iter().cloned());
         // A kernelspec may name a program elsewhere: its directory must be readable too.
         if program.is_absolute() && python.is_none_or(|p| p != program) {
             read_only.extend(python_paths(&program));
@@ -248,7 +307,7 @@ impl Confinement {
         let spec = SandboxSpec {
             level: self.level,
             bwrap: probe().bubblewrap.as_ref().ok().cloned(),
-            network: self.network,
+            network,
             limits: self.limits.clone(),
             work_dir: self.work_dir.clone(),
             run_dir: run_dir.map(Path::to_path_buf),

@@ -49,10 +49,15 @@ struct Tracked {
 
 impl Tracked {
     async fn start(builder: LocalBoxBuilder) -> Self {
+        Self::start_at(builder, "bubblewrap").await
+    }
+
+    /// Start a box that must run at isolation `level`.
+    async fn start_at(builder: LocalBoxBuilder, level: &str) -> Self {
         let lb = builder.build().unwrap();
         within("start", lb.start()).await.unwrap();
         let st = lb.status().await.unwrap();
-        assert_eq!(st.isolation.as_deref(), Some("bubblewrap"), "{st:?}");
+        assert_eq!(st.isolation.as_deref(), Some(level), "{st:?}");
         let mut t = Self { lb, pids: vec![], uids: vec![], paths: vec![], tokens: vec![] };
         t.snapshot().await;
         t
@@ -757,3 +762,94 @@ async fn case25_foreign_clients_and_forged_messages_are_refused() {
 }
 
 use std::os::unix::process::CommandExt;
+
+// Installing packages: pip runs in the box's sandbox, as its uid, into the box's own
+// directory; the package imports at once and after a restart, and no other box sees it.
+#[tokio::test]
+async fn install_runs_pip_inside_the_box_and_leaves_the_shared_python_alone() {
+    let mut t = Tracked::start(server_box(Limits::server())).await;
+    let uid = t.lb.session_uid().await.unwrap();
+    let out = within("install", t.lb.install(&["tabulate".to_owned()])).await.unwrap();
+    assert!(out.contains("Successfully installed"), "{out}");
+    let probe = "import os, socket, tabulate\nprint('file=' + tabulate.__file__)\n\
+                 print('owner=%d' % os.stat(tabulate.__file__).st_uid)\n\
+                 print('ifaces=' + ','.join(n for _, n in socket.if_nameindex()))";
+    let f = facts(&t.lb, probe).await;
+    let packages = t.lb.working_dir().await.unwrap().join(codebox_local::sandbox::PACKAGES_DIR);
+    assert!(f["file"].starts_with(&*packages.to_string_lossy()), "{f:?}");
+    assert_eq!(f["owner"], uid.to_string(), "pip ran as the session uid");
+    assert_eq!(f["ifaces"], "lo", "the network was pip's alone");
+    let listed = t.lb.list_files("", false).await.unwrap();
+    assert!(listed.iter().all(|fi| !fi.path.starts_with(".codebox")), "{listed:?}");
+    within("restart", t.lb.restart()).await.unwrap();
+    t.snapshot().await;
+    let ex = t.lb.exec("import tabulate\ntabulate.tabulate([[1, 2]])").await.unwrap();
+    assert!(ex.is_ok(), "{:?}", ex.error());
+    // A failing install is an error carrying pip's own words.
+    let err = within("bad install", t.lb.install(&["codebox-no-such-package-7f3e".to_owned()])).await.unwrap_err();
+    match &err {
+        CodeBoxError::Install { output } => assert!(output.contains("No matching distribution"), "{output}"),
+        other => panic!("expected an install error, got {other:?}"),
+    }
+    // The shared Python is untouched: a fresh box cannot import the package.
+    let python = t.lb.python().await.unwrap();
+    let fresh = Tracked::start(sandboxed()).await;
+    let ex = fresh.lb.exec("import tabulate").await.unwrap();
+    assert_eq!(ex.error().map(|e| e.name.as_str()), Some("ModuleNotFoundError"), "{ex:?}");
+    let venv = python.parent().and_then(|b| b.parent()).unwrap();
+    let site = std::fs::read_dir(venv.join("lib")).unwrap().flatten().map(|e| e.path().join("site-packages"));
+    assert!(site.into_iter().all(|s| !s.join("tabulate").exists()), "the shared environment changed");
+    fresh.finish().await;
+    t.finish().await;
+}
+
+// The Landlock level, for hosts without user namespaces: only the working directory is
+// writable, the host's secrets and the user's HOME are unreadable, the rlimits hold.
+#[tokio::test]
+async fn landlock_confines_a_real_kernel() {
+    let limits = Limits::default().with_file_size(Some(64 * MIB)).with_open_files(Some(512));
+    let t = Tracked::start_at(
+        crate::builder().with_isolation(Isolation::Landlock).with_require_isolation(true).with_limits(limits),
+        "landlock",
+    )
+    .await;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("host.txt"), "host").unwrap();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let code = format!(
+        "{ERR}\nimport resource\n\
+         print('cwd_write=' + err(lambda: open('inside.txt', 'w').write('1')))\n\
+         print('out_write=' + err(lambda: open({out_w:?}, 'w')))\n\
+         print('out_read=' + err(lambda: open({out_r:?}).read()))\n\
+         print('tmp_write=' + err(lambda: open('/tmp/codebox-landlock-probe', 'w')))\n\
+         print('shadow=' + err(lambda: open('/etc/shadow').read()))\n\
+         print('home=' + err(lambda: os.listdir({home:?})))\n\
+         print('fsize=%d' % resource.getrlimit(resource.RLIMIT_FSIZE)[0])\n\
+         print('nofile=%d' % resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n\
+         print('data=%d' % resource.getrlimit(resource.RLIMIT_DATA)[0])\n\
+         print('core=%d' % resource.getrlimit(resource.RLIMIT_CORE)[0])\n\
+         st = dict(l.split(':', 1) for l in open('/proc/self/status'))\n\
+         print('nnp=' + st['NoNewPrivs'].strip())\nprint('seccomp=' + st['Seccomp'].strip())",
+        out_w = outside.path().join("new.txt").to_string_lossy(),
+        out_r = outside.path().join("host.txt").to_string_lossy(),
+    );
+    let f = facts(&t.lb, &code).await;
+    assert_eq!(f["cwd_write"], "ok");
+    assert_eq!(f["out_write"], "EACCES");
+    assert_eq!(f["out_read"], "EACCES");
+    assert_eq!(f["tmp_write"], "EACCES");
+    assert_eq!(f["shadow"], "EACCES");
+    assert_eq!(f["home"], "EACCES", "the user's HOME ({home}) must be out of reach");
+    assert_eq!(f["fsize"], (64 * MIB).to_string());
+    assert_eq!(f["nofile"], "512");
+    assert_eq!(f["data"], Limits::default().data.unwrap().to_string());
+    assert_eq!(f["core"], "0");
+    assert_eq!(f["nnp"], "1");
+    assert_eq!(f["seccomp"], "2");
+    assert!(!outside.path().join("new.txt").exists());
+    assert!(t.lb.working_dir().await.unwrap().join("inside.txt").exists());
+    assert_eq!(t.lb.status().await.unwrap().isolation.as_deref(), Some("landlock"));
+    let ex = t.lb.exec("import numpy as np\nint(np.arange(10).sum())").await.unwrap();
+    assert_eq!(ex.text(), "45");
+    t.finish().await;
+}
