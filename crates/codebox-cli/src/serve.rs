@@ -154,6 +154,14 @@ struct ServeOptions {
     #[arg(long)]
     no_cgroups: bool,
 
+    /// This server's own directory for session working directories and its record of live
+    /// sessions. At start, whatever an earlier server left there (and under the session
+    /// uids, and in session cgroups) is swept away; one server per directory [default:
+    /// $CODEBOX_HOME/sessions, else /var/lib/codebox/sessions as root, else
+    /// ~/.local/state/codebox/sessions].
+    #[arg(long, value_name = "DIR")]
+    session_root: Option<PathBuf>,
+
     /// Log format on stderr: `text` or `json`. The level comes from RUST_LOG [default: text, info].
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -198,6 +206,7 @@ struct FileConfig {
     no_session_uids: bool,
     #[serde(default)]
     no_cgroups: bool,
+    session_root: Option<PathBuf>,
 }
 
 /// A duration in a file: seconds as a number, or text like `15m`.
@@ -362,10 +371,28 @@ fn read_config_file(path: &Path) -> anyhow::Result<FileConfig> {
     }
 }
 
+/// Where sessions live when no root is given (see `--session-root`).
+fn default_session_root() -> anyhow::Result<PathBuf> {
+    if let Some(home) = std::env::var_os("CODEBOX_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home).join("sessions"));
+    }
+    if codebox_local::sandbox::uid::running_as_root() {
+        return Ok(PathBuf::from("/var/lib/codebox/sessions"));
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".local/state")))
+        .context("no session root: give --session-root (neither CODEBOX_HOME, XDG_STATE_HOME nor HOME is set)")?;
+    Ok(state.join("codebox/sessions"))
+}
+
 /// Everything `serve` needs, after merging flags, environment and file.
 #[derive(Debug)]
 struct Settings {
     server: ServerConfig,
+    /// Session working directories, and the server's record of live sessions.
+    session_root: PathBuf,
     pool_size: usize,
     kernel: Option<String>,
     python: Option<PathBuf>,
@@ -414,6 +441,11 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
     if let Some(d) = args.shutdown_grace.map(Ok).or(file.shutdown_grace.as_ref().map(DurationValue::get)) {
         server = server.with_shutdown_grace(d?);
     }
+    let session_root = match args.session_root.clone().or(file.session_root.clone()) {
+        Some(dir) => std::path::absolute(&dir).with_context(|| format!("the session root {}", dir.display()))?,
+        None => default_session_root()?,
+    };
+    server = server.with_state_dir(session_root.join("server"));
     server.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let sandbox = sandbox_settings(&args, &file)?;
     let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
@@ -422,6 +454,7 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
     }
     Ok(Settings {
         server,
+        session_root,
         pool_size: args.pool_size.or(file.pool_size).unwrap_or(2),
         kernel: args.kernel.or(file.kernel),
         python: args.python.or(file.python),
@@ -469,6 +502,15 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(&settings.log_format);
+    // Before any thread starts: the sweep kills and unmounts, and the environment changes.
+    let _claim = match claim_session_root(&settings) {
+        Ok(claim) => claim,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("codebox serve: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -484,6 +526,28 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Claim the session root for this server, sweeping what an earlier one left behind
+/// (processes of the session uids, session cgroups, mounted images, directories), and make
+/// its scratch directory this process's temporary directory, where every box's working
+/// directory and kernel runtime directory go. The claim lasts as long as the value.
+// SAFETY (of the one unsafe block): called from `main` before the runtime or any other
+// thread starts, so nothing reads the environment while it changes.
+#[allow(unsafe_code)]
+fn claim_session_root(settings: &Settings) -> anyhow::Result<codebox_local::sandbox::sweep::SessionRoot> {
+    let sb = &settings.sandbox;
+    let root = codebox_local::sandbox::uid::running_as_root();
+    let uids = sb.uids.clone().filter(|_| root);
+    let cgroups = if sb.cgroups && root { codebox_local::sandbox::cgroup_manager().ok() } else { None };
+    let (claim, swept) = codebox_local::sandbox::sweep::SessionRoot::claim(&settings.session_root, uids, cgroups)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if swept.is_empty() {
+        tracing::info!(root = %claim.path().display(), "session root claimed; nothing left from an earlier server");
+    }
+    // SAFETY: see the function's comment: no other thread exists yet.
+    unsafe { std::env::set_var("TMPDIR", claim.scratch()) };
+    Ok(claim)
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -607,6 +671,17 @@ mod tests {
         assert!(err.to_string().contains("64 MiB"), "{err}");
         let err = settings(parse(&["--no-auth", "--cpu-limit", "0"]), None).unwrap_err();
         assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn the_session_root_holds_the_server_record() {
+        let s = settings(parse(&["--no-auth", "--session-root", "/srv/codebox/sessions"]), None).unwrap();
+        assert_eq!(s.session_root, PathBuf::from("/srv/codebox/sessions"));
+        assert_eq!(s.server.state_dir, Some(PathBuf::from("/srv/codebox/sessions/server")));
+        let s = settings(parse(&["--no-auth", "--session-root", "rel"]), None).unwrap();
+        assert!(s.session_root.is_absolute() && s.session_root.ends_with("rel"), "{:?}", s.session_root);
+        let s = settings(parse(&["--no-auth"]), None).unwrap();
+        assert!(s.session_root.is_absolute() && s.session_root.ends_with("sessions"), "{:?}", s.session_root);
     }
 
     #[test]

@@ -15,6 +15,16 @@ pub(crate) struct Owner(u32);
 impl Owner {
     /// The single owner of every session when authentication is off.
     pub(crate) const ANONYMOUS: Owner = Owner(u32::MAX);
+
+    /// The position of the owner's key (`u32::MAX` when anonymous), as recorded on disk.
+    pub(crate) fn index(self) -> u32 {
+        self.0
+    }
+
+    /// The owner at key position `index`, as read back from disk.
+    pub(crate) fn from_index(index: u32) -> Self {
+        Self(index)
+    }
 }
 
 impl fmt::Debug for Owner {

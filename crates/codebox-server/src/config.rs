@@ -42,6 +42,11 @@ pub struct ServerConfig {
     /// so a burst of new sessions does not starve every kernel start at once. Default: the
     /// number of CPUs, at least 2.
     pub max_concurrent_starts: usize,
+    /// A directory of this server's own where it records which sessions are alive, so that
+    /// after a restart (a crash included) requests for sessions of the earlier run get 410
+    /// Gone saying the session was lost, instead of 404. One server per directory: a second
+    /// one is refused while the first runs. Default none (no record).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +66,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
             max_concurrent_starts: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            state_dir: None,
         }
     }
 }
@@ -153,6 +159,12 @@ impl ServerConfig {
     /// Let at most `n` boxes start at once.
     pub fn with_max_concurrent_starts(mut self, n: usize) -> Self {
         self.max_concurrent_starts = n;
+        self
+    }
+
+    /// Record live sessions in `dir` (see [`state_dir`](Self::state_dir)).
+    pub fn with_state_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
         self
     }
 

@@ -24,6 +24,7 @@ mod compat;
 mod config;
 mod factory;
 mod metrics;
+mod record;
 mod routes;
 mod service;
 mod sessions;
@@ -72,6 +73,10 @@ impl Server {
             .await
             .map_err(|e| CodeBoxError::io(format!("binding {}", config.addr), e))?;
         let local_addr = listener.local_addr().map_err(|e| CodeBoxError::io("reading the bound address", e))?;
+        let record = match &config.state_dir {
+            Some(dir) => record::SessionRecord::open(dir)?,
+            None => record::SessionRecord::default(),
+        };
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::new(
             factory,
@@ -79,6 +84,7 @@ impl Server {
             config.retry_after,
             config.max_concurrent_starts,
             Arc::clone(&metrics),
+            record,
         );
         let keys = ApiKeys::new(config.api_keys.clone(), config.no_auth);
         let state = Arc::new(AppState { config, keys, registry, metrics });

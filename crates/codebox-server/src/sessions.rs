@@ -16,6 +16,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::auth::Owner;
 use crate::factory::BoxFactory;
 use crate::metrics::Metrics;
+use crate::record::SessionRecord;
 
 /// One session: a box, its owner, and its use.
 pub(crate) struct Session {
@@ -155,6 +156,7 @@ pub(crate) struct Registry {
     metrics: Arc<Metrics>,
     closed: std::sync::atomic::AtomicBool,
     starts: Semaphore,
+    record: SessionRecord,
 }
 
 impl std::fmt::Debug for Registry {
@@ -190,6 +192,7 @@ impl Registry {
         retry_after: Duration,
         max_concurrent_starts: usize,
         metrics: Arc<Metrics>,
+        record: SessionRecord,
     ) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
@@ -199,6 +202,7 @@ impl Registry {
             metrics,
             closed: Default::default(),
             starts: Semaphore::new(max_concurrent_starts.max(1)),
+            record,
         }
     }
 
@@ -212,9 +216,12 @@ impl Registry {
         slot.cell.get().cloned()
     }
 
-    /// [`get`](Self::get), or a 404 `not_found` error naming the session.
+    /// [`get`](Self::get), or a 404 `not_found` error naming the session (410 Gone, kind
+    /// `not_found`, when the session was lost with a restart of the server).
     pub(crate) fn require(&self, owner: Owner, id: &str) -> Result<Arc<Session>> {
-        self.get(owner, id).ok_or_else(|| CodeBoxError::not_found(format!("session {id}")))
+        self.get(owner, id).ok_or_else(|| {
+            self.record.lost_error(owner, id).unwrap_or_else(|| CodeBoxError::not_found(format!("session {id}")))
+        })
     }
 
     /// The owner's sessions, oldest first.
@@ -302,9 +309,11 @@ impl Registry {
                 let session = Arc::clone(session);
                 if created == Created::New {
                     self.metrics.session_created();
+                    self.record.started(owner, &id);
                     let still_registered = self.lock().get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot));
                     if !still_registered {
                         // Deleted or shut down while it was starting: do not leave its kernel behind.
+                        self.record.ended(owner, &id);
                         let _ = session.codebox.stop().await;
                         return Err(CodeBoxError::not_found(format!("session {id} was stopped while starting")));
                     }
@@ -334,6 +343,7 @@ impl Registry {
         };
         match removed.and_then(|slot| slot.cell.get().cloned()) {
             Some(session) => {
+                self.record.ended(owner, id);
                 stop_box(&session).await;
                 true
             }
@@ -354,13 +364,15 @@ impl Registry {
         };
         for session in &expired {
             tracing::info!(session = %session.id, owner = %session.owner, "stopping idle session");
+            self.record.ended(session.owner, &session.id);
             stop_box(session).await;
             self.metrics.session_reaped();
         }
         expired.len()
     }
 
-    /// Refuse new sessions, remove every session and stop all their boxes.
+    /// Refuse new sessions, remove every session and stop all their boxes. The record keeps
+    /// them: the next server on the same state directory answers for them as lost.
     pub(crate) async fn close(&self) {
         let sessions: Vec<Arc<Session>> = {
             let mut slots = self.lock();

@@ -1,3 +1,4 @@
 //! The `codebox` binary, run as a user would: real processes, real kernels.
 
 mod run;
+mod serve;

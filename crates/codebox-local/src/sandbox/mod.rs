@@ -25,6 +25,7 @@ pub mod probe;
 pub mod rlimits;
 pub mod seccomp;
 mod session;
+pub mod sweep;
 pub mod uid;
 
 use std::fmt;
