@@ -8,6 +8,7 @@ mod basics;
 mod conformance;
 mod faults;
 mod files;
+mod lean;
 mod orphans;
 
 use codebox_core::CodeBox;
