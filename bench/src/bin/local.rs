@@ -2,6 +2,7 @@
 //!
 //! - cold start to first result (`start()` + `1+1`), p50 over `BENCH_COLD_RUNS` (default 10),
 //!   and in turn with it the time a fresh Python takes just to import ipykernel;
+//! - cold start and warm round trips of the lean kernel (`python3-lean`);
 //! - pooled start (`start()` with a ready kernel waiting in a `KernelPool`), p50;
 //! - warm `1+1` and `print('x')` round trips, p50/p90/p99 over `BENCH_WARM_RUNS` (default 1000);
 //! - 8 boxes x 200 executions at once, executions per second;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use codebox_core::{CodeBox, CodeBoxExt};
-use codebox_local::{KernelPool, LocalBox};
+use codebox_local::{KernelPool, LEAN_KERNEL, LocalBox};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -40,12 +41,12 @@ fn rss_kib() -> u64 {
 /// Cold starts, each followed by a bare `import ipykernel.kernelapp` in a fresh Python: the
 /// import bounds any ipykernel start from below, and timing both in turn shows how far
 /// above it a cold start is while the machine's speed drifts.
-async fn cold_start(python: &Path, runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+async fn cold_start(python: &Path, kernel: &str, runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     let mut samples = Vec::new();
     let mut imports = Vec::new();
     for _ in 0..runs {
         let t0 = Instant::now();
-        let lb = LocalBox::new()?;
+        let lb = LocalBox::builder().with_kernel(kernel).build()?;
         lb.start().await?;
         let ex = lb.exec("1+1").await?;
         samples.push(ms(t0.elapsed()));
@@ -197,7 +198,8 @@ async fn main() -> Result<()> {
     }
     drop(many);
 
-    let (cold, imports) = cold_start(&python, cold_runs).await?;
+    let (cold, imports) = cold_start(&python, "python3", cold_runs).await?;
+    let (lean_cold, _) = cold_start(&python, LEAN_KERNEL, cold_runs).await?;
     let pooled = pooled_start(cold_runs).await?;
 
     let lb = LocalBox::new()?;
@@ -207,6 +209,13 @@ async fn main() -> Result<()> {
     let w_print = warm(&lb, "print('x')", warm_runs).await?;
     let (up, down) = transfer(&lb, mib).await?;
     lb.stop().await?;
+
+    let lean = LocalBox::builder().with_kernel(LEAN_KERNEL).build()?;
+    lean.start().await?;
+    warm(&lean, "1+1", 50).await?;
+    let lean_add = warm(&lean, "1+1", warm_runs).await?;
+    let lean_print = warm(&lean, "print('x')", warm_runs).await?;
+    lean.stop().await?;
 
     let reference = reference(&python, cold_runs, warm_runs, boxes, per_box)?;
     let ours = json!({
@@ -221,11 +230,19 @@ async fn main() -> Result<()> {
         "transfer_mib": mib,
         "rss_per_box_kib": per_box_kib,
     });
+    let lean = json!({
+        "kernel": LEAN_KERNEL,
+        "cold_start_ms": summary(&lean_cold),
+        "warm_1plus1_ms": summary(&lean_add),
+        "warm_print_ms": summary(&lean_print),
+    });
     let ratios = json!({
         "warm_1plus1_p50": ratio(&ours["warm_1plus1_ms"]["p50"], &reference["warm_1plus1_ms"]["p50"]),
         "warm_print_p50": ratio(&ours["warm_print_ms"]["p50"], &reference["warm_print_ms"]["p50"]),
         "cold_start_p50": ratio(&ours["cold_start_ms"]["p50"], &reference["cold_start_ms"]["p50"]),
         "cold_start_over_ipykernel_import_p50": ratio(&ours["cold_start_ms"]["p50"], &ours["ipykernel_import_ms"]["p50"]),
+        "lean_kernel_warm_1plus1_p50": ratio(&lean["warm_1plus1_ms"]["p50"], &reference["warm_1plus1_ms"]["p50"]),
+        "lean_kernel_cold_start_p50": ratio(&lean["cold_start_ms"]["p50"], &reference["cold_start_ms"]["p50"]),
         "concurrent_exec_per_s": ratio(&ours["concurrent"]["exec_per_s"], &reference["concurrent"]["exec_per_s"]),
     });
     let targets = json!({
@@ -242,6 +259,7 @@ async fn main() -> Result<()> {
         "python": python,
         "kernel_flags": KERNEL_FLAGS,
         "local_box": ours,
+        "local_box_lean_kernel": lean,
         "jupyter_client_reference": reference,
         "ratios_local_over_reference": ratios,
         "targets": targets,
