@@ -139,10 +139,12 @@ class Session:
 class OutStream(io.TextIOBase):
     """sys.stdout and sys.stderr: text becomes `stream` messages, batched by size and time."""
 
-    def __init__(self, kernel, name):
+    def __init__(self, kernel, name, fd):
         super().__init__()
         self.kernel = kernel
         self.name = name
+        self.fd = fd
+        self.pid = os.getpid()
         self.lock = threading.Lock()
         self.parts = []
         self.size = 0
@@ -153,12 +155,22 @@ class OutStream(io.TextIOBase):
     def isatty(self):
         return False
 
+    def fileno(self):
+        # Descriptor 1 feeds the cell's stdout (see FdCapture), so handing it to a
+        # subprocess keeps that output in the cell.
+        return self.fd
+
     def writable(self):
         return True
 
     def write(self, text):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if os.getpid() != self.pid:
+            # A forked child must not touch the parent's sockets: write to the descriptor,
+            # whose output the parent captures.
+            os.write(self.fd, text.encode("utf-8", "replace"))
+            return len(text)
         if text:
             with self.lock:
                 first = not self.parts
@@ -323,8 +335,8 @@ class Kernel:
         threading.Thread(target=zmq.proxy, args=(hb, hb), name="codebox-hb", daemon=True).start()
 
         self.flusher = Flusher(self)
-        self.stdout = OutStream(self, "stdout")
-        self.stderr = OutStream(self, "stderr")
+        self.stdout = OutStream(self, "stdout", 1)
+        self.stderr = OutStream(self, "stderr", 2)
         sys.__stdout__.flush()
         self.fd_capture = FdCapture(1, self.stdout)
 

@@ -47,11 +47,14 @@ async fn output_streams_while_the_cell_runs_without_explicit_flushes() {
 #[tokio::test]
 async fn output_of_subprocesses_and_stderr_and_rich_results_arrive_in_order() {
     let lb = lean().await;
-    let code = "import os, sys\nprint('py')\nos.system('echo from-shell')\nprint('err', file=sys.stderr)\n\
+    let code = "import os, sys, subprocess, multiprocessing as mp\nprint('py')\nos.system('echo from-shell')\n\
+                subprocess.run(['echo', 'from-run'], stdout=sys.stdout)\n\
+                p = mp.get_context('fork').Process(target=print, args=('from-fork',)); p.start(); p.join()\n\
+                print('err', file=sys.stderr)\n\
                 from IPython.display import HTML, display\ndisplay(HTML('<b>x</b>'))\n40 + 2";
     let ex = lb.exec(code).await.unwrap();
     assert!(ex.is_ok(), "{:?}", ex.error());
-    assert_eq!(ex.stdout(), "py\nfrom-shell\n");
+    assert_eq!(ex.stdout(), "py\nfrom-shell\nfrom-run\nfrom-fork\n");
     assert_eq!(ex.stderr(), "err\n");
     let display = ex.events.iter().find_map(|e| match e {
         ExecEvent::Display { data, .. } => data.get("text/html").and_then(|v| v.as_str()).map(str::to_owned),
