@@ -35,8 +35,8 @@ const LOCK: &str = "server.lock";
 pub(crate) struct SessionRecord {
     live_dir: Option<PathBuf>,
     lost: Mutex<HashSet<(Owner, String)>>,
-    /// Held (locked) for the server's life.
-    _lock: Option<File>,
+    /// Held (locked) until the server is down.
+    lock: Mutex<Option<File>>,
 }
 
 fn entry_name(owner: Owner, id: &str) -> String {
@@ -119,7 +119,7 @@ impl SessionRecord {
         Ok(Self {
             live_dir: Some(live_dir),
             lost: Mutex::new(lost.iter().filter_map(|l| parse_entry(l)).collect()),
-            _lock: Some(lock),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -138,6 +138,11 @@ impl SessionRecord {
         if let Some(dir) = &self.live_dir {
             let _ = std::fs::remove_file(dir.join(entry_name(owner, id)));
         }
+    }
+
+    /// Let another server open the directory (the server is down).
+    pub(crate) fn release(&self) {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// The 410 answer when the owner's session `id` was lost with a restart.

@@ -380,6 +380,7 @@ impl Registry {
             slots.drain().filter_map(|(_, s)| s.cell.get().cloned()).collect()
         };
         futures::future::join_all(sessions.iter().map(|s| stop_box(s))).await;
+        self.record.release();
     }
 
     /// Refuse new sessions from now on.

@@ -307,3 +307,34 @@ pub(crate) mod reqwest_like {
         }
     }
 }
+
+#[tokio::test]
+async fn sessions_of_an_earlier_run_are_gone_with_410_and_deleted_ones_are_unknown() {
+    let state = tempfile::tempdir().unwrap();
+    let config = || crate::support::test_config().with_state_dir(state.path());
+    let mut first = TestServer::with_config(config()).await;
+    let kept = first.session().await;
+    let deleted = first.session().await;
+    let reply = first.send(Method::DELETE, &format!("/v1/sessions/{deleted}"), Some(KEY), None, Bytes::new()).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    // One server per state directory.
+    let err = codebox_server::Server::bind(config(), first.factory.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("another server is using the state directory"), "{err}");
+    first.shutdown().await;
+
+    let second = TestServer::with_config(config()).await;
+    let reply = second.get(&format!("/v1/sessions/{kept}")).await;
+    assert_eq!(reply.status, StatusCode::GONE, "{}", reply.text());
+    assert_eq!(reply.error_kind(), "not_found");
+    assert!(reply.text().contains("lost when the server restarted"), "{}", reply.text());
+    let reply = second.post_json(&format!("/v1/sessions/{kept}/execute"), json!({"code": "1"})).await;
+    assert_eq!(reply.status, StatusCode::GONE);
+    // Only to its owner; a session deleted on purpose is simply unknown.
+    let reply = second.send(Method::GET, &format!("/v1/sessions/{kept}"), Some(OTHER_KEY), None, Bytes::new()).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(second.get(&format!("/v1/sessions/{deleted}")).await.status, StatusCode::NOT_FOUND);
+    // Creating it again by name gives a working session.
+    let reply = second.post_json("/v1/sessions", json!({"id": kept})).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(second.get(&format!("/v1/sessions/{kept}")).await.status, StatusCode::OK);
+}
