@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use zeromq::{DealerSendHalf, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::protocol::{Incoming, Signer};
+use crate::relay::{Oversize, Target};
 use crate::sandbox::{Confinement, IsolationLevel, PolicyRef};
 use crate::util::random_hex;
 
@@ -292,10 +293,6 @@ impl Kernel {
         let conn_file = runtime_dir.path().join("connection.json");
         std::fs::write(&conn_file, serde_json::to_vec(&conn).expect("JSON serializes"))
             .map_err(|e| CodeBoxError::io("writing the connection file", e))?;
-        let endpoint = |port: u16| match spec.transport {
-            Transport::Ipc => format!("ipc://{ip}-{port}"),
-            Transport::Tcp => format!("tcp://{ip}:{port}"),
-        };
 
         let argv: Vec<String> =
             spec.argv.iter().map(|a| a.replace("{connection_file}", &conn_file.to_string_lossy())).collect();
@@ -315,6 +312,7 @@ impl Kernel {
         tracing::debug!(kernel = %spec.name, pid = child.id(), "kernel spawned");
 
         let stderr = child.stderr.take();
+        let oversize = Arc::new(Oversize::default());
         let process = Arc::new(Process { child: Mutex::new(Some(child)), pid, reaped: AtomicBool::new(false) });
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let mut tasks = Vec::new();
@@ -331,7 +329,14 @@ impl Kernel {
                 return Err(e);
             }
         };
-        tasks.push(tokio::spawn(watch_process(pidfd, process.clone(), confinement.clone(), death_tx)));
+        tasks.push(tokio::spawn(watch_process(
+            pidfd,
+            process.clone(),
+            confinement.clone(),
+            oversize.clone(),
+            spec.sandbox.policy().limits.max_message,
+            death_tx,
+        )));
         if let Some(stderr) = stderr {
             tasks.push(tokio::spawn(drain_stderr(stderr, stderr_tail.clone())));
         }
@@ -356,9 +361,17 @@ impl Kernel {
         };
         let deadline = started + spec.start_timeout;
 
-        let connected = connect_all(spec.transport, &ip, &endpoint, &ports, &death_rx, deadline).await;
+        let guard = RelayGuard {
+            limit: spec.sandbox.policy().limits.max_message,
+            oversize: oversize.clone(),
+            process: process.clone(),
+        };
+        let connected = connect_all(spec.transport, &ip, &ports, &death_rx, deadline, &guard).await;
         let (shell_tx, shell_rx, control_tx, control_rx, iopub) = match connected {
-            Ok(sockets) => sockets,
+            Ok((sockets, relays)) => {
+                tasks.extend(relays);
+                sockets
+            }
             Err(what) => {
                 let tail = fail(tasks, &process).await;
                 return Err(start_error(format!("{what}{}", fmt_tail(&tail))));
@@ -566,14 +579,44 @@ fn fmt_tail(tail: &str) -> String {
 
 type Sockets = (DealerSendHalf, zeromq::DealerRecvHalf, DealerSendHalf, zeromq::DealerRecvHalf, zeromq::SubSocket);
 
+/// What the relays in front of a kernel's sockets need: the message size limit, where to
+/// record a message over it, and the process to kill then.
+struct RelayGuard {
+    limit: u64,
+    oversize: Arc<Oversize>,
+    process: Arc<Process>,
+}
+
+impl RelayGuard {
+    /// A relay to the kernel's socket on `port`, listening in `private`.
+    async fn relay(
+        &self,
+        transport: Transport,
+        ip: &str,
+        port: u16,
+        private: &std::path::Path,
+    ) -> std::result::Result<crate::relay::Relay, String> {
+        let target = match transport {
+            Transport::Ipc => Target::Ipc(PathBuf::from(format!("{ip}-{port}"))),
+            Transport::Tcp => Target::Tcp(port),
+        };
+        let process = self.process.clone();
+        crate::relay::start(target, private, &port.to_string(), self.limit, self.oversize.clone(), move || {
+            process.signal_group(rustix::process::Signal::KILL)
+        })
+        .await
+        .map_err(|e| format!("listening for the kernel's sockets failed: {e}"))
+    }
+}
+
 async fn connect_all(
     transport: Transport,
     ip: &str,
-    endpoint: &impl Fn(u16) -> String,
     ports: &[u16],
     death: &watch::Receiver<Option<KernelDeath>>,
     deadline: Instant,
-) -> std::result::Result<Sockets, String> {
+    guard: &RelayGuard,
+) -> std::result::Result<(Sockets, Vec<JoinHandle<()>>), String> {
     let mut death = death.clone();
     let work = async {
         if transport == Transport::Ipc {
@@ -584,16 +627,39 @@ async fn connect_all(
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        let mut iopub = zeromq::SubSocket::new();
-        iopub.connect(&endpoint(ports[1])).await.map_err(|e| format!("connecting to IOPub failed: {e}"))?;
-        iopub.subscribe("").await.map_err(|e| format!("subscribing to IOPub failed: {e}"))?;
-        let mut shell = zeromq::DealerSocket::new();
-        shell.connect(&endpoint(ports[0])).await.map_err(|e| format!("connecting to the shell failed: {e}"))?;
-        let mut control = zeromq::DealerSocket::new();
-        control.connect(&endpoint(ports[3])).await.map_err(|e| format!("connecting to control failed: {e}"))?;
-        let (shell_tx, shell_rx) = shell.split();
-        let (control_tx, control_rx) = control.split();
-        Ok::<_, String>((shell_tx, shell_rx, control_tx, control_rx, iopub))
+        // Our sockets reach the kernel through relays that bound the size of one message
+        // (see `relay`); their listeners live in a private directory only until we connected.
+        let private = tempfile::Builder::new()
+            .prefix("cbk-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(runtime_base())
+            .map_err(|e| format!("creating a private socket directory failed: {e}"))?;
+        std::fs::write(private.path().join(OWNER_FILE), owner_tag())
+            .map_err(|e| format!("writing the owner file failed: {e}"))?;
+        let mut relays = crate::relay::Relays::default();
+        let iopub_relay = guard.relay(transport, ip, ports[1], private.path()).await?;
+        let shell_relay = guard.relay(transport, ip, ports[0], private.path()).await?;
+        let control_relay = guard.relay(transport, ip, ports[3], private.path()).await?;
+        let (iopub_ep, shell_ep, control_ep) =
+            (iopub_relay.endpoint.clone(), shell_relay.endpoint.clone(), control_relay.endpoint.clone());
+        for task in [iopub_relay.task, shell_relay.task, control_relay.task] {
+            relays.push(task);
+        }
+        let connected = async {
+            let mut iopub = zeromq::SubSocket::new();
+            iopub.connect(&iopub_ep).await.map_err(|e| format!("connecting to IOPub failed: {e}"))?;
+            iopub.subscribe("").await.map_err(|e| format!("subscribing to IOPub failed: {e}"))?;
+            let mut shell = zeromq::DealerSocket::new();
+            shell.connect(&shell_ep).await.map_err(|e| format!("connecting to the shell failed: {e}"))?;
+            let mut control = zeromq::DealerSocket::new();
+            control.connect(&control_ep).await.map_err(|e| format!("connecting to control failed: {e}"))?;
+            let (shell_tx, shell_rx) = shell.split();
+            let (control_tx, control_rx) = control.split();
+            Ok::<_, String>((shell_tx, shell_rx, control_tx, control_rx, iopub))
+        }
+        .await;
+        // On failure (or when the deadline drops this future) the relays are aborted.
+        connected.map(|sockets| (sockets, relays.into_tasks()))
     };
     tokio::select! {
         r = work => r,
@@ -631,6 +697,8 @@ async fn watch_process(
     pidfd: OwnedFd,
     process: Arc<Process>,
     confinement: Arc<Confinement>,
+    oversize: Arc<Oversize>,
+    max_message: u64,
     death: watch::Sender<Option<KernelDeath>>,
 ) {
     let cause = match register(pidfd) {
@@ -651,9 +719,10 @@ async fn watch_process(
         }
         status
     };
-    let cause = cause.unwrap_or_else(|| match status {
-        Some(status) => confinement.death_cause(status),
-        None => KernelDeath::Unknown { detail: "the kernel process is gone".into() },
+    let cause = cause.unwrap_or_else(|| match (oversize.get(), status) {
+        (Some(size), _) => KernelDeath::Unknown { detail: oversize_detail(size, max_message) },
+        (None, Some(status)) => confinement.death_cause(status),
+        (None, None) => KernelDeath::Unknown { detail: "the kernel process is gone".into() },
     });
     // What the kernel left in its cgroup or under its uid dies with it, before anyone
     // hears of the death (and starts a replacement).
@@ -661,6 +730,14 @@ async fn watch_process(
     let _ = tokio::task::spawn_blocking(move || c.kill_all()).await;
     tracing::debug!(pid = process.pid.as_raw_nonzero().get(), %cause, "kernel exited");
     let _ = death.send(Some(cause));
+}
+
+/// Why a kernel that sent an oversized message was recycled.
+pub(crate) fn oversize_detail(size: u64, limit: u64) -> String {
+    format!(
+        "was recycled for exceeding the output limit: it sent one message of {size} bytes, over the \
+         {limit}-byte message limit"
+    )
 }
 
 async fn drain_stderr(stderr: std::process::ChildStderr, tail: Arc<Mutex<VecDeque<u8>>>) {

@@ -87,6 +87,7 @@ mod output;
 mod pool;
 mod protocol;
 mod python;
+mod relay;
 pub mod sandbox;
 mod spawn;
 mod util;

@@ -36,11 +36,14 @@ pub struct Limits {
     pub workdir_size: Option<u64>,
     /// Most files and directories in the working directory (with `workdir_size`).
     pub workdir_inodes: u64,
+    /// The largest single message a kernel may send, in bytes. A kernel that sends a larger
+    /// one (say one `print` of 200 MB) is recycled before the message reaches this process.
+    pub max_message: u64,
 }
 
 impl Default for Limits {
     /// The local defaults: `RLIMIT_DATA` 2 GiB, files up to 1 GiB, 1024 descriptors, no
-    /// cgroup limits; `/tmp` 256 MiB, `/dev/shm` 64 MiB, `HOME` 16 MiB.
+    /// cgroup limits; `/tmp` 256 MiB, `/dev/shm` 64 MiB, `HOME` 16 MiB; messages up to 64 MiB.
     fn default() -> Self {
         Self {
             memory: None,
@@ -54,6 +57,7 @@ impl Default for Limits {
             home_size: 16 * MIB,
             workdir_size: None,
             workdir_inodes: 100_000,
+            max_message: 64 * MIB,
         }
     }
 }
@@ -128,6 +132,12 @@ impl Limits {
         self
     }
 
+    /// Set the largest single message a kernel may send (at least 64 KiB).
+    pub fn with_max_message(mut self, bytes: u64) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
     /// Check the values: sizes must be positive, the CPU share finite and positive, and
     /// `data` no larger than `memory`.
     pub fn validate(&self) -> codebox_core::Result<()> {
@@ -151,6 +161,9 @@ impl Limits {
         }
         if self.workdir_size.is_some_and(|w| w < 8 * MIB) {
             return bad("workdir_size must be at least 8 MiB");
+        }
+        if self.max_message < 64 * 1024 {
+            return bad("max_message must be at least 64 KiB");
         }
         if self.workdir_inodes < 16 {
             return bad("workdir_inodes must be at least 16");
@@ -189,6 +202,7 @@ mod tests {
         assert!(server.data.unwrap() < GIB && server.data.unwrap() > GIB / 10 * 8);
         assert_eq!(server.pids, Some(256));
         assert_eq!(server.open_files, Some(1024));
+        assert_eq!((local.max_message, server.max_message), (64 * MIB, 64 * MIB));
         local.validate().unwrap();
         server.validate().unwrap();
         Limits::unlimited().validate().unwrap();
@@ -206,6 +220,8 @@ mod tests {
         assert!(err.contains("tmp_size"), "{err}");
         let err = Limits::server().with_memory(MIB).validate().unwrap_err().to_string();
         assert!(err.contains("64 MiB"), "{err}");
+        let err = Limits::default().with_max_message(1024).validate().unwrap_err().to_string();
+        assert!(err.contains("max_message"), "{err}");
     }
 
     #[test]
