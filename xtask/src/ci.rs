@@ -1,7 +1,8 @@
 //! `cargo xtask ci`: the one entry point CI calls.
 //!
-//! Steps, in order, failing fast: `fmt`, `clippy`, `test`, `doc`, `features` (every
-//! combination of the facade's `local`, `remote` and `server` features, with `cargo check`).
+//! Steps, in order, failing fast: `fmt`, `clippy`, `test`, `leaks` (nothing the tests' boxes
+//! had is left on the machine: see [`crate::leaks`]), `doc`, `features` (every combination of
+//! the facade's `local`, `remote` and `server` features, with `cargo check`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::workspace::{cargo, display};
 
 /// The steps, in the order they run.
-pub(crate) const STEPS: [&str; 5] = ["fmt", "clippy", "test", "doc", "features"];
+pub(crate) const STEPS: [&str; 6] = ["fmt", "clippy", "test", "leaks", "doc", "features"];
 
 /// The facade's optional features; the matrix checks every subset of them.
 const FACADE: &str = "codebox";
@@ -29,7 +30,25 @@ pub(crate) struct Options {
 struct Job {
     step: &'static str,
     label: String,
-    cmd: Command,
+    action: Action,
+}
+
+/// What a job does.
+#[derive(Debug)]
+enum Action {
+    /// Run cargo.
+    Cargo(Command),
+    /// Check this machine for what the tests left behind.
+    Leaks,
+}
+
+impl Job {
+    fn shown(&self) -> String {
+        match &self.action {
+            Action::Cargo(cmd) => display(cmd),
+            Action::Leaks => "leak check (processes, cgroups, files of session uids, temp dirs)".to_owned(),
+        }
+    }
 }
 
 /// Runs every step that is not skipped.
@@ -48,13 +67,24 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let mut timings: Vec<(String, Duration)> = Vec::new();
     let total = jobs.len();
     for (i, mut job) in jobs.into_iter().enumerate() {
-        eprintln!("\n==> [{}/{total}] {}: {}", i + 1, job.label, display(&job.cmd));
+        eprintln!("\n==> [{}/{total}] {}: {}", i + 1, job.label, job.shown());
         let t = Instant::now();
-        let status = job.cmd.status().with_context(|| format!("step `{}`: could not start cargo", job.label))?;
+        let shown = job.shown();
+        let outcome = match &mut job.action {
+            Action::Cargo(cmd) => {
+                let status = cmd.status().with_context(|| format!("step `{}`: could not start cargo", job.label))?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("step `{}` failed ({status}): {shown}", job.label))
+                }
+            }
+            Action::Leaks => crate::leaks::check().with_context(|| format!("step `{}` failed", job.label)),
+        };
         timings.push((job.label.clone(), t.elapsed()));
-        if !status.success() {
+        if let Err(e) = outcome {
             summary(&timings);
-            bail!("step `{}` failed ({status}): {}", job.label, display(&job.cmd));
+            return Err(e);
         }
     }
     summary(&timings);
@@ -91,7 +121,7 @@ fn plan() -> Vec<Job> {
     let job = |step: &'static str, label: String, args: &[&str]| {
         let mut cmd = cargo();
         cmd.args(args);
-        Job { step, label, cmd }
+        Job { step, label, action: Action::Cargo(cmd) }
     };
     let mut jobs = vec![
         job("fmt", "fmt".into(), &["fmt", "--all", "--check"]),
@@ -101,11 +131,15 @@ fn plan() -> Vec<Job> {
             &["clippy", "--workspace", "--all-targets", "--all-features", "--locked", "--", "-D", "warnings"],
         ),
         job("test", "test".into(), &["test", "--workspace", "--all-features", "--locked"]),
+        // After every test process has exited: their boxes must have left nothing behind.
+        Job { step: "leaks", label: "leaks".into(), action: Action::Leaks },
     ];
     // `--lib`: the `codebox` binary of codebox-cli would otherwise be documented into the same
     // `target/doc/codebox/` as the facade library and overwrite it (cargo issue 6313).
     let mut doc = job("doc", "doc".into(), &["doc", "--workspace", "--no-deps", "--all-features", "--locked", "--lib"]);
-    doc.cmd.env("RUSTDOCFLAGS", "-D warnings");
+    if let Action::Cargo(cmd) = &mut doc.action {
+        cmd.env("RUSTDOCFLAGS", "-D warnings");
+    }
     jobs.push(doc);
     for features in feature_matrix() {
         let mut args = vec!["check", "--package", FACADE, "--locked", "--no-default-features"];
@@ -153,26 +187,32 @@ mod tests {
 
     #[test]
     fn plan_runs_the_steps_in_order_with_warnings_as_errors() {
-        let shown: Vec<String> = plan().iter().map(|j| display(&j.cmd)).collect();
+        let plan = plan();
+        let shown: Vec<String> = plan.iter().map(Job::shown).collect();
         assert_eq!(shown[0], "cargo fmt --all --check");
         assert_eq!(shown[1], "cargo clippy --workspace --all-targets --all-features --locked -- -D warnings");
         assert_eq!(shown[2], "cargo test --workspace --all-features --locked");
+        assert!(matches!(plan[3].action, Action::Leaks), "the leak check runs right after the tests");
         assert_eq!(
-            shown[3],
+            shown[4],
             "RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features --locked --lib"
         );
-        assert_eq!(shown[4], "cargo check --package codebox --locked --no-default-features");
+        assert_eq!(shown[5], "cargo check --package codebox --locked --no-default-features");
         assert_eq!(
-            shown[11],
+            shown[12],
             "cargo check --package codebox --locked --no-default-features --features local,remote,server"
         );
-        assert_eq!(shown.len(), 12);
+        assert_eq!(shown.len(), 13);
+        let steps: Vec<&str> = plan.iter().map(|j| j.step).collect();
+        assert!(
+            steps.windows(2).all(|w| STEPS.iter().position(|s| *s == w[0]) <= STEPS.iter().position(|s| *s == w[1]))
+        );
     }
 
     #[test]
     fn unknown_step_is_refused_before_anything_runs() {
         let err = run(&Options { skip: vec!["lint".into()] }).unwrap_err();
-        assert_eq!(err.to_string(), "unknown step `lint` (steps: fmt, clippy, test, doc, features)");
+        assert_eq!(err.to_string(), "unknown step `lint` (steps: fmt, clippy, test, leaks, doc, features)");
     }
 
     fn git_in(dir: &std::path::Path, args: &[&str]) {

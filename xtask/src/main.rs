@@ -1,6 +1,7 @@
 //! Project automation for the codebox workspace, run as `cargo xtask <command>`:
 //!
-//! - `ci`: formatting, clippy, tests, docs and the facade's feature matrix, failing fast;
+//! - `ci`: formatting, clippy, tests, a leak check after them, docs and the facade's feature
+//!   matrix, failing fast;
 //! - `bench`: builds and runs the benchmark binaries of `codebox-bench`, one JSON report;
 //! - `release VERSION`: bumps every crate and internal pin together, moves the changelog's
 //!   Unreleased section under the version, checks that every publishable crate packages;
@@ -15,6 +16,7 @@ mod bench;
 mod changelog;
 mod ci;
 mod date;
+mod leaks;
 mod publish;
 mod release;
 mod workspace;
@@ -35,12 +37,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Everything CI checks: fmt, clippy, test, doc, and every feature combination of the facade.
+    /// Everything CI checks: fmt, clippy, test, a leak check, doc, and every feature combination
+    /// of the facade.
     Ci {
-        /// Skip a step (fmt, clippy, test, doc, features); repeatable.
+        /// Skip a step (fmt, clippy, test, leaks, doc, features); repeatable.
         #[arg(long, value_name = "STEP")]
         skip: Vec<String>,
-        /// Same as `--skip test`.
+        /// Same as `--skip test --skip leaks`.
         #[arg(long)]
         skip_tests: bool,
     },
@@ -86,7 +89,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Ci { mut skip, skip_tests } => {
             if skip_tests {
-                skip.push("test".into());
+                skip.extend(["test".into(), "leaks".into()]);
             }
             ci::run(&ci::Options { skip })
         }
