@@ -5,8 +5,9 @@
 # before user code runs; for a one-line cell that is most of the round trip. This kernel
 # reads the shell socket in the main thread and runs the cell at once; only the control
 # channel (interrupt, shutdown), the heartbeat and the periodic output flush have threads.
-# What it leaves out: comms and widgets, the debugger, completion and inspection, and
-# input(), which raises as it does under ipykernel when the client allows no stdin.
+# What it leaves out: comms and widgets, the debugger, completion and inspection, the
+# execute_input broadcast, capture of what C code writes to descriptor 2, and input(),
+# which raises as it does under ipykernel when the client allows no stdin.
 #
 # Run as `python -c <this file> -f CONNECTION_FILE`.
 import gc
@@ -385,8 +386,8 @@ class Kernel:
         code = content.get("code", "")
         silent = bool(content.get("silent", False))
         store_history = bool(content.get("store_history", not silent))
-        if not silent:
-            self.publish("execute_input", {"code": code, "execution_count": self.shell.execution_count})
+        # No execute_input broadcast: it tells other frontends what runs, and a box's
+        # kernel has exactly one client, which sent the code.
         self.last_traceback = []
         count = self.shell.execution_count
         self.executing = True
