@@ -21,6 +21,7 @@ pub mod disk;
 pub mod landlock;
 pub mod launch;
 mod limits;
+pub mod netproxy;
 pub mod probe;
 pub mod rlimits;
 pub mod seccomp;

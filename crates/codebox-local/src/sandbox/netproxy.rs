@@ -1,0 +1,365 @@
+//! Network allowlists: a box without the host network that may still reach chosen hosts.
+//!
+//! A bubblewrap box has a network namespace of its own with only `lo`, so nothing it does
+//! can reach the outside directly. When the box is given an allowlist, the host side runs
+//! an HTTP proxy on a Unix socket in the kernel's runtime directory (which the sandbox
+//! already mounts), and a thread in the kernel forwards `127.0.0.1:PROXY_PORT` inside the box
+//! to that socket (`python/net_forwarder.py`). `HTTP_PROXY` and `HTTPS_PROXY` point there,
+//! so pip, requests and urllib go through it; the proxy answers `CONNECT host:port` and
+//! absolute-URI requests for allowed hosts and refuses the rest with 403. Names are
+//! resolved on the host, never in the box.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use codebox_core::{CodeBoxError, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// The port inside the box where the proxy is reachable.
+pub const PROXY_PORT: u16 = 3128;
+
+/// The environment a kernel needs to use the proxy at `socket`.
+pub fn proxy_env(socket: &Path) -> Vec<(String, String)> {
+    let url = format!("http://127.0.0.1:{PROXY_PORT}");
+    let mut env = vec![("CODEBOX_PROXY_SOCKET".to_owned(), socket.to_string_lossy().into_owned())];
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        env.push((name.to_owned(), url.clone()));
+    }
+    env
+}
+
+/// The largest request head the proxy reads before deciding.
+const MAX_HEAD: usize = 16 * 1024;
+/// Connections one box may hold open through the proxy at once.
+const MAX_CONNECTIONS: usize = 128;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One allowed destination: a host name (or `*.suffix` for its subdomains), or an IP
+/// address, with an optional port (any port when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    host: String,
+    port: Option<u16>,
+}
+
+/// The hosts a box may reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    rules: Vec<Rule>,
+}
+
+impl Allowlist {
+    /// Parse entries like `pypi.org`, `files.pythonhosted.org:443`, `*.example.com`,
+    /// `10.0.0.5:8080` or `[::1]:80`.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self> {
+        let mut rules = Vec::new();
+        for entry in entries {
+            let entry = entry.as_ref().trim();
+            let bad = |why: &str| CodeBoxError::invalid(format!("network allowlist entry {entry:?}: {why}"));
+            let (host, port) = split_host_port(entry).ok_or_else(|| bad("expected host or host:port"))?;
+            let port = match port {
+                Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| bad("bad port"))?),
+                None => None,
+            };
+            let host = host.to_ascii_lowercase();
+            let name = host.strip_prefix("*.").unwrap_or(&host);
+            let valid_name = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !(valid_name || host.parse::<IpAddr>().is_ok()) {
+                return Err(bad("not a host name or IP address"));
+            }
+            rules.push(Rule { host, port });
+        }
+        Ok(Self { rules })
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether `host:port` may be reached.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.rules.iter().any(|r| {
+            let host_ok = match r.host.strip_prefix("*.") {
+                Some(suffix) => {
+                    host.len() > suffix.len() && host.ends_with(suffix) && {
+                        host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    }
+                }
+                None => r.host == host,
+            };
+            host_ok && r.port.is_none_or(|p| p == port)
+        })
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; a bare IPv6 address has no port.
+fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            _ => Some((host, Some(after.strip_prefix(':')?))),
+        };
+    }
+    if s.parse::<IpAddr>().is_ok() {
+        return Some((s, None));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.contains(':') => Some((h, Some(p))),
+        Some(_) => None,
+        None if !s.is_empty() => Some((s, None)),
+        None => None,
+    }
+}
+
+/// The proxy of one kernel; stops, and removes its socket, when dropped.
+#[derive(Debug)]
+pub struct NetProxy {
+    socket: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl NetProxy {
+    /// Listen on `socket` (created world-connectable: the directory around it is what keeps
+    /// other users out) and serve `allowlist`.
+    pub fn start(socket: &Path, allowlist: Allowlist) -> Result<Self> {
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket).map_err(|e| CodeBoxError::io("binding the network proxy", e))?;
+        std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .map_err(|e| CodeBoxError::io("opening the network proxy to the box", e))?;
+        let allowlist = Arc::new(allowlist);
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { continue };
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    drop(conn); // Over the limit: the box sees the connection close.
+                    continue;
+                };
+                let allowlist = Arc::clone(&allowlist);
+                tokio::spawn(async move {
+                    if let Err(e) = serve(conn, &allowlist).await {
+                        tracing::debug!("network proxy connection ended: {e}");
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Self { socket: socket.to_owned(), task })
+    }
+
+    /// Where the proxy listens.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for NetProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Where one request wants to go.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    host: String,
+    port: u16,
+    tunnel: bool,
+}
+
+/// The destination of a request whose head is `head`: `CONNECT host:port` or an
+/// absolute `http://` URI. `None` for anything else.
+fn parse_target(head: &str) -> Option<Target> {
+    let line = head.lines().next()?;
+    let mut parts = line.split(' ');
+    let (method, uri, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
+        return None;
+    }
+    let (authority, default_port, tunnel) = if method.eq_ignore_ascii_case("CONNECT") {
+        (uri, None, true)
+    } else {
+        let rest = uri.strip_prefix("http://").or_else(|| uri.strip_prefix("HTTP://"))?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        (&rest[..end], Some(80), false)
+    };
+    if authority.contains('@') {
+        return None;
+    }
+    let (host, port) = split_host_port(authority)?;
+    let port = match (port, default_port) {
+        (Some(p), _) => p.parse().ok()?,
+        (None, Some(d)) => d,
+        (None, None) => return None,
+    };
+    Some(Target { host: host.to_owned(), port, tunnel })
+}
+
+async fn answer(conn: &mut UnixStream, status: &str, message: &str) -> std::io::Result<()> {
+    let body = format!("codebox: {message}\n");
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(body.as_bytes()).await?;
+    conn.shutdown().await
+}
+
+async fn serve(mut conn: UnixStream, allowlist: &Allowlist) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() >= MAX_HEAD {
+            return answer(&mut conn, "431 Request Header Fields Too Large", "request head too large").await;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let Some(target) = parse_target(&head) else {
+        return answer(&mut conn, "400 Bad Request", "only CONNECT and absolute http:// requests are proxied").await;
+    };
+    if !allowlist.allows(&target.host, target.port) {
+        let message = format!("{}:{} is not on this box's network allowlist", target.host, target.port);
+        return answer(&mut conn, "403 Forbidden", &message).await;
+    }
+    let host = target.host.trim_start_matches('[').trim_end_matches(']');
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, target.port))).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return answer(&mut conn, "502 Bad Gateway", &format!("{host}:{}: {e}", target.port)).await,
+        Err(_) => return answer(&mut conn, "504 Gateway Timeout", &format!("{host}:{}", target.port)).await,
+    };
+    let _ = upstream.set_nodelay(true);
+    let mut upstream = upstream;
+    if target.tunnel {
+        conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
+        upstream.write_all(&buf[head_end..]).await?;
+    } else {
+        // Servers must accept the absolute form, so the request goes on unchanged.
+        upstream.write_all(&buf).await?;
+    }
+    tokio::io::copy_bidirectional(&mut conn, &mut upstream).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_and_match() {
+        let a =
+            Allowlist::parse(&["PyPI.org", "files.pythonhosted.org:443", "*.example.com", "10.0.0.5:8080", "[::1]:80"])
+                .unwrap();
+        assert!(a.allows("pypi.org", 443) && a.allows("pypi.org", 80) && a.allows("PYPI.ORG.", 1));
+        assert!(a.allows("files.pythonhosted.org", 443) && !a.allows("files.pythonhosted.org", 80));
+        assert!(a.allows("a.example.com", 1) && a.allows("a.b.example.com", 1));
+        assert!(!a.allows("example.com", 1) && !a.allows("badexample.com", 1));
+        assert!(a.allows("10.0.0.5", 8080) && !a.allows("10.0.0.5", 22));
+        assert!(a.allows("::1", 80));
+        assert!(!a.allows("evil.org", 443) && !a.allows("pypi.org.evil.org", 443));
+        assert!(Allowlist::parse::<&str>(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_entries_are_refused_with_the_entry_named() {
+        for bad in ["", "host:0", "host:99999", "a b", "x:y:z", "http://x", "-.-/", "*."] {
+            let err = Allowlist::parse(&[bad]).unwrap_err().to_string();
+            assert!(err.contains("network allowlist entry"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn targets_come_from_connect_and_absolute_requests_only() {
+        let t = |s: &str| parse_target(s);
+        assert_eq!(
+            t("CONNECT pypi.org:443 HTTP/1.1\r\n\r\n"),
+            Some(Target { host: "pypi.org".into(), port: 443, tunnel: true })
+        );
+        assert_eq!(
+            t("GET http://h.org/x?y HTTP/1.1\r\n\r\n"),
+            Some(Target { host: "h.org".into(), port: 80, tunnel: false })
+        );
+        assert_eq!(
+            t("GET http://h.org:8080 HTTP/1.0\r\n\r\n"),
+            Some(Target { host: "h.org".into(), port: 8080, tunnel: false })
+        );
+        assert_eq!(t("GET /relative HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(t("CONNECT pypi.org HTTP/1.1\r\n\r\n"), None, "CONNECT needs a port");
+        assert_eq!(t("GET http://user@h.org/ HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(t("GET https://h.org/ HTTP/1.1\r\n\r\n"), None);
+    }
+
+    async fn request(socket: &Path, head: &str) -> String {
+        let mut s = UnixStream::connect(socket).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// A real upstream on loopback: reached when allowed, refused with 403 when not.
+    #[tokio::test]
+    async fn the_proxy_connects_allowed_hosts_and_refuses_the_rest() {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = upstream.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = s.read(&mut buf).await.unwrap();
+                    let first = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned();
+                    let body = format!("upstream saw: {first}");
+                    let reply =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    s.write_all(reply.as_bytes()).await.unwrap();
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("net.sock");
+        let proxy = NetProxy::start(&socket, Allowlist::parse(&[format!("127.0.0.1:{port}")]).unwrap()).unwrap();
+
+        let plain = request(&socket, &format!("GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: h\r\n\r\n")).await;
+        assert!(plain.ends_with(&format!("upstream saw: GET http://127.0.0.1:{port}/x HTTP/1.1")), "{plain}");
+
+        let tunnel = request(
+            &socket,
+            &format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\nGET /inside HTTP/1.1\r\nHost: h\r\n\r\n"),
+        )
+        .await;
+        assert!(tunnel.starts_with("HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK"), "{tunnel}");
+        assert!(tunnel.ends_with("upstream saw: GET /inside HTTP/1.1"), "{tunnel}");
+
+        let other = port.wrapping_add(1);
+        let denied = request(&socket, &format!("CONNECT 127.0.0.1:{other} HTTP/1.1\r\n\r\n")).await;
+        assert!(denied.starts_with("HTTP/1.1 403 Forbidden"), "{denied}");
+        assert!(denied.contains(&format!("127.0.0.1:{other} is not on this box's network allowlist")), "{denied}");
+
+        let relative = request(&socket, "GET / HTTP/1.1\r\n\r\n").await;
+        assert!(relative.starts_with("HTTP/1.1 400 Bad Request"), "{relative}");
+
+        drop(proxy);
+        assert!(!socket.exists(), "the socket goes with the proxy");
+    }
+}
