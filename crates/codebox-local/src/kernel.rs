@@ -199,28 +199,75 @@ fn start_time(pid: u32) -> Option<String> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(19).map(str::to_owned)
 }
 
-/// Remove runtime directories left by owners that died without cleaning up (SIGKILL, a
-/// crash). Runs once per process; their kernels are already gone (PR_SET_PDEATHSIG).
-fn sweep_stale_runtime_dirs() {
-    static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(|| {
-        let Ok(entries) = std::fs::read_dir(runtime_base()) else { return };
+/// The prefix of a temporary working directory made by this process: `codebox-`, then the
+/// owner's pid and start time, so that a later process can tell when its owner is gone.
+pub(crate) fn workdir_prefix() -> String {
+    let pid = std::process::id();
+    format!("codebox-{pid}.{}-", start_time(pid).unwrap_or_default())
+}
+
+/// Whether the process `pid` that started at `started` is gone.
+fn owner_gone(pid: u32, started: &str) -> bool {
+    start_time(pid).as_deref() != Some(started)
+}
+
+/// Remove the kernel runtime directories (`cbk-*` with an owner file) and temporary working
+/// directories (`codebox-<pid>.<start>-*`) whose owner died without cleaning up (SIGKILL, a
+/// crash): their kernels are already gone (PR_SET_PDEATHSIG). Directories of live owners,
+/// of unknown owners and working directories with something mounted on them are left alone.
+/// Returns how many were removed.
+pub(crate) fn sweep_stale_dirs() -> usize {
+    let mut removed = 0;
+    let mut bases = vec![runtime_base()];
+    if !bases.contains(&std::env::temp_dir()) {
+        bases.push(std::env::temp_dir());
+    }
+    for base in bases {
+        let Ok(entries) = std::fs::read_dir(&base) else { continue };
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !name.to_string_lossy().starts_with("cbk-") {
-                continue;
-            }
+            let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            let Ok(tag) = std::fs::read_to_string(path.join(OWNER_FILE)) else { continue };
-            let mut parts = tag.split_whitespace();
-            let (Some(pid), Some(started)) = (parts.next().and_then(|p| p.parse::<u32>().ok()), parts.next()) else {
-                continue;
+            let stale = if name.starts_with("cbk-") {
+                let Ok(tag) = std::fs::read_to_string(path.join(OWNER_FILE)) else { continue };
+                let mut parts = tag.split_whitespace();
+                match (parts.next().and_then(|p| p.parse::<u32>().ok()), parts.next()) {
+                    (Some(pid), Some(started)) => owner_gone(pid, started),
+                    _ => false,
+                }
+            } else if let Some(rest) = name.strip_prefix("codebox-") {
+                let owner = rest.split_once('-').and_then(|(o, _)| o.split_once('.'));
+                match owner.and_then(|(pid, started)| Some((pid.parse::<u32>().ok()?, started))) {
+                    Some((pid, started)) => owner_gone(pid, started) && !is_mount_point(&path),
+                    None => false,
+                }
+            } else {
+                false
             };
-            if start_time(pid).as_deref() != Some(started) {
-                tracing::debug!(dir = %path.display(), "removing a stale kernel runtime directory");
-                let _ = std::fs::remove_dir_all(&path);
+            if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                tracing::debug!(dir = %path.display(), "removing a directory of a box whose owner is gone");
+                if std::fs::remove_dir_all(&path).is_ok() {
+                    removed += 1;
+                }
             }
         }
+    }
+    removed
+}
+
+/// Whether something is mounted on `dir` (a working-directory image).
+fn is_mount_point(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(dir), dir.parent().map(std::fs::metadata)) {
+        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
+        _ => true,
+    }
+}
+
+/// [`sweep_stale_dirs`] once per process, before its first kernel starts.
+fn sweep_stale_dirs_once() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        sweep_stale_dirs();
     });
 }
 
@@ -259,7 +306,7 @@ impl Kernel {
     /// namespace) and is always interrupted by message (bwrap does not forward signals).
     pub(crate) async fn start(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
         let started = Instant::now();
-        sweep_stale_runtime_dirs();
+        sweep_stale_dirs_once();
         let sandboxed = confinement.level() == IsolationLevel::Bubblewrap;
         let spec = &LaunchSpec {
             transport: if sandboxed { Transport::Ipc } else { spec.transport },

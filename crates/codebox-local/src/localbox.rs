@@ -331,7 +331,7 @@ impl WorkDir {
 pub(crate) fn new_temp_workdir() -> Result<tempfile::TempDir> {
     // 0700: the box's files are its owner's alone.
     tempfile::Builder::new()
-        .prefix("codebox-")
+        .prefix(&crate::kernel::workdir_prefix())
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| CodeBoxError::io("creating a working directory", e))
@@ -445,6 +445,14 @@ impl LocalBox {
             snapshot: Mutex::new(Snapshot { state: BoxState::NotStarted, restarts: 0, detail: None, isolation: None }),
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Remove the working and kernel runtime directories of boxes whose owner process died
+    /// without cleaning up (SIGKILL, a crash), and return how many. Every process does this
+    /// once by itself before its first kernel starts; a long-lived process may call it again.
+    /// Directories of live processes are never touched.
+    pub fn sweep_stale_dirs() -> usize {
+        crate::kernel::sweep_stale_dirs()
     }
 
     /// The box's working directory on this machine, once started.

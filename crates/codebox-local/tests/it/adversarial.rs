@@ -580,7 +580,8 @@ fn act_as_owner(token: &str) -> ! {
         lb.start().await.unwrap();
         let code = format!("import subprocess\nsubprocess.Popen(['sleep', '{token}'], start_new_session=True)");
         assert!(lb.exec(&code).await.unwrap().is_ok());
-        println!("KERNEL_PID {}", lb.kernel_pid().await.unwrap());
+        let (wd, rd) = (lb.working_dir().await.unwrap(), lb.runtime_dir().await.unwrap());
+        println!("KERNEL_PID {} DIRS {} {}", lb.kernel_pid().await.unwrap(), wd.display(), rd.display());
         std::io::Write::flush(&mut std::io::stdout()).unwrap();
         std::future::pending::<()>().await;
     });
@@ -604,16 +605,23 @@ fn case20_owner_sigkill_leaves_nothing_behind() {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(owner.stdout.take().unwrap());
-    let pid: i32 = stdout
+    let line = stdout
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| l.split_once("KERNEL_PID ").map(|(_, p)| p.trim().parse().unwrap()))
+        .find_map(|l| l.split_once("KERNEL_PID ").map(|(_, rest)| rest.to_owned()))
         .expect("the owner reported its kernel");
+    let (pid, wd, rd) = crate::orphans::parse_owner_line(&line);
     assert!(alive(pid));
     assert!(!processes_with(&token).is_empty(), "the daemon runs");
     owner.kill().unwrap();
     owner.wait().unwrap();
-    leak_check(&[pid], &[], &[], &[token]);
+    // Its directories go with the next sweep (every process runs one before its first kernel).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    LocalBox::sweep_stale_dirs();
+    leak_check(&[pid], &[], &[wd, rd], &[token]);
 }
 
 // 21. The thread that started the box exits: the sandboxed kernel lives on.

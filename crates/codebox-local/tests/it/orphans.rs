@@ -38,7 +38,8 @@ fn act_as_owner() -> ! {
     rt.block_on(async {
         let lb = crate::builder().build().unwrap();
         lb.start().await.unwrap();
-        println!("KERNEL_PID {}", lb.kernel_pid().await.unwrap());
+        let (wd, rd) = (lb.working_dir().await.unwrap(), lb.runtime_dir().await.unwrap());
+        println!("KERNEL_PID {} DIRS {} {}", lb.kernel_pid().await.unwrap(), wd.display(), rd.display());
         std::io::Write::flush(&mut std::io::stdout()).unwrap();
         std::future::pending::<()>().await;
     });
@@ -59,16 +60,30 @@ fn no_kernel_outlives_a_sigkilled_owner() {
         .spawn()
         .unwrap();
     let stdout = BufReader::new(owner.stdout.take().unwrap());
-    let pid: i32 = stdout
+    let line = stdout
         .lines()
         .map_while(Result::ok)
         // libtest prints the test's name on the same line.
-        .find_map(|l| l.split_once("KERNEL_PID ").map(|(_, p)| p.trim().parse().unwrap()))
+        .find_map(|l| l.split_once("KERNEL_PID ").map(|(_, rest)| rest.to_owned()))
         .expect("the owner reported its kernel");
+    let (pid, wd, rd) = parse_owner_line(&line);
     assert!(alive(pid), "the kernel runs while its owner lives");
+    assert!(wd.is_dir() && rd.is_dir());
     owner.kill().unwrap(); // SIGKILL: the owner runs no cleanup at all
     owner.wait().unwrap();
     assert!(wait_until_dead(pid, Duration::from_secs(10)), "kernel {pid} outlived its SIGKILLed owner");
+    // The next process to start a kernel removes what the dead owner left; here, at once.
+    codebox_local::LocalBox::sweep_stale_dirs();
+    assert!(!wd.exists() && !rd.exists(), "{} or {} outlived its owner", wd.display(), rd.display());
+}
+
+/// `<kernel pid> DIRS <working dir> <runtime dir>`, as an owner process reports them.
+pub(crate) fn parse_owner_line(line: &str) -> (i32, std::path::PathBuf, std::path::PathBuf) {
+    let mut parts = line.split_whitespace();
+    let pid = parts.next().and_then(|p| p.parse().ok()).expect("a kernel pid");
+    assert_eq!(parts.next(), Some("DIRS"), "{line}");
+    let (wd, rd) = (parts.next().expect("a working dir"), parts.next().expect("a runtime dir"));
+    (pid, wd.into(), rd.into())
 }
 
 #[test]
