@@ -165,6 +165,7 @@ fn a_killed_server_leaves_nothing_running_and_the_next_one_sweeps_and_says_lost(
     // What only a sweep removes: the image stays mounted, the directories and cgroups stay.
     assert!(!mounts_under(&scratch).is_empty(), "a SIGKILLed server cannot unmount");
     assert!(entries(&scratch).iter().any(|e| e.starts_with("codebox-")), "{:?}", entries(&scratch));
+    assert!(!cgroups_of(old_pid).is_empty(), "a SIGKILLed server cannot remove its cgroups");
 
     let second = ServeProcess::start(&root, "322000-322009", 0);
     assert!(mounts_under(&scratch).is_empty(), "stale images are unmounted: {:?}", mounts_under(&scratch));
@@ -186,6 +187,21 @@ fn a_killed_server_leaves_nothing_running_and_the_next_one_sweeps_and_says_lost(
     let (status, out) = second.execute(&fresh, "print(6 * 7)");
     assert_eq!(status, 200, "{out}");
     assert!(out.contains("42"), "{out}");
+
+    // A second server on a root in use is refused, and sweeps nothing.
+    let out = Command::new(env!("CARGO_BIN_EXE_codebox"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--api-key", KEY, "--session-uids", "322000-322009"])
+        .arg("--session-root")
+        .arg(&root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another server is using the session root"), "{err}");
+    let (status, out) = second.execute(&fresh, "print('still', 6 * 7)");
+    assert_eq!(status, 200, "{out}");
+    assert!(out.contains("still 42"), "the running server's session was left alone: {out}");
     let mut second = second;
     let term = Command::new("kill").args(["-TERM", &second.child.id().to_string()]).status().unwrap();
     assert!(term.success());
