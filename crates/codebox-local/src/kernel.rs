@@ -24,6 +24,7 @@ use zeromq::{DealerSendHalf, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::protocol::{Incoming, Signer};
 use crate::relay::{Oversize, Target};
+use crate::sandbox::netproxy::NetProxy;
 use crate::sandbox::{Confinement, IsolationLevel, PolicyRef};
 use crate::util::random_hex;
 
@@ -150,6 +151,8 @@ pub(crate) struct Kernel {
     interrupt_mode: InterruptMode,
     exit_reason: AtomicU8,
     confinement: Arc<Confinement>,
+    /// The allowlist proxy of a box with one; it lives and dies with this kernel.
+    _net_proxy: Option<NetProxy>,
     runtime_dir: tempfile::TempDir,
 }
 
@@ -322,6 +325,11 @@ impl Kernel {
         std::fs::write(runtime_dir.path().join(OWNER_FILE), owner_tag())
             .map_err(|e| CodeBoxError::io("writing the kernel's owner file", e))?;
         confinement.adopt_run_dir(runtime_dir.path())?;
+        let mut env = spec.env.clone();
+        let net_proxy = confinement.start_net_proxy(runtime_dir.path())?.map(|(proxy, vars)| {
+            env.extend(vars);
+            proxy
+        });
         let key = random_hex(32);
         let (transport, ip, ports) = match spec.transport {
             Transport::Ipc => ("ipc", runtime_dir.path().join("k").to_string_lossy().into_owned(), vec![1, 2, 3, 4, 5]),
@@ -346,7 +354,7 @@ impl Kernel {
         let Some(program) = argv.first() else {
             return Err(start_error(format!("kernel {:?} has an empty command line", spec.name)));
         };
-        let prepared = confinement.prepare(&argv, &spec.env, None, None, Some(runtime_dir.path()))?;
+        let prepared = confinement.prepare(&argv, &env, None, None, Some(runtime_dir.path()))?;
         let mut cmd = prepared.command;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let program_name = program.clone();
@@ -444,6 +452,7 @@ impl Kernel {
             interrupt_mode: spec.interrupt_mode,
             exit_reason: AtomicU8::new(ExitReason::Unexpected as u8),
             confinement,
+            _net_proxy: net_proxy,
             runtime_dir,
         };
         match kernel.wait_ready(deadline, spec.start_timeout).await {

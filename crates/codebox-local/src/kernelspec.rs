@@ -17,6 +17,9 @@ pub(crate) const IPYKERNEL_FLAGS: &[&str] =
 /// The program the built-in kernel runs under `python -c`: ipykernel without its debugger.
 pub(crate) const KERNEL_LAUNCHER: &str = include_str!("python/kernel_launcher.py");
 
+/// Runs before either built-in kernel: reaches the allowlist proxy from inside the box.
+const NET_FORWARDER: &str = include_str!("python/net_forwarder.py");
+
 /// The program of the built-in lean kernel ([`LEAN_KERNEL`]): IPython's shell behind the
 /// Jupyter protocol without ipykernel, for the shortest round trips.
 const LEAN_KERNEL_PROGRAM: &str = include_str!("python/lean_kernel.py");
@@ -81,7 +84,8 @@ pub(crate) fn launch_spec(
     if is_builtin(name) || name == LEAN_KERNEL {
         let lean = name == LEAN_KERNEL;
         let program = if lean { LEAN_KERNEL_PROGRAM } else { KERNEL_LAUNCHER };
-        let mut argv = vec![python.to_string_lossy().into_owned(), "-c".into(), program.into()];
+        let program = format!("{NET_FORWARDER}\n{program}");
+        let mut argv = vec![python.to_string_lossy().into_owned(), "-c".into(), program];
         argv.extend(["-f".to_owned(), "{connection_file}".to_owned()]);
         if !lean {
             argv.extend(IPYKERNEL_FLAGS.iter().map(|s| (*s).to_owned()));

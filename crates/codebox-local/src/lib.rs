@@ -96,4 +96,5 @@ pub use crate::kernelspec::LEAN_KERNEL;
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
 pub use crate::pool::KernelPool;
 pub use crate::python::{ProgressFn, Provision, PythonProfile, managed_python_dir, provision_at};
+pub use crate::sandbox::netproxy::Allowlist;
 pub use crate::sandbox::{Isolation, IsolationLevel, Limits};

@@ -18,6 +18,7 @@ use crate::files::Root;
 use crate::kernel::{ExitReason, Kernel, LaunchSpec};
 use crate::pool::KernelPool;
 use crate::python::{ProgressFn, Provision, PythonProfile};
+use crate::sandbox::netproxy::Allowlist;
 use crate::sandbox::uid::UidAllocator;
 use crate::sandbox::{Confinement, Isolation, IsolationLevel, Limits, PolicyRef, SandboxPolicy};
 
@@ -260,6 +261,15 @@ impl LocalBoxBuilder {
         self
     }
 
+    /// Let the box reach only these hosts, over HTTP and HTTPS through codebox's proxy
+    /// (`HTTP_PROXY` and `HTTPS_PROXY` are set in the kernel, so pip, requests and urllib
+    /// use it; anything else finds no network). Needs the bubblewrap level and a built-in
+    /// kernel; commands run with `run_command` get no network.
+    pub fn with_network_allowlist(mut self, allowlist: Allowlist) -> Self {
+        self.config.sandbox.network_allowlist = allowlist;
+        self
+    }
+
     /// Resource limits of the box's kernels and commands (default [`Limits::default`]).
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.config.sandbox.limits = limits;
@@ -306,8 +316,9 @@ impl LocalBoxBuilder {
             return Err(CodeBoxError::invalid(format!("Python {} does not exist", p.display())));
         }
         c.sandbox.limits.validate()?;
-        // An isolation that was asked for by name, or required, must exist: say so now.
-        if c.sandbox.require || c.sandbox.isolation != Isolation::Auto {
+        // An isolation that was asked for by name, or required (or an allowlist, which needs
+        // bubblewrap), must exist: say so now.
+        if c.sandbox.require || c.sandbox.isolation != Isolation::Auto || !c.sandbox.network_allowlist.is_empty() {
             c.sandbox.level()?;
         }
         Ok(LocalBox::from_config(self.config))

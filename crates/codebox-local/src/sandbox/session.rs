@@ -10,6 +10,7 @@ use codebox_core::{CodeBoxError, KernelDeath, Result};
 use super::cgroup::{CgroupManager, SessionCgroup};
 use super::disk::WorkDisk;
 use super::launch::{Prepared, SandboxSpec, python_paths};
+use super::netproxy::{Allowlist, NetProxy, proxy_env};
 use super::uid::{SessionUid, UidAllocator};
 use super::{Isolation, IsolationLevel, Limits, choose, probe};
 
@@ -23,6 +24,9 @@ pub struct SandboxPolicy {
     pub require: bool,
     /// Give kernels the host network.
     pub network: bool,
+    /// Let kernels reach only these hosts, through codebox's proxy (see [`super::netproxy`]).
+    /// Needs the bubblewrap level and excludes `network`.
+    pub network_allowlist: Allowlist,
     /// Resource limits.
     pub limits: Limits,
     /// Run each kernel under its own uid from this allocator (needs root).
@@ -40,6 +44,7 @@ impl Default for SandboxPolicy {
             isolation: Isolation::Auto,
             require: false,
             network: false,
+            network_allowlist: Allowlist::default(),
             limits: Limits::default(),
             uids: None,
             cgroups: false,
@@ -103,7 +108,16 @@ impl SandboxPolicy {
     /// The level kernels will run under here; an error when a required level is missing.
     pub fn level(&self) -> Result<IsolationLevel> {
         self.limits.validate()?;
+        if self.network && !self.network_allowlist.is_empty() {
+            return Err(CodeBoxError::invalid("a box gets either the host network or a network allowlist, not both"));
+        }
         let level = choose(self.isolation, self.require, probe())?;
+        if !self.network_allowlist.is_empty() && level != IsolationLevel::Bubblewrap {
+            return Err(CodeBoxError::invalid(format!(
+                "a network allowlist needs the bubblewrap isolation level (a private network namespace); \
+                 this box would run under {level:?}"
+            )));
+        }
         if level == IsolationLevel::None {
             warn_unisolated();
         }
@@ -148,6 +162,7 @@ impl SandboxPolicy {
         Ok(Confinement {
             level,
             network: self.network,
+            network_allowlist: self.network_allowlist.clone(),
             limits: self.limits.clone(),
             uid,
             cgroup,
@@ -196,6 +211,7 @@ fn hand_over(dir: &Path, uid: u32) -> std::io::Result<()> {
 pub struct Confinement {
     level: IsolationLevel,
     network: bool,
+    network_allowlist: Allowlist,
     limits: Limits,
     uid: Option<SessionUid>,
     cgroup: Option<SessionCgroup>,
@@ -209,6 +225,17 @@ impl Confinement {
     /// The isolation level.
     pub fn level(&self) -> IsolationLevel {
         self.level
+    }
+
+    /// For a box with a network allowlist: start the proxy of a kernel whose runtime
+    /// directory is `run_dir`, and the environment that points the kernel at it.
+    pub fn start_net_proxy(&self, run_dir: &Path) -> Result<Option<(NetProxy, Vec<(String, String)>)>> {
+        if self.network_allowlist.is_empty() {
+            return Ok(None);
+        }
+        let socket = run_dir.join("net.sock");
+        let proxy = NetProxy::start(&socket, self.network_allowlist.clone())?;
+        Ok(Some((proxy, proxy_env(&socket))))
     }
 
     /// The session uid, if any.
@@ -403,6 +430,7 @@ mod tests {
         Confinement {
             level,
             network: false,
+            network_allowlist: Allowlist::default(),
             limits: Limits::default(),
             uid: None,
             cgroup: None,
@@ -482,10 +510,11 @@ impl PolicyRef {
     pub(crate) fn new(policy: SandboxPolicy) -> Self {
         let p = &policy;
         let key = format!(
-            "{:?}|{}|{}|{:?}|{:?}|{}",
+            "{:?}|{}|{}|{:?}|{:?}|{:?}|{}",
             p.isolation,
             p.require,
             p.network,
+            p.network_allowlist,
             p.limits,
             p.uids.as_ref().map(UidAllocator::range),
             p.cgroups

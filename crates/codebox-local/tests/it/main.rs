@@ -9,6 +9,7 @@ mod conformance;
 mod faults;
 mod files;
 mod lean;
+mod network;
 mod orphans;
 
 use codebox_core::CodeBox;
