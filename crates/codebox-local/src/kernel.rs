@@ -24,7 +24,7 @@ use zeromq::{DealerSendHalf, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::protocol::{Incoming, Signer};
 use crate::relay::{Oversize, Target};
-use crate::sandbox::netproxy::NetProxy;
+use crate::sandbox::netproxy::{NetProxy, proxy_env};
 use crate::sandbox::{Confinement, IsolationLevel, PolicyRef};
 use crate::util::random_hex;
 
@@ -326,10 +326,10 @@ impl Kernel {
             .map_err(|e| CodeBoxError::io("writing the kernel's owner file", e))?;
         confinement.adopt_run_dir(runtime_dir.path())?;
         let mut env = spec.env.clone();
-        let net_proxy = confinement.start_net_proxy(runtime_dir.path())?.map(|(proxy, vars)| {
-            env.extend(vars);
-            proxy
-        });
+        let net_proxy = confinement.start_net_proxy(runtime_dir.path())?;
+        if let Some(proxy) = &net_proxy {
+            env.extend(proxy_env(proxy.socket()));
+        }
         let key = random_hex(32);
         let (transport, ip, ports) = match spec.transport {
             Transport::Ipc => ("ipc", runtime_dir.path().join("k").to_string_lossy().into_owned(), vec![1, 2, 3, 4, 5]),

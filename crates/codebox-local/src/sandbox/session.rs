@@ -10,7 +10,7 @@ use codebox_core::{CodeBoxError, KernelDeath, Result};
 use super::cgroup::{CgroupManager, SessionCgroup};
 use super::disk::WorkDisk;
 use super::launch::{Prepared, SandboxSpec, python_paths};
-use super::netproxy::{Allowlist, NetProxy, proxy_env};
+use super::netproxy::{Allowlist, NetProxy};
 use super::uid::{SessionUid, UidAllocator};
 use super::{Isolation, IsolationLevel, Limits, choose, probe};
 
@@ -228,14 +228,12 @@ impl Confinement {
     }
 
     /// For a box with a network allowlist: start the proxy of a kernel whose runtime
-    /// directory is `run_dir`, and the environment that points the kernel at it.
-    pub fn start_net_proxy(&self, run_dir: &Path) -> Result<Option<(NetProxy, Vec<(String, String)>)>> {
+    /// directory is `run_dir` ([`super::netproxy::proxy_env`] points the kernel at it).
+    pub fn start_net_proxy(&self, run_dir: &Path) -> Result<Option<NetProxy>> {
         if self.network_allowlist.is_empty() {
             return Ok(None);
         }
-        let socket = run_dir.join("net.sock");
-        let proxy = NetProxy::start(&socket, self.network_allowlist.clone())?;
-        Ok(Some((proxy, proxy_env(&socket))))
+        NetProxy::start(&run_dir.join("net.sock"), self.network_allowlist.clone()).map(Some)
     }
 
     /// The session uid, if any.
