@@ -272,3 +272,20 @@ fn list_into(fd: OwnedFd, rel: &Path, recursive: bool, out: &mut Vec<FileInfo>) 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_leave_out_the_boxs_own_state_at_the_top_only() {
+        assert!(crate::sandbox::PACKAGES_DIR.starts_with(&format!("{RESERVED}/")));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(crate::sandbox::PACKAGES_DIR).join("pkg")).unwrap();
+        std::fs::create_dir_all(dir.path().join("sub/.codebox")).unwrap();
+        std::fs::write(dir.path().join("data.csv"), "1").unwrap();
+        let root = Root::open(dir.path(), None).unwrap();
+        let names: Vec<String> = root.list("", true).unwrap().into_iter().map(|f| f.path).collect();
+        assert_eq!(names, ["data.csv", "sub", "sub/.codebox"]);
+    }
+}

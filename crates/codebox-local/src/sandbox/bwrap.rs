@@ -27,6 +27,10 @@ pub(crate) const ETC_FILES: &[&str] = &[
     "/etc/fonts",
     "/etc/mime.types",
     "/etc/hosts",
+    // What the distribution is: pip's user agent reads it, and fails on EACCES under Landlock.
+    "/etc/os-release",
+    "/etc/debian_version",
+    "/etc/lsb-release",
 ];
 
 /// More of `/etc` when the box has network.

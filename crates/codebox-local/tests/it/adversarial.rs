@@ -877,5 +877,11 @@ async fn landlock_confines_a_real_kernel() {
     assert_eq!(t.lb.status().await.unwrap().isolation.as_deref(), Some("landlock"));
     let ex = t.lb.exec("import numpy as np\nint(np.arange(10).sum())").await.unwrap();
     assert_eq!(ex.text(), "45");
+    // pip runs under the same ruleset (TCP allowed for it alone) into the box's directory.
+    let out = within("install", t.lb.install(&["tabulate".to_owned()])).await.unwrap();
+    assert!(out.contains("Successfully installed"), "{out}");
+    let f = facts(&t.lb, "import tabulate\nprint('file=' + tabulate.__file__)").await;
+    let packages = t.lb.working_dir().await.unwrap().join(codebox_local::sandbox::PACKAGES_DIR);
+    assert!(f["file"].starts_with(&*packages.to_string_lossy()), "{f:?}");
     t.finish().await;
 }
