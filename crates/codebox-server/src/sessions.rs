@@ -219,9 +219,13 @@ impl Registry {
     /// [`get`](Self::get), or a 404 `not_found` error naming the session (410 Gone, kind
     /// `not_found`, when the session was lost with a restart of the server).
     pub(crate) fn require(&self, owner: Owner, id: &str) -> Result<Arc<Session>> {
-        self.get(owner, id).ok_or_else(|| {
-            self.record.lost_error(owner, id).unwrap_or_else(|| CodeBoxError::not_found(format!("session {id}")))
-        })
+        self.get(owner, id).ok_or_else(|| self.missing(owner, id))
+    }
+
+    /// The error for the owner's session `id` that does not exist: 410 Gone when it was
+    /// lost with a restart of the server, else 404.
+    pub(crate) fn missing(&self, owner: Owner, id: &str) -> CodeBoxError {
+        self.record.lost_error(owner, id).unwrap_or_else(|| CodeBoxError::not_found(format!("session {id}")))
     }
 
     /// The owner's sessions, oldest first.

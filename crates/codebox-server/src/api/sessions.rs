@@ -43,6 +43,6 @@ pub(super) async fn delete(state: &Arc<AppState>, owner: Owner, id: &str) -> Res
         tracing::info!(session = %id, %owner, "session stopped");
         Ok(no_content())
     } else {
-        Err(CodeBoxError::not_found(format!("session {id}")))
+        Err(state.registry.missing(owner, id))
     }
 }

@@ -137,7 +137,7 @@ impl Scope<'_> {
         if self.state.registry.stop(self.owner, id).await {
             Ok(())
         } else {
-            Err(CodeBoxError::not_found(format!("session {id}")))
+            Err(self.state.registry.missing(self.owner, id))
         }
     }
 

@@ -329,6 +329,8 @@ async fn sessions_of_an_earlier_run_are_gone_with_410_and_deleted_ones_are_unkno
     assert!(reply.text().contains("lost when the server restarted"), "{}", reply.text());
     let reply = second.post_json(&format!("/v1/sessions/{kept}/execute"), json!({"code": "1"})).await;
     assert_eq!(reply.status, StatusCode::GONE);
+    let reply = second.send(Method::DELETE, &format!("/v1/sessions/{kept}"), Some(KEY), None, Bytes::new()).await;
+    assert_eq!(reply.status, StatusCode::GONE);
     // Only to its owner; a session deleted on purpose is simply unknown.
     let reply = second.send(Method::GET, &format!("/v1/sessions/{kept}"), Some(OTHER_KEY), None, Bytes::new()).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
