@@ -104,8 +104,7 @@ impl SessionRecord {
         while lost.len() > MAX_LOST {
             lost.pop_front();
         }
-        let mut text = lost.iter().map(String::as_str).collect::<Vec<_>>().join("\n");
-        text.push('\n');
+        let text: String = lost.iter().map(|l| format!("{l}\n")).collect();
         let tmp = dir.join(format!("{LOST}.new"));
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &lost_file))
