@@ -151,6 +151,9 @@ pub enum ErrorKind {
     Io,
     /// A request payload exceeded a size limit (HTTP 413).
     TooLarge,
+    /// The session existed but was lost, with its kernel and files, when its server
+    /// restarted (HTTP 410): create a new one.
+    SessionLost,
     /// The server failed in a way that has no better category.
     Server,
 }
@@ -174,6 +177,7 @@ impl ErrorKind {
             Self::Protocol => "protocol",
             Self::Io => "io",
             Self::TooLarge => "too_large",
+            Self::SessionLost => "session_lost",
             Self::Server => "server",
         }
     }
@@ -302,7 +306,8 @@ impl HttpError {
         match status {
             400 | 405 | 415 | 422 => ErrorKind::InvalidInput,
             401 | 403 => ErrorKind::Authentication,
-            404 | 410 => ErrorKind::NotFound,
+            404 => ErrorKind::NotFound,
+            410 => ErrorKind::SessionLost,
             408 | 504 => ErrorKind::Timeout,
             413 => ErrorKind::TooLarge,
             429 => ErrorKind::RateLimited,

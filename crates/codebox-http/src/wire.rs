@@ -121,6 +121,7 @@ pub fn status_for_kind(kind: ErrorKind) -> u16 {
         ErrorKind::Timeout => 504,
         ErrorKind::NotRunning => 409,
         ErrorKind::TooLarge => 413,
+        ErrorKind::SessionLost => 410,
         ErrorKind::RateLimited => 429,
         ErrorKind::Unsupported => 501,
         ErrorKind::Connection => 502,
@@ -159,6 +160,24 @@ mod tests {
     use super::*;
     use codebox_core::Outcome;
     use std::time::Duration;
+
+    /// Every kind goes out with its status and comes back as the same kind, from the JSON
+    /// body or, without one, from the status alone.
+    #[test]
+    fn kinds_and_statuses_round_trip() {
+        for (kind, status) in [
+            (ErrorKind::NotFound, 404),
+            (ErrorKind::SessionLost, 410),
+            (ErrorKind::TooLarge, 413),
+            (ErrorKind::RateLimited, 429),
+            (ErrorKind::Unsupported, 501),
+        ] {
+            assert_eq!(status_for_kind(kind), status);
+            let body = serde_json::json!({"error": {"kind": kind, "message": "m"}}).to_string();
+            assert_eq!(error_from_response(status, vec![], body.as_bytes()).kind(), kind);
+            assert_eq!(error_from_response(status, vec![], b"not json").kind(), kind);
+        }
+    }
 
     #[test]
     fn stream_lines_parse_in_all_three_forms() {

@@ -150,7 +150,7 @@ impl SessionRecord {
         lost.then(|| {
             status_error(
                 410,
-                ErrorKind::NotFound,
+                ErrorKind::SessionLost,
                 format!(
                     "session {id} was lost when the server restarted: its kernel, variables and files are gone; \
                      create a new session"

@@ -177,7 +177,7 @@ fn a_killed_server_leaves_nothing_running_and_the_next_one_sweeps_and_says_lost(
         let body = (method == "POST").then(|| serde_json::json!({"code": "1"}));
         let (status, answer) = second.request(method, &path, body);
         assert_eq!(status, 410, "{method} {path}: {answer}");
-        assert!(answer.contains("lost when the server restarted") && answer.contains("not_found"), "{answer}");
+        assert!(answer.contains("lost when the server restarted") && answer.contains("session_lost"), "{answer}");
     }
     let (status, _) = second.request("GET", "/v1/sessions/never-existed", None);
     assert_eq!(status, 404, "an id no server ever had is simply unknown");

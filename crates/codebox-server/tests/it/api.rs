@@ -325,7 +325,7 @@ async fn sessions_of_an_earlier_run_are_gone_with_410_and_deleted_ones_are_unkno
     let second = TestServer::with_config(config()).await;
     let reply = second.get(&format!("/v1/sessions/{kept}")).await;
     assert_eq!(reply.status, StatusCode::GONE, "{}", reply.text());
-    assert_eq!(reply.error_kind(), "not_found");
+    assert_eq!(reply.error_kind(), "session_lost");
     assert!(reply.text().contains("lost when the server restarted"), "{}", reply.text());
     let reply = second.post_json(&format!("/v1/sessions/{kept}/execute"), json!({"code": "1"})).await;
     assert_eq!(reply.status, StatusCode::GONE);
