@@ -66,8 +66,11 @@
 //! import at once and after a restart. The shared Python is never written. `--target`
 //! installs a package's dependencies into the box too, even those the shared environment
 //! has. `.codebox/` is left out of file listings. The operator's pip settings (`PIP_INDEX_URL`,
-//! `PIP_FIND_LINKS`, `PIP_CERT`, proxies) reach pip. An unconfined box (isolation none, no
-//! session uid) runs pip on this machine into the box's Python environment.
+//! `PIP_FIND_LINKS`, `PIP_CERT`, proxies) reach pip. pip has the network, and a source
+//! package's build code runs in pip's process: a box that may install can reach the network
+//! through a package it builds, though still confined and under its own uid. An unconfined
+//! box (isolation none, no session uid) runs pip on this machine into the box's Python
+//! environment.
 //!
 //! # Per-execution options
 //!
