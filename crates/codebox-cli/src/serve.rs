@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use codebox_core::{ApiKey, CodeBox};
 use codebox_local::sandbox::uid::UidAllocator;
-use codebox_local::{Isolation, KernelPool, Limits, LocalBox, LocalBoxBuilder};
+use codebox_local::{Allowlist, Isolation, KernelPool, Limits, LocalBox, LocalBoxBuilder};
 use codebox_server::{BoxFactory, Server, ServerConfig};
 use serde::Deserialize;
 
@@ -110,8 +110,13 @@ struct ServeOptions {
     require_isolation: bool,
 
     /// Give kernels the host network (default: none, only a private loopback).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kernel_allow_host")]
     kernel_network: bool,
+
+    /// Let kernels reach this host (`name`, `name:port`, `*.domain`, an IP) over HTTP and
+    /// HTTPS through a proxy, and nothing else; repeat for more hosts. Needs bubblewrap.
+    #[arg(long, value_name = "HOST")]
+    kernel_allow_host: Vec<String>,
 
     /// Memory of one session (cgroup); RLIMIT_DATA is 90 % of it [default: 1G].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
@@ -194,6 +199,8 @@ struct FileConfig {
     require_isolation: bool,
     #[serde(default)]
     kernel_network: bool,
+    #[serde(default)]
+    kernel_allow_hosts: Vec<String>,
     memory_limit: Option<SizeValue>,
     pids_limit: Option<u64>,
     cpu_limit: Option<f64>,
@@ -298,6 +305,7 @@ struct SandboxSettings {
     isolation: Isolation,
     require: bool,
     network: bool,
+    allowlist: Allowlist,
     limits: Limits,
     /// Session uids (root only).
     uids: Option<std::ops::Range<u32>>,
@@ -351,6 +359,8 @@ fn sandbox_settings(args: &ServeOptions, file: &FileConfig) -> anyhow::Result<Sa
         isolation,
         require: args.require_isolation || file.require_isolation,
         network: args.kernel_network || file.kernel_network,
+        allowlist: Allowlist::parse(&[&file.kernel_allow_hosts[..], &args.kernel_allow_host[..]].concat())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         limits,
         uids,
         cgroups: !(args.no_cgroups || file.no_cgroups),
@@ -556,6 +566,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_isolation(sb.isolation)
         .with_require_isolation(sb.require)
         .with_network(sb.network)
+        .with_network_allowlist(sb.allowlist.clone())
         .with_limits(sb.limits.clone());
     let root = codebox_local::sandbox::uid::running_as_root();
     match (&sb.uids, root) {
@@ -690,7 +701,18 @@ mod tests {
         assert_eq!(s.isolation, Isolation::Auto);
         assert_eq!(s.limits, Limits::server());
         assert_eq!(s.uids, Some(codebox_local::sandbox::uid::DEFAULT_RANGE));
-        assert!(s.cgroups && !s.network && !s.require);
+        assert!(s.cgroups && !s.network && !s.require && s.allowlist.is_empty());
+        let s = settings(
+            parse(&["--no-auth", "--kernel-allow-host", "pypi.org", "--kernel-allow-host", "*.pythonhosted.org:443"]),
+            None,
+        )
+        .unwrap()
+        .sandbox;
+        assert!(s.allowlist.allows("pypi.org", 443) && s.allowlist.allows("files.pythonhosted.org", 443));
+        assert!(!s.allowlist.allows("example.com", 443));
+        let err = settings(parse(&["--no-auth", "--kernel-allow-host", "http://x"]), None).unwrap_err();
+        assert!(err.to_string().contains("network allowlist entry"), "{err}");
+        assert!(Cli::try_parse_from(["serve", "--kernel-network", "--kernel-allow-host", "a.org"]).is_err());
         let s = settings(
             parse(&[
                 "--no-auth",
