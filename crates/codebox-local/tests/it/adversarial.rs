@@ -313,7 +313,8 @@ async fn case08_one_giant_message_recycles_the_kernel_without_reaching_us() {
     assert_eq!(err.kind(), ErrorKind::KernelDied, "{err}");
     let text = err.to_string();
     assert!(text.contains("output limit") && text.contains(&(16 * MIB).to_string()), "{text}");
-    assert!(grown < 64 * MIB, "this process grew by {} MiB while the kernel sent 200 MB", grown / MIB);
+    // Unbounded, this process grew by about 800 MiB (the message, its copies and its decoding).
+    assert!(grown < 100 * MIB, "this process grew by {} MiB while the kernel sent 200 MB", grown / MIB);
     assert_eq!(within("after", t.lb.exec("print('after')")).await.unwrap().stdout(), "after\n");
     assert_eq!(t.lb.exec("kept").await.unwrap().error().map(|e| e.name.as_str()), Some("NameError"));
     let st = t.lb.status().await.unwrap();
