@@ -5,6 +5,9 @@
 //! Every case runs under bubblewrap (required, never silently skipped: CI installs it and runs
 //! as root) and ends with a leak check: the kernel process, the session's uid, cgroup, working
 //! directory and socket directory are all gone, and so is every process the case started.
+//! `cargo xtask ci` then checks the whole machine once every test has exited (processes and
+//! files of session uids, session cgroups, temporary directories, orphaned kernels: see
+//! `xtask/src/leaks.rs`, whose uid ranges include this suite's).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
