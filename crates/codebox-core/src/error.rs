@@ -241,6 +241,14 @@ pub enum KernelDeath {
     },
     /// The process was killed for exceeding its memory limit.
     OutOfMemory,
+    /// The kernel sent one message larger than the box allows, and was recycled before
+    /// the message reached its client.
+    OutputLimitExceeded {
+        /// Bytes of the message, as the kernel announced them.
+        size: u64,
+        /// The largest message the box accepts.
+        limit: u64,
+    },
     /// The kernel stopped answering, or the cause is not known.
     Unknown {
         /// What is known.
@@ -254,6 +262,11 @@ impl fmt::Display for KernelDeath {
             Self::Exited { code } => write!(f, "exited with code {code}"),
             Self::Signaled { signal } => write!(f, "killed by signal {signal}{}", signal_name(*signal)),
             Self::OutOfMemory => f.write_str("killed for running out of memory"),
+            Self::OutputLimitExceeded { size, limit } => write!(
+                f,
+                "was recycled for exceeding the output limit: it sent one message of {size} bytes, over the \
+                 {limit}-byte message limit"
+            ),
             Self::Unknown { detail } => f.write_str(detail),
         }
     }

@@ -776,7 +776,7 @@ async fn watch_process(
         status
     };
     let cause = cause.unwrap_or_else(|| match (oversize.get(), status) {
-        (Some(size), _) => KernelDeath::Unknown { detail: oversize_detail(size, max_message) },
+        (Some(size), _) => KernelDeath::OutputLimitExceeded { size, limit: max_message },
         (None, Some(status)) => confinement.death_cause(status),
         (None, None) => KernelDeath::Unknown { detail: "the kernel process is gone".into() },
     });
@@ -786,14 +786,6 @@ async fn watch_process(
     let _ = tokio::task::spawn_blocking(move || c.kill_all()).await;
     tracing::debug!(pid = process.pid.as_raw_nonzero().get(), %cause, "kernel exited");
     let _ = death.send(Some(cause));
-}
-
-/// Why a kernel that sent an oversized message was recycled.
-pub(crate) fn oversize_detail(size: u64, limit: u64) -> String {
-    format!(
-        "was recycled for exceeding the output limit: it sent one message of {size} bytes, over the \
-         {limit}-byte message limit"
-    )
 }
 
 async fn drain_stderr(stderr: std::process::ChildStderr, tail: Arc<Mutex<VecDeque<u8>>>) {
