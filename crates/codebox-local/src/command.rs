@@ -108,6 +108,12 @@ pub(crate) async fn run_command(
 /// with network, writing only to the working directory, into `target`. The operator's pip
 /// settings (index, find-links, certificate, proxies) reach pip; local directories they name
 /// are readable.
+///
+/// A box with a network allowlist keeps its private network for pip too: `proxy_run_dir`
+/// is its kernel's runtime directory, whose proxy pip reaches through the same forwarder
+/// the kernel runs, so pip gets only the allowed hosts (the operator's proxies are not
+/// passed on).
+#[allow(clippy::too_many_arguments)] // one call site, in install
 pub(crate) async fn run_pip_install(
     confinement: &Confinement,
     python: &Path,
@@ -116,18 +122,32 @@ pub(crate) async fn run_pip_install(
     env: &[(String, String)],
     timeout: Option<Duration>,
     limit: usize,
+    proxy_run_dir: Option<&Path>,
 ) -> Result<CommandOutput> {
     let mut argv: Vec<String> = vec![python.to_string_lossy().into_owned()];
+    match proxy_run_dir {
+        Some(_) => argv.extend([
+            "-c".to_owned(),
+            format!(
+                "{}\nimport runpy\nrunpy.run_module('pip', run_name='__main__', alter_sys=True)",
+                crate::kernelspec::NET_FORWARDER
+            ),
+        ]),
+        None => argv.extend(["-m", "pip"].map(str::to_owned)),
+    }
     argv.extend(
-        ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-cache-dir", "--target"]
-            .map(str::to_owned),
+        ["install", "--disable-pip-version-check", "--no-input", "--no-cache-dir", "--target"].map(str::to_owned),
     );
     argv.push(target.to_string_lossy().into_owned());
     argv.extend(packages.iter().cloned());
-    let (pip_env, read_only) = pip_settings(std::env::vars());
+    let (mut pip_env, read_only) = pip_settings(std::env::vars());
+    if let Some(dir) = proxy_run_dir {
+        pip_env.retain(|(k, _)| !k.to_ascii_lowercase().ends_with("_proxy"));
+        pip_env.extend(crate::sandbox::netproxy::proxy_env(&dir.join("net.sock")));
+    }
     let mut all = env.to_vec();
     all.extend(pip_env);
-    let prepared = confinement.prepare_installer(&argv, &all, python, &read_only)?;
+    let prepared = confinement.prepare_installer(&argv, &all, python, &read_only, proxy_run_dir)?;
     let mut cmd = Command::from(prepared.command);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     let spawned = cmd.spawn();

@@ -18,7 +18,7 @@ pub(crate) const IPYKERNEL_FLAGS: &[&str] =
 pub(crate) const KERNEL_LAUNCHER: &str = include_str!("python/kernel_launcher.py");
 
 /// Runs before either built-in kernel: reaches the allowlist proxy from inside the box.
-const NET_FORWARDER: &str = include_str!("python/net_forwarder.py");
+pub(crate) const NET_FORWARDER: &str = include_str!("python/net_forwarder.py");
 
 /// The program of the built-in lean kernel ([`LEAN_KERNEL`]): IPython's shell behind the
 /// Jupyter protocol without ipykernel, for the shortest round trips.

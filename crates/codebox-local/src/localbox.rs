@@ -902,6 +902,7 @@ impl CodeBox for LocalBox {
         let out = match h.confinement.packages_dir() {
             // A confined box installs into its own directory, under its own confinement.
             Some(target) => {
+                let proxy_run_dir = h.confinement.has_network_allowlist().then(|| h.kernel.runtime_dir());
                 crate::command::run_pip_install(
                     &h.confinement,
                     &h.python,
@@ -910,6 +911,7 @@ impl CodeBox for LocalBox {
                     &h.env,
                     timeout,
                     self.inner.config.output_limit,
+                    proxy_run_dir,
                 )
                 .await?
             }

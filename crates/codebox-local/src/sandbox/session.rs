@@ -286,15 +286,24 @@ impl Confinement {
 
     /// The sandboxed `pip` (or any installer) command for `argv`: like [`Confinement::prepare`]
     /// for a command in the working directory, but with the host network whatever the box's
-    /// setting, and with `read_only` (say a local wheel directory) readable.
+    /// setting (except for a box with a network allowlist: its installer keeps the private
+    /// network and reaches the proxy in `run_dir`), and with `read_only` (say a local wheel
+    /// directory) readable.
     pub fn prepare_installer(
         &self,
         argv: &[String],
         env: &[(String, String)],
         python: &Path,
         read_only: &[PathBuf],
+        run_dir: Option<&Path>,
     ) -> Result<Prepared> {
-        self.prepare_with(argv, env, Some(python), None, None, true, read_only)
+        let network = self.network_allowlist.is_empty();
+        self.prepare_with(argv, env, Some(python), None, run_dir, network, read_only)
+    }
+
+    /// Whether the box may reach only the hosts of a network allowlist.
+    pub fn has_network_allowlist(&self) -> bool {
+        !self.network_allowlist.is_empty()
     }
 
     #[allow(clippy::too_many_arguments)] // the two public entry points above name them

@@ -84,6 +84,11 @@ print(f"dns={{dns()}}")
     assert_eq!(facts["direct"], "ConnectionRefusedError", "no route around the proxy");
     assert_eq!(facts["dns"], "fail");
 
+    // pip keeps the private network too: pypi.org is not on the list, so the proxy refuses it.
+    let err = lb.install(&["codebox-allowlist-probe".to_owned()]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Install);
+    assert!(err.to_string().contains("403"), "pip went through the proxy and was refused: {err}");
+
     // The proxy is there again after a restart (it lives with each kernel).
     lb.restart().await.unwrap();
     let again =
