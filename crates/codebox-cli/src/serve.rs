@@ -138,6 +138,11 @@ struct ServeOptions {
     #[arg(long, value_name = "N")]
     open_files_limit: Option<u64>,
 
+    /// The largest single message a kernel may send; a kernel that sends a larger one is
+    /// recycled before it reaches the server [default: 64M].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_message: Option<u64>,
+
     /// Size of a session's working directory (a sparse ext4 image; needs root) [default: 1G].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     workdir_size: Option<u64>,
@@ -206,6 +211,7 @@ struct FileConfig {
     cpu_limit: Option<f64>,
     file_size_limit: Option<SizeValue>,
     open_files_limit: Option<u64>,
+    max_message: Option<SizeValue>,
     workdir_size: Option<SizeValue>,
     tmp_size: Option<SizeValue>,
     session_uids: Option<String>,
@@ -336,6 +342,9 @@ fn sandbox_settings(args: &ServeOptions, file: &FileConfig) -> anyhow::Result<Sa
     }
     if let Some(n) = args.open_files_limit.or(file.open_files_limit) {
         limits = limits.with_open_files(Some(n));
+    }
+    if let Some(b) = size(args.max_message, &file.max_message)? {
+        limits = limits.with_max_message(b);
     }
     if let Some(b) = size(args.workdir_size, &file.workdir_size)? {
         let inodes = limits.workdir_inodes;
@@ -727,6 +736,8 @@ mod tests {
                 "0.5",
                 "--file-size-limit",
                 "10M",
+                "--max-message",
+                "8M",
                 "--session-uids",
                 "300000-300009",
                 "--no-cgroups",
@@ -740,6 +751,7 @@ mod tests {
         assert_eq!(s.limits.memory, Some(512 << 20));
         assert!(s.limits.data.unwrap() < 512 << 20);
         assert_eq!((s.limits.pids, s.limits.cpu, s.limits.file_size), (Some(64), Some(0.5), Some(10 << 20)));
+        assert_eq!(s.limits.max_message, 8 << 20);
         assert_eq!(s.uids, Some(300_000..300_010));
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
