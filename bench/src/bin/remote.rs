@@ -56,17 +56,16 @@ fn p50(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// Round-trip samples (ms) of a tiny cell on each box, measured in alternation so that
-/// every box sees the same machine load.
+/// Round-trip samples (ms) of a tiny cell on each box: `rounds` in a row on one box, then
+/// the next, as the Python reference measures its box. (Alternating boxes execution by
+/// execution would leave every kernel idle, and its caches cold, between two of its runs.)
 async fn round_trips(boxes: &[&dyn CodeBox], rounds: usize, warmup: usize) -> Result<Vec<Vec<f64>>> {
-    for b in boxes {
+    let mut samples = vec![Vec::with_capacity(rounds); boxes.len()];
+    for (b, samples) in boxes.iter().zip(samples.iter_mut()) {
         for _ in 0..warmup {
             b.exec("1 + 1").await?;
         }
-    }
-    let mut samples = vec![Vec::with_capacity(rounds); boxes.len()];
-    for _ in 0..rounds {
-        for (b, samples) in boxes.iter().zip(samples.iter_mut()) {
+        for _ in 0..rounds {
             let start = Instant::now();
             let ex = b.exec("1 + 1").await?;
             samples.push(start.elapsed().as_secs_f64() * 1e3);
