@@ -580,46 +580,21 @@ async fn case19_daemons_and_zombies_do_not_survive() {
 
 const ROLE: &str = "CODEBOX_IT_ADVERSARIAL_OWNER";
 
-/// The owner's side of case 20: a sandboxed box with a daemon, then wait to be killed.
-#[allow(clippy::print_stdout)]
-fn act_as_owner(token: &str) -> ! {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let lb = sandboxed().build().unwrap();
-        lb.start().await.unwrap();
-        let code = format!("import subprocess\nsubprocess.Popen(['sleep', '{token}'], start_new_session=True)");
-        assert!(lb.exec(&code).await.unwrap().is_ok());
-        let (wd, rd) = (lb.working_dir().await.unwrap(), lb.runtime_dir().await.unwrap());
-        println!("KERNEL_PID {} DIRS {} {}", lb.kernel_pid().await.unwrap(), wd.display(), rd.display());
-        std::io::Write::flush(&mut std::io::stdout()).unwrap();
-        std::future::pending::<()>().await;
-    });
-    unreachable!()
-}
-
 // 20. The owner is SIGKILLed with a live sandboxed session: the kernel, bwrap and the
 //     session's daemon all go.
 #[test]
 fn case20_owner_sigkill_leaves_nothing_behind() {
-    use std::io::BufRead;
     if let Some(token) = std::env::var_os(ROLE) {
-        act_as_owner(&token.to_string_lossy());
+        // The owner's side: a sandboxed box with a daemon, then wait to be killed.
+        let code = format!(
+            "import subprocess\nsubprocess.Popen(['sleep', '{}'], start_new_session=True)",
+            token.to_string_lossy()
+        );
+        crate::orphans::act_as_owner(sandboxed(), Some(&code));
     }
     let token = format!("{}", 5_000_000 + rand_u32() % 1_000_000);
-    let mut owner = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "adversarial::case20_owner_sigkill_leaves_nothing_behind", "--nocapture", "--test-threads=1"])
-        .env(ROLE, &token)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = std::io::BufReader::new(owner.stdout.take().unwrap());
-    let line = stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.split_once("KERNEL_PID ").map(|(_, rest)| rest.to_owned()))
-        .expect("the owner reported its kernel");
-    let (pid, wd, rd) = crate::orphans::parse_owner_line(&line);
+    let crate::orphans::Owner { child: mut owner, kernel_pid: pid, working_dir: wd, runtime_dir: rd } =
+        crate::orphans::spawn_owner("adversarial::case20_owner_sigkill_leaves_nothing_behind", ROLE, &token);
     assert!(alive(pid));
     assert!(!processes_with(&token).is_empty(), "the daemon runs");
     owner.kill().unwrap();

@@ -31,13 +31,18 @@ fn wait_until_dead(pid: i32, limit: Duration) -> bool {
     !alive(pid)
 }
 
-/// The owner's side: start a box, report the kernel's pid, wait to be killed.
+/// The owner's side: start a box from `builder`, run `setup` in it, report the kernel's pid
+/// and directories, and wait to be killed.
 #[allow(clippy::print_stdout)]
-fn act_as_owner() -> ! {
+pub(crate) fn act_as_owner(builder: codebox_local::LocalBoxBuilder, setup: Option<&str>) -> ! {
+    use codebox_core::CodeBoxExt;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let lb = crate::builder().build().unwrap();
+        let lb = builder.build().unwrap();
         lb.start().await.unwrap();
+        if let Some(code) = setup {
+            assert!(lb.exec(code).await.unwrap().is_ok());
+        }
         let (wd, rd) = (lb.working_dir().await.unwrap(), lb.runtime_dir().await.unwrap());
         println!("KERNEL_PID {} DIRS {} {}", lb.kernel_pid().await.unwrap(), wd.display(), rd.display());
         std::io::Write::flush(&mut std::io::stdout()).unwrap();
@@ -46,27 +51,45 @@ fn act_as_owner() -> ! {
     unreachable!()
 }
 
-#[test]
-fn no_kernel_outlives_a_sigkilled_owner() {
-    // This test re-runs itself as the owner process, which the parent then SIGKILLs.
-    if std::env::var_os(ROLE).is_some() {
-        act_as_owner();
-    }
-    let mut owner = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "orphans::no_kernel_outlives_a_sigkilled_owner", "--nocapture", "--test-threads=1"])
-        .env(ROLE, "owner")
+/// An owner process: this test binary re-run as `test` with `role` set in the environment
+/// variable `role_var`, once it has reported its kernel.
+pub(crate) struct Owner {
+    pub(crate) child: std::process::Child,
+    pub(crate) kernel_pid: i32,
+    pub(crate) working_dir: std::path::PathBuf,
+    pub(crate) runtime_dir: std::path::PathBuf,
+}
+
+pub(crate) fn spawn_owner(test: &str, role_var: &str, role: &str) -> Owner {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(role_var, role)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(owner.stdout.take().unwrap());
+    let stdout = BufReader::new(child.stdout.take().unwrap());
     let line = stdout
         .lines()
         .map_while(Result::ok)
         // libtest prints the test's name on the same line.
         .find_map(|l| l.split_once("KERNEL_PID ").map(|(_, rest)| rest.to_owned()))
         .expect("the owner reported its kernel");
-    let (pid, wd, rd) = parse_owner_line(&line);
+    let mut parts = line.split_whitespace();
+    let kernel_pid = parts.next().and_then(|p| p.parse().ok()).expect("a kernel pid");
+    assert_eq!(parts.next(), Some("DIRS"), "{line}");
+    let (wd, rd) = (parts.next().expect("a working dir"), parts.next().expect("a runtime dir"));
+    Owner { child, kernel_pid, working_dir: wd.into(), runtime_dir: rd.into() }
+}
+
+#[test]
+fn no_kernel_outlives_a_sigkilled_owner() {
+    // This test re-runs itself as the owner process, which the parent then SIGKILLs.
+    if std::env::var_os(ROLE).is_some() {
+        act_as_owner(crate::builder(), None);
+    }
+    let Owner { child: mut owner, kernel_pid: pid, working_dir: wd, runtime_dir: rd } =
+        spawn_owner("orphans::no_kernel_outlives_a_sigkilled_owner", ROLE, "owner");
     assert!(alive(pid), "the kernel runs while its owner lives");
     assert!(wd.is_dir() && rd.is_dir());
     owner.kill().unwrap(); // SIGKILL: the owner runs no cleanup at all
@@ -75,15 +98,6 @@ fn no_kernel_outlives_a_sigkilled_owner() {
     // The next process to start a kernel removes what the dead owner left; here, at once.
     codebox_local::LocalBox::sweep_stale_dirs();
     assert!(!wd.exists() && !rd.exists(), "{} or {} outlived its owner", wd.display(), rd.display());
-}
-
-/// `<kernel pid> DIRS <working dir> <runtime dir>`, as an owner process reports them.
-pub(crate) fn parse_owner_line(line: &str) -> (i32, std::path::PathBuf, std::path::PathBuf) {
-    let mut parts = line.split_whitespace();
-    let pid = parts.next().and_then(|p| p.parse().ok()).expect("a kernel pid");
-    assert_eq!(parts.next(), Some("DIRS"), "{line}");
-    let (wd, rd) = (parts.next().expect("a working dir"), parts.next().expect("a runtime dir"));
-    (pid, wd.into(), rd.into())
 }
 
 #[test]
