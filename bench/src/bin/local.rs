@@ -38,22 +38,28 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Cold starts, each followed by a bare `import ipykernel.kernelapp` in a fresh Python: the
-/// import bounds any ipykernel start from below, and timing both in turn shows how far
-/// above it a cold start is while the machine's speed drifts.
-async fn cold_start(python: &Path, kernel: &str, runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    let mut samples = Vec::new();
-    let mut imports = Vec::new();
+/// One cold start of `kernel`: `start()` plus `1+1`, in ms.
+async fn cold_once(kernel: &str) -> Result<f64> {
+    let t0 = Instant::now();
+    let lb = LocalBox::builder().with_kernel(kernel).build()?;
+    lb.start().await?;
+    let ex = lb.exec("1+1").await?;
+    let elapsed = ms(t0.elapsed());
+    if ex.text() != "2" {
+        bail!("cold start of {kernel}: 1+1 gave {:?}", ex.text());
+    }
+    lb.stop().await?;
+    Ok(elapsed)
+}
+
+/// Cold starts of ipykernel and of the lean kernel, and a bare `import ipykernel.kernelapp`
+/// in a fresh Python, in turn: the import bounds any ipykernel start from below, and timing
+/// the three together shows where a cold start stands while the machine's speed drifts.
+async fn cold_starts(python: &Path, runs: usize) -> Result<[Vec<f64>; 3]> {
+    let [mut ipykernel, mut lean, mut imports] = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..runs {
-        let t0 = Instant::now();
-        let lb = LocalBox::builder().with_kernel(kernel).build()?;
-        lb.start().await?;
-        let ex = lb.exec("1+1").await?;
-        samples.push(ms(t0.elapsed()));
-        if ex.text() != "2" {
-            bail!("cold start: 1+1 gave {:?}", ex.text());
-        }
-        lb.stop().await?;
+        ipykernel.push(cold_once("python3").await?);
+        lean.push(cold_once(LEAN_KERNEL).await?);
         let t0 = Instant::now();
         let status = Command::new(python).args(["-c", "import ipykernel.kernelapp"]).status()?;
         imports.push(ms(t0.elapsed()));
@@ -61,7 +67,7 @@ async fn cold_start(python: &Path, kernel: &str, runs: usize) -> Result<(Vec<f64
             bail!("{} cannot import ipykernel", python.display());
         }
     }
-    Ok((samples, imports))
+    Ok([ipykernel, lean, imports])
 }
 
 async fn pooled_start(runs: usize) -> Result<Vec<f64>> {
@@ -198,8 +204,7 @@ async fn main() -> Result<()> {
     }
     drop(many);
 
-    let (cold, imports) = cold_start(&python, "python3", cold_runs).await?;
-    let (lean_cold, _) = cold_start(&python, LEAN_KERNEL, cold_runs).await?;
+    let [cold, lean_cold, imports] = cold_starts(&python, cold_runs).await?;
     let pooled = pooled_start(cold_runs).await?;
 
     let lb = LocalBox::new()?;

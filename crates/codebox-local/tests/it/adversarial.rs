@@ -17,6 +17,8 @@ use codebox_local::sandbox::uid::{UidAllocator, processes_in_range};
 use codebox_local::{Isolation, Limits, LocalBox, LocalBoxBuilder};
 use futures::StreamExt;
 
+use crate::orphans::{alive, wait_until_dead};
+
 const MIB: u64 = 1024 * 1024;
 
 /// Session uids of this suite (disjoint from the unit tests' ranges).
@@ -100,17 +102,6 @@ fn rand_u32() -> u32 {
 fn getrandom_fill(buf: &mut [u8]) {
     use std::io::Read;
     std::fs::File::open("/dev/urandom").unwrap().read_exact(buf).unwrap();
-}
-
-/// Whether `pid` is a live process (a zombie counts as dead).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z" | "X"))
-        }
-        Err(_) => false,
-    }
 }
 
 /// Live host processes whose command line contains `token`.
@@ -600,10 +591,7 @@ fn case20_owner_sigkill_leaves_nothing_behind() {
     owner.kill().unwrap();
     owner.wait().unwrap();
     // Its directories go with the next sweep (every process runs one before its first kernel).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_dead(pid, Duration::from_secs(10));
     LocalBox::sweep_stale_dirs();
     leak_check(&[pid], &[], &[wd, rd], &[token]);
 }

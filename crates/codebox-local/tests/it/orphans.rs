@@ -10,7 +10,7 @@ use codebox_core::CodeBox;
 const ROLE: &str = "CODEBOX_IT_OWNER_ROLE";
 
 /// Whether `pid` is a live process (a zombie counts as dead).
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
@@ -20,7 +20,7 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-fn wait_until_dead(pid: i32, limit: Duration) -> bool {
+pub(crate) fn wait_until_dead(pid: i32, limit: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if !alive(pid) {

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{KEY, test_config};
+use crate::support::{KEY, client, request, test_config};
 
 /// The test process's resident memory, in bytes (it hosts the server and its boxes).
 fn rss() -> u64 {
@@ -93,20 +93,10 @@ impl Sandboxed {
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> (StatusCode, String) {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<Full<Bytes>>();
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr))
-            .header("authorization", format!("Bearer {KEY}"));
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
+        let content_type = body.is_some().then_some("application/json");
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let resp = client.request(req.body(Full::new(body)).unwrap()).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&bytes).into_owned())
+        let reply = request(&client(), self.addr, method, path, Some(KEY), content_type, body).await;
+        (reply.status, reply.text())
     }
 
     async fn execute(&self, id: &str, code: &str) -> String {
@@ -297,8 +287,7 @@ async fn output_flood() {
     // 100 MiB in 1 KiB lines, flushed every MiB.
     let code = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(100):\n    for _ in range(1024):\n        sys.stdout.write(line)\n    sys.stdout.flush()\nprint('done')";
     let flood = async {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<Full<Bytes>>();
+        let client = client();
         let req = hyper::Request::post(format!("http://{}/v1/sessions/flood/execute", server.addr))
             .header("authorization", format!("Bearer {KEY}"))
             .header("content-type", "application/json")

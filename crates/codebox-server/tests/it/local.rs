@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{KEY, Reply, test_config};
+use crate::support::{KEY, Reply, client, request, test_config};
 
 /// A server whose sessions are LocalBoxes; the boxes are kept for inspection.
 struct LocalServer {
@@ -64,26 +64,11 @@ impl LocalServer {
         json_body: Option<serde_json::Value>,
         raw: Option<Bytes>,
     ) -> Reply {
-        use http_body_util::{BodyExt, Full};
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<Full<Bytes>>();
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr))
-            .header("authorization", format!("Bearer {KEY}"));
-        let body = match (json_body, raw) {
-            (Some(j), _) => {
-                req = req.header("content-type", "application/json");
-                Bytes::from(j.to_string())
-            }
-            (None, Some(raw)) => raw,
-            (None, None) => Bytes::new(),
+        let (content_type, body) = match (json_body, raw) {
+            (Some(j), _) => (Some("application/json"), Bytes::from(j.to_string())),
+            (None, raw) => (None, raw.unwrap_or_default()),
         };
-        let resp = client.request(req.body(Full::new(body)).unwrap()).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply { status, headers, body }
+        request(&client(), self.addr, method, path, Some(KEY), content_type, body).await
     }
 
     async fn session(&self) -> String {

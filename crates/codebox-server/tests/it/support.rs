@@ -29,6 +29,36 @@ use tokio::sync::{Notify, oneshot};
 pub(crate) const KEY: &str = "test-key-1";
 pub(crate) const OTHER_KEY: &str = "test-key-2";
 
+/// An HTTP client for the test servers.
+pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Send one request to the server at `addr`, as `key` when given; returns status, headers
+/// and the whole body.
+pub(crate) async fn request(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = client.request(req.body(Full::new(body)).unwrap()).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply { status, headers, body }
+}
+
 /// What the tests can observe of one scripted box.
 #[derive(Debug, Default)]
 pub(crate) struct Probe {
@@ -254,8 +284,7 @@ impl TestServer {
         let task = tokio::spawn(server.run_until(async {
             let _ = stopped.await;
         }));
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { addr, factory, stop: Some(stop), task: Some(task), client }
+        Self { addr, factory, stop: Some(stop), task: Some(task), client: client() }
     }
 
     /// Shut the server down and wait until it is down.
@@ -281,18 +310,7 @@ impl TestServer {
         content_type: Option<&str>,
         body: impl Into<Bytes>,
     ) -> Reply {
-        let mut req = Request::builder().method(method).uri(self.url(path));
-        if let Some(key) = key {
-            req = req.header("authorization", format!("Bearer {key}"));
-        }
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
-        }
-        let resp = self.client.request(req.body(Full::new(body.into())).unwrap()).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply { status, headers, body }
+        request(&self.client, self.addr, method, path, key, content_type, body.into()).await
     }
 
     pub(crate) async fn get(&self, path: &str) -> Reply {
