@@ -1,4 +1,5 @@
 //! The `codebox` binary, run as a user would: real processes, real kernels.
 
+mod hostile;
 mod run;
 mod serve;

@@ -1,0 +1,4 @@
+//! Hostile-tenant cases: files.
+
+#[allow(unused_imports)]
+use super::*;

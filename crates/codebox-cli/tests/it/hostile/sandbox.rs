@@ -1,0 +1,4 @@
+//! Hostile-tenant cases: sandbox.
+
+#[allow(unused_imports)]
+use super::*;

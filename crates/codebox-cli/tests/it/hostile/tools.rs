@@ -1,0 +1,4 @@
+//! Hostile-tenant cases: tools.
+
+#[allow(unused_imports)]
+use super::*;
