@@ -35,6 +35,11 @@ pub struct BoxStatus {
     /// The isolation the kernel runs under (e.g. `none`, `bubblewrap`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<String>,
+    /// What the box's isolation cannot keep from code inside it, by stable name (for
+    /// example `host_processes`); empty when it holds everything codebox checks. The names
+    /// and what each means are listed in docs/security.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolation_gaps: Vec<String>,
     /// How many times the kernel was restarted after dying.
     #[serde(default)]
     pub restarts: u32,
@@ -46,7 +51,7 @@ pub struct BoxStatus {
 impl BoxStatus {
     /// A status with only the state set.
     pub fn new(state: BoxState) -> Self {
-        Self { state, kernel: None, isolation: None, restarts: 0, detail: None }
+        Self { state, kernel: None, isolation: None, isolation_gaps: Vec::new(), restarts: 0, detail: None }
     }
 
     /// Set the kernel name.
@@ -58,6 +63,12 @@ impl BoxStatus {
     /// Set the isolation level.
     pub fn with_isolation(mut self, isolation: impl Into<String>) -> Self {
         self.isolation = Some(isolation.into());
+        self
+    }
+
+    /// Set what the isolation cannot hold.
+    pub fn with_isolation_gaps<S: Into<String>>(mut self, gaps: impl IntoIterator<Item = S>) -> Self {
+        self.isolation_gaps = gaps.into_iter().map(Into::into).collect();
         self
     }
 

@@ -505,10 +505,6 @@ impl LocalBox {
 
 impl Inner {
     /// The isolation the box will run under, before it has started.
-    fn expected_isolation(&self) -> String {
-        self.config.sandbox.level().map_or_else(|_| "unavailable".to_owned(), |l| l.as_str().to_owned())
-    }
-
     fn set_snapshot(&self, f: impl FnOnce(&mut Snapshot)) {
         f(&mut self.snapshot.lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -823,9 +819,11 @@ impl CodeBox for LocalBox {
         if state == BoxState::Idle && self.inner.exec_lock.try_lock().is_err() {
             state = BoxState::Busy;
         }
+        let level = snap.isolation.or_else(|| self.inner.config.sandbox.level().ok());
         let mut status = BoxStatus::new(state)
             .with_kernel(self.inner.config.kernel.clone())
-            .with_isolation(snap.isolation.map_or_else(|| self.inner.expected_isolation(), |l| l.as_str().to_owned()))
+            .with_isolation(level.map_or("unavailable", IsolationLevel::as_str))
+            .with_isolation_gaps(level.map(IsolationLevel::gaps).unwrap_or_default().iter().copied())
             .with_restarts(snap.restarts);
         if let Some(d) = snap.detail {
             status = status.with_detail(d);

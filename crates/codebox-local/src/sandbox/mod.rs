@@ -88,6 +88,18 @@ impl IsolationLevel {
             Self::Bubblewrap => "bubblewrap",
         }
     }
+
+    /// What this level cannot keep from code in a box, by the stable names reported in
+    /// [`BoxStatus::isolation_gaps`](codebox_core::BoxStatus::isolation_gaps) and explained
+    /// in docs/security.md. A server refuses to serve several API keys on a level with gaps
+    /// unless its operator allows weak isolation.
+    pub fn gaps(self) -> &'static [&'static str] {
+        match self {
+            Self::Bubblewrap => &[],
+            Self::Landlock => &["host_unix_sockets"],
+            Self::None => &["host_filesystem", "host_processes", "host_network", "install_network"],
+        }
+    }
 }
 
 impl fmt::Display for IsolationLevel {

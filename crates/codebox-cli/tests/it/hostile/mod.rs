@@ -260,6 +260,16 @@ impl Serve {
         Execution::parse(&reply.text())
     }
 
+    /// What session `id`'s isolation says it cannot hold (`status.isolation_gaps`).
+    pub(crate) fn gaps(&self, key: &str, id: &str) -> Vec<String> {
+        let info = self.request(key, "GET", &format!("/v1/sessions/{id}"), None).json();
+        assert_eq!(info["status"]["isolation"], self.level.flag(), "{info}");
+        info["status"]["isolation_gaps"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether `/health` answers within `timeout`.
     pub(crate) fn healthy_within(&self, timeout: Duration) -> bool {
         self.request_with(None, "GET", "/health", &[], b"", timeout).is_ok_and(|r| r.status == 200)
