@@ -72,17 +72,29 @@ fn next_uid_range() -> std::ops::Range<u32> {
 pub(crate) struct Options {
     pub(crate) level: Level,
     pub(crate) args: Vec<String>,
+    /// Further environment variables of the server process.
+    pub(crate) env: Vec<(String, String)>,
     /// Keep the server's stderr (the log) for the test to read.
     pub(crate) keep_log: bool,
 }
 
 impl Options {
     pub(crate) fn new(level: Level) -> Self {
-        Self { level, args: Vec::new(), keep_log: false }
+        Self { level, args: Vec::new(), env: Vec::new(), keep_log: false }
     }
 
     pub(crate) fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
+        self
+    }
+
+    pub(crate) fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub(crate) fn keep_log(mut self) -> Self {
+        self.keep_log = true;
         self
     }
 }
@@ -157,6 +169,7 @@ impl Serve {
         }
         let mut child = cmd
             .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .env_remove("CODEBOX_SERVER_API_KEYS")
             .stdin(Stdio::null())
