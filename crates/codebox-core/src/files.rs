@@ -49,6 +49,10 @@ pub fn normalize_box_path(path: &str) -> Result<PathBuf> {
     if out.as_os_str().is_empty() {
         return Err(refuse("the path names no file"));
     }
+    // The same rule once `.` steps are gone: `./\x` is as absolute-looking as `\x`.
+    if out.as_os_str().as_encoded_bytes().starts_with(b"\\") {
+        return Err(refuse("absolute paths are not allowed; use a path relative to the box's working directory"));
+    }
     Ok(out)
 }
 
@@ -64,7 +68,7 @@ mod unix_seconds {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         let secs = Option::<f64>::deserialize(d)?;
-        Ok(secs.filter(|s| s.is_finite() && *s >= 0.0).map(|s| UNIX_EPOCH + Duration::from_secs_f64(s)))
+        Ok(secs.and_then(|s| Duration::try_from_secs_f64(s).ok()).and_then(|d| UNIX_EPOCH.checked_add(d)))
     }
 }
 

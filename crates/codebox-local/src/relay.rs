@@ -345,6 +345,69 @@ mod tests {
         assert_eq!(m.feed(&stream), Ok(()));
     }
 
+    /// Feed `stream` in the pieces `cuts` makes of it; the first size over the limit.
+    fn feed_in_pieces(limit: u64, stream: &[u8], cuts: &[usize]) -> Result<(), u64> {
+        let mut m = Meter::new(limit);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut at = 0;
+        for cut in cuts.into_iter().chain([stream.len()]) {
+            m.feed(&stream[at..cut])?;
+            at = cut;
+        }
+        Ok(())
+    }
+
+    /// One frame of a generated stream: its flags (more, command) and body length.
+    fn frames() -> impl proptest::strategy::Strategy<Value = Vec<(bool, bool, usize)>> {
+        use proptest::prelude::*;
+        prop::collection::vec((any::<bool>(), prop::bool::weighted(0.1), 0usize..1200), 0..12)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        // What the relay reads is the kernel's (the tenant's) to choose: any bytes, cut
+        // anywhere, are accounted for without a panic, and the verdict does not depend on
+        // how the bytes were cut.
+        #[test]
+        fn any_bytes_cut_anywhere_get_one_verdict(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..8),
+            limit in 0u64..2000,
+        ) {
+            let mut stream = greeting();
+            stream.extend(bytes);
+            let whole = feed_in_pieces(limit, &stream, &[]);
+            proptest::prop_assert_eq!(feed_in_pieces(limit, &stream, &cuts), whole);
+        }
+
+        // Well-formed streams: the verdict is exactly "some message (all its frames) or
+        // some command is over the limit", with that size.
+        #[test]
+        fn a_message_over_the_limit_is_caught_with_its_size(
+            frames in frames(),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..8),
+            limit in 0u64..3000,
+        ) {
+            let mut stream = greeting();
+            let mut expected = Ok(());
+            let mut message = 0u64;
+            for (more, command, len) in frames {
+                let flags = u8::from(more && !command) | if command { 0b100 } else { 0 };
+                stream.extend(frame(flags, &vec![0x5a; len]));
+                let total = if command { len as u64 } else { message + len as u64 };
+                if expected.is_ok() && total > limit {
+                    expected = Err(total);
+                }
+                if !command {
+                    message = if more { total } else { 0 };
+                }
+            }
+            proptest::prop_assert_eq!(feed_in_pieces(limit, &stream, &cuts), expected);
+        }
+    }
+
     #[tokio::test]
     async fn the_relay_passes_bytes_and_cuts_an_oversized_message() {
         let dir = tempfile::tempdir().unwrap();

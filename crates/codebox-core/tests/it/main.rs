@@ -1,6 +1,7 @@
 //! codebox-core's own integration tests: the conformance suite against a test double.
 
 mod double;
+mod props;
 
 use codebox_core::CodeBox;
 use codebox_core::conformance::{ConformanceOptions, run_all};

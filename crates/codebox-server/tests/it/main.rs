@@ -5,4 +5,5 @@ mod adversarial;
 mod api;
 mod bad_input;
 mod local;
+mod props;
 mod support;
