@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: the one entry point CI calls.
 //!
-//! Steps, in order, failing fast: `fmt`, `clippy`, `test`, `leaks` (nothing the tests' boxes
+//! Steps, in order, failing fast: `setup` (the system packages the tests need, installed
+//! where that can be done unattended: see [`crate::prereqs`]), `fmt`, `clippy`, `test`, `leaks` (nothing the tests' boxes
 //! had is left on the machine: see [`crate::leaks`]), `doc`, `features` (every combination of
 //! the facade's `local`, `remote` and `server` features, with `cargo check`).
 
@@ -12,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use crate::workspace::{cargo, display};
 
 /// The steps, in the order they run.
-pub(crate) const STEPS: [&str; 6] = ["fmt", "clippy", "test", "leaks", "doc", "features"];
+pub(crate) const STEPS: [&str; 7] = ["setup", "fmt", "clippy", "test", "leaks", "doc", "features"];
 
 /// The facade's optional features; the matrix checks every subset of them.
 const FACADE: &str = "codebox";
@@ -40,6 +41,8 @@ enum Action {
     Cargo(Command),
     /// Check this machine for what the tests left behind.
     Leaks,
+    /// Check the system packages the tests need, installing what is missing.
+    Setup,
 }
 
 impl Job {
@@ -47,6 +50,7 @@ impl Job {
         match &self.action {
             Action::Cargo(cmd) => display(cmd),
             Action::Leaks => "leak check (processes, cgroups, files of session uids, temp dirs)".to_owned(),
+            Action::Setup => "system prerequisites (bubblewrap, python3-venv, build tools, ...)".to_owned(),
         }
     }
 }
@@ -80,6 +84,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
                 }
             }
             Action::Leaks => crate::leaks::check().with_context(|| format!("step `{}` failed", job.label)),
+            Action::Setup => crate::prereqs::ensure().with_context(|| format!("step `{}` failed", job.label)),
         };
         timings.push((job.label.clone(), t.elapsed()));
         if let Err(e) = outcome {
@@ -124,6 +129,7 @@ fn plan() -> Vec<Job> {
         Job { step, label, action: Action::Cargo(cmd) }
     };
     let mut jobs = vec![
+        Job { step: "setup", label: "setup".into(), action: Action::Setup },
         job("fmt", "fmt".into(), &["fmt", "--all", "--check"]),
         job(
             "clippy",
@@ -189,20 +195,21 @@ mod tests {
     fn plan_runs_the_steps_in_order_with_warnings_as_errors() {
         let plan = plan();
         let shown: Vec<String> = plan.iter().map(Job::shown).collect();
-        assert_eq!(shown[0], "cargo fmt --all --check");
-        assert_eq!(shown[1], "cargo clippy --workspace --all-targets --all-features --locked -- -D warnings");
-        assert_eq!(shown[2], "cargo test --workspace --all-features --locked");
-        assert!(matches!(plan[3].action, Action::Leaks), "the leak check runs right after the tests");
+        assert!(matches!(plan[0].action, Action::Setup), "the prerequisites come first");
+        assert_eq!(shown[1], "cargo fmt --all --check");
+        assert_eq!(shown[2], "cargo clippy --workspace --all-targets --all-features --locked -- -D warnings");
+        assert_eq!(shown[3], "cargo test --workspace --all-features --locked");
+        assert!(matches!(plan[4].action, Action::Leaks), "the leak check runs right after the tests");
         assert_eq!(
-            shown[4],
+            shown[5],
             "RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features --locked --lib"
         );
-        assert_eq!(shown[5], "cargo check --package codebox --locked --no-default-features");
+        assert_eq!(shown[6], "cargo check --package codebox --locked --no-default-features");
         assert_eq!(
-            shown[12],
+            shown[13],
             "cargo check --package codebox --locked --no-default-features --features local,remote,server"
         );
-        assert_eq!(shown.len(), 13);
+        assert_eq!(shown.len(), 14);
         let steps: Vec<&str> = plan.iter().map(|j| j.step).collect();
         assert!(
             steps.windows(2).all(|w| STEPS.iter().position(|s| *s == w[0]) <= STEPS.iter().position(|s| *s == w[1]))
@@ -212,7 +219,7 @@ mod tests {
     #[test]
     fn unknown_step_is_refused_before_anything_runs() {
         let err = run(&Options { skip: vec!["lint".into()] }).unwrap_err();
-        assert_eq!(err.to_string(), "unknown step `lint` (steps: fmt, clippy, test, leaks, doc, features)");
+        assert_eq!(err.to_string(), "unknown step `lint` (steps: setup, fmt, clippy, test, leaks, doc, features)");
     }
 
     fn git_in(dir: &std::path::Path, args: &[&str]) {

@@ -1,6 +1,7 @@
 //! Project automation for the codebox workspace, run as `cargo xtask <command>`:
 //!
-//! - `ci`: formatting, clippy, tests, a leak check after them, docs and the facade's feature
+//! - `ci`: the system packages the tests need (installed when missing, as root or with
+//!   passwordless sudo), formatting, clippy, tests, a leak check after them, docs and the facade's feature
 //!   matrix, failing fast;
 //! - `bench`: builds and runs the benchmark binaries of `codebox-bench`, one JSON report;
 //! - `release VERSION`: bumps every crate and internal pin together, moves the changelog's
@@ -17,6 +18,7 @@ mod changelog;
 mod ci;
 mod date;
 mod leaks;
+mod prereqs;
 mod publish;
 mod release;
 mod workspace;
@@ -40,7 +42,7 @@ enum Cmd {
     /// Everything CI checks: fmt, clippy, test, a leak check, doc, and every feature combination
     /// of the facade.
     Ci {
-        /// Skip a step (fmt, clippy, test, leaks, doc, features); repeatable.
+        /// Skip a step (setup, fmt, clippy, test, leaks, doc, features); repeatable.
         #[arg(long, value_name = "STEP")]
         skip: Vec<String>,
         /// Same as `--skip test --skip leaks`.
