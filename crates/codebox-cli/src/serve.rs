@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use codebox_core::{ApiKey, CodeBox};
+use codebox_local::sandbox::IsolationLevel;
 use codebox_local::sandbox::uid::UidAllocator;
 use codebox_local::{Allowlist, Isolation, KernelPool, Limits, LocalBox, LocalBoxBuilder};
 use codebox_server::{BoxFactory, Server, ServerConfig};
@@ -109,6 +110,13 @@ struct ServeOptions {
     #[arg(long)]
     require_isolation: bool,
 
+    /// Serve more than one API key even where kernels run without isolation (the `none`
+    /// level, chosen or fallen back to). There, code of one key's session can read the
+    /// server's files and processes and so reach other keys' sessions; without this flag
+    /// such a server refuses to start.
+    #[arg(long)]
+    allow_weak_isolation: bool,
+
     /// Give kernels the host network (default: none, only a private loopback).
     #[arg(long, conflicts_with = "kernel_allow_host")]
     kernel_network: bool,
@@ -202,6 +210,8 @@ struct FileConfig {
     isolation: Option<String>,
     #[serde(default)]
     require_isolation: bool,
+    #[serde(default)]
+    allow_weak_isolation: bool,
     #[serde(default)]
     kernel_network: bool,
     #[serde(default)]
@@ -310,6 +320,8 @@ fn parse_uid_range(text: &str) -> Result<std::ops::Range<u32>, String> {
 struct SandboxSettings {
     isolation: Isolation,
     require: bool,
+    /// Serve several API keys even on a level that cannot keep them apart.
+    allow_weak: bool,
     network: bool,
     allowlist: Allowlist,
     limits: Limits,
@@ -367,6 +379,7 @@ fn sandbox_settings(args: &ServeOptions, file: &FileConfig) -> anyhow::Result<Sa
     Ok(SandboxSettings {
         isolation,
         require: args.require_isolation || file.require_isolation,
+        allow_weak: args.allow_weak_isolation || file.allow_weak_isolation,
         network: args.kernel_network || file.kernel_network,
         allowlist: Allowlist::parse(&[&file.kernel_allow_hosts[..], &args.kernel_allow_host[..]].concat())
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -521,6 +534,11 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(&settings.log_format);
+    if let Err(e) = check_tenant_isolation(&settings) {
+        tracing::error!("{e:#}");
+        eprintln!("codebox serve: {e:#}");
+        return ExitCode::from(2);
+    }
     // Before any thread starts: the sweep kills and unmounts, and the environment changes.
     let _claim = match claim_session_root(&settings) {
         Ok(claim) => claim,
@@ -545,6 +563,33 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Refuse several API keys on an isolation level that cannot keep tenants apart, unless the
+/// operator allowed it: at the `none` level a kernel sees the host's files and processes,
+/// this server's included, so one tenant could take another's key or session.
+fn check_tenant_isolation(settings: &Settings) -> anyhow::Result<()> {
+    let sb = &settings.sandbox;
+    // A level that cannot be had here fails every session start on its own, loudly.
+    let Ok(level) = codebox_local::sandbox::choose(sb.isolation, sb.require, codebox_local::sandbox::probe()) else {
+        return Ok(());
+    };
+    let keys = settings.server.api_keys.len();
+    if level == IsolationLevel::None && keys > 1 {
+        if !sb.allow_weak {
+            bail!(
+                "{keys} API keys on isolation level `none`, which cannot keep tenants apart (code in one session \
+                 can reach the host, this server and the other sessions); give one key per server, make \
+                 bubblewrap or Landlock work, or accept the risk with --allow-weak-isolation"
+            );
+        }
+        tracing::warn!(
+            keys,
+            gaps = ?level.gaps(),
+            "serving several API keys on isolation level `none` (--allow-weak-isolation): tenants are not kept apart"
+        );
+    }
+    Ok(())
 }
 
 /// Claim the session root for this server, sweeping what an earlier one left behind

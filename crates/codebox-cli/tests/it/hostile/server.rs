@@ -23,4 +23,26 @@ fn another_tenants_session_is_invisible(level: Level) {
     serve.stop();
 }
 
-per_level!(another_tenants_session_is_invisible);
+per_level!(another_tenants_session_is_invisible, two_keys_without_isolation_are_refused);
+
+/// Two keys on the `none` level, which cannot keep tenants apart: refused unless the
+/// operator says `--allow-weak-isolation` (the harness says it at that level, so its
+/// servers start). The level asked for here is `none` whatever the case's level.
+fn two_keys_without_isolation_are_refused(_level: Level) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("{KEY_A}\n{KEY_B}\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_codebox"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--isolation", "none", "--pool-size", "0", "--no-session-uids"])
+        .arg("--api-key-file")
+        .arg(&keys)
+        .arg("--session-root")
+        .arg(dir.path().join("sessions"))
+        .env_remove("CODEBOX_SERVER_API_KEYS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served two keys without isolation: {stderr}");
+    assert!(stderr.contains("--allow-weak-isolation"), "{stderr}");
+}
