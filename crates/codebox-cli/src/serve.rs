@@ -243,8 +243,9 @@ enum DurationValue {
 impl DurationValue {
     fn get(&self) -> anyhow::Result<Duration> {
         match self {
-            Self::Seconds(s) if s.is_finite() && *s >= 0.0 => Ok(Duration::from_secs_f64(*s)),
-            Self::Seconds(s) => bail!("{s} is not a duration"),
+            Self::Seconds(s) => {
+                Duration::try_from_secs_f64(*s).map_err(|e| anyhow::anyhow!("{s} is not a duration: {e}"))
+            }
             Self::Text(t) => parse_duration(t).map_err(anyhow::Error::msg),
         }
     }
@@ -282,7 +283,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         (t, 1.0)
     };
     match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        Ok(v) if let Ok(d) = Duration::try_from_secs_f64(v * scale) => Ok(d),
         _ => Err(format!("{text:?} is not a duration (try 30, 30s, 15m, 1h, 500ms)")),
     }
 }
@@ -689,6 +690,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("1e300").is_err() && parse_duration("NaN").is_err() && parse_duration("inf").is_err());
     }
 
     #[test]

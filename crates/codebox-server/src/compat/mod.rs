@@ -364,7 +364,10 @@ fn percent_decode(s: &str) -> Option<String> {
 fn timeout_secs(secs: Option<f64>) -> Result<Option<Duration>> {
     match secs {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        // Bounded well inside what `Duration` and deadline arithmetic can hold.
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::try_from_secs_f64(s)
+            .map(Some)
+            .map_err(|e| CodeBoxError::invalid(format!("timeout {s} is not a duration: {e}"))),
         Some(s) => Err(CodeBoxError::invalid(format!("timeout must be a positive number of seconds, got {s}"))),
     }
 }
@@ -393,7 +396,7 @@ mod tests {
     fn timeouts_must_be_positive_seconds() {
         assert_eq!(timeout_secs(Some(1.5)).unwrap(), Some(Duration::from_millis(1500)));
         assert_eq!(timeout_secs(None).unwrap(), None);
-        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e300, 1.9e19] {
             assert!(timeout_secs(Some(bad)).is_err(), "{bad}");
         }
     }

@@ -23,8 +23,6 @@ fn another_tenants_session_is_invisible(level: Level) {
     serve.stop();
 }
 
-per_level!(another_tenants_session_is_invisible, two_keys_without_isolation_are_refused);
-
 /// Two keys on the `none` level, which cannot keep tenants apart: refused unless the
 /// operator says `--allow-weak-isolation` (the harness says it at that level, so its
 /// servers start). The level asked for here is `none` whatever the case's level.
@@ -46,3 +44,29 @@ fn two_keys_without_isolation_are_refused(_level: Level) {
     assert!(!out.status.success(), "served two keys without isolation: {stderr}");
     assert!(stderr.contains("--allow-weak-isolation"), "{stderr}");
 }
+
+/// Timeouts no `Duration` can hold (or not numbers at all), on execute and on commands,
+/// are a 400 saying so, and the server goes on answering.
+fn absurd_timeouts_are_refused(level: Level) {
+    let serve = Serve::start(Options::new(level));
+    let id = serve.new_session(KEY_A);
+    let json = [("Content-Type", "application/json")];
+    for timeout in ["1e300", "1.9e19", "-1", "NaN", "\"soon\""] {
+        for (path, body) in [
+            ("execute", format!(r#"{{"code": "1", "options": {{"timeout": {timeout}}}}}"#)),
+            ("commands", format!(r#"{{"program": "true", "timeout": {timeout}}}"#)),
+        ] {
+            let path = format!("/v1/sessions/{id}/{path}");
+            let reply = serve
+                .request_with(Some(KEY_A), "POST", &path, &json, body.as_bytes(), Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("{path} with timeout {timeout}: no answer: {e}"));
+            assert_eq!(reply.status, 400, "{path} with timeout {timeout}: {}", reply.text());
+            assert_eq!(reply.json()["error"]["kind"], "invalid_input", "{}", reply.text());
+        }
+    }
+    assert!(serve.healthy_within(Duration::from_secs(10)));
+    assert_eq!(serve.exec(KEY_A, &id, "print(6 * 7)").ok(), "42\n");
+    serve.stop();
+}
+
+per_level!(another_tenants_session_is_invisible, two_keys_without_isolation_are_refused, absurd_timeouts_are_refused,);
