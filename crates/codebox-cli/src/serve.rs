@@ -67,11 +67,26 @@ struct ServeOptions {
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
 
+    /// The most sessions one API key may hold at once; more are refused with 429
+    /// `rate_limited` (the key can free its own) [default: --max-sessions divided by the
+    /// number of keys, at least 1].
+    #[arg(long, value_name = "N")]
+    max_sessions_per_key: Option<usize>,
+
+    /// The most bytes of JSON request bodies held in memory at once, across all requests;
+    /// a body that finds no room for a moment is refused with 503 and Retry-After. At least
+    /// the 16M limit of one JSON body [default: 64M].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_buffered_bytes: Option<u64>,
+
     /// Stop a session unused for this long, e.g. `900`, `15m`, `1h` [default: 15m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
 
-    /// The largest file upload, e.g. `1073741824`, `512M`, `1G` [default: 1G].
+    /// The largest file upload, e.g. `1073741824`, `512M`, `1G`. Keep it below the usable
+    /// size of a working directory (ext4 keeps about 8 % of --workdir-size for itself): a
+    /// larger upload fails with 507 when the disk fills [default: 512M, or half of
+    /// --workdir-size when that is smaller].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     max_upload_bytes: Option<u64>,
 
@@ -198,6 +213,8 @@ struct FileConfig {
     #[serde(default)]
     force_no_auth: bool,
     max_sessions: Option<usize>,
+    max_sessions_per_key: Option<usize>,
+    max_buffered_bytes: Option<SizeValue>,
     idle_timeout: Option<DurationValue>,
     max_upload_bytes: Option<SizeValue>,
     upload_timeout: Option<DurationValue>,
@@ -459,14 +476,28 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
     if let Some(n) = args.max_sessions.or(file.max_sessions) {
         server = server.with_max_sessions(n);
     }
+    if let Some(n) = args.max_sessions_per_key.or(file.max_sessions_per_key) {
+        server = server.with_max_sessions_per_key(n);
+    }
+    if let Some(b) = args.max_buffered_bytes.map(Ok).or(file.max_buffered_bytes.as_ref().map(SizeValue::get)) {
+        server = server.with_max_buffered_bytes(b?);
+    }
     if let Some(n) = args.max_concurrent_starts.or(file.max_concurrent_starts) {
         server = server.with_max_concurrent_starts(n);
     }
     if let Some(d) = args.idle_timeout.map(Ok).or(file.idle_timeout.as_ref().map(DurationValue::get)) {
         server = server.with_idle_timeout(d?);
     }
-    if let Some(b) = args.max_upload_bytes.map(Ok).or(file.max_upload_bytes.as_ref().map(SizeValue::get)) {
-        server = server.with_max_upload_bytes(b?);
+    let sandbox = sandbox_settings(&args, &file)?;
+    match args.max_upload_bytes.map(Ok).or(file.max_upload_bytes.as_ref().map(SizeValue::get)) {
+        Some(b) => server = server.with_max_upload_bytes(b?),
+        // An upload the working directory cannot hold would only fail at the end with a
+        // full disk: by default the limit leaves the image room to spare.
+        None => {
+            if let Some(workdir) = sandbox.limits.workdir_size {
+                server = server.with_max_upload_bytes(codebox_server::DEFAULT_MAX_UPLOAD_BYTES.min(workdir / 2));
+            }
+        }
     }
     if let Some(d) = args.upload_timeout.map(Ok).or(file.upload_timeout.as_ref().map(DurationValue::get)) {
         server = server.with_body_idle_timeout(d?);
@@ -480,7 +511,6 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
     };
     server = server.with_state_dir(session_root.join("server"));
     server.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let sandbox = sandbox_settings(&args, &file)?;
     let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
     if !matches!(log_format.as_str(), "text" | "json") {
         bail!("log_format must be `text` or `json`, not {log_format:?}");
@@ -700,7 +730,12 @@ mod tests {
         let key_file = dir.join("keys");
         std::fs::write(&key_file, "# team keys\nfrom-file\n\n").unwrap();
         let config = dir.join("serve.toml");
-        std::fs::write(&config, "api_keys = [\"from-config\"]\nmax_sessions = 7\nidle_timeout = \"2m\"\n").unwrap();
+        std::fs::write(
+            &config,
+            "api_keys = [\"from-config\"]\nmax_sessions = 7\nidle_timeout = \"2m\"\nmax_sessions_per_key = 3\n\
+             max_buffered_bytes = \"32M\"\nallow_weak_isolation = true\n",
+        )
+        .unwrap();
         let args = parse(&[
             "--api-key",
             "from-flag",
@@ -715,8 +750,15 @@ mod tests {
         let keys: Vec<&str> = s.server.api_keys.iter().map(|k| k.expose()).collect();
         assert_eq!(keys, ["from-config", "from-env-1", "from-env-2", "from-file", "from-flag"]);
         assert_eq!(s.server.max_sessions, 7);
+        assert_eq!(s.server.sessions_per_key(), 3);
+        assert_eq!(s.server.max_buffered_bytes, 32 << 20);
+        assert!(s.sandbox.allow_weak);
         assert_eq!(s.server.idle_timeout, Duration::from_secs(120));
         assert_eq!(s.server.max_upload_bytes, 10 << 20);
+        let s = settings(parse(&["--no-auth"]), None).unwrap();
+        assert_eq!(s.server.max_upload_bytes, 512 << 20, "the default fits the default 1G working directory");
+        let s = settings(parse(&["--no-auth", "--workdir-size", "64M"]), None).unwrap();
+        assert_eq!(s.server.max_upload_bytes, 32 << 20, "a small working directory lowers the default");
         assert_eq!(s.pool_size, 2);
         assert!(!format!("{s:?}").contains("from-flag"), "keys never show in Debug");
         std::fs::remove_dir_all(dir).unwrap();

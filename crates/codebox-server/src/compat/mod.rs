@@ -78,7 +78,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use codebox_core::{ByteStream, CodeBoxError, ErrorKind, Result};
-use codebox_http::server::{Body, json_response, read_limited, status_error, stream_limited};
+use codebox_http::server::{Body, json_response, read_budgeted, status_error, stream_limited};
 use futures::StreamExt;
 use http::{HeaderValue, Method, header};
 use http_body::Body as HttpBody;
@@ -149,11 +149,13 @@ impl Scope<'_> {
         T: serde::de::DeserializeOwned,
     {
         let config = &self.state.config;
-        let bytes = read_limited(req.into_body(), config.max_json_bytes, config.body_idle_timeout).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let body =
+            read_budgeted(req.into_body(), config.max_json_bytes, config.body_idle_timeout, &self.state.body_budget)
+                .await?;
+        if body.bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        serde_json::from_slice(&bytes)
+        serde_json::from_slice(&body.bytes)
             .map(Some)
             .map_err(|e| status_error(400, ErrorKind::InvalidInput, format!("malformed JSON body: {e}")))
     }

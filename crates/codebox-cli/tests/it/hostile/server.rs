@@ -69,4 +69,192 @@ fn absurd_timeouts_are_refused(level: Level) {
     serve.stop();
 }
 
-per_level!(another_tenants_session_is_invisible, two_keys_without_isolation_are_refused, absurd_timeouts_are_refused,);
+/// One request whose body is written by `write_body` on its own thread while the answer is
+/// read, so that a server answering before it read the whole body (and closing the
+/// connection) is seen answering, not as a failed write. The answer's status and body.
+fn exchange(
+    addr: &str,
+    head: String,
+    write_body: impl FnOnce(&mut TcpStream) -> std::io::Result<()> + Send + 'static,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        // The server may close mid-body; what matters is its answer.
+        let _ = writer.write_all(head.as_bytes()).and_then(|()| write_body(&mut writer));
+    });
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A server that closes with body bytes unread resets the connection after its
+            // answer; the answer already read stands.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
+            Err(e) => panic!("no answer: {e}"),
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    sender.join().unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+fn head(addr: &str, key: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n");
+    head.push_str("Connection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head + "\r\n"
+}
+
+/// Write `total` bytes of `b'x'` in 1 MiB pieces, chunked when `chunked`.
+fn write_bytes(out: &mut TcpStream, total: usize, chunked: bool) -> std::io::Result<()> {
+    let piece = vec![b'x'; 1 << 20];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(piece.len());
+        if chunked {
+            out.write_all(format!("{n:x}\r\n").as_bytes())?;
+        }
+        out.write_all(&piece[..n])?;
+        if chunked {
+            out.write_all(b"\r\n")?;
+        }
+        left -= n;
+    }
+    if chunked {
+        out.write_all(b"0\r\n\r\n")?;
+    }
+    Ok(())
+}
+
+/// The upload limit fits the working directory: by default it is half of a small one
+/// (here 64M, so 32M), an upload announced over it is 413 before any byte is read, a
+/// chunked one over it is 413 once it crosses, and an upload under a limit set too high
+/// for the disk is 507 `storage_full` when the disk fills, never 500.
+fn uploads_fit_the_working_directory(level: Level) {
+    let serve = Serve::start(Options::new(level));
+    let id = serve.new_session(KEY_A);
+    let info = serve.request(KEY_A, "GET", &format!("/v1/sessions/{id}"), None).json();
+    assert_eq!(info["capabilities"]["max_upload_bytes"], 32 << 20, "{info}");
+    let path = format!("/v1/sessions/{id}/files/big.bin");
+    let announced = [("Content-Length", "41943040")];
+    let (status, text) = exchange(&serve.addr, head(&serve.addr, KEY_A, "PUT", &path, &announced), |_| Ok(()));
+    assert_eq!(status, 413, "{text}");
+    let chunked = [("Transfer-Encoding", "chunked")];
+    let (status, text) =
+        exchange(&serve.addr, head(&serve.addr, KEY_A, "PUT", &path, &chunked), |out| write_bytes(out, 40 << 20, true));
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("too_large"), "{text}");
+    serve.stop();
+
+    let serve = Serve::start(Options::new(level).arg("--max-upload-bytes").arg("200M"));
+    let id = serve.new_session(KEY_A);
+    let path = format!("/v1/sessions/{id}/files/big.bin");
+    for headers in [&[("Content-Length", "83886080")][..], &chunked[..]] {
+        let is_chunked = headers == &chunked[..];
+        let (status, text) = exchange(&serve.addr, head(&serve.addr, KEY_A, "PUT", &path, headers), move |out| {
+            write_bytes(out, 80 << 20, is_chunked)
+        });
+        assert_eq!(status, 507, "{text}");
+        assert!(text.contains("storage_full"), "{text}");
+    }
+    assert_eq!(serve.exec(KEY_A, &id, "print(6 * 7)").ok(), "42\n");
+    serve.stop();
+}
+
+/// With two keys and `--max-sessions 4`, key A gets its share of 2 and then 429
+/// `rate_limited`; key B still gets its own two.
+fn one_key_cannot_take_every_session(level: Level) {
+    let serve = Serve::start(Options::new(level).arg("--max-sessions").arg("4"));
+    for _ in 0..2 {
+        serve.new_session(KEY_A);
+    }
+    let reply = serve.request(KEY_A, "POST", "/v1/sessions", Some(serde_json::json!({})));
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["kind"], "rate_limited");
+    assert!(reply.header("retry-after").is_some(), "{}", reply.head);
+    for _ in 0..2 {
+        serve.new_session(KEY_B);
+    }
+    serve.stop();
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+    kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+}
+
+/// JSON bodies are held within a server-wide budget: a `Content-Length` over the limit of
+/// one body is 413 at once, without waiting for the bytes, and many concurrent large bodies
+/// do not grow the server past the budget (64M by default); each is answered 400 (read and
+/// refused) or 503 (no room just now), and the server goes on serving.
+fn json_bodies_stay_within_a_budget(level: Level) {
+    let serve = Serve::start(Options::new(level));
+    let id = serve.new_session(KEY_A);
+    let path = format!("/v1/sessions/{id}/execute");
+    let json = [("Content-Type", "application/json"), ("Content-Length", "999999999999")];
+    let reply = serve
+        .request_with(Some(KEY_A), "POST", &path, &json, b"", Duration::from_secs(20))
+        .expect("an answer without the body");
+    assert_eq!(reply.status, 413, "{}", reply.text());
+
+    let pid = serve.child.id();
+    let before = rss(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // 15 MiB of padding after a `code` of the wrong type: parsed only once read whole.
+    let pad = 15 << 20;
+    let prefix = br#"{"code": 1, "pad": ""#;
+    let length = (prefix.len() + pad + 2).to_string();
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let headers = [("Content-Type", "application/json"), ("Content-Length", length.as_str())];
+            let head = head(&serve.addr, KEY_A, "POST", &path, &headers);
+            let addr = serve.addr.clone();
+            std::thread::spawn(move || {
+                exchange(&addr, head, move |out| {
+                    out.write_all(prefix)?;
+                    write_bytes(out, pad, false)?;
+                    out.write_all(b"\"}")
+                })
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let grown = peak.load(Ordering::Relaxed).saturating_sub(before);
+    assert!(grown < 128 << 20, "the server grew by {} MiB for 24 bodies of 15 MiB", grown >> 20);
+    for (status, text) in &answers {
+        assert!(matches!(status, 400 | 503), "{text}");
+    }
+    assert!(answers.iter().any(|(s, _)| *s == 400), "no body was read at all");
+    assert_eq!(serve.exec(KEY_A, &id, "print(6 * 7)").ok(), "42\n");
+    serve.stop();
+}
+
+per_level!(
+    another_tenants_session_is_invisible,
+    two_keys_without_isolation_are_refused,
+    absurd_timeouts_are_refused,
+    uploads_fit_the_working_directory,
+    one_key_cannot_take_every_session,
+    json_bodies_stay_within_a_budget,
+);
