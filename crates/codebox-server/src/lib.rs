@@ -79,7 +79,7 @@ impl Server {
             .map_err(|e| CodeBoxError::io(format!("binding {}", config.addr), e))?;
         let local_addr = listener.local_addr().map_err(|e| CodeBoxError::io("reading the bound address", e))?;
         let record = match &config.state_dir {
-            Some(dir) => record::SessionRecord::open(dir)?,
+            Some(dir) => record::SessionRecord::open(dir, &config.api_keys)?,
             None => record::SessionRecord::default(),
         };
         let metrics = Arc::new(Metrics::default());
