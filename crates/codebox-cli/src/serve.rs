@@ -39,8 +39,9 @@ struct ServeOptions {
     addr: Option<SocketAddr>,
 
     /// Accept this API key (repeatable). Clients send it as `Authorization: Bearer KEY`.
-    /// More keys come from CODEBOX_SERVER_API_KEYS (comma-separated), --api-key-file and
-    /// the config file.
+    /// Discouraged: other users of the machine can read a command line, so the server warns
+    /// and overwrites the key in its own; prefer --api-key-file, CODEBOX_SERVER_API_KEYS
+    /// (comma-separated) or the config file.
     #[arg(long = "api-key", value_name = "KEY")]
     api_keys: Vec<String>,
 
@@ -557,6 +558,7 @@ fn init_logging(format: &str) {
 // The CLI reports fatal errors on stderr, also before logging is set up.
 #[allow(clippy::print_stderr)]
 pub(crate) fn main(args: ServeArgs) -> ExitCode {
+    let keys_on_command_line = args.options.api_keys.clone();
     let settings = match settings(args, std::env::var("CODEBOX_SERVER_API_KEYS").ok()) {
         Ok(s) => s,
         Err(e) => {
@@ -565,6 +567,9 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(&settings.log_format);
+    if !keys_on_command_line.is_empty() {
+        warn_and_scrub_command_line_keys(&keys_on_command_line);
+    }
     if let Err(e) = check_tenant_isolation(&settings) {
         tracing::error!("{e:#}");
         eprintln!("codebox serve: {e:#}");
@@ -594,6 +599,66 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Keys given with `--api-key` are in this process's command line, which every local user
+/// (and code in a box at a weak isolation level) can read in `/proc/<pid>/cmdline`: warn
+/// loudly, once per key, and overwrite them there.
+fn warn_and_scrub_command_line_keys(keys: &[String]) {
+    for _ in keys {
+        tracing::warn!(
+            "an API key was given on the command line (--api-key), where other users of this machine can read it \
+             in /proc/{}/cmdline; it is overwritten there now, but was visible until then and stays in shell \
+             history and process accounting: give keys with --api-key-file or the CODEBOX_SERVER_API_KEYS \
+             environment variable instead",
+            std::process::id()
+        );
+    }
+    match scrub_command_line(keys) {
+        Ok(0) => tracing::warn!("the --api-key values were not found in /proc/self/cmdline to overwrite"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not overwrite the --api-key values in /proc/self/cmdline: {e}"),
+    }
+}
+
+/// Overwrite every occurrence of `secrets` in the memory `/proc/self/cmdline` reads from;
+/// returns how many were overwritten.
+///
+/// The kernel shows a process's command line from the argument area of its own memory
+/// (`arg_start`..`arg_end`, fields 48 and 49 of `/proc/self/stat`), so writing that memory
+/// changes what others read. `/proc/self/mem` is the way to write it: it is the process's
+/// own memory, and needs no pointer into the area the runtime set up before `main`.
+fn scrub_command_line(secrets: &[String]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let after_name = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or_default();
+    let field = |n: usize| -> std::io::Result<u64> {
+        after_name
+            .split_whitespace()
+            .nth(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no field {n} in /proc/self/stat")))
+    };
+    let (start, end) = (field(48)?, field(49)?);
+    let len = usize::try_from(end.saturating_sub(start)).map_err(std::io::Error::other)?;
+    let mem = std::fs::File::options().read(true).write(true).open("/proc/self/mem")?;
+    let mut args = vec![0u8; len];
+    mem.read_exact_at(&mut args, start)?;
+    let mut scrubbed = 0;
+    for secret in secrets.iter().map(String::as_bytes).filter(|s| !s.is_empty()) {
+        let mut at = 0;
+        while let Some(found) = args[at..].windows(secret.len()).position(|w| w == secret) {
+            let from = at + found;
+            args[from..from + secret.len()].fill(b'*');
+            at = from + secret.len();
+            scrubbed += 1;
+        }
+    }
+    if scrubbed > 0 {
+        mem.write_all_at(&args, start)?;
+    }
+    Ok(scrubbed)
 }
 
 /// Refuse several API keys on an isolation level that cannot keep tenants apart, unless the

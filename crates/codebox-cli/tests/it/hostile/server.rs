@@ -250,6 +250,70 @@ fn json_bodies_stay_within_a_budget(level: Level) {
     serve.stop();
 }
 
+/// A key given with `--api-key` is not left in `/proc/<server>/cmdline`, where code at a
+/// weak level (and any local user) could read it, and the log says to use the key file or
+/// the environment instead.
+fn command_line_keys_are_scrubbed(level: Level) {
+    const SECRET: &str = "hostile-cmdline-key-SECRET-0003";
+    let serve = Serve::start(Options::new(level).arg("--api-key").arg(SECRET).keep_log());
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", serve.child.id())).unwrap();
+    let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(shown.contains("--api-key"), "the rest of the command line stays: {shown}");
+    let log = serve.log.lock().unwrap().join("\n");
+    assert!(log.contains("--api-key-file") && log.contains("CODEBOX_SERVER_API_KEYS"), "{log}");
+    assert!(!log.contains(SECRET), "the log never shows a key");
+    // The key still works: it was taken before it was overwritten.
+    let id = serve.new_session(SECRET);
+    assert_eq!(serve.request(SECRET, "GET", &format!("/v1/sessions/{id}"), None).status, 200);
+    serve.stop();
+}
+
+/// A session lost with a crash is told lost (410) to its own key after a restart that adds
+/// a key sorting between the two tenants' keys, and is unknown (404) to the new key.
+fn lost_sessions_stay_with_their_key(level: Level) {
+    let mut first = Serve::start(Options::new(level));
+    let b = first.new_session(KEY_B);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // Sorts after KEY_A and before KEY_B, so KEY_B's position in the key list moves.
+    const KEY_M: &str = "hostile-tenant-a-key-0001-m";
+    let config = first.root.with_extension("toml");
+    std::fs::write(&config, format!("api_keys = [\"{KEY_M}\"]\n")).unwrap();
+    let options = Options::new(level).arg("--config").arg(config.to_str().unwrap());
+    let second = Serve::start_on(&first.root, options, first.uids.clone());
+    let reply = second.request(KEY_B, "GET", &format!("/v1/sessions/{b}"), None);
+    assert_eq!(reply.status, 410, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["kind"], "session_lost");
+    let reply = second.request(KEY_M, "GET", &format!("/v1/sessions/{b}"), None);
+    assert_eq!(reply.status, 404, "the new key is told nothing of B's session: {}", reply.text());
+    assert!(!reply.text().contains("lost"), "{}", reply.text());
+    let record = walk(&first.root.join("server"));
+    for path in &record {
+        let name = path.to_string_lossy();
+        let text = std::fs::read(path).unwrap_or_default();
+        for key in [KEY_A, KEY_B, KEY_M] {
+            assert!(!name.contains(key), "{name}");
+            assert!(!text.windows(key.len()).any(|w| w == key.as_bytes()), "{name} holds a key");
+        }
+    }
+    second.stop();
+    drop(first);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 per_level!(
     another_tenants_session_is_invisible,
     two_keys_without_isolation_are_refused,
@@ -257,4 +321,6 @@ per_level!(
     uploads_fit_the_working_directory,
     one_key_cannot_take_every_session,
     json_bodies_stay_within_a_budget,
+    command_line_keys_are_scrubbed,
+    lost_sessions_stay_with_their_key,
 );
