@@ -48,7 +48,9 @@ fn two_keys_without_isolation_are_refused(_level: Level) {
 /// Timeouts no `Duration` can hold (or not numbers at all), on execute and on commands,
 /// are a 400 saying so, and the server goes on answering.
 fn absurd_timeouts_are_refused(level: Level) {
-    let serve = Serve::start(Options::new(level));
+    // A handler that panics shows where in the kept log.
+    let serve = Serve::start(Options::new(level).env("RUST_BACKTRACE", "1").keep_log());
+    let log = || serve.log.lock().unwrap().join("\n");
     let id = serve.new_session(KEY_A);
     let json = [("Content-Type", "application/json")];
     for timeout in ["1e300", "1.9e19", "-1", "NaN", "\"soon\""] {
@@ -59,7 +61,7 @@ fn absurd_timeouts_are_refused(level: Level) {
             let path = format!("/v1/sessions/{id}/{path}");
             let reply = serve
                 .request_with(Some(KEY_A), "POST", &path, &json, body.as_bytes(), Duration::from_secs(30))
-                .unwrap_or_else(|e| panic!("{path} with timeout {timeout}: no answer: {e}"));
+                .unwrap_or_else(|e| panic!("{path} with timeout {timeout}: no answer: {e}\n{}", log()));
             assert_eq!(reply.status, 400, "{path} with timeout {timeout}: {}", reply.text());
             assert_eq!(reply.json()["error"]["kind"], "invalid_input", "{}", reply.text());
         }
@@ -314,6 +316,26 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// What a session's isolation cannot hold is in its description and in the listing, by
+/// the level's stable names: nothing at bubblewrap, host Unix sockets at Landlock, the
+/// host's files, processes and network at none.
+fn sessions_report_their_isolation_gaps(level: Level) {
+    let serve = Serve::start(Options::new(level));
+    let id = serve.new_session(KEY_A);
+    let expected: &[&str] = match level {
+        Level::Bubblewrap => &[],
+        Level::Landlock => &["host_unix_sockets"],
+        Level::None => &["host_filesystem", "host_processes", "host_network", "install_network"],
+    };
+    assert_eq!(serve.gaps(KEY_A, &id), expected);
+    let listed = serve.request(KEY_A, "GET", "/v1/sessions", None).json();
+    let gaps = &listed[0]["status"]["isolation_gaps"];
+    let listed_gaps: Vec<&str> =
+        gaps.as_array().map(|a| a.iter().filter_map(|g| g.as_str()).collect()).unwrap_or_default();
+    assert_eq!(listed_gaps, expected, "{listed}");
+    serve.stop();
+}
+
 per_level!(
     another_tenants_session_is_invisible,
     two_keys_without_isolation_are_refused,
@@ -323,4 +345,5 @@ per_level!(
     json_bodies_stay_within_a_budget,
     command_line_keys_are_scrubbed,
     lost_sessions_stay_with_their_key,
+    sessions_report_their_isolation_gaps,
 );
