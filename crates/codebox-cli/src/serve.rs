@@ -848,6 +848,18 @@ mod tests {
     }
 
     #[test]
+    fn several_keys_without_isolation_need_the_operators_consent() {
+        let none = ["--isolation", "none", "--api-key", "key-one"];
+        let one = settings(parse(&none), None).unwrap();
+        assert!(check_tenant_isolation(&one).is_ok(), "one key has no other tenant to reach");
+        let two = settings(parse(&[&none[..], &["--api-key", "key-two"]].concat()), None).unwrap();
+        let err = check_tenant_isolation(&two).unwrap_err().to_string();
+        assert!(err.contains("--allow-weak-isolation") && !err.contains("key-two"), "{err}");
+        let allowed = settings(parse(&[&none[..], &["--api-key", "key-two", "--allow-weak-isolation"]].concat()), None);
+        assert!(check_tenant_isolation(&allowed.unwrap()).is_ok());
+    }
+
+    #[test]
     fn the_session_root_holds_the_server_record() {
         let s = settings(parse(&["--no-auth", "--session-root", "/srv/codebox/sessions"]), None).unwrap();
         assert_eq!(s.session_root, PathBuf::from("/srv/codebox/sessions"));
