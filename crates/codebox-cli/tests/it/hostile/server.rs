@@ -30,7 +30,7 @@ fn two_keys_without_isolation_are_refused(_level: Level) {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     std::fs::write(&keys, format!("{KEY_A}\n{KEY_B}\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_codebox"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_codebox"))
         .args(["serve", "--addr", "127.0.0.1:0", "--isolation", "none", "--pool-size", "0", "--no-session-uids"])
         .arg("--api-key-file")
         .arg(&keys)
@@ -38,10 +38,26 @@ fn two_keys_without_isolation_are_refused(_level: Level) {
         .arg(dir.path().join("sessions"))
         .env_remove("CODEBOX_SERVER_API_KEYS")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "served two keys without isolation: {stderr}");
+    // A server that accepted the keys would serve until stopped: give it a minute to refuse.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("codebox serve served two keys at isolation none without --allow-weak-isolation");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("--allow-weak-isolation"), "{stderr}");
 }
 
