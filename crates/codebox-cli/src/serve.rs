@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use codebox_core::{ApiKey, CodeBox};
+use codebox_local::sandbox::IsolationLevel;
 use codebox_local::sandbox::uid::UidAllocator;
 use codebox_local::{Allowlist, Isolation, KernelPool, Limits, LocalBox, LocalBoxBuilder};
 use codebox_server::{BoxFactory, Server, ServerConfig};
@@ -38,8 +39,9 @@ struct ServeOptions {
     addr: Option<SocketAddr>,
 
     /// Accept this API key (repeatable). Clients send it as `Authorization: Bearer KEY`.
-    /// More keys come from CODEBOX_SERVER_API_KEYS (comma-separated), --api-key-file and
-    /// the config file.
+    /// Discouraged: other users of the machine can read a command line, so the server warns
+    /// and overwrites the key in its own; prefer --api-key-file, CODEBOX_SERVER_API_KEYS
+    /// (comma-separated) or the config file.
     #[arg(long = "api-key", value_name = "KEY")]
     api_keys: Vec<String>,
 
@@ -66,11 +68,26 @@ struct ServeOptions {
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
 
+    /// The most sessions one API key may hold at once; more are refused with 429
+    /// `rate_limited` (the key can free its own) [default: --max-sessions divided by the
+    /// number of keys, at least 1].
+    #[arg(long, value_name = "N")]
+    max_sessions_per_key: Option<usize>,
+
+    /// The most bytes of JSON request bodies held in memory at once, across all requests;
+    /// a body that finds no room for a moment is refused with 503 and Retry-After. At least
+    /// the 16M limit of one JSON body [default: 64M].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_buffered_bytes: Option<u64>,
+
     /// Stop a session unused for this long, e.g. `900`, `15m`, `1h` [default: 15m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
 
-    /// The largest file upload, e.g. `1073741824`, `512M`, `1G` [default: 1G].
+    /// The largest file upload, e.g. `1073741824`, `512M`, `1G`. Keep it below the usable
+    /// size of a working directory (ext4 keeps about 8 % of --workdir-size for itself): a
+    /// larger upload fails with 507 when the disk fills [default: 512M, or half of
+    /// --workdir-size when that is smaller].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     max_upload_bytes: Option<u64>,
 
@@ -108,6 +125,13 @@ struct ServeOptions {
     /// Refuse to start kernels without isolation instead of stepping down the ladder.
     #[arg(long)]
     require_isolation: bool,
+
+    /// Serve more than one API key even where kernels run without isolation (the `none`
+    /// level, chosen or fallen back to). There, code of one key's session can read the
+    /// server's files and processes and so reach other keys' sessions; without this flag
+    /// such a server refuses to start.
+    #[arg(long)]
+    allow_weak_isolation: bool,
 
     /// Give kernels the host network (default: none, only a private loopback).
     #[arg(long, conflicts_with = "kernel_allow_host")]
@@ -190,6 +214,8 @@ struct FileConfig {
     #[serde(default)]
     force_no_auth: bool,
     max_sessions: Option<usize>,
+    max_sessions_per_key: Option<usize>,
+    max_buffered_bytes: Option<SizeValue>,
     idle_timeout: Option<DurationValue>,
     max_upload_bytes: Option<SizeValue>,
     upload_timeout: Option<DurationValue>,
@@ -202,6 +228,8 @@ struct FileConfig {
     isolation: Option<String>,
     #[serde(default)]
     require_isolation: bool,
+    #[serde(default)]
+    allow_weak_isolation: bool,
     #[serde(default)]
     kernel_network: bool,
     #[serde(default)]
@@ -233,8 +261,9 @@ enum DurationValue {
 impl DurationValue {
     fn get(&self) -> anyhow::Result<Duration> {
         match self {
-            Self::Seconds(s) if s.is_finite() && *s >= 0.0 => Ok(Duration::from_secs_f64(*s)),
-            Self::Seconds(s) => bail!("{s} is not a duration"),
+            Self::Seconds(s) => {
+                Duration::try_from_secs_f64(*s).map_err(|e| anyhow::anyhow!("{s} is not a duration: {e}"))
+            }
             Self::Text(t) => parse_duration(t).map_err(anyhow::Error::msg),
         }
     }
@@ -272,7 +301,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         (t, 1.0)
     };
     match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        Ok(v) if let Ok(d) = Duration::try_from_secs_f64(v * scale) => Ok(d),
         _ => Err(format!("{text:?} is not a duration (try 30, 30s, 15m, 1h, 500ms)")),
     }
 }
@@ -310,6 +339,8 @@ fn parse_uid_range(text: &str) -> Result<std::ops::Range<u32>, String> {
 struct SandboxSettings {
     isolation: Isolation,
     require: bool,
+    /// Serve several API keys even on a level that cannot keep them apart.
+    allow_weak: bool,
     network: bool,
     allowlist: Allowlist,
     limits: Limits,
@@ -367,6 +398,7 @@ fn sandbox_settings(args: &ServeOptions, file: &FileConfig) -> anyhow::Result<Sa
     Ok(SandboxSettings {
         isolation,
         require: args.require_isolation || file.require_isolation,
+        allow_weak: args.allow_weak_isolation || file.allow_weak_isolation,
         network: args.kernel_network || file.kernel_network,
         allowlist: Allowlist::parse(&[&file.kernel_allow_hosts[..], &args.kernel_allow_host[..]].concat())
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -445,14 +477,28 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
     if let Some(n) = args.max_sessions.or(file.max_sessions) {
         server = server.with_max_sessions(n);
     }
+    if let Some(n) = args.max_sessions_per_key.or(file.max_sessions_per_key) {
+        server = server.with_max_sessions_per_key(n);
+    }
+    if let Some(b) = args.max_buffered_bytes.map(Ok).or(file.max_buffered_bytes.as_ref().map(SizeValue::get)) {
+        server = server.with_max_buffered_bytes(b?);
+    }
     if let Some(n) = args.max_concurrent_starts.or(file.max_concurrent_starts) {
         server = server.with_max_concurrent_starts(n);
     }
     if let Some(d) = args.idle_timeout.map(Ok).or(file.idle_timeout.as_ref().map(DurationValue::get)) {
         server = server.with_idle_timeout(d?);
     }
-    if let Some(b) = args.max_upload_bytes.map(Ok).or(file.max_upload_bytes.as_ref().map(SizeValue::get)) {
-        server = server.with_max_upload_bytes(b?);
+    let sandbox = sandbox_settings(&args, &file)?;
+    match args.max_upload_bytes.map(Ok).or(file.max_upload_bytes.as_ref().map(SizeValue::get)) {
+        Some(b) => server = server.with_max_upload_bytes(b?),
+        // An upload the working directory cannot hold would only fail at the end with a
+        // full disk: by default the limit leaves the image room to spare.
+        None => {
+            if let Some(workdir) = sandbox.limits.workdir_size {
+                server = server.with_max_upload_bytes(codebox_server::DEFAULT_MAX_UPLOAD_BYTES.min(workdir / 2));
+            }
+        }
     }
     if let Some(d) = args.upload_timeout.map(Ok).or(file.upload_timeout.as_ref().map(DurationValue::get)) {
         server = server.with_body_idle_timeout(d?);
@@ -466,7 +512,6 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
     };
     server = server.with_state_dir(session_root.join("server"));
     server.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let sandbox = sandbox_settings(&args, &file)?;
     let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
     if !matches!(log_format.as_str(), "text" | "json") {
         bail!("log_format must be `text` or `json`, not {log_format:?}");
@@ -513,6 +558,7 @@ fn init_logging(format: &str) {
 // The CLI reports fatal errors on stderr, also before logging is set up.
 #[allow(clippy::print_stderr)]
 pub(crate) fn main(args: ServeArgs) -> ExitCode {
+    let keys_on_command_line = args.options.api_keys.clone();
     let settings = match settings(args, std::env::var("CODEBOX_SERVER_API_KEYS").ok()) {
         Ok(s) => s,
         Err(e) => {
@@ -521,6 +567,14 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(&settings.log_format);
+    if !keys_on_command_line.is_empty() {
+        warn_and_scrub_command_line_keys(&keys_on_command_line);
+    }
+    if let Err(e) = check_tenant_isolation(&settings) {
+        tracing::error!("{e:#}");
+        eprintln!("codebox serve: {e:#}");
+        return ExitCode::from(2);
+    }
     // Before any thread starts: the sweep kills and unmounts, and the environment changes.
     let _claim = match claim_session_root(&settings) {
         Ok(claim) => claim,
@@ -545,6 +599,93 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Keys given with `--api-key` are in this process's command line, which every local user
+/// (and code in a box at a weak isolation level) can read in `/proc/<pid>/cmdline`: warn
+/// loudly, once per key, and overwrite them there.
+fn warn_and_scrub_command_line_keys(keys: &[String]) {
+    for _ in keys {
+        tracing::warn!(
+            "an API key was given on the command line (--api-key), where other users of this machine can read it \
+             in /proc/{}/cmdline; it is overwritten there now, but was visible until then and stays in shell \
+             history and process accounting: give keys with --api-key-file or the CODEBOX_SERVER_API_KEYS \
+             environment variable instead",
+            std::process::id()
+        );
+    }
+    match scrub_command_line(keys) {
+        Ok(0) => tracing::warn!("the --api-key values were not found in /proc/self/cmdline to overwrite"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not overwrite the --api-key values in /proc/self/cmdline: {e}"),
+    }
+}
+
+/// Overwrite every occurrence of `secrets` in the memory `/proc/self/cmdline` reads from;
+/// returns how many were overwritten.
+///
+/// The kernel shows a process's command line from the argument area of its own memory
+/// (`arg_start`..`arg_end`, fields 48 and 49 of `/proc/self/stat`), so writing that memory
+/// changes what others read. `/proc/self/mem` is the way to write it: it is the process's
+/// own memory, and needs no pointer into the area the runtime set up before `main`.
+fn scrub_command_line(secrets: &[String]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let after_name = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or_default();
+    let field = |n: usize| -> std::io::Result<u64> {
+        after_name
+            .split_whitespace()
+            .nth(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no field {n} in /proc/self/stat")))
+    };
+    let (start, end) = (field(48)?, field(49)?);
+    let len = usize::try_from(end.saturating_sub(start)).map_err(std::io::Error::other)?;
+    let mem = std::fs::File::options().read(true).write(true).open("/proc/self/mem")?;
+    let mut args = vec![0u8; len];
+    mem.read_exact_at(&mut args, start)?;
+    let mut scrubbed = 0;
+    for secret in secrets.iter().map(String::as_bytes).filter(|s| !s.is_empty()) {
+        let mut at = 0;
+        while let Some(found) = args[at..].windows(secret.len()).position(|w| w == secret) {
+            let from = at + found;
+            args[from..from + secret.len()].fill(b'*');
+            at = from + secret.len();
+            scrubbed += 1;
+        }
+    }
+    if scrubbed > 0 {
+        mem.write_all_at(&args, start)?;
+    }
+    Ok(scrubbed)
+}
+
+/// Refuse several API keys on an isolation level that cannot keep tenants apart, unless the
+/// operator allowed it: at the `none` level a kernel sees the host's files and processes,
+/// this server's included, so one tenant could take another's key or session.
+fn check_tenant_isolation(settings: &Settings) -> anyhow::Result<()> {
+    let sb = &settings.sandbox;
+    // A level that cannot be had here fails every session start on its own, loudly.
+    let Ok(level) = codebox_local::sandbox::choose(sb.isolation, sb.require, codebox_local::sandbox::probe()) else {
+        return Ok(());
+    };
+    let keys = settings.server.api_keys.len();
+    if level == IsolationLevel::None && keys > 1 {
+        if !sb.allow_weak {
+            bail!(
+                "{keys} API keys on isolation level `none`, which cannot keep tenants apart (code in one session \
+                 can reach the host, this server and the other sessions); give one key per server, make \
+                 bubblewrap or Landlock work, or accept the risk with --allow-weak-isolation"
+            );
+        }
+        tracing::warn!(
+            keys,
+            gaps = ?level.gaps(),
+            "serving several API keys on isolation level `none` (--allow-weak-isolation): tenants are not kept apart"
+        );
+    }
+    Ok(())
 }
 
 /// Claim the session root for this server, sweeping what an earlier one left behind
@@ -644,6 +785,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("1e300").is_err() && parse_duration("NaN").is_err() && parse_duration("inf").is_err());
     }
 
     #[test]
@@ -653,7 +795,12 @@ mod tests {
         let key_file = dir.join("keys");
         std::fs::write(&key_file, "# team keys\nfrom-file\n\n").unwrap();
         let config = dir.join("serve.toml");
-        std::fs::write(&config, "api_keys = [\"from-config\"]\nmax_sessions = 7\nidle_timeout = \"2m\"\n").unwrap();
+        std::fs::write(
+            &config,
+            "api_keys = [\"from-config\"]\nmax_sessions = 7\nidle_timeout = \"2m\"\nmax_sessions_per_key = 3\n\
+             max_buffered_bytes = \"32M\"\nallow_weak_isolation = true\n",
+        )
+        .unwrap();
         let args = parse(&[
             "--api-key",
             "from-flag",
@@ -668,8 +815,15 @@ mod tests {
         let keys: Vec<&str> = s.server.api_keys.iter().map(|k| k.expose()).collect();
         assert_eq!(keys, ["from-config", "from-env-1", "from-env-2", "from-file", "from-flag"]);
         assert_eq!(s.server.max_sessions, 7);
+        assert_eq!(s.server.sessions_per_key(), 3);
+        assert_eq!(s.server.max_buffered_bytes, 32 << 20);
+        assert!(s.sandbox.allow_weak);
         assert_eq!(s.server.idle_timeout, Duration::from_secs(120));
         assert_eq!(s.server.max_upload_bytes, 10 << 20);
+        let s = settings(parse(&["--no-auth"]), None).unwrap();
+        assert_eq!(s.server.max_upload_bytes, 512 << 20, "the default fits the default 1G working directory");
+        let s = settings(parse(&["--no-auth", "--workdir-size", "64M"]), None).unwrap();
+        assert_eq!(s.server.max_upload_bytes, 32 << 20, "a small working directory lowers the default");
         assert_eq!(s.pool_size, 2);
         assert!(!format!("{s:?}").contains("from-flag"), "keys never show in Debug");
         std::fs::remove_dir_all(dir).unwrap();
@@ -691,6 +845,18 @@ mod tests {
         assert!(err.to_string().contains("64 MiB"), "{err}");
         let err = settings(parse(&["--no-auth", "--cpu-limit", "0"]), None).unwrap_err();
         assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn several_keys_without_isolation_need_the_operators_consent() {
+        let none = ["--isolation", "none", "--api-key", "key-one"];
+        let one = settings(parse(&none), None).unwrap();
+        assert!(check_tenant_isolation(&one).is_ok(), "one key has no other tenant to reach");
+        let two = settings(parse(&[&none[..], &["--api-key", "key-two"]].concat()), None).unwrap();
+        let err = check_tenant_isolation(&two).unwrap_err().to_string();
+        assert!(err.contains("--allow-weak-isolation") && !err.contains("key-two"), "{err}");
+        let allowed = settings(parse(&[&none[..], &["--api-key", "key-two", "--allow-weak-isolation"]].concat()), None);
+        assert!(check_tenant_isolation(&allowed.unwrap()).is_ok());
     }
 
     #[test]

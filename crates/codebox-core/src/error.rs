@@ -154,6 +154,9 @@ pub enum ErrorKind {
     /// The session existed but was lost, with its kernel and files, when its server
     /// restarted (HTTP 410): create a new one.
     SessionLost,
+    /// The storage behind the box is full (no space left, or a quota reached): HTTP 507.
+    /// What was being written is incomplete; free space or write less.
+    StorageFull,
     /// The server failed in a way that has no better category.
     Server,
 }
@@ -178,6 +181,7 @@ impl ErrorKind {
             Self::Io => "io",
             Self::TooLarge => "too_large",
             Self::SessionLost => "session_lost",
+            Self::StorageFull => "storage_full",
             Self::Server => "server",
         }
     }
@@ -325,6 +329,7 @@ impl HttpError {
             413 => ErrorKind::TooLarge,
             429 => ErrorKind::RateLimited,
             501 => ErrorKind::Unsupported,
+            507 => ErrorKind::StorageFull,
             502 | 503 => ErrorKind::Connection,
             _ => ErrorKind::Server,
         }
@@ -355,7 +360,7 @@ impl CodeBoxError {
             Self::Install { .. } => ErrorKind::Install,
             Self::NotRunning { .. } => ErrorKind::NotRunning,
             Self::Protocol { .. } => ErrorKind::Protocol,
-            Self::Io { .. } => ErrorKind::Io,
+            Self::Io { source, .. } => io_kind(source),
         }
     }
 
@@ -422,6 +427,16 @@ impl From<HttpError> for CodeBoxError {
     }
 }
 
+/// The category of a local I/O failure: a full disk or quota is the caller's to fix (write
+/// less, free space), not a server fault, and a file over the size limit is too large.
+fn io_kind(source: &std::io::Error) -> ErrorKind {
+    match source.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => ErrorKind::StorageFull,
+        std::io::ErrorKind::FileTooLarge => ErrorKind::TooLarge,
+        _ => ErrorKind::Io,
+    }
+}
+
 fn fmt_retry_after(d: Option<Duration>) -> String {
     d.map(|d| format!("; retry after {:.1}s", d.as_secs_f64())).unwrap_or_default()
 }
@@ -468,8 +483,19 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_storage_full_and_a_too_big_file_too_large() {
+        let io = |errno: i32| CodeBoxError::io("writing", std::io::Error::from_raw_os_error(errno));
+        // ENOSPC, EDQUOT and EFBIG on Linux.
+        assert_eq!(io(28).kind(), ErrorKind::StorageFull);
+        assert_eq!(io(122).kind(), ErrorKind::StorageFull);
+        assert_eq!(io(27).kind(), ErrorKind::TooLarge);
+        assert_eq!(io(2).kind(), ErrorKind::Io);
+        assert_eq!(CodeBoxError::from(HttpError::new(507, "full")).kind(), ErrorKind::StorageFull);
+    }
+
+    #[test]
     fn kind_names_round_trip_through_json() {
-        for kind in [ErrorKind::NotFound, ErrorKind::KernelDied, ErrorKind::UnsafePath] {
+        for kind in [ErrorKind::NotFound, ErrorKind::KernelDied, ErrorKind::UnsafePath, ErrorKind::StorageFull] {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
             assert_eq!(serde_json::from_str::<ErrorKind>(&json).unwrap(), kind);

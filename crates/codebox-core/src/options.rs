@@ -152,12 +152,18 @@ mod opt_secs {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let secs = Option::<f64>::deserialize(d)?;
+        // Input from clients: a value `Duration` cannot hold (1e300, or 1.9e19 past u64
+        // seconds) would panic in `from_secs_f64`, and one near that limit would overflow the
+        // deadline `Instant::now() + timeout`; anything over ~31 years is refused instead.
+        const MAX_SECS: f64 = 1e9;
         match secs {
             None => Ok(None),
-            Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-            Some(s) => {
-                Err(serde::de::Error::custom(format!("timeout must be a non-negative number of seconds, got {s}")))
-            }
+            Some(s) if (0.0..=MAX_SECS).contains(&s) => Duration::try_from_secs_f64(s)
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format!("timeout {s} is not a duration: {e}"))),
+            Some(s) => Err(serde::de::Error::custom(format!(
+                "timeout must be a number of seconds from 0 to {MAX_SECS:e}, got {s}"
+            ))),
         }
     }
 }
@@ -173,5 +179,11 @@ mod tests {
         assert_eq!(json, serde_json::json!({"timeout": 1.5, "language": "bash"}));
         assert_eq!(serde_json::from_value::<RunOptions>(json).unwrap(), opts);
         assert!(serde_json::from_value::<RunOptions>(serde_json::json!({"timeout": -1})).is_err());
+        for huge in [1e300, 1.9e19, 1.8e19, 1e10] {
+            assert!(serde_json::from_value::<RunOptions>(serde_json::json!({ "timeout": huge })).is_err(), "{huge}");
+            assert!(
+                serde_json::from_value::<CommandSpec>(serde_json::json!({"program": "x", "timeout": huge})).is_err()
+            );
+        }
     }
 }

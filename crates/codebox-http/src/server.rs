@@ -12,5 +12,5 @@ mod request_id;
 
 pub use body::{Body, KEEPALIVE_LINE, error_response, json_response, ndjson_body, ndjson_response, status_error};
 pub use listen::{ConnectionLimits, serve};
-pub use request_body::{read_limited, stream_limited};
+pub use request_body::{BodyBudget, BufferedBody, read_budgeted, read_limited, stream_limited};
 pub use request_id::{REQUEST_ID_HEADER, RequestId};

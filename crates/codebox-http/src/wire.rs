@@ -125,6 +125,7 @@ pub fn status_for_kind(kind: ErrorKind) -> u16 {
         ErrorKind::RateLimited => 429,
         ErrorKind::Unsupported => 501,
         ErrorKind::Connection => 502,
+        ErrorKind::StorageFull => 507,
         _ => 500,
     }
 }
@@ -171,6 +172,7 @@ mod tests {
             (ErrorKind::TooLarge, 413),
             (ErrorKind::RateLimited, 429),
             (ErrorKind::Unsupported, 501),
+            (ErrorKind::StorageFull, 507),
         ] {
             assert_eq!(status_for_kind(kind), status);
             let body = serde_json::json!({"error": {"kind": kind, "message": "m"}}).to_string();

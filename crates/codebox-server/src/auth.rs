@@ -16,12 +16,7 @@ impl Owner {
     /// The single owner of every session when authentication is off.
     pub(crate) const ANONYMOUS: Owner = Owner(u32::MAX);
 
-    /// The position of the owner's key (`u32::MAX` when anonymous), as recorded on disk.
-    pub(crate) fn index(self) -> u32 {
-        self.0
-    }
-
-    /// The owner at key position `index`, as read back from disk.
+    /// The owner whose key is at position `index` of the server's keys.
     pub(crate) fn from_index(index: u32) -> Self {
         Self(index)
     }

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use codebox_core::{ApiKey, CodeBoxError, Result};
 
+/// The default of [`ServerConfig::max_upload_bytes`].
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 << 20;
+
 /// Everything a [`Server`](crate::Server) needs to know. Start from [`ServerConfig::new`]
 /// and change what you need with the `with_*` setters; [`Server::bind`](crate::Server::bind)
 /// validates it.
@@ -23,10 +26,20 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// A session unused for this long is stopped. Default 15 minutes.
     pub idle_timeout: Duration,
-    /// The largest file upload, in bytes. Default 1 GiB.
+    /// The largest file upload, in bytes. Default 512 MiB: well inside the usable space of
+    /// a 1 GiB working directory (ext4 keeps some of an image for itself), so that an
+    /// upload under the limit does not fail for want of space in the default box.
     pub max_upload_bytes: u64,
     /// The largest JSON request body, in bytes. Default 16 MiB.
     pub max_json_bytes: u64,
+    /// The most bytes of JSON request bodies held in memory at once, across all requests.
+    /// A body that finds the budget spent waits briefly for others to finish, then gets
+    /// 503 with `Retry-After`. At least `max_json_bytes`. Default 64 MiB.
+    pub max_buffered_bytes: u64,
+    /// The most sessions one API key may hold at once; more get 429 `rate_limited`. `None`
+    /// (the default) means `max_sessions` divided by the number of keys, at least 1, so
+    /// that no key can take every session (all of them with a single key).
+    pub max_sessions_per_key: Option<usize>,
     /// A client that sends no request body bytes for this long is cut off (408). Default 30 s.
     pub body_idle_timeout: Duration,
     /// How long a client may take to send its request headers. Default 30 s.
@@ -58,8 +71,10 @@ impl Default for ServerConfig {
             force_no_auth: false,
             max_sessions: 64,
             idle_timeout: Duration::from_secs(15 * 60),
-            max_upload_bytes: 1 << 30,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_json_bytes: 16 << 20,
+            max_buffered_bytes: 64 << 20,
+            max_sessions_per_key: None,
             body_idle_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
@@ -124,6 +139,25 @@ impl ServerConfig {
     pub fn with_max_json_bytes(mut self, bytes: u64) -> Self {
         self.max_json_bytes = bytes;
         self
+    }
+
+    /// Hold at most `bytes` of JSON request bodies in memory at once, across all requests.
+    pub fn with_max_buffered_bytes(mut self, bytes: u64) -> Self {
+        self.max_buffered_bytes = bytes;
+        self
+    }
+
+    /// Let one API key hold at most `max` sessions (see
+    /// [`max_sessions_per_key`](Self::max_sessions_per_key)).
+    pub fn with_max_sessions_per_key(mut self, max: usize) -> Self {
+        self.max_sessions_per_key = Some(max);
+        self
+    }
+
+    /// The per-key session cap in force: the configured one, else `max_sessions` shared
+    /// evenly among the keys (at least 1 each).
+    pub fn sessions_per_key(&self) -> usize {
+        self.max_sessions_per_key.unwrap_or_else(|| (self.max_sessions / self.api_keys.len().max(1)).max(1))
     }
 
     /// Cut off clients that stall their request body for `timeout`.
@@ -194,6 +228,16 @@ impl ServerConfig {
         if self.max_sessions == 0 {
             return Err(CodeBoxError::invalid("max_sessions must be at least 1"));
         }
+        if self.max_sessions_per_key == Some(0) {
+            return Err(CodeBoxError::invalid("max_sessions_per_key must be at least 1"));
+        }
+        if self.max_buffered_bytes < self.max_json_bytes {
+            return Err(CodeBoxError::invalid(format!(
+                "max_buffered_bytes ({}) must be at least max_json_bytes ({}), or no JSON body of the largest size \
+                 could ever be read",
+                self.max_buffered_bytes, self.max_json_bytes
+            )));
+        }
         if self.max_concurrent_starts == 0 {
             return Err(CodeBoxError::invalid("max_concurrent_starts must be at least 1"));
         }
@@ -221,6 +265,19 @@ mod tests {
         assert!(ServerConfig::new().with_api_key("k").validate().is_ok());
         assert!(ServerConfig::new().with_api_key("has space").validate().is_err());
         assert!(ServerConfig::new().with_api_key("").validate().is_err());
+    }
+
+    #[test]
+    fn sessions_are_shared_among_keys_by_default() {
+        let one = ServerConfig::new().with_api_key("a").with_max_sessions(4);
+        assert_eq!(one.sessions_per_key(), 4);
+        let two = one.clone().with_api_key("b");
+        assert_eq!(two.sessions_per_key(), 2);
+        let many = (0..10).fold(ServerConfig::new().with_max_sessions(4), |c, i| c.with_api_key(format!("k{i}")));
+        assert_eq!(many.sessions_per_key(), 1);
+        assert_eq!(two.clone().with_max_sessions_per_key(3).sessions_per_key(), 3);
+        assert!(two.clone().with_max_sessions_per_key(0).validate().is_err());
+        assert!(two.with_max_buffered_bytes(1 << 20).validate().is_err(), "smaller than one JSON body");
     }
 
     #[test]

@@ -36,17 +36,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use codebox_core::{CodeBoxError, Result};
-use codebox_http::server::{ConnectionLimits, serve};
+use codebox_http::server::{BodyBudget, ConnectionLimits, serve};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::ServerConfig;
+pub use crate::config::{DEFAULT_MAX_UPLOAD_BYTES, ServerConfig};
 pub use crate::factory::{BoxFactory, factory_fn};
 
 use crate::auth::ApiKeys;
 use crate::metrics::Metrics;
 use crate::sessions::Registry;
 use crate::state::AppState;
+
+/// How long a JSON body waits for room in the server's budget of buffered bytes before it
+/// is refused with 503: long enough for bodies being parsed to finish, short enough that a
+/// flood of bodies does not queue up.
+const BODY_BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 /// A bound CodeBox server. [`bind`](Self::bind) it, read [`local_addr`](Self::local_addr),
 /// then [`run_until`](Self::run_until) a shutdown future resolves.
@@ -74,20 +79,22 @@ impl Server {
             .map_err(|e| CodeBoxError::io(format!("binding {}", config.addr), e))?;
         let local_addr = listener.local_addr().map_err(|e| CodeBoxError::io("reading the bound address", e))?;
         let record = match &config.state_dir {
-            Some(dir) => record::SessionRecord::open(dir)?,
+            Some(dir) => record::SessionRecord::open(dir, &config.api_keys)?,
             None => record::SessionRecord::default(),
         };
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::new(
             factory,
             config.max_sessions,
+            config.sessions_per_key(),
             config.retry_after,
             config.max_concurrent_starts,
             Arc::clone(&metrics),
             record,
         );
         let keys = ApiKeys::new(config.api_keys.clone(), config.no_auth);
-        let state = Arc::new(AppState { config, keys, registry, metrics });
+        let body_budget = BodyBudget::new(config.max_buffered_bytes, BODY_BUDGET_WAIT);
+        let state = Arc::new(AppState { config, keys, registry, metrics, body_budget });
         Ok(Self { listener, local_addr, state })
     }
 

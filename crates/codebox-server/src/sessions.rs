@@ -152,6 +152,8 @@ pub(crate) struct Registry {
     slots: Mutex<HashMap<Key, Arc<Slot>>>,
     factory: Arc<dyn BoxFactory>,
     max_sessions: usize,
+    /// The most sessions one owner may hold.
+    max_per_owner: usize,
     retry_after: Duration,
     metrics: Arc<Metrics>,
     closed: std::sync::atomic::AtomicBool,
@@ -189,6 +191,7 @@ impl Registry {
     pub(crate) fn new(
         factory: Arc<dyn BoxFactory>,
         max_sessions: usize,
+        max_per_owner: usize,
         retry_after: Duration,
         max_concurrent_starts: usize,
         metrics: Arc<Metrics>,
@@ -198,6 +201,7 @@ impl Registry {
             slots: Mutex::new(HashMap::new()),
             factory,
             max_sessions,
+            max_per_owner,
             retry_after,
             metrics,
             closed: Default::default(),
@@ -248,7 +252,8 @@ impl Registry {
 
     /// The owner's session `id` (a new id when `None`), creating and starting its box with
     /// `kernel` when it does not exist yet. Refused with 503 `rate_limited` and
-    /// `Retry-After` when the server is full, and with 400 for an invalid id.
+    /// `Retry-After` when the server is full, with 429 `rate_limited` when the owner holds
+    /// its own limit of sessions, and with 400 for an invalid id.
     pub(crate) async fn get_or_create(
         &self,
         owner: Owner,
@@ -278,6 +283,22 @@ impl Registry {
                         let mut err = codebox_core::HttpError::new(
                             503,
                             format!("the server is at its limit of {} sessions; try again later", self.max_sessions),
+                        );
+                        err.kind = ErrorKind::RateLimited;
+                        err.retry_after = Some(self.retry_after);
+                        return Err(CodeBoxError::Http(Box::new(err)));
+                    }
+                    // One key must not take every slot and starve the others. Its own
+                    // limit, so 429 (the caller can free sessions), not the 503 of a full server.
+                    if slots.keys().filter(|k| k.owner == owner).count() >= self.max_per_owner {
+                        self.metrics.session_rejected();
+                        let mut err = codebox_core::HttpError::new(
+                            429,
+                            format!(
+                                "this API key holds its limit of {} sessions; delete one (or let one idle out) \
+                                 before creating another",
+                                self.max_per_owner
+                            ),
                         );
                         err.kind = ErrorKind::RateLimited;
                         err.retry_after = Some(self.retry_after);

@@ -5,12 +5,12 @@
 //! `get_or_create` with a client-chosen id, `stop`, `list`), `config.max_upload_bytes`,
 //! `config.body_idle_timeout`, `config.keepalive_interval`, `metrics`, and the body
 //! helpers of `codebox_http::server` (`Body`, `json_response`, `error_response`,
-//! `stream_limited`, `read_limited`).
+//! `stream_limited`, `read_budgeted` with `body_budget`).
 
 use std::sync::Arc;
 
 use codebox_core::CodeBoxError;
-use codebox_http::server::{Body, error_response};
+use codebox_http::server::{Body, BodyBudget, error_response};
 use hyper::Response;
 
 use crate::auth::ApiKeys;
@@ -29,6 +29,8 @@ pub(crate) struct AppState {
     pub(crate) registry: Registry,
     /// The counters behind `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
+    /// The bytes of JSON request bodies all requests together may hold in memory.
+    pub(crate) body_budget: BodyBudget,
 }
 
 impl AppState {

@@ -1,13 +1,15 @@
 //! Reading request bodies with a size limit and a stall timeout.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use codebox_core::{ByteStream, CodeBoxError, ErrorKind, Result};
+use codebox_core::{ByteStream, CodeBoxError, ErrorKind, HttpError, Result};
 use futures::Stream;
 use http_body::Body as HttpBody;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use super::body::status_error;
@@ -27,29 +29,132 @@ fn stalled(idle: Duration) -> CodeBoxError {
 }
 
 /// Read a whole (small) request body into memory, refusing more than `limit` bytes and a
-/// client that sends nothing for `idle`.
+/// client that sends nothing for `idle`. A `Content-Length` over `limit` is refused before
+/// any byte is read.
 pub async fn read_limited<B>(body: B, limit: u64, idle: Duration) -> Result<Bytes>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
 {
     use futures::StreamExt;
+    let announced = body.size_hint().exact();
     let mut stream = stream_limited(body, limit, idle);
-    let mut buf = BytesMut::new();
+    // The announced length is at most `limit` here (else the stream fails at once), so
+    // reserving it is bounded and saves the copies of a growing buffer.
+    let mut buf = BytesMut::with_capacity(announced.unwrap_or(0).min(limit) as usize);
     while let Some(chunk) = stream.next().await {
         buf.extend_from_slice(&chunk?);
     }
     Ok(buf.freeze())
 }
 
+/// Bytes of request bodies held in memory at once, shared by every request of a server:
+/// without it, many concurrent bodies each under the per-body limit could together take
+/// all memory. A body takes its share chunk by chunk as the bytes arrive (so a client that
+/// sends slowly holds only what it sent), and gives it back when its [`BufferedBody`] drops.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    total: u64,
+    wait: Duration,
+}
+
+impl BodyBudget {
+    /// A budget of `total` bytes. A body that finds it spent waits up to `wait` for other
+    /// bodies to give bytes back, then fails with 503 and `Retry-After`.
+    pub fn new(total: u64, wait: Duration) -> Self {
+        let permits = usize::try_from(total).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        Self { bytes: Arc::new(Semaphore::new(permits)), total: permits as u64, wait }
+    }
+
+    /// The bytes of the budget.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The bytes not held by any body now.
+    pub fn available(&self) -> u64 {
+        self.bytes.available_permits() as u64
+    }
+
+    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit> {
+        let n = u32::try_from(bytes).map_err(|_| self.spent())?;
+        if let Ok(permit) = Arc::clone(&self.bytes).try_acquire_many_owned(n) {
+            return Ok(permit);
+        }
+        match tokio::time::timeout(self.wait, Arc::clone(&self.bytes).acquire_many_owned(n)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(self.spent()),
+        }
+    }
+
+    fn spent(&self) -> CodeBoxError {
+        let mut e = HttpError::new(
+            503,
+            format!(
+                "the server is holding as many request bytes as it allows ({} bytes across all requests); \
+                 try again shortly",
+                self.total
+            ),
+        );
+        e.kind = ErrorKind::RateLimited;
+        e.retry_after = Some(Duration::from_secs(1));
+        CodeBoxError::Http(Box::new(e))
+    }
+}
+
+/// A request body read whole into memory, holding its share of a [`BodyBudget`] until it
+/// drops.
+#[derive(Debug)]
+pub struct BufferedBody {
+    /// The body's bytes.
+    pub bytes: Bytes,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+/// [`read_limited`] within `budget`: the bytes held count against the server-wide budget
+/// while the returned body lives.
+pub async fn read_budgeted<B>(body: B, limit: u64, idle: Duration, budget: &BodyBudget) -> Result<BufferedBody>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    use futures::StreamExt;
+    let announced = body.size_hint().exact();
+    let mut stream = stream_limited(body, limit, idle);
+    let mut share: Option<OwnedSemaphorePermit> = None;
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let permit = budget.take(chunk.len()).await?;
+        match &mut share {
+            Some(held) => held.merge(permit),
+            None => share = Some(permit),
+        }
+        if buf.is_empty() {
+            // Reserve what was announced once the first bytes show the client is sending;
+            // at most `limit` (a larger announcement failed already).
+            buf.reserve(announced.unwrap_or(0).min(limit) as usize);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(BufferedBody { bytes: buf.freeze(), _share: share })
+}
+
 /// A request body as a stream of chunks that fails with 413 `too_large` once more than
-/// `limit` bytes arrived (before handing the offending chunk on), and with 408 `timeout`
-/// when the client sends nothing for `idle`.
+/// `limit` bytes arrived (before handing the offending chunk on), or at once when the
+/// request announces more (`Content-Length`), and with 408 `timeout` when the client sends
+/// nothing for `idle`.
 pub fn stream_limited<B>(body: B, limit: u64, idle: Duration) -> ByteStream
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
 {
+    if body.size_hint().lower() > limit {
+        // Known to be too large: answer now instead of reading up to the limit (or waiting
+        // for bytes a client never means to send).
+        return Box::pin(futures::stream::once(std::future::ready(Err(too_large(limit)))));
+    }
     Box::pin(Limited {
         body: Box::pin(body),
         seen: 0,
@@ -144,6 +249,27 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::TooLarge);
         assert_eq!(err.http().unwrap().status, 413);
         assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_over_the_limit_fails_before_reading() {
+        let announced = http_body_util::Full::new(Bytes::from_static(b"0123456789"));
+        let err = read_limited(announced, 4, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err.http().unwrap().status, 413);
+    }
+
+    #[tokio::test]
+    async fn bodies_hold_their_bytes_of_the_budget_while_they_live() {
+        let budget = BodyBudget::new(6, Duration::from_millis(10));
+        let first = read_budgeted(body_of(vec![b"abcd"]), 10, Duration::from_secs(5), &budget).await.unwrap();
+        assert_eq!((&first.bytes[..], budget.available()), (&b"abcd"[..], 2));
+        let err = read_budgeted(body_of(vec![b"ab", b"cd"]), 10, Duration::from_secs(5), &budget).await.unwrap_err();
+        assert_eq!((err.http().unwrap().status, err.kind()), (503, ErrorKind::RateLimited));
+        assert!(err.retry_after().is_some());
+        assert_eq!(budget.available(), 2, "a refused body gives back what it took");
+        drop(first);
+        let second = read_budgeted(body_of(vec![b"ab", b"cd"]), 10, Duration::from_secs(5), &budget).await.unwrap();
+        assert_eq!(&second.bytes[..], b"abcd");
     }
 
     #[tokio::test(start_paused = true)]

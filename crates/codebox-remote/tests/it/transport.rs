@@ -243,6 +243,24 @@ async fn uploads_stream_every_chunk_and_return_the_file_info() {
 }
 
 #[tokio::test]
+async fn a_full_disk_on_the_server_is_storage_full_here() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path(format!("{SESSION}/files/big.bin")))
+        .respond_with(ResponseTemplate::new(507).set_body_json(serde_json::json!({
+            "error": {"kind": "storage_full", "message": "I/O error: writing \"big.bin\": No space left on device"}
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let chunks = futures::stream::iter([Ok(Bytes::from_static(b"data"))]);
+    let err = attached(&server.uri()).upload("big.bin", Box::pin(chunks)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
+    assert_eq!(err.http().map(|h| h.status), Some(507));
+    assert!(!err.is_retryable(), "writing the same again fills the same disk");
+}
+
+#[tokio::test]
 async fn unsafe_paths_and_unstarted_boxes_fail_before_any_request() {
     let server = MockServer::start().await;
     Mock::given(wiremock::matchers::any()).respond_with(ResponseTemplate::new(500)).expect(0).mount(&server).await;

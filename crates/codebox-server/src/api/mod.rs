@@ -7,7 +7,7 @@ mod sessions;
 use std::sync::Arc;
 
 use codebox_core::{CodeBoxError, CommandSpec, ErrorKind, Result};
-use codebox_http::server::{Body, json_response, read_limited, status_error};
+use codebox_http::server::{Body, json_response, read_budgeted, status_error};
 use codebox_http::wire::{InstallRequest, InstallResponse};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -97,7 +97,8 @@ fn is_json(req: &Request<Incoming>) -> bool {
 }
 
 /// Read and parse a JSON request body: 415 unless it is `application/json`, 413 over the
-/// JSON limit, 400 when malformed.
+/// JSON limit (at once when `Content-Length` says so), 503 when the server's budget of
+/// buffered body bytes stays spent, 400 when malformed.
 pub(crate) async fn json_body<T: DeserializeOwned>(state: &AppState, req: Request<Incoming>) -> Result<T> {
     if !is_json(&req) {
         return Err(status_error(
@@ -107,8 +108,8 @@ pub(crate) async fn json_body<T: DeserializeOwned>(state: &AppState, req: Reques
         ));
     }
     let limit = state.config.max_json_bytes;
-    let bytes = read_limited(req.into_body(), limit, state.config.body_idle_timeout).await?;
-    serde_json::from_slice(&bytes).map_err(|e| CodeBoxError::invalid(format!("malformed JSON body: {e}")))
+    let body = read_budgeted(req.into_body(), limit, state.config.body_idle_timeout, &state.body_budget).await?;
+    serde_json::from_slice(&body.bytes).map_err(|e| CodeBoxError::invalid(format!("malformed JSON body: {e}")))
 }
 
 /// Like [`json_body`], but an empty body without a content type means `T::default()`.

@@ -78,7 +78,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use codebox_core::{ByteStream, CodeBoxError, ErrorKind, Result};
-use codebox_http::server::{Body, json_response, read_limited, status_error, stream_limited};
+use codebox_http::server::{Body, json_response, read_budgeted, status_error, stream_limited};
 use futures::StreamExt;
 use http::{HeaderValue, Method, header};
 use http_body::Body as HttpBody;
@@ -149,11 +149,13 @@ impl Scope<'_> {
         T: serde::de::DeserializeOwned,
     {
         let config = &self.state.config;
-        let bytes = read_limited(req.into_body(), config.max_json_bytes, config.body_idle_timeout).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let body =
+            read_budgeted(req.into_body(), config.max_json_bytes, config.body_idle_timeout, &self.state.body_budget)
+                .await?;
+        if body.bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        serde_json::from_slice(&bytes)
+        serde_json::from_slice(&body.bytes)
             .map(Some)
             .map_err(|e| status_error(400, ErrorKind::InvalidInput, format!("malformed JSON body: {e}")))
     }
@@ -364,7 +366,10 @@ fn percent_decode(s: &str) -> Option<String> {
 fn timeout_secs(secs: Option<f64>) -> Result<Option<Duration>> {
     match secs {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        // Bounded well inside what `Duration` and deadline arithmetic can hold.
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::try_from_secs_f64(s)
+            .map(Some)
+            .map_err(|e| CodeBoxError::invalid(format!("timeout {s} is not a duration: {e}"))),
         Some(s) => Err(CodeBoxError::invalid(format!("timeout must be a positive number of seconds, got {s}"))),
     }
 }
@@ -393,7 +398,7 @@ mod tests {
     fn timeouts_must_be_positive_seconds() {
         assert_eq!(timeout_secs(Some(1.5)).unwrap(), Some(Duration::from_millis(1500)));
         assert_eq!(timeout_secs(None).unwrap(), None);
-        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e300, 1.9e19] {
             assert!(timeout_secs(Some(bad)).is_err(), "{bad}");
         }
     }

@@ -161,8 +161,13 @@ async fn oom_and_fork_bomb_surface_as_typed_errors_and_sessions_heal() {
 #[tokio::test]
 async fn admission_control_and_neighbours_unaffected() {
     let server =
-        Sandboxed::start(test_config().with_max_sessions(2), Limits::server().with_memory(256 << 20), 320_010..320_020)
-            .await;
+        // One key may take every slot here: this is the server-wide cap.
+        Sandboxed::start(
+            test_config().with_max_sessions(2).with_max_sessions_per_key(2),
+            Limits::server().with_memory(256 << 20),
+            320_010..320_020,
+        )
+        .await;
     for id in ["a", "b"] {
         let (status, body) = server.send(Method::POST, "/v1/sessions", Some(json!({"id": id}))).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");

@@ -32,7 +32,7 @@ async fn a_session_lives_until_it_is_deleted() {
     let info = created.json();
     assert_eq!(info["id"], "mine");
     assert_eq!(info["status"]["state"], "idle");
-    assert_eq!(info["capabilities"]["max_upload_bytes"], 1u64 << 30);
+    assert_eq!(info["capabilities"]["max_upload_bytes"], codebox_server::DEFAULT_MAX_UPLOAD_BYTES);
 
     // Asking for the same id again attaches.
     let again = server.post_json("/v1/sessions", json!({"id": "mine"})).await;

@@ -220,7 +220,8 @@ async fn a_client_that_leaves_mid_download_does_not_hurt_the_server() {
 
 #[tokio::test]
 async fn a_full_server_refuses_new_sessions_with_retry_after() {
-    let server = TestServer::with_config(test_config().with_max_sessions(2)).await;
+    // One key may take every slot here: this is the server-wide cap.
+    let server = TestServer::with_config(test_config().with_max_sessions(2).with_max_sessions_per_key(2)).await;
     let _a = server.session().await;
     let b = server.session().await;
     let full = server.post_json("/v1/sessions", json!({})).await;
@@ -283,4 +284,57 @@ async fn read_response_head(conn: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn timeouts_no_duration_can_hold_are_a_400() {
+    let server = TestServer::start().await;
+    let id = server.session().await;
+    for timeout in ["1e300", "1.9e19", "-1", "NaN"] {
+        for (route, body) in [
+            ("execute", format!(r#"{{"code": "1", "options": {{"timeout": {timeout}}}}}"#)),
+            ("commands", format!(r#"{{"program": "true", "timeout": {timeout}}}"#)),
+        ] {
+            let path = format!("/v1/sessions/{id}/{route}");
+            let reply = server.send(Method::POST, &path, Some(KEY), Some("application/json"), body).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{route} {timeout}: {}", reply.text());
+        }
+        let body = format!(r#"{{"code": "1", "kernel": "ipython", "timeout": {timeout}}}"#);
+        let path = format!("/api/v2/codebox/{id}/exec");
+        let reply = server.send(Method::POST, &path, Some(KEY), Some("application/json"), body).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "v2 exec {timeout}: {}", reply.text());
+    }
+    assert_eq!(server.get("/health").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_json_body_announced_over_the_limit_is_refused_before_it_is_sent() {
+    let server = TestServer::start().await;
+    let id = server.session().await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/sessions/{id}/execute HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: 999999999999\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // No body follows: a server that waited for it would answer 408 after its idle timeout.
+    let response = read_response_head(&mut conn).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+}
+
+#[tokio::test]
+async fn one_key_holds_at_most_its_share_of_sessions() {
+    // Two keys and four slots: two each by default.
+    let server = TestServer::with_config(test_config().with_max_sessions(4)).await;
+    server.session().await;
+    server.session().await;
+    let over = server.post_json("/v1/sessions", json!({})).await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS, "{}", over.text());
+    assert_eq!(over.error_kind(), "rate_limited");
+    assert!(over.headers.contains_key("retry-after"));
+    for _ in 0..2 {
+        let reply = server
+            .send(Method::POST, "/v1/sessions", Some(crate::support::OTHER_KEY), Some("application/json"), "{}")
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    }
 }
