@@ -18,6 +18,7 @@ use crate::files::Root;
 use crate::kernel::{ExitReason, Kernel, LaunchSpec};
 use crate::pool::KernelPool;
 use crate::python::{ProgressFn, Provision, PythonProfile};
+use crate::rmtree::OwnedDir;
 use crate::sandbox::netproxy::Allowlist;
 use crate::sandbox::uid::UidAllocator;
 use crate::sandbox::{Confinement, Isolation, IsolationLevel, Limits, PolicyRef, SandboxPolicy};
@@ -326,7 +327,7 @@ impl LocalBoxBuilder {
 }
 
 enum WorkDir {
-    Temp(tempfile::TempDir),
+    Temp(OwnedDir),
     Given(PathBuf),
 }
 
@@ -339,12 +340,13 @@ impl WorkDir {
     }
 }
 
-pub(crate) fn new_temp_workdir() -> Result<tempfile::TempDir> {
+pub(crate) fn new_temp_workdir() -> Result<OwnedDir> {
     // 0700: the box's files are its owner's alone.
     tempfile::Builder::new()
         .prefix(&crate::kernel::workdir_prefix())
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
+        .map(OwnedDir::adopt)
         .map_err(|e| CodeBoxError::io("creating a working directory", e))
 }
 
@@ -797,12 +799,20 @@ impl CodeBox for LocalBox {
             run.kernel.shutdown(Duration::from_secs(1)).await;
             // Before the working directory goes: its image is unmounted here.
             release(run.confinement).await;
+            // The kernel's runtime directory goes with its last handle, off the async
+            // threads: under Landlock it holds the box's TMPDIR, a tree of any shape.
+            let kernel = run.kernel;
+            let _ = tokio::task::spawn_blocking(move || drop(kernel)).await;
         }
         if let Some(WorkDir::Temp(dir)) = st.workdir.take() {
             if self.inner.config.keep_working_dir {
                 let _ = dir.keep();
-            } else if let Err(e) = dir.close() {
-                tracing::warn!(box_id = %self.inner.id, "removing the working directory failed: {e}");
+            } else {
+                // The box's code shaped the tree: its removal is blocking work of any length.
+                let removed = tokio::task::spawn_blocking(move || dir.close()).await;
+                if let Ok(Err(e)) = removed {
+                    tracing::warn!(box_id = %self.inner.id, "removing the working directory failed: {e}");
+                }
             }
         }
         st.phase = Phase::Stopped;
