@@ -882,9 +882,11 @@ impl CodeBox for LocalBox {
 
     async fn download(&self, path: &str) -> Result<ByteStream> {
         let h = self.inner.handle().await?;
-        h.root.download(path)
+        h.root.download(path).await
     }
 
+    // File work runs on the blocking pool: the box's code shapes the tree (deep, wide,
+    // FIFOs), and an async worker must never wait on it.
     async fn list_files(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
         let h = self.inner.handle().await?;
         let dir = dir.to_owned();
@@ -895,7 +897,10 @@ impl CodeBox for LocalBox {
 
     async fn delete_file(&self, path: &str) -> Result<()> {
         let h = self.inner.handle().await?;
-        h.root.delete(path)
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || h.root.delete(&path))
+            .await
+            .map_err(|e| CodeBoxError::io("deleting a file", std::io::Error::other(e.to_string())))?
     }
 
     async fn install(&self, packages: &[String]) -> Result<String> {
