@@ -383,7 +383,7 @@ mod tests {
     async fn only_regular_files_download_and_a_fifo_never_blocks() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("data.txt"), "hello").unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, &dir.path().join("pipe"), FileType::Fifo, Mode::from_raw_mode(0o644), 0)
+        rustix::fs::mknodat(rustix::fs::CWD, dir.path().join("pipe"), FileType::Fifo, Mode::from_raw_mode(0o644), 0)
             .unwrap();
         std::os::unix::fs::symlink(dir.path().join("data.txt"), dir.path().join("link")).unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
