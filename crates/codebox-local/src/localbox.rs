@@ -412,6 +412,12 @@ async fn release(confinement: Arc<Confinement>) {
     let _ = tokio::task::spawn_blocking(move || confinement.release()).await;
 }
 
+/// Drop a replaced kernel off the async threads: its runtime directory goes with its last
+/// handle, and under Landlock that holds the box's TMPDIR, a tree of any shape.
+fn retire(kernel: Arc<Kernel>) {
+    drop(tokio::task::spawn_blocking(move || drop(kernel)));
+}
+
 fn fresh_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!("local-{}-{}", crate::util::random_hex(6), COUNTER.fetch_add(1, Ordering::Relaxed))
@@ -657,7 +663,7 @@ impl Inner {
             Ok(kernel) => {
                 self.watch(&kernel);
                 if let Some(run) = st.run.as_mut() {
-                    run.kernel = kernel;
+                    retire(std::mem::replace(&mut run.kernel, kernel));
                 }
                 self.set_snapshot(|s| s.state = BoxState::Idle);
             }
@@ -981,7 +987,7 @@ impl CodeBox for LocalBox {
             Ok(kernel) => {
                 self.inner.watch(&kernel);
                 if let Some(run) = st.run.as_mut() {
-                    run.kernel = kernel;
+                    retire(std::mem::replace(&mut run.kernel, kernel));
                 }
                 st.phase = Phase::Running;
                 st.restart_times.clear();
