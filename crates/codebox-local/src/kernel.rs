@@ -310,7 +310,8 @@ impl Kernel {
     /// namespace) and is always interrupted by message (bwrap does not forward signals).
     pub(crate) async fn start(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
         let started = Instant::now();
-        sweep_stale_dirs_once();
+        // Off the async threads: a dead owner's directories may hold trees of any size.
+        let _ = tokio::task::spawn_blocking(sweep_stale_dirs_once).await;
         let sandboxed = confinement.level() == IsolationLevel::Bubblewrap;
         let spec = &LaunchSpec {
             transport: if sandboxed { Transport::Ipc } else { spec.transport },
