@@ -4,6 +4,13 @@
 //! at a time relative to a directory descriptor, with `O_NOFOLLOW` on every step: a symlink
 //! anywhere on the way (planted by user code, say to `/etc/shadow`) is refused rather than
 //! followed, and there is no check-then-use race as with `canonicalize`.
+//!
+//! The box's code shapes what is found here, so nothing may block or grow without bound:
+//! a download refuses anything but a regular file before opening it, and opens it with
+//! `O_NONBLOCK` (a FIFO swapped in meanwhile would otherwise block the open until a writer
+//! comes); every call does its file work on the blocking pool, never on an async worker; a
+//! listing walks without recursion, within caps on entries, depth and the bytes of its
+//! paths, and answers `TooLarge` past them.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -11,7 +18,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use codebox_core::{ByteStream, CodeBoxError, FileInfo, Result, normalize_box_path};
+use std::sync::Arc;
+
+use codebox_core::{ByteStream, CodeBoxError, FileInfo, HttpError, Result, normalize_box_path};
 use futures::StreamExt;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -19,6 +28,26 @@ use tokio::io::AsyncWriteExt;
 
 /// Bytes per chunk when reading a file.
 const READ_CHUNK: usize = 256 * 1024;
+
+/// Most entries in one listing.
+pub(crate) const MAX_LIST_ENTRIES: usize = 100_000;
+/// How many levels below the listed directory a recursive listing goes.
+pub(crate) const MAX_LIST_DEPTH: usize = 128;
+/// Most bytes of paths in one listing (a deep tree's paths grow with every level).
+pub(crate) const MAX_LIST_PATH_BYTES: usize = 16 << 20;
+
+/// Run blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(what: &str, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CodeBoxError::io(what.to_owned(), std::io::Error::other(e.to_string())))?
+}
+
+fn listing_too_large(dir: &str, cap: &str) -> CodeBoxError {
+    let shown = if dir.is_empty() { "the working directory" } else { dir };
+    HttpError::new(413, format!("the listing of {shown:?} {cap}; list a subdirectory, or list without recursion"))
+        .into()
+}
 
 /// A box's working directory, opened once.
 #[derive(Debug)]
@@ -123,7 +152,42 @@ impl Root {
 
     /// Write a file from a stream of chunks. The content goes to a temporary file that
     /// replaces the target only once complete.
-    pub(crate) async fn upload(&self, path: &str, mut content: ByteStream) -> Result<FileInfo> {
+    pub(crate) async fn upload(self: &Arc<Self>, path: &str, mut content: ByteStream) -> Result<FileInfo> {
+        let (root, shown) = (Arc::clone(self), path.to_owned());
+        let (parent, name, tmp_name, fd) = blocking("preparing an upload", move || root.begin_upload(&shown)).await?;
+        let parent = Arc::new(parent);
+        let mut file = tokio::fs::File::from_std(std::fs::File::from(fd));
+        let written = async {
+            while let Some(chunk) = content.next().await {
+                let chunk = chunk?;
+                file.write_all(&chunk).await.map_err(|e| CodeBoxError::io(format!("writing {path:?}"), e))?;
+            }
+            file.flush().await.map_err(|e| CodeBoxError::io(format!("writing {path:?}"), e))?;
+            Ok::<_, CodeBoxError>(())
+        }
+        .await;
+        drop(file);
+        let shown = path.to_owned();
+        blocking("finishing an upload", move || {
+            if let Err(e) = written {
+                let _ = rustix::fs::unlinkat(&*parent, tmp_name.as_str(), AtFlags::empty());
+                return Err(e);
+            }
+            rustix::fs::renameat(&*parent, tmp_name.as_str(), &*parent, name.as_slice()).map_err(|e| {
+                let _ = rustix::fs::unlinkat(&*parent, tmp_name.as_str(), AtFlags::empty());
+                errno_to_error(&shown, e, "writing")
+            })?;
+            let st = rustix::fs::statat(&*parent, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| errno_to_error(&shown, e, "reading metadata of"))?;
+            let rel = normalize_box_path(&shown)?;
+            Ok(info(&rel, &st))
+        })
+        .await
+    }
+
+    /// The blocking start of an upload: the parent directory, the target's name, and the
+    /// temporary file the content goes to (already given to the box's user).
+    fn begin_upload(&self, path: &str) -> Result<(OwnedFd, Vec<u8>, String, OwnedFd)> {
         let (parent, name) = self.parent_of(path, true)?;
         match rustix::fs::statat(&parent, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
@@ -146,45 +210,13 @@ impl Root {
             let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());
             return Err(e);
         }
-        let mut file = tokio::fs::File::from_std(std::fs::File::from(fd));
-        let written = async {
-            while let Some(chunk) = content.next().await {
-                let chunk = chunk?;
-                file.write_all(&chunk).await.map_err(|e| CodeBoxError::io(format!("writing {path:?}"), e))?;
-            }
-            file.flush().await.map_err(|e| CodeBoxError::io(format!("writing {path:?}"), e))?;
-            Ok::<_, CodeBoxError>(())
-        }
-        .await;
-        drop(file);
-        if let Err(e) = written {
-            let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());
-            return Err(e);
-        }
-        rustix::fs::renameat(&parent, tmp_name.as_str(), &parent, name.as_slice()).map_err(|e| {
-            let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());
-            errno_to_error(path, e, "writing")
-        })?;
-        let st = rustix::fs::statat(&parent, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| errno_to_error(path, e, "reading metadata of"))?;
-        let rel = normalize_box_path(path)?;
-        Ok(info(&rel, &st))
+        Ok((parent, name, tmp_name, fd))
     }
 
     /// Open a regular file for reading and stream it in chunks.
-    pub(crate) fn download(&self, path: &str) -> Result<ByteStream> {
-        let (parent, name) = self.parent_of(path, false)?;
-        let fd = rustix::fs::openat(
-            &parent,
-            name.as_slice(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| errno_to_error(path, e, "opening"))?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| errno_to_error(path, e, "reading metadata of"))?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(CodeBoxError::invalid(format!("{path:?} is not a regular file")));
-        }
+    pub(crate) async fn download(self: &Arc<Self>, path: &str) -> Result<ByteStream> {
+        let (root, shown) = (Arc::clone(self), path.to_owned());
+        let fd = blocking("opening a download", move || root.open_regular(&shown)).await?;
         let file = tokio::fs::File::from_std(std::fs::File::from(fd));
         let shown = path.to_owned();
         let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
@@ -192,13 +224,79 @@ impl Root {
         Ok(Box::pin(stream))
     }
 
-    /// List a directory, descending into subdirectories (never through links) on request.
+    /// Open the regular file at `path` for reading (blocking, but never waiting on the
+    /// box): anything else (a FIFO, a device, a socket, a link, a directory) is refused
+    /// before it is opened, and the open does not wait even if a FIFO was swapped in
+    /// after the check.
+    pub(crate) fn open_regular(&self, path: &str) -> Result<OwnedFd> {
+        let (parent, name) = self.parent_of(path, false)?;
+        let not_regular = |kind: FileType| -> CodeBoxError {
+            match kind {
+                FileType::Symlink => unsafe_path(path, "it is a symbolic link; links are not followed"),
+                FileType::Directory => CodeBoxError::invalid(format!("{path:?} is a directory")),
+                _ => CodeBoxError::invalid(format!("{path:?} is not a regular file")),
+            }
+        };
+        let st = rustix::fs::statat(&parent, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| errno_to_error(path, e, "opening"))?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(not_regular(kind));
+        }
+        let fd = rustix::fs::openat(
+            &parent,
+            name.as_slice(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno_to_error(path, e, "opening"))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| errno_to_error(path, e, "reading metadata of"))?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(not_regular(kind));
+        }
+        // Reads of a regular file never wait on O_NONBLOCK; clear it all the same, so the
+        // file reads as any other.
+        rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(|e| errno_to_error(path, e, "opening"))?;
+        Ok(fd)
+    }
+
+    /// List a directory, descending into subdirectories (never through links) on request,
+    /// within [`MAX_LIST_ENTRIES`], [`MAX_LIST_DEPTH`] and [`MAX_LIST_PATH_BYTES`].
     pub(crate) fn list(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
         let rel = self.check_dir(dir)?;
-        let parts: Vec<&OsStr> = rel.iter().collect();
-        let fd = self.walk(dir, &parts, false)?;
         let mut out = Vec::new();
-        list_into(fd, &rel, recursive, &mut out).map_err(|e| errno_to_error(dir, e, "listing"))?;
+        let mut path_bytes = 0usize;
+        // Directories still to read, as paths below the root with their depth below the
+        // listed one: each is opened again from the root, one component at a time with
+        // O_NOFOLLOW, so the walk holds two descriptors at most, however deep it goes.
+        let mut todo = vec![(rel, 0usize)];
+        while let Some((here, depth)) = todo.pop() {
+            let parts: Vec<&OsStr> = here.iter().collect();
+            let fd = match self.walk(dir, &parts, false) {
+                Ok(fd) => fd,
+                // Gone or replaced by a link meanwhile: below the listed directory, skip it.
+                Err(_) if depth > 0 => continue,
+                Err(e) => return Err(e),
+            };
+            let before = out.len();
+            read_dir_into(fd, &here, &mut out).map_err(|e| errno_to_error(dir, e, "listing"))?;
+            if out.len() > before && depth >= MAX_LIST_DEPTH {
+                return Err(listing_too_large(dir, &format!("goes deeper than {MAX_LIST_DEPTH} levels")));
+            }
+            if out.len() > MAX_LIST_ENTRIES {
+                return Err(listing_too_large(dir, &format!("has more than {MAX_LIST_ENTRIES} entries")));
+            }
+            for fi in &out[before..] {
+                path_bytes += fi.path.len();
+                if recursive && fi.is_dir {
+                    todo.push((PathBuf::from(&fi.path), depth + 1));
+                }
+            }
+            if path_bytes > MAX_LIST_PATH_BYTES {
+                return Err(listing_too_large(dir, &format!("has more than {MAX_LIST_PATH_BYTES} bytes of paths")));
+            }
+        }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
@@ -238,8 +336,8 @@ fn info(rel: &Path, st: &rustix::fs::Stat) -> FileInfo {
 /// The top-level directory of the box's own state, left out of listings.
 const RESERVED: &str = ".codebox";
 
-fn list_into(fd: OwnedFd, rel: &Path, recursive: bool, out: &mut Vec<FileInfo>) -> rustix::io::Result<()> {
-    let mut subdirs = Vec::new();
+/// Append the entries of the directory `fd` (at `rel` below the root) to `out`.
+fn read_dir_into(fd: OwnedFd, rel: &Path, out: &mut Vec<FileInfo>) -> rustix::io::Result<()> {
     for entry in rustix::fs::Dir::read_from(fd.as_fd())? {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
@@ -250,24 +348,16 @@ fn list_into(fd: OwnedFd, rel: &Path, recursive: bool, out: &mut Vec<FileInfo>) 
         if rel.as_os_str().is_empty() && name == RESERVED.as_bytes() {
             continue;
         }
-        let name = OsStr::from_bytes(name).to_owned();
-        let st = match rustix::fs::statat(&fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let name = OsStr::from_bytes(name);
+        let st = match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => continue, // deleted meanwhile
             Err(e) => return Err(e),
         };
-        let child = rel.join(&name);
-        let fi = info(&child, &st);
-        if recursive && fi.is_dir {
-            subdirs.push((name, child.clone()));
-        }
-        out.push(fi);
-    }
-    for (name, child) in subdirs {
-        match rustix::fs::openat(&fd, name.as_os_str(), dir_flags(), Mode::empty()) {
-            Ok(sub) => list_into(sub, &child, true, out)?,
-            Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => continue,
-            Err(e) => return Err(e),
+        out.push(info(&rel.join(name), &st));
+        // Past the cap the caller refuses the listing; stop reading a huge directory here.
+        if out.len() > MAX_LIST_ENTRIES {
+            break;
         }
     }
     Ok(())
@@ -287,5 +377,71 @@ mod tests {
         let root = Root::open(dir.path(), None).unwrap();
         let names: Vec<String> = root.list("", true).unwrap().into_iter().map(|f| f.path).collect();
         assert_eq!(names, ["data.csv", "sub", "sub/.codebox"]);
+    }
+
+    #[tokio::test]
+    async fn only_regular_files_download_and_a_fifo_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data.txt"), "hello").unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, dir.path().join("pipe"), FileType::Fifo, Mode::from_raw_mode(0o644), 0)
+            .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("data.txt"), dir.path().join("link")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let root = Arc::new(Root::open(dir.path(), None).unwrap());
+        let mut stream = root.download("data.txt").await.unwrap();
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"hello");
+        // No writer ever opens the FIFO: an open that waited for one would hang here.
+        let err = root.download("pipe").await.err().unwrap();
+        assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(root.download("link").await.err().unwrap().kind(), codebox_core::ErrorKind::UnsafePath);
+        assert_eq!(root.download("sub").await.err().unwrap().kind(), codebox_core::ErrorKind::InvalidInput);
+        assert_eq!(root.download("missing").await.err().unwrap().kind(), codebox_core::ErrorKind::NotFound);
+    }
+
+    /// A chain of `depth` directories named `a` beneath `base`.
+    fn chain(base: &Path, depth: usize) {
+        let flags = dir_flags();
+        let mut cur = rustix::fs::open(base, flags, Mode::empty()).unwrap();
+        for _ in 0..depth {
+            rustix::fs::mkdirat(&cur, "a", Mode::from_raw_mode(0o755)).unwrap();
+            cur = rustix::fs::openat(&cur, "a", flags, Mode::empty()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_recursive_listing_stops_at_the_depth_cap_without_recursing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ok")).unwrap();
+        chain(&dir.path().join("ok"), MAX_LIST_DEPTH);
+        let root = Root::open(dir.path(), None).unwrap();
+        assert_eq!(root.list("ok", true).unwrap().len(), MAX_LIST_DEPTH, "exactly the cap is listed");
+        std::fs::create_dir(dir.path().join("deep")).unwrap();
+        chain(&dir.path().join("deep"), 3000);
+        // On a small stack: a recursive walk 3000 levels deep would overflow it.
+        let path = dir.path().to_owned();
+        let err = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || Root::open(&path, None).unwrap().list("", true).unwrap_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(err.kind(), codebox_core::ErrorKind::TooLarge, "{err}");
+        assert!(err.to_string().contains("deeper than 128 levels"), "{err}");
+        assert!(err.to_string().contains("list a subdirectory"), "{err}");
+        assert_eq!(root.list("", false).unwrap().len(), 2, "a listing without recursion still works");
+    }
+
+    #[test]
+    fn a_listing_stops_at_the_entry_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = rustix::fs::open(dir.path(), dir_flags(), Mode::empty()).unwrap();
+        for i in 0..=MAX_LIST_ENTRIES {
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC;
+            drop(rustix::fs::openat(&fd, format!("f{i}").as_str(), flags, Mode::from_raw_mode(0o644)).unwrap());
+        }
+        let err = Root::open(dir.path(), None).unwrap().list("", false).unwrap_err();
+        assert_eq!(err.kind(), codebox_core::ErrorKind::TooLarge, "{err}");
+        assert!(err.to_string().contains("more than 100000 entries"), "{err}");
     }
 }

@@ -153,7 +153,8 @@ pub(crate) struct Kernel {
     confinement: Arc<Confinement>,
     /// The allowlist proxy of a box with one; it lives and dies with this kernel.
     _net_proxy: Option<NetProxy>,
-    runtime_dir: tempfile::TempDir,
+    /// Removed without recursion: under Landlock the box's TMPDIR and HOME are in it.
+    runtime_dir: crate::rmtree::OwnedDir,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -248,7 +249,7 @@ pub(crate) fn sweep_stale_dirs() -> usize {
             };
             if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
                 tracing::debug!(dir = %path.display(), "removing a directory of a box whose owner is gone");
-                if std::fs::remove_dir_all(&path).is_ok() {
+                if crate::rmtree::remove_tree(&path).is_ok() {
                     removed += 1;
                 }
             }
@@ -309,7 +310,8 @@ impl Kernel {
     /// namespace) and is always interrupted by message (bwrap does not forward signals).
     pub(crate) async fn start(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
         let started = Instant::now();
-        sweep_stale_dirs_once();
+        // Off the async threads: a dead owner's directories may hold trees of any size.
+        let _ = tokio::task::spawn_blocking(sweep_stale_dirs_once).await;
         let sandboxed = confinement.level() == IsolationLevel::Bubblewrap;
         let spec = &LaunchSpec {
             transport: if sandboxed { Transport::Ipc } else { spec.transport },
@@ -321,6 +323,7 @@ impl Kernel {
             .prefix("cbk-")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(runtime_base())
+            .map(crate::rmtree::OwnedDir::adopt)
             .map_err(|e| CodeBoxError::io("creating the kernel's runtime directory", e))?;
         std::fs::write(runtime_dir.path().join(OWNER_FILE), owner_tag())
             .map_err(|e| CodeBoxError::io("writing the kernel's owner file", e))?;

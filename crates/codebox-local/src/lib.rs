@@ -91,6 +91,7 @@ mod pool;
 mod protocol;
 mod python;
 mod relay;
+mod rmtree;
 pub mod sandbox;
 mod spawn;
 mod util;

@@ -18,6 +18,7 @@ use crate::files::Root;
 use crate::kernel::{ExitReason, Kernel, LaunchSpec};
 use crate::pool::KernelPool;
 use crate::python::{ProgressFn, Provision, PythonProfile};
+use crate::rmtree::OwnedDir;
 use crate::sandbox::netproxy::Allowlist;
 use crate::sandbox::uid::UidAllocator;
 use crate::sandbox::{Confinement, Isolation, IsolationLevel, Limits, PolicyRef, SandboxPolicy};
@@ -326,7 +327,7 @@ impl LocalBoxBuilder {
 }
 
 enum WorkDir {
-    Temp(tempfile::TempDir),
+    Temp(OwnedDir),
     Given(PathBuf),
 }
 
@@ -339,12 +340,13 @@ impl WorkDir {
     }
 }
 
-pub(crate) fn new_temp_workdir() -> Result<tempfile::TempDir> {
+pub(crate) fn new_temp_workdir() -> Result<OwnedDir> {
     // 0700: the box's files are its owner's alone.
     tempfile::Builder::new()
         .prefix(&crate::kernel::workdir_prefix())
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
+        .map(OwnedDir::adopt)
         .map_err(|e| CodeBoxError::io("creating a working directory", e))
 }
 
@@ -408,6 +410,12 @@ pub(crate) async fn confine(spec: &LaunchSpec, dir: &Path) -> Result<Arc<Confine
 /// Release a confinement off the async threads (it may wait for processes to die).
 async fn release(confinement: Arc<Confinement>) {
     let _ = tokio::task::spawn_blocking(move || confinement.release()).await;
+}
+
+/// Drop a replaced kernel off the async threads: its runtime directory goes with its last
+/// handle, and under Landlock that holds the box's TMPDIR, a tree of any shape.
+fn retire(kernel: Arc<Kernel>) {
+    drop(tokio::task::spawn_blocking(move || drop(kernel)));
 }
 
 fn fresh_id() -> String {
@@ -655,7 +663,7 @@ impl Inner {
             Ok(kernel) => {
                 self.watch(&kernel);
                 if let Some(run) = st.run.as_mut() {
-                    run.kernel = kernel;
+                    retire(std::mem::replace(&mut run.kernel, kernel));
                 }
                 self.set_snapshot(|s| s.state = BoxState::Idle);
             }
@@ -797,12 +805,20 @@ impl CodeBox for LocalBox {
             run.kernel.shutdown(Duration::from_secs(1)).await;
             // Before the working directory goes: its image is unmounted here.
             release(run.confinement).await;
+            // The kernel's runtime directory goes with its last handle, off the async
+            // threads: under Landlock it holds the box's TMPDIR, a tree of any shape.
+            let kernel = run.kernel;
+            let _ = tokio::task::spawn_blocking(move || drop(kernel)).await;
         }
         if let Some(WorkDir::Temp(dir)) = st.workdir.take() {
             if self.inner.config.keep_working_dir {
                 let _ = dir.keep();
-            } else if let Err(e) = dir.close() {
-                tracing::warn!(box_id = %self.inner.id, "removing the working directory failed: {e}");
+            } else {
+                // The box's code shaped the tree: its removal is blocking work of any length.
+                let removed = tokio::task::spawn_blocking(move || dir.close()).await;
+                if let Ok(Err(e)) = removed {
+                    tracing::warn!(box_id = %self.inner.id, "removing the working directory failed: {e}");
+                }
             }
         }
         st.phase = Phase::Stopped;
@@ -872,9 +888,11 @@ impl CodeBox for LocalBox {
 
     async fn download(&self, path: &str) -> Result<ByteStream> {
         let h = self.inner.handle().await?;
-        h.root.download(path)
+        h.root.download(path).await
     }
 
+    // File work runs on the blocking pool: the box's code shapes the tree (deep, wide,
+    // FIFOs), and an async worker must never wait on it.
     async fn list_files(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
         let h = self.inner.handle().await?;
         let dir = dir.to_owned();
@@ -885,7 +903,10 @@ impl CodeBox for LocalBox {
 
     async fn delete_file(&self, path: &str) -> Result<()> {
         let h = self.inner.handle().await?;
-        h.root.delete(path)
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || h.root.delete(&path))
+            .await
+            .map_err(|e| CodeBoxError::io("deleting a file", std::io::Error::other(e.to_string())))?
     }
 
     async fn install(&self, packages: &[String]) -> Result<String> {
@@ -966,7 +987,7 @@ impl CodeBox for LocalBox {
             Ok(kernel) => {
                 self.inner.watch(&kernel);
                 if let Some(run) = st.run.as_mut() {
-                    run.kernel = kernel;
+                    retire(std::mem::replace(&mut run.kernel, kernel));
                 }
                 st.phase = Phase::Running;
                 st.restart_times.clear();

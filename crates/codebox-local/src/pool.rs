@@ -10,7 +10,7 @@ use crate::kernel::{Kernel, LaunchSpec};
 #[derive(Debug)]
 pub(crate) struct WarmKernel {
     pub(crate) kernel: Arc<Kernel>,
-    pub(crate) dir: tempfile::TempDir,
+    pub(crate) dir: crate::rmtree::OwnedDir,
 }
 
 /// Kernels started ahead of time. Off unless you make one and give it to

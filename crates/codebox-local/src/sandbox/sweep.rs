@@ -10,7 +10,11 @@
 //! it locks the root (one server per root: a second one is refused while the first runs),
 //! SIGKILLs every process still running under a uid of the range, removes session cgroups
 //! whose server is gone, unmounts every mount under the scratch directory and deletes what
-//! is in it.
+//! is in it. What cannot be deleted (a tree a box's code made undeletable, say) is moved
+//! aside into the root's quarantine directory, on the same file system, and the server
+//! starts anyway; the next claim tries the quarantine again. Trees are removed without
+//! recursion and without following links or crossing mounts (`rmtree`), however deep a
+//! box made them.
 //!
 //! The uid range and the session root belong to one server: another server on the same
 //! machine must use a range and a root of its own.
@@ -28,6 +32,8 @@ use super::uid::{kill_range, processes_in_range};
 
 const LOCK: &str = "sweep.lock";
 const SCRATCH: &str = "tmp";
+/// Where the sweep moves what it cannot delete, to try again at the next claim.
+const QUARANTINE: &str = "trash";
 
 /// A session root claimed by this process; the claim lasts as long as the value.
 #[derive(Debug)]
@@ -49,6 +55,9 @@ pub struct Swept {
     pub mounts: usize,
     /// Entries (session directories, images, kernel runtime directories) deleted.
     pub entries: usize,
+    /// Entries that could not be deleted and were moved into the quarantine directory (or,
+    /// when even that failed, left where they were), and earlier ones still there.
+    pub quarantined: usize,
 }
 
 impl Swept {
@@ -116,7 +125,13 @@ impl SessionRoot {
         }
         let scratch = path.join(SCRATCH);
         swept.mounts = unmount_beneath(&scratch)?;
-        swept.entries = empty_dir(&scratch)?;
+        let quarantine = path.join(QUARANTINE);
+        // What an earlier claim could not delete first: it may go now.
+        let (_, mut stuck) = empty_dir(&quarantine, None)?;
+        let (entries, left) = empty_dir(&scratch, Some(&quarantine))?;
+        stuck += left;
+        swept.entries = entries;
+        swept.quarantined = stuck;
         std::fs::DirBuilder::new()
             .mode(0o711)
             .create(&scratch)
@@ -130,6 +145,7 @@ impl SessionRoot {
                 cgroups = swept.cgroups,
                 mounts = swept.mounts,
                 entries = swept.entries,
+                quarantined = swept.quarantined,
                 "removed what an earlier server left behind"
             );
         }
@@ -227,23 +243,53 @@ fn unmount_beneath(dir: &Path) -> Result<usize> {
     Ok(points.len())
 }
 
-/// Delete everything in `dir` (which may not exist); returns how many entries it held.
-fn empty_dir(dir: &Path) -> Result<usize> {
+/// Delete everything in `dir` (which may not exist). What cannot be deleted is moved into
+/// `quarantine` (created when needed) when given, else left in place. Returns how many
+/// entries `dir` held and how many of them could not be deleted.
+fn empty_dir(dir: &Path, quarantine: Option<&Path>) -> Result<(usize, usize)> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
         Err(e) => return Err(CodeBoxError::io(format!("reading {}", dir.display()), e)),
     };
-    let mut n = 0;
+    let (mut n, mut stuck) = (0, 0);
     for entry in rd {
         let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
         let path = entry.path();
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        let removed = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-        removed.map_err(io_err(format!("removing {}", path.display())))?;
         n += 1;
+        let Err(e) = crate::rmtree::remove_tree(&path) else { continue };
+        stuck += 1;
+        let Some(quarantine) = quarantine else {
+            tracing::warn!(entry = %path.display(), "a leftover still cannot be removed: {e}");
+            continue;
+        };
+        match move_aside(&path, quarantine) {
+            Ok(to) => tracing::warn!(
+                entry = %path.display(),
+                moved_to = %to.display(),
+                "a leftover could not be removed ({e}); it is moved aside and tried again at the next start"
+            ),
+            Err(m) => tracing::warn!(
+                entry = %path.display(),
+                "a leftover could not be removed ({e}) nor moved aside ({m}); it stays"
+            ),
+        }
     }
-    Ok(n)
+    Ok((n, stuck))
+}
+
+/// Move `path` into `quarantine` under a name of its own; returns where it went.
+fn move_aside(path: &Path, quarantine: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(quarantine) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let to = quarantine.join(format!("{name}.{}", crate::util::random_hex(6)));
+    std::fs::rename(path, &to)?;
+    Ok(to)
 }
 
 #[cfg(test)]
@@ -306,5 +352,51 @@ mod tests {
         assert!(!mounts.contains(&*second.scratch().to_string_lossy()), "nothing is mounted in the root");
         assert_eq!(std::fs::read_dir(second.scratch()).unwrap().count(), 0);
         assert_eq!(std::fs::metadata(second.path()).unwrap().permissions().mode() & 0o777, 0o711);
+    }
+
+    // Root and chattr are there on this machine kind and in CI. A tree 30 000 levels deep
+    // (more than the descriptors a process may hold, deeper than a recursive walk's stack)
+    // goes; an immutable file makes its directory undeletable: the claim moves it aside and
+    // succeeds, and the next claim, once it can, deletes it from the quarantine.
+    #[test]
+    fn a_claim_removes_deep_trees_and_moves_aside_what_it_cannot_remove() {
+        use rustix::fs::{Mode, OFlags};
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("sessions");
+        let (first, _) = SessionRoot::claim(&root, None, None).unwrap();
+        let deep = first.scratch().join("cbk-deep");
+        std::fs::create_dir(&deep).unwrap();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut cur = rustix::fs::open(&deep, flags, Mode::empty()).unwrap();
+        for _ in 0..30_000 {
+            rustix::fs::mkdirat(&cur, "a", Mode::from_raw_mode(0o755)).unwrap();
+            cur = rustix::fs::openat(&cur, "a", flags, Mode::empty()).unwrap();
+        }
+        drop(cur);
+        let stuck = first.scratch().join("codebox-stuck");
+        std::fs::create_dir(&stuck).unwrap();
+        let pinned = stuck.join("immutable");
+        std::fs::write(&pinned, b"x").unwrap();
+        let chattr = |flag: &str, file: &Path| {
+            let status = std::process::Command::new("chattr").arg(flag).arg(file).status().unwrap();
+            assert!(status.success(), "chattr {flag}");
+        };
+        chattr("+i", &pinned);
+        drop(first);
+
+        let (second, swept) = SessionRoot::claim(&root, None, None).unwrap();
+        let trash: Vec<PathBuf> =
+            std::fs::read_dir(root.join(QUARANTINE)).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(swept.entries, 2, "{swept:?}");
+        assert_eq!(swept.quarantined, 1, "{swept:?}");
+        assert_eq!(std::fs::read_dir(second.scratch()).unwrap().count(), 0, "the scratch directory is empty");
+        assert_eq!(trash.len(), 1, "{trash:?}");
+        assert!(trash[0].file_name().unwrap().to_string_lossy().starts_with("codebox-stuck."), "{trash:?}");
+        chattr("-i", &trash[0].join("immutable"));
+        drop(second);
+
+        let (_third, swept) = SessionRoot::claim(&root, None, None).unwrap();
+        assert_eq!(swept.quarantined, 0, "{swept:?}");
+        assert_eq!(std::fs::read_dir(root.join(QUARANTINE)).unwrap().count(), 0, "the quarantine is emptied");
     }
 }

@@ -202,6 +202,8 @@ pub(super) async fn get(
     let info = match stat(&session, &path).await {
         Ok(info) => info,
         Err(e) if e.kind() == ErrorKind::NotFound => return Err(CodeBoxError::not_found(format!("file {path}"))),
+        // A directory too large to list: the download goes on without a size.
+        Err(e) if e.kind() == ErrorKind::TooLarge => None,
         Err(e) => return Err(e),
     };
     if info.as_ref().is_some_and(|i| i.is_dir) {
@@ -209,10 +211,13 @@ pub(super) async fn get(
     }
     let size = info.map(|i| i.size);
     let metrics = Arc::clone(&state.metrics);
+    // HEAD opens the file as GET does, so that it answers what GET would (404 for a
+    // missing file, 400 for a link, a FIFO or a device), and sends nothing of it.
+    let stream = session.codebox.download(&path).await?;
     let mut resp = if req.method() == http::Method::HEAD {
+        drop(stream);
         Response::new(Body::empty())
     } else {
-        let stream = session.codebox.download(&path).await?;
         let stream = stream.map(move |chunk| {
             let _held = &use_guard;
             if let Ok(bytes) = &chunk {

@@ -1,4 +1,238 @@
-//! Hostile-tenant cases: files.
+//! Hostile-tenant cases: files and trees. A box's code shapes its working directory and
+//! TMPDIR (FIFOs, links, trees thousands of levels deep); downloads, listings, HEAD,
+//! session deletion and the sweep at the next start must stay bounded whatever it made,
+//! for every tenant of the server.
 
-#[allow(unused_imports)]
 use super::*;
+
+/// A server on a fresh session root with session uids from a range of this module's own:
+/// these cases run for a while, and a server of another test that claims an overlapping
+/// range SIGKILLs every process in it when it starts.
+fn start(options: Options) -> Serve {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let first = 371_200 + NEXT.fetch_add(1, Ordering::Relaxed) * 32;
+    let base = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut serve = Serve::start_on(&base.path().join("sessions"), options, first..first + 32);
+    serve._base = Some(base);
+    serve
+}
+
+/// How long a request here may take before it counts as hanging.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// Python that builds a chain of directories `links` thousand levels deep beneath `base`
+/// (created), comes back, and prints how deep it got (a size-limited working directory
+/// may run out of room first). Each thousand levels are made with `mkdir` and `chdir`
+/// near the top, then the chain so far is renamed to the bottom of the new one: Landlock
+/// checks every access against each directory up to the root, so a chain made at its
+/// full depth would take time quadratic in it.
+fn deep_tree_code(base: &str, links: usize) -> String {
+    format!(
+        "import os\n\
+         top = os.getcwd()\n\
+         base = os.path.abspath({base})\n\
+         os.makedirs(base, exist_ok=True)\n\
+         made = 0\n\
+         try:\n\
+         \x20   for i in range({links}):\n\
+         \x20       os.chdir(base)\n\
+         \x20       os.mkdir('c%d' % i)\n\
+         \x20       os.chdir('c%d' % i)\n\
+         \x20       for _ in range(1000):\n\
+         \x20           os.mkdir('a')\n\
+         \x20           os.chdir('a')\n\
+         \x20       os.chdir(base)\n\
+         \x20       if i:\n\
+         \x20           os.rename('c%d' % (i - 1), 'c%d' % i + '/a' * 1000 + '/c%d' % (i - 1))\n\
+         \x20       made += 1001\n\
+         except OSError as e:\n\
+         \x20   print('stopped:', e)\n\
+         os.chdir(top)\n\
+         print('depth', made)\n"
+    )
+}
+
+/// The depth [`deep_tree_code`] reached, from its output.
+fn depth_reached(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("depth "))
+        .and_then(|d| d.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no depth in {stdout:?}"))
+}
+
+/// The id of a new session started through the codebox-api 0.1 protocol (a decimal
+/// integer up to 2^128, read from the body as text: it does not fit a JSON number type).
+fn start_v1_session(serve: &Serve, key: &str) -> String {
+    let reply = serve.request(key, "GET", "/api/v1/codebox/start", None);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let text = reply.text();
+    let id: String = text.chars().filter(char::is_ascii_digit).collect();
+    assert!(!id.is_empty(), "{text}");
+    id
+}
+
+/// Downloads of FIFOs, many at once and through every protocol, are refused at once: no
+/// open waits for a writer, so `/health` answers, the box works, and SIGTERM stops the
+/// server.
+fn fifo_downloads_are_refused_and_the_server_keeps_answering(level: Level) {
+    let serve = start(Options::new(level));
+    let id = start_v1_session(&serve, KEY_A);
+    let b = serve.new_session(KEY_B);
+    serve.exec(KEY_A, &id, "import os\nfor n in ('p', 'q', 'r', 's'):\n    os.mkfifo(n)").ok();
+    let paths = [
+        format!("/v1/sessions/{id}/files/p"),
+        format!("/v1/sessions/{id}/files/q"),
+        format!("/api/v1/codebox/{id}/download?file_name=r"),
+        format!("/api/v2/codebox/{id}/files/download/s"),
+    ];
+    // Twice each, at once: more requests than the server has async workers.
+    let replies: Vec<(String, std::io::Result<Reply>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = paths
+            .iter()
+            .chain(paths.iter())
+            .map(|path| {
+                let serve = &serve;
+                s.spawn(move || (path.clone(), serve.request_with(Some(KEY_A), "GET", path, &[], b"", ANSWER_WITHIN)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (path, reply) in replies {
+        let reply = reply.unwrap_or_else(|e| panic!("GET {path} got no answer: {e}"));
+        assert_eq!(reply.status, 400, "GET {path}: {}", reply.text());
+        assert!(reply.text().contains("not a regular file"), "GET {path}: {}", reply.text());
+    }
+    assert!(serve.healthy_within(Duration::from_secs(5)), "/health answers");
+    assert_eq!(serve.exec(KEY_B, &b, "print(6 * 7)").ok(), "42\n");
+    assert_eq!(serve.exec(KEY_A, &id, "print(sorted(os.listdir('.')))").ok(), "['p', 'q', 'r', 's']\n");
+    serve.stop();
+}
+
+/// A recursive listing of a tree deeper than the cap answers 413 saying what to do
+/// instead; the server, and every session on it, stays up.
+fn a_deep_recursive_listing_is_refused(level: Level) {
+    let serve = start(Options::new(level));
+    let a = serve.new_session(KEY_A);
+    let b = serve.new_session(KEY_B);
+    let made = serve.exec(KEY_A, &a, &deep_tree_code("'deep'", 2));
+    assert_eq!(depth_reached(made.ok()), 2002);
+    let reply = serve.request(KEY_A, "GET", &format!("/v1/sessions/{a}/files?recursive=true"), None);
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    let text = reply.text();
+    assert!(text.contains("deeper than 128 levels") && text.contains("list a subdirectory"), "{text}");
+    let flat = serve.request(KEY_A, "GET", &format!("/v1/sessions/{a}/files"), None);
+    assert_eq!(flat.status, 200, "{}", flat.text());
+    let shallow = serve.request(KEY_A, "GET", &format!("/v1/sessions/{a}/files?dir=deep/c1/a&recursive=false"), None);
+    assert_eq!(shallow.status, 200, "{}", shallow.text());
+    assert!(serve.healthy_within(Duration::from_secs(5)), "/health answers");
+    assert_eq!(serve.exec(KEY_B, &b, "print(6 * 7)").ok(), "42\n");
+    assert_eq!(serve.exec(KEY_A, &a, "print('still here')").ok(), "still here\n");
+    serve.stop();
+}
+
+/// Trees 30 000 levels deep in the working directory and in TMPDIR: deleting the session
+/// removes them with the server up; after a SIGKILL, the next server on the same root
+/// sweeps them and starts.
+fn deep_trees_go_on_delete_and_at_the_next_start(level: Level) {
+    let mut first = start(Options::new(level));
+    let root = first.root.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deep_trees_case(level, &mut first)));
+    if let Err(panic) = outcome {
+        // The harness removes the session root with std's recursive `remove_dir_all`, which
+        // a tree left by a failure here would overflow; `rm` walks without recursion.
+        let _ = first.child.kill();
+        let _ = first.child.wait();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&*root.to_string_lossy()))
+        {
+            let _ = Command::new("umount").arg("-l").arg(point).status();
+        }
+        let _ = Command::new("rm").arg("-rf").arg("--one-file-system").arg(&root).status();
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn deep_trees_case(level: Level, first: &mut Serve) {
+    let a = first.new_session(KEY_A);
+    let b = first.new_session(KEY_B);
+    let made = first.exec(KEY_A, &a, &deep_tree_code("'deep'", 30));
+    assert!(depth_reached(made.ok()) >= 10_000, "{made:?}");
+    // A box without isolation has the server's TMPDIR, which is not its own to write: it
+    // can write elsewhere on the host, and the server says so.
+    let in_tmp = if level == Level::None {
+        assert!(first.gaps(KEY_A, &a).contains(&"host_filesystem".into()));
+        "'deep-tmp'"
+    } else {
+        "os.path.join(os.environ['TMPDIR'], 'deep')"
+    };
+    if level != Level::None {
+        let made = first.exec(KEY_A, &a, &deep_tree_code(in_tmp, 30));
+        assert_eq!(depth_reached(made.ok()), 30_030, "{made:?}");
+    }
+    let reply = first.request(KEY_A, "DELETE", &format!("/v1/sessions/{a}"), None);
+    assert!(reply.status == 204 || reply.status == 200, "{}", reply.text());
+    assert!(first.healthy_within(Duration::from_secs(5)), "/health answers after the delete");
+    assert_eq!(first.exec(KEY_B, &b, "print(6 * 7)").ok(), "42\n");
+
+    // Left behind by a server that dies: the next one clears it.
+    let c = first.new_session(KEY_A);
+    let made = first.exec(KEY_A, &c, &deep_tree_code(in_tmp, 30));
+    assert!(depth_reached(made.ok()) >= 10_000, "{made:?}");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let second = Serve::start_on(&first.root, Options::new(level), first.uids.clone());
+    assert!(second.healthy_within(Duration::from_secs(5)), "/health answers after the restart");
+    let scratch: Vec<_> = std::fs::read_dir(first.root.join("tmp")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(scratch.is_empty(), "the sweep left {scratch:?}");
+    let quarantine = first.root.join("trash");
+    assert!(
+        !quarantine.exists() || std::fs::read_dir(&quarantine).unwrap().next().is_none(),
+        "nothing needed moving aside"
+    );
+    let d = second.new_session(KEY_A);
+    assert_eq!(second.exec(KEY_A, &d, "print(6 * 7)").ok(), "42\n");
+    second.stop();
+}
+
+/// HEAD makes the checks GET makes: a missing file, a link and a FIFO answer what GET
+/// answers, and a regular file its length.
+fn head_answers_what_get_answers(level: Level) {
+    let serve = start(Options::new(level));
+    let a = serve.new_session(KEY_A);
+    serve
+        .exec(
+            KEY_A,
+            &a,
+            "import os\nopen('data.txt', 'w').write('hello')\nos.symlink('data.txt', 'link')\n\
+             os.symlink('/etc/passwd', 'outside')\nos.mkfifo('pipe')\nos.mkdir('sub')",
+        )
+        .ok();
+    for (name, expected) in [("data.txt", 200), ("missing", 404), ("link", 400), ("outside", 400), ("pipe", 400)] {
+        let path = format!("/v1/sessions/{a}/files/{name}");
+        let get = serve
+            .request_with(Some(KEY_A), "GET", &path, &[], b"", ANSWER_WITHIN)
+            .unwrap_or_else(|e| panic!("GET {name}: {e}"));
+        let head = serve
+            .request_with(Some(KEY_A), "HEAD", &path, &[], b"", ANSWER_WITHIN)
+            .unwrap_or_else(|e| panic!("HEAD {name}: {e}"));
+        assert_eq!(get.status, expected, "GET {name}: {}", get.text());
+        assert_eq!(head.status, get.status, "HEAD {name} answers as GET does: {}", head.head);
+        assert!(head.body.is_empty(), "HEAD {name} sends no body");
+    }
+    let head = serve
+        .request_with(Some(KEY_A), "HEAD", &format!("/v1/sessions/{a}/files/data.txt"), &[], b"", ANSWER_WITHIN)
+        .unwrap();
+    assert_eq!(head.header("content-length").as_deref(), Some("5"), "{}", head.head);
+    serve.stop();
+}
+
+per_level!(
+    fifo_downloads_are_refused_and_the_server_keeps_answering,
+    a_deep_recursive_listing_is_refused,
+    deep_trees_go_on_delete_and_at_the_next_start,
+    head_answers_what_get_answers,
+);
