@@ -4,7 +4,7 @@
 //!
 //! 1. [`IsolationLevel::Bubblewrap`]: `bwrap` with a user namespace, no network unless the box
 //!    opts in, a minimal read-only root, only the working directory (and the kernel's socket
-//!    directory) writable, sized tmpfs for `/tmp`, `/dev/shm` and `HOME`, every capability
+//!    directory) writable, sized tmpfs for `/tmp`, `/dev/shm` and `/home/user`, every capability
 //!    dropped, no new privileges and a seccomp deny-list ([`seccomp`]).
 //! 2. [`IsolationLevel::Landlock`]: where user namespaces are not available, Landlock rules
 //!    (read-only system and Python, read-write working directory, no `/proc` entry of another
