@@ -25,6 +25,9 @@ use super::rlimits::RlimitSet;
 use super::seccomp::Network;
 use super::{IsolationLevel, Limits};
 
+/// The box's reserved state directory, relative to the working directory (left out of file
+/// listings).
+const STATE_DIR: &str = ".codebox";
 /// The kernel's `HOME`, relative to the working directory.
 pub const HOME_DIR: &str = ".codebox/home";
 /// The kernel's `TMPDIR`, relative to the working directory.
@@ -256,7 +259,7 @@ impl SandboxSpec {
 fn make_private_dirs(work_dir: &Path, uid: Option<u32>) -> std::io::Result<()> {
     use rustix::fs::{Mode, OFlags};
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let subdir = |parent: &OwnedFd, name: &str| -> std::io::Result<OwnedFd> {
+    let subdir = |parent: &OwnedFd, name: &Path| -> std::io::Result<OwnedFd> {
         match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(e.into()),
@@ -268,14 +271,9 @@ fn make_private_dirs(work_dir: &Path, uid: Option<u32>) -> std::io::Result<()> {
         Ok(dir)
     };
     let root = rustix::fs::open(work_dir, flags, Mode::empty())?;
-    let mut state = None;
-    for relative in [HOME_DIR, TMP_DIR] {
-        let (parent, name) = relative.split_once('/').expect("a directory of .codebox/");
-        let state = match &state {
-            Some(s) => s,
-            None => state.insert(subdir(&root, parent)?),
-        };
-        subdir(state, name)?;
+    let state = subdir(&root, Path::new(STATE_DIR))?;
+    for dir in [HOME_DIR, TMP_DIR] {
+        subdir(&state, Path::new(dir).strip_prefix(STATE_DIR).expect("HOME_DIR and TMP_DIR are in STATE_DIR"))?;
     }
     Ok(())
 }
