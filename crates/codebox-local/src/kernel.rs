@@ -307,14 +307,19 @@ impl Kernel {
     /// until it answers `kernel_info` and its IOPub subscription is live.
     ///
     /// Under bubblewrap the kernel always speaks IPC (TCP cannot cross the private network
-    /// namespace) and is always interrupted by message (bwrap does not forward signals).
+    /// namespace) and is always interrupted by message (bwrap does not forward signals);
+    /// under Landlock it always speaks IPC too (a kernel without network may not make IP
+    /// sockets there).
     pub(crate) async fn start(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
         let started = Instant::now();
         // Off the async threads: a dead owner's directories may hold trees of any size.
         let _ = tokio::task::spawn_blocking(sweep_stale_dirs_once).await;
         let sandboxed = confinement.level() == IsolationLevel::Bubblewrap;
+        // Under Landlock, a kernel without network cannot make IP sockets at all (seccomp):
+        // there too it speaks IPC.
+        let ipc_only = sandboxed || confinement.level() == IsolationLevel::Landlock;
         let spec = &LaunchSpec {
-            transport: if sandboxed { Transport::Ipc } else { spec.transport },
+            transport: if ipc_only { Transport::Ipc } else { spec.transport },
             interrupt_mode: if sandboxed { InterruptMode::Message } else { spec.interrupt_mode },
             ..spec.clone()
         };
@@ -614,6 +619,16 @@ impl Kernel {
     pub(crate) fn stderr_tail(&self) -> String {
         let bytes: Vec<u8> = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
         String::from_utf8_lossy(&bytes).trim().to_owned()
+    }
+
+    /// Whether the kernel process still runs: not reaped, and not a zombie waiting to be.
+    pub(crate) fn is_running(&self) -> bool {
+        if self.process.reaped.load(Ordering::Acquire) {
+            return false;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The state follows the command name, which may itself hold ") ".
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']))
     }
 
     /// The kernel's process id.

@@ -859,6 +859,9 @@ impl CodeBox for LocalBox {
         check_env(&options.env)?;
         let guard = self.inner.exec_lock.clone().lock_owned().await;
         let h = self.inner.handle().await?;
+        // Each death is judged by what happened since the kernel was last seen alive.
+        let kernel = h.kernel.clone();
+        h.confinement.note_kernel_alive(|| kernel.is_running());
         let cwd = match options.cwd.as_deref() {
             Some(c) => Some(h.root.path().join(h.root.check_dir(c)?)),
             None => None,

@@ -2,7 +2,7 @@
 //!
 //! The root is an empty tmpfs holding only: `/usr` (and the `/bin`, `/lib*`, `/sbin` links
 //! into it) read-only, a few files of `/etc`, the Python environment read-only, a fresh
-//! `/proc` and `/dev`, sized tmpfs for `/tmp`, `/dev/shm` and `HOME`, and read-write binds
+//! `/proc` and `/dev`, sized tmpfs for `/tmp`, `/dev/shm` and `/home/user`, and read-write binds
 //! of the working directory and the kernel's socket directory, each at its host path so that
 //! paths agree inside and out. `/` and `/dev` are then remounted read-only. The user's own
 //! HOME is never mounted, and the environment is cleared.
@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::Limits;
 
-/// HOME inside the sandbox: a private tmpfs.
+/// A private sized tmpfs where a home directory is usually found. `HOME` itself points into
+/// the working directory (`launch::HOME_DIR`), which the working directory's size limit bounds.
 pub const SANDBOX_HOME: &str = "/home/user";
 
 /// Files of `/etc` the kernel may read (each only when it exists); Landlock allows the same.

@@ -1,23 +1,48 @@
 //! The Landlock ruleset of a kernel where user namespaces are not available.
 //!
-//! Read and execute: `/usr`, the `/bin` and `/lib*` links, `/proc`, a few files of `/etc` and
-//! `/dev`, the Python environment. Read and write: the working directory and the kernel's run
-//! directory (its sockets, and a private TMPDIR and HOME). Everything else, including the
-//! user's HOME, is denied. With ABI >= 4 and no network, TCP bind and connect are denied too.
+//! Read and execute: `/usr`, the `/bin` and `/lib*` links, a few files of `/etc`, `/dev` and
+//! `/proc`, the Python environment. Read and write: the working directory and the kernel's run
+//! directory (its sockets). Everything else, including the user's HOME, is denied. With ABI >= 4
+//! and no network, TCP bind and connect are denied too; with ABI >= 6, abstract Unix sockets and
+//! signals are scoped to the box (it can neither reach the host's abstract sockets nor signal
+//! processes outside it).
+//!
+//! `/proc` is not readable as a whole: with no pid namespace it shows every process of the host
+//! (the server's command line, other sessions' kernels and their environment). Readable are the
+//! system-wide files libraries read ([`PROC_FILES`]) and the kernel's own `/proc/<pid>`, which the
+//! child adds to the ruleset itself between fork and exec ([`restrict_self`]), when its pid exists.
+//! Processes the kernel starts later run in the same domain without a rule of their own, so their
+//! own `/proc/<pid>` is denied to them (`ps` and the like do not work at this level).
+//!
 //! The ruleset is created in the parent (opening descriptors allocates) and enforced between
 //! fork and exec.
 
+use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreated, RulesetCreatedAttr,
+    RulesetCreated, RulesetCreatedAttr, Scope,
 };
 
 /// System paths to read and execute; the `/etc` files come from the bwrap mount list, so both
 /// levels expose the same system.
-const SYSTEM_DIRS: &[&str] =
-    &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/proc", "/dev/urandom", "/dev/random"];
+const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/dev/urandom", "/dev/random"];
+
+/// The system-wide files of `/proc` a kernel may read: what Python, numpy's BLAS, psutil and
+/// pip ask about the machine. Only files whose inode procfs keeps for good: a Landlock rule
+/// names an inode, and procfs makes a new inode for `/proc/<pid>` and `/proc/sys` entries each
+/// time their dentry is looked up again, which would silently drop such a rule.
+pub const PROC_FILES: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/loadavg",
+    "/proc/uptime",
+    "/proc/version",
+    "/proc/filesystems",
+    "/proc/swaps",
+];
 
 const READ_WRITE_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
 
@@ -33,7 +58,7 @@ pub struct LandlockConfig {
 }
 
 /// The highest ABI this code asks for; older kernels get what they support.
-const TARGET: ABI = ABI::V5;
+const TARGET: ABI = ABI::V6;
 
 fn rights(path: &Path, dir_rights: BitFlags<AccessFs>) -> Option<(PathFd, BitFlags<AccessFs>)> {
     let meta = std::fs::metadata(path).ok()?;
@@ -46,13 +71,19 @@ impl LandlockConfig {
     pub fn build(&self) -> Result<RulesetCreated, String> {
         let read = AccessFs::from_read(TARGET);
         let all = AccessFs::from_all(TARGET);
-        let mut ruleset = Ruleset::default().set_compatibility(CompatLevel::BestEffort).handle_access(all);
+        // Scoping needs ABI 6 (Linux 6.12); older kernels run without it (best effort), and
+        // `IsolationLevel::gaps` says so.
+        let mut ruleset = Ruleset::default()
+            .set_compatibility(CompatLevel::BestEffort)
+            .handle_access(all)
+            .and_then(|r| r.scope(Scope::AbstractUnixSocket | Scope::Signal));
         if !self.network {
             ruleset = ruleset.and_then(|r| r.handle_access(AccessNet::from_all(TARGET)));
         }
         let mut created = ruleset.and_then(|r| r.create()).map_err(|e| format!("creating a Landlock ruleset: {e}"))?;
         // Landlock cannot add files later, so the network files are always readable.
-        let system = SYSTEM_DIRS.iter().chain(super::bwrap::ETC_FILES).chain(super::bwrap::ETC_NETWORK_FILES);
+        let system =
+            SYSTEM_DIRS.iter().chain(PROC_FILES).chain(super::bwrap::ETC_FILES).chain(super::bwrap::ETC_NETWORK_FILES);
         let read_only = system.map(PathBuf::from).chain(self.read_only.iter().cloned());
         let rules = read_only
             .filter_map(|p| rights(&p, read))
@@ -64,6 +95,26 @@ impl LandlockConfig {
         }
         Ok(created.no_new_privs(true))
     }
+}
+
+/// Enforce `ruleset` on the calling process with its own `/proc/<pid>` readable (and its files
+/// writable: `comm`, `oom_score_adj`). For use between fork and exec: it makes only system
+/// calls (open, landlock_add_rule, prctl, landlock_restrict_self) and allocates only to report
+/// an error.
+///
+/// The `O_PATH` descriptor of `/proc/<pid>` stays open through exec on purpose: the rule holds
+/// the directory's inode, and procfs would make a new inode, without the rule, once the kernel
+/// evicted an unused dentry. An open descriptor keeps the dentry, so the rule stays true.
+pub fn restrict_self(ruleset: RulesetCreated) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let own = rustix::fs::open(c"/proc/self", OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
+    let access = AccessFs::from_read(TARGET) | AccessFs::WriteFile;
+    let ruleset = ruleset
+        .add_rule(PathBeneath::new(&own, access))
+        .map_err(|_| std::io::Error::other("adding the kernel's /proc/<pid> to its Landlock ruleset failed"))?;
+    ruleset.restrict_self().map_err(|_| std::io::Error::other("Landlock restrict_self failed"))?;
+    let _pinned = own.into_raw_fd();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -84,19 +135,22 @@ mod tests {
         let ruleset = Mutex::new(Some(cfg.build().unwrap()));
         let script = format!(
             "echo ok > {w}/x && cat {w}/x; cat {o}/secret 2>/dev/null || echo denied-read; \
-             touch {o}/y 2>/dev/null || echo denied-write; ls /root >/dev/null 2>&1 || echo denied-home",
+             touch {o}/y 2>/dev/null || echo denied-write; ls /root >/dev/null 2>&1 || echo denied-home; \
+             read l < /proc/$$/status && echo own-proc; read l < /proc/cpuinfo && echo cpuinfo; \
+             read l < /proc/{parent}/status 2>/dev/null || echo denied-other-proc; ls /proc >/dev/null 2>&1 || echo denied-proc-list",
             w = work.path().display(),
-            o = outside.path().display()
+            o = outside.path().display(),
+            parent = std::process::id(),
         );
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", &script]);
-        // SAFETY: restrict_self makes two system calls (prctl, landlock_restrict_self) and
-        // allocates nothing on success; the ruleset was built before fork.
+        // SAFETY: restrict_self makes only system calls and allocates nothing on success; the
+        // ruleset was built before fork.
         unsafe {
             cmd.pre_exec(move || {
                 let r = ruleset.lock().unwrap_or_else(|e| e.into_inner()).take();
                 match r {
-                    Some(r) => r.restrict_self().map(|_| ()).map_err(|_| std::io::Error::other("landlock")),
+                    Some(r) => restrict_self(r),
                     None => Ok(()),
                 }
             })
@@ -105,7 +159,7 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             stdout,
-            "ok\ndenied-read\ndenied-write\ndenied-home\n",
+            "ok\ndenied-read\ndenied-write\ndenied-home\nown-proc\ncpuinfo\ndenied-other-proc\ndenied-proc-list\n",
             "stderr: {}",
             String::from_utf8_lossy(&out.stderr)
         );

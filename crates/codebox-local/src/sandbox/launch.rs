@@ -5,7 +5,12 @@
 //! `cgroup.procs` files are opened. Between fork and exec the child then only makes plain
 //! system calls: enter the cgroup, set rlimits, and either let bwrap inherit the seccomp
 //! descriptors or enforce Landlock and seccomp itself.
-#![allow(unsafe_code)]
+//!
+//! At every level the kernel gets only the box's environment and what the sandbox sets (never
+//! the server's), and its `HOME` and `TMPDIR` are directories of the working directory's
+//! reserved `.codebox/` ([`HOME_DIR`], [`TMP_DIR`]), so the working directory's size limit
+//! bounds them too and they survive kernel restarts.
+#![allow(unsafe_code)] // pre_exec closures: the SAFETY comments say what each one does
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -13,11 +18,20 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::bwrap::{BwrapConfig, SANDBOX_HOME, sandbox_env};
+use super::bwrap::{BwrapConfig, sandbox_env};
 use super::cgroup::{Entry, enter_raw};
 use super::landlock::LandlockConfig;
 use super::rlimits::RlimitSet;
+use super::seccomp::Network;
 use super::{IsolationLevel, Limits};
+
+/// The box's reserved state directory, relative to the working directory (left out of file
+/// listings).
+const STATE_DIR: &str = ".codebox";
+/// The kernel's `HOME`, relative to the working directory.
+pub const HOME_DIR: &str = ".codebox/home";
+/// The kernel's `TMPDIR`, relative to the working directory.
+pub const TMP_DIR: &str = ".codebox/tmp";
 
 /// Everything needed to sandbox one kernel.
 #[derive(Debug, Clone)]
@@ -123,23 +137,14 @@ fn clear_cloexec(fds: &[RawFd]) -> std::io::Result<()> {
 }
 
 impl SandboxSpec {
-    /// The environment the kernel gets.
+    /// The environment the kernel gets, at every level: the sandbox's base (see
+    /// [`sandbox_env`]) and the box's own variables, with `HOME` and `TMPDIR` in the working
+    /// directory.
     pub fn kernel_env(&self) -> Vec<(String, String)> {
-        // Under Landlock, HOME and TMPDIR are private directories of the socket directory
-        // (for a command without one: the working directory).
-        let private = |sub: &str| match &self.run_dir {
-            Some(r) => r.join(sub).to_string_lossy().into_owned(),
-            None => self.work_dir.to_string_lossy().into_owned(),
-        };
-        let home = match self.level {
-            IsolationLevel::Bubblewrap => SANDBOX_HOME.to_owned(),
-            _ => private("home"),
-        };
+        let home = self.work_dir.join(HOME_DIR).to_string_lossy().into_owned();
         let mut env = sandbox_env(&self.path, &home, &self.env);
-        if self.level != IsolationLevel::Bubblewrap {
-            env.retain(|(k, _)| k != "TMPDIR");
-            env.push(("TMPDIR".into(), private("tmp")));
-        }
+        env.retain(|(k, _)| k != "TMPDIR");
+        env.push(("TMPDIR".into(), self.work_dir.join(TMP_DIR).to_string_lossy().into_owned()));
         env
     }
 
@@ -149,12 +154,16 @@ impl SandboxSpec {
         self.limits.validate().map_err(|e| e.to_string())?;
         let rlimits = RlimitSet::from_limits(&self.limits);
         let cgroup_fds: Vec<RawFd> = cgroup.map(Entry::raw_fds).unwrap_or_default();
+        make_private_dirs(&self.work_dir, self.uid)
+            .map_err(|e| format!("making the kernel's HOME and TMPDIR in {}: {e}", self.work_dir.display()))?;
         let mut guard = SpawnGuard::default();
         let mut cmd;
         match self.level {
             IsolationLevel::Bubblewrap => {
                 let bwrap = self.bwrap.clone().ok_or("bubblewrap was chosen but no bwrap binary is known")?;
-                let fds = super::seccomp::deny_list()?
+                // The private network namespace keeps IP sockets off the host, and code in the
+                // box may use its own loopback.
+                let fds = super::seccomp::deny_list(Network::Allowed)?
                     .iter()
                     .map(super::seccomp::memfd)
                     .collect::<std::io::Result<Vec<_>>>()
@@ -187,24 +196,15 @@ impl SandboxSpec {
                 }
             }
             IsolationLevel::Landlock => {
-                if let Some(run) = &self.run_dir {
-                    for sub in ["home", "tmp"] {
-                        std::fs::create_dir_all(run.join(sub))
-                            .map_err(|e| format!("creating the kernel's {sub} directory: {e}"))?;
-                        if let Some(u) = self.uid {
-                            let id = (Some(rustix::fs::Uid::from_raw(u)), Some(rustix::fs::Gid::from_raw(u)));
-                            rustix::fs::chown(run.join(sub), id.0, id.1)
-                                .map_err(|e| format!("giving the kernel's {sub} directory to its uid: {e}"))?;
-                        }
-                    }
-                }
                 let ruleset = LandlockConfig {
                     read_write: std::iter::once(self.work_dir.clone()).chain(self.run_dir.clone()).collect(),
                     read_only: self.read_only.clone(),
                     network: self.network,
                 }
                 .build()?;
-                let filters = super::seccomp::deny_list()?;
+                // No network namespace here: without network, IP sockets are refused outright
+                // (Landlock's network rules cover TCP only). Kernels speak IPC at this level.
+                let filters = super::seccomp::deny_list(if self.network { Network::Allowed } else { Network::Denied })?;
                 let mut ruleset = Some(ruleset);
                 cmd = Command::new(program);
                 cmd.args(args)
@@ -212,14 +212,14 @@ impl SandboxSpec {
                     .envs(self.kernel_env())
                     .current_dir(self.cwd.as_ref().unwrap_or(&self.work_dir));
                 // SAFETY: runs between fork and exec; the ruleset and filters were built
-                // before the fork. restrict_self and apply_filter make only prctl, landlock
-                // and seccomp system calls and allocate nothing on success.
+                // before the fork. restrict_self and apply_filter make only open, prctl,
+                // landlock and seccomp system calls and allocate nothing on success.
                 unsafe {
                     cmd.pre_exec(move || {
                         enter_raw(&cgroup_fds)?;
                         rlimits.apply()?;
                         if let Some(r) = ruleset.take() {
-                            r.restrict_self().map_err(|_| std::io::Error::other("Landlock restrict_self failed"))?;
+                            super::landlock::restrict_self(r)?;
                         }
                         for f in &filters {
                             seccompiler::apply_filter(f).map_err(|_| std::io::Error::other("seccomp failed"))?;
@@ -230,8 +230,11 @@ impl SandboxSpec {
             }
             _ => {
                 cmd = Command::new(program);
+                // No sandbox, but not the server's environment either (API keys, operator
+                // secrets): the same environment as at the other levels.
                 cmd.args(args)
-                    .envs(self.env.iter().map(|(k, v)| (k, v)))
+                    .env_clear()
+                    .envs(self.kernel_env())
                     .current_dir(self.cwd.as_ref().unwrap_or(&self.work_dir));
                 // SAFETY: as above: only system calls on pre-opened descriptors.
                 unsafe {
@@ -247,6 +250,32 @@ impl SandboxSpec {
         }
         Ok(Prepared { command: cmd, guard })
     }
+}
+
+/// Make [`HOME_DIR`] and [`TMP_DIR`] in `work_dir` (mode 0700, given to `uid`), or take them
+/// as they are. The box can write its working directory and the caller may be root, so no
+/// symlink is followed: each directory is made and opened relative to its parent's descriptor
+/// with `O_NOFOLLOW`, and handed over by that descriptor.
+fn make_private_dirs(work_dir: &Path, uid: Option<u32>) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let subdir = |parent: &OwnedFd, name: &Path| -> std::io::Result<OwnedFd> {
+        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let dir = rustix::fs::openat(parent, name, flags, Mode::empty())?;
+        if let Some(u) = uid {
+            rustix::fs::fchown(&dir, Some(rustix::fs::Uid::from_raw(u)), Some(rustix::fs::Gid::from_raw(u)))?;
+        }
+        Ok(dir)
+    };
+    let root = rustix::fs::open(work_dir, flags, Mode::empty())?;
+    let state = subdir(&root, Path::new(STATE_DIR))?;
+    for dir in [HOME_DIR, TMP_DIR] {
+        subdir(&state, Path::new(dir).strip_prefix(STATE_DIR).expect("HOME_DIR and TMP_DIR are in STATE_DIR"))?;
+    }
+    Ok(())
 }
 
 /// The argument list of a prepared command, for logs and tests.
@@ -291,7 +320,18 @@ print("cwd_write=" + err(lambda: open("x", "w").write("1")))
 print("home=" + os.environ.get("HOME", ""))
 print("secret=" + os.environ.get("CODEBOX_TEST_SECRET", "absent"))
 print("envkeys=" + ",".join(sorted(os.environ)))
-print("pids=%d" % len([p for p in os.listdir("/proc") if p.isdigit()]))
+print("tmpdir=" + os.environ.get("TMPDIR", ""))
+print("inet=" + err(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()))
+print("inet6=" + err(lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()))
+print("own_proc=" + err(lambda: open("/proc/self/status").read()))
+print("init_proc=" + err(lambda: open("/proc/1/cmdline").read()))
+print("cpuinfo=" + err(lambda: open("/proc/cpuinfo").read()))
+print("home_write=" + err(lambda: open(os.path.join(os.environ["HOME"], "h"), "w").write("1")))
+print("tmpdir_write=" + err(lambda: open(os.path.join(os.environ["TMPDIR"], "t"), "w").write("1")))
+try:
+    print("pids=%d" % len([p for p in os.listdir("/proc") if p.isdigit()]))
+except OSError as e:
+    print("pids=" + errno.errorcode[e.errno])
 "#;
 
     fn facts(out: &std::process::Output) -> std::collections::BTreeMap<String, String> {
@@ -353,7 +393,11 @@ print("pids=%d" % len([p for p in os.listdir("/proc") if p.isdigit()]))
         assert_eq!(f["dev_write"], "EROFS");
         assert_eq!(f["tmp_write"], "ok");
         assert_eq!(f["cwd_write"], "ok");
-        assert_eq!(f["home"], SANDBOX_HOME);
+        assert_eq!(f["home"], work.path().join(HOME_DIR).to_string_lossy());
+        assert_eq!(f["tmpdir"], work.path().join(TMP_DIR).to_string_lossy());
+        assert_eq!((f["home_write"].as_str(), f["tmpdir_write"].as_str()), ("ok", "ok"));
+        assert_eq!(f["inet"], "ok", "the private network namespace confines IP sockets");
+        assert_eq!((f["own_proc"].as_str(), f["cpuinfo"].as_str()), ("ok", "ok"));
         assert_eq!(f["secret"], "absent", "the host environment must not reach the kernel");
         // bwrap adds PWD for --chdir.
         assert_eq!(f["envkeys"], ENV_KEYS.replace("PATH,", "PATH,PWD,"));
@@ -387,7 +431,47 @@ print("pids=%d" % len([p for p in os.listdir("/proc") if p.isdigit()]))
         assert_eq!(f["tmp_write"], "EACCES", "the host /tmp is out of reach");
         assert_eq!(f["cwd_write"], "ok");
         assert_eq!(f["envkeys"], ENV_KEYS, "only the box's environment reaches the kernel");
-        assert!(f["home"].starts_with(&*run_dir.path().to_string_lossy()));
+        assert_eq!(f["home"], work.path().join(HOME_DIR).to_string_lossy());
+        assert_eq!(f["tmpdir"], work.path().join(TMP_DIR).to_string_lossy());
+        assert_eq!((f["home_write"].as_str(), f["tmpdir_write"].as_str()), ("ok", "ok"));
+        assert_eq!(f["inet"], "EAFNOSUPPORT", "no network: no IP sockets");
+        assert_eq!(f["inet6"], "EAFNOSUPPORT");
+        assert_eq!(f["netlink"], "ok", "netlink must stay allowed for libzmq");
+        assert_eq!((f["own_proc"].as_str(), f["cpuinfo"].as_str()), ("ok", "ok"));
+        assert_eq!(f["init_proc"], "EACCES", "other processes' /proc entries are out of reach");
+        assert_eq!(f["pids"], "EACCES", "/proc cannot be listed");
+    }
+
+    #[test]
+    fn landlock_with_network_allows_ip_sockets() {
+        let work = tempfile::tempdir().unwrap();
+        let run_dir = tempfile::tempdir().unwrap();
+        let f =
+            facts(&run(&SandboxSpec { network: true, ..spec(IsolationLevel::Landlock, work.path(), run_dir.path()) }));
+        assert_eq!(f["inet"], "ok");
+    }
+
+    #[test]
+    fn no_isolation_still_passes_only_the_box_environment() {
+        let work = tempfile::tempdir().unwrap();
+        let run_dir = tempfile::tempdir().unwrap();
+        let f = facts(&run(&spec(IsolationLevel::None, work.path(), run_dir.path())));
+        assert_eq!(f["envkeys"], ENV_KEYS, "the server's environment must not reach the kernel");
+        assert_eq!(f["tmpdir"], work.path().join(TMP_DIR).to_string_lossy());
+    }
+
+    #[test]
+    fn home_and_tmpdir_are_made_without_following_symlinks() {
+        let work = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::create_dir(work.path().join(".codebox")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), work.path().join(HOME_DIR)).unwrap();
+        let err = make_private_dirs(work.path(), None).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR), "{err}");
+        assert!(std::fs::read_dir(elsewhere.path()).unwrap().next().is_none());
+        std::fs::remove_file(work.path().join(HOME_DIR)).unwrap();
+        make_private_dirs(work.path(), None).unwrap();
+        assert!(work.path().join(HOME_DIR).is_dir() && work.path().join(TMP_DIR).is_dir());
     }
 
     #[test]

@@ -4,12 +4,16 @@
 //!
 //! 1. [`IsolationLevel::Bubblewrap`]: `bwrap` with a user namespace, no network unless the box
 //!    opts in, a minimal read-only root, only the working directory (and the kernel's socket
-//!    directory) writable, sized tmpfs for `/tmp`, `/dev/shm` and `HOME`, every capability
+//!    directory) writable, sized tmpfs for `/tmp`, `/dev/shm` and `/home/user`, every capability
 //!    dropped, no new privileges and a seccomp deny-list ([`seccomp`]).
 //! 2. [`IsolationLevel::Landlock`]: where user namespaces are not available, Landlock rules
-//!    (read-only system and Python, read-write working directory), the same seccomp deny-list
-//!    and rlimits.
+//!    (read-only system and Python, read-write working directory, no `/proc` entry of another
+//!    process, abstract Unix sockets and signals scoped to the box), the same seccomp
+//!    deny-list plus, without network, no IP sockets at all, and rlimits.
 //! 3. [`IsolationLevel::None`]: rlimits only, with a loud warning.
+//!
+//! At every level the kernel gets the box's own environment and what the sandbox sets, never
+//! the server's, and its `HOME` and `TMPDIR` live in the working directory (see [`launch`]).
 //!
 //! [`Isolation`] selects a level (or `Auto`); [`probe()`] says what this machine allows.
 //! [`Limits`] holds the resource limits: rlimits always apply, cgroup limits ([`cgroup`])
@@ -93,10 +97,22 @@ impl IsolationLevel {
     /// [`BoxStatus::isolation_gaps`](codebox_core::BoxStatus::isolation_gaps) and explained
     /// in docs/security.md. A server refuses to serve several API keys on a level with gaps
     /// unless its operator allows weak isolation.
+    ///
+    /// * `host_unix_sockets`: Unix sockets with a path on the host that the box's uid may
+    ///   write can be connected to (Landlock does not govern `connect`).
+    /// * `host_abstract_sockets`, `host_signals`: on a kernel without Landlock ABI 6 (before
+    ///   Linux 6.12), abstract Unix sockets of the host and signals to processes of the same
+    ///   uid are not scoped to the box.
+    /// * `host_filesystem`, `host_processes`, `host_network`: no sandbox at all; the session
+    ///   uid and the file permissions are all that stand between the box and the host.
+    /// * `install_network`: `install` runs pip with the host network.
     pub fn gaps(self) -> &'static [&'static str] {
         match self {
             Self::Bubblewrap => &[],
-            Self::Landlock => &["host_unix_sockets"],
+            Self::Landlock => match probe().landlock {
+                Ok(abi) if abi >= 6 => &["host_unix_sockets"],
+                _ => &["host_unix_sockets", "host_abstract_sockets", "host_signals"],
+            },
             Self::None => &["host_filesystem", "host_processes", "host_network", "install_network"],
         }
     }

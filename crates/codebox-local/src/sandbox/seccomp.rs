@@ -16,6 +16,11 @@
 //!
 //! `AF_NETLINK` stays allowed: libzmq aborts at start without it, and the network namespace
 //! already confines it. Calls from another architecture (32-bit `int 0x80`) kill the process.
+//!
+//! Where nothing else keeps the kernel off the host network (the Landlock level, which has no
+//! network namespace, for a box without network), `AF_INET` and `AF_INET6` sockets are refused
+//! too ([`NO_NETWORK_SOCKET_FAMILIES`]): Landlock's own network rules cover TCP only, and UDP
+//! to the host's loopback services would get through.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -69,6 +74,19 @@ pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
 /// Socket families refused with `EAFNOSUPPORT`.
 pub const DENIED_SOCKET_FAMILIES: &[(&str, i32)] = &[("AF_VSOCK", libc::AF_VSOCK), ("AF_PACKET", libc::AF_PACKET)];
 
+/// Socket families also refused with `EAFNOSUPPORT` when the filter is asked to keep the
+/// kernel off the network ([`Network::Denied`]).
+pub const NO_NETWORK_SOCKET_FAMILIES: &[(&str, i32)] = &[("AF_INET", libc::AF_INET), ("AF_INET6", libc::AF_INET6)];
+
+/// Whether the filter itself keeps the kernel off the IP network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// IP sockets are allowed (the box has network, or a network namespace confines them).
+    Allowed,
+    /// `AF_INET` and `AF_INET6` sockets are refused.
+    Denied,
+}
+
 const TIOCSTI: u64 = 0x5412;
 const TIOCLINUX: u64 = 0x541C;
 
@@ -93,7 +111,7 @@ fn compile(rules: Vec<(i64, Vec<SeccompRule>)>, errno: i32) -> Result<BpfProgram
 
 /// The deny-list as BPF programs, one per errno (seccomp answers each call with the action of
 /// the filter that matched it). Load them all.
-pub fn deny_list() -> Result<Vec<BpfProgram>, String> {
+pub fn deny_list(network: Network) -> Result<Vec<BpfProgram>, String> {
     let mut eperm: Vec<(i64, Vec<SeccompRule>)> = DENIED_SYSCALLS.iter().map(|(_, nr)| (*nr, vec![])).collect();
     let dword = || SeccompCmpArgLen::Dword;
     let ioctl_rules = [TIOCSTI, TIOCLINUX]
@@ -112,8 +130,13 @@ pub fn deny_list() -> Result<Vec<BpfProgram>, String> {
                 .map_err(|e| e.to_string())?,
         ],
     ));
+    let no_network: &[(&str, i32)] = match network {
+        Network::Allowed => &[],
+        Network::Denied => NO_NETWORK_SOCKET_FAMILIES,
+    };
     let sockets = DENIED_SOCKET_FAMILIES
         .iter()
+        .chain(no_network)
         .map(|(_, fam)| {
             SeccompRule::new(vec![cond(0, dword(), SeccompCmpOp::Eq, *fam as u64)?]).map_err(|e| e.to_string())
         })
@@ -153,7 +176,7 @@ mod tests {
 
     #[test]
     fn the_deny_list_compiles_to_three_programs() {
-        let programs = deny_list().unwrap();
+        let programs = deny_list(Network::Allowed).unwrap();
         assert_eq!(programs.len(), 3);
         for p in &programs {
             assert!(!p.is_empty() && p.len() < 4096, "a BPF program has at most 4096 instructions");
@@ -173,12 +196,22 @@ mod tests {
         let families: Vec<&str> = DENIED_SOCKET_FAMILIES.iter().map(|(n, _)| *n).collect();
         assert_eq!(families, ["AF_VSOCK", "AF_PACKET"]);
         assert!(!DENIED_SOCKET_FAMILIES.iter().any(|(_, f)| *f == libc::AF_NETLINK), "libzmq needs netlink");
+        let no_network: Vec<&str> = NO_NETWORK_SOCKET_FAMILIES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(no_network, ["AF_INET", "AF_INET6"]);
+    }
+
+    #[test]
+    fn denying_the_network_adds_the_ip_families_to_the_socket_program() {
+        let allowed = deny_list(Network::Allowed).unwrap();
+        let denied = deny_list(Network::Denied).unwrap();
+        assert!(denied[1].len() > allowed[1].len());
+        assert_eq!(denied[0].len(), allowed[0].len(), "the other programs do not change");
     }
 
     #[test]
     fn the_memfd_holds_the_program_from_its_start() {
         use std::io::Read;
-        let p = &deny_list().unwrap()[1];
+        let p = &deny_list(Network::Allowed).unwrap()[1];
         let mut f = std::fs::File::from(memfd(p).unwrap());
         let mut bytes = Vec::new();
         f.read_to_end(&mut bytes).unwrap();

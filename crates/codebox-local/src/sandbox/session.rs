@@ -363,25 +363,45 @@ impl Confinement {
         Ok(Prepared { command: prepared.command, guard: prepared.guard.with_entry(entry) })
     }
 
-    /// Whether the OOM killer struck since the kernel started.
+    /// Whether the OOM killer struck in the box since the last baseline (the kernel's start,
+    /// the start of an execution, the last judged death).
     pub fn oom_killed(&self) -> bool {
         self.cgroup.as_ref().is_some_and(|cg| cg.oom_kills() > self.oom_base.load(Ordering::Acquire))
     }
 
-    /// Why the kernel died, from its (bwrap's) exit status and the cgroup's OOM counter.
-    /// bwrap reports a kernel killed by signal N as exit code 128 + N.
-    pub fn death_cause(&self, status: std::process::ExitStatus) -> KernelDeath {
-        if self.oom_killed() {
-            return KernelDeath::OutOfMemory;
+    /// An execution starts: when `kernel_running` says the kernel still runs, the OOM kills
+    /// counted so far struck other processes of the box (its children, commands), not the
+    /// kernel, and must not be taken for the cause of a later death. The counter is read
+    /// before the kernel is looked at, so a kill of the kernel in between still counts.
+    pub fn note_kernel_alive(&self, kernel_running: impl FnOnce() -> bool) {
+        if let Some(cg) = &self.cgroup {
+            let kills = cg.oom_kills();
+            if kernel_running() {
+                self.oom_base.store(kills, Ordering::Release);
+            }
         }
-        match (status.code(), status.signal()) {
+    }
+
+    /// Why the kernel died, from its (bwrap's) exit status and the cgroup's OOM counter.
+    /// bwrap reports a kernel killed by signal N as exit code 128 + N. Out of memory is the
+    /// cause only of a death by SIGKILL (what the OOM killer sends) with an OOM kill in the
+    /// box since the kernel was last seen alive; each death is judged on its own (the counter
+    /// is taken as the new baseline).
+    pub fn death_cause(&self, status: std::process::ExitStatus) -> KernelDeath {
+        let cause = match (status.code(), status.signal()) {
             (Some(code), _) if self.level == IsolationLevel::Bubblewrap && code > 128 && code < 128 + 65 => {
                 KernelDeath::Signaled { signal: code - 128 }
             }
             (Some(code), _) => KernelDeath::Exited { code },
             (None, Some(signal)) => KernelDeath::Signaled { signal },
             _ => KernelDeath::Unknown { detail: format!("exited with status {status}") },
+        };
+        let killed = cause == KernelDeath::Signaled { signal: libc::SIGKILL };
+        let out_of_memory = killed && self.oom_killed();
+        if let Some(cg) = &self.cgroup {
+            self.oom_base.store(cg.oom_kills(), Ordering::Release);
         }
+        if out_of_memory { KernelDeath::OutOfMemory } else { cause }
     }
 
     /// Kill every process left in the cgroup and under the uid.

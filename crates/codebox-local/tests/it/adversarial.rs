@@ -657,12 +657,14 @@ async fn a_python_session_uids_cannot_reach_is_refused_clearly() {
 }
 
 // The usual tools work in a sandboxed bash cell (awk is a link through /etc/alternatives).
+// `.codebox/` (HOME, TMPDIR, packages) is the box's own state: left out, as listings do.
 #[tokio::test]
 async fn bash_cells_find_the_usual_tools() {
     let t = Tracked::start(sandboxed()).await;
     t.lb.upload_bytes("a.txt", "hello").await.unwrap();
     let opts = RunOptions::new().with_language("bash");
-    let ex = t.lb.run("find . -type f -exec du -h {} + | awk '{print $2, $1}' | sort", opts).await.unwrap();
+    let code = "find . -path ./.codebox -prune -o -type f -exec du -h {} + | awk '{print $2, $1}' | sort";
+    let ex = t.lb.run(code, opts).await.unwrap();
     assert_eq!(ex.stdout(), "./a.txt 4.0K\n", "stderr: {}", ex.stderr());
     t.finish().await;
 }
@@ -798,6 +800,39 @@ async fn install_runs_pip_inside_the_box_and_leaves_the_shared_python_alone() {
     let site = std::fs::read_dir(venv.join("lib")).unwrap().flatten().map(|e| e.path().join("site-packages"));
     assert!(site.into_iter().all(|s| !s.join("tabulate").exists()), "the shared environment changed");
     fresh.finish().await;
+    t.finish().await;
+}
+
+// A pre-started Landlock kernel from a pool: its HOME and TMPDIR are in the working
+// directory it comes with (so the box's size limit bounds them), they are made again after a
+// restart, and /proc shows it no other process.
+#[tokio::test]
+async fn landlock_pool_kernels_keep_home_in_their_box_and_other_processes_out_of_sight() {
+    let pool = codebox_local::KernelPool::new(1);
+    let builder =
+        crate::builder().with_isolation(Isolation::Landlock).with_require_isolation(true).with_pool(pool.clone());
+    within("prewarm", pool.prewarm(&builder)).await.unwrap();
+    let t = Tracked::start_at(builder, "landlock").await;
+    let work = t.lb.working_dir().await.unwrap();
+    let code = format!(
+        "{ERR}\nprint('home=' + os.environ['HOME'])\nprint('tmpdir=' + os.environ['TMPDIR'])\n\
+         print('write=' + err(lambda: open(os.path.join(os.environ['TMPDIR'], 't'), 'w').write('1')))\n\
+         print('own=' + err(lambda: open('/proc/self/status').read()))\n\
+         print('host=' + err(lambda: open('/proc/{pid}/cmdline').read()))\n\
+         print('list=' + err(lambda: os.listdir('/proc')))\n\
+         print('inet=' + err(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)))",
+        pid = std::process::id()
+    );
+    for round in ["first", "after a restart"] {
+        let f = facts(&t.lb, &code).await;
+        assert_eq!(f["home"], work.join(".codebox/home").to_string_lossy(), "{round}");
+        assert_eq!(f["tmpdir"], work.join(".codebox/tmp").to_string_lossy(), "{round}");
+        assert_eq!(f["write"], "ok", "{round}");
+        assert_eq!((f["own"].as_str(), f["host"].as_str(), f["list"].as_str()), ("ok", "EACCES", "EACCES"), "{round}");
+        assert_eq!(f["inet"], "EAFNOSUPPORT", "{round}");
+        std::fs::remove_dir_all(work.join(".codebox")).unwrap();
+        within("restart", t.lb.restart()).await.unwrap();
+    }
     t.finish().await;
 }
 
