@@ -156,6 +156,75 @@ pub(crate) async fn run_pip_install(
     collect(child, "pip", timeout, limit).await
 }
 
+/// Archive suffixes pip takes for a local file even when the requirement has no `/`.
+const ARCHIVE_SUFFIXES: &[&str] =
+    &[".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tlz", ".tar.lz", ".tar.lzma"];
+
+/// Refuse anything but a name-based requirement (PEP 508): a project name, optional
+/// `[extras]`, optional version specifiers, optional `; markers`. Paths, `file:` and other
+/// URLs, `name @ url` direct references and pip options (`-r file`, `--index-url ...`) are
+/// refused before pip runs, so pip fetches only from the operator's package indexes and
+/// never builds a source tree the box wrote.
+pub(crate) fn check_requirement(spec: &str) -> Result<()> {
+    let refuse = || {
+        CodeBoxError::invalid(format!(
+            "{spec:?} is not a package requirement: install takes package names with optional extras, \
+             version specifiers and markers (PEP 508); paths, URLs, `name @ url` and pip options are refused"
+        ))
+    };
+    let (requirement, marker) = match spec.split_once(';') {
+        Some((r, m)) => (r, Some(m)),
+        None => (spec, None),
+    };
+    let rest = requirement.trim_start();
+    let name_len =
+        rest.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))).unwrap_or(rest.len());
+    let name = &rest[..name_len];
+    let name_ok = !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !ARCHIVE_SUFFIXES.iter().any(|s| name.to_ascii_lowercase().ends_with(s));
+    if !name_ok {
+        return Err(refuse());
+    }
+    let mut rest = rest[name_len..].trim_start();
+    if let Some(after) = rest.strip_prefix('[') {
+        let (extras, after) = after.split_once(']').ok_or_else(refuse)?;
+        let extra_ok = |e: &str| {
+            let e = e.trim();
+            !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        if !extras.trim().is_empty() && !extras.split(',').all(extra_ok) {
+            return Err(refuse());
+        }
+        rest = after.trim_start();
+    }
+    if let Some(inner) = rest.strip_prefix('(') {
+        rest = inner.strip_suffix(')').or_else(|| inner.trim_end().strip_suffix(')')).ok_or_else(refuse)?;
+    }
+    if !rest.trim().is_empty() && !rest.split(',').all(is_version_clause) {
+        return Err(refuse());
+    }
+    // Markers compare environment names with quoted versions: nothing in them names a place.
+    let marker_ok = |m: &str| {
+        !m.trim().is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || " \t_.'\"<>=!~()-,*+".contains(c))
+    };
+    if marker.is_some_and(|m| !marker_ok(m)) {
+        return Err(refuse());
+    }
+    Ok(())
+}
+
+/// `op version`, as in `>=1.2`, `== 2.*` or `~=3.0`.
+fn is_version_clause(clause: &str) -> bool {
+    let clause = clause.trim();
+    let ops = ["===", "~=", "==", "!=", "<=", ">=", "<", ">"];
+    let Some(version) = ops.iter().find_map(|op| clause.strip_prefix(op)) else { return false };
+    let version = version.trim();
+    !version.is_empty()
+        && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '*' | '+' | '!' | '_' | '-'))
+}
+
 /// The host's pip settings that a sandboxed pip gets, and the local paths they name.
 fn pip_settings(host: impl Iterator<Item = (String, String)>) -> (Vec<(String, String)>, Vec<std::path::PathBuf>) {
     const PASSED: &[&str] = &[
@@ -297,6 +366,54 @@ pub(crate) fn run_bash(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_name_based_requirements_reach_pip() {
+        let good = [
+            "six",
+            "Six_pkg.x-y",
+            "requests[socks, security] >= 2.0, < 3",
+            "numpy==1.26.*",
+            "pkg (>=1.0)",
+            "pkg~=1.4; python_version >= '3.8' and sys_platform == \"linux\"",
+            "pkg[]",
+        ];
+        for spec in good {
+            check_requirement(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
+        let bad = [
+            "",
+            " ",
+            "./pkg",
+            "pkg/",
+            "/abs/pkg",
+            ".",
+            "..",
+            "~/pkg",
+            "C:\\pkg",
+            "file:///tmp/pkg",
+            "http://127.0.0.1:8000/x.whl",
+            "pkg @ http://127.0.0.1:8000/x.whl",
+            "pkg@file:///tmp/x",
+            "git+https://example.org/x.git",
+            "-r",
+            "--index-url",
+            "-e.",
+            "pkg.whl",
+            "pkg-1.0.tar.gz",
+            "pkg ==1.0 --hash=sha256:00",
+            "pkg; python_version >= '3' @ http://x",
+            "pkg; url == 'http://x/'",
+            "pkg[a/b]",
+            "pkg >= 1.0 /tmp",
+            "pkg\n-r x",
+        ];
+        for spec in bad {
+            let err = check_requirement(spec).expect_err(spec);
+            assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput, "{spec}");
+            assert!(err.to_string().contains("is not a package requirement"), "{spec}: {err}");
+        }
+    }
 
     #[test]
     fn pip_gets_only_the_operators_pip_settings_and_their_local_paths() {
