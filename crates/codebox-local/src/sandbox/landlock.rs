@@ -3,15 +3,16 @@
 //! Read and execute: `/usr`, the `/bin` and `/lib*` links, `/proc`, a few files of `/etc` and
 //! `/dev`, the Python environment. Read and write: the working directory and the kernel's run
 //! directory (its sockets, and a private TMPDIR and HOME). Everything else, including the
-//! user's HOME, is denied. With ABI >= 4 and no network, TCP bind and connect are denied too.
+//! user's HOME, is denied. With ABI >= 4 and no network, TCP bind and connect are denied too,
+//! except connecting to `connect_port` when given (an install's proxy on host loopback).
 //! The ruleset is created in the parent (opening descriptors allocates) and enforced between
 //! fork and exec.
 
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreated, RulesetCreatedAttr,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr,
 };
 
 /// System paths to read and execute; the `/etc` files come from the bwrap mount list, so both
@@ -30,6 +31,10 @@ pub struct LandlockConfig {
     pub read_only: Vec<PathBuf>,
     /// Allow TCP (otherwise denied where the kernel's Landlock can say so, ABI >= 4).
     pub network: bool,
+    /// Without `network`: the one TCP port that may still be connected to (on any address:
+    /// Landlock rules name ports only, so the caller pairs this with a port no remote host
+    /// is expected to serve, a free one of host loopback).
+    pub connect_port: Option<u16>,
 }
 
 /// The highest ABI this code asks for; older kernels get what they support.
@@ -62,6 +67,11 @@ impl LandlockConfig {
             created =
                 created.add_rule(PathBeneath::new(fd, access)).map_err(|e| format!("adding a Landlock rule: {e}"))?;
         }
+        if let Some(port) = self.connect_port.filter(|_| !self.network) {
+            created = created
+                .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+                .map_err(|e| format!("adding a Landlock network rule: {e}"))?;
+        }
         Ok(created.no_new_privs(true))
     }
 }
@@ -80,7 +90,12 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "s").unwrap();
-        let cfg = LandlockConfig { read_write: vec![work.path().into()], read_only: vec![], network: false };
+        let cfg = LandlockConfig {
+            read_write: vec![work.path().into()],
+            read_only: vec![],
+            network: false,
+            connect_port: None,
+        };
         let ruleset = Mutex::new(Some(cfg.build().unwrap()));
         let script = format!(
             "echo ok > {w}/x && cat {w}/x; cat {o}/secret 2>/dev/null || echo denied-read; \

@@ -44,6 +44,9 @@ pub struct SandboxSpec {
     pub uid: Option<u32>,
     /// The current directory, inside `work_dir` (default: `work_dir`).
     pub cwd: Option<PathBuf>,
+    /// Landlock level without `network`: the port of host loopback where an install's proxy
+    /// listens. TCP connections to it stay allowed, and only stream sockets can be made.
+    pub proxy_port: Option<u16>,
 }
 
 /// A command ready to spawn, and the descriptors it needs until it has been spawned.
@@ -202,9 +205,13 @@ impl SandboxSpec {
                     read_write: std::iter::once(self.work_dir.clone()).chain(self.run_dir.clone()).collect(),
                     read_only: self.read_only.clone(),
                     network: self.network,
+                    connect_port: self.proxy_port,
                 }
                 .build()?;
-                let filters = super::seccomp::deny_list()?;
+                let mut filters = super::seccomp::deny_list()?;
+                if self.proxy_port.is_some() && !self.network {
+                    filters.push(super::seccomp::stream_sockets_only()?);
+                }
                 let mut ruleset = Some(ruleset);
                 cmd = Command::new(program);
                 cmd.args(args)
@@ -315,6 +322,7 @@ print("pids=%d" % len([p for p in os.listdir("/proc") if p.isdigit()]))
             env: vec![("BOX_VAR".into(), "1".into())],
             uid: None,
             cwd: None,
+            proxy_port: None,
         }
     }
 

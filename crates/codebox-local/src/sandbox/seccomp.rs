@@ -125,6 +125,23 @@ pub fn deny_list() -> Result<Vec<BpfProgram>, String> {
     ])
 }
 
+/// For an installer that may reach only its proxy over TCP (Landlock level): every IPv4 and
+/// IPv6 socket but a stream one is refused with `EPERM`, since Landlock rules cover TCP only
+/// and UDP (or ICMP, or raw) would reach host loopback and the network around the proxy.
+pub fn stream_sockets_only() -> Result<BpfProgram, String> {
+    let mut rules = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        for kind in (0..16u64).filter(|k| *k != libc::SOCK_STREAM as u64) {
+            let on = vec![
+                cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)?,
+                cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), kind)?,
+            ];
+            rules.push(SeccompRule::new(on).map_err(|e| e.to_string())?);
+        }
+    }
+    compile(vec![(libc::SYS_socket, rules)], libc::EPERM)
+}
+
 /// A program in the kernel's binary form (`struct sock_filter[]`), as `bwrap --seccomp` reads it.
 pub fn to_bytes(program: &BpfProgram) -> Vec<u8> {
     let mut out = Vec::with_capacity(program.len() * 8);
