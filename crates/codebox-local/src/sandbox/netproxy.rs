@@ -74,7 +74,7 @@ impl Allowlist {
     /// resolves to one only is refused when the box asks for it.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self> {
         let list = Self::parse_allowing_local(entries)?;
-        let local = list.rules.iter().find(|r| r.host.parse::<IpAddr>().is_ok_and(|ip| is_local_address(ip)));
+        let local = list.rules.iter().find(|r| r.host.parse::<IpAddr>().is_ok_and(is_local_address));
         if let Some(r) = local {
             return Err(CodeBoxError::invalid(format!(
                 "network allowlist entry {:?}: a local address (loopback, link-local, private or this host's); \
