@@ -272,7 +272,9 @@ fn parse_pip_conf(text: &str) -> Vec<(String, String)> {
         }
         if line.starts_with([' ', '\t']) {
             if let Some(i) = current {
-                out[i].1.push(' ');
+                if !out[i].1.is_empty() {
+                    out[i].1.push(' ');
+                }
                 out[i].1.push_str(trimmed);
             }
             continue;
@@ -497,6 +499,27 @@ pub(crate) fn run_bash(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operators_pip_conf_reaches_pip_under_the_variables_names() {
+        let text = "[global]\nindex-url = https://mirror.example.org/simple\ncert=/etc/ssl/x.pem\n\
+                    find-links =\n    /opt/wheels\n    https://w.example.org/\n[freeze]\ntimeout = 1\n\
+                    [install]\ntrusted_host: mirror.example.org\nuser = true\n";
+        let conf = parse_pip_conf(text);
+        let expected = [
+            ("PIP_INDEX_URL", "https://mirror.example.org/simple"),
+            ("PIP_CERT", "/etc/ssl/x.pem"),
+            ("PIP_FIND_LINKS", "/opt/wheels https://w.example.org/"),
+            ("PIP_TRUSTED_HOST", "mirror.example.org"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(conf, expected);
+        // The environment wins over the file.
+        let host = [("PIP_INDEX_URL".to_owned(), "https://other.example.org/simple".to_owned())];
+        let (env, _) = pip_settings(host.into_iter(), &conf);
+        assert!(env.contains(&("PIP_INDEX_URL".to_owned(), "https://other.example.org/simple".to_owned())));
+        assert!(env.contains(&("PIP_CERT".to_owned(), "/etc/ssl/x.pem".to_owned())));
+    }
 
     #[test]
     fn only_name_based_requirements_reach_pip() {
