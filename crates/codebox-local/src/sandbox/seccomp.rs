@@ -193,6 +193,13 @@ mod tests {
     }
 
     #[test]
+    fn the_stream_only_filter_has_a_rule_per_family_and_other_type() {
+        let p = stream_sockets_only().unwrap();
+        // Two families times fifteen socket types, each a comparison or more.
+        assert!(p.len() > 30 && p.len() < 4096, "{}", p.len());
+    }
+
+    #[test]
     fn the_memfd_holds_the_program_from_its_start() {
         use std::io::Read;
         let p = &deny_list().unwrap()[1];
