@@ -38,7 +38,7 @@ pub struct BoxStatus {
     /// What the box's isolation cannot keep from code inside it, by stable name (for
     /// example `host_processes`); empty when it holds everything codebox checks. The names
     /// and what each means are listed in docs/security.md.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub isolation_gaps: Vec<String>,
     /// How many times the kernel was restarted after dying.
     #[serde(default)]

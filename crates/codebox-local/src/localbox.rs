@@ -916,8 +916,10 @@ impl CodeBox for LocalBox {
         if packages.is_empty() {
             return Err(CodeBoxError::invalid("no packages to install"));
         }
-        if let Some(bad) = packages.iter().find(|p| p.trim().is_empty() || p.starts_with('-')) {
-            return Err(CodeBoxError::invalid(format!("{bad:?} is not a package name")));
+        // At every level, unsandboxed ones included: pip gets names, never a place to fetch
+        // from or a source tree to build.
+        for p in packages {
+            crate::command::check_requirement(p)?;
         }
         let h = self.inner.handle().await?;
         let timeout = Some(INSTALL_TIMEOUT);

@@ -3,7 +3,8 @@
 //! Read and execute: `/usr`, the `/bin` and `/lib*` links, a few files of `/etc`, `/dev` and
 //! `/proc`, the Python environment. Read and write: the working directory and the kernel's run
 //! directory (its sockets). Everything else, including the user's HOME, is denied. With ABI >= 4
-//! and no network, TCP bind and connect are denied too; with ABI >= 6, abstract Unix sockets and
+//! and no network, TCP bind and connect are denied too, except connecting to `connect_port`
+//! when given (an install's proxy on host loopback); with ABI >= 6, abstract Unix sockets and
 //! signals are scoped to the box (it can neither reach the host's abstract sockets nor signal
 //! processes outside it).
 //!
@@ -21,8 +22,8 @@ use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreated, RulesetCreatedAttr, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope,
 };
 
 /// System paths to read and execute; the `/etc` files come from the bwrap mount list, so both
@@ -55,6 +56,10 @@ pub struct LandlockConfig {
     pub read_only: Vec<PathBuf>,
     /// Allow TCP (otherwise denied where the kernel's Landlock can say so, ABI >= 4).
     pub network: bool,
+    /// Without `network`: the one TCP port that may still be connected to (on any address:
+    /// Landlock rules name ports only, so the caller pairs this with a port no remote host
+    /// is expected to serve, a free one of host loopback).
+    pub connect_port: Option<u16>,
 }
 
 /// The highest ABI this code asks for; older kernels get what they support.
@@ -92,6 +97,11 @@ impl LandlockConfig {
         for (fd, access) in rules {
             created =
                 created.add_rule(PathBeneath::new(fd, access)).map_err(|e| format!("adding a Landlock rule: {e}"))?;
+        }
+        if let Some(port) = self.connect_port.filter(|_| !self.network) {
+            created = created
+                .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+                .map_err(|e| format!("adding a Landlock network rule: {e}"))?;
         }
         Ok(created.no_new_privs(true))
     }
@@ -131,7 +141,12 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "s").unwrap();
-        let cfg = LandlockConfig { read_write: vec![work.path().into()], read_only: vec![], network: false };
+        let cfg = LandlockConfig {
+            read_write: vec![work.path().into()],
+            read_only: vec![],
+            network: false,
+            connect_port: None,
+        };
         let ruleset = Mutex::new(Some(cfg.build().unwrap()));
         let script = format!(
             "echo ok > {w}/x && cat {w}/x; cat {o}/secret 2>/dev/null || echo denied-read; \

@@ -58,6 +58,9 @@ pub struct SandboxSpec {
     pub uid: Option<u32>,
     /// The current directory, inside `work_dir` (default: `work_dir`).
     pub cwd: Option<PathBuf>,
+    /// Landlock level without `network`: the port of host loopback where an install's proxy
+    /// listens. TCP connections to it stay allowed, and only stream sockets can be made.
+    pub proxy_port: Option<u16>,
 }
 
 /// A command ready to spawn, and the descriptors it needs until it has been spawned.
@@ -200,11 +203,19 @@ impl SandboxSpec {
                     read_write: std::iter::once(self.work_dir.clone()).chain(self.run_dir.clone()).collect(),
                     read_only: self.read_only.clone(),
                     network: self.network,
+                    connect_port: self.proxy_port,
                 }
                 .build()?;
                 // No network namespace here: without network, IP sockets are refused outright
-                // (Landlock's network rules cover TCP only). Kernels speak IPC at this level.
-                let filters = super::seccomp::deny_list(if self.network { Network::Allowed } else { Network::Denied })?;
+                // (Landlock's network rules cover TCP only). Kernels speak IPC at this level. An
+                // installer reaches its proxy on host loopback: stream sockets only, and Landlock
+                // lets them connect to the proxy's port alone.
+                let network =
+                    if self.network || self.proxy_port.is_some() { Network::Allowed } else { Network::Denied };
+                let mut filters = super::seccomp::deny_list(network)?;
+                if self.proxy_port.is_some() && !self.network {
+                    filters.push(super::seccomp::stream_sockets_only()?);
+                }
                 let mut ruleset = Some(ruleset);
                 cmd = Command::new(program);
                 cmd.args(args)
@@ -355,6 +366,7 @@ except OSError as e:
             env: vec![("BOX_VAR".into(), "1".into())],
             uid: None,
             cwd: None,
+            proxy_port: None,
         }
     }
 

@@ -38,7 +38,7 @@ use std::fmt;
 pub use self::limits::Limits;
 pub use self::probe::{Probe, probe};
 pub(crate) use self::session::PolicyRef;
-pub use self::session::{Confinement, PACKAGES_DIR, SandboxPolicy, cgroup_manager, sweep_orphans};
+pub use self::session::{Confinement, InstallerNetwork, PACKAGES_DIR, SandboxPolicy, cgroup_manager, sweep_orphans};
 
 /// Which isolation a box asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

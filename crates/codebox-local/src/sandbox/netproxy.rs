@@ -8,6 +8,17 @@
 //! so pip, requests and urllib go through it; the proxy answers `CONNECT host:port` and
 //! absolute-URI requests for allowed hosts and refuses the rest with 403. Names are
 //! resolved on the host, never in the box.
+//!
+//! An allowed name still never leads to this host or its neighbourhood: the proxy connects
+//! only to the addresses a name resolves to that are not loopback, unspecified, link-local,
+//! multicast, broadcast, private (RFC 1918, shared, unique-local) or one of this host's own,
+//! and an IP literal of such a range is refused as an entry. An operator who means a box to
+//! reach such a service says so with [`Allowlist::parse_allowing_local`].
+//!
+//! A confined `install` runs pip behind a proxy of its own whose allowlist is the package
+//! index hosts ([`Allowlist::package_indexes`]): on a Unix socket for a bubblewrap box (as
+//! for a kernel), on a host loopback port ([`LoopbackProxy`]) for a Landlock box, whose
+//! ruleset then lets pip connect to that one port only.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -15,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use codebox_core::{CodeBoxError, Result};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -51,12 +63,32 @@ struct Rule {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowlist {
     rules: Vec<Rule>,
+    /// Whether the listed hosts may be reached at local addresses (see [`is_local_address`]).
+    local: bool,
 }
 
 impl Allowlist {
-    /// Parse entries like `pypi.org`, `files.pythonhosted.org:443`, `*.example.com`,
-    /// `10.0.0.5:8080` or `[::1]:80`.
+    /// Parse entries like `pypi.org`, `files.pythonhosted.org:443`, `*.example.com` or
+    /// `203.0.113.7:8080`. The hosts are reached at public addresses only: an entry that is a
+    /// loopback, link-local, private or otherwise local address is refused, and a name that
+    /// resolves to one only is refused when the box asks for it.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self> {
+        let list = Self::parse_allowing_local(entries)?;
+        let local = list.rules.iter().find(|r| r.host.parse::<IpAddr>().is_ok_and(is_local_address));
+        if let Some(r) = local {
+            return Err(CodeBoxError::invalid(format!(
+                "network allowlist entry {:?}: a local address (loopback, link-local, private or this host's); \
+                 a box reaches public addresses only",
+                r.host
+            )));
+        }
+        Ok(Self { local: false, ..list })
+    }
+
+    /// Like [`Allowlist::parse`], but the hosts may be reached at any address, local ones
+    /// included (`[::1]:80`, `10.0.0.5:8080`, a name resolving to `127.0.0.1`): for an
+    /// operator who means a box to reach a service on this host or its network.
+    pub fn parse_allowing_local<S: AsRef<str>>(entries: &[S]) -> Result<Self> {
         let mut rules = Vec::new();
         for entry in entries {
             let entry = entry.as_ref().trim();
@@ -78,7 +110,24 @@ impl Allowlist {
             }
             rules.push(Rule { host, port });
         }
-        Ok(Self { rules })
+        Ok(Self { rules, local: true })
+    }
+
+    /// The package index hosts pip reaches with the settings `pip` (`PIP_INDEX_URL`,
+    /// `PIP_EXTRA_INDEX_URL`, `PIP_FIND_LINKS`, as `(name, value)`): the host and port of
+    /// each `http(s)://` URL among them; with no index URL, PyPI (`pypi.org` and
+    /// `files.pythonhosted.org`, where its files are). At public addresses only.
+    pub fn package_indexes(pip: &[(String, String)]) -> Result<Self> {
+        let value = |name: &str| pip.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let mut entries: Vec<String> = Vec::new();
+        if value("PIP_INDEX_URL").is_none_or(|v| v.trim().is_empty()) {
+            entries.extend(["pypi.org:443", "files.pythonhosted.org:443"].map(str::to_owned));
+        }
+        for name in ["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"] {
+            let urls = value(name).unwrap_or_default().split_whitespace();
+            entries.extend(urls.filter_map(url_authority));
+        }
+        Self::parse(&entries)
     }
 
     /// No entries.
@@ -103,6 +152,66 @@ impl Allowlist {
     }
 }
 
+/// `host:port` of an `http://` or `https://` URL (the scheme's port when it names none);
+/// `None` for anything else (a local path, `file:`).
+fn url_authority(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = split_host_port(authority)?;
+    let port = port.map_or(Some(default), |p| p.parse().ok())?;
+    Some(if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") })
+}
+
+/// Whether a box must not reach `ip` through the proxy (unless its allowlist allows local
+/// addresses): loopback, unspecified, link-local, multicast, broadcast, private (RFC 1918,
+/// shared address space, unique-local), an IPv4 address inside IPv6 (mapped, compatible,
+/// NAT64) that is one of these, or an address of this host's own interfaces (which reach
+/// whatever listens on all of them, this server included).
+pub fn is_local_address(ip: IpAddr) -> bool {
+    let v4_local = |v4: std::net::Ipv4Addr| {
+        let [a, b, ..] = v4.octets();
+        v4.is_loopback()
+            || v4.is_unspecified()
+            || v4.is_link_local()
+            || v4.is_multicast()
+            || v4.is_broadcast()
+            || v4.is_private()
+            || a == 0
+            || (a == 100 && (64..128).contains(&b))
+            || a >= 240
+    };
+    let by_range = match ip {
+        IpAddr::V4(v4) => v4_local(v4),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = match s {
+                [0, 0, 0, 0, 0, 0xffff, ..] | [0, 0, 0, 0, 0, 0, ..] => {
+                    Some(v6.to_ipv4().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED))
+                }
+                [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => {
+                    Some(std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)))
+                }
+                _ => None,
+            };
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || embedded.is_some_and(v4_local)
+        }
+    };
+    // An address this host can bind is one of its own.
+    by_range || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 /// `host`, `host:port`, `[v6]` or `[v6]:port`; a bare IPv6 address has no port.
 fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
     if let Some(rest) = s.strip_prefix('[') {
@@ -123,7 +232,7 @@ fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
     }
 }
 
-/// The proxy of one kernel; stops, and removes its socket, when dropped.
+/// The proxy of one kernel (or one install); stops, and removes its socket, when dropped.
 #[derive(Debug)]
 pub struct NetProxy {
     socket: PathBuf,
@@ -138,24 +247,7 @@ impl NetProxy {
         let listener = UnixListener::bind(socket).map_err(|e| CodeBoxError::io("binding the network proxy", e))?;
         std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .map_err(|e| CodeBoxError::io("opening the network proxy to the box", e))?;
-        let allowlist = Arc::new(allowlist);
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else { continue };
-                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                    drop(conn); // Over the limit: the box sees the connection close.
-                    continue;
-                };
-                let allowlist = Arc::clone(&allowlist);
-                tokio::spawn(async move {
-                    if let Err(e) = serve(conn, &allowlist).await {
-                        tracing::debug!("network proxy connection ended: {e}");
-                    }
-                    drop(permit);
-                });
-            }
-        });
+        let task = spawn_accept_loop(allowlist, Listener::Unix(listener));
         Ok(Self { socket: socket.to_owned(), task })
     }
 
@@ -170,6 +262,84 @@ impl Drop for NetProxy {
         self.task.abort();
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// A proxy on a port of host loopback, for a box without a network namespace of its own
+/// (a Landlock box's install), whose sandbox lets it connect to this port only. Stops when
+/// dropped.
+#[derive(Debug)]
+pub struct LoopbackProxy {
+    port: u16,
+    task: JoinHandle<()>,
+}
+
+impl LoopbackProxy {
+    /// Listen on a free port of `127.0.0.1` and serve `allowlist`.
+    pub async fn start(allowlist: Allowlist) -> Result<Self> {
+        let bound = TcpListener::bind("127.0.0.1:0").await;
+        let listener = bound.map_err(|e| CodeBoxError::io("binding the network proxy", e))?;
+        let port = listener.local_addr().map_err(|e| CodeBoxError::io("binding the network proxy", e))?.port();
+        let task = spawn_accept_loop(allowlist, Listener::Tcp(listener));
+        Ok(Self { port, task })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The environment that points HTTP clients (pip) at the proxy.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let url = format!("http://127.0.0.1:{}", self.port);
+        ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"].map(|k| (k.to_owned(), url.clone())).to_vec()
+    }
+}
+
+impl Drop for LoopbackProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Where a proxy listens.
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+/// A connection to the proxy, whichever kind of listener took it.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Box<dyn Connection>> {
+        Ok(match self {
+            Self::Unix(l) => Box::new(l.accept().await?.0),
+            Self::Tcp(l) => Box::new(l.accept().await?.0),
+        })
+    }
+}
+
+/// Accept connections and serve each (at most [`MAX_CONNECTIONS`] at once).
+fn spawn_accept_loop(allowlist: Allowlist, listener: Listener) -> JoinHandle<()> {
+    let allowlist = Arc::new(allowlist);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let Ok(conn) = listener.accept().await else { continue };
+            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                drop(conn); // Over the limit: the box sees the connection close.
+                continue;
+            };
+            let allowlist = Arc::clone(&allowlist);
+            tokio::spawn(async move {
+                if let Err(e) = serve(conn, &allowlist).await {
+                    tracing::debug!("network proxy connection ended: {e}");
+                }
+                drop(permit);
+            });
+        }
+    })
 }
 
 /// Where one request wants to go.
@@ -208,7 +378,7 @@ fn parse_target(head: &str) -> Option<Target> {
     Some(Target { host: host.to_owned(), port, tunnel })
 }
 
-async fn answer(conn: &mut UnixStream, status: &str, message: &str) -> std::io::Result<()> {
+async fn answer(conn: &mut (impl AsyncWrite + Unpin), status: &str, message: &str) -> std::io::Result<()> {
     let body = format!("codebox: {message}\n");
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -219,7 +389,7 @@ async fn answer(conn: &mut UnixStream, status: &str, message: &str) -> std::io::
     conn.shutdown().await
 }
 
-async fn serve(mut conn: UnixStream, allowlist: &Allowlist) -> std::io::Result<()> {
+async fn serve(mut conn: impl AsyncRead + AsyncWrite + Unpin, allowlist: &Allowlist) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -244,8 +414,23 @@ async fn serve(mut conn: UnixStream, allowlist: &Allowlist) -> std::io::Result<(
         return answer(&mut conn, "403 Forbidden", &message).await;
     }
     let host = target.host.trim_start_matches('[').trim_end_matches(']');
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, target.port))).await {
-        Ok(Ok(s)) => s,
+    let connect = async {
+        // Resolve once, keep the addresses a box may reach, and connect to those: a name
+        // checked and then resolved again could lead elsewhere the second time.
+        let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, target.port)).await?.collect();
+        let reachable: Vec<std::net::SocketAddr> =
+            resolved.iter().copied().filter(|a| allowlist.local || !is_local_address(a.ip())).collect();
+        if reachable.is_empty() && !resolved.is_empty() {
+            return Ok(None);
+        }
+        TcpStream::connect(&reachable[..]).await.map(Some)
+    };
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => {
+            let message = format!("{host}:{} resolves only to local addresses, which a box may not reach", target.port);
+            return answer(&mut conn, "403 Forbidden", &message).await;
+        }
         Ok(Err(e)) => return answer(&mut conn, "502 Bad Gateway", &format!("{host}:{}: {e}", target.port)).await,
         Err(_) => return answer(&mut conn, "504 Gateway Timeout", &format!("{host}:{}", target.port)).await,
     };
@@ -267,9 +452,8 @@ mod tests {
 
     #[test]
     fn entries_parse_and_match() {
-        let a =
-            Allowlist::parse(&["PyPI.org", "files.pythonhosted.org:443", "*.example.com", "10.0.0.5:8080", "[::1]:80"])
-                .unwrap();
+        let entries = ["PyPI.org", "files.pythonhosted.org:443", "*.example.com", "10.0.0.5:8080", "[::1]:80"];
+        let a = Allowlist::parse_allowing_local(&entries).unwrap();
         assert!(a.allows("pypi.org", 443) && a.allows("pypi.org", 80) && a.allows("PYPI.ORG.", 1));
         assert!(a.allows("files.pythonhosted.org", 443) && !a.allows("files.pythonhosted.org", 80));
         assert!(a.allows("a.example.com", 1) && a.allows("a.b.example.com", 1));
@@ -310,7 +494,7 @@ mod tests {
     }
 
     async fn request(socket: &Path, head: &str) -> String {
-        let mut s = UnixStream::connect(socket).await.unwrap();
+        let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
         s.write_all(head.as_bytes()).await.unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
@@ -338,7 +522,8 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("net.sock");
-        let proxy = NetProxy::start(&socket, Allowlist::parse(&[format!("127.0.0.1:{port}")]).unwrap()).unwrap();
+        let list = Allowlist::parse_allowing_local(&[format!("127.0.0.1:{port}")]).unwrap();
+        let proxy = NetProxy::start(&socket, list).unwrap();
 
         let plain = request(&socket, &format!("GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: h\r\n\r\n")).await;
         assert!(plain.ends_with(&format!("upstream saw: GET http://127.0.0.1:{port}/x HTTP/1.1")), "{plain}");
@@ -361,5 +546,82 @@ mod tests {
 
         drop(proxy);
         assert!(!socket.exists(), "the socket goes with the proxy");
+    }
+
+    #[test]
+    fn local_addresses_are_refused_as_entries_unless_the_operator_allows_them() {
+        for entry in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "10.0.0.5",
+            "169.254.169.254",
+            "0.0.0.0",
+            "[fe80::1]",
+            "[::ffff:127.0.0.1]:1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "[fd00::1]",
+        ] {
+            let err = Allowlist::parse(&[entry]).unwrap_err().to_string();
+            assert!(err.contains("a local address"), "{entry}: {err}");
+            assert!(Allowlist::parse_allowing_local(&[entry]).is_ok(), "{entry}");
+        }
+        assert!(Allowlist::parse(&["203.0.113.80:443", "8.8.8.8", "[2001:4860:4860::8888]:443", "localhost"]).is_ok());
+        for ip in ["127.0.0.2", "::1", "224.0.0.1", "255.255.255.255", "172.16.0.1", "[64:ff9b::7f00:1]"] {
+            let ip: IpAddr = ip.trim_matches(['[', ']']).parse().unwrap();
+            assert!(is_local_address(ip), "{ip}");
+        }
+        for ip in ["8.8.8.8", "2001:4860:4860::8888", "203.0.113.80"] {
+            assert!(!is_local_address(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn package_indexes_come_from_the_pip_settings() {
+        let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let pypi = Allowlist::package_indexes(&[]).unwrap();
+        assert!(pypi.allows("pypi.org", 443) && pypi.allows("files.pythonhosted.org", 443));
+        assert!(!pypi.allows("pypi.org", 80) && !pypi.allows("example.org", 443));
+        let own = Allowlist::package_indexes(&set(&[
+            ("PIP_INDEX_URL", "https://user:pw@mirror.example.org:8443/simple"),
+            ("PIP_EXTRA_INDEX_URL", "http://extra.example.org/simple https://third.example.org"),
+            ("PIP_FIND_LINKS", "/opt/wheels file:///srv/w https://wheels.example.org/w/"),
+        ]))
+        .unwrap();
+        assert!(own.allows("mirror.example.org", 8443) && own.allows("extra.example.org", 80));
+        assert!(own.allows("third.example.org", 443) && own.allows("wheels.example.org", 443));
+        assert!(!own.allows("pypi.org", 443), "an index of its own replaces PyPI");
+        let local = Allowlist::package_indexes(&set(&[("PIP_INDEX_URL", "http://127.0.0.1:3141/simple")]));
+        assert!(local.is_err(), "an index on a local address is refused like any entry");
+    }
+
+    /// A name on the list that resolves to loopback is still refused: the box never reaches
+    /// this host through the proxy. The upstream counts what reaches it.
+    #[tokio::test]
+    async fn an_allowed_name_that_resolves_to_loopback_is_refused() {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        upstream.set_nonblocking(true).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("net.sock");
+        let _proxy = NetProxy::start(&socket, Allowlist::parse(&["localhost"]).unwrap()).unwrap();
+        for head in [
+            format!("CONNECT localhost:{port} HTTP/1.1\r\n\r\n"),
+            format!("GET http://localhost:{port}/x HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        ] {
+            let reply = request(&socket, &head).await;
+            assert!(reply.starts_with("HTTP/1.1 403 Forbidden"), "{reply}");
+            assert!(reply.contains("resolves only to local addresses"), "{reply}");
+        }
+        let tcp = LoopbackProxy::start(Allowlist::parse(&["localhost"]).unwrap()).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", tcp.port())).await.unwrap();
+        s.write_all(format!("CONNECT localhost:{port} HTTP/1.1\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 403 Forbidden"));
+        assert!(upstream.accept().is_err(), "nothing reached the upstream");
     }
 }

@@ -148,6 +148,23 @@ pub fn deny_list(network: Network) -> Result<Vec<BpfProgram>, String> {
     ])
 }
 
+/// For an installer that may reach only its proxy over TCP (Landlock level): every IPv4 and
+/// IPv6 socket but a stream one is refused with `EPERM`, since Landlock rules cover TCP only
+/// and UDP (or ICMP, or raw) would reach host loopback and the network around the proxy.
+pub fn stream_sockets_only() -> Result<BpfProgram, String> {
+    let mut rules = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        for kind in (0..16u64).filter(|k| *k != libc::SOCK_STREAM as u64) {
+            let on = vec![
+                cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)?,
+                cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), kind)?,
+            ];
+            rules.push(SeccompRule::new(on).map_err(|e| e.to_string())?);
+        }
+    }
+    compile(vec![(libc::SYS_socket, rules)], libc::EPERM)
+}
+
 /// A program in the kernel's binary form (`struct sock_filter[]`), as `bwrap --seccomp` reads it.
 pub fn to_bytes(program: &BpfProgram) -> Vec<u8> {
     let mut out = Vec::with_capacity(program.len() * 8);
@@ -206,6 +223,13 @@ mod tests {
         let denied = deny_list(Network::Denied).unwrap();
         assert!(denied[1].len() > allowed[1].len());
         assert_eq!(denied[0].len(), allowed[0].len(), "the other programs do not change");
+    }
+
+    #[test]
+    fn the_stream_only_filter_has_a_rule_per_family_and_other_type() {
+        let p = stream_sockets_only().unwrap();
+        // Two families times fifteen socket types, each a comparison or more.
+        assert!(p.len() > 30 && p.len() < 4096, "{}", p.len());
     }
 
     #[test]

@@ -174,6 +174,22 @@ impl SandboxPolicy {
     }
 }
 
+/// Where a confined box's installer (pip) reaches the network. Each level has its one way:
+/// pip never gets the host network in a sandbox, only a proxy to the package indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallerNetwork<'a> {
+    /// The host network: the `None` level, which cannot hold pip to anything
+    /// (`install_network` in [`IsolationLevel::gaps`]).
+    Host,
+    /// Bubblewrap: the box's private network namespace, and the proxy on the Unix socket
+    /// `net.sock` of this directory, which the sandbox mounts (`python/net_forwarder.py`
+    /// serves it inside as `127.0.0.1:3128`).
+    ProxySocket(&'a Path),
+    /// Landlock: no TCP but connections to this port (the proxy's, on host loopback), and
+    /// stream sockets only.
+    ProxyPort(u16),
+}
+
 /// The directory of a confined box's installed packages, relative to its working directory.
 /// `.codebox/` is reserved for the box's own state and left out of file listings.
 pub const PACKAGES_DIR: &str = ".codebox/site-packages";
@@ -281,24 +297,44 @@ impl Confinement {
         cwd: Option<&Path>,
         run_dir: Option<&Path>,
     ) -> Result<Prepared> {
-        self.prepare_with(argv, env, python, cwd, run_dir, self.network, &[])
+        self.prepare_with(argv, env, python, cwd, run_dir, self.network, None, &[])
     }
 
     /// The sandboxed `pip` (or any installer) command for `argv`: like [`Confinement::prepare`]
-    /// for a command in the working directory, but with the host network whatever the box's
-    /// setting (except for a box with a network allowlist: its installer keeps the private
-    /// network and reaches the proxy in `run_dir`), and with `read_only` (say a local wheel
-    /// directory) readable.
+    /// for a command in the working directory, with `read_only` (say a local wheel directory)
+    /// readable, and the network `network` (which must fit the box's level: see
+    /// [`InstallerNetwork`]).
     pub fn prepare_installer(
         &self,
         argv: &[String],
         env: &[(String, String)],
         python: &Path,
         read_only: &[PathBuf],
-        run_dir: Option<&Path>,
+        network: InstallerNetwork<'_>,
     ) -> Result<Prepared> {
-        let network = self.network_allowlist.is_empty();
-        self.prepare_with(argv, env, Some(python), None, run_dir, network, read_only)
+        let (run_dir, host_network, proxy_port) = match (network, self.level) {
+            (InstallerNetwork::Host, IsolationLevel::None) => (None, true, None),
+            (InstallerNetwork::ProxySocket(dir), IsolationLevel::Bubblewrap) => (Some(dir), false, None),
+            (InstallerNetwork::ProxyPort(port), IsolationLevel::Landlock) => {
+                // Older Landlock cannot say "this port only": pip would have the host network.
+                match probe().landlock {
+                    Ok(abi) if abi >= 4 => {}
+                    _ => {
+                        return Err(CodeBoxError::unsupported(
+                            "install at the Landlock isolation level needs Landlock network rules \
+                             (ABI 4, Linux 6.7) to keep pip to the package indexes",
+                        ));
+                    }
+                }
+                (None, false, Some(port))
+            }
+            (network, level) => {
+                return Err(CodeBoxError::invalid(format!(
+                    "an installer network {network:?} does not fit the {level:?} isolation level"
+                )));
+            }
+        };
+        self.prepare_with(argv, env, Some(python), None, run_dir, host_network, proxy_port, read_only)
     }
 
     /// Whether the box may reach only the hosts of a network allowlist.
@@ -315,6 +351,7 @@ impl Confinement {
         cwd: Option<&Path>,
         run_dir: Option<&Path>,
         network: bool,
+        proxy_port: Option<u16>,
         extra_read_only: &[PathBuf],
     ) -> Result<Prepared> {
         if self.released.load(Ordering::Acquire) {
@@ -324,8 +361,11 @@ impl Confinement {
         let program = argv.first().map(PathBuf::from).unwrap_or_default();
         let mut read_only = python.map(python_paths).unwrap_or_default();
         read_only.extend(extra_read_only.iter().cloned());
-        // A kernelspec may name a program elsewhere: its directory must be readable too.
-        if program.is_absolute() && python.is_none_or(|p| p != program) {
+        // A kernel's program comes from its kernelspec (the operator's, started without a
+        // box Python): when it is elsewhere, its directory must be readable too. A command's
+        // program is the tenant's: it never adds to what the sandbox shows (a `pyvenv.cfg`
+        // next to it would otherwise bind any host directory it names).
+        if program.is_absolute() && python.is_none() {
             read_only.extend(python_paths(&program));
         }
         let bin = python.or(Some(program.as_path()).filter(|p| p.is_absolute())).and_then(Path::parent);
@@ -350,6 +390,7 @@ impl Confinement {
             env: if self.level == IsolationLevel::None { env.to_vec() } else { box_env },
             uid: self.uid(),
             cwd: cwd.map(Path::to_path_buf),
+            proxy_port,
         };
         let entry = match &self.cgroup {
             Some(cg) => Some(cg.entry().map_err(|e| CodeBoxError::io("opening the session cgroup", e))?),

@@ -199,8 +199,11 @@ async fn install_runs_pip_and_reports_its_failure() {
 
 #[tokio::test]
 async fn installed_packages_import_without_a_restart() {
-    let lb = started().await;
-    // A tiny wheel built on the spot, so the test needs no network.
+    // A tiny wheel built on the spot, found by name in a find-links directory of the box's
+    // pip settings, so the test needs no network (install takes names, never paths).
+    let wheels = tempfile::tempdir().unwrap();
+    let lb = crate::builder().with_env("PIP_FIND_LINKS", wheels.path().to_string_lossy()).build().unwrap();
+    lb.start().await.unwrap();
     let name = format!("codebox_probe_{}", lb.id().replace('-', "_"));
     let make_wheel = format!(
         "import zipfile, os\n\
@@ -215,10 +218,11 @@ async fn installed_packages_import_without_a_restart() {
     );
     let ex = lb.exec(&make_wheel).await.unwrap();
     assert!(ex.is_ok(), "{ex:?}");
-    let wheel = ex.stdout().trim().to_owned();
+    let wheel = std::path::PathBuf::from(ex.stdout().trim());
+    std::fs::copy(&wheel, wheels.path().join(wheel.file_name().unwrap())).unwrap();
     let before = lb.exec(&format!("import {name}")).await.unwrap();
     assert_eq!(before.error().unwrap().name, "ModuleNotFoundError");
-    let output = lb.install(std::slice::from_ref(&wheel)).await.unwrap();
+    let output = lb.install(std::slice::from_ref(&name)).await.unwrap();
     assert!(output.contains("Successfully installed"), "{output}");
     let after = lb.exec(&format!("import {name}\n{name}.VALUE")).await.unwrap();
     let python = lb.python().await.unwrap();

@@ -5,20 +5,6 @@
 
 use super::*;
 
-/// A server on a fresh session root with session uids from a range of this module's own:
-/// these cases run for a while, and a server of another test that claims an overlapping
-/// range SIGKILLs every process in it when it starts.
-fn start(options: Options) -> Serve {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let first = 371_200 + NEXT.fetch_add(1, Ordering::Relaxed) * 32;
-    let base = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut serve = Serve::start_on(&base.path().join("sessions"), options, first..first + 32);
-    serve._base = Some(base);
-    serve
-}
-
 /// How long a request here may take before it counts as hanging.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
@@ -78,7 +64,7 @@ fn start_v1_session(serve: &Serve, key: &str) -> String {
 /// open waits for a writer, so `/health` answers, the box works, and SIGTERM stops the
 /// server.
 fn fifo_downloads_are_refused_and_the_server_keeps_answering(level: Level) {
-    let serve = start(Options::new(level));
+    let serve = Serve::start(Options::new(level));
     let id = start_v1_session(&serve, KEY_A);
     let b = serve.new_session(KEY_B);
     serve.exec(KEY_A, &id, "import os\nfor n in ('p', 'q', 'r', 's'):\n    os.mkfifo(n)").ok();
@@ -114,7 +100,7 @@ fn fifo_downloads_are_refused_and_the_server_keeps_answering(level: Level) {
 /// A recursive listing of a tree deeper than the cap answers 413 saying what to do
 /// instead; the server, and every session on it, stays up.
 fn a_deep_recursive_listing_is_refused(level: Level) {
-    let serve = start(Options::new(level));
+    let serve = Serve::start(Options::new(level));
     let a = serve.new_session(KEY_A);
     let b = serve.new_session(KEY_B);
     let made = serve.exec(KEY_A, &a, &deep_tree_code("'deep'", 2));
@@ -137,7 +123,7 @@ fn a_deep_recursive_listing_is_refused(level: Level) {
 /// removes them with the server up; after a SIGKILL, the next server on the same root
 /// sweeps them and starts.
 fn deep_trees_go_on_delete_and_at_the_next_start(level: Level) {
-    let mut first = start(Options::new(level));
+    let mut first = Serve::start(Options::new(level));
     let root = first.root.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deep_trees_case(level, &mut first)));
     if let Err(panic) = outcome {
@@ -201,7 +187,7 @@ fn deep_trees_case(level: Level, first: &mut Serve) {
 /// HEAD makes the checks GET makes: a missing file, a link and a FIFO answer what GET
 /// answers, and a regular file its length.
 fn head_answers_what_get_answers(level: Level) {
-    let serve = start(Options::new(level));
+    let serve = Serve::start(Options::new(level));
     let a = serve.new_session(KEY_A);
     serve
         .exec(
