@@ -93,7 +93,9 @@ fn fifo_downloads_are_refused_and_the_server_keeps_answering(level: Level) {
     }
     assert!(serve.healthy_within(Duration::from_secs(5)), "/health answers");
     assert_eq!(serve.exec(KEY_B, &b, "print(6 * 7)").ok(), "42\n");
-    assert_eq!(serve.exec(KEY_A, &id, "print(sorted(os.listdir('.')))").ok(), "['p', 'q', 'r', 's']\n");
+    // The FIFOs are still there, untouched (`.codebox/` is the box's own HOME and TMPDIR).
+    let names = serve.exec(KEY_A, &id, "print(sorted(n for n in os.listdir('.') if n != '.codebox'))");
+    assert_eq!(names.ok(), "['p', 'q', 'r', 's']\n");
     serve.stop();
 }
 
@@ -119,9 +121,9 @@ fn a_deep_recursive_listing_is_refused(level: Level) {
     serve.stop();
 }
 
-/// Trees 30 000 levels deep in the working directory and in TMPDIR: deleting the session
-/// removes them with the server up; after a SIGKILL, the next server on the same root
-/// sweeps them and starts.
+/// A tree 30 000 levels deep in TMPDIR (which lives in the box's working area at every
+/// level): deleting the session removes it with the server up; after a SIGKILL, the next
+/// server on the same root sweeps such a tree and starts.
 fn deep_trees_go_on_delete_and_at_the_next_start(level: Level) {
     let mut first = Serve::start(Options::new(level));
     let root = first.root.clone();
@@ -145,20 +147,11 @@ fn deep_trees_go_on_delete_and_at_the_next_start(level: Level) {
 fn deep_trees_case(level: Level, first: &mut Serve) {
     let a = first.new_session(KEY_A);
     let b = first.new_session(KEY_B);
-    let made = first.exec(KEY_A, &a, &deep_tree_code("'deep'", 30));
-    assert!(depth_reached(made.ok()) >= 10_000, "{made:?}");
-    // A box without isolation has the server's TMPDIR, which is not its own to write: it
-    // can write elsewhere on the host, and the server says so.
-    let in_tmp = if level == Level::None {
-        assert!(first.gaps(KEY_A, &a).contains(&"host_filesystem".into()));
-        "'deep-tmp'"
-    } else {
-        "os.path.join(os.environ['TMPDIR'], 'deep')"
-    };
-    if level != Level::None {
-        let made = first.exec(KEY_A, &a, &deep_tree_code(in_tmp, 30));
-        assert_eq!(depth_reached(made.ok()), 30_030, "{made:?}");
-    }
+    let in_tmp = "os.path.join(os.environ['TMPDIR'], 'deep')";
+    let made = first.exec(KEY_A, &a, &deep_tree_code(in_tmp, 30));
+    assert_eq!(depth_reached(made.ok()), 30_030, "{made:?}");
+    let inside = first.exec(KEY_A, &a, "import os; print(os.environ['TMPDIR'].startswith(os.getcwd()))");
+    assert_eq!(inside.ok(), "True\n", "TMPDIR is in the working area at {level:?}");
     let reply = first.request(KEY_A, "DELETE", &format!("/v1/sessions/{a}"), None);
     assert!(reply.status == 204 || reply.status == 200, "{}", reply.text());
     assert!(first.healthy_within(Duration::from_secs(5)), "/health answers after the delete");
@@ -167,7 +160,7 @@ fn deep_trees_case(level: Level, first: &mut Serve) {
     // Left behind by a server that dies: the next one clears it.
     let c = first.new_session(KEY_A);
     let made = first.exec(KEY_A, &c, &deep_tree_code(in_tmp, 30));
-    assert!(depth_reached(made.ok()) >= 10_000, "{made:?}");
+    assert_eq!(depth_reached(made.ok()), 30_030, "{made:?}");
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     let second = Serve::start_on(&first.root, Options::new(level), first.uids.clone());
