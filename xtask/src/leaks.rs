@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 /// Session uids: `codebox-local`'s default range, and the ranges the tests allocate from
-/// (300 000 to 330 000; see the tests of codebox-local, codebox-server and codebox-cli).
-pub(crate) const SESSION_UIDS: [Range<u32>; 2] = [200_000..265_535, 300_000..330_000];
+/// (300 000 to 340 000; see the tests of codebox-local, codebox-server and codebox-cli).
+pub(crate) const SESSION_UIDS: [Range<u32>; 2] = [200_000..265_535, 300_000..340_000];
 
 /// The name of the directory that holds session cgroups (`sandbox::cgroup::BASE_NAME`).
 const CGROUP_BASE: &str = "codebox";
