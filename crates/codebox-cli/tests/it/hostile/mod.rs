@@ -77,13 +77,15 @@ pub(crate) struct Options {
     pub(crate) args: Vec<String>,
     /// Further environment variables of the server process.
     pub(crate) env: Vec<(String, String)>,
+    /// Kernels kept started for new sessions (`--pool-size`).
+    pub(crate) pool: usize,
     /// Keep the server's stderr (the log) for the test to read.
     pub(crate) keep_log: bool,
 }
 
 impl Options {
     pub(crate) fn new(level: Level) -> Self {
-        Self { level, args: Vec::new(), env: Vec::new(), keep_log: false }
+        Self { level, args: Vec::new(), env: Vec::new(), pool: 0, keep_log: false }
     }
 
     pub(crate) fn arg(mut self, a: impl Into<String>) -> Self {
@@ -93,6 +95,11 @@ impl Options {
 
     pub(crate) fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub(crate) fn pool(mut self, kernels: usize) -> Self {
+        self.pool = kernels;
         self
     }
 
@@ -163,7 +170,7 @@ impl Serve {
             .arg("--api-key-file")
             .arg(&keys)
             .args(["--session-uids", &format!("{}-{}", uids.start, uids.end - 1)])
-            .args(["--pool-size", "0", "--workdir-size", "64M"])
+            .args(["--pool-size", &options.pool.to_string(), "--workdir-size", "64M"])
             .arg("--session-root")
             .arg(root);
         if options.level == Level::None {
