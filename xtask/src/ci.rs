@@ -2,8 +2,9 @@
 //!
 //! Steps, in order, failing fast: `setup` (the system packages the tests need, installed
 //! where that can be done unattended: see [`crate::prereqs`]), `fmt`, `clippy`, `test`, `leaks` (nothing the tests' boxes
-//! had is left on the machine: see [`crate::leaks`]), `doc`, `features` (every combination of
-//! the facade's `local`, `remote` and `server` features, with `cargo check`).
+//! had is left on the machine: see [`crate::leaks`]), `doc`, `features` (every distinct
+//! combination of the facade's `local`, `remote`, `server` and `rustls` features, with
+//! `cargo check`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,9 +16,12 @@ use crate::workspace::{cargo, display};
 /// The steps, in the order they run.
 pub(crate) const STEPS: [&str; 7] = ["setup", "fmt", "clippy", "test", "leaks", "doc", "features"];
 
-/// The facade's optional features; the matrix checks every subset of them.
+/// The facade's optional features; the matrix checks every distinct subset of them.
 const FACADE: &str = "codebox";
-const FACADE_FEATURES: [&str; 3] = ["local", "remote", "server"];
+const FACADE_FEATURES: [&str; 4] = ["local", "remote", "server", "rustls"];
+/// Features that turn on another (`rustls` implies `remote`): a subset with the first and not
+/// the second builds exactly what the subset with both builds, so the matrix leaves it out.
+const FACADE_IMPLIES: [(&str, &str); 1] = [("rustls", "remote")];
 
 /// Options of `cargo xtask ci`.
 #[derive(Debug, Default)]
@@ -159,11 +163,15 @@ fn plan() -> Vec<Job> {
     jobs
 }
 
-/// Every subset of the facade's features, smallest first.
+/// Every distinct subset of the facade's features, smallest first: the subsets that leave out
+/// a feature another one implies are the same build as the subset with it, and are left out.
 fn feature_matrix() -> Vec<Vec<&'static str>> {
     let n = FACADE_FEATURES.len();
     let mut subsets: Vec<Vec<&str>> = (0..1u32 << n)
         .map(|mask| FACADE_FEATURES.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, f)| *f).collect())
+        .filter(|subset: &Vec<&str>| {
+            FACADE_IMPLIES.iter().all(|(feature, implied)| !subset.contains(feature) || subset.contains(implied))
+        })
         .collect();
     subsets.sort_by_key(Vec::len);
     subsets
@@ -174,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn feature_matrix_is_every_combination() {
+    fn feature_matrix_is_every_distinct_combination() {
         let matrix = feature_matrix();
         assert_eq!(
             matrix,
@@ -186,9 +194,31 @@ mod tests {
                 vec!["local", "remote"],
                 vec!["local", "server"],
                 vec!["remote", "server"],
+                vec!["remote", "rustls"],
                 vec!["local", "remote", "server"],
+                vec!["local", "remote", "rustls"],
+                vec!["remote", "server", "rustls"],
+                vec!["local", "remote", "server", "rustls"],
             ]
         );
+    }
+
+    /// The matrix's list of features and what implies what must be the facade's own, or a
+    /// new feature would go unchecked.
+    #[test]
+    fn facade_features_are_the_ones_its_manifest_declares() {
+        let manifest = std::fs::read_to_string(crate::workspace::root().join("crates/codebox/Cargo.toml")).unwrap();
+        let section = manifest.split("[features]").nth(1).unwrap().split("\n[").next().unwrap();
+        let declared: Vec<(&str, &str)> =
+            section.lines().filter_map(|line| line.split_once(" = ")).filter(|(name, _)| *name != "default").collect();
+        let names: Vec<&str> = declared.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, FACADE_FEATURES);
+        for (name, enables) in declared {
+            for other in FACADE_FEATURES {
+                let implied = FACADE_IMPLIES.contains(&(name, other));
+                assert_eq!(enables.contains(&format!("\"{other}\"")), implied, "{name} = {enables}, {other}");
+            }
+        }
     }
 
     #[test]
@@ -206,10 +236,10 @@ mod tests {
         );
         assert_eq!(shown[6], "cargo check --package codebox --locked --no-default-features");
         assert_eq!(
-            shown[13],
-            "cargo check --package codebox --locked --no-default-features --features local,remote,server"
+            shown[17],
+            "cargo check --package codebox --locked --no-default-features --features local,remote,server,rustls"
         );
-        assert_eq!(shown.len(), 14);
+        assert_eq!(shown.len(), 18);
         let steps: Vec<&str> = plan.iter().map(|j| j.step).collect();
         assert!(
             steps.windows(2).all(|w| STEPS.iter().position(|s| *s == w[0]) <= STEPS.iter().position(|s| *s == w[1]))

@@ -2,6 +2,7 @@
 
 use std::fmt::Debug;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,7 +26,9 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send + 'static>
 /// CodeBox server. Every backend implements this trait and passes the same conformance
 /// suite, so code written against it runs unchanged on any of them.
 ///
-/// The trait is object safe: `Arc<dyn CodeBox>` works. Conveniences (uploading a byte
+/// The trait is object safe: `Arc<dyn CodeBox>` works. `Arc<T>` and `Box<T>` of any box
+/// (`dyn CodeBox` included) are boxes themselves, forwarding every method to the box they
+/// hold, so a function taking `impl CodeBox` accepts them. Conveniences (uploading a byte
 /// slice, downloading to a file) live in [`CodeBoxExt`].
 #[async_trait]
 pub trait CodeBox: Send + Sync + Debug {
@@ -80,6 +83,11 @@ pub trait CodeBox: Send + Sync + Debug {
 }
 
 /// Conveniences over any [`CodeBox`].
+///
+/// Not meant to be implemented, and it cannot be: every [`CodeBox`] has it through the blanket
+/// impl below, which leaves no type for another impl (a type that is not a [`CodeBox`] lacks
+/// the supertrait), so no separate seal is needed and new conveniences break no one. A
+/// backend changes what these do through [`CodeBox`]'s methods, which they call.
 #[async_trait]
 pub trait CodeBoxExt: CodeBox {
     /// Run code with default options.
@@ -125,13 +133,252 @@ pub trait CodeBoxExt: CodeBox {
 
 impl<T: CodeBox + ?Sized> CodeBoxExt for T {}
 
+/// Forwards every method of [`CodeBox`], the provided ones included, to `**self`, so that a
+/// box's own `run` (say) is used, not the default. A forgotten method is a clippy error
+/// (`missing_trait_methods`), which catches only methods with a default body; one without is
+/// a compile error anyway.
+macro_rules! forward_codebox {
+    ($wrapper:ident) => {
+        #[deny(clippy::missing_trait_methods)]
+        #[async_trait]
+        impl<T: CodeBox + ?Sized> CodeBox for $wrapper<T> {
+            fn id(&self) -> &str {
+                (**self).id()
+            }
+
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+
+            async fn start(&self) -> Result<()> {
+                (**self).start().await
+            }
+
+            async fn stop(&self) -> Result<()> {
+                (**self).stop().await
+            }
+
+            async fn status(&self) -> Result<BoxStatus> {
+                (**self).status().await
+            }
+
+            async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
+                (**self).run_stream(code, options).await
+            }
+
+            async fn run(&self, code: &str, options: RunOptions) -> Result<Execution> {
+                (**self).run(code, options).await
+            }
+
+            async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
+                (**self).upload(path, content).await
+            }
+
+            async fn download(&self, path: &str) -> Result<ByteStream> {
+                (**self).download(path).await
+            }
+
+            async fn list_files(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
+                (**self).list_files(dir, recursive).await
+            }
+
+            async fn delete_file(&self, path: &str) -> Result<()> {
+                (**self).delete_file(path).await
+            }
+
+            async fn install(&self, packages: &[String]) -> Result<String> {
+                (**self).install(packages).await
+            }
+
+            async fn restart(&self) -> Result<()> {
+                (**self).restart().await
+            }
+
+            async fn interrupt(&self) -> Result<()> {
+                (**self).interrupt().await
+            }
+
+            async fn run_command(&self, command: CommandSpec) -> Result<CommandOutput> {
+                (**self).run_command(command).await
+            }
+        }
+    };
+}
+
+forward_codebox!(Arc);
+forward_codebox!(Box);
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use futures::executor::block_on;
+
     use super::*;
+    use crate::CodeBoxError;
 
     #[test]
     fn the_trait_is_object_safe() {
         fn takes(_: Option<std::sync::Arc<dyn CodeBox>>) {}
         takes(None);
+    }
+
+    /// A box that only records which of its methods were called. Every method is its own,
+    /// `run` included, so a wrapper that fell back to a default body would show up as a call
+    /// to `run_stream` instead.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Recorder {
+        fn record<T>(&self, method: &'static str) -> Result<T> {
+            self.calls.lock().unwrap().push(method);
+            Err(CodeBoxError::unsupported(method))
+        }
+
+        fn calls(&self) -> Vec<&'static str> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl CodeBox for Recorder {
+        fn id(&self) -> &str {
+            self.calls.lock().unwrap().push("id");
+            "recorder"
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            self.calls.lock().unwrap().push("capabilities");
+            Capabilities::full(["python"])
+        }
+
+        async fn start(&self) -> Result<()> {
+            self.record("start")
+        }
+
+        async fn stop(&self) -> Result<()> {
+            self.record("stop")
+        }
+
+        async fn status(&self) -> Result<BoxStatus> {
+            self.record("status")
+        }
+
+        async fn run_stream(&self, _: &str, _: RunOptions) -> Result<EventStream> {
+            self.record("run_stream")
+        }
+
+        async fn run(&self, _: &str, _: RunOptions) -> Result<Execution> {
+            self.record("run")
+        }
+
+        async fn upload(&self, _: &str, _: ByteStream) -> Result<FileInfo> {
+            self.record("upload")
+        }
+
+        async fn download(&self, _: &str) -> Result<ByteStream> {
+            self.record("download")
+        }
+
+        async fn list_files(&self, _: &str, _: bool) -> Result<Vec<FileInfo>> {
+            self.record("list_files")
+        }
+
+        async fn delete_file(&self, _: &str) -> Result<()> {
+            self.record("delete_file")
+        }
+
+        async fn install(&self, _: &[String]) -> Result<String> {
+            self.record("install")
+        }
+
+        async fn restart(&self) -> Result<()> {
+            self.record("restart")
+        }
+
+        async fn interrupt(&self) -> Result<()> {
+            self.record("interrupt")
+        }
+
+        async fn run_command(&self, _: CommandSpec) -> Result<CommandOutput> {
+            self.record("run_command")
+        }
+    }
+
+    const EVERY_METHOD: [&str; 15] = [
+        "id",
+        "capabilities",
+        "start",
+        "stop",
+        "status",
+        "run_stream",
+        "run",
+        "upload",
+        "download",
+        "list_files",
+        "delete_file",
+        "install",
+        "restart",
+        "interrupt",
+        "run_command",
+    ];
+
+    /// Calls every method of `b` once, in the order of [`EVERY_METHOD`]; each answer must be
+    /// the recorder's own.
+    fn call_every_method(b: impl CodeBox) {
+        assert_eq!(b.id(), "recorder");
+        assert_eq!(b.capabilities(), Capabilities::full(["python"]));
+        block_on(async {
+            let refused = |method: &str, err: CodeBoxError| {
+                assert_eq!(err.kind(), crate::ErrorKind::Unsupported, "{method}: {err}");
+                assert!(err.to_string().contains(method), "{method}: {err}");
+            };
+            refused("start", b.start().await.unwrap_err());
+            refused("stop", b.stop().await.unwrap_err());
+            refused("status", b.status().await.unwrap_err());
+            refused("run_stream", b.run_stream("1", RunOptions::default()).await.err().unwrap());
+            refused("run", b.run("1", RunOptions::default()).await.unwrap_err());
+            refused("upload", b.upload("f", Box::pin(stream::empty())).await.unwrap_err());
+            refused("download", b.download("f").await.err().unwrap());
+            refused("list_files", b.list_files("", true).await.unwrap_err());
+            refused("delete_file", b.delete_file("f").await.unwrap_err());
+            refused("install", b.install(&["p".to_owned()]).await.unwrap_err());
+            refused("restart", b.restart().await.unwrap_err());
+            refused("interrupt", b.interrupt().await.unwrap_err());
+            refused("run_command", b.run_command(CommandSpec::new("true")).await.unwrap_err());
+        });
+    }
+
+    #[test]
+    fn arc_and_box_forward_every_method_to_the_box_they_hold() {
+        let inner = Arc::new(Recorder::default());
+        call_every_method(Arc::clone(&inner));
+        assert_eq!(inner.calls(), EVERY_METHOD, "through Arc<Recorder>");
+
+        let inner = Arc::new(Recorder::default());
+        call_every_method(Arc::clone(&inner) as Arc<dyn CodeBox>);
+        assert_eq!(inner.calls(), EVERY_METHOD, "through Arc<dyn CodeBox>");
+
+        // A box held twice over: the forwarding composes.
+        let inner = Arc::new(Recorder::default());
+        call_every_method(Box::new(Arc::clone(&inner)));
+        assert_eq!(inner.calls(), EVERY_METHOD, "through Box<Arc<Recorder>>");
+
+        let inner = Arc::new(Recorder::default());
+        call_every_method(Box::new(Arc::clone(&inner)) as Box<dyn CodeBox>);
+        assert_eq!(inner.calls(), EVERY_METHOD, "through Box<dyn CodeBox>");
+    }
+
+    #[test]
+    fn conveniences_reach_the_held_box_through_a_wrapper() {
+        let inner = Arc::new(Recorder::default());
+        let b: Box<dyn CodeBox> = Box::new(Arc::clone(&inner));
+        block_on(async {
+            b.exec("1").await.unwrap_err();
+            b.install_one("p").await.unwrap_err();
+        });
+        assert_eq!(inner.calls(), ["run", "install"]);
     }
 }

@@ -7,6 +7,7 @@
 //! | `local` | yes | [`LocalBox`]: Jupyter kernels on this machine |
 //! | `remote` | yes | [`RemoteBox`]: sessions on a CodeBox server |
 //! | `server` | no | [`server`]: the CodeBox server as a library |
+//! | `rustls` | no | TLS for [`RemoteBox`] (`https://` base URLs) through rustls; implies `remote` |
 //!
 //! Everything in `codebox-core` (the [`CodeBox`] trait, events, results, errors, settings) is
 //! re-exported at the top level whatever the features.

@@ -118,3 +118,22 @@ fn an_unreachable_server_is_a_box_failure() {
     assert!(!stderr.contains("sk-cli-test-secret"), "the key leaked: {stderr}");
     assert!(stderr.contains("connect") || stderr.contains("Connection") || stderr.contains("connection"), "{stderr}");
 }
+
+#[test]
+fn the_binary_speaks_tls_to_an_https_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_codebox"))
+        .args(["run", "-c", "1"])
+        .current_dir(dir.path())
+        .env("CODEBOX_API_KEY", "sk-cli-test-secret")
+        // Port 9 on loopback: nothing listens there. Without TLS built in, the URL would be
+        // refused before any connection was tried.
+        .env("CODEBOX_BASE_URL", "https://127.0.0.1:9")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("needs TLS"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("connect"), "{stderr}");
+}

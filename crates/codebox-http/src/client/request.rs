@@ -85,7 +85,7 @@ impl Request {
             Some("https") if cfg!(feature = "rustls") => {}
             Some("https") => {
                 return Err(CodeBoxError::invalid(format!(
-                    "{url:?} needs TLS; build codebox-http with the `rustls` feature"
+                    "{url:?} needs TLS; build codebox with the `rustls` feature (codebox-remote and codebox-http have it too)"
                 )));
             }
             _ => return Err(CodeBoxError::invalid(format!("{url:?} is not an http:// or https:// URL"))),
