@@ -29,6 +29,10 @@
 //! `CODEBOX_PYTHON`, or a managed virtual environment (see [`managed_python_dir`]) that is
 //! created on first use with ipykernel, matplotlib, numpy and pandas
 //! ([`PythonProfile::Data`]) unless provisioning is [`Provision::Off`].
+//! Building it takes a while (the venv, then one pip run per group of packages); each step is
+//! reported as a [`ProvisionEvent`] to the hook given to
+//! [`with_progress`](LocalBoxBuilder::with_progress), and as `tracing` events. This crate
+//! never prints.
 //!
 //! # Supervision
 //!
