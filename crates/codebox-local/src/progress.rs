@@ -34,7 +34,8 @@ pub struct ProvisionStep {
 /// What happened while building an environment, in order: perhaps [`Waiting`], then
 /// [`Started`], each step's [`StepStarted`], [`Output`] lines and [`StepFinished`], then
 /// [`Finished`]. A build that fails stops where it failed (the error says why); an
-/// environment that is already there reports nothing.
+/// environment that is already there reports nothing; one another process was building
+/// reports [`Waiting`], then [`Finished`] once that build made it ready.
 ///
 /// `Display` gives one line for people, so `|event| eprintln!("{event}")` is a complete hook.
 ///
@@ -47,8 +48,7 @@ pub struct ProvisionStep {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProvisionEvent {
-    /// Another process is building the environment; this one waits for its lock (and then
-    /// usually finds the environment ready, reporting nothing more).
+    /// Another process is building the environment; this one waits for its lock.
     Waiting {
         /// The environment's directory.
         dir: PathBuf,
@@ -89,7 +89,7 @@ pub enum ProvisionEvent {
     Finished {
         /// The environment's directory.
         dir: PathBuf,
-        /// How long the build took.
+        /// How long the build (or the wait for another process's) took.
         elapsed: Duration,
     },
 }

@@ -215,18 +215,20 @@ enum StepWork {
     Install(&'static [&'static str]),
 }
 
-/// Take the lock exclusively, saying so first when another process holds it.
-fn lock_exclusive(lock: &std::fs::File, dir: &Path, lock_path: &Path, reporter: &Reporter<'_>) -> Result<()> {
+/// Take the lock exclusively, saying so first when another process holds it. Returns
+/// whether it had to wait.
+fn lock_exclusive(lock: &std::fs::File, dir: &Path, lock_path: &Path, reporter: &Reporter<'_>) -> Result<bool> {
     use rustix::fs::{FlockOperation, flock};
     match flock(lock, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => return Ok(()),
+        Ok(()) => return Ok(false),
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
             reporter.report(ProvisionEvent::Waiting { dir: dir.to_owned(), lock: lock_path.to_owned() });
         }
         Err(e) => return Err(CodeBoxError::io("locking the managed Python environment", e.into())),
     }
     flock(lock, FlockOperation::LockExclusive)
-        .map_err(|e| CodeBoxError::io("locking the managed Python environment", e.into()))
+        .map_err(|e| CodeBoxError::io("locking the managed Python environment", e.into()))?;
+    Ok(true)
 }
 
 /// Create (or complete) the managed environment at `dir`, holding a lock file so that two
@@ -243,12 +245,16 @@ pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&Progre
         .write(true)
         .open(&lock_path)
         .map_err(|e| CodeBoxError::io(format!("opening {}", lock_path.display()), e))?;
-    lock_exclusive(&lock, dir, &lock_path, &reporter)?;
-    // Someone else may have finished while we waited.
+    let started = Instant::now();
+    let waited = lock_exclusive(&lock, dir, &lock_path, &reporter)?;
+    // Someone else may have finished while we waited; a hook that heard of the wait hears
+    // of its end.
     if ready(dir, profile) {
+        if waited {
+            reporter.report(ProvisionEvent::Finished { dir: dir.to_owned(), elapsed: started.elapsed() });
+        }
         return Ok(());
     }
-    let started = Instant::now();
     let python = venv_python(dir);
     let mut plan = Vec::new();
     if !python.exists() {
@@ -329,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn a_build_another_process_holds_is_waited_for_and_said_once() {
+    fn a_build_another_process_holds_is_waited_for_and_its_end_said() {
         let home = tempfile::tempdir().unwrap();
         let dir = home.path().join("python");
         let lock_path = home.path().join(".python.lock");
@@ -346,7 +352,11 @@ mod tests {
         std::fs::write(dir.join(MARKER), "minimal").unwrap();
         drop(held);
         waiter.join().unwrap().unwrap();
-        assert_eq!(rx.iter().count(), 0, "nothing more is reported");
+        let rest: Vec<ProvisionEvent> = rx.iter().collect();
+        assert!(
+            matches!(rest.as_slice(), [ProvisionEvent::Finished { dir: ready, .. }] if *ready == dir),
+            "the wait ends with the environment ready, and nothing else: {rest:?}"
+        );
         assert!(!venv_python(&dir).exists(), "no venv was made");
     }
 
