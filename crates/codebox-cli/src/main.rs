@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod progress;
 mod run;
 mod serve;
 

@@ -1,5 +1,6 @@
 //! `codebox run`: run code from a file, `-c`, or stdin in a box chosen from the environment,
-//! streaming its output as it happens.
+//! streaming its output as it happens. Building the managed Python environment on a first
+//! run shows its progress on stderr (see [`crate::progress`]).
 
 // Printing the code's output to the terminal is this command's whole job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -7,11 +8,14 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use codebox::{CodeBox, ExecEvent, MimeBundle, Outcome, RunOptions};
+use codebox::{CodeBox, CodeBoxSettings, ExecEvent, LocalBox, MimeBundle, Outcome, RunOptions};
 use futures::StreamExt;
+
+use crate::progress::ProgressView;
 
 /// Exit status when the code raised or timed out.
 const EXIT_CODE_FAILED: u8 = 1;
@@ -87,13 +91,25 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(language) = &args.language {
         options = options.with_language(language.clone());
     }
-    let b = codebox::from_env().context("choosing a box from the environment")?;
+    let b = box_from_env().context("choosing a box from the environment")?;
     b.start().await.context("starting the box")?;
     let result = stream_output(&*b, &code, options, &args).await;
     if let Err(e) = b.stop().await {
         eprintln!("codebox: stopping the box: {e}");
     }
     result
+}
+
+/// The box `codebox::from_env` chooses; a local one shows on stderr how the building of its
+/// Python environment goes, when there is one to build.
+fn box_from_env() -> codebox::Result<Arc<dyn CodeBox>> {
+    let settings = CodeBoxSettings::from_env_and_file(".env")?;
+    if !settings.wants_local() {
+        return codebox::from_settings(&settings);
+    }
+    let view = ProgressView::for_stderr();
+    let b = LocalBox::builder().with_settings(&settings).with_progress(move |event| view.show(event)).build()?;
+    Ok(Arc::new(b))
 }
 
 async fn stream_output(b: &dyn CodeBox, code: &str, options: RunOptions, args: &RunArgs) -> anyhow::Result<ExitCode> {

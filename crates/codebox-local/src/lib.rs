@@ -29,6 +29,10 @@
 //! `CODEBOX_PYTHON`, or a managed virtual environment (see [`managed_python_dir`]) that is
 //! created on first use with ipykernel, matplotlib, numpy and pandas
 //! ([`PythonProfile::Data`]) unless provisioning is [`Provision::Off`].
+//! Building it takes a while (the venv, then one pip run per group of packages); each step is
+//! reported as a [`ProvisionEvent`] to the hook given to
+//! [`with_progress`](LocalBoxBuilder::with_progress), and as `tracing` events. This crate
+//! never prints.
 //!
 //! # Supervision
 //!
@@ -88,6 +92,7 @@ mod kernelspec;
 mod localbox;
 mod output;
 mod pool;
+mod progress;
 mod protocol;
 mod python;
 mod relay;
@@ -99,6 +104,7 @@ mod util;
 pub use crate::kernelspec::LEAN_KERNEL;
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
 pub use crate::pool::KernelPool;
-pub use crate::python::{ProgressFn, Provision, PythonProfile, managed_python_dir, provision_at};
+pub use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep};
+pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at};
 pub use crate::sandbox::netproxy::Allowlist;
 pub use crate::sandbox::{Isolation, IsolationLevel, Limits};

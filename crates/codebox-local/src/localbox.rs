@@ -17,7 +17,8 @@ use crate::exec::ExecLimits;
 use crate::files::Root;
 use crate::kernel::{ExitReason, Kernel, LaunchSpec};
 use crate::pool::KernelPool;
-use crate::python::{ProgressFn, Provision, PythonProfile};
+use crate::progress::{ProgressFn, ProvisionEvent};
+use crate::python::{Provision, PythonProfile};
 use crate::rmtree::OwnedDir;
 use crate::sandbox::netproxy::Allowlist;
 use crate::sandbox::uid::UidAllocator;
@@ -154,6 +155,22 @@ impl LocalBoxBuilder {
         self
     }
 
+    /// Apply what settings say about a local box: `python`, `kernel` and `timeout`, where
+    /// set. [`LocalBox::from_settings`] is this and `build`; the builder leaves room for
+    /// more, such as [`with_progress`](Self::with_progress).
+    pub fn with_settings(mut self, settings: &CodeBoxSettings) -> Self {
+        if let Some(p) = &settings.python {
+            self = self.with_python(p.clone());
+        }
+        if let Some(k) = &settings.kernel {
+            self = self.with_kernel(k.clone());
+        }
+        if let Some(t) = settings.timeout {
+            self = self.with_timeout(t);
+        }
+        self
+    }
+
     /// Allow or forbid creating the managed Python environment.
     pub fn with_provision(mut self, provision: Provision) -> Self {
         self.config.provision = provision;
@@ -166,8 +183,11 @@ impl LocalBoxBuilder {
         self
     }
 
-    /// Receive provisioning progress, one line at a time.
-    pub fn with_progress(mut self, progress: impl Fn(&str) + Send + Sync + 'static) -> Self {
+    /// Hear how building the managed Python environment goes: each step (the venv, then each
+    /// group of packages) with its place and timings, and the lines the tools print. Called
+    /// on the thread doing the build; nothing is reported when the environment is ready.
+    /// Each event displays as one line, so `|event| eprintln!("{event}")` is a complete hook.
+    pub fn with_progress(mut self, progress: impl Fn(&ProvisionEvent) + Send + Sync + 'static) -> Self {
         self.config.progress = Some(Arc::new(progress));
         self
     }
@@ -437,17 +457,7 @@ impl LocalBox {
 
     /// A box configured from settings (`python`, `kernel`, `timeout`). Not started.
     pub fn from_settings(settings: &CodeBoxSettings) -> Result<Self> {
-        let mut b = Self::builder();
-        if let Some(p) = &settings.python {
-            b = b.with_python(p.clone());
-        }
-        if let Some(k) = &settings.kernel {
-            b = b.with_kernel(k.clone());
-        }
-        if let Some(t) = settings.timeout {
-            b = b.with_timeout(t);
-        }
-        b.build()
+        Self::builder().with_settings(settings).build()
     }
 
     fn from_config(config: Config) -> Self {

@@ -4,9 +4,12 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use codebox_core::{CodeBoxError, Result};
+
+use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep, Reporter};
 
 /// Whether LocalBox may create its managed Python environment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,10 +35,12 @@ pub enum PythonProfile {
 }
 
 impl PythonProfile {
-    fn packages(self) -> &'static [&'static str] {
+    /// The packages, in the groups they are installed in: one pip run, and one progress
+    /// step, each, so a long build says where it is.
+    fn package_groups(self) -> &'static [&'static [&'static str]] {
         match self {
-            Self::Data => &["ipykernel", "matplotlib", "numpy", "pandas"],
-            Self::Minimal => &["ipykernel"],
+            Self::Data => &[&["ipykernel"], &["numpy", "pandas"], &["matplotlib"]],
+            Self::Minimal => &[&["ipykernel"]],
         }
     }
 
@@ -46,9 +51,6 @@ impl PythonProfile {
         }
     }
 }
-
-/// A progress callback for provisioning: one human-readable line at a time.
-pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The managed environment's directory: `$CODEBOX_HOME/python`; else, for root,
 /// `/var/lib/codebox/python` (readable by the unprivileged users kernels may run as);
@@ -156,13 +158,6 @@ fn ready(dir: &Path, profile: PythonProfile) -> bool {
     }
 }
 
-fn say(progress: Option<&ProgressFn>, line: &str) {
-    tracing::info!(target: "codebox_local::provision", "{line}");
-    if let Some(p) = progress {
-        p(line);
-    }
-}
-
 fn base_pythons() -> Vec<PathBuf> {
     let mut c = Vec::new();
     if let Some(p) = std::env::var_os("CODEBOX_BASE_PYTHON").filter(|v| !v.is_empty()) {
@@ -178,13 +173,15 @@ fn base_pythons() -> Vec<PathBuf> {
     c
 }
 
-fn run_logged(mut cmd: Command, what: &str, progress: Option<&ProgressFn>) -> Result<()> {
+/// Run one step's tool, reporting each line it prints; on failure, the error carries the
+/// last lines and its stderr.
+fn run_logged(mut cmd: Command, tool: &str, step: &ProvisionStep, reporter: &Reporter<'_>) -> Result<()> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| CodeBoxError::KernelStart { message: format!("{what}: cannot run: {e}") })?;
+        .map_err(|e| CodeBoxError::KernelStart { message: format!("{tool}: cannot run: {e}") })?;
     let stderr = child.stderr.take().expect("piped");
     let err_thread = std::thread::spawn(move || {
         let mut s = String::new();
@@ -193,26 +190,52 @@ fn run_logged(mut cmd: Command, what: &str, progress: Option<&ProgressFn>) -> Re
     });
     let mut tail = std::collections::VecDeque::new();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(|l| l.ok()) {
-        say(progress, &format!("{what}: {line}"));
+        reporter.report(ProvisionEvent::Output { step: step.clone(), line: line.clone() });
         tail.push_back(line);
         if tail.len() > 30 {
             tail.pop_front();
         }
     }
-    let status = child.wait().map_err(|e| CodeBoxError::io(what.to_owned(), e))?;
+    let status = child.wait().map_err(|e| CodeBoxError::io(tool.to_owned(), e))?;
     let stderr = err_thread.join().unwrap_or_default();
     if status.success() {
         return Ok(());
     }
     let out: Vec<String> = tail.into_iter().collect();
     Err(CodeBoxError::KernelStart {
-        message: format!("{what} failed ({status}):\n{}\n{}", out.join("\n"), stderr.trim()),
+        message: format!("{tool} failed ({status}):\n{}\n{}", out.join("\n"), stderr.trim()),
     })
 }
 
+/// What one step of a build runs.
+enum StepWork {
+    /// `python -m venv` with this base Python.
+    Venv(PathBuf),
+    /// `pip install` of one group of packages.
+    Install(&'static [&'static str]),
+}
+
+/// Take the lock exclusively, saying so first when another process holds it. Returns
+/// whether it had to wait.
+fn lock_exclusive(lock: &std::fs::File, dir: &Path, lock_path: &Path, reporter: &Reporter<'_>) -> Result<bool> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(lock, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => return Ok(false),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            reporter.report(ProvisionEvent::Waiting { dir: dir.to_owned(), lock: lock_path.to_owned() });
+        }
+        Err(e) => return Err(CodeBoxError::io("locking the managed Python environment", e.into())),
+    }
+    flock(lock, FlockOperation::LockExclusive)
+        .map_err(|e| CodeBoxError::io("locking the managed Python environment", e.into()))?;
+    Ok(true)
+}
+
 /// Create (or complete) the managed environment at `dir`, holding a lock file so that two
-/// processes never provision at once.
+/// processes never provision at once. Each step (the venv, then each group of packages) is
+/// reported to `progress` and as `tracing` events; nothing is printed.
 pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&ProgressFn>) -> Result<()> {
+    let reporter = Reporter::new(progress);
     let parent = dir.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent).map_err(|e| CodeBoxError::io(format!("creating {}", parent.display()), e))?;
     let lock_path = parent.join(format!(".{}.lock", dir.file_name().and_then(|n| n.to_str()).unwrap_or("python")));
@@ -222,14 +245,18 @@ pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&Progre
         .write(true)
         .open(&lock_path)
         .map_err(|e| CodeBoxError::io(format!("opening {}", lock_path.display()), e))?;
-    say(progress, &format!("waiting for the provisioning lock {}", lock_path.display()));
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| CodeBoxError::io("locking the managed Python environment", e.into()))?;
-    // Someone else may have finished while we waited.
+    let started = Instant::now();
+    let waited = lock_exclusive(&lock, dir, &lock_path, &reporter)?;
+    // Someone else may have finished while we waited; a hook that heard of the wait hears
+    // of its end.
     if ready(dir, profile) {
+        if waited {
+            reporter.report(ProvisionEvent::Finished { dir: dir.to_owned(), elapsed: started.elapsed() });
+        }
         return Ok(());
     }
     let python = venv_python(dir);
+    let mut plan = Vec::new();
     if !python.exists() {
         let _ = std::fs::remove_dir_all(dir);
         let base = base_pythons()
@@ -240,19 +267,40 @@ pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&Progre
                           apt-get install python3-venv) or set CODEBOX_PYTHON"
                     .into(),
             })?;
-        say(progress, &format!("creating the Python environment {} from {}", dir.display(), base.display()));
-        let mut cmd = Command::new(&base);
-        cmd.args(["-m", "venv"]).arg(dir);
-        run_logged(cmd, "venv", progress)?;
+        plan.push(StepWork::Venv(base));
     }
-    let packages = profile.packages();
-    say(progress, &format!("installing {} (profile {})", packages.join(" "), profile.name()));
-    let mut cmd = Command::new(&python);
-    cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]).args(packages);
-    run_logged(cmd, "pip", progress)?;
+    plan.extend(profile.package_groups().iter().map(|group| StepWork::Install(group)));
+    let total = plan.len();
+    reporter.report(ProvisionEvent::Started { dir: dir.to_owned(), total });
+    for (i, work) in plan.into_iter().enumerate() {
+        let (name, description, cmd, tool) = match work {
+            StepWork::Venv(base) => {
+                let mut cmd = Command::new(&base);
+                cmd.args(["-m", "venv"]).arg(dir);
+                ("venv".to_owned(), format!("creating the venv from {}", base.display()), cmd, "venv")
+            }
+            StepWork::Install(packages) => {
+                let mut cmd = Command::new(&python);
+                cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"])
+                    .args(packages);
+                let name = packages.join(" ");
+                let description = format!("installing {name} (profile {})", profile.name());
+                (name, description, cmd, "pip")
+            }
+        };
+        let step = ProvisionStep { name, description, index: i + 1, total };
+        let step_started = Instant::now();
+        reporter.report(ProvisionEvent::StepStarted { step: step.clone(), elapsed: started.elapsed() });
+        run_logged(cmd, tool, &step, &reporter)?;
+        reporter.report(ProvisionEvent::StepFinished {
+            step,
+            took: step_started.elapsed(),
+            elapsed: started.elapsed(),
+        });
+    }
     std::fs::write(dir.join(MARKER), profile.name())
         .map_err(|e| CodeBoxError::io("marking the environment ready", e))?;
-    say(progress, "the Python environment is ready");
+    reporter.report(ProvisionEvent::Finished { dir: dir.to_owned(), elapsed: started.elapsed() });
     Ok(())
 }
 
@@ -284,6 +332,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("CODEBOX_PYTHON"), "{err}");
+    }
+
+    #[test]
+    fn a_build_another_process_holds_is_waited_for_and_its_end_said() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join("python");
+        let lock_path = home.path().join(".python.lock");
+        // A second open file description conflicts with this one as another process would.
+        let held = std::fs::File::create(&lock_path).unwrap();
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let hook: ProgressFn = std::sync::Arc::new(move |e: &ProvisionEvent| tx.send(e.clone()).unwrap());
+        let target = dir.clone();
+        let waiter = std::thread::spawn(move || provision_at(&target, PythonProfile::Minimal, Some(&hook)));
+        assert_eq!(rx.recv().unwrap(), ProvisionEvent::Waiting { dir: dir.clone(), lock: lock_path });
+        // The other build finishes: the waiter finds the environment ready and builds nothing.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(MARKER), "minimal").unwrap();
+        drop(held);
+        waiter.join().unwrap().unwrap();
+        let rest: Vec<ProvisionEvent> = rx.iter().collect();
+        assert!(
+            matches!(rest.as_slice(), [ProvisionEvent::Finished { dir: ready, .. }] if *ready == dir),
+            "the wait ends with the environment ready, and nothing else: {rest:?}"
+        );
+        assert!(!venv_python(&dir).exists(), "no venv was made");
     }
 
     #[test]

@@ -137,3 +137,83 @@ fn the_binary_speaks_tls_to_an_https_server() {
     assert!(!stderr.contains("needs TLS"), "{stderr}");
     assert!(stderr.to_lowercase().contains("connect"), "{stderr}");
 }
+
+/// `codebox run` in a fresh `CODEBOX_HOME`, so it builds its own managed environment there
+/// instead of using the shared one the other tests use (or `CODEBOX_PYTHON`).
+fn codebox_in_fresh_home(args: &[&str], home: &std::path::Path, cwd: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_codebox"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("CODEBOX_API_KEY")
+        .env_remove("CODEBOX_PYTHON")
+        .env("CODEBOX_HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Whether `line` is `<RFC 3339 UTC time> codebox: <what>`.
+fn is_timestamped(line: &str) -> bool {
+    let Some((time, rest)) = line.split_once(' ') else { return false };
+    let shape = time.len() == "2026-01-02T03:04:05Z".len()
+        && time.ends_with('Z')
+        && time.char_indices().all(|(i, c)| match i {
+            4 | 7 => c == '-',
+            10 => c == 'T',
+            13 | 16 => c == ':',
+            19 => c == 'Z',
+            _ => c.is_ascii_digit(),
+        });
+    shape && rest.starts_with("codebox: ")
+}
+
+/// Check that `stderr` is the progress of building the data profile's environment in
+/// `python`: timestamped lines, one as each step starts and ends, and nothing else.
+fn assert_build_steps(stderr: &str, python: &std::path::Path) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.iter().all(|l| is_timestamped(l)), "every line is a timestamped progress line: {stderr}");
+    let expected = [
+        format!("building the Python environment {} (4 steps)", python.display()),
+        "[1/4] creating the venv from ".to_owned(),
+        "[1/4] venv done in ".to_owned(),
+        "[2/4] installing ipykernel (profile data)".to_owned(),
+        "[2/4] ipykernel done in ".to_owned(),
+        "[3/4] installing numpy pandas (profile data)".to_owned(),
+        "[3/4] numpy pandas done in ".to_owned(),
+        "[4/4] installing matplotlib (profile data)".to_owned(),
+        "[4/4] matplotlib done in ".to_owned(),
+        format!("the Python environment {} is ready (", python.display()),
+    ];
+    let said: Vec<&str> = lines.iter().filter_map(|l| l.split_once(" codebox: ").map(|(_, what)| what)).collect();
+    assert_eq!(said.len(), expected.len(), "one line as each step starts and ends: {stderr}");
+    for (line, start) in said.iter().zip(&expected) {
+        assert!(line.starts_with(start.as_str()), "{line:?} should start with {start:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_first_run_shows_each_step_of_building_the_environment_on_stderr_only() {
+    let dir = tempfile::tempdir().unwrap();
+    // Stderr is a pipe here: plain timestamped lines there, and the code's output alone on stdout.
+    let home = tempfile::tempdir().unwrap();
+    let out = codebox_in_fresh_home(&["run", "-c", "print('built')\n6 * 7"], home.path(), dir.path());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "built\n42\n");
+    assert_build_steps(&text(&out.stderr), &home.path().join("python"));
+
+    // With --json, stdout stays JSON lines only while the environment is built.
+    let json_home = tempfile::tempdir().unwrap();
+    let out = codebox_in_fresh_home(&["run", "--json", "-c", "print('built')"], json_home.path(), dir.path());
+    assert!(out.status.success(), "{out:?}");
+    let events: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("stdout is JSON lines only")).collect();
+    assert_eq!(events.first().unwrap()["type"], "stdout", "{events:?}");
+    assert_eq!(events.last().unwrap()["type"], "end", "{events:?}");
+    assert_build_steps(&text(&out.stderr), &json_home.path().join("python"));
+
+    // Once the environment is there, a run says nothing about it.
+    let out = codebox_in_fresh_home(&["run", "-c", "print('again')"], home.path(), dir.path());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "again\n");
+    assert_eq!(text(&out.stderr), "");
+}
