@@ -6,11 +6,12 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
+use crate::date::rfc3339_utc;
 use crate::workspace::{Metadata, cargo, git, output, root, run as run_cmd};
 
 const BENCH_PACKAGE: &str = "codebox-bench";
@@ -252,14 +253,6 @@ fn machine() -> Value {
     })
 }
 
-/// `2026-11-21T21:40:00Z`.
-fn rfc3339_utc(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, m, d) = crate::date::civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,7 +334,7 @@ mod tests {
 
     #[test]
     fn rfc3339_formats_utc() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_297_191);
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_795_297_191);
         assert_eq!(rfc3339_utc(t), "2026-11-21T21:39:51Z");
     }
 }

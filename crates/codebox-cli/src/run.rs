@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use codebox::{CodeBox, CodeBoxSettings, ExecEvent, LocalBox, MimeBundle, Outcome, RunOptions};
+use codebox::{CodeBox, ExecEvent, LocalBox, MimeBundle, Outcome, RunOptions};
 use futures::StreamExt;
 
 use crate::progress::ProgressView;
@@ -103,7 +103,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// The box `codebox::from_env` chooses; a local one shows on stderr how the building of its
 /// Python environment goes, when there is one to build.
 fn box_from_env() -> codebox::Result<Arc<dyn CodeBox>> {
-    let settings = CodeBoxSettings::from_env_and_file(".env")?;
+    let settings = codebox::settings_from_env_and_file(".env")?;
     if !settings.wants_local() {
         return codebox::from_settings(&settings);
     }

@@ -1,8 +1,9 @@
 //! The core of codebox: the [`CodeBox`] trait every backend implements, the types that cross
 //! its boundary, the one error type, and the settings read from the environment.
 //!
-//! This crate performs no I/O of its own. Backends live in their own crates
-//! (`codebox-local`, `codebox-remote`) and the `codebox` facade re-exports them.
+//! This crate performs no I/O of its own: settings come from the process environment or a
+//! lookup function, and the `codebox` facade reads `.env` files. Backends live in their own
+//! crates (`codebox-local`, `codebox-remote`) and the `codebox` facade re-exports them.
 //!
 //! A Python exception raised by user code is *data*: it comes back inside `Ok(Execution)`
 //! with name, value and traceback. An `Err(CodeBoxError)` means the box itself failed.

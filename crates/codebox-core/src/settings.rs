@@ -1,8 +1,8 @@
-//! Client settings, from the environment, a `.env` file, or code.
+//! Client settings, from the environment or code. Reading a `.env` file is I/O, so the
+//! `codebox` facade does it (`settings_from_env_and_file`).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{CodeBoxError, Result};
@@ -102,18 +102,6 @@ impl CodeBoxSettings {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Read the process environment, falling back to a `.env` file for variables the
-    /// environment does not set. A missing file is not an error.
-    pub fn from_env_and_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let file_vars = match std::fs::read_to_string(path) {
-            Ok(text) => parse_dotenv(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-            Err(e) => return Err(CodeBoxError::io(format!("reading {}", path.display()), e)),
-        };
-        Self::from_lookup(|name| std::env::var(name).ok().or_else(|| file_vars.get(name).cloned()))
-    }
-
     /// Read settings through a lookup function (for tests and embedding).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
@@ -176,32 +164,10 @@ impl CodeBoxSettings {
     }
 }
 
-/// Parse `KEY=VALUE` lines: `#` comments, an optional `export `, and single or double quotes.
-fn parse_dotenv(text: &str) -> HashMap<String, String> {
-    let mut vars = HashMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else { continue };
-        let value = value.trim();
-        let value = if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-            inner.replace("\\n", "\n").replace("\\\"", "\"")
-        } else if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-            inner.to_owned()
-        } else {
-            value.split(" #").next().unwrap_or("").trim().to_owned()
-        };
-        vars.insert(key.trim().to_owned(), value);
-    }
-    vars
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -238,19 +204,5 @@ mod tests {
     fn bad_timeout_is_a_clear_error() {
         let err = CodeBoxSettings::from_lookup(lookup(&[("CODEBOX_TIMEOUT", "soon")])).unwrap_err();
         assert!(err.to_string().contains("CODEBOX_TIMEOUT"), "{err}");
-    }
-
-    #[test]
-    fn dotenv_files_fill_in_what_the_environment_lacks() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(".env");
-        std::fs::write(&path, "# comment\nexport CODEBOX_FACTORY_ID='f-1'\nCODEBOX_KERNEL=\"python3\" \nCODEBOX_SESSION_ID=abc # trailing\n").unwrap();
-        let vars = parse_dotenv(&std::fs::read_to_string(&path).unwrap());
-        assert_eq!(vars["CODEBOX_FACTORY_ID"], "f-1");
-        assert_eq!(vars["CODEBOX_KERNEL"], "python3");
-        assert_eq!(vars["CODEBOX_SESSION_ID"], "abc");
-        let s = CodeBoxSettings::from_env_and_file(&path).unwrap();
-        assert_eq!(s.factory_id.as_deref(), Some("f-1"));
-        assert!(CodeBoxSettings::from_env_and_file(dir.path().join("missing")).is_ok());
     }
 }

@@ -138,25 +138,13 @@ pub(crate) fn hex_encode(bytes: &[u8]) -> String {
 
 /// The current UTC time in ISO 8601, as Jupyter headers carry it.
 fn now_iso8601() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z", rem / 3600, rem / 60 % 60, rem % 60, now.subsec_micros())
+    iso8601(std::time::SystemTime::now())
 }
 
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// `t` as `YYYY-MM-DDTHH:MM:SS.ffffffZ`. A clock before 1970 reads as 1970, which humantime
+/// can format (it refuses earlier times).
+fn iso8601(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_micros(t.max(std::time::UNIX_EPOCH)).to_string()
 }
 
 /// Remove terminal colour and cursor escape sequences from kernel text.
@@ -208,8 +196,11 @@ mod tests {
 
     #[test]
     fn dates_are_iso8601() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_000), (2024, 10, 4));
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(iso8601(UNIX_EPOCH - Duration::from_secs(1)), "1970-01-01T00:00:00.000000Z");
+        let day_20_000 = UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + 3_723) + Duration::from_micros(42);
+        assert_eq!(iso8601(day_20_000), "2024-10-04T01:02:03.000042Z");
         assert!(now_iso8601().ends_with('Z'));
     }
 

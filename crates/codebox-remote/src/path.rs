@@ -19,18 +19,7 @@ pub(crate) fn checked_dir(dir: &str) -> Result<String> {
     Ok(normalize_box_path(trimmed)?.to_string_lossy().into_owned())
 }
 
-/// Percent-encode everything but the unreserved characters of RFC 3986.
-pub(crate) fn encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub(crate) use codebox_http::percent::encode_component;
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,8 @@ use std::fmt;
 
 use codebox_core::ApiKey;
 use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// Who is calling: one configured API key, named by its position so that logs can tell
 /// callers apart without ever showing a key.
@@ -58,19 +60,23 @@ impl Caller {
 /// The accepted keys.
 #[derive(Clone)]
 pub(crate) struct ApiKeys {
-    keys: Vec<ApiKey>,
+    /// The SHA-256 of each key, in configuration order. A caller's token is hashed and
+    /// compared against these, so every comparison covers 32 bytes whatever the lengths and
+    /// the time taken does not tell a key's length either.
+    digests: Vec<[u8; 32]>,
     no_auth: bool,
 }
 
 impl fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiKeys").field("count", &self.keys.len()).field("no_auth", &self.no_auth).finish()
+        f.debug_struct("ApiKeys").field("count", &self.digests.len()).field("no_auth", &self.no_auth).finish()
     }
 }
 
 impl ApiKeys {
     pub(crate) fn new(keys: Vec<ApiKey>, no_auth: bool) -> Self {
-        Self { keys, no_auth }
+        let digests = keys.iter().map(|key| Sha256::digest(key.expose().as_bytes()).into()).collect();
+        Self { digests, no_auth }
     }
 
     /// Identify the caller from the request headers. Every configured key is compared,
@@ -82,13 +88,15 @@ impl ApiKeys {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Caller::Missing };
         let bytes = value.as_bytes();
         let Some(token) = bearer_token(bytes) else { return Caller::Invalid };
-        let mut found: Option<u32> = None;
-        for (i, key) in self.keys.iter().enumerate() {
-            if constant_time_eq(token, key.expose().as_bytes()) && found.is_none() {
-                found = Some(i as u32);
-            }
+        let token: [u8; 32] = Sha256::digest(token).into();
+        // The first matching key wins; `NONE` while none has, chosen without branching.
+        const NONE: u32 = u32::MAX;
+        let mut found = NONE;
+        for (i, digest) in self.digests.iter().enumerate() {
+            let first_match = token.ct_eq(digest) & found.ct_eq(&NONE);
+            found.conditional_assign(&(i as u32), first_match);
         }
-        found.map_or(Caller::Invalid, |i| Caller::Known(Owner(i)))
+        if found == NONE { Caller::Invalid } else { Caller::Known(Owner(found)) }
     }
 }
 
@@ -99,18 +107,6 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     }
     let token = rest.trim_ascii();
     (!token.is_empty()).then_some(token)
-}
-
-/// Equality whose running time depends only on the length of `given` (the caller's own input).
-fn constant_time_eq(given: &[u8], key: &[u8]) -> bool {
-    let mut diff = (given.len() ^ key.len()) as u64;
-    if key.is_empty() {
-        return false;
-    }
-    for (i, &b) in given.iter().enumerate() {
-        diff |= u64::from(b ^ key[i % key.len()]);
-    }
-    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]

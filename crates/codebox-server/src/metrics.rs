@@ -1,15 +1,43 @@
-//! Counters for `/metrics`, rendered in the Prometheus text format.
+//! Counters for `/metrics`, kept and rendered (OpenMetrics text) by `prometheus-client`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use codebox_core::{ErrorKind, Outcome};
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The media type of [`Metrics::render`]'s output.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds of the execution duration histogram, in seconds.
 const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0, 300.0];
+
+/// A label value, escaped as the text format requires: prometheus-client writes label values
+/// as given, and one with a `"`, `\` or newline would break the exposition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Label(&'static str);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One label: its name and value.
+type Labels = [(&'static str, Label); 1];
 
 /// How an execution ended, as far as the server is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,138 +65,116 @@ impl ExecutionEnd {
 }
 
 /// The server's counters. Cheap to update from any task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Metrics {
-    sessions_created: AtomicU64,
-    sessions_reaped: AtomicU64,
-    sessions_rejected: AtomicU64,
-    executions_running: AtomicU64,
-    executions: Mutex<BTreeMap<&'static str, u64>>,
-    duration_buckets: [AtomicU64; BUCKETS.len()],
-    duration_count: AtomicU64,
-    duration_sum_us: AtomicU64,
-    errors: Mutex<BTreeMap<&'static str, u64>>,
-    responses: Mutex<BTreeMap<u16, u64>>,
-    bytes_uploaded: AtomicU64,
-    bytes_downloaded: AtomicU64,
+    registry: Registry,
+    sessions: Gauge,
+    sessions_created: Counter,
+    sessions_reaped: Counter,
+    sessions_rejected: Counter,
+    executions_running: Gauge,
+    executions: Family<Labels, Counter>,
+    duration: Histogram,
+    errors: Family<Labels, Counter>,
+    responses: Family<[(&'static str, u16); 1], Counter>,
+    file_bytes: Family<Labels, Counter>,
 }
 
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    *map.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
+impl Default for Metrics {
+    fn default() -> Self {
+        let metrics = Self {
+            registry: Registry::default(),
+            sessions: Gauge::default(),
+            sessions_created: Counter::default(),
+            sessions_reaped: Counter::default(),
+            sessions_rejected: Counter::default(),
+            executions_running: Gauge::default(),
+            executions: Family::default(),
+            duration: Histogram::new(BUCKETS),
+            errors: Family::default(),
+            responses: Family::default(),
+            file_bytes: Family::default(),
+        };
+        // Both directions show from the start, as zero.
+        for direction in ["upload", "download"] {
+            metrics.file_bytes.get_or_create(&[("direction", Label(direction))]).inc_by(0);
+        }
+        let mut registry = Registry::default();
+        // Counters are registered without `_total` and help texts without their full stop:
+        // the encoder adds both.
+        registry.register("codebox_sessions", "Sessions alive or starting", metrics.sessions.clone());
+        registry.register("codebox_sessions_created", "Sessions started", metrics.sessions_created.clone());
+        registry.register(
+            "codebox_sessions_reaped",
+            "Sessions stopped for being idle",
+            metrics.sessions_reaped.clone(),
+        );
+        registry.register(
+            "codebox_sessions_rejected",
+            "Session creations refused because the server was full",
+            metrics.sessions_rejected.clone(),
+        );
+        registry.register("codebox_executions_running", "Executions in progress", metrics.executions_running.clone());
+        registry.register("codebox_executions", "Finished executions by outcome", metrics.executions.clone());
+        registry.register(
+            "codebox_execution_duration_seconds",
+            "Execution wall time seen by the server",
+            metrics.duration.clone(),
+        );
+        registry.register("codebox_errors", "Error responses and stream errors by kind", metrics.errors.clone());
+        registry.register("codebox_http_responses", "HTTP responses by status", metrics.responses.clone());
+        registry.register("codebox_file_bytes", "File bytes moved through the server", metrics.file_bytes.clone());
+        Self { registry, ..metrics }
+    }
 }
 
 impl Metrics {
     pub(crate) fn session_created(&self) {
-        self.sessions_created.fetch_add(1, Ordering::Relaxed);
+        self.sessions_created.inc();
     }
 
     pub(crate) fn session_reaped(&self) {
-        self.sessions_reaped.fetch_add(1, Ordering::Relaxed);
+        self.sessions_reaped.inc();
     }
 
     pub(crate) fn session_rejected(&self) {
-        self.sessions_rejected.fetch_add(1, Ordering::Relaxed);
+        self.sessions_rejected.inc();
     }
 
     pub(crate) fn execution_started(&self) {
-        self.executions_running.fetch_add(1, Ordering::Relaxed);
+        self.executions_running.inc();
     }
 
     pub(crate) fn execution_ended(&self, end: ExecutionEnd, elapsed: Duration) {
-        self.executions_running.fetch_sub(1, Ordering::Relaxed);
-        bump(&self.executions, end.label());
-        let secs = elapsed.as_secs_f64();
-        for (bound, count) in BUCKETS.iter().zip(&self.duration_buckets) {
-            if secs <= *bound {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.executions_running.dec();
+        self.executions.get_or_create(&[("outcome", Label(end.label()))]).inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 
     /// Count an error answered to a client.
     pub(crate) fn error(&self, kind: ErrorKind) {
-        bump(&self.errors, kind.as_str());
+        self.errors.get_or_create(&[("kind", Label(kind.as_str()))]).inc();
     }
 
     pub(crate) fn response(&self, status: u16) {
-        bump(&self.responses, status);
+        self.responses.get_or_create(&[("status", status)]).inc();
     }
 
     pub(crate) fn uploaded(&self, bytes: u64) {
-        self.bytes_uploaded.fetch_add(bytes, Ordering::Relaxed);
+        self.file_bytes.get_or_create(&[("direction", Label("upload"))]).inc_by(bytes);
     }
 
     pub(crate) fn downloaded(&self, bytes: u64) {
-        self.bytes_downloaded.fetch_add(bytes, Ordering::Relaxed);
+        self.file_bytes.get_or_create(&[("direction", Label("download"))]).inc_by(bytes);
     }
 
-    /// The Prometheus text exposition. `sessions` is the number of live sessions.
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]). `sessions` is the number of live
+    /// sessions.
     pub(crate) fn render(&self, sessions: usize) -> String {
+        self.sessions.set(i64::try_from(sessions).unwrap_or(i64::MAX));
         let mut out = String::with_capacity(4096);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        let one = |v: u64| vec![(String::new(), v.to_string())];
-        metric("codebox_sessions", "gauge", "Sessions alive or starting.", &one(sessions as u64));
-        metric("codebox_sessions_created_total", "counter", "Sessions started.", &one(load(&self.sessions_created)));
-        metric(
-            "codebox_sessions_reaped_total",
-            "counter",
-            "Sessions stopped for being idle.",
-            &one(load(&self.sessions_reaped)),
-        );
-        metric(
-            "codebox_sessions_rejected_total",
-            "counter",
-            "Session creations refused because the server was full.",
-            &one(load(&self.sessions_rejected)),
-        );
-        metric("codebox_executions_running", "gauge", "Executions in progress.", &one(load(&self.executions_running)));
-        let by_outcome: Vec<(String, String)> = self
-            .executions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), v.to_string()))
-            .collect();
-        metric("codebox_executions_total", "counter", "Finished executions by outcome.", &by_outcome);
-        let mut hist: Vec<(String, String)> = BUCKETS
-            .iter()
-            .zip(&self.duration_buckets)
-            .map(|(b, c)| (format!("_bucket{{le=\"{b}\"}}"), load(c).to_string()))
-            .collect();
-        let count = load(&self.duration_count);
-        hist.push(("_bucket{le=\"+Inf\"}".into(), count.to_string()));
-        hist.push(("_sum".into(), format!("{}", load(&self.duration_sum_us) as f64 / 1e6)));
-        hist.push(("_count".into(), count.to_string()));
-        metric("codebox_execution_duration_seconds", "histogram", "Execution wall time seen by the server.", &hist);
-        let errors: Vec<(String, String)> = self
-            .errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), v.to_string()))
-            .collect();
-        metric("codebox_errors_total", "counter", "Error responses and stream errors by kind.", &errors);
-        let responses: Vec<(String, String)> = self
-            .responses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (format!("{{status=\"{k}\"}}"), v.to_string()))
-            .collect();
-        metric("codebox_http_responses_total", "counter", "HTTP responses by status.", &responses);
-        let bytes = vec![
-            ("{direction=\"upload\"}".to_string(), load(&self.bytes_uploaded).to_string()),
-            ("{direction=\"download\"}".to_string(), load(&self.bytes_downloaded).to_string()),
-        ];
-        metric("codebox_file_bytes_total", "counter", "File bytes moved through the server.", &bytes);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -192,5 +198,16 @@ mod tests {
         assert!(text.contains("codebox_errors_total{kind=\"not_found\"} 1\n"), "{text}");
         assert!(text.contains("codebox_file_bytes_total{direction=\"upload\"} 10\n"), "{text}");
         assert!(text.contains("codebox_executions_running 0\n"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let family = Family::<Labels, Counter>::default();
+        family.get_or_create(&[("kind", Label("a\"b\\c\nd"))]).inc();
+        let mut registry = Registry::default();
+        registry.register("odd", "Odd labels", family);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("odd_total{kind=\"a\\\"b\\\\c\\nd\"} 1\n"), "{text}");
     }
 }

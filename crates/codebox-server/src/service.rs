@@ -93,7 +93,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
     };
     if route == Route::Metrics {
         let mut resp = Response::new(Body::full(state.metrics.render(state.registry.len())));
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
         return resp;
     }
     match api::dispatch(state, route, params, owner, req).await {

@@ -15,6 +15,10 @@
 
 use std::sync::Arc;
 
+mod env_file;
+
+pub use env_file::settings_from_env_and_file;
+
 #[doc(inline)]
 pub use codebox_core::*;
 
@@ -49,7 +53,7 @@ pub use codebox_server as server;
 /// No `CODEBOX_API_KEY`, or the key `local`, gives a [`LocalBox`]; any other key gives a
 /// [`RemoteBox`] at `CODEBOX_BASE_URL`.
 pub fn from_env() -> Result<Arc<dyn CodeBox>> {
-    from_settings(&CodeBoxSettings::from_env_and_file(".env")?)
+    from_settings(&settings_from_env_and_file(".env")?)
 }
 
 /// Like [`from_env`], then started: ready to run code.

@@ -350,15 +350,37 @@ struct Target {
     tunnel: bool,
 }
 
-/// The destination of a request whose head is `head`: `CONNECT host:port` or an
-/// absolute `http://` URI. `None` for anything else.
-fn parse_target(head: &str) -> Option<Target> {
-    let line = head.lines().next()?;
-    let mut parts = line.split(' ');
-    let (method, uri, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
-        return None;
+/// What the bytes read so far say about a request head.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// Not all of it has arrived.
+    Partial,
+    /// Not an HTTP/1 request head.
+    Invalid,
+    /// A whole head of `len` bytes, and where it wants to go when the proxy serves that.
+    Complete { len: usize, target: Option<Target> },
+}
+
+/// Parse the request head at the start of `buf` with `httparse`.
+fn read_head(buf: &[u8]) -> Head {
+    // Every header ends a line, so the lines seen bound the headers: no head within MAX_HEAD
+    // is refused for having many of them.
+    let lines = buf.iter().filter(|&&b| b == b'\n').count();
+    let mut headers = vec![httparse::EMPTY_HEADER; lines + 1];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Ok(httparse::Status::Complete(len)) => {
+            let target = request.method.zip(request.path).and_then(|(method, uri)| parse_target(method, uri));
+            Head::Complete { len, target }
+        }
+        Err(_) => Head::Invalid,
     }
+}
+
+/// The destination of an HTTP/1 request for `uri` by `method`: `CONNECT host:port` or an
+/// absolute `http://` URI. `None` for anything else.
+fn parse_target(method: &str, uri: &str) -> Option<Target> {
     let (authority, default_port, tunnel) = if method.eq_ignore_ascii_case("CONNECT") {
         (uri, None, true)
     } else {
@@ -391,9 +413,11 @@ async fn answer(conn: &mut (impl AsyncWrite + Unpin), status: &str, message: &st
 
 async fn serve(mut conn: impl AsyncRead + AsyncWrite + Unpin, allowlist: &Allowlist) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+    let (head_end, target) = loop {
+        match read_head(&buf) {
+            Head::Complete { len, target } => break (len, target),
+            Head::Invalid => break (0, None),
+            Head::Partial => {}
         }
         if buf.len() >= MAX_HEAD {
             return answer(&mut conn, "431 Request Header Fields Too Large", "request head too large").await;
@@ -405,8 +429,7 @@ async fn serve(mut conn: impl AsyncRead + AsyncWrite + Unpin, allowlist: &Allowl
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let Some(target) = parse_target(&head) else {
+    let Some(target) = target else {
         return answer(&mut conn, "400 Bad Request", "only CONNECT and absolute http:// requests are proxied").await;
     };
     if !allowlist.allows(&target.host, target.port) {
@@ -474,7 +497,10 @@ mod tests {
 
     #[test]
     fn targets_come_from_connect_and_absolute_requests_only() {
-        let t = |s: &str| parse_target(s);
+        let t = |s: &str| match read_head(s.as_bytes()) {
+            Head::Complete { len, target } if len == s.len() => target,
+            other => panic!("{s:?} is a whole head: {other:?}"),
+        };
         assert_eq!(
             t("CONNECT pypi.org:443 HTTP/1.1\r\n\r\n"),
             Some(Target { host: "pypi.org".into(), port: 443, tunnel: true })
@@ -491,6 +517,24 @@ mod tests {
         assert_eq!(t("CONNECT pypi.org HTTP/1.1\r\n\r\n"), None, "CONNECT needs a port");
         assert_eq!(t("GET http://user@h.org/ HTTP/1.1\r\n\r\n"), None);
         assert_eq!(t("GET https://h.org/ HTTP/1.1\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn heads_are_read_whole_or_refused() {
+        assert_eq!(read_head(b"CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org"), Head::Partial);
+        for bad in
+            [&b"CONNECT pypi.org:443 HTTP/2.0\r\n\r\n"[..], b"GET  http://h.org/ HTTP/1.1\r\n\r\n", b"\x16\x03\x01"]
+        {
+            assert_eq!(read_head(bad), Head::Invalid, "{:?}", String::from_utf8_lossy(bad));
+        }
+        // As many headers as fit in the largest head the proxy reads.
+        let mut many = b"GET http://h.org/ HTTP/1.1\r\n".to_vec();
+        while many.len() < MAX_HEAD - 16 {
+            many.extend_from_slice(b"X-A: b\r\n");
+        }
+        many.extend_from_slice(b"\r\n");
+        let target = Some(Target { host: "h.org".into(), port: 80, tunnel: false });
+        assert_eq!(read_head(&many), Head::Complete { len: many.len(), target });
     }
 
     async fn request(socket: &Path, head: &str) -> String {

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use codebox_core::{CodeBoxError, ErrorKind, FileInfo, Result, normalize_box_path};
+use codebox_http::percent::DecodeError;
 use codebox_http::server::{Body, json_response, status_error, stream_limited};
 use futures::StreamExt;
 use http::{HeaderValue, header};
@@ -15,23 +16,10 @@ use crate::state::AppState;
 
 /// Decode one percent-encoded URL component. Malformed escapes and non-UTF-8 are refused.
 pub(crate) fn percent_decode(s: &str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            let byte = hex
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| CodeBoxError::invalid(format!("malformed percent-encoding in {:?}", truncate(s))))?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| CodeBoxError::invalid(format!("{:?} does not decode to UTF-8", truncate(s))))
+    codebox_http::percent::decode_component(s).map_err(|e| match e {
+        DecodeError::Malformed => CodeBoxError::invalid(format!("malformed percent-encoding in {:?}", truncate(s))),
+        DecodeError::NotUtf8 => CodeBoxError::invalid(format!("{:?} does not decode to UTF-8", truncate(s))),
+    })
 }
 
 fn truncate(s: &str) -> &str {

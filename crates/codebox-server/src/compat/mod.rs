@@ -84,6 +84,7 @@ use http::{HeaderValue, Method, header};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::auth::Owner;
 use crate::sessions::Session;
@@ -331,35 +332,18 @@ fn strip_kind(err: &CodeBoxError) -> String {
     }
 }
 
+/// What a `Content-Disposition` file name cannot carry as is: control characters, non-ASCII
+/// bytes (always encoded by `percent-encoding`) and `;`, `"`, `\`, `%`.
+const HEADER_UNSAFE: &AsciiSet = &CONTROLS.add(b';').add(b'"').add(b'\\').add(b'%');
+
 /// `name` with control characters, non-ASCII bytes and `;`, `"`, `\`, `%` percent-encoded.
 fn header_safe(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if (b.is_ascii_graphic() && !matches!(b, b';' | b'"' | b'\\' | b'%')) || b == b' ' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(name, HEADER_UNSAFE).to_string()
 }
 
 /// Decode `%XX` escapes; `None` when an escape is malformed or the result is not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    codebox_http::percent::decode_component(s).ok()
 }
 
 /// Seconds from a client, as a timeout.

@@ -1,13 +1,24 @@
-//! A streaming reader for the one `multipart/form-data` upload both codebox-api clients send:
-//! a single file part named `file`. The part's content is handed on as a stream of chunks, so
-//! an upload never sits whole in memory.
+//! The one `multipart/form-data` upload both codebox-api clients send: a single file part
+//! named `file`. `multer` reads the form; the part's content is handed on as a stream of
+//! chunks, so an upload never sits whole in memory.
+//!
+//! multer buffers what comes before the file (preamble, part headers, plain fields) until it
+//! has read past it, and reads every chunk the body has ready at once. [`Paced`] keeps both
+//! bounded: multer gets one chunk per poll, and what it holds without handing it on as file
+//! content is capped at [`MAX_HELD`].
 
-use bytes::{Buf, Bytes, BytesMut};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use codebox_core::{ByteStream, CodeBoxError, Result};
-use futures::{StreamExt, stream};
+use futures::{Stream, StreamExt};
 
-/// How much of a part's headers is read before the request is refused.
-const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How much of the body multer may hold without handing it on as file content: the form
+/// before the file (preamble, part headers, plain fields) and one chunk of the body.
+const MAX_HELD: u64 = 1024 * 1024;
 
 /// The file part of a form: its field name, the file name the client gave, and its content.
 pub(crate) struct FilePart {
@@ -52,153 +63,97 @@ pub(crate) fn boundary(content_type: &str) -> Result<String> {
 /// fields before it, and return that part with its content as a stream. The stream ends at the
 /// part's closing boundary; a body that ends before it is an error of the stream.
 pub(crate) async fn first_file_part(body: ByteStream, boundary: &str) -> Result<FilePart> {
-    let mut reader = Reader { body, buf: BytesMut::new(), eof: false };
-    let dash_boundary = format!("--{boundary}");
-    // The preamble ends with the first boundary line.
-    let Some(at) = reader.find(dash_boundary.as_bytes(), usize::MAX).await? else {
-        return Err(CodeBoxError::invalid("the multipart body has no boundary line"));
-    };
-    reader.buf.advance(at + dash_boundary.len());
-    let delimiter: Bytes = Bytes::from(format!("\r\n--{boundary}"));
+    let held = Arc::new(AtomicU64::new(0));
+    let paced = Paced { body, held: Arc::clone(&held), yielded: false };
+    let mut form = multer::Multipart::new(paced, boundary);
     loop {
-        // After a boundary: `--` ends the form, CRLF starts a part.
-        reader.fill_to(2).await?;
-        if reader.buf.starts_with(b"--") {
+        let field = form.next_field().await.map_err(|e| form_error(e, Reading::Form))?;
+        let Some(field) = field else {
             return Err(CodeBoxError::invalid("the multipart body has no file part named `file`"));
-        }
-        let Some(end) = reader.find(b"\r\n\r\n", MAX_HEADER_BYTES).await? else {
-            return Err(CodeBoxError::invalid("a multipart part has no end of headers"));
         };
-        let headers = reader.buf.split_to(end + 4);
-        let headers = String::from_utf8_lossy(&headers);
-        let (field, file_name) = parse_disposition(&headers)?;
-        if let Some(file_name) = file_name {
-            let content = part_stream(reader, delimiter);
-            return Ok(FilePart { field, file_name, content });
-        }
-        // A plain field: skip its value up to the next boundary.
-        loop {
-            match reader.find(&delimiter, usize::MAX).await? {
-                Some(at) => {
-                    reader.buf.advance(at + delimiter.len());
-                    break;
-                }
-                None if reader.eof => return Err(CodeBoxError::invalid("the multipart body ended inside a field")),
-                None => {
-                    let keep = delimiter.len() - 1;
-                    let drop = reader.buf.len().saturating_sub(keep);
-                    reader.buf.advance(drop);
-                }
-            }
-        }
+        let disposition = field
+            .headers()
+            .get(http::header::CONTENT_DISPOSITION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .ok_or_else(|| CodeBoxError::invalid("a multipart part has no Content-Disposition header"))?;
+        let (name, file_name) = parse_disposition(&disposition)?;
+        // A plain field is skipped: multer reads past it at the next call.
+        let Some(file_name) = file_name else { continue };
+        let content = field
+            .map(move |chunk| {
+                let chunk = chunk.map_err(|e| form_error(e, Reading::File))?;
+                held.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                Ok(chunk)
+            })
+            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
+            .boxed();
+        return Ok(FilePart { field: name, file_name, content });
     }
 }
 
-/// The content of the current part as a stream of chunks, ending at `delimiter`.
-fn part_stream(reader: Reader, delimiter: Bytes) -> ByteStream {
-    Box::pin(stream::try_unfold(Some(reader), move |state| {
-        let delimiter = delimiter.clone();
-        async move {
-            let Some(mut reader) = state else { return Ok(None) };
-            loop {
-                if let Some(at) = find_in(&reader.buf, &delimiter) {
-                    let chunk = reader.buf.split_to(at).freeze();
-                    return Ok(Some((chunk, None)));
-                }
-                // Everything but a possible start of the delimiter can go out now.
-                let safe = reader.buf.len().saturating_sub(delimiter.len() - 1);
-                if safe > 0 && reader.buf.len() >= 64 * 1024 {
-                    let chunk = reader.buf.split_to(safe).freeze();
-                    return Ok(Some((chunk, Some(reader))));
-                }
-                if reader.eof {
-                    return Err(CodeBoxError::invalid(
-                        "the multipart body ended before the file part's closing boundary",
-                    ));
-                }
-                if !reader.read_more().await? && safe > 0 {
-                    let chunk = reader.buf.split_to(safe).freeze();
-                    return Ok(Some((chunk, Some(reader))));
-                }
-            }
-        }
-    }))
-    .filter(|chunk| std::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
-    .boxed()
+/// What was being read when multer failed.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// The form up to the file part.
+    Form,
+    /// The file part's content.
+    File,
 }
 
-/// Buffers the body just enough to find boundaries.
-struct Reader {
+/// Our error for one of multer's: the body's own error as it was (a limit, a stall, a cut),
+/// else a 400 that says what is wrong with the form.
+fn form_error(err: multer::Error, reading: Reading) -> CodeBoxError {
+    match (err, reading) {
+        (multer::Error::StreamReadFailed(cause), _) => match cause.downcast::<CodeBoxError>() {
+            Ok(ours) => *ours,
+            Err(other) => CodeBoxError::invalid(format!("reading the multipart body: {other}")),
+        },
+        (multer::Error::IncompleteStream | multer::Error::IncompleteFieldData { .. }, Reading::Form) => {
+            CodeBoxError::invalid("the multipart body has no boundary line, or ends inside a part")
+        }
+        (multer::Error::IncompleteFieldData { .. }, Reading::File) => {
+            CodeBoxError::invalid("the multipart body ended before the file part's closing boundary")
+        }
+        (other, _) => CodeBoxError::invalid(format!("malformed multipart body: {other}")),
+    }
+}
+
+/// The body as multer reads it: one chunk per poll (multer otherwise reads all the body has
+/// ready into its buffer), and refused once multer holds more than [`MAX_HELD`] bytes it has
+/// not handed on as file content.
+struct Paced {
     body: ByteStream,
-    buf: BytesMut,
-    eof: bool,
+    /// Bytes given to multer minus the file content it has handed on.
+    held: Arc<AtomicU64>,
+    /// A chunk went out on the last poll: this one yields to let multer use it.
+    yielded: bool,
 }
 
-impl Reader {
-    /// Append the next chunk of the body; `false` at the end of the body.
-    async fn read_more(&mut self) -> Result<bool> {
-        match self.body.next().await {
-            Some(Ok(chunk)) => {
-                self.buf.extend_from_slice(&chunk);
-                Ok(true)
-            }
-            Some(Err(e)) => Err(e),
-            None => {
-                self.eof = true;
-                Ok(false)
-            }
-        }
-    }
+impl Stream for Paced {
+    type Item = Result<Bytes>;
 
-    /// Read until at least `n` bytes are buffered or the body ends.
-    async fn fill_to(&mut self, n: usize) -> Result<()> {
-        while self.buf.len() < n && self.read_more().await? {}
-        Ok(())
-    }
-
-    /// The position of `needle`, reading more of the body as needed, giving up (with `None`)
-    /// when `limit` bytes are buffered without it or when the body ends.
-    async fn find(&mut self, needle: &[u8], limit: usize) -> Result<Option<usize>> {
-        loop {
-            if let Some(at) = find_in(&self.buf, needle) {
-                return Ok(Some(at));
-            }
-            if self.buf.len() >= limit || self.eof {
-                return Ok(None);
-            }
-            if limit == usize::MAX && self.buf.len() >= 64 * 1024 {
-                // A caller scanning for a boundary drops what it cannot match; let it.
-                return Ok(None);
-            }
-            self.read_more().await?;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if std::mem::take(&mut self.yielded) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
+        let chunk = match self.body.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => chunk,
+            other => return other,
+        };
+        let len = chunk.len() as u64;
+        if self.held.fetch_add(len, Ordering::Relaxed) + len > MAX_HELD {
+            return Poll::Ready(Some(Err(CodeBoxError::invalid(format!(
+                "the multipart form before the file is over {MAX_HELD} bytes"
+            )))));
+        }
+        self.yielded = true;
+        Poll::Ready(Some(Ok(chunk)))
     }
 }
 
-/// The first position of `needle` in `hay`.
-fn find_in(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let (&first, rest) = needle.split_first()?;
-    let mut from = 0;
-    while let Some(pos) = hay[from..].iter().position(|&b| b == first) {
-        let at = from + pos;
-        if hay.len() - at < needle.len() {
-            return None;
-        }
-        if &hay[at + 1..at + needle.len()] == rest {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
-}
-
-/// The field name and file name of a part, from its `Content-Disposition` header.
-fn parse_disposition(headers: &str) -> Result<(String, Option<String>)> {
-    let line = headers
-        .split("\r\n")
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-disposition")))
-        .map(|(_, v)| v.trim())
-        .ok_or_else(|| CodeBoxError::invalid("a multipart part has no Content-Disposition header"))?;
+/// The field name and file name of a part, from its `Content-Disposition` header value.
+fn parse_disposition(line: &str) -> Result<(String, Option<String>)> {
     let mut name = None;
     let mut file_name = None;
     let mut file_name_ext = None;
@@ -270,7 +225,7 @@ fn decode_ext_value(value: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::TryStreamExt;
+    use futures::{TryStreamExt, stream};
 
     fn body(chunks: Vec<&'static [u8]>) -> ByteStream {
         Box::pin(stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c)))))
@@ -323,6 +278,34 @@ Content-Disposition: form-data; name=\"file\"; filename=\"x.txt\"; filename*=utf
         let part = first_file_part(body(vec![cut]), "b").await.unwrap();
         let err = read(part).await.unwrap_err();
         assert!(err.to_string().contains("closing boundary"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_file_streams_while_the_form_before_it_is_bounded() {
+        let head =
+            Bytes::from_static(b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big\"\r\n\r\n");
+        let tail = Bytes::from_static(b"\r\n--b--\r\n");
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = |before: usize, file: usize| -> ByteStream {
+            let all = std::iter::repeat_n(chunk.clone(), before)
+                .chain([head.clone()])
+                .chain(std::iter::repeat_n(chunk.clone(), file))
+                .chain([tail.clone()]);
+            Box::pin(stream::iter(all.map(Ok)))
+        };
+        // Eight times what multer may hold, handed on as it comes.
+        let part = first_file_part(chunks(0, 128), "b").await.unwrap();
+        assert_eq!(read(part).await.unwrap().len(), 128 * chunk.len());
+        // A preamble over the bound is refused, not buffered.
+        let err = first_file_part(chunks(32, 1), "b").await.unwrap_err();
+        assert!(err.to_string().contains("before the file"), "{err}");
+        // The body's own error reaches the caller as it was.
+        let failing: ByteStream = Box::pin(stream::iter([
+            Ok(head.clone()),
+            Err(codebox_http::server::status_error(413, codebox_core::ErrorKind::TooLarge, "over the limit")),
+        ]));
+        let part = first_file_part(failing, "b").await.unwrap();
+        assert_eq!(read(part).await.unwrap_err().kind(), codebox_core::ErrorKind::TooLarge);
     }
 
     /// `raw` as a body cut at `cuts`.
