@@ -50,8 +50,9 @@ where
 
 /// Bytes of request bodies held in memory at once, shared by every request of a server:
 /// without it, many concurrent bodies each under the per-body limit could together take
-/// all memory. A body takes its share chunk by chunk as the bytes arrive (so a client that
-/// sends slowly holds only what it sent), and gives it back when its [`BufferedBody`] drops.
+/// all memory. A body with a `Content-Length` takes its whole share when its first bytes
+/// arrive, a chunked one chunk by chunk as the bytes arrive; each gives it back when its
+/// [`BufferedBody`] drops.
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
     bytes: Arc<Semaphore>,
@@ -126,15 +127,19 @@ where
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
-        let permit = budget.take(chunk.len()).await?;
-        match &mut share {
-            Some(held) => held.merge(permit),
-            None => share = Some(permit),
-        }
-        if buf.is_empty() {
-            // Reserve what was announced once the first bytes show the client is sending;
-            // at most `limit` (a larger announcement failed already).
-            buf.reserve(announced.unwrap_or(0).min(limit) as usize);
+        match (&mut share, announced) {
+            // The whole announced length at once, when the first bytes show the client is
+            // sending (at most `limit`: a larger announcement failed already). Taken chunk by
+            // chunk, many large bodies arriving together could each hold a part of the budget
+            // and none ever get the rest.
+            (None, Some(length)) => {
+                let length = length.min(limit) as usize;
+                share = Some(budget.take(length.max(chunk.len())).await?);
+                buf.reserve(length);
+            }
+            (None, None) => share = Some(budget.take(chunk.len()).await?),
+            (Some(_), Some(_)) => {}
+            (Some(held), None) => held.merge(budget.take(chunk.len()).await?),
         }
         buf.extend_from_slice(&chunk);
     }
