@@ -17,6 +17,10 @@
 //!   each entry the uid owns is removed whole with [`crate::rmtree`], from the directory
 //!   descriptor the walk holds (never through a path another uid could swap meanwhile).
 //!
+//! - POSIX message queues, files of the IPC namespace's `mqueue` file system, looked at
+//!   through a mount of it attached nowhere (`fsopen`/`fsmount`), since `/dev/mqueue` is
+//!   often not mounted.
+//!
 //! Both run after the uid's processes are dead (else they could make new ones meanwhile):
 //! when a session's confinement is released, and in the sweep at server start over the
 //! whole uid range.
@@ -72,6 +76,16 @@ pub fn remove_left_by(uids: &Range<u32>, skip: &[&Path]) -> Removed {
         let (files, failures) = remove_files_of(Path::new(dir), uids, skip, &mut seen);
         removed.files += files;
         removed.failures += failures;
+    }
+    // POSIX message queues when `/dev/mqueue` is not mounted (when it is, `seen` has it).
+    match detached_mqueue() {
+        Ok(root) => {
+            let (queues, failures) = remove_files_beneath(root, Path::new("mqueue:"), uids, skip, &mut seen);
+            removed.files += queues;
+            removed.failures += failures;
+        }
+        // Without root (no session uids to clean up anyway) or a kernel without the mount API.
+        Err(e) => tracing::debug!("cannot look at the POSIX message queues: {e}"),
     }
     if !removed.is_empty() {
         tracing::info!(
@@ -174,12 +188,35 @@ fn dir_flags() -> OFlags {
 /// holds the directories already walked (`/var/tmp` may be `/tmp`). Returns how many entries
 /// went and how many could not.
 fn remove_files_of(top: &Path, uids: &Range<u32>, skip: &[&Path], seen: &mut Vec<(u64, u64)>) -> (usize, usize) {
-    let skipped: Vec<(u64, u64)> =
-        skip.iter().filter_map(|p| rustix::fs::stat(*p).ok()).map(|st| (st.st_dev, st.st_ino)).collect();
     // The top may be a link the host made (`/var/tmp` to `/tmp`): it is followed.
     let Ok(root) = rustix::fs::open(top, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) else {
         return (0, 0);
     };
+    remove_files_beneath(root, top, uids, skip, seen)
+}
+
+/// This process's IPC namespace's POSIX message queue file system, mounted nowhere: a queue
+/// is a file there, owned by its creator, whether `/dev/mqueue` is mounted or not.
+fn detached_mqueue() -> io::Result<OwnedFd> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let context = rustix::mount::fsopen("mqueue", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    rustix::mount::fsconfig_create(&context)?;
+    let mount = rustix::mount::fsmount(&context, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+    // fsmount gives a path-only descriptor: open the root for reading its entries.
+    Ok(rustix::fs::openat(&mount, ".", dir_flags(), Mode::empty())?)
+}
+
+/// [`remove_files_of`] the directory open as `root`, whose path `top` is only shown in
+/// messages.
+fn remove_files_beneath(
+    root: OwnedFd,
+    top: &Path,
+    uids: &Range<u32>,
+    skip: &[&Path],
+    seen: &mut Vec<(u64, u64)>,
+) -> (usize, usize) {
+    let skipped: Vec<(u64, u64)> =
+        skip.iter().filter_map(|p| rustix::fs::stat(*p).ok()).map(|st| (st.st_dev, st.st_ino)).collect();
     let Ok(st) = rustix::fs::fstat(&root) else { return (0, 0) };
     let (dev, ino) = (st.st_dev, st.st_ino);
     if seen.contains(&(dev, ino)) || skipped.contains(&(dev, ino)) {
@@ -268,6 +305,40 @@ mod tests {
         assert_eq!(ids_of(sem, &(400_001..400_002)), [11]);
         assert!(ids_of(sem, &(400_002..400_003)).is_empty());
         assert!(ids_of("", &(0..10)).is_empty());
+    }
+
+    // Root is there on this machine kind and in CI: a queue handed to a uid of the range
+    // goes, whether or not /dev/mqueue is mounted.
+    #[test]
+    #[allow(unsafe_code)]
+    fn posix_message_queues_of_the_uids_are_removed() {
+        let name = format!("/codebox-test-{}\0", std::process::id());
+        // SAFETY: mq_open on a NUL-terminated name with no attributes; the descriptor is ours.
+        let mq = unsafe {
+            libc::mq_open(name.as_ptr().cast(), libc::O_CREAT | libc::O_RDWR, 0o600, std::ptr::null::<libc::mq_attr>())
+        };
+        assert!(mq >= 0, "{}", io::Error::last_os_error());
+        rustix::fs::fchown(
+            // SAFETY: `mq` is an open descriptor on Linux, closed below.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(mq) },
+            Some(rustix::fs::Uid::from_raw(310_830)),
+            None,
+        )
+        .unwrap();
+        // SAFETY: closing the descriptor opened above.
+        unsafe { libc::mq_close(mq) };
+        let (removed, failed) = remove_files_beneath(
+            detached_mqueue().unwrap(),
+            Path::new("mqueue:"),
+            &(310_830..310_831),
+            &[],
+            &mut Vec::new(),
+        );
+        assert_eq!((removed, failed), (1, 0));
+        // SAFETY: as above.
+        let again = unsafe { libc::mq_open(name.as_ptr().cast(), libc::O_RDONLY) };
+        assert_eq!(again, -1, "the queue is gone");
+        assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::ENOENT));
     }
 
     /// A SysV object made as root and handed to `uid` (`IPC_SET`), as a session's would be.

@@ -14,8 +14,8 @@ const HOST_DIRS: [&str; 3] = ["/var/tmp", "/tmp", "/dev/shm"];
 
 /// Python that makes a SysV shared memory segment, message queue and semaphore set with a
 /// secret in the first two (ids -1 where creating them is refused), and a 0600 file (and a
-/// directory with one) in each of [`HOST_DIRS`] where it may; prints `uid shm msg sem
-/// files-made`.
+/// directory with one) in each of [`HOST_DIRS`] where it may, and a POSIX message queue;
+/// prints `uid shm msg sem files-made queue` (queue `-` where refused).
 fn leave_behind(tag: &str) -> String {
     format!(
         r#"
@@ -57,7 +57,12 @@ for d in {dirs:?}:
         files += 1
     except OSError:
         pass
-print(os.getuid(), shm, msg, sem, files)
+queue = "/codebox-leftover-{tag}-%d" % os.getpid()
+try:
+    made(libc.mq_open(queue.encode(), os.O_CREAT | os.O_RDWR, 0o600, None), "mq_open")
+except PermissionError:
+    queue = "-"
+print(os.getuid(), shm, msg, sem, files, queue)
 "#,
         dirs = HOST_DIRS,
     )
@@ -68,16 +73,32 @@ struct Made {
     uid: u32,
     ids: [i32; 3],
     files: usize,
+    /// The POSIX message queue's name, unless refused.
+    queue: Option<String>,
 }
 
 fn parse_made(out: &str) -> Made {
-    let v: Vec<i64> = out.split_whitespace().map(|f| f.parse().unwrap_or_else(|e| panic!("{e}: {out}"))).collect();
-    assert_eq!(v.len(), 5, "{out}");
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields.len(), 6, "{out}");
+    let v: Vec<i64> = fields[..5].iter().map(|f| f.parse().unwrap_or_else(|e| panic!("{e}: {out}"))).collect();
     Made {
         uid: u32::try_from(v[0]).unwrap(),
         ids: [v[1], v[2], v[3]].map(|i| i32::try_from(i).unwrap()),
         files: usize::try_from(v[4]).unwrap(),
+        queue: (fields[5] != "-").then(|| fields[5].to_owned()),
     }
+}
+
+/// Whether the POSIX message queue `name` exists in the host's IPC namespace (this test
+/// runs there, as root).
+fn host_has_queue(name: &str) -> bool {
+    let code = format!(
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+         fd = libc.mq_open({name:?}.encode(), os.O_RDONLY)\nprint(fd >= 0 or ctypes.get_errno() != 2)"
+    );
+    let out = std::process::Command::new("python3").args(["-c", &code]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim() == "True"
 }
 
 /// The SysV IPC objects on the host owned or created by a uid of `uids`, as `table:id`.
@@ -138,11 +159,13 @@ fn make_objects(serve: &Serve, level: Level) -> (String, Made) {
         Level::Landlock => {
             assert!(serve.uids.contains(&made.uid), "the box runs as its session uid: {}", made.uid);
             assert_eq!(made.ids, [-1; 3], "SysV IPC objects are refused at the Landlock level");
+            assert_eq!(made.queue, None, "POSIX message queues are refused at the Landlock level");
             assert!(host_ipc_of(&serve.uids).is_empty(), "{:?}", host_ipc_of(&serve.uids));
         }
         Level::None => {
             assert!(serve.uids.contains(&made.uid), "the box runs as its session uid: {}", made.uid);
             assert_eq!(host_ipc_of(&serve.uids).len(), 3, "the box's objects are in the host's IPC namespace");
+            assert!(host_has_queue(made.queue.as_deref().unwrap()), "the queue is in the host's IPC namespace");
         }
     }
     if level == Level::None {
@@ -165,6 +188,9 @@ fn nothing_of_a_deleted_session_is_left(level: Level) {
     wait_until("the deleted session's objects and files are gone", Duration::from_secs(10), || {
         host_leftovers(&serve.uids).is_empty()
     });
+    if let Some(queue) = &made.queue {
+        assert!(!host_has_queue(queue), "the deleted session's message queue is gone");
+    }
 
     let b = serve.new_session(KEY_B);
     let [shm, msg, _] = made.ids;
@@ -203,7 +229,7 @@ print(os.getuid() == {uid}, found)
 /// removes them in its sweep at start.
 fn the_sweep_at_start_removes_what_a_killed_server_left(level: Level) {
     let mut first = Serve::start(Options::new(level));
-    let (_a, _made) = make_objects(&first, level);
+    let (_a, made) = make_objects(&first, level);
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     let uids = first.uids.clone();
@@ -212,6 +238,9 @@ fn the_sweep_at_start_removes_what_a_killed_server_left(level: Level) {
     }
     let second = Serve::start_on(&first.root, Options::new(level), uids.clone());
     assert!(host_leftovers(&uids).is_empty(), "the sweep left {:?}", host_leftovers(&uids));
+    if let Some(queue) = &made.queue {
+        assert!(!host_has_queue(queue), "the sweep removed the message queue");
+    }
     second.stop();
 }
 
