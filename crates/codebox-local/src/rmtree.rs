@@ -126,25 +126,36 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
         ));
     };
     let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let top = rustix::fs::open(parent, dir_flags(), Mode::empty()).map_err(|e| {
+        io::Error::new(io::Error::from(e).kind(), format!("opening the parent of {}: {e}", path.display()))
+    })?;
+    remove_tree_at(&top, parent, name)
+}
+
+/// [`remove_tree`] of the entry `name` of the directory open as `top`, whose path `parent`
+/// is only shown in messages: a caller that walked down by descriptors removes what it
+/// found there even if a directory on the way was renamed or swapped for a link meanwhile.
+pub(crate) fn remove_tree_at(top: &OwnedFd, parent: &Path, name: &OsStr) -> io::Result<()> {
+    let path = parent.join(name);
+    let path = path.as_path();
     let context =
         |e: Errno, what: &str| io::Error::new(io::Error::from(e).kind(), format!("{what} {}: {e}", path.display()));
-    let top = rustix::fs::open(parent, dir_flags(), Mode::empty()).map_err(|e| context(e, "opening the parent of"))?;
-    let root = match probe(&top, name) {
+    let root = match probe(top, name) {
         Ok(p) => p,
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(context(e, "reading")),
     };
     if !root.is_dir {
-        return match rustix::fs::unlinkat(&top, name, AtFlags::empty()) {
+        return match rustix::fs::unlinkat(top, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(context(e, "removing")),
         };
     }
-    if root.mount_root || identity(&top).map_err(|e| context(e, "reading the parent of"))?.0 != root.dev {
+    if root.mount_root || identity(top).map_err(|e| context(e, "reading the parent of"))?.0 != root.dev {
         return Err(io::Error::other(format!("{} is a mount point; it is not removed", path.display())));
     }
     let mut failures = Failures::default();
-    let mut cur = rustix::fs::openat(&top, name, dir_flags(), Mode::empty()).map_err(|e| context(e, "opening"))?;
+    let mut cur = rustix::fs::openat(top, name, dir_flags(), Mode::empty()).map_err(|e| context(e, "opening"))?;
     if identity(&cur).map_err(|e| context(e, "reading"))? != (root.dev, root.ino) {
         return Err(io::Error::other(format!("{} changed while it was being removed", path.display())));
     }
@@ -207,7 +218,7 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
         // its parent.
         let done = stack.pop().expect("the stack is not empty here");
         let Some(up) = stack.last() else {
-            if let Err(e) = rustix::fs::unlinkat(&top, done.name.as_os_str(), AtFlags::REMOVEDIR)
+            if let Err(e) = rustix::fs::unlinkat(top, done.name.as_os_str(), AtFlags::REMOVEDIR)
                 && e != Errno::NOENT
             {
                 failures.add(|| format!("removing {}", path.display()), e);

@@ -213,6 +213,7 @@ impl SandboxSpec {
                 let network =
                     if self.network || self.proxy_port.is_some() { Network::Allowed } else { Network::Denied };
                 let mut filters = super::seccomp::deny_list(network)?;
+                filters.push(super::seccomp::no_host_ipc_objects()?);
                 if self.proxy_port.is_some() && !self.network {
                     filters.push(super::seccomp::stream_sockets_only()?);
                 }

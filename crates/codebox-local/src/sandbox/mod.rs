@@ -24,6 +24,7 @@ pub mod cgroup;
 pub mod disk;
 pub mod landlock;
 pub mod launch;
+pub mod leftovers;
 mod limits;
 pub mod netproxy;
 pub mod probe;
@@ -106,6 +107,9 @@ impl IsolationLevel {
     /// * `host_filesystem`, `host_processes`, `host_network`: no sandbox at all; the session
     ///   uid and the file permissions are all that stand between the box and the host.
     /// * `install_network`: `install` runs pip with the host network.
+    /// * `host_writable_dirs`: code can write the host's world-writable directories (`/tmp`,
+    ///   `/var/tmp`, `/dev/shm`, ...) beyond the working directory's size limit while the
+    ///   session lives; what the session uid left there is removed when the session ends.
     pub fn gaps(self) -> &'static [&'static str] {
         match self {
             Self::Bubblewrap => &[],
@@ -113,7 +117,9 @@ impl IsolationLevel {
                 Ok(abi) if abi >= 6 => &["host_unix_sockets"],
                 _ => &["host_unix_sockets", "host_abstract_sockets", "host_signals"],
             },
-            Self::None => &["host_filesystem", "host_processes", "host_network", "install_network"],
+            Self::None => {
+                &["host_filesystem", "host_processes", "host_network", "install_network", "host_writable_dirs"]
+            }
         }
     }
 }

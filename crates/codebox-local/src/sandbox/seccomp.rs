@@ -17,6 +17,10 @@
 //! `AF_NETLINK` stays allowed: libzmq aborts at start without it, and the network namespace
 //! already confines it. Calls from another architecture (32-bit `int 0x80`) kill the process.
 //!
+//! At the Landlock level, which shares the host's IPC namespace, the creation of SysV IPC
+//! objects and POSIX message queues is refused as well ([`no_host_ipc_objects`]): they would
+//! outlive the box.
+//!
 //! Where nothing else keeps the kernel off the host network (the Landlock level, which has no
 //! network namespace, for a box without network), `AF_INET` and `AF_INET6` sockets are refused
 //! too ([`NO_NETWORK_SOCKET_FAMILIES`]): Landlock's own network rules cover TCP only, and UDP
@@ -165,6 +169,25 @@ pub fn stream_sockets_only() -> Result<BpfProgram, String> {
     compile(vec![(libc::SYS_socket, rules)], libc::EPERM)
 }
 
+/// Calls that create IPC objects in the IPC namespace the box shares with the host (Landlock
+/// level): SysV shared memory, message queues and semaphore sets, and POSIX message queues.
+/// Such objects outlive every process of the box; the SysV ones are removed when the session
+/// ends, but POSIX queues can be found only through a mounted `/dev/mqueue`. Bubblewrap gives
+/// the box an IPC namespace of its own, which dies with it.
+pub const HOST_IPC_SYSCALLS: &[(&str, i64)] = &[
+    ("shmget", libc::SYS_shmget),
+    ("msgget", libc::SYS_msgget),
+    ("semget", libc::SYS_semget),
+    ("mq_open", libc::SYS_mq_open),
+];
+
+/// For a box in the host's IPC namespace: the calls of [`HOST_IPC_SYSCALLS`] are refused
+/// with `EPERM`. Python's multiprocessing, numpy and matplotlib use none of them (POSIX
+/// semaphores and shared memory are files in `/dev/shm`).
+pub fn no_host_ipc_objects() -> Result<BpfProgram, String> {
+    compile(HOST_IPC_SYSCALLS.iter().map(|(_, nr)| (*nr, vec![])).collect(), libc::EPERM)
+}
+
 /// A program in the kernel's binary form (`struct sock_filter[]`), as `bwrap --seccomp` reads it.
 pub fn to_bytes(program: &BpfProgram) -> Vec<u8> {
     let mut out = Vec::with_capacity(program.len() * 8);
@@ -230,6 +253,14 @@ mod tests {
         let p = stream_sockets_only().unwrap();
         // Two families times fifteen socket types, each a comparison or more.
         assert!(p.len() > 30 && p.len() < 4096, "{}", p.len());
+    }
+
+    #[test]
+    fn the_host_ipc_filter_names_the_creating_calls() {
+        let names: Vec<&str> = HOST_IPC_SYSCALLS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["shmget", "msgget", "semget", "mq_open"]);
+        let p = no_host_ipc_objects().unwrap();
+        assert!(p.len() > HOST_IPC_SYSCALLS.len() && p.len() < 4096, "{}", p.len());
     }
 
     #[test]

@@ -460,13 +460,20 @@ impl Confinement {
         }
     }
 
-    /// Kill everything left, remove the cgroup, unmount the working-directory image (its
-    /// files are gone after) and free the uid when dropped. Idempotent.
+    /// Kill everything left, remove what the uid left outside the working directory (SysV
+    /// IPC objects, files in the host's world-writable directories), remove the cgroup,
+    /// unmount the working-directory image (its files are gone after) and free the uid when
+    /// dropped. Idempotent.
     pub fn release(&self) {
         if self.released.swap(true, Ordering::AcqRel) {
             return;
         }
         self.kill_all();
+        // Only now: a process of the uid could make new ones meanwhile. Without a uid of its
+        // own, nothing tells the session's leftovers from its owner's.
+        if let Some(uid) = self.uid() {
+            super::leftovers::remove_left_by(&(uid..uid + 1), &[&self.work_dir]);
+        }
         if let Some(cg) = &self.cgroup
             && let Err(e) = cg.remove()
         {

@@ -8,7 +8,8 @@
 //! when it stops, and kernels die with the server (PR_SET_PDEATHSIG, bubblewrap's
 //! `--die-with-parent`). [`SessionRoot::claim`] makes sure, at start, whatever happened:
 //! it locks the root (one server per root: a second one is refused while the first runs),
-//! SIGKILLs every process still running under a uid of the range, removes session cgroups
+//! SIGKILLs every process still running under a uid of the range, removes what those uids
+//! left outside the root (SysV IPC objects, files in `/tmp` and the like), removes session cgroups
 //! whose server is gone, unmounts every mount under the scratch directory and deletes what
 //! is in it. What cannot be deleted (a tree a box's code made undeletable, say) is moved
 //! aside into the root's quarantine directory, on the same file system, and the server
@@ -58,6 +59,9 @@ pub struct Swept {
     /// Entries that could not be deleted and were moved into the quarantine directory (or,
     /// when even that failed, left where they were), and earlier ones still there.
     pub quarantined: usize,
+    /// SysV IPC objects and files in the host's world-writable directories that session
+    /// uids left (see [`super::leftovers`]).
+    pub leftovers: usize,
 }
 
 impl Swept {
@@ -119,6 +123,9 @@ impl SessionRoot {
         let mut swept = Swept::default();
         if let Some(range) = &uids {
             swept.processes = kill_all_in(range)?;
+            // Once no process of the range runs; the root's own entries are swept below.
+            let removed = super::leftovers::remove_left_by(range, &[path]);
+            swept.leftovers = removed.ipc_objects + removed.files;
         }
         if let Some(manager) = cgroups {
             swept.cgroups = super::sweep_orphans(manager);
@@ -146,6 +153,7 @@ impl SessionRoot {
                 mounts = swept.mounts,
                 entries = swept.entries,
                 quarantined = swept.quarantined,
+                leftovers = swept.leftovers,
                 "removed what an earlier server left behind"
             );
         }

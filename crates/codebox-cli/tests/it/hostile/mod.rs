@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use codebox_local::sandbox::uid::{processes_in_range, running_as_root};
 
 mod files;
+mod leftovers;
 mod sandbox;
 mod server;
 mod tools;

@@ -343,7 +343,7 @@ fn sessions_report_their_isolation_gaps(level: Level) {
     let expected: &[&str] = match level {
         Level::Bubblewrap => &[],
         Level::Landlock => &["host_unix_sockets"],
-        Level::None => &["host_filesystem", "host_processes", "host_network", "install_network"],
+        Level::None => &["host_filesystem", "host_processes", "host_network", "install_network", "host_writable_dirs"],
     };
     assert_eq!(serve.gaps(KEY_A, &id), expected);
     let listed = serve.request(KEY_A, "GET", "/v1/sessions", None).json();
