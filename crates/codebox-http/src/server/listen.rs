@@ -350,7 +350,10 @@ mod tests {
         assert_eq!(soft_nofile(limits), Some(400));
         assert_eq!(connections_for_nofile(400), 100);
         assert_eq!(connections_for_nofile(20), 16, "never below a usable floor");
-        assert_eq!(soft_nofile("Max open files            unlimited            unlimited            files"), Some(u64::MAX));
+        assert_eq!(
+            soft_nofile("Max open files            unlimited            unlimited            files"),
+            Some(u64::MAX)
+        );
         assert_eq!(connections_for_nofile(u64::MAX), 16384);
         assert!(default_max_connections() >= 16);
     }

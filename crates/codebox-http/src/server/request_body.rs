@@ -291,9 +291,11 @@ mod tests {
         let failing = |kind: std::io::ErrorKind| {
             StreamBody::new(stream::iter([Err::<Frame<Bytes>, _>(std::io::Error::new(kind, "Invalid chunk size"))]))
         };
-        let err = read_limited(failing(std::io::ErrorKind::InvalidInput), 10, Duration::from_secs(5)).await.unwrap_err();
+        let err =
+            read_limited(failing(std::io::ErrorKind::InvalidInput), 10, Duration::from_secs(5)).await.unwrap_err();
         assert_eq!((err.http().unwrap().status, err.kind()), (400, ErrorKind::InvalidInput));
-        let err = read_limited(failing(std::io::ErrorKind::ConnectionReset), 10, Duration::from_secs(5)).await.unwrap_err();
+        let err =
+            read_limited(failing(std::io::ErrorKind::ConnectionReset), 10, Duration::from_secs(5)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Connection);
     }
 

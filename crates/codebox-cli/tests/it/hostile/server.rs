@@ -360,7 +360,9 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
             Err(_) => return true,
         }
     }
@@ -397,7 +399,8 @@ fn idle_connections_are_closed(level: Level) {
 /// answered (503) or closed at once, never left waiting; once one of the 8 goes away, the
 /// server answers again.
 fn connections_are_capped(level: Level) {
-    let serve = Serve::start(Options::new(level).arg("--max-connections").arg("8").arg("--connection-idle-timeout").arg("10m"));
+    let serve =
+        Serve::start(Options::new(level).arg("--max-connections").arg("8").arg("--connection-idle-timeout").arg("10m"));
     let mut held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&serve.addr).unwrap()).collect();
     match serve.request_with(None, "GET", "/health", &[], b"", Duration::from_secs(60)) {
         Ok(reply) => {
@@ -464,7 +467,14 @@ fn bad_input_is_the_callers_error(level: Level) {
     let file = format!("/v1/sessions/{id}/files/{long}");
     for method in ["GET", "HEAD", "PUT", "DELETE"] {
         let reply = serve
-            .request_with(Some(KEY_A), method, &file, &[], if method == "PUT" { b"x" } else { b"" }, Duration::from_secs(60))
+            .request_with(
+                Some(KEY_A),
+                method,
+                &file,
+                &[],
+                if method == "PUT" { b"x" } else { b"" },
+                Duration::from_secs(60),
+            )
             .unwrap();
         is_4xx(&reply, &format!("{method} of a 256-byte name"));
         if method != "HEAD" {
