@@ -64,7 +64,9 @@ struct ServeOptions {
     #[arg(long, requires = "no_auth")]
     force_no_auth: bool,
 
-    /// The most sessions alive at once; more are refused with 503 and Retry-After [default: 64].
+    /// The most sessions alive at once; more are refused with 503 and Retry-After. With
+    /// session uids it is at most the uids less --pool-size (each session and each pooled
+    /// kernel holds one) [default: 64].
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
 
