@@ -367,6 +367,51 @@ mod tests {
         assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
     }
 
+    /// Read until the peer closes: true when it did, false when still open after a minute.
+    async fn closed(stream: &mut TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn one_connection_over_the_cap_is_refused_and_an_idle_one_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnectionLimits::default().with_max_connections(1).with_idle_timeout(Duration::from_millis(200));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            |_req, _peer| async { Response::new(Body::full("ok")) },
+            limits,
+            async move {
+                let _ = stop_rx.await;
+            },
+            std::future::ready(()),
+        ));
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut refusal = Vec::new();
+        let _ = second.read_to_end(&mut refusal).await;
+        assert!(refusal.is_empty() || refusal.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&refusal));
+        assert!(closed(&mut first).await, "a connection that never sent a byte was kept open");
+        // Its slot is free again: a request is answered.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        third.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        let _ = stop_tx.send(());
+        server.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_only_without_requests_in_flight() {
         let activity = Arc::new(Activity::new());
