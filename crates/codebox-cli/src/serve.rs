@@ -64,7 +64,9 @@ struct ServeOptions {
     #[arg(long, requires = "no_auth")]
     force_no_auth: bool,
 
-    /// The most sessions alive at once; more are refused with 503 and Retry-After [default: 64].
+    /// The most sessions alive at once; more are refused with 503 and Retry-After. With
+    /// session uids it is at most the uids less --pool-size (each session and each pooled
+    /// kernel holds one) [default: 64].
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
 
@@ -94,6 +96,16 @@ struct ServeOptions {
     /// Cut off a client that sends no request body bytes for this long [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     upload_timeout: Option<Duration>,
+
+    /// The most client connections open at once; one more is answered 503 and closed at
+    /// once [default: a quarter of the soft limit on open files].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Close a connection that has no request in flight and sends nothing for this long,
+    /// one that never sends a request included [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    connection_idle_timeout: Option<Duration>,
 
     /// On SIGTERM/SIGINT, let running executions finish for this long before interrupting
     /// them [default: 10s].
@@ -219,6 +231,8 @@ struct FileConfig {
     idle_timeout: Option<DurationValue>,
     max_upload_bytes: Option<SizeValue>,
     upload_timeout: Option<DurationValue>,
+    max_connections: Option<usize>,
+    connection_idle_timeout: Option<DurationValue>,
     shutdown_grace: Option<DurationValue>,
     pool_size: Option<usize>,
     max_concurrent_starts: Option<usize>,
@@ -503,6 +517,14 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
     if let Some(d) = args.upload_timeout.map(Ok).or(file.upload_timeout.as_ref().map(DurationValue::get)) {
         server = server.with_body_idle_timeout(d?);
     }
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        server = server.with_max_connections(n);
+    }
+    if let Some(d) =
+        args.connection_idle_timeout.map(Ok).or(file.connection_idle_timeout.as_ref().map(DurationValue::get))
+    {
+        server = server.with_connection_idle_timeout(d?);
+    }
     if let Some(d) = args.shutdown_grace.map(Ok).or(file.shutdown_grace.as_ref().map(DurationValue::get)) {
         server = server.with_shutdown_grace(d?);
     }
@@ -710,7 +732,30 @@ fn claim_session_root(settings: &Settings) -> anyhow::Result<codebox_local::sand
     Ok(claim)
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// The session cap that session uids allow: each session holds one uid, and so does each
+/// kernel the pool keeps ready, so at most the uids less the pool size (at least 1). `None`
+/// when `max_sessions` is within it already.
+fn session_cap_for_uids(max_sessions: usize, uids: usize, pool_size: usize) -> Option<usize> {
+    let cap = uids.saturating_sub(pool_size).max(1);
+    (max_sessions > cap).then_some(cap)
+}
+
+async fn serve(mut settings: Settings) -> anyhow::Result<()> {
+    if let (Some(range), true) = (&settings.sandbox.uids, codebox_local::sandbox::uid::running_as_root()) {
+        let uids = range.len();
+        if let Some(cap) = session_cap_for_uids(settings.server.max_sessions, uids, settings.pool_size) {
+            // Lowered here, before the per-key share is derived from it, so that one key
+            // cannot take every uid and lock the others out.
+            tracing::warn!(
+                max_sessions = settings.server.max_sessions,
+                lowered_to = cap,
+                uids,
+                pool = settings.pool_size,
+                "fewer session uids than sessions: the session cap is lowered to the uids less the kernel pool"
+            );
+            settings.server = settings.server.with_max_sessions(cap);
+        }
+    }
     let sb = &settings.sandbox;
     let mut builder = LocalBox::builder()
         .with_isolation(sb.isolation)
@@ -773,6 +818,24 @@ mod tests {
 
     fn parse(args: &[&str]) -> ServeArgs {
         Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).unwrap().args
+    }
+
+    #[test]
+    fn the_session_cap_leaves_a_uid_for_every_session_and_pooled_kernel() {
+        assert_eq!(session_cap_for_uids(64, 4, 2), Some(2));
+        assert_eq!(session_cap_for_uids(64, 4, 0), Some(4));
+        assert_eq!(session_cap_for_uids(64, 2, 2), Some(1), "never below one session");
+        assert_eq!(session_cap_for_uids(64, 65_536, 2), None);
+        assert_eq!(session_cap_for_uids(3, 4, 1), None);
+    }
+
+    #[test]
+    fn connection_limits_come_from_flags_and_the_file() {
+        let s = settings(parse(&["--api-key", "k", "--max-connections", "8", "--connection-idle-timeout", "5s"]), None)
+            .unwrap();
+        assert_eq!(s.server.max_connections, Some(8));
+        assert_eq!(s.server.connection_idle_timeout, Duration::from_secs(5));
+        assert!(settings(parse(&["--api-key", "k", "--max-connections", "0"]), None).is_err());
     }
 
     #[test]

@@ -428,11 +428,18 @@ impl From<HttpError> for CodeBoxError {
 }
 
 /// The category of a local I/O failure: a full disk or quota is the caller's to fix (write
-/// less, free space), not a server fault, and a file over the size limit is too large.
+/// less, free space), not a server fault, and a file over the size limit is too large. So
+/// are failures that only the caller's input causes: a name longer than the filesystem
+/// takes (ENAMETOOLONG) is invalid input, an argument list or environment over the kernel's
+/// limit (E2BIG) is too large, and an input error the standard library raises itself,
+/// without asking the kernel (a NUL byte in a program's argument), is invalid input.
 fn io_kind(source: &std::io::Error) -> ErrorKind {
     match source.kind() {
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => ErrorKind::StorageFull,
-        std::io::ErrorKind::FileTooLarge => ErrorKind::TooLarge,
+        std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::ArgumentListTooLong => ErrorKind::TooLarge,
+        std::io::ErrorKind::InvalidFilename => ErrorKind::InvalidInput,
+        // EINVAL from the kernel stays an I/O error: it may as well be our own mistake.
+        std::io::ErrorKind::InvalidInput if source.raw_os_error().is_none() => ErrorKind::InvalidInput,
         _ => ErrorKind::Io,
     }
 }
@@ -491,6 +498,17 @@ mod tests {
         assert_eq!(io(27).kind(), ErrorKind::TooLarge);
         assert_eq!(io(2).kind(), ErrorKind::Io);
         assert_eq!(CodeBoxError::from(HttpError::new(507, "full")).kind(), ErrorKind::StorageFull);
+    }
+
+    #[test]
+    fn failures_of_the_callers_input_are_not_server_faults() {
+        let io = |errno: i32| CodeBoxError::io("running", std::io::Error::from_raw_os_error(errno));
+        // ENAMETOOLONG and E2BIG on Linux; EINVAL from the kernel stays an I/O error.
+        assert_eq!(io(36).kind(), ErrorKind::InvalidInput);
+        assert_eq!(io(7).kind(), ErrorKind::TooLarge);
+        assert_eq!(io(22).kind(), ErrorKind::Io);
+        let nul = std::process::Command::new("a\0b").spawn().unwrap_err();
+        assert_eq!(CodeBoxError::io("running", nul).kind(), ErrorKind::InvalidInput);
     }
 
     #[test]

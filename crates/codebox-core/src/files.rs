@@ -23,10 +23,14 @@ pub struct FileInfo {
     pub modified: Option<SystemTime>,
 }
 
+/// The longest name one path component may have, in bytes (Linux's NAME_MAX).
+const NAME_MAX: usize = 255;
+
 /// Check a path given by a caller and return it as a relative path beneath the box's
 /// working directory.
 ///
-/// Absolute paths, `..` components, NUL bytes and empty paths are refused. `.` components
+/// Absolute paths, `..` components, NUL bytes, components over 255 bytes and empty paths
+/// are refused. `.` components
 /// and repeated separators are dropped. This is a purely lexical check; backends must still
 /// refuse symlinks that lead outside when they open the file.
 pub fn normalize_box_path(path: &str) -> Result<PathBuf> {
@@ -40,6 +44,11 @@ pub fn normalize_box_path(path: &str) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     for component in Path::new(path).components() {
         match component {
+            // Linux names are at most 255 bytes (NAME_MAX); a longer one can name nothing,
+            // and refusing it here answers the caller instead of failing in the filesystem.
+            Component::Normal(part) if part.len() > NAME_MAX => {
+                return Err(refuse("a path component is longer than 255 bytes"));
+            }
             Component::Normal(part) => out.push(part),
             Component::CurDir => {}
             Component::ParentDir => return Err(refuse("`..` is not allowed")),
@@ -80,11 +89,14 @@ mod tests {
     fn relative_paths_are_normalized() {
         assert_eq!(normalize_box_path("a/./b//c.txt").unwrap(), PathBuf::from("a/b/c.txt"));
         assert_eq!(normalize_box_path("data.csv").unwrap(), PathBuf::from("data.csv"));
+        let longest = "a".repeat(255);
+        assert_eq!(normalize_box_path(&longest).unwrap(), PathBuf::from(&longest));
     }
 
     #[test]
     fn unsafe_paths_are_refused() {
-        for bad in ["../x", "a/../../x", "/etc/passwd", "", ".", "a\0b", "a/.."] {
+        let long = format!("d/{}", "a".repeat(256));
+        for bad in ["../x", "a/../../x", "/etc/passwd", "", ".", "a\0b", "a/..", &long] {
             let err = normalize_box_path(bad).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::UnsafePath, "{bad:?}");
         }

@@ -11,6 +11,6 @@ mod request_body;
 mod request_id;
 
 pub use body::{Body, KEEPALIVE_LINE, error_response, json_response, ndjson_body, ndjson_response, status_error};
-pub use listen::{ConnectionLimits, serve};
+pub use listen::{ConnectionLimits, DEFAULT_CONNECTION_IDLE_TIMEOUT, default_max_connections, serve};
 pub use request_body::{BodyBudget, BufferedBody, read_budgeted, read_limited, stream_limited};
 pub use request_id::{REQUEST_ID_HEADER, RequestId};

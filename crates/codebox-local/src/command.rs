@@ -46,6 +46,19 @@ enum Start {
     Resolved,
 }
 
+/// Refuse a NUL byte in a program or an argument before anything runs: no C string can
+/// carry one, so it would fail later with a less clear error (the environment is checked
+/// where the box takes it).
+fn check_command_input(program: &str, args: &[String]) -> Result<()> {
+    if program.contains('\0') {
+        return Err(CodeBoxError::invalid("the program name contains a NUL byte"));
+    }
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(CodeBoxError::invalid(format!("argument #{i} contains a NUL byte")));
+    }
+    Ok(())
+}
+
 fn spawn(
     program: &str,
     args: &[String],
@@ -55,6 +68,7 @@ fn spawn(
     jail: Jail<'_>,
     start: Start,
 ) -> Result<Child> {
+    check_command_input(program, args)?;
     let (mut cmd, guard) = match jail {
         Some((confinement, python)) => {
             let mut argv: Vec<String> = Vec::with_capacity(args.len() + 5);
@@ -501,6 +515,15 @@ pub(crate) fn run_bash(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_byte_in_a_program_or_argument_is_refused_before_it_runs() {
+        let nul_arg = check_command_input("sh", &["ok".into(), "a\0b".into()]).unwrap_err();
+        assert_eq!(nul_arg.kind(), codebox_core::ErrorKind::InvalidInput, "{nul_arg}");
+        assert!(nul_arg.to_string().contains("argument #1"), "{nul_arg}");
+        assert!(check_command_input("s\0h", &[]).is_err());
+        assert!(check_command_input("sh", &["-c".into(), "true".into()]).is_ok());
+    }
 
     #[test]
     fn the_operators_pip_conf_reaches_pip_under_the_variables_names() {

@@ -44,6 +44,15 @@ pub struct ServerConfig {
     pub body_idle_timeout: Duration,
     /// How long a client may take to send its request headers. Default 30 s.
     pub header_read_timeout: Duration,
+    /// The most client connections open at once; one more is answered 503 and closed at
+    /// once, so that connections never take the file descriptors sessions need. `None`
+    /// (the default) means a quarter of the process's soft limit on open files, read when
+    /// the server starts.
+    pub max_connections: Option<usize>,
+    /// A connection with no request in flight that sends and receives nothing for this
+    /// long is closed (one that never sends a request included). A request in progress
+    /// (a long execution stream, an upload) never counts as idle. Default 60 s.
+    pub connection_idle_timeout: Duration,
     /// A keepalive line is sent after this much silence in an execution stream. Default 10 s.
     pub keepalive_interval: Duration,
     /// On shutdown, running executions get this long to finish before they are
@@ -77,6 +86,8 @@ impl Default for ServerConfig {
             max_sessions_per_key: None,
             body_idle_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            max_connections: None,
+            connection_idle_timeout: codebox_http::server::DEFAULT_CONNECTION_IDLE_TIMEOUT,
             keepalive_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
@@ -172,6 +183,26 @@ impl ServerConfig {
         self
     }
 
+    /// Allow at most `max` client connections open at once (see
+    /// [`max_connections`](Self::max_connections)).
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = Some(max);
+        self
+    }
+
+    /// Close connections idle for `timeout` (see
+    /// [`connection_idle_timeout`](Self::connection_idle_timeout)).
+    pub fn with_connection_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_idle_timeout = timeout;
+        self
+    }
+
+    /// The cap on open connections in force: the configured one, else a quarter of the
+    /// soft limit on open files.
+    pub fn connections_cap(&self) -> usize {
+        self.max_connections.unwrap_or_else(codebox_http::server::default_max_connections)
+    }
+
     /// Send keepalive lines after `interval` of silence in execution streams.
     pub fn with_keepalive_interval(mut self, interval: Duration) -> Self {
         self.keepalive_interval = interval;
@@ -238,6 +269,9 @@ impl ServerConfig {
                 self.max_buffered_bytes, self.max_json_bytes
             )));
         }
+        if self.max_connections == Some(0) {
+            return Err(CodeBoxError::invalid("max_connections must be at least 1"));
+        }
         if self.max_concurrent_starts == 0 {
             return Err(CodeBoxError::invalid("max_concurrent_starts must be at least 1"));
         }
@@ -245,6 +279,7 @@ impl ServerConfig {
             ("idle_timeout", self.idle_timeout),
             ("body_idle_timeout", self.body_idle_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("connection_idle_timeout", self.connection_idle_timeout),
             ("keepalive_interval", self.keepalive_interval),
         ] {
             if d.is_zero() {
@@ -278,6 +313,15 @@ mod tests {
         assert_eq!(two.clone().with_max_sessions_per_key(3).sessions_per_key(), 3);
         assert!(two.clone().with_max_sessions_per_key(0).validate().is_err());
         assert!(two.with_max_buffered_bytes(1 << 20).validate().is_err(), "smaller than one JSON body");
+    }
+
+    #[test]
+    fn connections_are_capped_by_default_and_on_request() {
+        let config = ServerConfig::new().with_api_key("a");
+        assert!(config.connections_cap() >= 16);
+        assert_eq!(config.clone().with_max_connections(8).connections_cap(), 8);
+        assert!(config.clone().with_max_connections(0).validate().is_err());
+        assert!(config.with_connection_idle_timeout(Duration::ZERO).validate().is_err());
     }
 
     #[test]

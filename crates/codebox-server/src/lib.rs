@@ -146,7 +146,12 @@ impl Server {
                 tokio::time::sleep(grace + Duration::from_secs(5)).await;
             }
         };
-        let limits = ConnectionLimits::default().with_header_read_timeout(state.config.header_read_timeout);
+        let max_connections = state.config.connections_cap();
+        tracing::info!(max_connections, idle_timeout = ?state.config.connection_idle_timeout, "connection limits");
+        let limits = ConnectionLimits::default()
+            .with_header_read_timeout(state.config.header_read_timeout)
+            .with_max_connections(max_connections)
+            .with_idle_timeout(state.config.connection_idle_timeout);
         let handler_state = Arc::clone(&state);
         let handler = move |req, peer| service::handle(Arc::clone(&handler_state), req, peer);
         serve(listener, handler, limits, shutdown, drain).await;

@@ -250,6 +250,24 @@ impl Registry {
         self.lock().len()
     }
 
+    /// A box that could not start for want of room on this machine (every session uid
+    /// taken, say) is refused like a full server: 503 `rate_limited` with `Retry-After`,
+    /// since the caller did nothing wrong and may succeed later.
+    fn full_if_out_of_room(&self, e: CodeBoxError) -> CodeBoxError {
+        if e.kind() != ErrorKind::RateLimited || e.http().is_some() {
+            return e;
+        }
+        tracing::warn!(error = %e, "a new session found no room on this machine");
+        self.metrics.session_rejected();
+        let mut err = codebox_core::HttpError::new(
+            503,
+            "the server has no room for another session now (every session uid is taken); try again later",
+        );
+        err.kind = ErrorKind::RateLimited;
+        err.retry_after = Some(self.retry_after);
+        CodeBoxError::Http(Box::new(err))
+    }
+
     /// The owner's session `id` (a new id when `None`), creating and starting its box with
     /// `kernel` when it does not exist yet. Refused with 503 `rate_limited` and
     /// `Retry-After` when the server is full, with 429 `rate_limited` when the owner holds
@@ -320,10 +338,10 @@ impl Registry {
                     .acquire()
                     .await
                     .map_err(|_| status_error(503, ErrorKind::Connection, "the server is shutting down"))?;
-                let codebox = self.factory.create(kernel).await?;
+                let codebox = self.factory.create(kernel).await.map_err(|e| self.full_if_out_of_room(e))?;
                 if let Err(e) = codebox.start().await {
                     let _ = codebox.stop().await;
-                    return Err(e);
+                    return Err(self.full_if_out_of_room(e));
                 }
                 tracing::info!(session = %id, %owner, "session started");
                 Ok(Arc::new(Session::new(id.clone(), owner, codebox)))

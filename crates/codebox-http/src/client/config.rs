@@ -46,7 +46,9 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Some(Duration::from_secs(60)),
             read_timeout: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(90),
+            // Below `codebox serve`'s idle-connection timeout (60 s): the client lets a pooled
+            // connection go before the server closes it under a request that cannot be retried.
+            pool_idle_timeout: Duration::from_secs(50),
             pool_max_idle_per_host: 32,
             http2_prior_knowledge: false,
             retry: RetryPolicy::default(),

@@ -28,13 +28,29 @@ fn stalled(idle: Duration) -> CodeBoxError {
     )
 }
 
+/// The error for a request body that could not be read. A body the client framed wrongly
+/// (a malformed chunk size, say: the HTTP parser reports it as invalid data or input) is
+/// the client's mistake, 400 `invalid_input`; anything else means the connection failed.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> CodeBoxError {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
+        {
+            return status_error(400, ErrorKind::InvalidInput, format!("malformed request body: {io}"));
+        }
+        cause = err.source();
+    }
+    CodeBoxError::Connection { message: format!("reading the request body: {e}"), source: None }
+}
+
 /// Read a whole (small) request body into memory, refusing more than `limit` bytes and a
 /// client that sends nothing for `idle`. A `Content-Length` over `limit` is refused before
 /// any byte is read.
 pub async fn read_limited<B>(body: B, limit: u64, idle: Duration) -> Result<Bytes>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     use futures::StreamExt;
     let announced = body.size_hint().exact();
@@ -118,7 +134,7 @@ pub struct BufferedBody {
 pub async fn read_budgeted<B>(body: B, limit: u64, idle: Duration, budget: &BodyBudget) -> Result<BufferedBody>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     use futures::StreamExt;
     let announced = body.size_hint().exact();
@@ -153,7 +169,7 @@ where
 pub fn stream_limited<B>(body: B, limit: u64, idle: Duration) -> ByteStream
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     if body.size_hint().lower() > limit {
         // Known to be too large: answer now instead of reading up to the limit (or waiting
@@ -182,7 +198,7 @@ struct Limited<B> {
 impl<B> Stream for Limited<B>
 where
     B: HttpBody<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     type Item = Result<Bytes>;
 
@@ -208,9 +224,7 @@ where
                 }
                 Poll::Ready(Some(Err(e))) => {
                     self.done = true;
-                    let err =
-                        CodeBoxError::Connection { message: format!("reading the request body: {e}"), source: None };
-                    return Poll::Ready(Some(Err(err)));
+                    return Poll::Ready(Some(Err(body_error(&e))));
                 }
                 Poll::Ready(None) => {
                     self.done = true;
@@ -275,6 +289,19 @@ mod tests {
         drop(first);
         let second = read_budgeted(body_of(vec![b"ab", b"cd"]), 10, Duration::from_secs(5), &budget).await.unwrap();
         assert_eq!(&second.bytes[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_body_is_the_clients_mistake_and_a_cut_one_a_connection_failure() {
+        let failing = |kind: std::io::ErrorKind| {
+            StreamBody::new(stream::iter([Err::<Frame<Bytes>, _>(std::io::Error::new(kind, "Invalid chunk size"))]))
+        };
+        let err =
+            read_limited(failing(std::io::ErrorKind::InvalidInput), 10, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!((err.http().unwrap().status, err.kind()), (400, ErrorKind::InvalidInput));
+        let err =
+            read_limited(failing(std::io::ErrorKind::ConnectionReset), 10, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Connection);
     }
 
     #[tokio::test(start_paused = true)]

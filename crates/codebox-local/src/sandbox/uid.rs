@@ -61,12 +61,12 @@ impl UidAllocator {
     pub fn allocate(&self) -> codebox_core::Result<SessionUid> {
         let busy = uids_with_processes();
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        let uid = self.range.clone().find(|u| !taken.contains(u) && !busy.contains(u)).ok_or_else(|| {
-            codebox_core::CodeBoxError::invalid(format!(
-                "no free session uid in {}..{}: too many sessions",
-                self.range.start, self.range.end
-            ))
-        })?;
+        // Every uid in use is the server being full, not a caller's mistake: try later.
+        let uid = self
+            .range
+            .clone()
+            .find(|u| !taken.contains(u) && !busy.contains(u))
+            .ok_or(codebox_core::CodeBoxError::RateLimited { retry_after: None })?;
         taken.insert(uid);
         Ok(SessionUid { uid, taken: self.taken.clone() })
     }
@@ -148,8 +148,8 @@ mod tests {
         let u2 = a.allocate().unwrap();
         let u3 = a.allocate().unwrap();
         assert_eq!([u1.uid(), u2.uid(), u3.uid()], [300_000, 300_001, 300_002]);
-        let err = a.allocate().unwrap_err().to_string();
-        assert!(err.contains("no free session uid"), "{err}");
+        let err = a.allocate().unwrap_err();
+        assert_eq!(err.kind(), codebox_core::ErrorKind::RateLimited, "{err}");
         drop(u2);
         assert_eq!(a.allocate().unwrap().uid(), 300_001);
     }

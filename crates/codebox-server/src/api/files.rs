@@ -90,6 +90,8 @@ fn box_path_str(decoded: &str) -> Result<String> {
 enum BodyFailure {
     TooLarge,
     Stalled,
+    /// The client framed the body wrongly (a malformed chunk size): its mistake, 400.
+    Malformed,
     Cut,
 }
 
@@ -125,6 +127,7 @@ pub(super) async fn put(
                 let kind = match e.kind() {
                     ErrorKind::TooLarge => BodyFailure::TooLarge,
                     ErrorKind::Timeout => BodyFailure::Stalled,
+                    ErrorKind::InvalidInput => BodyFailure::Malformed,
                     _ => BodyFailure::Cut,
                 };
                 *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(kind);
@@ -157,6 +160,11 @@ pub(super) async fn put(
                         "the client sent no bytes for {:.1}s; the upload was abandoned",
                         state.config.body_idle_timeout.as_secs_f64()
                     ),
+                ),
+                BodyFailure::Malformed => status_error(
+                    400,
+                    ErrorKind::InvalidInput,
+                    "the upload's body is malformed (its chunked framing could not be read)",
                 ),
                 BodyFailure::Cut => {
                     CodeBoxError::Connection { message: "the upload was cut off by the client".into(), source: None }

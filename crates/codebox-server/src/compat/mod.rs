@@ -146,7 +146,7 @@ impl Scope<'_> {
     async fn read_json<B, T>(&self, req: Request<B>) -> Result<Option<T>>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display,
+        B::Error: std::error::Error + 'static,
         T: serde::de::DeserializeOwned,
     {
         let config = &self.state.config;
@@ -166,7 +166,7 @@ impl Scope<'_> {
     async fn upload<B>(&self, session: &Session, req: Request<B>) -> Result<(String, codebox_core::FileInfo)>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display,
+        B::Error: std::error::Error + 'static,
     {
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let boundary = multipart::boundary(content_type)

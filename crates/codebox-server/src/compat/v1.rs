@@ -57,7 +57,7 @@ fn status(text: impl Into<String>) -> Result<Response<Body>> {
 pub(super) async fn handle<B>(scope: &Scope<'_>, rest: &str, req: Request<B>) -> Result<Response<Body>>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     let method = req.method().clone();
     let full_path = req.uri().path().to_owned();

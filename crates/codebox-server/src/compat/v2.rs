@@ -34,7 +34,7 @@ type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>> + Send + '
 pub(super) async fn handle<B>(scope: &Scope<'_>, rest: &str, req: Request<B>) -> Result<Response<Body>>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     let method = req.method().clone();
     let full_path = req.uri().path().to_owned();

@@ -354,6 +354,196 @@ fn sessions_report_their_isolation_gaps(level: Level) {
     serve.stop();
 }
 
+/// Read from `stream` until the server closes it: true when it did (end of stream, or a
+/// reset), false when it was still open after the read timeout.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A connection that never sends a byte, and a keep-alive connection left idle after its
+/// request, are closed after `--connection-idle-timeout`; a request in progress (an
+/// execution silent for longer than that) is not.
+fn idle_connections_are_closed(level: Level) {
+    let serve = Serve::start(Options::new(level).arg("--connection-idle-timeout").arg("2s"));
+    let mut silent = TcpStream::connect(&serve.addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    assert!(closed_by_server(&mut silent), "a connection that never sent a byte was kept open");
+
+    let mut kept_alive = TcpStream::connect(&serve.addr).unwrap();
+    kept_alive.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    kept_alive.write_all(format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", serve.addr).as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(kept_alive.read(&mut byte).unwrap(), 1, "the health answer was cut: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(closed_by_server(&mut kept_alive), "an idle keep-alive connection was kept open");
+
+    let id = serve.new_session(KEY_A);
+    let quiet = "import time\ntime.sleep(4)\nprint('still here')";
+    assert_eq!(serve.exec(KEY_A, &id, quiet).ok(), "still here\n");
+    serve.stop();
+}
+
+/// With `--max-connections 8` and 8 connections held open doing nothing, a ninth client is
+/// answered (503) or closed at once, never left waiting; once one of the 8 goes away, the
+/// server answers again.
+fn connections_are_capped(level: Level) {
+    let serve =
+        Serve::start(Options::new(level).arg("--max-connections").arg("8").arg("--connection-idle-timeout").arg("10m"));
+    let mut held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&serve.addr).unwrap()).collect();
+    match serve.request_with(None, "GET", "/health", &[], b"", Duration::from_secs(60)) {
+        Ok(reply) => {
+            assert_eq!(reply.status, 503, "a ninth connection was served: {}", reply.text());
+            assert!(reply.header("retry-after").is_some(), "{}", reply.head);
+        }
+        Err(e) => assert!(
+            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            "a ninth connection was left waiting: {e}"
+        ),
+    }
+    held.pop();
+    wait_until("the server answers once a connection closed", Duration::from_secs(30), || {
+        serve.healthy_within(Duration::from_secs(5))
+    });
+    drop(held);
+    serve.stop();
+}
+
+/// With 4 session uids and no pool, the session cap is 4 and each key's share 2: key A
+/// cannot take every uid and lock B out. A uid taken by something else (a process the
+/// server did not start) leaves the server full: 503 with `Retry-After`, not a 400.
+fn too_few_uids_are_shared_among_keys(level: Level) {
+    let base = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let range = next_uid_range();
+    let uids = range.start..range.start + 4;
+    let mut serve = Serve::start_on(&base.path().join("sessions"), Options::new(level).keep_log(), uids.clone());
+    serve._base = Some(base);
+    let lowered = serve.log.lock().unwrap().iter().any(|l| l.contains("the session cap is lowered"));
+    assert!(lowered, "no log line says the session cap was lowered");
+    let create = |key: &str| serve.request(key, "POST", "/v1/sessions", Some(serde_json::json!({})));
+    for _ in 0..2 {
+        let reply = create(KEY_A);
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    let third = create(KEY_A);
+    assert_eq!((third.status, third.json()["error"]["kind"].as_str()), (429, Some("rate_limited")), "{}", third.text());
+    let b = create(KEY_B);
+    assert_eq!(b.status, 201, "key B was locked out: {}", b.text());
+
+    // Something else runs under the one uid left: the server has no room for B's second.
+    use std::os::unix::process::CommandExt;
+    let mut squatter = Command::new("sleep").arg("600").uid(uids.end - 1).gid(uids.end - 1).spawn().unwrap();
+    let full = create(KEY_B);
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    assert_eq!((full.status, full.json()["error"]["kind"].as_str()), (503, Some("rate_limited")), "{}", full.text());
+    assert!(full.header("retry-after").is_some(), "{}", full.head);
+    serve.stop();
+}
+
+/// Input the box cannot take (a name over 255 bytes, a NUL byte in an argument, an
+/// argument list over the kernel's limit, a malformed chunked body) answers 4xx with its
+/// reason, not 500, and the server goes on answering.
+fn bad_input_is_the_callers_error(level: Level) {
+    let serve = Serve::start(Options::new(level));
+    let id = serve.new_session(KEY_A);
+    let long = "a".repeat(256);
+    let is_4xx = |reply: &Reply, what: &str| {
+        assert!((400..500).contains(&reply.status), "{what}: {} {}", reply.status, reply.text());
+    };
+    let file = format!("/v1/sessions/{id}/files/{long}");
+    for method in ["GET", "HEAD", "PUT", "DELETE"] {
+        let reply = serve
+            .request_with(
+                Some(KEY_A),
+                method,
+                &file,
+                &[],
+                if method == "PUT" { b"x" } else { b"" },
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        is_4xx(&reply, &format!("{method} of a 256-byte name"));
+        if method != "HEAD" {
+            assert_eq!(reply.json()["error"]["kind"], "unsafe_path", "{method}: {}", reply.text());
+        }
+    }
+    let listing = serve.request(KEY_A, "GET", &format!("/v1/sessions/{id}/files?dir={long}"), None);
+    is_4xx(&listing, "a listing of a 256-byte directory name");
+
+    let boundary = "cbxboundary";
+    let multipart = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{long}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\nx\r\n--{boundary}--\r\n"
+    );
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let upload = serve
+        .request_with(
+            Some(KEY_A),
+            "POST",
+            &format!("/api/v2/codebox/{id}/files/upload"),
+            &[("Content-Type", &content_type)],
+            multipart.as_bytes(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    is_4xx(&upload, "a v2 upload of a 256-byte file name");
+
+    let commands = format!("/v1/sessions/{id}/commands");
+    let nul = serve.request(KEY_A, "POST", &commands, Some(serde_json::json!({"program": "sh", "args": ["a\u{0}b"]})));
+    assert_eq!((nul.status, nul.json()["error"]["kind"].as_str()), (400, Some("invalid_input")), "{}", nul.text());
+    let big_env = serde_json::json!({"program": "true", "env": {"BIG": "e".repeat(5 << 20)}});
+    let e2big = serve.request(KEY_A, "POST", &commands, Some(big_env));
+    is_4xx(&e2big, "a 5 MB environment value");
+    let big_package = serde_json::json!({"packages": ["a".repeat(1_000_000)]});
+    let install = serve.request(KEY_A, "POST", &format!("/v1/sessions/{id}/install"), Some(big_package));
+    is_4xx(&install, "a package name of a million bytes");
+
+    let chunked = [("Transfer-Encoding", "chunked"), ("Content-Type", "application/octet-stream")];
+    let framing = serve
+        .request_with(
+            Some(KEY_A),
+            "PUT",
+            &format!("/v1/sessions/{id}/files/framed"),
+            &chunked,
+            b"fffffffffffffffffff\r\n",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(framing.status, 400, "a malformed chunk size: {}", framing.text());
+    let json_chunked = [("Transfer-Encoding", "chunked"), ("Content-Type", "application/json")];
+    let framing = serve
+        .request_with(
+            Some(KEY_A),
+            "POST",
+            &format!("/v1/sessions/{id}/execute"),
+            &json_chunked,
+            b"fffffffffffffffffff\r\n",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(framing.status, 400, "a malformed chunk size in a JSON body: {}", framing.text());
+
+    assert!(serve.healthy_within(Duration::from_secs(10)));
+    assert_eq!(serve.exec(KEY_A, &id, "print('fine')").ok(), "fine\n");
+    serve.stop();
+}
+
 per_level!(
     another_tenants_session_is_invisible,
     two_keys_without_isolation_are_refused,
@@ -364,4 +554,8 @@ per_level!(
     command_line_keys_are_scrubbed,
     lost_sessions_stay_with_their_key,
     sessions_report_their_isolation_gaps,
+    idle_connections_are_closed,
+    connections_are_capped,
+    too_few_uids_are_shared_among_keys,
+    bad_input_is_the_callers_error,
 );
