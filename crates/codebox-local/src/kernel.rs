@@ -3,6 +3,14 @@
 //! The kernel is spawned from the dedicated spawner thread (see `spawn`), watched through a
 //! pidfd so its death is seen at once, and reached over IPC sockets in a private 0700
 //! directory (TCP on 127.0.0.1 for kernels that cannot do IPC).
+//!
+//! Nothing of a kernel outlives it. A `zeromq` SUB socket runs a reconnect task that retries
+//! a lost peer forever (backing off to every 30 s) and ends only when the socket is dropped,
+//! and a socket's `recv` waits forever once its peer is gone. Our peers are the relays, which
+//! accept exactly one connection each, so a lost link never comes back: when the kernel dies,
+//! or one of its channels closes while it runs (the kernel is then unreachable and is
+//! recycled), the links supervisor ends the relays and read loops and closes our sockets,
+//! whoever still holds the [`Kernel`].
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -14,13 +22,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use codebox_core::{CodeBoxError, KernelDeath, Result};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use zeromq::{DealerSendHalf, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSendHalf, Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::protocol::{Incoming, Signer};
 use crate::relay::{Oversize, Target};
@@ -137,12 +146,57 @@ impl Process {
     }
 }
 
+/// Our sending halves of the kernel's shell and control sockets, taken (closed) when the
+/// kernel is gone.
+struct Senders {
+    shell: tokio::sync::Mutex<Option<DealerSendHalf>>,
+    control: tokio::sync::Mutex<Option<DealerSendHalf>>,
+}
+
+impl Senders {
+    async fn close(&self) {
+        drop(self.shell.lock().await.take());
+        drop(self.control.lock().await.take());
+    }
+}
+
+/// Tasks that are aborted when this is dropped.
+#[derive(Default)]
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    /// Wait until one of the tasks ends (forever when there are none), and forget it.
+    async fn one_ends(&mut self) {
+        if self.0.is_empty() {
+            return std::future::pending().await;
+        }
+        let (_, index, _) = futures::future::select_all(self.0.iter_mut()).await;
+        drop(self.0.swap_remove(index));
+    }
+
+    async fn all_end(&mut self) {
+        while !self.0.is_empty() {
+            self.one_ends().await;
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.0.iter().for_each(JoinHandle::abort);
+    }
+}
+
+/// How long a kernel whose channel closed may take to exit by itself (a kernel closes its
+/// sockets on the way out), and how long the read loops of a dead kernel may take to read
+/// what it sent before it went, before they are ended.
+const LINK_GRACE: Duration = Duration::from_secs(2);
+
 /// A running kernel.
 pub(crate) struct Kernel {
     pub(crate) name: String,
     signer: Signer,
-    shell: tokio::sync::Mutex<DealerSendHalf>,
-    control: tokio::sync::Mutex<DealerSendHalf>,
+    senders: Arc<Senders>,
     routes: Arc<Routes>,
     death: watch::Receiver<Option<KernelDeath>>,
     process: Arc<Process>,
@@ -376,6 +430,7 @@ impl Kernel {
 
         let stderr = child.stderr.take();
         let oversize = Arc::new(Oversize::default());
+        let link_lost = Arc::new(AtomicBool::new(false));
         let process = Arc::new(Process { child: Mutex::new(Some(child)), pid, reaped: AtomicBool::new(false) });
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let mut tasks = Vec::new();
@@ -396,8 +451,11 @@ impl Kernel {
             pidfd,
             process.clone(),
             confinement.clone(),
-            oversize.clone(),
-            spec.sandbox.policy().limits.max_message,
+            Cause {
+                oversize: oversize.clone(),
+                max_message: spec.sandbox.policy().limits.max_message,
+                link_lost: link_lost.clone(),
+            },
             death_tx,
         )));
         if let Some(stderr) = stderr {
@@ -430,11 +488,8 @@ impl Kernel {
             process: process.clone(),
         };
         let connected = connect_all(spec.transport, &ip, &ports, &death_rx, deadline, &guard).await;
-        let (shell_tx, shell_rx, control_tx, control_rx, iopub) = match connected {
-            Ok((sockets, relays)) => {
-                tasks.extend(relays);
-                sockets
-            }
+        let (sockets, relays) = match connected {
+            Ok(connected) => connected,
             Err(what) => {
                 let tail = fail(tasks, &process).await;
                 return Err(start_error(format!("{what}{}", fmt_tail(&tail))));
@@ -443,15 +498,22 @@ impl Kernel {
 
         let signer = Signer::new(&key, random_hex(16));
         let routes = Arc::new(Routes::default());
-        tasks.push(tokio::spawn(read_loop(shell_rx, signer.clone(), routes.clone(), Channel::Shell)));
-        tasks.push(tokio::spawn(read_loop(control_rx, signer.clone(), routes.clone(), Channel::Control)));
-        tasks.push(tokio::spawn(read_loop(iopub, signer.clone(), routes.clone(), Channel::IoPub)));
+        let Sockets { shell: (shell_tx, shell_rx), control: (control_tx, control_rx), iopub } = sockets;
+        let mut links = Tasks(relays);
+        for (socket, channel) in [(shell_rx, Channel::Shell), (control_rx, Channel::Control)] {
+            links.0.push(tokio::spawn(read_loop(socket.0, socket.1, signer.clone(), routes.clone(), channel)));
+        }
+        links.0.push(tokio::spawn(read_loop(iopub.0, iopub.1, signer.clone(), routes.clone(), Channel::IoPub)));
+        let senders = Arc::new(Senders {
+            shell: tokio::sync::Mutex::new(Some(shell_tx)),
+            control: tokio::sync::Mutex::new(Some(control_tx)),
+        });
+        tasks.push(tokio::spawn(supervise_links(links, death_rx.clone(), process.clone(), link_lost, senders.clone())));
 
         let kernel = Kernel {
             name: spec.name.clone(),
             signer,
-            shell: tokio::sync::Mutex::new(shell_tx),
-            control: tokio::sync::Mutex::new(control_tx),
+            senders: senders.clone(),
             routes,
             death: death_rx,
             process,
@@ -540,12 +602,18 @@ impl Kernel {
 
     async fn send(&self, channel: Channel, frames: Vec<Bytes>) -> Result<()> {
         let msg = ZmqMessage::try_from(frames).map_err(|e| CodeBoxError::protocol(e.to_string()))?;
-        let sent = match channel {
-            Channel::Shell => self.shell.lock().await.send(msg).await,
-            Channel::Control => self.control.lock().await.send(msg).await,
+        let mut sender = match channel {
+            Channel::Shell => self.senders.shell.lock().await,
+            Channel::Control => self.senders.control.lock().await,
             Channel::IoPub => return Err(CodeBoxError::protocol("cannot send on IOPub")),
         };
-        sent.map_err(|e| CodeBoxError::Connection {
+        let Some(sender) = sender.as_mut() else {
+            return Err(CodeBoxError::Connection {
+                message: format!("the connection to kernel {} is closed", self.name),
+                source: None,
+            });
+        };
+        sender.send(msg).await.map_err(|e| CodeBoxError::Connection {
             message: format!("sending to kernel {} failed", self.name),
             source: Some(Box::new(e)),
         })
@@ -651,7 +719,15 @@ fn fmt_tail(tail: &str) -> String {
     if tail.is_empty() { String::new() } else { format!("\n--- kernel stderr (last lines) ---\n{tail}") }
 }
 
-type Sockets = (DealerSendHalf, zeromq::DealerRecvHalf, DealerSendHalf, zeromq::DealerRecvHalf, zeromq::SubSocket);
+/// A socket's events; its read loop ends at the disconnect.
+type Monitor = futures::channel::mpsc::Receiver<SocketEvent>;
+
+/// Our sockets toward one kernel, each receiving end with its monitor.
+struct Sockets {
+    shell: (DealerSendHalf, (zeromq::DealerRecvHalf, Monitor)),
+    control: (DealerSendHalf, (zeromq::DealerRecvHalf, Monitor)),
+    iopub: (zeromq::SubSocket, Monitor),
+}
 
 /// What the relays in front of a kernel's sockets need: the message size limit, where to
 /// record a message over it, and the process to kill then.
@@ -720,16 +796,25 @@ async fn connect_all(
             relays.push(task);
         }
         let connected = async {
+            // Monitors first: a disconnect is reported to them, and it is the only sign a
+            // socket gives that its peer is gone.
             let mut iopub = zeromq::SubSocket::new();
+            let iopub_events = iopub.monitor();
             iopub.connect(&iopub_ep).await.map_err(|e| format!("connecting to IOPub failed: {e}"))?;
             iopub.subscribe("").await.map_err(|e| format!("subscribing to IOPub failed: {e}"))?;
             let mut shell = zeromq::DealerSocket::new();
+            let shell_events = shell.monitor();
             shell.connect(&shell_ep).await.map_err(|e| format!("connecting to the shell failed: {e}"))?;
             let mut control = zeromq::DealerSocket::new();
+            let control_events = control.monitor();
             control.connect(&control_ep).await.map_err(|e| format!("connecting to control failed: {e}"))?;
             let (shell_tx, shell_rx) = shell.split();
             let (control_tx, control_rx) = control.split();
-            Ok::<_, String>((shell_tx, shell_rx, control_tx, control_rx, iopub))
+            Ok::<_, String>(Sockets {
+                shell: (shell_tx, (shell_rx, shell_events)),
+                control: (control_tx, (control_rx, control_events)),
+                iopub: (iopub, iopub_events),
+            })
         }
         .await;
         // On failure (or when the deadline drops this future) the relays are aborted.
@@ -745,19 +830,74 @@ async fn connect_all(
     }
 }
 
-async fn read_loop(mut socket: impl SocketRecv, signer: Signer, routes: Arc<Routes>, channel: Channel) {
+/// Route what arrives on `socket` until its peer disconnects; the socket is dropped (closed,
+/// its reconnect task stopped) on return.
+async fn read_loop(
+    mut socket: impl SocketRecv,
+    mut events: Monitor,
+    signer: Signer,
+    routes: Arc<Routes>,
+    channel: Channel,
+) {
     loop {
-        match socket.recv().await {
-            Ok(msg) => match signer.parse(&msg.into_vec()) {
-                Ok(m) => routes.dispatch(channel, m).await,
-                Err(e) => tracing::warn!(?channel, "dropping a kernel message: {e}"),
+        tokio::select! {
+            // Messages first: the disconnect is reported only after the peer's last message
+            // was received.
+            biased;
+            received = socket.recv() => match received {
+                Ok(msg) => match signer.parse(&msg.into_vec()) {
+                    Ok(m) => routes.dispatch(channel, m).await,
+                    Err(e) => tracing::warn!(?channel, "dropping a kernel message: {e}"),
+                },
+                Err(e) => {
+                    tracing::debug!(?channel, "kernel socket closed: {e}");
+                    return;
+                }
             },
-            Err(e) => {
-                tracing::debug!(?channel, "kernel socket closed: {e}");
-                return;
-            }
+            event = events.next() => match event {
+                Some(SocketEvent::Disconnected(_)) | None => {
+                    tracing::debug!(?channel, "the kernel's end of the channel is gone");
+                    return;
+                }
+                Some(_) => {}
+            },
         }
     }
+}
+
+/// Keep a kernel's links (relays and read loops) no longer than the kernel: when it dies,
+/// let the read loops take what it sent before it went, then end whatever is left and close
+/// our sockets. When a link ends while the process runs, the kernel cannot be reached on
+/// that channel any more: unless it exits by itself, it is recycled.
+async fn supervise_links(
+    mut links: Tasks,
+    death: watch::Receiver<Option<KernelDeath>>,
+    process: Arc<Process>,
+    link_lost: Arc<AtomicBool>,
+    senders: Arc<Senders>,
+) {
+    // An error too means the kernel is gone: its watcher was dropped with it.
+    let dead = || {
+        let mut death = death.clone();
+        async move {
+            let _ = death.wait_for(Option::is_some).await;
+        }
+    };
+    let link_ended = tokio::select! {
+        () = dead() => false,
+        () = links.one_ends() => true,
+    };
+    if link_ended && tokio::time::timeout(LINK_GRACE, dead()).await.is_err() {
+        tracing::warn!(
+            pid = process.pid.as_raw_nonzero().get(),
+            "a channel to the kernel closed while it runs; recycling the kernel"
+        );
+        link_lost.store(true, Ordering::Release);
+        process.signal_group(rustix::process::Signal::KILL);
+    }
+    let _ = tokio::time::timeout(LINK_GRACE, links.all_end()).await;
+    drop(links);
+    senders.close().await;
 }
 
 #[allow(unsafe_code)]
@@ -767,12 +907,20 @@ fn register(pidfd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(pidfd) }.map_err(|e| e.into_parts().1)
 }
 
+/// What tells why a kernel died, besides its exit status.
+struct Cause {
+    /// A message over `max_message` tripped a relay, which killed the kernel.
+    oversize: Arc<Oversize>,
+    max_message: u64,
+    /// A channel closed while the kernel ran, and the links supervisor killed it.
+    link_lost: Arc<AtomicBool>,
+}
+
 async fn watch_process(
     pidfd: OwnedFd,
     process: Arc<Process>,
     confinement: Arc<Confinement>,
-    oversize: Arc<Oversize>,
-    max_message: u64,
+    why: Cause,
     death: watch::Sender<Option<KernelDeath>>,
 ) {
     let cause = match register(pidfd) {
@@ -793,8 +941,11 @@ async fn watch_process(
         }
         status
     };
-    let cause = cause.unwrap_or_else(|| match (oversize.get(), status) {
-        (Some(size), _) => KernelDeath::OutputLimitExceeded { size, limit: max_message },
+    let cause = cause.unwrap_or_else(|| match (why.oversize.get(), status) {
+        (Some(size), _) => KernelDeath::OutputLimitExceeded { size, limit: why.max_message },
+        (None, _) if why.link_lost.load(Ordering::Acquire) => {
+            KernelDeath::Unknown { detail: "closed a channel to codebox while it ran, and was recycled".into() }
+        }
         (None, Some(status)) => confinement.death_cause(status),
         (None, None) => KernelDeath::Unknown { detail: "the kernel process is gone".into() },
     });

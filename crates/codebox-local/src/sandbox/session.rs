@@ -556,8 +556,12 @@ mod tests {
         let mut cmd = prepared.command;
         let child = cmd.spawn().unwrap();
         drop(prepared.guard);
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        assert!(c.cgroup().unwrap().pids_current() >= 2, "bwrap and the kernel are in the cgroup");
+        // bwrap forks the kernel in its own time: poll, with a deadline for a loaded machine.
+        let start = std::time::Instant::now();
+        while c.cgroup().unwrap().pids_current() < 2 {
+            assert!(start.elapsed().as_secs() < 30, "bwrap and the kernel are in the cgroup");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert!(!super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty());
         drop(c);
         let mut child = child;

@@ -11,6 +11,7 @@ mod files;
 mod lean;
 mod network;
 mod orphans;
+mod tasks;
 
 use codebox_core::CodeBox;
 use codebox_local::{LocalBox, LocalBoxBuilder};
