@@ -319,7 +319,17 @@ impl Serve {
 }
 
 impl Drop for Serve {
+    /// A server a case did not stop (it failed, or it kills its server on purpose) is stopped
+    /// the way an operator would, so that it unmounts and removes its sessions' working
+    /// directories; SIGKILL only if it does not exit in time.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
