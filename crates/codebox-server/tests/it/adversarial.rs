@@ -199,7 +199,10 @@ async fn a_client_gone_mid_stream_cancels_the_execution_and_leaves_nothing_behin
     let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     let conn = tokio::spawn(conn);
-    let code = "import time\nfor i in range(2000):\n    open('progress', 'w').write(str(i))\n    print(i, flush=True)\n    time.sleep(0.005)";
+    // The count is written whole (a rename), so an interrupt between opening and writing
+    // cannot leave an empty file behind.
+    let code = "import os, time\nfor i in range(2000):\n    open('progress.new', 'w').write(str(i))\n    \
+                os.replace('progress.new', 'progress')\n    print(i, flush=True)\n    time.sleep(0.005)";
     let req = hyper::Request::post("/v1/sessions/s/execute")
         .header("host", server.addr.to_string())
         .header("authorization", format!("Bearer {KEY}"))
