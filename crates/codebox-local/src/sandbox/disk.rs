@@ -40,7 +40,10 @@ impl WorkDisk {
         }
         let name = dir.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no directory name"))?;
         let image = dir.with_file_name(format!(".{}.img", name.to_string_lossy()));
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&image)?;
+        // Only this process may read the image: it holds the box's files, and its name is
+        // the mount point's, which every process can read in /proc/self/mountinfo.
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&image)?;
         file.set_len(bytes)?;
         drop(file);
         let disk = Self { image: image.clone(), mount: dir.to_owned(), released: AtomicBool::new(true) };
@@ -102,6 +105,8 @@ mod tests {
         let disk = WorkDisk::mount(&dir, 16 << 20, 64, Some(310_500)).unwrap();
         let st = std::fs::metadata(&dir).unwrap();
         assert_eq!(std::os::unix::fs::MetadataExt::uid(&st), 310_500);
+        let image = std::fs::metadata(base.path().join(".work.img")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::mode(&image) & 0o777, 0o600, "the image is the server's alone");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "lost+found is removed");
         let big = vec![0u8; 32 << 20];
         let err = std::fs::write(dir.join("big"), &big).unwrap_err();

@@ -209,7 +209,59 @@ fn head_answers_what_get_answers(level: Level) {
     serve.stop();
 }
 
+/// Another tenant's working directory cannot be read through the disk image behind it,
+/// whose name every process can work out from `/proc/self/mountinfo`: the image is the
+/// server's alone.
+fn another_sessions_disk_image_is_out_of_reach(level: Level) {
+    const SECRET: &str = "KEYB-SECRET-0123456789";
+    let serve = Serve::start(Options::new(level));
+    let a = serve.new_session(KEY_A);
+    let b = serve.new_session(KEY_B);
+    let reply = serve.request_with(
+        Some(KEY_B),
+        "PUT",
+        &format!("/v1/sessions/{b}/files/secret.txt"),
+        &[],
+        SECRET.as_bytes(),
+        ANSWER_WITHIN,
+    );
+    assert_eq!(reply.unwrap().status, 201);
+    // On the host, every image is root's and 0600.
+    let scratch = serve.root.join("tmp");
+    let images: Vec<_> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "img"))
+        .collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    for image in &images {
+        let mode = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(image).unwrap());
+        assert_eq!(mode & 0o777, 0o600, "{}", image.display());
+    }
+    // From tenant A's box: every image named by a mount point it can see, read if it can.
+    let probe = format!(
+        "import os, subprocess\n\
+         subprocess.run(['sync'])\n\
+         found = []\n\
+         for line in open('/proc/self/mountinfo'):\n\
+         \x20   point = line.split()[4]\n\
+         \x20   if '/codebox-' not in point:\n\
+         \x20       continue\n\
+         \x20   image = os.path.join(os.path.dirname(point), '.' + os.path.basename(point) + '.img')\n\
+         \x20   try:\n\
+         \x20       with open(image, 'rb') as f:\n\
+         \x20           found.append({SECRET:?}.encode() in f.read())\n\
+         \x20   except OSError as e:\n\
+         \x20       found.append(type(e).__name__)\n\
+         print(found)\n"
+    );
+    let seen = serve.exec(KEY_A, &a, &probe);
+    assert!(!seen.ok().contains("True"), "tenant A read tenant B's file through its image: {seen:?}");
+    serve.stop();
+}
+
 per_level!(
+    another_sessions_disk_image_is_out_of_reach,
     fifo_downloads_are_refused_and_the_server_keeps_answering,
     a_deep_recursive_listing_is_refused,
     deep_trees_go_on_delete_and_at_the_next_start,
