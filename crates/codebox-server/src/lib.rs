@@ -22,6 +22,7 @@ mod api;
 mod auth;
 mod compat;
 mod config;
+mod downloads;
 mod factory;
 mod metrics;
 mod record;
@@ -94,7 +95,10 @@ impl Server {
         );
         let keys = ApiKeys::new(config.api_keys.clone(), config.no_auth);
         let body_budget = BodyBudget::new(config.max_buffered_bytes, BODY_BUDGET_WAIT);
-        let state = Arc::new(AppState { config, keys, registry, metrics, body_budget });
+        // As many open downloads as connections: with the connection cap, a quarter of the
+        // descriptors each by default, so the rest stay for sessions and their kernels.
+        let downloads = downloads::DownloadSlots::new(config.connections_cap(), config.api_keys.len());
+        let state = Arc::new(AppState { config, keys, registry, metrics, body_budget, downloads });
         Ok(Self { listener, local_addr, state })
     }
 

@@ -31,6 +31,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     /// The bytes of JSON request bodies all requests together may hold in memory.
     pub(crate) body_budget: BodyBudget,
+    /// The files held open for downloads, server-wide and per key.
+    pub(crate) downloads: Arc<crate::downloads::DownloadSlots>,
 }
 
 impl AppState {

@@ -57,7 +57,8 @@ pub struct ConnectionLimits {
     /// The most connections open at once; one more is answered 503 and closed at once.
     pub max_connections: usize,
     /// A connection with no request in flight that sends and receives nothing for this
-    /// long is closed.
+    /// long is closed, and so is one whose client has not read what it is sent for this
+    /// long.
     pub idle_timeout: Duration,
 }
 
@@ -65,7 +66,9 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(30),
-            max_concurrent_streams: 256,
+            // Each stream may hold a file open (a download): a few per connection suffice
+            // for a client, and keep one connection from holding hundreds.
+            max_concurrent_streams: 32,
             max_connections: default_max_connections(),
             idle_timeout: DEFAULT_CONNECTION_IDLE_TIMEOUT,
         }
@@ -120,11 +123,53 @@ struct Activity {
     /// Milliseconds from `start` to the last byte read or written.
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// One more than the milliseconds from `start` to the moment a write began to wait for
+    /// the client to read; 0 while writes go through.
+    blocked_ms: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self { start: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            blocked_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Note a write's outcome: waiting for the client (from when, if it just began) or gone through.
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => {
+                let now = self.start.elapsed().as_millis() as u64 + 1;
+                let _ = self.blocked_ms.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.blocked_ms.store(0, Ordering::Relaxed);
+                self.touch();
+            }
+            Poll::Ready(_) => {}
+        }
+    }
+
+    /// Resolve once a write has waited `timeout` for a client that does not read. A request
+    /// in flight keeps a quiet connection open, but not one whose client stopped reading
+    /// what it asked for (say a download left unread): that would hold the connection's
+    /// slot and the response's file for as long as the client likes.
+    async fn stalled_for(&self, timeout: Duration) {
+        loop {
+            let since = self.blocked_ms.load(Ordering::Relaxed);
+            let waited = if since == 0 {
+                Duration::ZERO
+            } else {
+                self.start.elapsed().saturating_sub(Duration::from_millis(since - 1))
+            };
+            if since != 0 && waited >= timeout {
+                return;
+            }
+            tokio::time::sleep(if since == 0 { timeout } else { timeout - waited }).await;
+        }
     }
 
     fn touch(&self) {
@@ -206,9 +251,7 @@ impl AsyncRead for TrackedStream {
 impl AsyncWrite for TrackedStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.activity.wrote(&polled);
         polled
     }
 
@@ -218,9 +261,7 @@ impl AsyncWrite for TrackedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.activity.wrote(&polled);
         polled
     }
 
@@ -322,6 +363,9 @@ where
                 }
                 () = activity.idle_for(idle_timeout) => {
                     tracing::debug!(%peer, "closing an idle connection");
+                }
+                () = activity.stalled_for(idle_timeout) => {
+                    tracing::debug!(%peer, "closing a connection whose client stopped reading");
                 }
             }
         });

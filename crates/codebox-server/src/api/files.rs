@@ -209,13 +209,14 @@ pub(super) async fn get(
     let metrics = Arc::clone(&state.metrics);
     // HEAD opens the file as GET does, so that it answers what GET would (404 for a
     // missing file, 400 for a link, a FIFO or a device), and sends nothing of it.
+    let slot = state.downloads.take(owner)?;
     let stream = session.codebox.download(&path).await?;
     let mut resp = if req.method() == http::Method::HEAD {
         drop(stream);
         Response::new(Body::empty())
     } else {
         let stream = stream.map(move |chunk| {
-            let _held = &use_guard;
+            let _held = (&use_guard, &slot);
             if let Ok(bytes) = &chunk {
                 metrics.downloaded(bytes.len() as u64);
             }

@@ -244,10 +244,11 @@ impl Scope<'_> {
         if let Some((_, true)) = size {
             return Err(CodeBoxError::invalid(format!("{path} is a directory, not a file")));
         }
+        let slot = self.state.downloads.take(session.owner)?;
         let content = session.codebox.download(path).await?;
         let metrics = Arc::clone(&self.state.metrics);
         let content = content.inspect(move |chunk| {
-            let _in_use = &guard;
+            let _in_use = (&guard, &slot);
             if let Ok(bytes) = chunk {
                 metrics.downloaded(bytes.len() as u64);
             }

@@ -544,8 +544,85 @@ fn bad_input_is_the_callers_error(level: Level) {
     serve.stop();
 }
 
+/// Open a download of `path` as `key` and read only its status line: the rest stays unread
+/// in the socket for as long as the returned stream lives.
+fn unread_download(serve: &Serve, key: &str, path: &str) -> (u16, TcpStream) {
+    let mut stream = TcpStream::connect(&serve.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.write_all(head(&serve.addr, key, "GET", path, &[]).as_bytes()).unwrap();
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first).unwrap();
+    let status = String::from_utf8_lossy(&first[9..12]).parse().unwrap_or(0);
+    (status, stream)
+}
+
+/// A session holding a 30 MB file, `big`, for downloads that outgrow the sockets' buffers.
+fn session_with_a_big_file(serve: &Serve, key: &str) -> String {
+    let id = serve.new_session(key);
+    let made = serve.exec(key, &id, "open('big', 'wb').write(b'x' * (30 << 20))");
+    made.ok();
+    id
+}
+
+/// Downloads hold files open until their clients read them: each key holds at most its share
+/// of the server's download slots (429 past it), so one tenant's unread downloads cannot
+/// take the descriptors every other request needs.
+fn unread_downloads_are_bounded_per_key(level: Level) {
+    let serve = Serve::start(Options::new(level).arg("--max-connections").arg("8"));
+    let a = session_with_a_big_file(&serve, KEY_A);
+    let b = session_with_a_big_file(&serve, KEY_B);
+    let path_a = format!("/v1/sessions/{a}/files/big");
+    let held: Vec<_> = (0..4).map(|_| unread_download(&serve, KEY_A, &path_a)).collect();
+    assert!(held.iter().all(|(status, _)| *status == 200), "{:?}", held.iter().map(|h| h.0).collect::<Vec<_>>());
+    let (over, _socket) = unread_download(&serve, KEY_A, &path_a);
+    assert_eq!(over, 429, "a key past its share of the download slots");
+    let (theirs, _other) = unread_download(&serve, KEY_B, &format!("/v1/sessions/{b}/files/big"));
+    assert_eq!(theirs, 200, "the other tenant still downloads");
+    drop(held);
+    serve.stop();
+}
+
+/// A client that stops reading a download is cut off once its writes have waited the idle
+/// timeout: it holds neither a connection slot nor the file for as long as it likes.
+fn a_download_left_unread_is_cut_off(level: Level) {
+    let serve = Serve::start(Options::new(level).arg("--connection-idle-timeout").arg("2s"));
+    let a = session_with_a_big_file(&serve, KEY_A);
+    let (status, mut stream) = unread_download(&serve, KEY_A, &format!("/v1/sessions/{a}/files/big"));
+    assert_eq!(status, 200);
+    // Wait until the server has let the connection go (its end no longer established) ...
+    let port: u16 = serve.addr.rsplit(':').next().unwrap().parse().unwrap();
+    wait_until("the server closes a download nobody reads", Duration::from_secs(120), || {
+        established_server_ends(port) == 0
+    });
+    // ... then what arrives is less than the file: the rest was never sent.
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got);
+    assert!(got.len() < 30 << 20, "the whole file was sent to a client that did not read");
+    assert!(serve.healthy_within(Duration::from_secs(5)));
+    serve.stop();
+}
+
+/// Sockets of this machine whose local port is `port`, established: the server's ends of
+/// its connections.
+fn established_server_ends(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap() + &std::fs::read_to_string("/proc/net/tcp6").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            let local = f.next()?;
+            let state = f.nth(1)?;
+            let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && state == "01").then_some(())
+        })
+        .count()
+}
+
 per_level!(
     another_tenants_session_is_invisible,
+    unread_downloads_are_bounded_per_key,
+    a_download_left_unread_is_cut_off,
     two_keys_without_isolation_are_refused,
     absurd_timeouts_are_refused,
     uploads_fit_the_working_directory,
