@@ -14,7 +14,7 @@
 //!   `/run/lock`, and POSIX message queues in `/dev/mqueue`), where the none level lets code
 //!   write. They are found by a walk that never follows a link nor crosses a mount, and that
 //!   goes only into directories other users may enter (the uid could reach nothing else);
-//!   each entry the uid owns is removed whole with [`crate::rmtree`], from the directory
+//!   each entry the uid owns is removed whole with the crate's `rmtree`, from the directory
 //!   descriptor the walk holds (never through a path another uid could swap meanwhile).
 //!
 //! - POSIX message queues, files of the IPC namespace's `mqueue` file system, looked at
