@@ -7,4 +7,5 @@ mod end_to_end;
 mod python_server;
 mod support;
 mod tls;
+mod tls_server;
 mod transport;

@@ -1,75 +1,16 @@
 //! TLS through rustls against a real TLS server (Python's `ssl` over `http.server`) with a
 //! certificate made by `openssl` for this test.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use codebox_core::{CodeBox, ErrorKind};
 use codebox_remote::{Protocol, RemoteBox};
 
-const SERVER: &str = r#"
-import http.server, ssl, sys
-class Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b'{"status": "ok"}'
-        self.send_response(200)
-        self.send_header('content-type', 'application/json')
-        self.send_header('content-length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = http.server.HTTPServer(('127.0.0.1', 0), Health)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[1], sys.argv[2])
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"#;
+use crate::tls_server::{TlsServer, make_certificate};
 
-struct TlsServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn make_certificate(dir: &Path) {
-    let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("running openssl");
-    assert!(ok.success(), "openssl could not make a certificate");
-}
-
+/// The TLS server with the Python the other server tests use.
 fn start(dir: &Path) -> TlsServer {
-    let python = crate::python_server::provision_venv();
-    let mut child = Command::new(python)
-        .args(["-c", SERVER])
-        .arg(dir.join("cert.pem"))
-        .arg(dir.join("key.pem"))
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting the TLS server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port = line.trim().parse().expect("the TLS server's port");
-    TlsServer { child, port }
+    crate::tls_server::start(&crate::python_server::provision_venv(), dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
