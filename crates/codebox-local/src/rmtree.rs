@@ -362,6 +362,13 @@ mod tests {
     }
 
     // Root and mount are there on this machine kind and in CI (as for the disk image tests).
+    /// A small tmpfs mounted on `point`.
+    fn mount_tmpfs(point: &Path) {
+        let status =
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(point).status();
+        assert!(status.unwrap().success(), "mounting a tmpfs on {}", point.display());
+    }
+
     #[test]
     fn a_mount_point_inside_is_left_in_place_with_what_is_mounted() {
         let base = tempfile::tempdir().unwrap();
@@ -370,12 +377,7 @@ mod tests {
         std::fs::create_dir_all(&point).unwrap();
         std::fs::write(tree.join("a/file"), "x").unwrap();
         std::fs::create_dir_all(tree.join("b/c")).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-            .arg(&point)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        mount_tmpfs(&point);
         std::fs::write(point.join("mounted.txt"), "on the mount").unwrap();
         let err = remove_tree(&tree).unwrap_err().to_string();
         let mounted = std::fs::read_to_string(point.join("mounted.txt"));
@@ -385,12 +387,7 @@ mod tests {
         assert!(!tree.join("a/file").exists() && !tree.join("b").exists(), "the rest is gone");
         // Refused as the path itself too.
         std::fs::create_dir_all(&point).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-            .arg(&point)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        mount_tmpfs(&point);
         let err = remove_tree(&point).unwrap_err().to_string();
         let _ = std::process::Command::new("umount").arg(&point).status();
         assert!(err.contains("mount point"), "{err}");
