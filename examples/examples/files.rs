@@ -1,7 +1,7 @@
 //! Move files in and out of a box; code in the box sees them in its working directory.
 //!
 //! `cargo run -p codebox-examples --example files`
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, reason = "an example shows its results on stdout")]
 
 use codebox::{CodeBox, CodeBoxExt, LocalBox};
 

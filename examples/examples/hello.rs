@@ -1,7 +1,7 @@
 //! Run Python in a local box: state persists between executions, values come back.
 //!
 //! `cargo run -p codebox-examples --example hello`
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, reason = "an example shows its results on stdout")]
 
 use codebox::{CodeBox, CodeBoxExt, LocalBox};
 

@@ -1,7 +1,7 @@
 //! Plot with matplotlib in a box and save the figure as a PNG on this machine.
 //!
 //! `cargo run -p codebox-examples --example plot` writes `plot.png` in the current directory.
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, reason = "an example shows its results on stdout")]
 
 use codebox::{CodeBox, CodeBoxExt, LocalBox};
 

@@ -1,7 +1,7 @@
 //! Stream an execution's events as they happen, and stop a long one with a timeout.
 //!
 //! `cargo run -p codebox-examples --example streaming`
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, reason = "an example shows its results on stdout")]
 
 use std::time::Duration;
 

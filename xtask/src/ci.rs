@@ -1,7 +1,9 @@
 //! `cargo xtask ci`: the one entry point CI calls.
 //!
 //! Steps, in order, failing fast: `setup` (the system packages the tests need, installed
-//! where that can be done unattended: see [`crate::prereqs`]), `fmt`, `clippy`, `test`, `leaks` (nothing the tests' boxes
+//! where that can be done unattended: see [`crate::prereqs`]), `fmt`, `tidy` (see
+//! [`crate::tidy`]), `clippy`, `test` (then the tests that said they were skipped: listed
+//! loudly, and a failure under `CI=true`), `leaks` (nothing the tests' boxes
 //! had is left on the machine: see [`crate::leaks`]), `doc`, `features` (every distinct
 //! combination of the facade's `local`, `remote`, `server` and `rustls` features, with
 //! `cargo check`).
@@ -14,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::workspace::{cargo, display};
 
 /// The steps, in the order they run.
-pub(crate) const STEPS: [&str; 7] = ["setup", "fmt", "clippy", "test", "leaks", "doc", "features"];
+pub(crate) const STEPS: [&str; 8] = ["setup", "fmt", "tidy", "clippy", "test", "leaks", "doc", "features"];
 
 /// The facade's optional features; the matrix checks every distinct subset of them.
 const FACADE: &str = "codebox";
@@ -47,6 +49,10 @@ enum Action {
     Leaks,
     /// Check the system packages the tests need, installing what is missing.
     Setup,
+    /// Report the tests that said they were skipped; in CI, fail if any was.
+    Skips,
+    /// The house rules (see [`crate::tidy`]).
+    Tidy,
 }
 
 impl Job {
@@ -55,6 +61,8 @@ impl Job {
             Action::Cargo(cmd) => display(cmd),
             Action::Leaks => "leak check (processes, cgroups, files of session uids, temp dirs)".to_owned(),
             Action::Setup => "system prerequisites (bubblewrap, python3-venv, build tools, ...)".to_owned(),
+            Action::Skips => format!("tests that were skipped ({})", skip_log().display()),
+            Action::Tidy => "tidy (module comments, allow reasons, typed errors, file length, unused deps)".to_owned(),
         }
     }
 }
@@ -66,9 +74,17 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             bail!("unknown step `{name}` (steps: {})", STEPS.join(", "));
         }
     }
-    if crate::workspace::in_ci(std::env::var("CI").ok().as_deref()) {
+    let in_ci = crate::workspace::in_ci(std::env::var("CI").ok().as_deref());
+    if in_ci {
         eprintln!("==> lockfile: Cargo.lock must be the committed one");
         lockfile_unchanged(&crate::workspace::root())?;
+    }
+    // A log of an earlier run must not be reported as this one's.
+    match std::fs::remove_file(skip_log()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            bail!("could not remove {}: {e}", skip_log().display())
+        }
+        _ => {}
     }
     let jobs: Vec<Job> = plan().into_iter().filter(|j| !opts.skip.iter().any(|s| s == j.step)).collect();
     let started = Instant::now();
@@ -89,6 +105,8 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             }
             Action::Leaks => crate::leaks::check().with_context(|| format!("step `{}` failed", job.label)),
             Action::Setup => crate::prereqs::ensure().with_context(|| format!("step `{}` failed", job.label)),
+            Action::Skips => skips_reported(&skip_log(), in_ci),
+            Action::Tidy => crate::tidy::run().with_context(|| format!("step `{}` failed", job.label)),
         };
         timings.push((job.label.clone(), t.elapsed()));
         if let Err(e) = outcome {
@@ -118,6 +136,39 @@ fn lockfile_unchanged(root: &std::path::Path) -> Result<()> {
     }
 }
 
+/// The environment variable through which a test records that it was skipped (see
+/// `codebox_core::conformance::requires`; xtask depends on no workspace crate, so the name is
+/// repeated here).
+const SKIP_LOG_ENV: &str = "CODEBOX_TEST_SKIP_LOG";
+
+/// Where the test step's skipped tests are recorded.
+fn skip_log() -> std::path::PathBuf {
+    crate::workspace::root().join("target").join("test-skips.log")
+}
+
+/// Says loudly which tests were skipped and why; in CI any skip fails the run, since a green
+/// run must mean every test ran.
+fn skips_reported(log: &std::path::Path, in_ci: bool) -> Result<()> {
+    let lines = match std::fs::read_to_string(log) {
+        Ok(text) => text.lines().map(str::to_owned).collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => bail!("could not read {}: {e}", log.display()),
+    };
+    if lines.is_empty() {
+        eprintln!("    no test was skipped");
+        return Ok(());
+    }
+    eprintln!("\n*** {} test(s) were SKIPPED: ***", lines.len());
+    for line in &lines {
+        eprintln!("    {line}");
+    }
+    if in_ci {
+        bail!("{} test(s) were skipped, and CI must run every test", lines.len());
+    }
+    eprintln!("*** the run is not complete: give this machine what they need and run again ***\n");
+    Ok(())
+}
+
 fn summary(timings: &[(String, Duration)]) {
     eprintln!("\n==> step timings");
     for (label, took) in timings {
@@ -132,15 +183,21 @@ fn plan() -> Vec<Job> {
         cmd.args(args);
         Job { step, label, action: Action::Cargo(cmd) }
     };
+    let mut test = job("test", "test".into(), &["test", "--workspace", "--all-features", "--locked"]);
+    if let Action::Cargo(cmd) = &mut test.action {
+        cmd.env(SKIP_LOG_ENV, skip_log());
+    }
     let mut jobs = vec![
         Job { step: "setup", label: "setup".into(), action: Action::Setup },
         job("fmt", "fmt".into(), &["fmt", "--all", "--check"]),
+        Job { step: "tidy", label: "tidy".into(), action: Action::Tidy },
         job(
             "clippy",
             "clippy".into(),
             &["clippy", "--workspace", "--all-targets", "--all-features", "--locked", "--", "-D", "warnings"],
         ),
-        job("test", "test".into(), &["test", "--workspace", "--all-features", "--locked"]),
+        test,
+        Job { step: "test", label: "skipped tests".into(), action: Action::Skips },
         // After every test process has exited: their boxes must have left nothing behind.
         Job { step: "leaks", label: "leaks".into(), action: Action::Leaks },
     ];
@@ -227,19 +284,24 @@ mod tests {
         let shown: Vec<String> = plan.iter().map(Job::shown).collect();
         assert!(matches!(plan[0].action, Action::Setup), "the prerequisites come first");
         assert_eq!(shown[1], "cargo fmt --all --check");
-        assert_eq!(shown[2], "cargo clippy --workspace --all-targets --all-features --locked -- -D warnings");
-        assert_eq!(shown[3], "cargo test --workspace --all-features --locked");
-        assert!(matches!(plan[4].action, Action::Leaks), "the leak check runs right after the tests");
+        assert!(matches!(plan[2].action, Action::Tidy), "tidy runs before the long steps");
+        assert_eq!(shown[3], "cargo clippy --workspace --all-targets --all-features --locked -- -D warnings");
         assert_eq!(
-            shown[5],
+            shown[4],
+            format!("CODEBOX_TEST_SKIP_LOG={} cargo test --workspace --all-features --locked", skip_log().display())
+        );
+        assert!(matches!(plan[5].action, Action::Skips), "skipped tests are reported right after the tests");
+        assert!(matches!(plan[6].action, Action::Leaks), "the leak check runs right after the tests");
+        assert_eq!(
+            shown[7],
             "RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features --locked --lib"
         );
-        assert_eq!(shown[6], "cargo check --package codebox --locked --no-default-features");
+        assert_eq!(shown[8], "cargo check --package codebox --locked --no-default-features");
         assert_eq!(
-            shown[17],
+            shown[19],
             "cargo check --package codebox --locked --no-default-features --features local,remote,server,rustls"
         );
-        assert_eq!(shown.len(), 18);
+        assert_eq!(shown.len(), 20);
         let steps: Vec<&str> = plan.iter().map(|j| j.step).collect();
         assert!(
             steps.windows(2).all(|w| STEPS.iter().position(|s| *s == w[0]) <= STEPS.iter().position(|s| *s == w[1]))
@@ -247,9 +309,23 @@ mod tests {
     }
 
     #[test]
+    fn skips_are_listed_and_fail_only_in_ci() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("skips.log");
+        skips_reported(&log, true).expect("no log: nothing was skipped");
+        std::fs::write(&log, "SKIPPED a::b: needs root\n").unwrap();
+        skips_reported(&log, false).expect("outside CI a skip is reported, not a failure");
+        let err = skips_reported(&log, true).unwrap_err().to_string();
+        assert!(err.contains("1 test(s) were skipped"), "{err}");
+    }
+
+    #[test]
     fn unknown_step_is_refused_before_anything_runs() {
         let err = run(&Options { skip: vec!["lint".into()] }).unwrap_err();
-        assert_eq!(err.to_string(), "unknown step `lint` (steps: setup, fmt, clippy, test, leaks, doc, features)");
+        assert_eq!(
+            err.to_string(),
+            "unknown step `lint` (steps: setup, fmt, tidy, clippy, test, leaks, doc, features)"
+        );
     }
 
     fn git_in(dir: &std::path::Path, args: &[&str]) {

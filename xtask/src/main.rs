@@ -21,6 +21,7 @@ mod leaks;
 mod prereqs;
 mod publish;
 mod release;
+mod tidy;
 mod workspace;
 
 use std::path::PathBuf;
@@ -39,16 +40,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Everything CI checks: fmt, clippy, test, a leak check, doc, and every feature combination
-    /// of the facade.
+    /// Everything CI checks: fmt, tidy, clippy, test, a leak check, doc, and every feature
+    /// combination of the facade.
     Ci {
-        /// Skip a step (setup, fmt, clippy, test, leaks, doc, features); repeatable.
+        /// Skip a step (setup, fmt, tidy, clippy, test, leaks, doc, features); repeatable.
         #[arg(long, value_name = "STEP")]
         skip: Vec<String>,
         /// Same as `--skip test --skip leaks`.
         #[arg(long)]
         skip_tests: bool,
     },
+    /// The house rules rustc and clippy do not check: module comments, reasons for `allow`,
+    /// typed errors in libraries, file length, unused dependencies.
+    Tidy,
     /// Build codebox-bench in release, run its binaries, write one JSON report.
     Bench {
         /// Run only this benchmark binary; repeatable.
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
             }
             ci::run(&ci::Options { skip })
         }
+        Cmd::Tidy => tidy::run(),
         Cmd::Bench { only, out, timeout, args } => {
             bench::run(&bench::Options { only, out, timeout: Duration::from_secs(timeout), args })
         }

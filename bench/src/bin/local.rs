@@ -10,7 +10,7 @@
 //! - memory per LocalBox beyond its kernel (RSS growth of this process per started box);
 //! - in the same run, the same measurements made by jupyter_client's BlockingKernelClient
 //!   (`bench/reference/jupyter_client_ref.py`, same Python and kernel flags), and the ratios.
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, reason = "a benchmark prints its JSON report on stdout")]
 
 use std::path::Path;
 use std::process::Command;

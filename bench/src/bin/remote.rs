@@ -289,7 +289,7 @@ async fn main() -> Result<()> {
             "target_rss_growth_mib_max": 32,
         },
     });
-    #[allow(clippy::print_stdout)]
+    #[allow(clippy::print_stdout, reason = "the JSON report goes to stdout")]
     {
         println!("{report}");
     }

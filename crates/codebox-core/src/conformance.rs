@@ -22,6 +22,50 @@ use futures::StreamExt;
 
 use crate::{CodeBox, CodeBoxExt, ErrorKind, ExecEvent, Execution, Outcome, Result, RunOptions};
 
+/// The environment variable naming the file where [`requires`] records a skipped test
+/// (`cargo xtask ci` sets it and reports every line after the tests).
+pub const SKIP_LOG_ENV: &str = "CODEBOX_TEST_SKIP_LOG";
+
+/// Whether the calling test can run, given that it needs `what` and `present` says whether
+/// this machine has it. When it cannot, this says so loudly on stderr, naming the test and
+/// what it needs, and appends the same line to the file [`SKIP_LOG_ENV`] names; under
+/// `CI=true` it panics instead, so a CI run never passes with a test skipped.
+///
+/// ```no_run
+/// # fn running_as_root() -> bool { true }
+/// # fn a_test() {
+/// if !codebox_core::conformance::requires("root (session uids, cgroups)", running_as_root()) {
+///     return;
+/// }
+/// # }
+/// ```
+#[expect(clippy::print_stderr, reason = "a skipped test must be seen by whoever runs the tests")]
+pub fn requires(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let line = format!("SKIPPED {test}: needs {what}");
+    let ci =
+        std::env::var("CI").is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no"));
+    assert!(!ci, "{line} (CI=true: a skipped test fails the run)");
+    eprintln!("\n*** {line} ***\n");
+    if let Some(log) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write as _;
+        // One `write` of a whole line to an O_APPEND file: lines of tests in parallel do not mix.
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = appended {
+            panic!("{line}, and recording it in {} failed: {e}", std::path::Path::new(&log).display());
+        }
+    }
+    false
+}
+
 /// Tunables for the suite.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -62,9 +106,26 @@ pub struct CheckResult {
     /// The check's name.
     pub name: &'static str,
     /// `Ok` with a note, or `Err` with what went wrong.
-    pub outcome: std::result::Result<String, String>,
+    pub outcome: std::result::Result<String, CheckFailure>,
     /// How long the check took.
     pub elapsed: Duration,
+}
+
+/// What went wrong in a failed check, in words for the person reading the report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailure(pub String);
+
+impl From<String> for CheckFailure {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl From<&str> for CheckFailure {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
 }
 
 /// The outcome of a whole run.
@@ -91,7 +152,7 @@ impl ConformanceReport {
         for c in &self.checks {
             let (mark, text) = match &c.outcome {
                 Ok(note) => ("ok  ", note.as_str()),
-                Err(e) => ("FAIL", e.as_str()),
+                Err(e) => ("FAIL", e.0.as_str()),
             };
             let _ = writeln!(out, "{mark} {:<28} {:>7.0} ms  {text}", c.name, c.elapsed.as_secs_f64() * 1e3);
         }
@@ -105,13 +166,13 @@ impl ConformanceReport {
     }
 }
 
-type CheckOutcome = std::result::Result<String, String>;
+type CheckOutcome = std::result::Result<String, CheckFailure>;
 
 /// Start the box (if needed) and run every check against it. The box is left running.
 pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> ConformanceReport {
     let mut report = ConformanceReport::default();
     if let Err(e) = b.start().await {
-        report.checks.push(CheckResult { name: "start", outcome: Err(e.to_string()), elapsed: Duration::ZERO });
+        report.checks.push(CheckResult { name: "start", outcome: Err(e.to_string().into()), elapsed: Duration::ZERO });
         return report;
     }
     macro_rules! check {
@@ -143,17 +204,17 @@ async fn timed(name: &'static str, fut: impl Future<Output = CheckOutcome>) -> C
     // A hung check must not hang the suite.
     let outcome = match tokio::time::timeout(Duration::from_secs(120), fut).await {
         Ok(outcome) => outcome,
-        Err(_) => Err("did not finish within 120 s".to_owned()),
+        Err(_) => Err("did not finish within 120 s".into()),
     };
     CheckResult { name, outcome, elapsed: started.elapsed() }
 }
 
-fn ensure(cond: bool, msg: impl FnOnce() -> String) -> std::result::Result<(), String> {
-    if cond { Ok(()) } else { Err(msg()) }
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> std::result::Result<(), CheckFailure> {
+    if cond { Ok(()) } else { Err(msg().into()) }
 }
 
-async fn exec(b: &dyn CodeBox, code: &str) -> std::result::Result<Execution, String> {
-    b.run(code, RunOptions::default()).await.map_err(|e| format!("run({code:?}) failed: {e}"))
+async fn exec(b: &dyn CodeBox, code: &str) -> std::result::Result<Execution, CheckFailure> {
+    b.run(code, RunOptions::default()).await.map_err(|e| format!("run({code:?}) failed: {e}").into())
 }
 
 fn describe(ex: &Execution) -> String {
@@ -288,7 +349,7 @@ fn pattern_chunk(start: usize, len: usize) -> Bytes {
     Bytes::from((start..start + len).map(pattern_byte).collect::<Vec<u8>>())
 }
 
-async fn round_trip(b: &dyn CodeBox, path: &str, size: usize) -> std::result::Result<(), String> {
+async fn round_trip(b: &dyn CodeBox, path: &str, size: usize) -> std::result::Result<(), CheckFailure> {
     const CHUNK: usize = 1 << 20;
     let chunks = futures::stream::iter(
         (0..size).step_by(CHUNK).map(move |start| Ok(pattern_chunk(start, CHUNK.min(size - start)))),
@@ -302,7 +363,7 @@ async fn round_trip(b: &dyn CodeBox, path: &str, size: usize) -> std::result::Re
         let chunk = chunk.map_err(|e| format!("download {path} at {offset}: {e}"))?;
         for (i, byte) in chunk.iter().enumerate() {
             if *byte != pattern_byte(offset + i) {
-                return Err(format!("download {path}: byte {} differs", offset + i));
+                return Err(format!("download {path}: byte {} differs", offset + i).into());
             }
         }
         offset += chunk.len();
@@ -364,11 +425,11 @@ async fn list_and_delete(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-fn expect_kind(result: Result<()>, kind: ErrorKind, what: &str) -> std::result::Result<(), String> {
+fn expect_kind(result: Result<()>, kind: ErrorKind, what: &str) -> std::result::Result<(), CheckFailure> {
     match result {
-        Ok(()) => Err(format!("{what}: succeeded, expected a {kind} error")),
+        Ok(()) => Err(format!("{what}: succeeded, expected a {kind} error").into()),
         Err(e) if e.kind() == kind => Ok(()),
-        Err(e) => Err(format!("{what}: expected a {kind} error, got {} ({e})", e.kind())),
+        Err(e) => Err(format!("{what}: expected a {kind} error, got {} ({e})", e.kind()).into()),
     }
 }
 

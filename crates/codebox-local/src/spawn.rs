@@ -4,7 +4,7 @@
 //! Kernels are therefore forked by a single dedicated thread that lives as long as the
 //! process; when the process dies (even by SIGKILL) the kernel gets SIGKILL. Each kernel also
 //! leads its own process group so that killing it takes its children along.
-#![allow(unsafe_code)]
+#![allow(unsafe_code, reason = "forking with pre_exec and prctl: see the SAFETY notes")]
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};

@@ -1,3 +1,5 @@
+//! The basics of a LocalBox: state between executions, rich output, streaming, options.
+
 use std::time::Duration;
 
 use codebox_core::{CodeBox, CodeBoxExt, ExecEvent, MimeBundle, Outcome, RunOptions};

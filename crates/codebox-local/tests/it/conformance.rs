@@ -1,3 +1,5 @@
+//! LocalBox passes the conformance suite every backend runs.
+
 use codebox_core::CodeBox;
 use codebox_core::conformance::{ConformanceOptions, run_all};
 

@@ -1,3 +1,5 @@
+//! Faults: dead and hung kernels, timeouts, interrupts and restarts, and what survives them.
+
 use std::time::Duration;
 
 use codebox_core::{

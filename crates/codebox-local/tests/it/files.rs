@@ -1,3 +1,5 @@
+//! Files in a LocalBox: upload, download, listing, and paths that must be refused.
+
 use bytes::Bytes;
 use codebox_core::{CodeBox, CodeBoxExt, ErrorKind};
 use futures::StreamExt;

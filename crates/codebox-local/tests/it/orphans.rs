@@ -33,7 +33,7 @@ pub(crate) fn wait_until_dead(pid: i32, limit: Duration) -> bool {
 
 /// The owner's side: start a box from `builder`, run `setup` in it, report the kernel's pid
 /// and directories, and wait to be killed.
-#[allow(clippy::print_stdout)]
+#[allow(clippy::print_stdout, reason = "the test reads the owner's pid and directories from its stdout")]
 pub(crate) fn act_as_owner(builder: codebox_local::LocalBoxBuilder, setup: Option<&str>) -> ! {
     use codebox_core::CodeBoxExt;
     let rt = tokio::runtime::Runtime::new().unwrap();
