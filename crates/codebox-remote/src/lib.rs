@@ -28,12 +28,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod codeboxapi_0_2;
+mod connection;
 mod native;
 mod ndjson;
 mod path;
 mod remote_box;
-mod tagged;
-mod v2;
+mod session;
 
 pub use builder::{Protocol, RemoteBoxBuilder};
 pub use codebox_http::client::{ClientConfig, RetryPolicy};
