@@ -7,24 +7,10 @@ use codebox_http::client::{ClientConfig, HttpClient, RetryPolicy};
 
 use crate::codeboxapi_0_2::{CodeboxApiSession, Host};
 use crate::connection::Connection;
+use crate::connection::new_session_id;
 use crate::native::NativeSession;
-use crate::remote_box::{RemoteBox, new_session_id};
-use crate::session::Session;
-
-/// Which protocol the server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Protocol {
-    /// The native API of `codebox serve` (`/v1`). Every operation works.
-    #[default]
-    Native,
-    /// The hosted codebox-api 0.2 service: `{base}/codebox/{session}/exec`, `/files/upload`,
-    /// `/files/download/{path}`, with `Authorization: Bearer` and `Factory-Id` headers.
-    CodeboxApi,
-    /// The single-box server of the `codeboxapi` 0.2 Python package
-    /// (`uvicorn codeboxapi.api:app`): the same routes at the base URL's root.
-    CodeboxApiServer,
-}
+use crate::remote_box::RemoteBox;
+use crate::session::{Protocol, Session};
 
 /// Builds a [`RemoteBox`]. Start from [`RemoteBox::builder`].
 #[derive(Debug, Clone)]

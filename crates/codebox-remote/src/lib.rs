@@ -36,6 +36,7 @@ mod path;
 mod remote_box;
 mod session;
 
-pub use builder::{Protocol, RemoteBoxBuilder};
+pub use builder::RemoteBoxBuilder;
 pub use codebox_http::client::{ClientConfig, RetryPolicy};
 pub use remote_box::RemoteBox;
+pub use session::Protocol;

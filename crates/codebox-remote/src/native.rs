@@ -15,11 +15,10 @@ use codebox_core::{
 use codebox_http::client::{Request, Retry};
 use codebox_http::wire::{API_PREFIX, CreateSession, ExecuteRequest, InstallRequest, InstallResponse, SessionInfo};
 
-use crate::builder::Protocol;
 use crate::connection::Connection;
 use crate::ndjson;
 use crate::path::{checked_dir, encode_component, encode_file_path};
-use crate::session::Session;
+use crate::session::{Protocol, Session};
 
 /// How long an install or a command may stay silent before the client gives up.
 const LONG_OPERATION: Duration = Duration::from_secs(3600);

@@ -11,9 +11,9 @@ use codebox_core::{
 };
 use codebox_http::client::HttpClient;
 
-use crate::builder::{Protocol, RemoteBoxBuilder};
+use crate::builder::RemoteBoxBuilder;
 use crate::connection::Connection;
-use crate::session::Session;
+use crate::session::{Protocol, Session};
 
 /// A box that is a session on a CodeBox server.
 ///
@@ -160,33 +160,9 @@ impl CodeBox for RemoteBox {
     }
 }
 
-/// A fresh random session id: 32 hex digits from the standard library's random hasher keys.
-pub(crate) fn new_session_id() -> String {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::with_capacity(32);
-    for salt in 0..2u64 {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(salt);
-        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-            h.write_u128(now.as_nanos());
-        }
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn session_ids_are_fresh_hex() {
-        let (a, b) = (new_session_id(), new_session_id());
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
-    }
 
     #[test]
     fn the_key_is_never_shown_and_bad_settings_are_refused() {

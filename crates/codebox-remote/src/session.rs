@@ -1,4 +1,5 @@
-//! The operations a session on a server offers, one implementation per wire protocol.
+//! The wire protocols a server may speak, and the operations a session offers, one
+//! implementation per protocol.
 //!
 //! [`RemoteBox`](crate::RemoteBox) holds one [`Session`] and forwards every `CodeBox` method
 //! to it. A protocol is one type implementing this trait over a shared
@@ -11,8 +12,22 @@ use codebox_core::{
 };
 use codebox_http::client::Request;
 
-use crate::builder::Protocol;
 use crate::connection::Connection;
+
+/// Which protocol the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// The native API of `codebox serve` (`/v1`). Every operation works.
+    #[default]
+    Native,
+    /// The hosted codebox-api 0.2 service: `{base}/codebox/{session}/exec`, `/files/upload`,
+    /// `/files/download/{path}`, with `Authorization: Bearer` and `Factory-Id` headers.
+    CodeboxApi,
+    /// The single-box server of the `codeboxapi` 0.2 Python package
+    /// (`uvicorn codeboxapi.api:app`): the same routes at the base URL's root.
+    CodeboxApiServer,
+}
 
 /// A session on a server, spoken to in one wire protocol.
 ///

@@ -24,10 +24,9 @@ use codebox_core::{
 };
 use codebox_http::client::{Request, Retry};
 
-use crate::builder::Protocol;
 use crate::connection::Connection;
 use crate::path::{encode_component, encode_file_path};
-use crate::session::Session;
+use crate::session::{Protocol, Session};
 use tagged::TaggedParser;
 
 /// Where a codebox-api 0.2 session is served.
@@ -178,7 +177,7 @@ impl Session for CodeboxApiSession {
             return Err(CodeBoxError::invalid(format!("file name {path:?} contains control characters")));
         }
         self.conn.ensure_running()?;
-        let boundary = format!("codebox-{}", crate::remote_box::new_session_id());
+        let boundary = format!("codebox-{}", crate::connection::new_session_id());
         let filename = path.replace('\\', "%5C").replace('"', "%22");
         let head = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
