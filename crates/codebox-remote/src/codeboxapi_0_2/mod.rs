@@ -4,10 +4,14 @@
 //! Routes: `POST /exec` (`{code, kernel, timeout, cwd}`, answered with tagged chunks, see
 //! [`tagged`]), `POST /files/upload` (multipart, field `file`), `GET /files/download/{path}`,
 //! and on the single-box server `GET /` for health. Nothing else exists, so listing,
-//! deleting, installing, restarting, interrupting and commands are unsupported.
+//! deleting, installing, restarting, interrupting and commands are unsupported. The wire
+//! carries text only: exceptions and outcomes are recognized from it (see [`execution`]),
+//! and [`Capabilities::unreported`] names what cannot be known.
 
+mod execution;
 mod tagged;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -20,13 +24,14 @@ use http::header::HeaderName;
 
 use codebox_core::{
     BoxState, BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream, ExecEvent,
-    FileInfo, Outcome, Result, RunOptions,
+    FileInfo, Result, RunOptions,
 };
 use codebox_http::client::{Request, Retry};
 
 use crate::connection::Connection;
 use crate::path::{encode_component, encode_file_path};
 use crate::session::{Protocol, Session};
+use execution::ExecutionReader;
 use tagged::TaggedParser;
 
 /// Where a codebox-api 0.2 session is served.
@@ -36,6 +41,16 @@ pub(crate) enum Host {
     Service,
     /// The single-box server of the `codeboxapi` package: routes at the base URL's root.
     SingleBox,
+}
+
+/// An execution being read: the response body, its chunks, and the events ready to hand out.
+struct Reading {
+    body: ByteStream,
+    parser: TaggedParser,
+    reader: ExecutionReader,
+    ready: VecDeque<ExecEvent>,
+    started: Instant,
+    done: bool,
 }
 
 /// A session of a codebox-api 0.2 server.
@@ -96,10 +111,13 @@ impl Session for CodeboxApiSession {
         }
     }
 
-    /// What this protocol can do: run Python or bash with streamed output, move files.
+    /// What this protocol can do: run Python or bash with streamed output, move files; and
+    /// what its text-only wire cannot tell.
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::minimal(["python", "bash"]);
         caps.streaming = true;
+        caps.unreported =
+            ["exact_outcome", "kernel_death_cause", "execution_count", "kernel_state"].map(String::from).to_vec();
         caps
     }
 
@@ -143,28 +161,47 @@ impl Session for CodeboxApiSession {
         let started = Instant::now();
         let req = self.request(Method::POST, "/exec")?.json(&body)?.retry(Retry::Never);
         let response = self.conn.http.send(req).await?;
-        let state = (response.into_stream(), TaggedParser::default(), false);
-        Ok(Box::pin(stream::unfold(state, move |(mut body, mut parser, mut done)| async move {
-            if done {
-                return None;
-            }
+        let state = Reading {
+            body: response.into_stream(),
+            parser: TaggedParser::default(),
+            reader: ExecutionReader::default(),
+            ready: VecDeque::new(),
+            started,
+            done: false,
+        };
+        Ok(Box::pin(stream::unfold(state, |mut s| async move {
             loop {
-                match parser.next_event() {
-                    Ok(Some(event)) => return Some((Ok(event), (body, parser, done))),
-                    Ok(None) => {}
-                    Err(e) => return Some((Err(e), (body, parser, true))),
+                if let Some(event) = s.ready.pop_front() {
+                    return Some((Ok(event), s));
                 }
-                match body.next().await {
-                    Some(Ok(chunk)) => parser.push(&chunk),
-                    Some(Err(e)) => return Some((Err(e), (body, parser, true))),
+                if s.done {
+                    return None;
+                }
+                match s.parser.next_chunk() {
+                    Ok(Some(chunk)) => {
+                        s.ready.extend(s.reader.read(chunk));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        s.done = true;
+                        return Some((Err(e), s));
+                    }
+                }
+                match s.body.next().await {
+                    Some(Ok(bytes)) => s.parser.push(&bytes),
+                    Some(Err(e)) => {
+                        s.done = true;
+                        return Some((Err(e), s));
+                    }
                     None => {
-                        done = true;
-                        if parser.has_leftover() {
+                        s.done = true;
+                        if s.parser.has_leftover() {
                             let err = CodeBoxError::protocol("the execution stream ended inside an output chunk");
-                            return Some((Err(err), (body, parser, done)));
+                            return Some((Err(err), s));
                         }
-                        let end = ExecEvent::end(None, started.elapsed(), Outcome::Ok);
-                        return Some((Ok(end), (body, parser, done)));
+                        let elapsed = s.started.elapsed();
+                        s.ready.extend(s.reader.finish(elapsed));
                     }
                 }
             }
