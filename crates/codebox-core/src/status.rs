@@ -114,6 +114,17 @@ pub struct Capabilities {
     /// The largest upload accepted, in bytes, when there is a limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_upload_bytes: Option<u64>,
+    /// What the box cannot report about its executions and kernel, by stable name; empty
+    /// when it reports everything the trait describes. The names:
+    /// - `exact_outcome`: exceptions and the [`Outcome`](crate::Outcome) are recognized from
+    ///   output text, so an exception whose traceback is not printed, a timeout or an
+    ///   interrupt may end as `Ok`;
+    /// - `kernel_death_cause`: a kernel that dies shows as text or a cut stream, never as
+    ///   [`CodeBoxError::KernelDied`](crate::CodeBoxError::KernelDied) with its cause;
+    /// - `execution_count`: executions carry no execution counter;
+    /// - `kernel_state`: `status()` cannot see a busy or dead kernel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreported: Vec<String>,
 }
 
 impl Capabilities {
@@ -129,6 +140,7 @@ impl Capabilities {
             recursive_list: true,
             languages: languages.into_iter().map(Into::into).collect(),
             max_upload_bytes: None,
+            unreported: Vec::new(),
         }
     }
 
@@ -144,6 +156,7 @@ impl Capabilities {
             recursive_list: false,
             languages: languages.into_iter().map(Into::into).collect(),
             max_upload_bytes: None,
+            unreported: Vec::new(),
         }
     }
 }

@@ -5,22 +5,12 @@ use std::time::Duration;
 use codebox_core::{ApiKey, CodeBoxError, CodeBoxSettings, Result};
 use codebox_http::client::{ClientConfig, HttpClient, RetryPolicy};
 
-use crate::remote_box::{RemoteBox, new_session_id};
-
-/// Which protocol the server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Protocol {
-    /// The native API of `codebox serve` (`/v1`). Every operation works.
-    #[default]
-    Native,
-    /// The hosted codebox-api 0.2 service: `{base}/codebox/{session}/exec`, `/files/upload`,
-    /// `/files/download/{path}`, with `Authorization: Bearer` and `Factory-Id` headers.
-    CodeboxApi,
-    /// The single-box server of the `codeboxapi` 0.2 Python package
-    /// (`uvicorn codeboxapi.api:app`): the same routes at the base URL's root.
-    CodeboxApiServer,
-}
+use crate::codeboxapi_0_2::{CodeboxApiSession, Host};
+use crate::connection::Connection;
+use crate::connection::new_session_id;
+use crate::native::NativeSession;
+use crate::remote_box::RemoteBox;
+use crate::session::{Protocol, Session};
 
 /// Builds a [`RemoteBox`]. Start from [`RemoteBox::builder`].
 #[derive(Debug, Clone)]
@@ -185,16 +175,12 @@ impl RemoteBoxBuilder {
             Some(id) => (id, true),
             None => (new_session_id(), false),
         };
-        Ok(RemoteBox::assemble(crate::remote_box::Connection {
-            id,
-            attached,
-            base,
-            http,
-            api_key: self.api_key,
-            factory_id: self.factory_id,
-            kernel: self.kernel,
-            protocol,
-            execution_timeout: self.execution_timeout,
-        }))
+        let conn = Connection::new(id, attached, base, http, self.api_key, self.execution_timeout);
+        let session: Box<dyn Session> = match protocol {
+            Protocol::Native => Box::new(NativeSession::new(conn, self.kernel)),
+            Protocol::CodeboxApi => Box::new(CodeboxApiSession::new(conn, Host::Service, self.factory_id)),
+            Protocol::CodeboxApiServer => Box::new(CodeboxApiSession::new(conn, Host::SingleBox, self.factory_id)),
+        };
+        Ok(RemoteBox::with_session(session))
     }
 }

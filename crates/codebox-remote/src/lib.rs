@@ -12,6 +12,10 @@
 //!   (`uvicorn codeboxapi.api:app`, the same routes at its root). Execution, upload and
 //!   download work; [`capabilities`](codebox_core::CodeBox::capabilities) reports the rest
 //!   as missing and those calls return [`CodeBoxError::Unsupported`](codebox_core::CodeBoxError::Unsupported).
+//!   The wire carries labelled text only: exceptions are recognized from the tracebacks the
+//!   servers print and reported as [`ExecEvent::Error`](codebox_core::ExecEvent::Error) with
+//!   outcome `Error`, and [`Capabilities::unreported`](codebox_core::Capabilities::unreported)
+//!   names what the protocol cannot tell (a kernel death's cause, the execution counter, ...).
 //!
 //! ```no_run
 //! # async fn demo() -> codebox_core::Result<()> {
@@ -28,13 +32,15 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod codeboxapi_0_2;
+mod connection;
 mod native;
 mod ndjson;
 mod path;
 mod remote_box;
-mod tagged;
-mod v2;
+mod session;
 
-pub use builder::{Protocol, RemoteBoxBuilder};
+pub use builder::RemoteBoxBuilder;
 pub use codebox_http::client::{ClientConfig, RetryPolicy};
 pub use remote_box::RemoteBox;
+pub use session::Protocol;

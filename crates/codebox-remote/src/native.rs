@@ -1,8 +1,10 @@
-//! The native API of `codebox serve` (`/v1`, `docs/native-api.md`).
+//! The native API of `codebox serve` (`/v1`, `docs/native-api.md`): every operation of the
+//! trait has a route, execution events stream as NDJSON lines (see [`ndjson`](crate::ndjson)).
 
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use http::Method;
 use tracing::debug;
 
@@ -13,162 +15,210 @@ use codebox_core::{
 use codebox_http::client::{Request, Retry};
 use codebox_http::wire::{API_PREFIX, CreateSession, ExecuteRequest, InstallRequest, InstallResponse, SessionInfo};
 
+use crate::connection::Connection;
 use crate::ndjson;
 use crate::path::{checked_dir, encode_component, encode_file_path};
-use crate::remote_box::Inner;
+use crate::session::{Protocol, Session};
 
 /// How long an install or a command may stay silent before the client gives up.
 const LONG_OPERATION: Duration = Duration::from_secs(3600);
 
-pub(crate) fn default_capabilities() -> Capabilities {
-    Capabilities::full(["python"])
+/// A session of `codebox serve`, created by this box or attached by id.
+pub(crate) struct NativeSession {
+    conn: Connection,
+    /// The kernel to ask for when creating the session, when not the server's default.
+    kernel: Option<String>,
+    /// What the server last said the session can do.
+    capabilities: Mutex<Option<Capabilities>>,
 }
 
-fn sessions_url(i: &Inner) -> String {
-    format!("{}{API_PREFIX}/sessions", i.conn.base)
-}
-
-fn session_url(i: &Inner) -> String {
-    format!("{}/{}", sessions_url(i), encode_component(&i.conn.id))
-}
-
-pub(crate) fn delete_session_request(i: &Inner) -> Result<Request> {
-    Ok(i.request(Method::DELETE, &session_url(i))?.retry(Retry::Idempotent))
-}
-
-fn remember(i: &Inner, info: &SessionInfo) {
-    if let Ok(mut caps) = i.capabilities.lock() {
-        *caps = Some(info.capabilities.clone());
+impl NativeSession {
+    pub(crate) fn new(conn: Connection, kernel: Option<String>) -> Self {
+        Self { conn, kernel, capabilities: Mutex::new(None) }
     }
-}
 
-pub(crate) async fn start(i: &Inner) -> Result<()> {
-    if i.conn.attached {
-        // Attaching: the session must exist already.
-        let info: SessionInfo = i.conn.http.send(i.request(Method::GET, &session_url(i))?).await?.json().await?;
-        remember(i, &info);
-    } else {
-        let body = CreateSession { id: Some(i.conn.id.clone()), kernel: i.conn.kernel.clone() };
-        // Creating with an explicit id is idempotent: the server attaches when it exists.
-        let req = i.request(Method::POST, &sessions_url(i))?.json(&body)?.retry(Retry::Idempotent);
-        let info: SessionInfo = i.conn.http.send(req).await?.json().await?;
-        if info.id != i.conn.id {
-            return Err(CodeBoxError::protocol(format!(
-                "asked for session {}, the server made {}",
-                i.conn.id, info.id
-            )));
-        }
-        remember(i, &info);
+    fn sessions_url(&self) -> String {
+        format!("{}{API_PREFIX}/sessions", self.conn.base)
     }
-    i.stopped.store(false, Ordering::Release);
-    i.running.store(true, Ordering::Release);
-    debug!(session = %i.conn.id, "remote box started");
-    Ok(())
-}
 
-pub(crate) async fn stop(i: &Inner) -> Result<()> {
-    if !i.running.swap(false, Ordering::AcqRel) {
-        i.stopped.store(true, Ordering::Release);
-        return Ok(());
+    fn session_url(&self) -> String {
+        format!("{}/{}", self.sessions_url(), encode_component(&self.conn.id))
     }
-    i.stopped.store(true, Ordering::Release);
-    match i.conn.http.send(delete_session_request(i)?).await {
-        Ok(resp) => resp.discard().await,
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => {
-            i.running.store(true, Ordering::Release);
-            Err(e)
+
+    fn delete_session_request(&self) -> Result<Request> {
+        Ok(self.conn.request(Method::DELETE, &self.session_url())?.retry(Retry::Idempotent))
+    }
+
+    fn remember(&self, info: &SessionInfo) {
+        if let Ok(mut caps) = self.capabilities.lock() {
+            *caps = Some(info.capabilities.clone());
         }
     }
-}
 
-pub(crate) async fn status(i: &Inner) -> Result<BoxStatus> {
-    if !i.running.load(Ordering::Acquire) {
-        return Ok(i.not_running_status());
+    /// `interrupt` and `restart`.
+    async fn post_empty(&self, action: &str) -> Result<()> {
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::POST, &format!("{}/{action}", self.session_url()))?.retry(Retry::OnRefusal);
+        self.conn.http.send(req).await?.discard().await
     }
-    let info: SessionInfo = i.conn.http.send(i.request(Method::GET, &session_url(i))?).await?.json().await?;
-    remember(i, &info);
-    Ok(info.status)
 }
 
-pub(crate) async fn run_stream(i: &Inner, code: &str, options: RunOptions) -> Result<EventStream> {
-    i.ensure_running()?;
-    let body = ExecuteRequest { code: code.to_owned(), options };
-    // Running code twice is never safe: no retry, whatever failed. The server answers once
-    // the box takes the execution, which waits for one already running: no deadline on that.
-    let req = i
-        .request(Method::POST, &format!("{}/execute", session_url(i)))?
-        .json(&body)?
-        .retry(Retry::Never)
-        .without_head_deadline();
-    let response = i.conn.http.send(req).await?;
-    Ok(ndjson::decode(response.into_stream()))
-}
-
-pub(crate) async fn upload(i: &Inner, path: &str, content: ByteStream) -> Result<FileInfo> {
-    let encoded = encode_file_path(path)?;
-    i.ensure_running()?;
-    let req = i
-        .request(Method::PUT, &format!("{}/files/{encoded}", session_url(i)))?
-        .stream("application/octet-stream", content)?
-        .with_timeout(None);
-    i.conn.http.send(req).await?.json().await
-}
-
-pub(crate) async fn download(i: &Inner, path: &str) -> Result<ByteStream> {
-    let encoded = encode_file_path(path)?;
-    i.ensure_running()?;
-    let req = i.request(Method::GET, &format!("{}/files/{encoded}", session_url(i)))?;
-    Ok(i.conn.http.send(req).await?.into_stream())
-}
-
-pub(crate) async fn list_files(i: &Inner, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
-    let dir = checked_dir(dir)?;
-    i.ensure_running()?;
-    let url = format!("{}/files?dir={}&recursive={recursive}", session_url(i), encode_component(&dir));
-    i.conn.http.send(i.request(Method::GET, &url)?).await?.json().await
-}
-
-pub(crate) async fn delete_file(i: &Inner, path: &str) -> Result<()> {
-    let encoded = encode_file_path(path)?;
-    i.ensure_running()?;
-    let req = i.request(Method::DELETE, &format!("{}/files/{encoded}", session_url(i)))?;
-    i.conn.http.send(req).await?.discard().await
-}
-
-pub(crate) async fn install(i: &Inner, packages: &[String]) -> Result<String> {
-    if packages.is_empty() {
-        return Err(CodeBoxError::invalid("no packages to install"));
+#[async_trait]
+impl Session for NativeSession {
+    fn connection(&self) -> &Connection {
+        &self.conn
     }
-    i.ensure_running()?;
-    let body = InstallRequest { packages: packages.to_vec() };
-    let req = i
-        .request(Method::POST, &format!("{}/install", session_url(i)))?
-        .json(&body)?
-        .retry(Retry::OnRefusal)
-        .with_timeout(None)
-        .with_read_timeout(LONG_OPERATION);
-    let out: InstallResponse = i.conn.http.send(req).await?.json().await?;
-    Ok(out.output)
-}
 
-pub(crate) async fn run_command(i: &Inner, command: CommandSpec) -> Result<CommandOutput> {
-    if command.program.is_empty() {
-        return Err(CodeBoxError::invalid("the command has no program"));
+    fn protocol(&self) -> Protocol {
+        Protocol::Native
     }
-    i.ensure_running()?;
-    let req = i
-        .request(Method::POST, &format!("{}/commands", session_url(i)))?
-        .json(&command)?
-        .retry(Retry::OnRefusal)
-        .with_timeout(None)
-        .with_read_timeout(LONG_OPERATION);
-    i.conn.http.send(req).await?.json().await
-}
 
-/// `interrupt` and `restart`.
-pub(crate) async fn post_empty(i: &Inner, action: &str) -> Result<()> {
-    i.ensure_running()?;
-    let req = i.request(Method::POST, &format!("{}/{action}", session_url(i)))?.retry(Retry::OnRefusal);
-    i.conn.http.send(req).await?.discard().await
+    fn capabilities(&self) -> Capabilities {
+        // Before the server has answered, assume the full set it normally reports.
+        self.capabilities.lock().ok().and_then(|c| c.clone()).unwrap_or_else(|| Capabilities::full(["python"]))
+    }
+
+    async fn start(&self) -> Result<()> {
+        let conn = &self.conn;
+        if conn.attached {
+            // Attaching: the session must exist already.
+            let info: SessionInfo =
+                conn.http.send(conn.request(Method::GET, &self.session_url())?).await?.json().await?;
+            self.remember(&info);
+        } else {
+            let body = CreateSession { id: Some(conn.id.clone()), kernel: self.kernel.clone() };
+            // Creating with an explicit id is idempotent: the server attaches when it exists.
+            let req = conn.request(Method::POST, &self.sessions_url())?.json(&body)?.retry(Retry::Idempotent);
+            let info: SessionInfo = conn.http.send(req).await?.json().await?;
+            if info.id != conn.id {
+                return Err(CodeBoxError::protocol(format!(
+                    "asked for session {}, the server made {}",
+                    conn.id, info.id
+                )));
+            }
+            self.remember(&info);
+        }
+        conn.mark_started();
+        debug!(session = %conn.id, "remote box started");
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<()> {
+        if !self.conn.mark_stopped() {
+            return Ok(());
+        }
+        match self.conn.http.send(self.delete_session_request()?).await {
+            Ok(resp) => resp.discard().await,
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => {
+                self.conn.mark_still_running();
+                Err(e)
+            }
+        }
+    }
+
+    async fn status(&self) -> Result<BoxStatus> {
+        let conn = &self.conn;
+        if !conn.is_running() {
+            return Ok(conn.not_running_status());
+        }
+        let info: SessionInfo = conn.http.send(conn.request(Method::GET, &self.session_url())?).await?.json().await?;
+        self.remember(&info);
+        Ok(info.status)
+    }
+
+    async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
+        self.conn.ensure_running()?;
+        let body = ExecuteRequest { code: code.to_owned(), options };
+        // Running code twice is never safe: no retry, whatever failed. The server answers once
+        // the box takes the execution, which waits for one already running: no deadline on that.
+        let req = self
+            .conn
+            .request(Method::POST, &format!("{}/execute", self.session_url()))?
+            .json(&body)?
+            .retry(Retry::Never)
+            .without_head_deadline();
+        let response = self.conn.http.send(req).await?;
+        Ok(ndjson::decode(response.into_stream()))
+    }
+
+    async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
+        let encoded = encode_file_path(path)?;
+        self.conn.ensure_running()?;
+        let req = self
+            .conn
+            .request(Method::PUT, &format!("{}/files/{encoded}", self.session_url()))?
+            .stream("application/octet-stream", content)?
+            .with_timeout(None);
+        self.conn.http.send(req).await?.json().await
+    }
+
+    async fn download(&self, path: &str) -> Result<ByteStream> {
+        let encoded = encode_file_path(path)?;
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::GET, &format!("{}/files/{encoded}", self.session_url()))?;
+        Ok(self.conn.http.send(req).await?.into_stream())
+    }
+
+    async fn list_files(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
+        let dir = checked_dir(dir)?;
+        self.conn.ensure_running()?;
+        let url = format!("{}/files?dir={}&recursive={recursive}", self.session_url(), encode_component(&dir));
+        self.conn.http.send(self.conn.request(Method::GET, &url)?).await?.json().await
+    }
+
+    async fn delete_file(&self, path: &str) -> Result<()> {
+        let encoded = encode_file_path(path)?;
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::DELETE, &format!("{}/files/{encoded}", self.session_url()))?;
+        self.conn.http.send(req).await?.discard().await
+    }
+
+    async fn install(&self, packages: &[String]) -> Result<String> {
+        if packages.is_empty() {
+            return Err(CodeBoxError::invalid("no packages to install"));
+        }
+        self.conn.ensure_running()?;
+        let body = InstallRequest { packages: packages.to_vec() };
+        let req = self
+            .conn
+            .request(Method::POST, &format!("{}/install", self.session_url()))?
+            .json(&body)?
+            .retry(Retry::OnRefusal)
+            .with_timeout(None)
+            .with_read_timeout(LONG_OPERATION);
+        let out: InstallResponse = self.conn.http.send(req).await?.json().await?;
+        Ok(out.output)
+    }
+
+    async fn restart(&self) -> Result<()> {
+        self.post_empty("restart").await
+    }
+
+    async fn interrupt(&self) -> Result<()> {
+        self.post_empty("interrupt").await
+    }
+
+    async fn run_command(&self, command: CommandSpec) -> Result<CommandOutput> {
+        if command.program.is_empty() {
+            return Err(CodeBoxError::invalid("the command has no program"));
+        }
+        self.conn.ensure_running()?;
+        let req = self
+            .conn
+            .request(Method::POST, &format!("{}/commands", self.session_url()))?
+            .json(&command)?
+            .retry(Retry::OnRefusal)
+            .with_timeout(None)
+            .with_read_timeout(LONG_OPERATION);
+        self.conn.http.send(req).await?.json().await
+    }
+
+    fn request_on_drop(&self) -> Option<Request> {
+        // A created session must not outlive its owner; an attached one is someone else's.
+        if self.conn.attached || !self.conn.is_running() {
+            return None;
+        }
+        self.delete_session_request().ok()
+    }
 }

@@ -220,3 +220,29 @@ async fn the_hosted_codebox_api_mode_works_against_the_servers_v2_routes() {
     assert_eq!(ex.stdout(), "from bash\n");
     assert_eq!(b.restart().await.unwrap_err().kind(), ErrorKind::Unsupported);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codebox_api_mode_reports_exceptions_and_outcomes_from_the_servers_v2_routes() {
+    let server = serve().await;
+    let b = RemoteBox::from_settings(&settings(&format!("{}/api/v2", server.base))).unwrap();
+    b.start().await.unwrap();
+
+    let ex = b.exec("print('out')\nraise ValueError('bad input')").await.unwrap();
+    assert_eq!(ex.stdout(), "out\n");
+    let error = ex.error().expect("the exception is an error event");
+    assert_eq!((error.name.as_str(), error.value.as_str()), ("ValueError", "bad input"), "{ex:?}");
+    assert_eq!(error.traceback.last().map(String::as_str), Some("ValueError: bad input"), "{error:?}");
+    assert!(ex.stderr().is_empty(), "the exception is not also standard error: {ex:?}");
+    assert_eq!(ex.outcome, codebox_core::Outcome::Error);
+
+    let ex = b.exec("import sys\nprint('careful', file=sys.stderr)").await.unwrap();
+    assert_eq!(ex.stderr(), "careful\n");
+    assert!(ex.error().is_none() && ex.is_ok(), "{ex:?}");
+
+    // The server ends an execution past its timeout with a notice: that is the outcome.
+    let slow = RunOptions::new().with_timeout(Duration::from_secs(1));
+    let ex = b.run("import time\ntime.sleep(60)", slow).await.unwrap();
+    assert_eq!(ex.outcome, codebox_core::Outcome::TimedOut, "{ex:?}");
+    assert!(ex.stderr().is_empty(), "{ex:?}");
+    assert_eq!(b.exec("print('still here')").await.unwrap().stdout(), "still here\n");
+}

@@ -2,7 +2,7 @@
 //! the codebox-api 0.2 mode against the real `codeboxapi` server, and the conformance suite
 //! against a real in-process `codebox serve`.
 
-mod codeboxapi_v2;
+mod codeboxapi_0_2;
 mod end_to_end;
 mod python_server;
 mod support;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use codebox_core::{CodeBox, CodeBoxExt, RunOptions};
+use codebox_core::{CodeBox, CodeBoxExt, ExecEvent, Outcome, RunOptions};
 use codebox_remote::{Protocol, RemoteBox};
 
 const PACKAGES: &[&str] =
@@ -111,7 +111,9 @@ async fn the_real_codeboxapi_server_runs_code_and_moves_files() {
     assert_eq!(ex.stdout(), "43\n", "state persists between executions");
 
     let ex = b.exec("1 / 0").await.unwrap();
-    assert!(ex.stderr().contains("division by zero"), "{ex:?}");
+    let error = ex.error().expect("the exception is an error event");
+    assert_eq!((error.name.as_str(), error.value.as_str()), ("ZeroDivisionError", "division by zero"), "{ex:?}");
+    assert_eq!(ex.outcome, Outcome::Error);
 
     let ex = b.run("echo from-bash", RunOptions::new().with_language("bash")).await.unwrap();
     assert_eq!(ex.stdout(), "from-bash\n");
@@ -129,5 +131,50 @@ async fn the_real_codeboxapi_server_runs_code_and_moves_files() {
     b.exec("open('made.txt', 'w').write('made by code')").await.unwrap();
     assert_eq!(b.download_bytes("made.txt").await.unwrap().as_ref(), b"made by code");
     assert_eq!(b.download_bytes("blob.bin").await.unwrap().as_ref(), content.as_slice());
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_codeboxapi_server_reports_exceptions_and_outcomes() {
+    let server = tokio::task::spawn_blocking(start_python_server).await.unwrap();
+    let b = started_box(&server).await;
+
+    // Output before the exception stays output; the exception is one error event with the
+    // traceback the server printed, without its terminal colours.
+    // (IPython prints the traceback in one write before the cell ends, so the server's
+    // polling sees it; the pause is for the `print` only, as in `settled`.)
+    let code = "print('before')\nimport time as _t\n_t.sleep(0.2)\ndef g():\n    raise KeyError('k')\ng()";
+    let ex = b.exec(code).await.unwrap();
+    assert!(ex.stdout().starts_with("before\n"), "{ex:?}");
+    let error = ex.error().expect("an error event");
+    assert_eq!((error.name.as_str(), error.value.as_str()), ("KeyError", "'k'"));
+    assert_eq!(error.traceback.last().map(String::as_str), Some("KeyError: 'k'"), "{error:?}");
+    assert!(error.traceback.iter().all(|l| !l.contains('\u{1b}')), "{error:?}");
+    assert!(matches!(ex.events.last(), Some(ExecEvent::Error(_))), "{ex:?}");
+    assert_eq!(ex.outcome, Outcome::Error);
+    assert!(ex.stderr().is_empty(), "{ex:?}");
+
+    let ex = b.exec("def f(:\n    pass").await.unwrap();
+    assert_eq!(ex.error().map(|e| e.name.as_str()), Some("SyntaxError"), "{ex:?}");
+    assert_eq!(ex.outcome, Outcome::Error);
+
+    let ex = b.exec("raise ValueError()").await.unwrap();
+    let error = ex.error().expect("an error event");
+    assert_eq!((error.name.as_str(), error.value.as_str()), ("ValueError", ""));
+
+    // Text on standard error is not an exception.
+    let ex = b.exec(&settled("import sys\nprint('a warning', file=sys.stderr)")).await.unwrap();
+    assert_eq!(ex.stderr(), "a warning\n");
+    assert!(ex.error().is_none(), "{ex:?}");
+    assert_eq!(ex.outcome, Outcome::Ok);
+
+    let ex = b.run("echo out; echo oops >&2", RunOptions::new().with_language("bash")).await.unwrap();
+    assert_eq!((ex.stdout().as_str(), ex.stderr().as_str(), ex.outcome), ("out\n", "oops\n", Outcome::Ok));
+
+    // What the wire cannot tell is said.
+    let caps = b.capabilities();
+    for unknown in ["exact_outcome", "kernel_death_cause", "execution_count", "kernel_state"] {
+        assert!(caps.unreported.iter().any(|u| u == unknown), "{unknown} missing from {caps:?}");
+    }
     b.stop().await.unwrap();
 }

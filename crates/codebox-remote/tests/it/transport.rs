@@ -10,9 +10,20 @@ use tokio::net::TcpListener;
 use wiremock::matchers::{body_bytes, body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{KEY, attached, builder, session_info};
+use crate::support::{KEY, answer, answer_first, attached, builder, session_info};
 
 const SESSION: &str = "/v1/sessions/s1";
+const EXECUTE: &str = "/v1/sessions/s1/execute";
+
+/// A mock server whose session answers its info only after `delay`, and a builder for a box
+/// attached to it that never retries.
+async fn slow_session(delay: Duration) -> (MockServer, codebox_remote::RemoteBoxBuilder) {
+    let server = MockServer::start().await;
+    let info = ResponseTemplate::new(200).set_body_json(session_info()).set_delay(delay);
+    answer(&server, "GET", SESSION, info, ..).await;
+    let b = builder(&server.uri()).with_retry(codebox_remote::RetryPolicy::none());
+    (server, b)
+}
 
 fn ndjson(lines: &[&str]) -> ResponseTemplate {
     let mut body = lines.join("\n");
@@ -23,13 +34,7 @@ fn ndjson(lines: &[&str]) -> ResponseTemplate {
 #[tokio::test]
 async fn a_429_with_retry_after_is_waited_out_then_retried() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(SESSION))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
-        .up_to_n_times(1)
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_first(&server, "GET", SESSION, ResponseTemplate::new(429).insert_header("retry-after", "1")).await;
     Mock::given(method("GET"))
         .and(path(SESSION))
         .and(header("authorization", format!("Bearer {KEY}").as_str()))
@@ -45,19 +50,9 @@ async fn a_429_with_retry_after_is_waited_out_then_retried() {
 #[tokio::test]
 async fn a_502_is_retried_then_succeeds() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(format!("{SESSION}/files/data/x.bin")))
-        .respond_with(ResponseTemplate::new(502).set_body_string("bad gateway"))
-        .up_to_n_times(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(format!("{SESSION}/files/data/x.bin")))
-        .respond_with(ResponseTemplate::new(200).set_body_bytes(b"payload".to_vec()))
-        .expect(1)
-        .mount(&server)
-        .await;
+    let file = format!("{SESSION}/files/data/x.bin");
+    answer_first(&server, "GET", &file, ResponseTemplate::new(502).set_body_string("bad gateway")).await;
+    answer(&server, "GET", &file, ResponseTemplate::new(200).set_body_bytes(b"payload".to_vec()), 1).await;
     let b = attached(&server.uri());
     assert_eq!(b.download_bytes("data/x.bin").await.unwrap(), Bytes::from_static(b"payload"));
 }
@@ -65,12 +60,7 @@ async fn a_502_is_retried_then_succeeds() {
 #[tokio::test]
 async fn retries_stop_after_the_policy_allows() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(SESSION))
-        .respond_with(ResponseTemplate::new(503))
-        .expect(4)
-        .mount(&server)
-        .await;
+    answer(&server, "GET", SESSION, ResponseTemplate::new(503), 4).await;
     let err = attached(&server.uri()).status().await.unwrap_err();
     assert_eq!(err.http().unwrap().status, 503);
 }
@@ -78,16 +68,10 @@ async fn retries_stop_after_the_policy_allows() {
 #[tokio::test]
 async fn a_500_with_a_json_body_keeps_status_body_and_headers() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(SESSION))
-        .respond_with(
-            ResponseTemplate::new(500)
-                .insert_header("x-request-id", "req-42")
-                .set_body_json(serde_json::json!({"error": {"kind": "kernel_start", "message": "no python"}})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
+    let failure = ResponseTemplate::new(500)
+        .insert_header("x-request-id", "req-42")
+        .set_body_json(serde_json::json!({"error": {"kind": "kernel_start", "message": "no python"}}));
+    answer(&server, "GET", SESSION, failure, 1).await;
     let err = attached(&server.uri()).status().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::KernelStart);
     let http = err.http().expect("an HTTP error");
@@ -100,12 +84,8 @@ async fn a_500_with_a_json_body_keeps_status_body_and_headers() {
 #[tokio::test]
 async fn an_execution_is_never_retried() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("{SESSION}/execute")))
-        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "0"))
-        .expect(1)
-        .mount(&server)
-        .await;
+    let busy = ResponseTemplate::new(503).insert_header("retry-after", "0");
+    answer(&server, "POST", EXECUTE, busy, 1).await;
     let err = attached(&server.uri()).exec("print(1)").await.unwrap_err();
     assert_eq!(err.http().unwrap().status, 503);
 }
@@ -114,7 +94,7 @@ async fn an_execution_is_never_retried() {
 async fn events_stream_with_keepalives_and_the_request_carries_code_and_options() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .and(path(format!("{SESSION}/execute")))
+        .and(path(EXECUTE))
         .and(body_json(serde_json::json!({"code": "print('hi')", "options": {"timeout": 2.5}})))
         .respond_with(ndjson(&[
             r#"{"seq":0,"event":{"type":"stdout","text":"hi\n"}}"#,
@@ -133,11 +113,8 @@ async fn events_stream_with_keepalives_and_the_request_carries_code_and_options(
 #[tokio::test]
 async fn malformed_ndjson_is_a_protocol_error() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("{SESSION}/execute")))
-        .respond_with(ndjson(&[r#"{"seq":0,"event":{"type":"stdout","text":"a"}}"#, "this is not json"]))
-        .mount(&server)
-        .await;
+    let lines = ndjson(&[r#"{"seq":0,"event":{"type":"stdout","text":"a"}}"#, "this is not json"]);
+    answer(&server, "POST", EXECUTE, lines, ..).await;
     let err = attached(&server.uri()).exec("x").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol);
     assert!(err.to_string().contains("this is not json"), "{err}");
@@ -146,20 +123,12 @@ async fn malformed_ndjson_is_a_protocol_error() {
 #[tokio::test]
 async fn a_sequence_gap_and_a_stream_without_end_are_protocol_errors() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("{SESSION}/execute")))
-        .respond_with(ndjson(&[
-            r#"{"seq":0,"event":{"type":"stdout","text":"a"}}"#,
-            r#"{"seq":2,"event":{"type":"stdout","text":"b"}}"#,
-        ]))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!("{SESSION}/execute")))
-        .respond_with(ndjson(&[r#"{"seq":0,"event":{"type":"stdout","text":"a"}}"#]))
-        .mount(&server)
-        .await;
+    let gap = ndjson(&[
+        r#"{"seq":0,"event":{"type":"stdout","text":"a"}}"#,
+        r#"{"seq":2,"event":{"type":"stdout","text":"b"}}"#,
+    ]);
+    answer_first(&server, "POST", EXECUTE, gap).await;
+    answer(&server, "POST", EXECUTE, ndjson(&[r#"{"seq":0,"event":{"type":"stdout","text":"a"}}"#]), 1).await;
     let b = attached(&server.uri());
     let gap = b.exec("x").await.unwrap_err();
     assert!(gap.kind() == ErrorKind::Protocol && gap.to_string().contains("expected event 1"), "{gap}");
@@ -170,14 +139,11 @@ async fn a_sequence_gap_and_a_stream_without_end_are_protocol_errors() {
 #[tokio::test]
 async fn an_error_line_ends_the_stream_with_its_kind() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("{SESSION}/execute")))
-        .respond_with(ndjson(&[
-            r#"{"seq":0,"event":{"type":"stdout","text":"a"}}"#,
-            r#"{"seq":1,"error":{"kind":"kernel_died","message":"kernel died: killed by signal 9 (SIGKILL)"}}"#,
-        ]))
-        .mount(&server)
-        .await;
+    let died = ndjson(&[
+        r#"{"seq":0,"event":{"type":"stdout","text":"a"}}"#,
+        r#"{"seq":1,"error":{"kind":"kernel_died","message":"kernel died: killed by signal 9 (SIGKILL)"}}"#,
+    ]);
+    answer(&server, "POST", EXECUTE, died, 1).await;
     let mut stream = attached(&server.uri()).run_stream("x", RunOptions::new()).await.unwrap();
     assert!(matches!(stream.next().await, Some(Ok(_))));
     let err = stream.next().await.unwrap().unwrap_err();
@@ -187,17 +153,8 @@ async fn an_error_line_ends_the_stream_with_its_kind() {
 
 #[tokio::test]
 async fn a_server_slower_than_the_read_timeout_gives_a_read_timeout() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(SESSION))
-        .respond_with(ResponseTemplate::new(200).set_body_json(session_info()).set_delay(Duration::from_secs(5)))
-        .mount(&server)
-        .await;
-    let b = builder(&server.uri())
-        .with_read_timeout(Duration::from_millis(300))
-        .with_retry(codebox_remote::RetryPolicy::none())
-        .build()
-        .unwrap();
+    let (_server, b) = slow_session(Duration::from_secs(5)).await;
+    let b = b.with_read_timeout(Duration::from_millis(300)).build().unwrap();
     let err = b.status().await.unwrap_err();
     assert!(matches!(err, CodeBoxError::Timeout { kind: TimeoutKind::Read, .. }), "{err:?}");
     assert!(err.is_retryable());
@@ -205,16 +162,10 @@ async fn a_server_slower_than_the_read_timeout_gives_a_read_timeout() {
 
 #[tokio::test]
 async fn a_server_slower_than_the_request_timeout_gives_a_request_timeout() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(SESSION))
-        .respond_with(ResponseTemplate::new(200).set_body_json(session_info()).set_delay(Duration::from_secs(5)))
-        .mount(&server)
-        .await;
-    let b = builder(&server.uri())
+    let (_server, b) = slow_session(Duration::from_secs(5)).await;
+    let b = b
         .with_request_timeout(Some(Duration::from_millis(300)))
         .with_read_timeout(Duration::from_secs(30))
-        .with_retry(codebox_remote::RetryPolicy::none())
         .build()
         .unwrap();
     let err = b.status().await.unwrap_err();
@@ -245,14 +196,10 @@ async fn uploads_stream_every_chunk_and_return_the_file_info() {
 #[tokio::test]
 async fn a_full_disk_on_the_server_is_storage_full_here() {
     let server = MockServer::start().await;
-    Mock::given(method("PUT"))
-        .and(path(format!("{SESSION}/files/big.bin")))
-        .respond_with(ResponseTemplate::new(507).set_body_json(serde_json::json!({
-            "error": {"kind": "storage_full", "message": "I/O error: writing \"big.bin\": No space left on device"}
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
+    let full = ResponseTemplate::new(507).set_body_json(serde_json::json!({
+        "error": {"kind": "storage_full", "message": "I/O error: writing \"big.bin\": No space left on device"}
+    }));
+    answer(&server, "PUT", format!("{SESSION}/files/big.bin"), full, 1).await;
     let chunks = futures::stream::iter([Ok(Bytes::from_static(b"data"))]);
     let err = attached(&server.uri()).upload("big.bin", Box::pin(chunks)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
@@ -371,7 +318,7 @@ async fn a_refused_connection_is_a_connection_error() {
 async fn settings_give_the_default_execution_timeout_and_the_key() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .and(path(format!("{SESSION}/execute")))
+        .and(path(EXECUTE))
         .and(header("authorization", "Bearer sk-from-settings"))
         .and(body_json(serde_json::json!({"code": "1", "options": {"timeout": 7.0}})))
         .respond_with(ndjson(&[r#"{"seq":0,"event":{"type":"end","duration_ms":1.0,"outcome":"ok"}}"#]))

@@ -6,7 +6,12 @@ use codebox_remote::Protocol;
 use wiremock::matchers::{body_json, body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{KEY, v2};
+use crate::support::{KEY, answer, codeboxapi};
+
+/// The single-box server's health answer.
+fn healthy() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({"status": "ok"}))
+}
 
 #[tokio::test]
 async fn hosted_mode_sends_bearer_and_factory_id_and_maps_tagged_chunks() {
@@ -20,7 +25,7 @@ async fn hosted_mode_sends_bearer_and_factory_id_and_maps_tagged_chunks() {
         .expect(1)
         .mount(&server)
         .await;
-    let b = v2(&server.uri(), Protocol::CodeboxApi);
+    let b = codeboxapi(&server.uri(), Protocol::CodeboxApi);
     b.start().await.unwrap();
     let ex = b.exec("print(1)").await.unwrap();
     assert_eq!(ex.stdout(), "1\n");
@@ -40,18 +45,10 @@ async fn upload_is_multipart_and_download_streams() {
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/files/download/data.csv"))
-        .respond_with(ResponseTemplate::new(200).set_body_bytes(b"a,b\n1,2\n".to_vec()))
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"status": "ok"})))
-        .mount(&server)
-        .await;
-    let b = v2(&server.uri(), Protocol::CodeboxApiServer);
+    let content = ResponseTemplate::new(200).set_body_bytes(b"a,b\n1,2\n".to_vec());
+    answer(&server, "GET", "/files/download/data.csv", content, 1).await;
+    answer(&server, "GET", "/", healthy(), ..).await;
+    let b = codeboxapi(&server.uri(), Protocol::CodeboxApiServer);
     b.start().await.unwrap();
     let info = b.upload_bytes("data.csv", "a,b\n1,2\n").await.unwrap();
     assert_eq!(info.size, 8);
@@ -61,7 +58,7 @@ async fn upload_is_multipart_and_download_streams() {
 #[tokio::test]
 async fn what_the_protocol_lacks_is_reported_and_unsupported() {
     let server = MockServer::start().await;
-    let b = v2(&server.uri(), Protocol::CodeboxApi);
+    let b = codeboxapi(&server.uri(), Protocol::CodeboxApi);
     b.start().await.unwrap();
     let caps = b.capabilities();
     assert!(!caps.install && !caps.interrupt && !caps.restart && !caps.commands && !caps.delete_file);
@@ -79,17 +76,10 @@ async fn what_the_protocol_lacks_is_reported_and_unsupported() {
 #[tokio::test]
 async fn a_stream_ending_inside_a_chunk_is_a_protocol_error() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/exec"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("<txt>complete</txt><txt>cut"))
-        .mount(&server)
-        .await;
-    let b = v2(&server.uri(), Protocol::CodeboxApiServer);
-    Mock::given(method("GET"))
-        .and(path("/"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"status": "ok"})))
-        .mount(&server)
-        .await;
+    let cut = ResponseTemplate::new(200).set_body_string("<txt>complete</txt><txt>cut");
+    answer(&server, "POST", "/exec", cut, 1).await;
+    let b = codeboxapi(&server.uri(), Protocol::CodeboxApiServer);
+    answer(&server, "GET", "/", healthy(), ..).await;
     b.start().await.unwrap();
     assert_eq!(b.exec("x").await.unwrap_err().kind(), ErrorKind::Protocol);
 }

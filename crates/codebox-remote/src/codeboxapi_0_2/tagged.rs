@@ -3,12 +3,23 @@
 
 use bytes::BytesMut;
 
-use codebox_core::{CodeBoxError, ExecEvent, MimeBundle, Result};
+use codebox_core::{CodeBoxError, Result};
 
 /// The largest chunk accepted (an image can be large).
 const MAX_CHUNK: usize = 256 << 20;
 
 const TAGS: [&str; 3] = ["txt", "img", "err"];
+
+/// One chunk of output, as the wire labels it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// `<txt>`: text the code printed, or the value of its last expression.
+    Text(String),
+    /// `<img>`: a base64 PNG.
+    Image(String),
+    /// `<err>`: text on standard error, or what the server says of an exception.
+    Error(String),
+}
 
 /// Incremental parser of tagged chunks.
 #[derive(Debug, Default)]
@@ -22,8 +33,8 @@ impl TaggedParser {
         self.buf.extend_from_slice(data);
     }
 
-    /// The next complete chunk as an event, `None` when more bytes are needed.
-    pub(crate) fn next_event(&mut self) -> Result<Option<ExecEvent>> {
+    /// The next complete chunk, `None` when more bytes are needed.
+    pub(crate) fn next_chunk(&mut self) -> Result<Option<Chunk>> {
         if self.buf.is_empty() {
             return Ok(None);
         }
@@ -48,13 +59,9 @@ impl TaggedParser {
         let chunk = self.buf.split_to(5 + end + close.len());
         let content = String::from_utf8_lossy(&chunk[5..5 + end]).into_owned();
         Ok(Some(match *tag {
-            "img" => {
-                let mut data = MimeBundle::new();
-                data.insert(MimeBundle::PNG, serde_json::Value::String(content));
-                ExecEvent::Display { data, display_id: None }
-            }
-            "err" => ExecEvent::stderr(content),
-            _ => ExecEvent::stdout(content),
+            "img" => Chunk::Image(content),
+            "err" => Chunk::Error(content),
+            _ => Chunk::Text(content),
         }))
     }
 
@@ -80,28 +87,26 @@ mod tests {
         let mut events = Vec::new();
         for byte in wire.as_bytes() {
             p.push(std::slice::from_ref(byte));
-            while let Some(e) = p.next_event().unwrap() {
+            while let Some(e) = p.next_chunk().unwrap() {
                 events.push(e);
             }
         }
         assert!(!p.has_leftover());
         assert_eq!(events.len(), 4);
-        assert_eq!(events[0], ExecEvent::stdout("hello\n"));
-        assert!(
-            matches!(&events[1], ExecEvent::Display { data, .. } if data.text_of(MimeBundle::PNG).as_deref() == Some("iVBO"))
-        );
-        assert_eq!(events[2], ExecEvent::stderr("Traceback: boom"));
-        assert_eq!(events[3], ExecEvent::stdout("ü"));
+        assert_eq!(events[0], Chunk::Text("hello\n".into()));
+        assert_eq!(events[1], Chunk::Image("iVBO".into()));
+        assert_eq!(events[2], Chunk::Error("Traceback: boom".into()));
+        assert_eq!(events[3], Chunk::Text("ü".into()));
     }
 
     #[test]
     fn garbage_is_a_protocol_error() {
         let mut p = TaggedParser::default();
         p.push(b"{\"not\": \"tagged\"}");
-        assert_eq!(p.next_event().unwrap_err().kind(), ErrorKind::Protocol);
+        assert_eq!(p.next_chunk().unwrap_err().kind(), ErrorKind::Protocol);
         let mut p = TaggedParser::default();
         p.push(b"<tx");
-        assert!(p.next_event().unwrap().is_none());
+        assert!(p.next_chunk().unwrap().is_none());
         assert!(p.has_leftover());
     }
 }

@@ -1,0 +1,75 @@
+//! The wire protocols a server may speak, and the operations a session offers, one
+//! implementation per protocol.
+//!
+//! [`RemoteBox`](crate::RemoteBox) holds one [`Session`] and forwards every `CodeBox` method
+//! to it. A protocol is one type implementing this trait over a shared
+//! [`Connection`](crate::connection::Connection); it knows nothing of the box around it.
+
+use async_trait::async_trait;
+
+use codebox_core::{
+    BoxStatus, ByteStream, Capabilities, CommandOutput, CommandSpec, EventStream, FileInfo, Result, RunOptions,
+};
+use codebox_http::client::Request;
+
+use crate::connection::Connection;
+
+/// Which protocol the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// The native API of `codebox serve` (`/v1`). Every operation works.
+    #[default]
+    Native,
+    /// The hosted codebox-api 0.2 service: `{base}/codebox/{session}/exec`, `/files/upload`,
+    /// `/files/download/{path}`, with `Authorization: Bearer` and `Factory-Id` headers.
+    CodeboxApi,
+    /// The single-box server of the `codeboxapi` 0.2 Python package
+    /// (`uvicorn codeboxapi.api:app`): the same routes at the base URL's root.
+    CodeboxApiServer,
+}
+
+/// A session on a server, spoken to in one wire protocol.
+///
+/// The methods mean what the `CodeBox` methods of the same name mean; an operation the
+/// protocol has no route for answers `CodeBoxError::Unsupported`.
+#[async_trait]
+pub(crate) trait Session: Send + Sync {
+    /// The connection state shared by every protocol.
+    fn connection(&self) -> &Connection;
+
+    /// The protocol spoken.
+    fn protocol(&self) -> Protocol;
+
+    fn capabilities(&self) -> Capabilities;
+
+    async fn start(&self) -> Result<()>;
+
+    async fn stop(&self) -> Result<()>;
+
+    async fn status(&self) -> Result<BoxStatus>;
+
+    /// Run code; `options` already carry the box's default timeout.
+    async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream>;
+
+    async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo>;
+
+    async fn download(&self, path: &str) -> Result<ByteStream>;
+
+    async fn list_files(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>>;
+
+    async fn delete_file(&self, path: &str) -> Result<()>;
+
+    async fn install(&self, packages: &[String]) -> Result<String>;
+
+    async fn restart(&self) -> Result<()>;
+
+    async fn interrupt(&self) -> Result<()>;
+
+    async fn run_command(&self, command: CommandSpec) -> Result<CommandOutput>;
+
+    /// The request that ends the session when its box is dropped without `stop`, or `None`
+    /// when nothing is to be ended (an attached session, or a protocol without sessions to
+    /// delete).
+    fn request_on_drop(&self) -> Option<Request>;
+}
