@@ -1,5 +1,5 @@
 //! `codebox serve`: host a CodeBox server backed by local Jupyter kernels. Its options
-//! (flags, environment, config file) are [`options`].
+//! (flags, environment, config file) are [`options`]; what they make is [`settings`].
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,9 +13,10 @@ use codebox_local::{KernelPool, LocalBox, LocalBoxBuilder};
 use codebox_server::{BoxFactory, Server};
 
 mod options;
+mod settings;
 
 pub(crate) use options::ServeArgs;
-use options::{Settings, settings};
+use settings::{Settings, settings};
 
 /// New sessions get a LocalBox, taking a pre-started kernel from the pool when one is ready.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! The options of `codebox serve`: one struct, [`ServeOptions`], that clap reads from the
 //! command line and the environment and serde reads from the config file. figment layers
-//! them (defaults < config file < environment < flags, lists appended), and [`settings`]
+//! them (defaults < config file < environment < flags, lists appended); [`super::settings`]
 //! turns the result into what the server and its sandbox take.
 
 use std::net::SocketAddr;
@@ -8,10 +8,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use codebox_core::ApiKey;
-use codebox_local::{Allowlist, Isolation, Limits};
-use codebox_server::ServerConfig;
+use anyhow::Context as _;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
@@ -44,7 +41,7 @@ pub(super) struct ServeOptions {
     /// Address to listen on, HOST:PORT [default: 127.0.0.1:8069].
     #[arg(long, env = "CODEBOX_SERVER_ADDR", value_name = "HOST:PORT")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    addr: Option<SocketAddr>,
+    pub(super) addr: Option<SocketAddr>,
 
     /// Accept this API key (repeatable). Clients send it as `Authorization: Bearer KEY`.
     /// Discouraged: other users of the machine can read a command line, so the server warns
@@ -58,51 +55,51 @@ pub(super) struct ServeOptions {
     /// starting with `#` are ignored.
     #[arg(long, value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    api_key_file: Vec<PathBuf>,
+    pub(super) api_key_file: Vec<PathBuf>,
 
     /// Read options from this file (TOML, or JSON if the name ends in `.json`).
     #[arg(long, value_name = "FILE")]
     // Not an option a file can set: it names the file.
     #[serde(skip)]
-    config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
 
     /// Serve without authentication, for local development only. Refused on an address
     /// that is not loopback unless --force-no-auth is given too.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
-    no_auth: bool,
+    pub(super) no_auth: bool,
 
     /// Allow --no-auth on a non-loopback address. Anyone who can reach the server can run
     /// code on this machine.
     #[arg(long, requires = "no_auth")]
     #[serde(default, skip_serializing_if = "is_false")]
-    force_no_auth: bool,
+    pub(super) force_no_auth: bool,
 
     /// The most sessions alive at once; more are refused with 503 and Retry-After. With
     /// session uids it is at most the uids less --pool-size (each session and each pooled
     /// kernel holds one) [default: 64].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_sessions: Option<usize>,
+    pub(super) max_sessions: Option<usize>,
 
     /// The most sessions one API key may hold at once; more are refused with 429
     /// `rate_limited` (the key can free its own) [default: --max-sessions divided by the
     /// number of keys, at least 1].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_sessions_per_key: Option<usize>,
+    pub(super) max_sessions_per_key: Option<usize>,
 
     /// The most bytes of JSON request bodies held in memory at once, across all requests;
     /// a body that finds no room for a moment is refused with 503 and Retry-After. At least
     /// the 16M limit of one JSON body [default: 64M].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    max_buffered_bytes: Option<u64>,
+    pub(super) max_buffered_bytes: Option<u64>,
 
     /// Stop a session unused for this long, e.g. `900` (seconds), `15m`, `1h 30m` [default: 15m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    idle_timeout: Option<Duration>,
+    pub(super) idle_timeout: Option<Duration>,
 
     /// The largest file upload, e.g. `1073741824`, `512M`, `1G`. Keep it below the usable
     /// size of a working directory (ext4 keeps about 8 % of --workdir-size for itself): a
@@ -110,62 +107,62 @@ pub(super) struct ServeOptions {
     /// --workdir-size when that is smaller].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    max_upload_bytes: Option<u64>,
+    pub(super) max_upload_bytes: Option<u64>,
 
     /// Cut off a client that sends no request body bytes for this long [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    upload_timeout: Option<Duration>,
+    pub(super) upload_timeout: Option<Duration>,
 
     /// The most client connections open at once; one more is answered 503 and closed at
     /// once [default: a quarter of the soft limit on open files].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_connections: Option<usize>,
+    pub(super) max_connections: Option<usize>,
 
     /// Close a connection that has no request in flight and sends nothing for this long,
     /// one that never sends a request included [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    connection_idle_timeout: Option<Duration>,
+    pub(super) connection_idle_timeout: Option<Duration>,
 
     /// On SIGTERM/SIGINT, let running executions finish for this long before interrupting
     /// them [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    shutdown_grace: Option<Duration>,
+    pub(super) shutdown_grace: Option<Duration>,
 
     /// Kernels kept started and ready for new sessions; 0 turns the pool off [default: 2].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pool_size: Option<usize>,
+    pub(super) pool_size: Option<usize>,
 
     /// How many kernels may be starting at once; further new sessions wait their turn
     /// [default: the number of CPUs, at least 2].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_concurrent_starts: Option<usize>,
+    pub(super) max_concurrent_starts: Option<usize>,
 
     /// The kernel new sessions run when they do not ask for one [default: python3].
     #[arg(long, value_name = "NAME")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    kernel: Option<String>,
+    pub(super) kernel: Option<String>,
 
     /// The Python interpreter for kernels [default: CODEBOX_PYTHON, else a managed environment].
     #[arg(long, value_name = "PATH")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    python: Option<PathBuf>,
+    pub(super) python: Option<PathBuf>,
 
     /// Kernel isolation: `auto` (bubblewrap, else Landlock, else none), `bubblewrap`,
     /// `landlock` or `none` [default: auto].
     #[arg(long, value_name = "MODE", value_parser = ["auto", "bubblewrap", "bwrap", "landlock", "none"])]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    isolation: Option<String>,
+    pub(super) isolation: Option<String>,
 
     /// Refuse to start kernels without isolation instead of stepping down the ladder.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
-    require_isolation: bool,
+    pub(super) require_isolation: bool,
 
     /// Serve more than one API key even where kernels run without isolation (the `none`
     /// level, chosen or fallen back to). There, code of one key's session can read the
@@ -173,76 +170,76 @@ pub(super) struct ServeOptions {
     /// such a server refuses to start.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
-    allow_weak_isolation: bool,
+    pub(super) allow_weak_isolation: bool,
 
     /// Give kernels the host network (default: none, only a private loopback).
     #[arg(long, conflicts_with = "kernel_allow_host")]
     #[serde(default, skip_serializing_if = "is_false")]
-    kernel_network: bool,
+    pub(super) kernel_network: bool,
 
     /// Let kernels reach this host (`name`, `name:port`, `*.domain`, an IP) over HTTP and
     /// HTTPS through a proxy, and nothing else; repeat for more hosts (in a config file:
     /// `kernel_allow_hosts`). Needs bubblewrap.
     #[arg(long, value_name = "HOST")]
     #[serde(default, rename = "kernel_allow_hosts", skip_serializing_if = "Vec::is_empty")]
-    kernel_allow_host: Vec<String>,
+    pub(super) kernel_allow_host: Vec<String>,
 
     /// Memory of one session (cgroup); RLIMIT_DATA is 90 % of it [default: 1G].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    memory_limit: Option<u64>,
+    pub(super) memory_limit: Option<u64>,
 
     /// Processes and threads of one session (cgroup pids.max) [default: 256].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pids_limit: Option<u64>,
+    pub(super) pids_limit: Option<u64>,
 
     /// CPUs one session may use (cgroup quota), e.g. `0.5` [default: 1].
     #[arg(long, value_name = "CPUS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    cpu_limit: Option<f64>,
+    pub(super) cpu_limit: Option<f64>,
 
     /// The largest file a kernel may write (RLIMIT_FSIZE) [default: 1G].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    file_size_limit: Option<u64>,
+    pub(super) file_size_limit: Option<u64>,
 
     /// Open files per kernel process (RLIMIT_NOFILE) [default: 1024].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    open_files_limit: Option<u64>,
+    pub(super) open_files_limit: Option<u64>,
 
     /// The largest single message a kernel may send; a kernel that sends a larger one is
     /// recycled before it reaches the server [default: 64M].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    max_message: Option<u64>,
+    pub(super) max_message: Option<u64>,
 
     /// Size of a session's working directory (a sparse ext4 image; needs root) [default: 1G].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    workdir_size: Option<u64>,
+    pub(super) workdir_size: Option<u64>,
 
     /// Size of a session's private /tmp [default: 256M].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    tmp_size: Option<u64>,
+    pub(super) tmp_size: Option<u64>,
 
     /// Unprivileged uids for sessions, one each, as FIRST-LAST with both ends included
     /// [default: 200000-265534 when running as root].
     #[arg(long, value_name = "FIRST-LAST", value_parser = parse_uid_range)]
     #[serde(default, with = "uid_range", skip_serializing_if = "Option::is_none")]
-    session_uids: Option<Range<u32>>,
+    pub(super) session_uids: Option<Range<u32>>,
 
     /// Run every session's kernel as this server's user instead of a uid of its own.
     #[arg(long, conflicts_with = "session_uids")]
     #[serde(default, skip_serializing_if = "is_false")]
-    no_session_uids: bool,
+    pub(super) no_session_uids: bool,
 
     /// Do not put sessions in cgroups (memory, process and CPU limits then do not apply).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
-    no_cgroups: bool,
+    pub(super) no_cgroups: bool,
 
     /// This server's own directory for session working directories and its record of live
     /// sessions. At start, whatever an earlier server left there (and under the session
@@ -251,12 +248,12 @@ pub(super) struct ServeOptions {
     /// ~/.local/state/codebox/sessions].
     #[arg(long, value_name = "DIR")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    session_root: Option<PathBuf>,
+    pub(super) session_root: Option<PathBuf>,
 
     /// Log format on stderr: `text` or `json`. The level comes from RUST_LOG [default: text, info].
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    log_format: Option<String>,
+    pub(super) log_format: Option<String>,
 }
 
 // serde's `skip_serializing_if` passes the field by reference.
@@ -469,7 +466,7 @@ fn read_config_file(path: &Path) -> anyhow::Result<Layer> {
 /// The options from every place, layered: the config file, then the environment's API
 /// keys, then the command line (clap has already put CODEBOX_SERVER_ADDR under its flag).
 /// Later layers win, except that lists are appended to (`admerge`).
-fn layered(flags: ServeOptions, env_keys: Option<&str>) -> anyhow::Result<ServeOptions> {
+pub(super) fn layered(flags: ServeOptions, env_keys: Option<&str>) -> anyhow::Result<ServeOptions> {
     let mut figment = Figment::new();
     if let Some(path) = &flags.config {
         figment = figment.admerge(read_config_file(path)?);
@@ -483,181 +480,6 @@ fn layered(flags: ServeOptions, env_keys: Option<&str>) -> anyhow::Result<ServeO
     figment.extract().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// How sessions are sandboxed.
-#[derive(Debug)]
-pub(super) struct SandboxSettings {
-    pub(super) isolation: Isolation,
-    pub(super) require: bool,
-    /// Serve several API keys even on a level that cannot keep them apart.
-    pub(super) allow_weak: bool,
-    pub(super) network: bool,
-    pub(super) allowlist: Allowlist,
-    pub(super) limits: Limits,
-    /// Session uids (root only).
-    pub(super) uids: Option<Range<u32>>,
-    /// Session cgroups (root only).
-    pub(super) cgroups: bool,
-}
-
-fn sandbox_settings(o: &ServeOptions) -> anyhow::Result<SandboxSettings> {
-    let isolation = match &o.isolation {
-        Some(m) => m.parse::<Isolation>().map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => Isolation::Auto,
-    };
-    let mut limits = Limits::server();
-    if let Some(m) = o.memory_limit {
-        limits = limits.with_memory(m);
-    }
-    if let Some(n) = o.pids_limit {
-        limits = limits.with_pids(Some(n));
-    }
-    if let Some(c) = o.cpu_limit {
-        limits = limits.with_cpu(Some(c));
-    }
-    if let Some(b) = o.file_size_limit {
-        limits = limits.with_file_size(Some(b));
-    }
-    if let Some(n) = o.open_files_limit {
-        limits = limits.with_open_files(Some(n));
-    }
-    if let Some(b) = o.max_message {
-        limits = limits.with_max_message(b);
-    }
-    if let Some(b) = o.workdir_size {
-        let inodes = limits.workdir_inodes;
-        limits = limits.with_workdir_size(Some(b), inodes);
-    }
-    if let Some(b) = o.tmp_size {
-        let (shm, home) = (limits.shm_size, limits.home_size);
-        limits = limits.with_tmpfs_sizes(b, shm, home);
-    }
-    limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let uids = match (&o.session_uids, o.no_session_uids) {
-        (_, true) => None,
-        (Some(range), false) => Some(range.clone()),
-        (None, false) => Some(codebox_local::sandbox::uid::DEFAULT_RANGE),
-    };
-    Ok(SandboxSettings {
-        isolation,
-        require: o.require_isolation,
-        allow_weak: o.allow_weak_isolation,
-        network: o.kernel_network,
-        allowlist: Allowlist::parse(&o.kernel_allow_host).map_err(|e| anyhow::anyhow!("{e}"))?,
-        limits,
-        uids,
-        cgroups: !o.no_cgroups,
-    })
-}
-
-fn read_key_file(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading API keys from {}", path.display()))?;
-    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect())
-}
-
-/// Where sessions live when no root is given (see `--session-root`).
-fn default_session_root() -> anyhow::Result<PathBuf> {
-    if let Some(home) = std::env::var_os("CODEBOX_HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(home).join("sessions"));
-    }
-    if codebox_local::sandbox::uid::running_as_root() {
-        return Ok(PathBuf::from("/var/lib/codebox/sessions"));
-    }
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".local/state")))
-        .context("no session root: give --session-root (neither CODEBOX_HOME, XDG_STATE_HOME nor HOME is set)")?;
-    Ok(state.join("codebox/sessions"))
-}
-
-/// Everything `serve` needs, after merging flags, environment and file.
-#[derive(Debug)]
-pub(super) struct Settings {
-    pub(super) server: ServerConfig,
-    /// Session working directories, and the server's record of live sessions.
-    pub(super) session_root: PathBuf,
-    pub(super) pool_size: usize,
-    pub(super) kernel: Option<String>,
-    pub(super) python: Option<PathBuf>,
-    pub(super) log_format: String,
-    pub(super) sandbox: SandboxSettings,
-}
-
-/// The settings from the command line, `env_keys` (CODEBOX_SERVER_API_KEYS) and the config
-/// file the command line names.
-pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Settings> {
-    let o = layered(*args.options, env_keys.as_deref())?;
-    let mut keys = o.api_keys.clone();
-    for path in &o.api_key_file {
-        keys.extend(read_key_file(path)?);
-    }
-    keys.sort();
-    keys.dedup();
-
-    let mut server =
-        ServerConfig::new().with_api_keys(keys.into_iter().map(ApiKey::new)).with_no_auth(o.no_auth, o.force_no_auth);
-    if let Some(addr) = o.addr {
-        server = server.with_addr(addr);
-    }
-    if let Some(n) = o.max_sessions {
-        server = server.with_max_sessions(n);
-    }
-    if let Some(n) = o.max_sessions_per_key {
-        server = server.with_max_sessions_per_key(n);
-    }
-    if let Some(b) = o.max_buffered_bytes {
-        server = server.with_max_buffered_bytes(b);
-    }
-    if let Some(n) = o.max_concurrent_starts {
-        server = server.with_max_concurrent_starts(n);
-    }
-    if let Some(d) = o.idle_timeout {
-        server = server.with_idle_timeout(d);
-    }
-    let sandbox = sandbox_settings(&o)?;
-    match o.max_upload_bytes {
-        Some(b) => server = server.with_max_upload_bytes(b),
-        // An upload the working directory cannot hold would only fail at the end with a
-        // full disk: by default the limit leaves the image room to spare.
-        None => {
-            if let Some(workdir) = sandbox.limits.workdir_size {
-                server = server.with_max_upload_bytes(codebox_server::DEFAULT_MAX_UPLOAD_BYTES.min(workdir / 2));
-            }
-        }
-    }
-    if let Some(d) = o.upload_timeout {
-        server = server.with_body_idle_timeout(d);
-    }
-    if let Some(n) = o.max_connections {
-        server = server.with_max_connections(n);
-    }
-    if let Some(d) = o.connection_idle_timeout {
-        server = server.with_connection_idle_timeout(d);
-    }
-    if let Some(d) = o.shutdown_grace {
-        server = server.with_shutdown_grace(d);
-    }
-    let session_root = match &o.session_root {
-        Some(dir) => std::path::absolute(dir).with_context(|| format!("the session root {}", dir.display()))?,
-        None => default_session_root()?,
-    };
-    server = server.with_state_dir(session_root.join("server"));
-    server.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let log_format = o.log_format.unwrap_or_else(|| "text".into());
-    if !matches!(log_format.as_str(), "text" | "json") {
-        bail!("log_format must be `text` or `json`, not {log_format:?}");
-    }
-    Ok(Settings {
-        server,
-        session_root,
-        pool_size: o.pool_size.unwrap_or(2),
-        kernel: o.kernel,
-        python: o.python,
-        log_format,
-        sandbox,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,19 +491,6 @@ mod tests {
         args: ServeArgs,
     }
 
-    fn parse(args: &[&str]) -> ServeArgs {
-        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).unwrap().args
-    }
-
-    #[test]
-    fn connection_limits_come_from_flags_and_the_file() {
-        let s = settings(parse(&["--api-key", "k", "--max-connections", "8", "--connection-idle-timeout", "5s"]), None)
-            .unwrap();
-        assert_eq!(s.server.max_connections, Some(8));
-        assert_eq!(s.server.connection_idle_timeout, Duration::from_secs(5));
-        assert!(settings(parse(&["--api-key", "k", "--max-connections", "0"]), None).is_err());
-    }
-
     #[test]
     fn sizes_and_durations_parse() {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
@@ -691,209 +500,11 @@ mod tests {
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)), "a number is seconds");
+        assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("1e300").is_err() && parse_duration("NaN").is_err() && parse_duration("inf").is_err());
-    }
-
-    #[test]
-    fn keys_come_from_flags_env_and_files() {
-        let dir = std::env::temp_dir().join(format!("codebox-serve-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key_file = dir.join("keys");
-        std::fs::write(&key_file, "# team keys\nfrom-file\n\n").unwrap();
-        let config = dir.join("serve.toml");
-        std::fs::write(
-            &config,
-            "api_keys = [\"from-config\"]\nmax_sessions = 7\nidle_timeout = \"2m\"\nmax_sessions_per_key = 3\n\
-             max_buffered_bytes = \"32M\"\nallow_weak_isolation = true\n",
-        )
-        .unwrap();
-        let args = parse(&[
-            "--api-key",
-            "from-flag",
-            "--api-key-file",
-            key_file.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--max-upload-bytes",
-            "10M",
-        ]);
-        let s = settings(args, Some("from-env-1, from-env-2".into())).unwrap();
-        let keys: Vec<&str> = s.server.api_keys.iter().map(|k| k.expose()).collect();
-        assert_eq!(keys, ["from-config", "from-env-1", "from-env-2", "from-file", "from-flag"]);
-        assert_eq!(s.server.max_sessions, 7);
-        assert_eq!(s.server.sessions_per_key(), 3);
-        assert_eq!(s.server.max_buffered_bytes, 32 << 20);
-        assert!(s.sandbox.allow_weak);
-        assert_eq!(s.server.idle_timeout, Duration::from_secs(120));
-        assert_eq!(s.server.max_upload_bytes, 10 << 20);
-        let s = settings(parse(&["--no-auth"]), None).unwrap();
-        assert_eq!(s.server.max_upload_bytes, 512 << 20, "the default fits the default 1G working directory");
-        let s = settings(parse(&["--no-auth", "--workdir-size", "64M"]), None).unwrap();
-        assert_eq!(s.server.max_upload_bytes, 32 << 20, "a small working directory lowers the default");
-        assert_eq!(s.pool_size, 2);
-        assert!(!format!("{s:?}").contains("from-flag"), "keys never show in Debug");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn bad_configurations_are_refused() {
-        let err = settings(parse(&[]), None).unwrap_err();
-        assert!(err.to_string().contains("no API keys"), "{err}");
-        let err = settings(parse(&["--no-auth", "--addr", "0.0.0.0:8069"]), None).unwrap_err();
-        assert!(err.to_string().contains("not a loopback"), "{err}");
-        assert!(settings(parse(&["--no-auth", "--force-no-auth", "--addr", "0.0.0.0:8069"]), None).is_ok());
-        assert!(Cli::try_parse_from(["serve", "--force-no-auth"]).is_err(), "--force-no-auth needs --no-auth");
-        assert!(Cli::try_parse_from(["serve", "--log-format", "xml"]).is_err());
-        assert!(Cli::try_parse_from(["serve", "--isolation", "docker"]).is_err());
-        assert!(Cli::try_parse_from(["serve", "--session-uids", "5-1"]).is_err());
-        assert!(Cli::try_parse_from(["serve", "--session-uids", "0-10"]).is_err());
-        let err = settings(parse(&["--no-auth", "--memory-limit", "1M"]), None).unwrap_err();
-        assert!(err.to_string().contains("64 MiB"), "{err}");
-        let err = settings(parse(&["--no-auth", "--cpu-limit", "0"]), None).unwrap_err();
-        assert!(err.to_string().contains("cpu"), "{err}");
-    }
-
-    #[test]
-    fn the_session_root_holds_the_server_record() {
-        let s = settings(parse(&["--no-auth", "--session-root", "/srv/codebox/sessions"]), None).unwrap();
-        assert_eq!(s.session_root, PathBuf::from("/srv/codebox/sessions"));
-        assert_eq!(s.server.state_dir, Some(PathBuf::from("/srv/codebox/sessions/server")));
-        let s = settings(parse(&["--no-auth", "--session-root", "rel"]), None).unwrap();
-        assert!(s.session_root.is_absolute() && s.session_root.ends_with("rel"), "{:?}", s.session_root);
-        let s = settings(parse(&["--no-auth"]), None).unwrap();
-        assert!(s.session_root.is_absolute() && s.session_root.ends_with("sessions"), "{:?}", s.session_root);
-    }
-
-    #[test]
-    fn sandbox_limits_come_from_flags_and_the_file_with_server_defaults() {
-        let s = settings(parse(&["--no-auth"]), None).unwrap().sandbox;
-        assert_eq!(s.isolation, Isolation::Auto);
-        assert_eq!(s.limits, Limits::server());
-        assert_eq!(s.uids, Some(codebox_local::sandbox::uid::DEFAULT_RANGE));
-        assert!(s.cgroups && !s.network && !s.require && s.allowlist.is_empty());
-        let s = settings(
-            parse(&["--no-auth", "--kernel-allow-host", "pypi.org", "--kernel-allow-host", "*.pythonhosted.org:443"]),
-            None,
-        )
-        .unwrap()
-        .sandbox;
-        assert!(s.allowlist.allows("pypi.org", 443) && s.allowlist.allows("files.pythonhosted.org", 443));
-        assert!(!s.allowlist.allows("example.com", 443));
-        let err = settings(parse(&["--no-auth", "--kernel-allow-host", "http://x"]), None).unwrap_err();
-        assert!(err.to_string().contains("network allowlist entry"), "{err}");
-        assert!(Cli::try_parse_from(["serve", "--kernel-network", "--kernel-allow-host", "a.org"]).is_err());
-        let s = settings(
-            parse(&[
-                "--no-auth",
-                "--isolation",
-                "bubblewrap",
-                "--require-isolation",
-                "--memory-limit",
-                "512M",
-                "--pids-limit",
-                "64",
-                "--cpu-limit",
-                "0.5",
-                "--file-size-limit",
-                "10M",
-                "--max-message",
-                "8M",
-                "--session-uids",
-                "300000-300009",
-                "--no-cgroups",
-            ]),
-            None,
-        )
-        .unwrap()
-        .sandbox;
-        assert_eq!(s.isolation, Isolation::Bubblewrap);
-        assert!(s.require && !s.cgroups);
-        assert_eq!(s.limits.memory, Some(512 << 20));
-        assert!(s.limits.data.unwrap() < 512 << 20);
-        assert_eq!((s.limits.pids, s.limits.cpu, s.limits.file_size), (Some(64), Some(0.5), Some(10 << 20)));
-        assert_eq!(s.limits.max_message, 8 << 20);
-        assert_eq!(s.uids, Some(300_000..300_010));
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("c.toml");
-        std::fs::write(
-            &cfg,
-            "no_auth = true\nisolation = \"landlock\"\nmemory_limit = \"256M\"\nno_session_uids = true\n",
-        )
-        .unwrap();
-        let s = settings(parse(&["--config", cfg.to_str().unwrap()]), None).unwrap().sandbox;
-        assert_eq!(s.isolation, Isolation::Landlock);
-        assert_eq!(s.limits.memory, Some(256 << 20));
-        assert_eq!(s.uids, None);
-    }
-
-    #[test]
-    fn the_file_is_under_the_environment_and_the_flags_and_lists_are_the_union() {
-        let dir = tempfile::tempdir().unwrap();
-        let (file_keys, flag_keys) = (dir.path().join("file.keys"), dir.path().join("flag.keys"));
-        std::fs::write(&file_keys, "key-of-the-file-key-file\n").unwrap();
-        std::fs::write(&flag_keys, "key-of-the-flag-key-file\n").unwrap();
-        let config = dir.path().join("serve.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "addr = \"127.0.0.1:9001\"\nmax_sessions = 7\nidle_timeout = 900\nupload_timeout = \"1h 30m\"\n\
-                 shutdown_grace = 2.5\nmemory_limit = 268435456\ntmp_size = \"64M\"\napi_keys = [\"key-in-the-file\"]\n\
-                 api_key_file = {file_keys:?}\nkernel_allow_hosts = [\"pypi.org\"]\nsession_uids = \"300000-300009\"\n"
-            ),
-        )
-        .unwrap();
-        let flags = [
-            "--config",
-            config.to_str().unwrap(),
-            "--max-sessions",
-            "9",
-            "--api-key-file",
-            flag_keys.to_str().unwrap(),
-            "--kernel-allow-host",
-            "example.org",
-        ];
-        let s = settings(parse(&flags), Some("key-of-the-environment".into())).unwrap();
-        let keys: Vec<&str> = s.server.api_keys.iter().map(|k| k.expose()).collect();
-        assert_eq!(
-            keys,
-            ["key-in-the-file", "key-of-the-environment", "key-of-the-file-key-file", "key-of-the-flag-key-file"]
-        );
-        assert_eq!(s.server.addr, "127.0.0.1:9001".parse().unwrap(), "the file sets what nothing else does");
-        assert_eq!(s.server.max_sessions, 9, "a flag wins over the file");
-        assert_eq!(s.server.idle_timeout, Duration::from_secs(900), "a number in a file is seconds");
-        assert_eq!(s.server.body_idle_timeout, Duration::from_secs(5400));
-        assert_eq!(s.server.shutdown_grace, Duration::from_millis(2500));
-        assert_eq!(s.sandbox.limits.memory, Some(256 << 20));
-        assert!(s.sandbox.allowlist.allows("pypi.org", 443) && s.sandbox.allowlist.allows("example.org", 443));
-        assert_eq!(s.sandbox.uids, Some(300_000..300_010));
-
-        let json = dir.path().join("serve.json");
-        std::fs::write(&json, r#"{"no_auth": true, "idle_timeout": "2m", "max_upload_bytes": "1M"}"#).unwrap();
-        let s = settings(parse(&["--config", json.to_str().unwrap(), "--idle-timeout", "1h"]), None).unwrap();
-        assert!(s.server.api_keys.is_empty());
-        assert_eq!(s.server.idle_timeout, Duration::from_secs(3600));
-        assert_eq!(s.server.max_upload_bytes, 1 << 20);
-    }
-
-    #[test]
-    fn a_key_the_file_should_not_have_is_an_error_that_names_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("serve.toml");
-        for (text, named) in [
-            ("no_auth = true\nmax_sesions = 3\n", "max_sesions"),
-            // The flag's name, not the file's key.
-            ("no_auth = true\nkernel_allow_host = [\"pypi.org\"]\n", "kernel_allow_host"),
-            ("no_auth = true\nconfig = \"other.toml\"\n", "config"),
-            ("no_auth = true\nidle_timeout = \"soon\"\n", "idle_timeout"),
-            ("no_auth = true\nsession_uids = \"9-1\"\n", "session_uids"),
-        ] {
-            std::fs::write(&config, text).unwrap();
-            let err = settings(parse(&["--config", config.to_str().unwrap()]), None).unwrap_err().to_string();
-            assert!(err.contains(named) && err.contains("serve.toml"), "{text:?}: {err}");
-        }
-        let missing = dir.path().join("missing.toml");
-        assert!(settings(parse(&["--no-auth", "--config", missing.to_str().unwrap()]), None).is_err());
     }
 
     #[test]
