@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use codebox::{CodeBox, ExecEvent, LocalBox, MimeBundle, Outcome, RunOptions};
+use codebox::{CodeBox, CodeBoxSettings, ExecEvent, LocalBox, MimeBundle, Outcome, RunOptions};
 use futures::StreamExt;
 
 use crate::progress::ProgressView;
@@ -91,24 +91,34 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(language) = &args.language {
         options = options.with_language(language.clone());
     }
-    let b = box_from_env().context("choosing a box from the environment")?;
+    let settings = codebox::settings_from_env_and_file(".env").context("reading the CODEBOX_* settings")?;
+    let b = box_from_settings(&settings).context("choosing a box from the environment")?;
     b.start().await.context("starting the box")?;
     let result = stream_output(&*b, &code, options, &args).await;
-    if let Err(e) = b.stop().await {
+    // Stopping a remote box deletes its session: only one this command created is its to end.
+    // A session named by CODEBOX_SESSION_ID belongs to whoever made it and stays.
+    if !attaches_to_a_session(&settings)
+        && let Err(e) = b.stop().await
+    {
         eprintln!("codebox: stopping the box: {e}");
     }
     result
 }
 
-/// The box `codebox::from_env` chooses; a local one shows on stderr how the building of its
-/// Python environment goes, when there is one to build.
-fn box_from_env() -> codebox::Result<Arc<dyn CodeBox>> {
-    let settings = codebox::settings_from_env_and_file(".env")?;
+/// Whether the settings name an existing remote session (CODEBOX_SESSION_ID) for the box to
+/// attach to, rather than have it create one.
+fn attaches_to_a_session(settings: &CodeBoxSettings) -> bool {
+    !settings.wants_local() && settings.session_id.is_some()
+}
+
+/// The box `codebox::from_settings` chooses; a local one shows on stderr how the building of
+/// its Python environment goes, when there is one to build.
+fn box_from_settings(settings: &CodeBoxSettings) -> codebox::Result<Arc<dyn CodeBox>> {
     if !settings.wants_local() {
-        return codebox::from_settings(&settings);
+        return codebox::from_settings(settings);
     }
     let view = ProgressView::for_stderr();
-    let b = LocalBox::builder().with_settings(&settings).with_progress(move |event| view.show(event)).build()?;
+    let b = LocalBox::builder().with_settings(settings).with_progress(move |event| view.show(event)).build()?;
     Ok(Arc::new(b))
 }
 

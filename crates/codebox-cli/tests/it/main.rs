@@ -2,4 +2,5 @@
 
 mod hostile;
 mod run;
+mod run_env;
 mod serve;
