@@ -1,5 +1,6 @@
 //! `codebox run` as the `CODEBOX_*` environment steers it: against a real `codebox serve`,
-//! attached to a session someone else made (`CODEBOX_SESSION_ID`).
+//! attached to a session someone else made (`CODEBOX_SESSION_ID`), and with its log on
+//! stderr (`CODEBOX_VERBOSE`).
 
 use std::process::{Command, Output, Stdio};
 
@@ -54,4 +55,34 @@ fn run_leaves_a_session_it_attached_to_and_ends_one_it_made() {
     assert_eq!(sessions(&server, KEY_A), [id.as_str()], "the command's own session is gone, the other stays");
     assert_eq!(server.exec(KEY_A, &id, "print(kept)").ok(), "42\n");
     server.stop();
+}
+
+#[test]
+fn verbose_logs_each_step_on_stderr_and_leaves_stdout_to_the_code() {
+    let out = codebox_run("print(6 * 7)", &[("CODEBOX_VERBOSE", "1")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "42\n");
+    let log = text(&out.stderr);
+    for step in ["box chosen", "box started; running the code", "box stopped"] {
+        assert!(log.lines().any(|l| l.contains("DEBUG") && l.contains(step)), "{step:?} missing from: {log}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_codebox"))
+        .args(["run", "--json", "-c", "print(6 * 7)"])
+        .env_remove("CODEBOX_API_KEY")
+        .env_remove("RUST_LOG")
+        .env("CODEBOX_VERBOSE", "true")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for line in text(&out.stdout).lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    assert!(text(&out.stderr).contains("box chosen"), "{out:?}");
+
+    let quiet = codebox_run("print(6 * 7)", &[("CODEBOX_VERBOSE", "0")]);
+    assert_eq!((text(&quiet.stdout), text(&quiet.stderr)), ("42\n".into(), String::new()), "no log unless asked");
 }
