@@ -4,3 +4,4 @@ mod hostile;
 mod run;
 mod run_env;
 mod serve;
+mod serve_options;
