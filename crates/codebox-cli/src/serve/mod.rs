@@ -1,5 +1,5 @@
 //! `codebox serve`: host a CodeBox server backed by local Jupyter kernels. Its options
-//! (flags, environment, config file) are [`options`]; what they make is [`settings`].
+//! (flags, environment, config file) are [`options`]; what they make is [`settings`](mod@settings).
 
 use std::process::ExitCode;
 use std::sync::Arc;

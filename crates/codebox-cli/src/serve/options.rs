@@ -1,7 +1,8 @@
 //! The options of `codebox serve`: one struct, [`ServeOptions`], that clap reads from the
 //! command line and the environment and serde reads from the config file. figment layers
-//! them (defaults < config file < environment < flags, lists appended); [`super::settings`]
-//! turns the result into what the server and its sandbox take.
+//! them (defaults < config file < environment < flags, lists appended), and
+//! [`settings`](mod@super::settings) turns the result into what the server and its sandbox
+//! take.
 
 use std::net::SocketAddr;
 use std::ops::Range;
