@@ -1,6 +1,7 @@
 //! `codebox run`: run code from a file, `-c`, or stdin in a box chosen from the environment,
 //! streaming its output as it happens. Building the managed Python environment on a first
-//! run shows its progress on stderr (see [`crate::progress`]).
+//! run shows its progress on stderr (see [`crate::progress`]); with CODEBOX_VERBOSE, so does
+//! the log of what the command and the box do.
 
 // Printing the code's output to the terminal is this command's whole job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use codebox::{CodeBox, ExecEvent, LocalBox, MimeBundle, Outcome, RunOptions};
+use codebox::{CodeBox, CodeBoxSettings, ExecEvent, LocalBox, MimeBundle, Outcome, RunOptions};
 use futures::StreamExt;
 
 use crate::progress::ProgressView;
@@ -91,24 +92,56 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(language) = &args.language {
         options = options.with_language(language.clone());
     }
-    let b = box_from_env().context("choosing a box from the environment")?;
+    let settings = codebox::settings_from_env_and_file(".env").context("reading the CODEBOX_* settings")?;
+    if settings.verbose {
+        log_to_stderr();
+    }
+    let b = box_from_settings(&settings).context("choosing a box from the environment")?;
+    let attached = attaches_to_a_session(&settings);
+    tracing::debug!(box_id = b.id(), local = settings.wants_local(), attached, "box chosen");
     b.start().await.context("starting the box")?;
+    tracing::debug!(box_id = b.id(), "box started; running the code");
     let result = stream_output(&*b, &code, options, &args).await;
-    if let Err(e) = b.stop().await {
+    // Stopping a remote box deletes its session: only one this command created is its to end.
+    // A session named by CODEBOX_SESSION_ID belongs to whoever made it and stays.
+    if attached {
+        tracing::debug!(box_id = b.id(), "leaving the attached session running");
+    } else if let Err(e) = b.stop().await {
         eprintln!("codebox: stopping the box: {e}");
+    } else {
+        tracing::debug!(box_id = b.id(), "box stopped");
     }
     result
 }
 
-/// The box `codebox::from_env` chooses; a local one shows on stderr how the building of its
-/// Python environment goes, when there is one to build.
-fn box_from_env() -> codebox::Result<Arc<dyn CodeBox>> {
-    let settings = codebox::settings_from_env_and_file(".env")?;
+/// CODEBOX_VERBOSE: the log of this command and of the codebox crates, at `debug`, on
+/// stderr (stdout stays the code's output). RUST_LOG, when set, picks the levels instead.
+fn log_to_stderr() {
+    const CODEBOX_DEBUG: &str =
+        "warn,codebox=debug,codebox_core=debug,codebox_http=debug,codebox_local=debug,codebox_remote=debug";
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(CODEBOX_DEBUG));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Whether the settings name an existing remote session (CODEBOX_SESSION_ID) for the box to
+/// attach to, rather than have it create one.
+fn attaches_to_a_session(settings: &CodeBoxSettings) -> bool {
+    !settings.wants_local() && settings.session_id.is_some()
+}
+
+/// The box `codebox::from_settings` chooses; a local one shows on stderr how the building of
+/// its Python environment goes, when there is one to build.
+fn box_from_settings(settings: &CodeBoxSettings) -> codebox::Result<Arc<dyn CodeBox>> {
     if !settings.wants_local() {
-        return codebox::from_settings(&settings);
+        return codebox::from_settings(settings);
     }
     let view = ProgressView::for_stderr();
-    let b = LocalBox::builder().with_settings(&settings).with_progress(move |event| view.show(event)).build()?;
+    let b = LocalBox::builder().with_settings(settings).with_progress(move |event| view.show(event)).build()?;
     Ok(Arc::new(b))
 }
 

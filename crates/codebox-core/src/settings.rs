@@ -61,7 +61,9 @@ pub struct CodeBoxSettings {
     pub base_url: String,
     /// The default timeout for one execution.
     pub timeout: Option<Duration>,
-    /// Log each operation.
+    /// Log each operation. The `codebox` command then writes its own log and the codebox
+    /// crates' at `debug` to stderr; a program using the libraries sees the same events
+    /// through the `tracing` subscriber it installs.
     pub verbose: bool,
     /// Attach to this existing remote session instead of creating one.
     pub session_id: Option<String>,

@@ -2,4 +2,6 @@
 
 mod hostile;
 mod run;
+mod run_env;
 mod serve;
+mod serve_options;

@@ -1,0 +1,416 @@
+//! What `codebox serve` runs with: [`Settings`], made from the layered [`ServeOptions`]
+//! (the server's configuration, the sandbox of its sessions, where sessions live), with the
+//! library defaults for what no layer sets.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use codebox_core::ApiKey;
+use codebox_local::{Allowlist, Isolation, Limits};
+use codebox_server::ServerConfig;
+
+use super::options::{ServeArgs, ServeOptions, layered};
+
+/// How sessions are sandboxed.
+#[derive(Debug)]
+pub(super) struct SandboxSettings {
+    pub(super) isolation: Isolation,
+    pub(super) require: bool,
+    /// Serve several API keys even on a level that cannot keep them apart.
+    pub(super) allow_weak: bool,
+    pub(super) network: bool,
+    pub(super) allowlist: Allowlist,
+    pub(super) limits: Limits,
+    /// Session uids (root only).
+    pub(super) uids: Option<Range<u32>>,
+    /// Session cgroups (root only).
+    pub(super) cgroups: bool,
+}
+
+fn sandbox_settings(o: &ServeOptions) -> anyhow::Result<SandboxSettings> {
+    let isolation = match &o.isolation {
+        Some(m) => m.parse::<Isolation>().map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Isolation::Auto,
+    };
+    let mut limits = Limits::server();
+    if let Some(m) = o.memory_limit {
+        limits = limits.with_memory(m);
+    }
+    if let Some(n) = o.pids_limit {
+        limits = limits.with_pids(Some(n));
+    }
+    if let Some(c) = o.cpu_limit {
+        limits = limits.with_cpu(Some(c));
+    }
+    if let Some(b) = o.file_size_limit {
+        limits = limits.with_file_size(Some(b));
+    }
+    if let Some(n) = o.open_files_limit {
+        limits = limits.with_open_files(Some(n));
+    }
+    if let Some(b) = o.max_message {
+        limits = limits.with_max_message(b);
+    }
+    if let Some(b) = o.workdir_size {
+        let inodes = limits.workdir_inodes;
+        limits = limits.with_workdir_size(Some(b), inodes);
+    }
+    if let Some(b) = o.tmp_size {
+        let (shm, home) = (limits.shm_size, limits.home_size);
+        limits = limits.with_tmpfs_sizes(b, shm, home);
+    }
+    limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let uids = match (&o.session_uids, o.no_session_uids) {
+        (_, true) => None,
+        (Some(range), false) => Some(range.clone()),
+        (None, false) => Some(codebox_local::sandbox::uid::DEFAULT_RANGE),
+    };
+    Ok(SandboxSettings {
+        isolation,
+        require: o.require_isolation,
+        allow_weak: o.allow_weak_isolation,
+        network: o.kernel_network,
+        allowlist: Allowlist::parse(&o.kernel_allow_host).map_err(|e| anyhow::anyhow!("{e}"))?,
+        limits,
+        uids,
+        cgroups: !o.no_cgroups,
+    })
+}
+
+fn read_key_file(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading API keys from {}", path.display()))?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect())
+}
+
+/// Where sessions live when no root is given (see `--session-root`).
+fn default_session_root() -> anyhow::Result<PathBuf> {
+    if let Some(home) = std::env::var_os("CODEBOX_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home).join("sessions"));
+    }
+    if codebox_local::sandbox::uid::running_as_root() {
+        return Ok(PathBuf::from("/var/lib/codebox/sessions"));
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".local/state")))
+        .context("no session root: give --session-root (neither CODEBOX_HOME, XDG_STATE_HOME nor HOME is set)")?;
+    Ok(state.join("codebox/sessions"))
+}
+
+/// Everything `serve` needs, after merging flags, environment and file.
+#[derive(Debug)]
+pub(super) struct Settings {
+    pub(super) server: ServerConfig,
+    /// Session working directories, and the server's record of live sessions.
+    pub(super) session_root: PathBuf,
+    pub(super) pool_size: usize,
+    pub(super) kernel: Option<String>,
+    pub(super) python: Option<PathBuf>,
+    pub(super) log_format: String,
+    pub(super) sandbox: SandboxSettings,
+}
+
+/// The settings from the command line, `env_keys` (CODEBOX_SERVER_API_KEYS) and the config
+/// file the command line names.
+pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Settings> {
+    let o = layered(*args.options, env_keys.as_deref())?;
+    let mut keys = o.api_keys.clone();
+    for path in &o.api_key_file {
+        keys.extend(read_key_file(path)?);
+    }
+    keys.sort();
+    keys.dedup();
+
+    let mut server =
+        ServerConfig::new().with_api_keys(keys.into_iter().map(ApiKey::new)).with_no_auth(o.no_auth, o.force_no_auth);
+    if let Some(addr) = o.addr {
+        server = server.with_addr(addr);
+    }
+    if let Some(n) = o.max_sessions {
+        server = server.with_max_sessions(n);
+    }
+    if let Some(n) = o.max_sessions_per_key {
+        server = server.with_max_sessions_per_key(n);
+    }
+    if let Some(b) = o.max_buffered_bytes {
+        server = server.with_max_buffered_bytes(b);
+    }
+    if let Some(n) = o.max_concurrent_starts {
+        server = server.with_max_concurrent_starts(n);
+    }
+    if let Some(d) = o.idle_timeout {
+        server = server.with_idle_timeout(d);
+    }
+    let sandbox = sandbox_settings(&o)?;
+    match o.max_upload_bytes {
+        Some(b) => server = server.with_max_upload_bytes(b),
+        // An upload the working directory cannot hold would only fail at the end with a
+        // full disk: by default the limit leaves the image room to spare.
+        None => {
+            if let Some(workdir) = sandbox.limits.workdir_size {
+                server = server.with_max_upload_bytes(codebox_server::DEFAULT_MAX_UPLOAD_BYTES.min(workdir / 2));
+            }
+        }
+    }
+    if let Some(d) = o.upload_timeout {
+        server = server.with_body_idle_timeout(d);
+    }
+    if let Some(n) = o.max_connections {
+        server = server.with_max_connections(n);
+    }
+    if let Some(d) = o.connection_idle_timeout {
+        server = server.with_connection_idle_timeout(d);
+    }
+    if let Some(d) = o.shutdown_grace {
+        server = server.with_shutdown_grace(d);
+    }
+    let session_root = match &o.session_root {
+        Some(dir) => std::path::absolute(dir).with_context(|| format!("the session root {}", dir.display()))?,
+        None => default_session_root()?,
+    };
+    server = server.with_state_dir(session_root.join("server"));
+    server.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let log_format = o.log_format.unwrap_or_else(|| "text".into());
+    if !matches!(log_format.as_str(), "text" | "json") {
+        bail!("log_format must be `text` or `json`, not {log_format:?}");
+    }
+    Ok(Settings {
+        server,
+        session_root,
+        pool_size: o.pool_size.unwrap_or(2),
+        kernel: o.kernel,
+        python: o.python,
+        log_format,
+        sandbox,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).unwrap().args
+    }
+
+    #[test]
+    fn connection_limits_come_from_flags_and_the_file() {
+        let s = settings(parse(&["--api-key", "k", "--max-connections", "8", "--connection-idle-timeout", "5s"]), None)
+            .unwrap();
+        assert_eq!(s.server.max_connections, Some(8));
+        assert_eq!(s.server.connection_idle_timeout, Duration::from_secs(5));
+        assert!(settings(parse(&["--api-key", "k", "--max-connections", "0"]), None).is_err());
+    }
+
+    #[test]
+    fn keys_come_from_flags_env_and_files() {
+        let dir = std::env::temp_dir().join(format!("codebox-serve-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_file = dir.join("keys");
+        std::fs::write(&key_file, "# team keys\nfrom-file\n\n").unwrap();
+        let config = dir.join("serve.toml");
+        std::fs::write(
+            &config,
+            "api_keys = [\"from-config\"]\nmax_sessions = 7\nidle_timeout = \"2m\"\nmax_sessions_per_key = 3\n\
+             max_buffered_bytes = \"32M\"\nallow_weak_isolation = true\n",
+        )
+        .unwrap();
+        let args = parse(&[
+            "--api-key",
+            "from-flag",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--max-upload-bytes",
+            "10M",
+        ]);
+        let s = settings(args, Some("from-env-1, from-env-2".into())).unwrap();
+        let keys: Vec<&str> = s.server.api_keys.iter().map(|k| k.expose()).collect();
+        assert_eq!(keys, ["from-config", "from-env-1", "from-env-2", "from-file", "from-flag"]);
+        assert_eq!(s.server.max_sessions, 7);
+        assert_eq!(s.server.sessions_per_key(), 3);
+        assert_eq!(s.server.max_buffered_bytes, 32 << 20);
+        assert!(s.sandbox.allow_weak);
+        assert_eq!(s.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.server.max_upload_bytes, 10 << 20);
+        let s = settings(parse(&["--no-auth"]), None).unwrap();
+        assert_eq!(s.server.max_upload_bytes, 512 << 20, "the default fits the default 1G working directory");
+        let s = settings(parse(&["--no-auth", "--workdir-size", "64M"]), None).unwrap();
+        assert_eq!(s.server.max_upload_bytes, 32 << 20, "a small working directory lowers the default");
+        assert_eq!(s.pool_size, 2);
+        assert!(!format!("{s:?}").contains("from-flag"), "keys never show in Debug");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let err = settings(parse(&[]), None).unwrap_err();
+        assert!(err.to_string().contains("no API keys"), "{err}");
+        let err = settings(parse(&["--no-auth", "--addr", "0.0.0.0:8069"]), None).unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
+        assert!(settings(parse(&["--no-auth", "--force-no-auth", "--addr", "0.0.0.0:8069"]), None).is_ok());
+        assert!(Cli::try_parse_from(["serve", "--force-no-auth"]).is_err(), "--force-no-auth needs --no-auth");
+        assert!(Cli::try_parse_from(["serve", "--log-format", "xml"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--isolation", "docker"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--session-uids", "5-1"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--session-uids", "0-10"]).is_err());
+        let err = settings(parse(&["--no-auth", "--memory-limit", "1M"]), None).unwrap_err();
+        assert!(err.to_string().contains("64 MiB"), "{err}");
+        let err = settings(parse(&["--no-auth", "--cpu-limit", "0"]), None).unwrap_err();
+        assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn the_session_root_holds_the_server_record() {
+        let s = settings(parse(&["--no-auth", "--session-root", "/srv/codebox/sessions"]), None).unwrap();
+        assert_eq!(s.session_root, PathBuf::from("/srv/codebox/sessions"));
+        assert_eq!(s.server.state_dir, Some(PathBuf::from("/srv/codebox/sessions/server")));
+        let s = settings(parse(&["--no-auth", "--session-root", "rel"]), None).unwrap();
+        assert!(s.session_root.is_absolute() && s.session_root.ends_with("rel"), "{:?}", s.session_root);
+        let s = settings(parse(&["--no-auth"]), None).unwrap();
+        assert!(s.session_root.is_absolute() && s.session_root.ends_with("sessions"), "{:?}", s.session_root);
+    }
+
+    #[test]
+    fn sandbox_limits_come_from_flags_and_the_file_with_server_defaults() {
+        let s = settings(parse(&["--no-auth"]), None).unwrap().sandbox;
+        assert_eq!(s.isolation, Isolation::Auto);
+        assert_eq!(s.limits, Limits::server());
+        assert_eq!(s.uids, Some(codebox_local::sandbox::uid::DEFAULT_RANGE));
+        assert!(s.cgroups && !s.network && !s.require && s.allowlist.is_empty());
+        let s = settings(
+            parse(&["--no-auth", "--kernel-allow-host", "pypi.org", "--kernel-allow-host", "*.pythonhosted.org:443"]),
+            None,
+        )
+        .unwrap()
+        .sandbox;
+        assert!(s.allowlist.allows("pypi.org", 443) && s.allowlist.allows("files.pythonhosted.org", 443));
+        assert!(!s.allowlist.allows("example.com", 443));
+        let err = settings(parse(&["--no-auth", "--kernel-allow-host", "http://x"]), None).unwrap_err();
+        assert!(err.to_string().contains("network allowlist entry"), "{err}");
+        assert!(Cli::try_parse_from(["serve", "--kernel-network", "--kernel-allow-host", "a.org"]).is_err());
+        let s = settings(
+            parse(&[
+                "--no-auth",
+                "--isolation",
+                "bubblewrap",
+                "--require-isolation",
+                "--memory-limit",
+                "512M",
+                "--pids-limit",
+                "64",
+                "--cpu-limit",
+                "0.5",
+                "--file-size-limit",
+                "10M",
+                "--max-message",
+                "8M",
+                "--session-uids",
+                "300000-300009",
+                "--no-cgroups",
+            ]),
+            None,
+        )
+        .unwrap()
+        .sandbox;
+        assert_eq!(s.isolation, Isolation::Bubblewrap);
+        assert!(s.require && !s.cgroups);
+        assert_eq!(s.limits.memory, Some(512 << 20));
+        assert!(s.limits.data.unwrap() < 512 << 20);
+        assert_eq!((s.limits.pids, s.limits.cpu, s.limits.file_size), (Some(64), Some(0.5), Some(10 << 20)));
+        assert_eq!(s.limits.max_message, 8 << 20);
+        assert_eq!(s.uids, Some(300_000..300_010));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "no_auth = true\nisolation = \"landlock\"\nmemory_limit = \"256M\"\nno_session_uids = true\n",
+        )
+        .unwrap();
+        let s = settings(parse(&["--config", cfg.to_str().unwrap()]), None).unwrap().sandbox;
+        assert_eq!(s.isolation, Isolation::Landlock);
+        assert_eq!(s.limits.memory, Some(256 << 20));
+        assert_eq!(s.uids, None);
+    }
+
+    #[test]
+    fn the_file_is_under_the_environment_and_the_flags_and_lists_are_the_union() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file_keys, flag_keys) = (dir.path().join("file.keys"), dir.path().join("flag.keys"));
+        std::fs::write(&file_keys, "key-of-the-file-key-file\n").unwrap();
+        std::fs::write(&flag_keys, "key-of-the-flag-key-file\n").unwrap();
+        let config = dir.path().join("serve.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "addr = \"127.0.0.1:9001\"\nmax_sessions = 7\nidle_timeout = 900\nupload_timeout = \"1h 30m\"\n\
+                 shutdown_grace = 2.5\nmemory_limit = 268435456\ntmp_size = \"64M\"\napi_keys = [\"key-in-the-file\"]\n\
+                 api_key_file = {file_keys:?}\nkernel_allow_hosts = [\"pypi.org\"]\nsession_uids = \"300000-300009\"\n"
+            ),
+        )
+        .unwrap();
+        let flags = [
+            "--config",
+            config.to_str().unwrap(),
+            "--max-sessions",
+            "9",
+            "--api-key-file",
+            flag_keys.to_str().unwrap(),
+            "--kernel-allow-host",
+            "example.org",
+        ];
+        let s = settings(parse(&flags), Some("key-of-the-environment".into())).unwrap();
+        let keys: Vec<&str> = s.server.api_keys.iter().map(|k| k.expose()).collect();
+        assert_eq!(
+            keys,
+            ["key-in-the-file", "key-of-the-environment", "key-of-the-file-key-file", "key-of-the-flag-key-file"]
+        );
+        assert_eq!(s.server.addr, "127.0.0.1:9001".parse().unwrap(), "the file sets what nothing else does");
+        assert_eq!(s.server.max_sessions, 9, "a flag wins over the file");
+        assert_eq!(s.server.idle_timeout, Duration::from_secs(900), "a number in a file is seconds");
+        assert_eq!(s.server.body_idle_timeout, Duration::from_secs(5400));
+        assert_eq!(s.server.shutdown_grace, Duration::from_millis(2500));
+        assert_eq!(s.sandbox.limits.memory, Some(256 << 20));
+        assert!(s.sandbox.allowlist.allows("pypi.org", 443) && s.sandbox.allowlist.allows("example.org", 443));
+        assert_eq!(s.sandbox.uids, Some(300_000..300_010));
+
+        let json = dir.path().join("serve.json");
+        std::fs::write(&json, r#"{"no_auth": true, "idle_timeout": "2m", "max_upload_bytes": "1M"}"#).unwrap();
+        let s = settings(parse(&["--config", json.to_str().unwrap(), "--idle-timeout", "1h"]), None).unwrap();
+        assert!(s.server.api_keys.is_empty());
+        assert_eq!(s.server.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(s.server.max_upload_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_key_the_file_should_not_have_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("serve.toml");
+        for (text, named) in [
+            ("no_auth = true\nmax_sesions = 3\n", "max_sesions"),
+            // The flag's name, not the file's key.
+            ("no_auth = true\nkernel_allow_host = [\"pypi.org\"]\n", "kernel_allow_host"),
+            ("no_auth = true\nconfig = \"other.toml\"\n", "config"),
+            ("no_auth = true\nidle_timeout = \"soon\"\n", "idle_timeout"),
+            ("no_auth = true\nsession_uids = \"9-1\"\n", "session_uids"),
+        ] {
+            std::fs::write(&config, text).unwrap();
+            let err = settings(parse(&["--config", config.to_str().unwrap()]), None).unwrap_err().to_string();
+            assert!(err.contains(named) && err.contains("serve.toml"), "{text:?}: {err}");
+        }
+        let missing = dir.path().join("missing.toml");
+        assert!(settings(parse(&["--no-auth", "--config", missing.to_str().unwrap()]), None).is_err());
+    }
+}
