@@ -85,6 +85,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod command;
+mod confine;
 mod exec;
 mod files;
 mod kernel;
@@ -100,6 +101,7 @@ mod rmtree;
 pub mod sandbox;
 mod spawn;
 mod util;
+mod workdir;
 
 pub use crate::kernelspec::LEAN_KERNEL;
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};

@@ -117,8 +117,8 @@ async fn fill(weak: Weak<PoolInner>, spec: LaunchSpec) -> Result<()> {
                 return Ok(());
             }
         }
-        let dir = crate::localbox::new_temp_workdir()?;
-        let confinement = crate::localbox::confine(&spec, dir.path()).await?;
+        let dir = crate::workdir::new_temp_workdir()?;
+        let confinement = crate::confine::confine(&spec, dir.path()).await?;
         let kernel = Kernel::start(&spec, confinement).await?;
         let Some(inner) = weak.upgrade() else { return Ok(()) };
         inner.ready.lock().unwrap_or_else(|e| e.into_inner()).push((spec.clone(), WarmKernel { kernel, dir }));
