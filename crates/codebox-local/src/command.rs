@@ -177,7 +177,7 @@ pub(crate) async fn run_pip_install(
     let own_dir = if level == IsolationLevel::Bubblewrap && proxy_run_dir.is_none() {
         // A directory of the server's own (nothing of the box can swap the socket while it is
         // made), then the box's uid's alone.
-        let dir = crate::workdir::new_temp_workdir()?;
+        let dir = crate::workdir::new_temp_workdir(&std::env::temp_dir())?;
         _proxy = Some(NetProxy::start(&dir.path().join("net.sock"), indexes()?)?);
         confinement.adopt_run_dir(dir.path())?;
         Some(dir)

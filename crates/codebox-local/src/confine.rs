@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use codebox_core::{CodeBoxError, Result};
 
-use crate::kernel::LaunchSpec;
+use crate::kernelspec::LaunchSpec;
 use crate::sandbox::Confinement;
 
 /// Confine a box whose working directory is `dir` under the policy of `spec`.

@@ -1,13 +1,66 @@
 //! Kernel discovery: the built-in `python3` kernel over the box's Python, and kernelspecs
-//! (`kernels/<name>/kernel.json`) under the Jupyter data paths.
+//! (`kernels/<name>/kernel.json`) under the Jupyter data paths; what it finds becomes a
+//! [`LaunchSpec`], everything needed to start one kernel.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use codebox_core::{CodeBoxError, Result};
 
-use crate::kernel::{InterruptMode, LaunchSpec, Transport};
 use crate::sandbox::PolicyRef;
+
+/// How an interrupt reaches the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum InterruptMode {
+    /// `interrupt_request` on the control channel (works for ipykernel, even sandboxed).
+    Message,
+    /// SIGINT to the kernel process.
+    Signal,
+}
+
+/// How the client reaches the kernel's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Transport {
+    Ipc,
+    Tcp,
+}
+
+/// Everything needed to start one kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct LaunchSpec {
+    pub(crate) name: String,
+    /// The command line; `{connection_file}` is replaced.
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) interrupt_mode: InterruptMode,
+    pub(crate) transport: Transport,
+    pub(crate) start_timeout: Duration,
+    /// How kernels of this kind are confined.
+    pub(crate) sandbox: PolicyRef,
+    /// Where the kernel's runtime directory (and a box's temporary working directory) go.
+    pub(crate) scratch_dir: PathBuf,
+}
+
+/// Whether Unix sockets can be made where kernels' IPC sockets go under `scratch_dir`
+/// (checked once per directory).
+pub(crate) fn ipc_works(scratch_dir: &Path) -> bool {
+    static WORKS: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
+    if let Some((_, works)) = WORKS.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(d, _)| d == scratch_dir) {
+        return *works;
+    }
+    let works = {
+        let runtime_base = crate::workdir::runtime_base(scratch_dir);
+        let probe = tempfile::Builder::new().prefix("cbk-probe-").tempdir_in(&runtime_base);
+        let works = probe.is_ok_and(|dir| std::os::unix::net::UnixListener::bind(dir.path().join("s")).is_ok());
+        if !works {
+            tracing::warn!("Unix sockets are unavailable in {}; kernels use TCP on 127.0.0.1", runtime_base.display());
+        }
+        works
+    };
+    WORKS.lock().unwrap_or_else(|e| e.into_inner()).push((scratch_dir.to_owned(), works));
+    works
+}
 
 /// Flags for ipykernel: in-memory history (a shared SQLite history file serializes
 /// concurrent kernels) and tracebacks without terminal colours.
@@ -81,6 +134,8 @@ pub(crate) fn launch_spec(
     env: Vec<(String, String)>,
     start_timeout: Duration,
 ) -> Result<LaunchSpec> {
+    // The system's temporary directory until the builder names a scratch directory.
+    let scratch_dir = std::env::temp_dir();
     if is_builtin(name) || name == LEAN_KERNEL {
         let lean = name == LEAN_KERNEL;
         let program = if lean { LEAN_KERNEL_PROGRAM } else { KERNEL_LAUNCHER };
@@ -95,9 +150,10 @@ pub(crate) fn launch_spec(
             argv,
             env,
             interrupt_mode: InterruptMode::Message,
-            transport: if crate::kernel::ipc_works() { Transport::Ipc } else { Transport::Tcp },
+            transport: if ipc_works(&scratch_dir) { Transport::Ipc } else { Transport::Tcp },
             start_timeout,
             sandbox: PolicyRef::default(),
+            scratch_dir,
         });
     }
     for dir in data_dirs(python) {
@@ -134,6 +190,7 @@ pub(crate) fn launch_spec(
             transport: Transport::Tcp,
             start_timeout,
             sandbox: PolicyRef::default(),
+            scratch_dir,
         });
     }
     Err(CodeBoxError::invalid(format!("unknown kernel {name:?}; available kernels: {}", available(python).join(", "))))

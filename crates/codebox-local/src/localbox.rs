@@ -13,7 +13,7 @@ use codebox_core::{
 };
 
 use crate::exec::{around_code, check_env};
-use crate::kernel::LaunchSpec;
+use crate::kernelspec::LaunchSpec;
 use crate::pool::KernelPool;
 use crate::progress::{ProgressFn, ProvisionEvent};
 use crate::python::{Provision, PythonProfile};
@@ -369,9 +369,16 @@ impl LocalBox {
     /// Remove the working and kernel runtime directories of boxes whose owner process died
     /// without cleaning up (SIGKILL, a crash), and return how many. Every process does this
     /// once by itself before its first kernel starts; a long-lived process may call it again.
-    /// Directories of live processes are never touched.
+    /// Directories of live processes are never touched. Looks where boxes put them by
+    /// default: the system's temporary directory (and `XDG_RUNTIME_DIR`).
+    pub fn remove_stale_runtime_dirs() -> usize {
+        crate::workdir::remove_stale_runtime_dirs(&std::env::temp_dir())
+    }
+
+    /// The former name of [`remove_stale_runtime_dirs`](Self::remove_stale_runtime_dirs).
+    #[deprecated(note = "renamed to `remove_stale_runtime_dirs`: \"sweep\" names the session root's sweep")]
     pub fn sweep_stale_dirs() -> usize {
-        crate::kernel::sweep_stale_dirs()
+        Self::remove_stale_runtime_dirs()
     }
 
     /// The box's working directory on this machine, once started.

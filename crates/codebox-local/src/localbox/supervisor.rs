@@ -15,7 +15,8 @@ use super::Config;
 use crate::confine::{confine, release};
 use crate::exec::ExecLimits;
 use crate::files::Root;
-use crate::kernel::{ExitReason, Kernel, LaunchSpec};
+use crate::kernel::{ExitReason, Kernel};
+use crate::kernelspec::LaunchSpec;
 use crate::sandbox::{Confinement, IsolationLevel};
 use crate::workdir::{WorkDir, new_temp_workdir};
 
@@ -156,7 +157,7 @@ impl Inner {
             None => {
                 let workdir = match &self.config.working_dir {
                     Some(dir) => WorkDir::Given(dir.clone()),
-                    None => WorkDir::Temp(new_temp_workdir()?),
+                    None => WorkDir::Temp(new_temp_workdir(&spec.scratch_dir)?),
                 };
                 let confinement = confine(&spec, workdir.path()).await?;
                 match Kernel::start(&spec, confinement.clone()).await {
