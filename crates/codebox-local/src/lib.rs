@@ -84,7 +84,7 @@
 //! working directory.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod command;
+mod boxprocess;
 mod confine;
 mod exec;
 mod files;
@@ -92,6 +92,7 @@ mod kernel;
 mod kernelspec;
 mod localbox;
 mod output;
+mod pip;
 mod pool;
 mod progress;
 mod protocol;

@@ -485,16 +485,10 @@ impl CodeBox for LocalBox {
         let limits = self.inner.limits(options.timeout);
         if bash {
             let dir = cwd.unwrap_or_else(|| h.root.path().to_owned());
-            return crate::command::run_bash(
-                code,
-                &dir,
-                &h.env,
-                &options.env,
-                limits.timeout,
-                limits.output_limit,
-                guard,
-                Some((&h.confinement, &h.python)),
-            );
+            let mut bash = h.process(&self.inner.config, "bash", Vec::new(), dir);
+            bash.timeout = limits.timeout;
+            bash.extra_env = options.env;
+            return bash.stream_bash(code, guard);
         }
         let around = (cwd.is_some() || !options.env.is_empty()).then(|| around_code(cwd.as_deref(), &options.env));
         crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard).await
@@ -551,16 +545,9 @@ impl CodeBox for LocalBox {
             Some(c) => h.root.path().join(h.root.check_dir(c)?),
             None => h.root.path().to_owned(),
         };
-        crate::command::run_command(
-            &command.program,
-            &command.args,
-            &cwd,
-            &h.env,
-            &command.env,
-            command.timeout.or(self.inner.config.timeout),
-            self.inner.config.output_limit,
-            Some((&h.confinement, &h.python)),
-        )
-        .await
+        let mut process = h.process(&self.inner.config, &command.program, command.args, cwd);
+        process.timeout = command.timeout.or(process.timeout);
+        process.extra_env = command.env;
+        process.run().await
     }
 }

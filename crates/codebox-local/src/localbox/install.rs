@@ -1,13 +1,13 @@
 //! `install`: pip for the box's Python, under the box's confinement when it has one, then
 //! the running kernel told to look for the new packages.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use codebox_core::{CodeBoxError, Result};
 
 use super::supervisor::Inner;
+use crate::boxprocess::Placement;
 
 /// How long one `install` may take.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
@@ -20,41 +20,24 @@ pub(super) async fn install(inner: &Arc<Inner>, packages: &[String]) -> Result<S
     // At every level, unsandboxed ones included: pip gets names, never a place to fetch
     // from or a source tree to build.
     for p in packages {
-        crate::command::check_requirement(p)?;
+        crate::pip::check_requirement(p)?;
     }
     let h = inner.handle().await?;
-    let timeout = Some(INSTALL_TIMEOUT);
+    let mut pip = h.process(&inner.config, &h.python.to_string_lossy(), Vec::new(), h.root.path().to_owned());
+    pip.timeout = Some(INSTALL_TIMEOUT);
     let out = match h.confinement.packages_dir() {
         // A confined box installs into its own directory, under its own confinement.
         Some(target) => {
             let proxy_run_dir = h.confinement.has_network_allowlist().then(|| h.kernel.runtime_dir());
-            crate::command::run_pip_install(
-                &h.confinement,
-                &h.python,
-                &target,
-                packages,
-                &h.env,
-                timeout,
-                inner.config.output_limit,
-                proxy_run_dir,
-            )
-            .await?
+            crate::pip::run_pip_install(&pip, &target, packages, proxy_run_dir).await?
         }
+        // An unconfined box installs into its Python environment, on this machine.
         None => {
-            let mut args: Vec<String> =
+            pip.args =
                 ["-m", "pip", "install", "--disable-pip-version-check", "--no-input"].map(str::to_owned).to_vec();
-            args.extend(packages.iter().cloned());
-            crate::command::run_command(
-                &h.python.to_string_lossy(),
-                &args,
-                h.root.path(),
-                &h.env,
-                &BTreeMap::new(),
-                timeout,
-                inner.config.output_limit,
-                None,
-            )
-            .await?
+            pip.args.extend(packages.iter().cloned());
+            pip.placement = Placement::OnHost;
+            pip.run().await?
         }
     };
     let text = format!("{}{}", out.stdout, out.stderr);

@@ -2,7 +2,7 @@
 //! kernel that died (within the restart budget) or that `restart` shuts down. Both paths go
 //! through one [`Inner::replace_kernel`].
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -12,6 +12,7 @@ use codebox_core::{BoxState, CodeBoxError, Result};
 use tokio::time::Instant;
 
 use super::Config;
+use crate::boxprocess::{BoxProcess, Placement};
 use crate::confine::{confine, release};
 use crate::exec::ExecLimits;
 use crate::files::Root;
@@ -69,6 +70,27 @@ pub(super) struct Handle {
     pub(super) python: PathBuf,
     pub(super) env: Vec<(String, String)>,
     pub(super) confinement: Arc<Confinement>,
+    scratch_dir: PathBuf,
+}
+
+impl Handle {
+    /// `program args`, to run in the box's directory `cwd` (a path the box's root checked),
+    /// confined like the box's kernels, with the box's environment and default limits.
+    pub(super) fn process(&self, config: &Config, program: &str, args: Vec<String>, cwd: PathBuf) -> BoxProcess {
+        BoxProcess {
+            program: program.to_owned(),
+            args,
+            cwd,
+            env: self.env.clone(),
+            extra_env: BTreeMap::new(),
+            timeout: config.timeout,
+            output_limit: config.output_limit,
+            placement: Placement::InBox,
+            confinement: self.confinement.clone(),
+            python: self.python.clone(),
+            scratch_dir: self.scratch_dir.clone(),
+        }
+    }
 }
 
 /// Drop a replaced kernel off the async threads: its runtime directory goes with its last
@@ -370,6 +392,7 @@ impl Inner {
                 python: run.python.clone(),
                 env,
                 confinement: run.confinement.clone(),
+                scratch_dir: run.spec.scratch_dir.clone(),
             });
         }
     }
