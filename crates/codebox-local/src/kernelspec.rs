@@ -30,6 +30,9 @@ pub(crate) enum Transport {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct LaunchSpec {
     pub(crate) name: String,
+    /// The language the kernel runs, as its kernelspec says (`python` for the built-in ones;
+    /// empty when a kernelspec names none).
+    pub(crate) language: String,
     /// The command line; `{connection_file}` is replaced.
     pub(crate) argv: Vec<String>,
     pub(crate) env: Vec<(String, String)>,
@@ -83,7 +86,7 @@ const LEAN_KERNEL_PROGRAM: &str = include_str!("python/lean_kernel.py");
 pub const LEAN_KERNEL: &str = "python3-lean";
 
 /// The Jupyter data directories, most specific first.
-fn data_dirs(python: &Path) -> Vec<PathBuf> {
+fn data_dirs(python: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(paths) = std::env::var_os("JUPYTER_PATH") {
         dirs.extend(std::env::split_paths(&paths));
@@ -97,7 +100,7 @@ fn data_dirs(python: &Path) -> Vec<PathBuf> {
         }
     }
     // The environment's own prefix: <prefix>/bin/python -> <prefix>/share/jupyter.
-    if let Some(prefix) = python.parent().and_then(Path::parent) {
+    if let Some(prefix) = python.and_then(Path::parent).and_then(Path::parent) {
         dirs.push(prefix.join("share/jupyter"));
     }
     dirs.push("/usr/local/share/jupyter".into());
@@ -109,10 +112,29 @@ fn is_builtin(name: &str) -> bool {
     matches!(name, "python3" | "python")
 }
 
+/// Whether `language` (a kernelspec's `language`, or `RunOptions::language`) is Python.
+pub(crate) fn is_python(language: &str) -> bool {
+    language.eq_ignore_ascii_case("python") || language.eq_ignore_ascii_case("python3")
+}
+
+/// The language kernel `name` runs, as far as it can be told without starting it: Python
+/// for the built-in kernels, else what the first kernelspec of that name on the Jupyter
+/// path says (the environment of `python`, when known, included).
+pub(crate) fn declared_language(name: &str, python: Option<&Path>) -> Option<String> {
+    if is_builtin(name) || name == LEAN_KERNEL {
+        return Some("python".to_owned());
+    }
+    data_dirs(python).iter().find_map(|dir| {
+        let text = std::fs::read_to_string(dir.join("kernels").join(name).join("kernel.json")).ok()?;
+        let spec: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(spec["language"].as_str().unwrap_or_default().to_owned())
+    })
+}
+
 /// Names of every kernel this box could start.
 pub(crate) fn available(python: &Path) -> Vec<String> {
     let mut names = vec!["python3".to_owned(), LEAN_KERNEL.to_owned()];
-    for dir in data_dirs(python) {
+    for dir in data_dirs(Some(python)) {
         let Ok(entries) = std::fs::read_dir(dir.join("kernels")) else { continue };
         for e in entries.flatten() {
             if e.path().join("kernel.json").is_file() {
@@ -147,6 +169,7 @@ pub(crate) fn launch_spec(
         }
         return Ok(LaunchSpec {
             name: if lean { LEAN_KERNEL.into() } else { "python3".into() },
+            language: "python".into(),
             argv,
             env,
             interrupt_mode: InterruptMode::Message,
@@ -156,7 +179,7 @@ pub(crate) fn launch_spec(
             scratch_dir,
         });
     }
-    for dir in data_dirs(python) {
+    for dir in data_dirs(Some(python)) {
         let file = dir.join("kernels").join(name).join("kernel.json");
         let Ok(text) = std::fs::read_to_string(&file) else { continue };
         let spec: serde_json::Value = serde_json::from_str(&text)
@@ -183,6 +206,7 @@ pub(crate) fn launch_spec(
             if spec["interrupt_mode"] == "message" { InterruptMode::Message } else { InterruptMode::Signal };
         return Ok(LaunchSpec {
             name: name.to_owned(),
+            language: spec["language"].as_str().unwrap_or_default().to_owned(),
             argv,
             env,
             interrupt_mode,

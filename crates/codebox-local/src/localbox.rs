@@ -14,6 +14,7 @@ use codebox_core::{
 
 use crate::exec::{around_code, check_env};
 use crate::kernelspec::LaunchSpec;
+use crate::kernelspec::is_python;
 use crate::pool::KernelPool;
 use crate::progress::{ProgressFn, ProvisionEvent};
 use crate::python::{Provision, PythonProfile};
@@ -422,6 +423,21 @@ fn is_bash(language: &str) -> bool {
     matches!(language, "bash" | "sh" | "shell")
 }
 
+impl LocalBox {
+    /// Refuse what only a Python kernel can do.
+    fn require_python(&self, what: &str) -> Result<()> {
+        if self.inner.runs_python() {
+            return Ok(());
+        }
+        let language = self.inner.kernel_language().filter(|l| !l.is_empty());
+        Err(CodeBoxError::invalid(format!(
+            "{what} needs a Python kernel; this box's kernel {:?} runs {}",
+            self.inner.config.kernel,
+            language.map_or_else(|| "another language".to_owned(), |l| format!("{l:?}"))
+        )))
+    }
+}
+
 #[async_trait]
 impl CodeBox for LocalBox {
     fn id(&self) -> &str {
@@ -429,11 +445,19 @@ impl CodeBox for LocalBox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut languages = vec!["python".to_owned(), "bash".to_owned()];
+        let python = self.inner.runs_python();
+        let mut languages = Vec::new();
+        if python {
+            languages.push("python".to_owned());
+        }
+        languages.push("bash".to_owned());
         if !matches!(self.inner.config.kernel.as_str(), "python3" | "python") {
             languages.push(self.inner.config.kernel.clone());
         }
-        Capabilities::full(languages)
+        let mut capabilities = Capabilities::full(languages);
+        // pip installs for the box's Python, which only a Python kernel imports from.
+        capabilities.install = python;
+        capabilities
     }
 
     async fn start(&self) -> Result<()> {
@@ -464,9 +488,10 @@ impl CodeBox for LocalBox {
     }
 
     async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
-        let language = options.language.as_deref().unwrap_or("python");
+        // Unnamed, the language is the kernel's own.
+        let language = options.language.as_deref().unwrap_or(&self.inner.config.kernel);
         let bash = is_bash(language);
-        if !bash && !matches!(language, "python" | "python3") && language != self.inner.config.kernel {
+        if !bash && !is_python(language) && language != self.inner.config.kernel {
             return Err(CodeBoxError::invalid(format!(
                 "language {language:?} is not available in this box; use one of: {}",
                 self.capabilities().languages.join(", ")
@@ -483,6 +508,13 @@ impl CodeBox for LocalBox {
             None => None,
         };
         let limits = self.inner.limits(options.timeout);
+        // Known once the box has started: Python code goes to a Python kernel only.
+        if !bash && is_python(language) && language != self.inner.config.kernel {
+            self.require_python(&format!("language {language:?}"))?;
+        }
+        if !bash && (cwd.is_some() || !options.env.is_empty()) {
+            self.require_python("a per-execution cwd or env")?;
+        }
         if bash {
             let dir = cwd.unwrap_or_else(|| h.root.path().to_owned());
             let mut bash = h.process(&self.inner.config, "bash", Vec::new(), dir);

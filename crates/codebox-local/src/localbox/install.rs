@@ -23,6 +23,13 @@ pub(super) async fn install(inner: &Arc<Inner>, packages: &[String]) -> Result<S
         crate::pip::check_requirement(p)?;
     }
     let h = inner.handle().await?;
+    // Checked once started: a kernelspec's language is sure once its kernel runs.
+    if !inner.runs_python() {
+        return Err(CodeBoxError::unsupported(format!(
+            "install: kernel {:?} does not run Python, which pip installs for",
+            inner.config.kernel
+        )));
+    }
     let mut pip = h.process(&inner.config, &h.python.to_string_lossy(), Vec::new(), h.root.path().to_owned());
     pip.timeout = Some(INSTALL_TIMEOUT);
     let out = match h.confinement.packages_dir() {

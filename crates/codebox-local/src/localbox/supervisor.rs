@@ -52,6 +52,8 @@ pub(super) struct Snapshot {
     pub(super) restarts: u32,
     pub(super) detail: Option<String>,
     pub(super) isolation: Option<IsolationLevel>,
+    /// The language of the kernel the box started, once it has.
+    pub(super) language: Option<String>,
 }
 
 pub(super) struct Inner {
@@ -117,7 +119,13 @@ impl Inner {
                 workdir: None,
                 restart_times: VecDeque::new(),
             }),
-            snapshot: Mutex::new(Snapshot { state: BoxState::NotStarted, restarts: 0, detail: None, isolation: None }),
+            snapshot: Mutex::new(Snapshot {
+                state: BoxState::NotStarted,
+                restarts: 0,
+                detail: None,
+                isolation: None,
+                language: None,
+            }),
         }
     }
 
@@ -203,7 +211,10 @@ impl Inner {
         if confinement.level() == IsolationLevel::None {
             tracing::warn!(box_id = %self.id, "this box runs code without isolation");
         }
-        self.set_snapshot(|s| s.isolation = Some(confinement.level()));
+        self.set_snapshot(|s| {
+            s.isolation = Some(confinement.level());
+            s.language = Some(spec.language.clone());
+        });
         self.watch(&kernel);
         st.run = Some(Running { kernel, root, python, spec, confinement });
         st.workdir = Some(workdir);
@@ -403,6 +414,20 @@ impl Inner {
             return Err(CodeBoxError::NotRunning { message: "the box has not been started".into() });
         }
         self.handle().await
+    }
+
+    /// The language of the box's kernel: the one it started, else what its kernelspec
+    /// declares (`None` when that cannot be told yet).
+    pub(super) fn kernel_language(&self) -> Option<String> {
+        self.snapshot()
+            .language
+            .or_else(|| crate::kernelspec::declared_language(&self.config.kernel, self.config.python.as_deref()))
+    }
+
+    /// Whether the box's kernel runs Python: only then does the box take Python code,
+    /// per-execution `cwd` and `env` (set by Python statements) and `install`.
+    pub(super) fn runs_python(&self) -> bool {
+        self.kernel_language().is_some_and(|l| crate::kernelspec::is_python(&l))
     }
 
     pub(super) fn limits(&self, timeout: Option<Duration>) -> ExecLimits {
