@@ -380,13 +380,18 @@ fn fmt_tail(tail: &str) -> String {
 }
 
 /// `spec` as it runs under `confinement`: IPC under bubblewrap and Landlock (under Landlock
-/// a kernel without network cannot make IP sockets at all: seccomp), and interrupts by
-/// message under bubblewrap.
+/// a kernel without network cannot make IP sockets at all: seccomp), else TCP where Unix
+/// sockets cannot be made; interrupts by message under bubblewrap.
 fn fit_to(spec: &LaunchSpec, confinement: &Confinement) -> LaunchSpec {
     let sandboxed = confinement.level() == IsolationLevel::Bubblewrap;
     let ipc_only = sandboxed || confinement.level() == IsolationLevel::Landlock;
+    let transport = match spec.transport {
+        _ if ipc_only => Transport::Ipc,
+        Transport::Ipc if !crate::kernelspec::ipc_works(&spec.scratch_dir) => Transport::Tcp,
+        chosen => chosen,
+    };
     LaunchSpec {
-        transport: if ipc_only { Transport::Ipc } else { spec.transport },
+        transport,
         interrupt_mode: if sandboxed { InterruptMode::Message } else { spec.interrupt_mode },
         ..spec.clone()
     }

@@ -173,7 +173,8 @@ pub(crate) fn launch_spec(
             argv,
             env,
             interrupt_mode: InterruptMode::Message,
-            transport: if ipc_works(&scratch_dir) { Transport::Ipc } else { Transport::Tcp },
+            // Where Unix sockets cannot be made, the kernel falls back to TCP when it starts.
+            transport: Transport::Ipc,
             start_timeout,
             sandbox: PolicyRef::default(),
             scratch_dir,
