@@ -154,3 +154,35 @@ pub(crate) fn new_runtime_dir(scratch_dir: &Path) -> std::io::Result<tempfile::T
     std::fs::write(dir.path().join(OWNER_FILE), owner_tag())?;
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn directories_go_under_the_scratch_directory_and_only_dead_owners_lose_theirs() {
+        let scratch = tempfile::tempdir().unwrap();
+        let live = new_temp_workdir(scratch.path()).unwrap();
+        assert_eq!(live.path().parent(), Some(scratch.path()));
+        assert_eq!(std::fs::metadata(live.path()).unwrap().permissions().mode() & 0o777, 0o700);
+
+        // This process's pid with another start time: an owner that is gone.
+        let pid = std::process::id();
+        let dead_workdir = scratch.path().join(format!("codebox-{pid}.0-abc"));
+        std::fs::create_dir_all(dead_workdir.join("deep/er")).unwrap();
+        let dead_runtime = scratch.path().join("cbk-dead");
+        std::fs::create_dir(&dead_runtime).unwrap();
+        std::fs::write(dead_runtime.join(OWNER_FILE), format!("{pid} 0")).unwrap();
+        let live_runtime = scratch.path().join("cbk-live");
+        std::fs::create_dir(&live_runtime).unwrap();
+        std::fs::write(live_runtime.join(OWNER_FILE), owner_tag()).unwrap();
+        let unknown = scratch.path().join("cbk-no-owner");
+        std::fs::create_dir(&unknown).unwrap();
+
+        remove_stale_runtime_dirs(scratch.path());
+        assert!(!dead_workdir.exists() && !dead_runtime.exists());
+        assert!(live.path().exists() && live_runtime.exists() && unknown.exists());
+    }
+}
