@@ -508,13 +508,6 @@ impl CodeBox for LocalBox {
             None => None,
         };
         let limits = self.inner.limits(options.timeout);
-        // Known once the box has started: Python code goes to a Python kernel only.
-        if !bash && is_python(language) && language != self.inner.config.kernel {
-            self.require_python(&format!("language {language:?}"))?;
-        }
-        if !bash && (cwd.is_some() || !options.env.is_empty()) {
-            self.require_python("a per-execution cwd or env")?;
-        }
         if bash {
             let dir = cwd.unwrap_or_else(|| h.root.path().to_owned());
             let mut bash = h.process(&self.inner.config, "bash", Vec::new(), dir);
@@ -522,7 +515,15 @@ impl CodeBox for LocalBox {
             bash.extra_env = options.env;
             return bash.stream_bash(code, guard);
         }
-        let around = (cwd.is_some() || !options.env.is_empty()).then(|| around_code(cwd.as_deref(), &options.env));
+        // Known for sure once the box has started: Python code goes to a Python kernel only.
+        if is_python(language) && language != self.inner.config.kernel {
+            self.require_python(&format!("language {language:?}"))?;
+        }
+        let around = cwd.is_some() || !options.env.is_empty();
+        if around {
+            self.require_python("a per-execution cwd or env")?;
+        }
+        let around = around.then(|| around_code(cwd.as_deref(), &options.env));
         crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard).await
     }
 
