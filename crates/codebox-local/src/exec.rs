@@ -1,6 +1,8 @@
 //! Running one execution: Jupyter messages in, [`ExecEvent`]s out, with timeout, interrupt,
 //! output cap and death handling.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -263,4 +265,46 @@ fn error_info(c: &Value) -> ErrorInfo {
         value: strip_ansi(c["evalue"].as_str().unwrap_or_default()),
         traceback,
     }
+}
+
+/// Python statements that set the working directory and environment of one execution, and
+/// restore them afterwards. They run as separate silent requests, so the user's code is sent
+/// unchanged (its last expression is still displayed, tracebacks keep their line numbers).
+pub(crate) fn around_code(cwd: Option<&Path>, env: &BTreeMap<String, String>) -> (String, String) {
+    let lit = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let keys: Vec<String> = env.keys().map(|k| lit(k)).collect();
+    let restore = "__codebox_os.chdir(__codebox_saved[0])\n\
+                   for __codebox_k, __codebox_v in __codebox_saved[1].items():\n    \
+                   if __codebox_v is None: __codebox_os.environ.pop(__codebox_k, None)\n    \
+                   else: __codebox_os.environ[__codebox_k] = __codebox_v\n\
+                   del __codebox_saved, __codebox_os\n";
+    let mut apply = String::new();
+    for (k, v) in env {
+        apply.push_str(&format!("    __codebox_os.environ[{}] = {}\n", lit(k), lit(v)));
+    }
+    if let Some(cwd) = cwd {
+        apply.push_str(&format!("    __codebox_os.chdir({})\n", lit(&cwd.to_string_lossy())));
+    }
+    // If applying fails half way (say the directory vanished), undo what was done.
+    let indented: String = restore.lines().map(|l| format!("    {l}\n")).collect();
+    let before = format!(
+        "import os as __codebox_os\n\
+         __codebox_saved = (__codebox_os.getcwd(), {{k: __codebox_os.environ.get(k) for k in [{}]}})\n\
+         try:\n{apply}    pass\n\
+         except BaseException:\n{indented}    raise\n",
+        keys.join(", ")
+    );
+    (before, restore.to_owned())
+}
+
+/// Refuse environment variables the OS cannot represent.
+pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(CodeBoxError::invalid(format!(
+                "environment variable {k:?} is not valid: names must be non-empty without `=` or NUL, values without NUL"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -1,13 +1,69 @@
 //! Kernel discovery: the built-in `python3` kernel over the box's Python, and kernelspecs
-//! (`kernels/<name>/kernel.json`) under the Jupyter data paths.
+//! (`kernels/<name>/kernel.json`) under the Jupyter data paths; what it finds becomes a
+//! [`LaunchSpec`], everything needed to start one kernel.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use codebox_core::{CodeBoxError, Result};
 
-use crate::kernel::{InterruptMode, LaunchSpec, Transport};
 use crate::sandbox::PolicyRef;
+
+/// How an interrupt reaches the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum InterruptMode {
+    /// `interrupt_request` on the control channel (works for ipykernel, even sandboxed).
+    Message,
+    /// SIGINT to the kernel process.
+    Signal,
+}
+
+/// How the client reaches the kernel's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Transport {
+    Ipc,
+    Tcp,
+}
+
+/// Everything needed to start one kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct LaunchSpec {
+    pub(crate) name: String,
+    /// The language the kernel runs, as its kernelspec says (`python` for the built-in ones;
+    /// empty when a kernelspec names none).
+    pub(crate) language: String,
+    /// The command line; `{connection_file}` is replaced.
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) interrupt_mode: InterruptMode,
+    pub(crate) transport: Transport,
+    pub(crate) start_timeout: Duration,
+    /// How kernels of this kind are confined.
+    pub(crate) sandbox: PolicyRef,
+    /// Where the kernel's runtime directory (and a box's temporary working directory) go.
+    pub(crate) scratch_dir: PathBuf,
+}
+
+/// Whether Unix sockets can be made where kernels' IPC sockets go under `scratch_dir`
+/// (checked once per directory).
+pub(crate) fn ipc_works(scratch_dir: &Path) -> bool {
+    static WORKS: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
+    if let Some((_, works)) = WORKS.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(d, _)| d == scratch_dir) {
+        return *works;
+    }
+    let works = {
+        let runtime_base = crate::workdir::runtime_base(scratch_dir);
+        let probe = tempfile::Builder::new().prefix("cbk-probe-").tempdir_in(&runtime_base);
+        let works = probe.is_ok_and(|dir| std::os::unix::net::UnixListener::bind(dir.path().join("s")).is_ok());
+        if !works {
+            tracing::warn!("Unix sockets are unavailable in {}; kernels use TCP on 127.0.0.1", runtime_base.display());
+        }
+        works
+    };
+    WORKS.lock().unwrap_or_else(|e| e.into_inner()).push((scratch_dir.to_owned(), works));
+    works
+}
 
 /// Flags for ipykernel: in-memory history (a shared SQLite history file serializes
 /// concurrent kernels) and tracebacks without terminal colours.
@@ -30,7 +86,7 @@ const LEAN_KERNEL_PROGRAM: &str = include_str!("python/lean_kernel.py");
 pub const LEAN_KERNEL: &str = "python3-lean";
 
 /// The Jupyter data directories, most specific first.
-fn data_dirs(python: &Path) -> Vec<PathBuf> {
+fn data_dirs(python: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(paths) = std::env::var_os("JUPYTER_PATH") {
         dirs.extend(std::env::split_paths(&paths));
@@ -44,7 +100,7 @@ fn data_dirs(python: &Path) -> Vec<PathBuf> {
         }
     }
     // The environment's own prefix: <prefix>/bin/python -> <prefix>/share/jupyter.
-    if let Some(prefix) = python.parent().and_then(Path::parent) {
+    if let Some(prefix) = python.and_then(Path::parent).and_then(Path::parent) {
         dirs.push(prefix.join("share/jupyter"));
     }
     dirs.push("/usr/local/share/jupyter".into());
@@ -56,10 +112,29 @@ fn is_builtin(name: &str) -> bool {
     matches!(name, "python3" | "python")
 }
 
+/// Whether `language` (a kernelspec's `language`, or `RunOptions::language`) is Python.
+pub(crate) fn is_python(language: &str) -> bool {
+    language.eq_ignore_ascii_case("python") || language.eq_ignore_ascii_case("python3")
+}
+
+/// The language kernel `name` runs, as far as it can be told without starting it: Python
+/// for the built-in kernels, else what the first kernelspec of that name on the Jupyter
+/// path says (the environment of `python`, when known, included).
+pub(crate) fn declared_language(name: &str, python: Option<&Path>) -> Option<String> {
+    if is_builtin(name) || name == LEAN_KERNEL {
+        return Some("python".to_owned());
+    }
+    data_dirs(python).iter().find_map(|dir| {
+        let text = std::fs::read_to_string(dir.join("kernels").join(name).join("kernel.json")).ok()?;
+        let spec: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(spec["language"].as_str().unwrap_or_default().to_owned())
+    })
+}
+
 /// Names of every kernel this box could start.
 pub(crate) fn available(python: &Path) -> Vec<String> {
     let mut names = vec!["python3".to_owned(), LEAN_KERNEL.to_owned()];
-    for dir in data_dirs(python) {
+    for dir in data_dirs(Some(python)) {
         let Ok(entries) = std::fs::read_dir(dir.join("kernels")) else { continue };
         for e in entries.flatten() {
             if e.path().join("kernel.json").is_file() {
@@ -81,6 +156,8 @@ pub(crate) fn launch_spec(
     env: Vec<(String, String)>,
     start_timeout: Duration,
 ) -> Result<LaunchSpec> {
+    // The system's temporary directory until the builder names a scratch directory.
+    let scratch_dir = std::env::temp_dir();
     if is_builtin(name) || name == LEAN_KERNEL {
         let lean = name == LEAN_KERNEL;
         let program = if lean { LEAN_KERNEL_PROGRAM } else { KERNEL_LAUNCHER };
@@ -92,15 +169,18 @@ pub(crate) fn launch_spec(
         }
         return Ok(LaunchSpec {
             name: if lean { LEAN_KERNEL.into() } else { "python3".into() },
+            language: "python".into(),
             argv,
             env,
             interrupt_mode: InterruptMode::Message,
-            transport: if crate::kernel::ipc_works() { Transport::Ipc } else { Transport::Tcp },
+            // Where Unix sockets cannot be made, the kernel falls back to TCP when it starts.
+            transport: Transport::Ipc,
             start_timeout,
             sandbox: PolicyRef::default(),
+            scratch_dir,
         });
     }
-    for dir in data_dirs(python) {
+    for dir in data_dirs(Some(python)) {
         let file = dir.join("kernels").join(name).join("kernel.json");
         let Ok(text) = std::fs::read_to_string(&file) else { continue };
         let spec: serde_json::Value = serde_json::from_str(&text)
@@ -127,6 +207,7 @@ pub(crate) fn launch_spec(
             if spec["interrupt_mode"] == "message" { InterruptMode::Message } else { InterruptMode::Signal };
         return Ok(LaunchSpec {
             name: name.to_owned(),
+            language: spec["language"].as_str().unwrap_or_default().to_owned(),
             argv,
             env,
             interrupt_mode,
@@ -134,6 +215,7 @@ pub(crate) fn launch_spec(
             transport: Transport::Tcp,
             start_timeout,
             sandbox: PolicyRef::default(),
+            scratch_dir,
         });
     }
     Err(CodeBoxError::invalid(format!("unknown kernel {name:?}; available kernels: {}", available(python).join(", "))))

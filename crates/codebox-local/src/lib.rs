@@ -84,13 +84,15 @@
 //! working directory.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod command;
+mod boxprocess;
+mod confine;
 mod exec;
 mod files;
 mod kernel;
 mod kernelspec;
 mod localbox;
 mod output;
+mod pip;
 mod pool;
 mod progress;
 mod protocol;
@@ -100,6 +102,7 @@ mod rmtree;
 pub mod sandbox;
 mod spawn;
 mod util;
+mod workdir;
 
 pub use crate::kernelspec::LEAN_KERNEL;
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};

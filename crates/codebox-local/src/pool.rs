@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use codebox_core::Result;
 
-use crate::kernel::{Kernel, LaunchSpec};
+use crate::kernel::Kernel;
+use crate::kernelspec::LaunchSpec;
 
 /// A kernel waiting in the pool, with the working directory it was started in.
 #[derive(Debug)]
@@ -117,8 +118,8 @@ async fn fill(weak: Weak<PoolInner>, spec: LaunchSpec) -> Result<()> {
                 return Ok(());
             }
         }
-        let dir = crate::localbox::new_temp_workdir()?;
-        let confinement = crate::localbox::confine(&spec, dir.path()).await?;
+        let dir = crate::workdir::new_temp_workdir(&spec.scratch_dir)?;
+        let confinement = crate::confine::confine(&spec, dir.path()).await?;
         let kernel = Kernel::start(&spec, confinement).await?;
         let Some(inner) = weak.upgrade() else { return Ok(()) };
         inner.ready.lock().unwrap_or_else(|e| e.into_inner()).push((spec.clone(), WarmKernel { kernel, dir }));

@@ -7,6 +7,8 @@ use sha2::Sha256;
 
 use codebox_core::{CodeBoxError, Result};
 
+use crate::util::{hex_decode, hex_encode, random_hex};
+
 const DELIMITER: &[u8] = b"<IDS|MSG>";
 const PROTOCOL_VERSION: &str = "5.3";
 
@@ -43,12 +45,12 @@ impl Signer {
         for p in parts {
             mac.update(p);
         }
-        hex(&mac.finalize().into_bytes())
+        hex_encode(&mac.finalize().into_bytes())
     }
 
     /// Build a request; returns its msg_id and the frames to send.
     pub(crate) fn request(&self, msg_type: &str, content: Value) -> (String, Vec<Bytes>) {
-        let msg_id = crate::util::random_hex(16);
+        let msg_id = random_hex(16);
         let header = json!({
             "msg_id": msg_id,
             "session": self.session,
@@ -88,7 +90,7 @@ impl Signer {
             mac.update(part);
         }
         let expected =
-            unhex(&rest[0]).ok_or_else(|| CodeBoxError::protocol("a kernel message with a bad signature"))?;
+            hex_decode(&rest[0]).ok_or_else(|| CodeBoxError::protocol("a kernel message with a bad signature"))?;
         mac.verify_slice(&expected).map_err(|_| CodeBoxError::protocol("a kernel message with a bad signature"))?;
         #[derive(serde::Deserialize)]
         struct Header {
@@ -107,33 +109,6 @@ impl Signer {
             .map_err(|e| CodeBoxError::protocol(format!("a kernel message with bad content: {e}")))?;
         Ok(Incoming { msg_type: header.msg_type, parent_id: parent.msg_id, content })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-fn unhex(text: &[u8]) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    let val = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    text.chunks(2).map(|p| Some(val(p[0])? << 4 | val(p[1])?)).collect()
-}
-
-pub(crate) fn hex_encode(bytes: &[u8]) -> String {
-    hex(bytes)
 }
 
 /// The current UTC time in ISO 8601, as Jupyter headers carry it.

@@ -592,7 +592,7 @@ fn case20_owner_sigkill_leaves_nothing_behind() {
     owner.wait().unwrap();
     // Its directories go with the next sweep (every process runs one before its first kernel).
     wait_until_dead(pid, Duration::from_secs(10));
-    LocalBox::sweep_stale_dirs();
+    LocalBox::remove_stale_runtime_dirs();
     leak_check(&[pid], &[], &[wd, rd], &[token]);
 }
 

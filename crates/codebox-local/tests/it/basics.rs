@@ -305,3 +305,64 @@ async fn a_kernelspec_from_the_jupyter_path_runs_over_tcp_with_signal_interrupts
     let err = crate::builder().with_python(&wrapper).with_kernel("nope").build().unwrap().start().await.unwrap_err();
     assert!(err.to_string().contains("spec-py"), "the list names discovered kernelspecs: {err}");
 }
+
+#[tokio::test]
+async fn a_kernel_that_does_not_run_python_is_not_offered_python_or_install() {
+    // The built-in kernel runs Python, known before it starts.
+    let python_box = crate::builder().build().unwrap();
+    let caps = python_box.capabilities();
+    assert!(caps.languages.contains(&"python".to_owned()) && caps.install, "{caps:?}");
+
+    // A kernelspec whose declared language is not Python. What it runs is ipykernel, so the
+    // test can start it; the box goes by what the kernelspec says.
+    let probe = started().await;
+    let real = probe.python().await.unwrap();
+    probe.stop().await.unwrap();
+    let prefix = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(prefix.path().join("bin")).unwrap();
+    let wrapper = prefix.path().join("bin/python");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec {} \"$@\"\n", real.display())).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spec_dir = prefix.path().join("share/jupyter/kernels/spec-scheme");
+    std::fs::create_dir_all(&spec_dir).unwrap();
+    let spec = serde_json::json!({
+        "argv": [wrapper.to_string_lossy(), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "spec-scheme", "language": "scheme",
+    });
+    std::fs::write(spec_dir.join("kernel.json"), spec.to_string()).unwrap();
+    let lb = crate::builder()
+        .with_python(&wrapper)
+        .with_kernel("spec-scheme")
+        .with_isolation(codebox_local::Isolation::None)
+        .build()
+        .unwrap();
+
+    // Before it starts, and after.
+    for started in [false, true] {
+        let caps = lb.capabilities();
+        assert!(!caps.languages.contains(&"python".to_owned()), "started: {started}, {caps:?}");
+        assert!(caps.languages.contains(&"spec-scheme".to_owned()) && caps.languages.contains(&"bash".to_owned()));
+        assert!(!caps.install, "started: {started}");
+        if !started {
+            lb.start().await.unwrap();
+        }
+    }
+    // Code with no language named, or the kernel's name, goes to the kernel; bash still runs.
+    assert_eq!(lb.exec("1+1").await.unwrap().text(), "2");
+    let named = lb.run("2+2", RunOptions::new().with_language("spec-scheme")).await.unwrap();
+    assert_eq!(named.text(), "4");
+    let bash = lb.run("echo hi", RunOptions::new().with_language("bash")).await.unwrap();
+    assert_eq!(bash.stdout(), "hi\n");
+    // Python is refused, not sent to the wrong kernel; so is what needs Python statements.
+    for language in ["python", "python3"] {
+        let err = lb.run("1", RunOptions::new().with_language(language)).await.unwrap_err();
+        assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("needs a Python kernel"), "{err}");
+        assert!(err.to_string().contains("\"scheme\""), "{err}");
+    }
+    let err = lb.run("1", RunOptions::new().with_cwd(".")).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput, "{err}");
+    let err = lb.install(&["six".to_owned()]).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::Unsupported, "{err}");
+    lb.stop().await.unwrap();
+}

@@ -96,7 +96,7 @@ fn no_kernel_outlives_a_sigkilled_owner() {
     owner.wait().unwrap();
     assert!(wait_until_dead(pid, Duration::from_secs(10)), "kernel {pid} outlived its SIGKILLed owner");
     // The next process to start a kernel removes what the dead owner left; here, at once.
-    codebox_local::LocalBox::sweep_stale_dirs();
+    codebox_local::LocalBox::remove_stale_runtime_dirs();
     assert!(!wd.exists() && !rd.exists(), "{} or {} outlived its owner", wd.display(), rd.display());
 }
 

@@ -1,148 +1,17 @@
-//! Programs run as child processes in the box's working directory: `run_command` and the
-//! `bash` execution language.
+//! `pip install` for a confined box: pip run under the box's own confinement and uid, with
+//! the operator's pip settings and a network reaching only the package indexes; and the
+//! check that lets only name-based requirements reach pip at all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
-use codebox_core::{CodeBoxError, CommandOutput, ErrorInfo, EventStream, ExecEvent, Outcome, Result};
-use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
-use tokio::sync::{OwnedMutexGuard, mpsc};
-use tokio::time::Instant;
+use codebox_core::{CodeBoxError, CommandOutput, Result};
+use tokio::process::Command;
 
-use crate::output::OutputCap;
+use crate::boxprocess::{BoxProcess, collect};
 use crate::sandbox::netproxy::{Allowlist, LoopbackProxy, NetProxy};
-use crate::sandbox::{Confinement, InstallerNetwork, IsolationLevel};
-
-/// Where a command runs: in the box's sandbox (its confinement, reading the box's Python
-/// environment), or on the host (`None`: `install` of an unconfined box, which writes to that
-/// environment).
-pub(crate) type Jail<'a> = Option<(&'a Confinement, &'a Path)>;
-
-/// Runs in the box in front of a command: looks the program up and execs it there, as the
-/// box's uid and in the box's view of the filesystem, so that the host never looks at the
-/// path a tenant names. When that fails, for whatever reason (missing, not executable, a
-/// directory, outside the box's view), it says so on stderr with [`EXEC_FAILED`] alone.
-const EXEC_WRAPPER: &str = "import os, sys\n\
-try:\n    os.execvp(sys.argv[1], sys.argv[1:])\n\
-except BaseException:\n    os.write(2, b'\\0codebox: the program could not be run\\0')\n    os._exit(127)\n";
-/// What [`EXEC_WRAPPER`] writes, and its exit code, when the program cannot be run.
-const EXEC_FAILED: (&str, i32) = ("\0codebox: the program could not be run\0", 127);
-
-/// The one answer for a program that cannot be run, whatever the reason: a different answer
-/// for a missing path and one the box may not see would tell a tenant what exists on the host.
-fn cannot_run(program: &str) -> CodeBoxError {
-    CodeBoxError::not_found(format!("program {program:?}: cannot be run in this box"))
-}
-
-/// How a program is started in the box.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Start {
-    /// Exec it directly (a program the box itself picks, like `bash`).
-    Direct,
-    /// Through [`EXEC_WRAPPER`] under the box's Python (a program a tenant names).
-    Resolved,
-}
-
-/// Refuse a NUL byte in a program or an argument before anything runs: no C string can
-/// carry one, so it would fail later with a less clear error (the environment is checked
-/// where the box takes it).
-fn check_command_input(program: &str, args: &[String]) -> Result<()> {
-    if program.contains('\0') {
-        return Err(CodeBoxError::invalid("the program name contains a NUL byte"));
-    }
-    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
-        return Err(CodeBoxError::invalid(format!("argument #{i} contains a NUL byte")));
-    }
-    Ok(())
-}
-
-fn spawn(
-    program: &str,
-    args: &[String],
-    cwd: &Path,
-    env: &[(String, String)],
-    extra: &BTreeMap<String, String>,
-    jail: Jail<'_>,
-    start: Start,
-) -> Result<Child> {
-    check_command_input(program, args)?;
-    let (mut cmd, guard) = match jail {
-        Some((confinement, python)) => {
-            let mut argv: Vec<String> = Vec::with_capacity(args.len() + 5);
-            if start == Start::Resolved {
-                // -I -S: nothing of the box (PYTHONPATH, its packages, its current directory)
-                // runs before the program.
-                let python = python.to_string_lossy().into_owned();
-                argv.extend([python, "-I".into(), "-S".into(), "-c".into(), EXEC_WRAPPER.into()]);
-            }
-            argv.push(program.to_owned());
-            argv.extend(args.iter().cloned());
-            let mut all: Vec<(String, String)> = env.to_vec();
-            all.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let prepared = confinement.prepare(&argv, &all, Some(python), Some(cwd), None)?;
-            (Command::from(prepared.command), Some(prepared.guard))
-        }
-        None => {
-            let mut cmd = Command::new(program);
-            cmd.args(args).current_dir(cwd).envs(env.iter().map(|(k, v)| (k, v))).envs(extra);
-            (cmd, None)
-        }
-    };
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
-    let spawned = cmd.spawn();
-    drop(guard);
-    spawned.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => cannot_run(program),
-        _ => CodeBoxError::io(format!("running {program:?}"), e),
-    })
-}
-
-fn kill_group(child: &Child) {
-    if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
-}
-
-/// Read at most `limit` bytes, then keep draining (and discarding) so the child never blocks.
-async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, limit: usize) -> (Vec<u8>, u64) {
-    let mut kept = Vec::new();
-    let mut dropped = 0u64;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return (kept, dropped),
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len()).min(n);
-                kept.extend_from_slice(&buf[..room]);
-                dropped += (n - room) as u64;
-            }
-        }
-    }
-}
-
-/// Run a program to completion, with a timeout, collecting its output (capped).
-#[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
-pub(crate) async fn run_command(
-    program: &str,
-    args: &[String],
-    cwd: &Path,
-    env: &[(String, String)],
-    extra: &BTreeMap<String, String>,
-    timeout: Option<Duration>,
-    limit: usize,
-    jail: Jail<'_>,
-) -> Result<CommandOutput> {
-    let start = if jail.is_some() { Start::Resolved } else { Start::Direct };
-    let child = spawn(program, args, cwd, env, extra, jail, start)?;
-    let out = collect(child, program, timeout, limit).await?;
-    if start == Start::Resolved && out.exit_code == Some(EXEC_FAILED.1) && out.stderr == EXEC_FAILED.0 {
-        return Err(cannot_run(program));
-    }
-    Ok(out)
-}
+use crate::sandbox::{InstallerNetwork, IsolationLevel};
 
 /// Run `python -m pip install ... packages` inside the box's confinement: as the box's uid,
 /// writing only to the working directory, into `target`. The operator's pip settings (index,
@@ -156,17 +25,15 @@ pub(crate) async fn run_command(
 /// proxy; otherwise a proxy started for this install), or, in a Landlock box, on a port of
 /// host loopback that its ruleset lets pip reach alone. At the `None` level pip has the
 /// host network (`install_network`).
-#[allow(clippy::too_many_arguments)] // one call site, in install
+///
+/// `box_process` gives the box's confinement, Python, environment, timeout and output limit.
 pub(crate) async fn run_pip_install(
-    confinement: &Confinement,
-    python: &Path,
+    box_process: &BoxProcess,
     target: &Path,
     packages: &[String],
-    env: &[(String, String)],
-    timeout: Option<Duration>,
-    limit: usize,
     proxy_run_dir: Option<&Path>,
 ) -> Result<CommandOutput> {
+    let BoxProcess { confinement, python, env, timeout, output_limit, scratch_dir, .. } = box_process;
     // The box's own variables are its owner's settings (a tenant sets none): they win.
     let host = std::env::vars().chain(env.iter().filter(|(k, _)| k.starts_with("PIP_")).cloned());
     let (mut pip_env, read_only) = pip_settings(host, &operator_pip_config());
@@ -177,7 +44,7 @@ pub(crate) async fn run_pip_install(
     let own_dir = if level == IsolationLevel::Bubblewrap && proxy_run_dir.is_none() {
         // A directory of the server's own (nothing of the box can swap the socket while it is
         // made), then the box's uid's alone.
-        let dir = crate::localbox::new_temp_workdir()?;
+        let dir = crate::workdir::new_temp_workdir(scratch_dir)?;
         _proxy = Some(NetProxy::start(&dir.path().join("net.sock"), indexes()?)?);
         confinement.adopt_run_dir(dir.path())?;
         Some(dir)
@@ -240,7 +107,7 @@ pub(crate) async fn run_pip_install(
     let spawned = cmd.spawn();
     drop(prepared.guard);
     let child = spawned.map_err(|e| CodeBoxError::io("running pip", e))?;
-    let out = collect(child, "pip", timeout, limit).await;
+    let out = collect(child, "pip", *timeout, *output_limit).await;
     drop(own_dir);
     out
 }
@@ -410,120 +277,9 @@ fn pip_settings(
     (env.into_iter().collect(), paths)
 }
 
-async fn collect(mut child: Child, program: &str, timeout: Option<Duration>, limit: usize) -> Result<CommandOutput> {
-    let out = read_capped(child.stdout.take().expect("piped"), limit / 2);
-    let err = read_capped(child.stderr.take().expect("piped"), limit / 2);
-    let all = async { tokio::join!(child.wait(), out, err) };
-    let (status, (stdout, _), (stderr, _), timed_out) = match timeout {
-        None => {
-            let (s, o, e) = all.await;
-            (s, o, e, false)
-        }
-        Some(t) => match tokio::time::timeout(t, all).await {
-            Ok((s, o, e)) => (s, o, e, false),
-            Err(_) => {
-                kill_group(&child);
-                let status = child.wait().await;
-                (status, (Vec::new(), 0), (Vec::new(), 0), true)
-            }
-        },
-    };
-    let status = status.map_err(|e| CodeBoxError::io(format!("waiting for {program:?}"), e))?;
-    Ok(CommandOutput::new(
-        if timed_out { None } else { status.code() },
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-        timed_out,
-    ))
-}
-
-/// Run `code` with `bash -c`, streaming stdout and stderr as they come.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_bash(
-    code: &str,
-    cwd: &Path,
-    env: &[(String, String)],
-    extra: &BTreeMap<String, String>,
-    timeout: Option<Duration>,
-    limit: usize,
-    guard: OwnedMutexGuard<()>,
-    jail: Jail<'_>,
-) -> Result<EventStream> {
-    let started = Instant::now();
-    let mut child = spawn("bash", &["-c".to_owned(), code.to_owned()], cwd, env, extra, jail, Start::Direct)?;
-    let (tx, rx) = mpsc::channel(32);
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    tokio::spawn(async move {
-        let _guard = guard;
-        let mut cap = OutputCap::new(limit);
-        let (mut out_open, mut err_open) = (true, true);
-        let (mut obuf, mut ebuf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
-        let deadline = timeout.map(|t| started + t);
-        let far = started + Duration::from_secs(86_400 * 365);
-        let mut timed_out = false;
-        while out_open || err_open {
-            let event = tokio::select! {
-                r = stdout.read(&mut obuf), if out_open => match r {
-                    Ok(n) if n > 0 => ExecEvent::stdout(String::from_utf8_lossy(&obuf[..n])),
-                    _ => { out_open = false; continue }
-                },
-                r = stderr.read(&mut ebuf), if err_open => match r {
-                    Ok(n) if n > 0 => ExecEvent::stderr(String::from_utf8_lossy(&ebuf[..n])),
-                    _ => { err_open = false; continue }
-                },
-                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && !timed_out => {
-                    timed_out = true;
-                    kill_group(&child);
-                    continue;
-                }
-                _ = tx.closed() => {
-                    kill_group(&child);
-                    return;
-                }
-            };
-            for e in cap.push(event) {
-                let _ = tx.send(Ok(e)).await;
-            }
-        }
-        let status = child.wait().await;
-        for e in cap.finish() {
-            let _ = tx.send(Ok(e)).await;
-        }
-        let outcome = match status {
-            _ if timed_out => Outcome::TimedOut,
-            Ok(s) if s.success() => Outcome::Ok,
-            Ok(s) => {
-                let value = match s.code() {
-                    Some(code) => format!("bash exited with code {code}"),
-                    None => format!("bash was killed ({s})"),
-                };
-                let info = ErrorInfo { name: "BashError".into(), value: value.clone(), traceback: vec![value] };
-                let _ = tx.send(Ok(ExecEvent::Error(info))).await;
-                Outcome::Error
-            }
-            Err(e) => {
-                let _ = tx.send(Err(CodeBoxError::io("waiting for bash", e))).await;
-                return;
-            }
-        };
-        let _ = tx.send(Ok(ExecEvent::end(None, started.elapsed(), outcome))).await;
-    });
-    Ok(crate::exec::receiver_stream(rx))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_nul_byte_in_a_program_or_argument_is_refused_before_it_runs() {
-        let nul_arg = check_command_input("sh", &["ok".into(), "a\0b".into()]).unwrap_err();
-        assert_eq!(nul_arg.kind(), codebox_core::ErrorKind::InvalidInput, "{nul_arg}");
-        assert!(nul_arg.to_string().contains("argument #1"), "{nul_arg}");
-        assert!(check_command_input("s\0h", &[]).is_err());
-        assert!(check_command_input("sh", &["-c".into(), "true".into()]).is_ok());
-    }
 
     #[test]
     fn the_operators_pip_conf_reaches_pip_under_the_variables_names() {

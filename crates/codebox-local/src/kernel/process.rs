@@ -1,0 +1,169 @@
+//! The kernel's process: its pid held until it is reaped, a pidfd that tells the moment it
+//! exits (and why), and the tail of what it wrote to stderr.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use codebox_core::{CodeBoxError, KernelDeath, Result};
+use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::relay::Oversize;
+use crate::sandbox::Confinement;
+
+/// How many bytes of the kernel's stderr are kept for error messages.
+const STDERR_TAIL: usize = 4096;
+
+/// Why the kernel exited, when we caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ExitReason {
+    /// Not asked for: a crash.
+    Unexpected = 0,
+    /// Killed because it ignored an interrupt after a timeout.
+    TimeoutKill = 1,
+    /// Shut down by its owner (stop, restart, drop).
+    Requested = 2,
+}
+
+/// The kernel process, the leader of its own process group.
+pub(super) struct Process {
+    pub(super) child: Mutex<Option<Child>>,
+    pub(super) pid: rustix::process::Pid,
+    pub(super) reaped: AtomicBool,
+}
+
+impl Process {
+    pub(super) fn signal_group(&self, signal: rustix::process::Signal) {
+        // While the leader is unreaped its pid (and so its group id) cannot be reused.
+        if !self.reaped.load(Ordering::Acquire) {
+            let _ = rustix::process::kill_process_group(self.pid, signal);
+        }
+    }
+
+    /// Kill the whole group and hand the leader to the reaper (a start that failed).
+    pub(super) fn kill_and_reap(&self) {
+        self.signal_group(rustix::process::Signal::KILL);
+        if let Some(c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            crate::spawn::reap(c);
+        }
+    }
+}
+
+/// A spawned kernel process under watch: its death is announced on `death`, its stderr
+/// kept in `stderr_tail`, by the `tasks`.
+pub(super) struct Watched {
+    pub(super) process: Arc<Process>,
+    pub(super) death: watch::Receiver<Option<KernelDeath>>,
+    pub(super) stderr_tail: Arc<Mutex<VecDeque<u8>>>,
+    pub(super) tasks: Vec<JoinHandle<()>>,
+}
+
+impl Watched {
+    /// Watch `child` through a pidfd and drain its stderr. On failure the process is killed.
+    pub(super) fn start(mut child: Child, confinement: Arc<Confinement>, why: Cause) -> Result<Self> {
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a positive pid");
+        let stderr = child.stderr.take();
+        let process = Arc::new(Process { child: Mutex::new(Some(child)), pid, reaped: AtomicBool::new(false) });
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let (death_tx, death) = watch::channel(None);
+        let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                process.kill_and_reap();
+                return Err(CodeBoxError::KernelStart { message: format!("pidfd_open failed: {e}") });
+            }
+        };
+        let mut tasks = vec![tokio::spawn(watch_process(pidfd, process.clone(), confinement, why, death_tx))];
+        if let Some(stderr) = stderr {
+            tasks.push(tokio::spawn(drain_stderr(stderr, stderr_tail.clone())));
+        }
+        Ok(Self { process, death, stderr_tail, tasks })
+    }
+}
+
+/// The text of a stderr tail.
+pub(super) fn tail_text(tail: &Mutex<VecDeque<u8>>) -> String {
+    let bytes: Vec<u8> = tail.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+    String::from_utf8_lossy(&bytes).trim().to_owned()
+}
+
+// Registering a raw descriptor with the reactor is unsafe in tokio's API; see SAFETY.
+#[allow(unsafe_code)]
+fn register(pidfd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: `pidfd` is an open descriptor owned by the AsyncFd for its whole life; it is
+    // neither closed nor replaced while registered.
+    unsafe { AsyncFd::register(pidfd) }.map_err(|e| e.into_parts().1)
+}
+
+/// What tells why a kernel died, besides its exit status.
+pub(super) struct Cause {
+    /// A message over `max_message` tripped a relay, which killed the kernel.
+    pub(super) oversize: Arc<Oversize>,
+    pub(super) max_message: u64,
+    /// A channel closed while the kernel ran, and the links supervisor killed it.
+    pub(super) link_lost: Arc<AtomicBool>,
+}
+
+async fn watch_process(
+    pidfd: OwnedFd,
+    process: Arc<Process>,
+    confinement: Arc<Confinement>,
+    why: Cause,
+    death: watch::Sender<Option<KernelDeath>>,
+) {
+    let cause = match register(pidfd) {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+            None
+        }
+        Err(e) => Some(KernelDeath::Unknown { detail: format!("cannot watch the kernel: {e}") }),
+    };
+    let status = {
+        let mut guard = process.child.lock().unwrap_or_else(|e| e.into_inner());
+        let status = guard.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        if status.is_some() {
+            guard.take();
+            // Take the kernel's children (same group) along; the group id is still ours.
+            let _ = rustix::process::kill_process_group(process.pid, rustix::process::Signal::KILL);
+            process.reaped.store(true, Ordering::Release);
+        }
+        status
+    };
+    let cause = cause.unwrap_or_else(|| match (why.oversize.get(), status) {
+        (Some(size), _) => KernelDeath::OutputLimitExceeded { size, limit: why.max_message },
+        (None, _) if why.link_lost.load(Ordering::Acquire) => {
+            KernelDeath::Unknown { detail: "closed a channel to codebox while it ran, and was recycled".into() }
+        }
+        (None, Some(status)) => confinement.death_cause(status),
+        (None, None) => KernelDeath::Unknown { detail: "the kernel process is gone".into() },
+    });
+    // What the kernel left in its cgroup or under its uid dies with it, before anyone
+    // hears of the death (and starts a replacement).
+    let c = confinement.clone();
+    let _ = tokio::task::spawn_blocking(move || c.kill_all()).await;
+    tracing::debug!(pid = process.pid.as_raw_nonzero().get(), %cause, "kernel exited");
+    let _ = death.send(Some(cause));
+}
+
+async fn drain_stderr(stderr: std::process::ChildStderr, tail: Arc<Mutex<VecDeque<u8>>>) {
+    let Ok(mut stderr) = tokio::process::ChildStderr::from_std(stderr) else { return };
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                tracing::trace!(target: "codebox_local::kernel_stderr", "{}", String::from_utf8_lossy(&buf[..n]));
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                t.extend(&buf[..n]);
+                let excess = t.len().saturating_sub(STDERR_TAIL);
+                t.drain(..excess);
+            }
+        }
+    }
+}
