@@ -1,6 +1,8 @@
 //! Drop-in compatibility with the Python `codeboxapi` clients: every request whose path
 //! starts with `/api/v1/` (codebox-api 0.1) or `/api/v2/` (codebox-api 0.2) comes here, and
-//! existing users switch by pointing `CODEBOX_BASE_URL` at this server.
+//! existing users switch by pointing `CODEBOX_BASE_URL` at this server. The modules are named
+//! after the client version they serve (`api01`, `api02`), so that "v1" names only the
+//! native API.
 //!
 //! Both protocols run on the session registry, so every session is an ordinary session of
 //! the caller's key (visible to the native API, reaped when idle, stopped on shutdown), and
@@ -9,7 +11,7 @@
 //! must set `CODEBOX_API_KEY` to a key of this server: both treat an unset key (0.1) or the
 //! values `local` and `docker` (0.2) as a request for a box of their own, not a server.
 //!
-//! # codebox-api 0.1.x — `CODEBOX_BASE_URL=http://HOST:PORT/api/v1`
+//! # codebox-api 0.1.x (`api01`) — `CODEBOX_BASE_URL=http://HOST:PORT/api/v1`
 //!
 //! The `CodeBox` class (sync methods over `requests`, `a*` async twins over `aiohttp`; both
 //! send the same requests). It treats any status but 200 as a failure and reads the failure
@@ -34,7 +36,7 @@
 //! stderr, the cell's value), or `code run successfully (no output)`. `download` also takes
 //! `?file_name=` for clients that cannot send a body with `GET`.
 //!
-//! # codebox-api 0.2.x — `CODEBOX_BASE_URL=http://HOST:PORT/api/v2`
+//! # codebox-api 0.2.x (`api02`) — `CODEBOX_BASE_URL=http://HOST:PORT/api/v2`
 //!
 //! `RemoteBox` (`httpx`), which also sends `Factory-Id` (ignored here). The session id is the
 //! client's choice (`uuid4().hex` by default); its first request creates the session under
@@ -69,9 +71,9 @@
 //! is the box's `install()`; any other `uv pip ...` in bash code is served by a shell function
 //! running `pip` of the box's Python kernel, so the helpers work in boxes without `uv`.
 
+mod api01;
+mod api02;
 mod multipart;
-mod v1;
-mod v2;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,10 +92,10 @@ use crate::auth::Owner;
 use crate::sessions::Session;
 use crate::state::AppState;
 
-/// The path prefix of the codebox-api 0.1 protocol.
-const V1_PREFIX: &str = "/api/v1";
-/// The path prefix of the codebox-api 0.2 protocol.
-const V2_PREFIX: &str = "/api/v2";
+/// The path prefix of the codebox-api 0.1 client's protocol.
+const API01_PREFIX: &str = "/api/v1";
+/// The path prefix of the codebox-api 0.2 client's protocol.
+const API02_PREFIX: &str = "/api/v2";
 
 /// Answer one compatibility request. `owner` is `None` when the request carried no key or an
 /// unknown one: every compatibility route needs a key, so that is a 401.
@@ -104,15 +106,60 @@ pub(crate) async fn handle(state: &AppState, owner: Option<Owner>, req: Request<
         return state.fail(&err);
     };
     let scope = Scope { state, owner };
+    let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let result = if let Some(rest) = path.strip_prefix(V1_PREFIX) {
-        v1::handle(&scope, rest, req).await
-    } else if let Some(rest) = path.strip_prefix(V2_PREFIX) {
-        v2::handle(&scope, rest, req).await
+    let (protocol, rest) = if let Some(rest) = path.strip_prefix(API01_PREFIX) {
+        (ClientVersion::Api01, rest)
+    } else if let Some(rest) = path.strip_prefix(API02_PREFIX) {
+        (ClientVersion::Api02, rest)
     } else {
-        Err(no_route(req.method(), &path))
+        return state.fail(&no_route(&method, &path));
+    };
+    // Both protocols put every operation under `/codebox/{id}/{op}`.
+    let Some(after) = rest.strip_prefix("/codebox/") else {
+        return state.fail(&no_route(&method, &path));
+    };
+    let (id, op) = after.split_once('/').unwrap_or((after, ""));
+    let route = SessionRoute { method: &method, path: &path, id, op };
+    let result = match protocol {
+        ClientVersion::Api01 => api01::handle(&scope, &route, req).await,
+        ClientVersion::Api02 => api02::handle(&scope, &route, req).await,
     };
     result.unwrap_or_else(|err| state.fail(&err))
+}
+
+/// Which codebox-api client a request comes from, by its path prefix.
+#[derive(Debug, Clone, Copy)]
+enum ClientVersion {
+    /// codebox-api 0.1, under `/api/v1`.
+    Api01,
+    /// codebox-api 0.2, under `/api/v2`.
+    Api02,
+}
+
+/// A compatibility request for `/codebox/{id}/{op}`.
+#[derive(Debug, Clone, Copy)]
+struct SessionRoute<'a> {
+    /// The request's method.
+    method: &'a Method,
+    /// The full request path, for error messages.
+    path: &'a str,
+    /// The session id, as the client wrote it.
+    id: &'a str,
+    /// The operation: the rest of the path, empty for `/codebox/{id}`.
+    op: &'a str,
+}
+
+impl SessionRoute<'_> {
+    /// The 404 for this request.
+    fn no_route(&self) -> CodeBoxError {
+        no_route(self.method, self.path)
+    }
+
+    /// The 405 for this request.
+    fn wrong_method(&self) -> CodeBoxError {
+        wrong_method(self.method, self.path)
+    }
 }
 
 /// One caller's view of the server: its sessions and the request limits.
@@ -306,13 +353,6 @@ impl Drop for ExecutionMetrics {
 /// A 404 for a path no route serves.
 fn no_route(method: &Method, path: &str) -> CodeBoxError {
     status_error(404, ErrorKind::NotFound, format!("no route for {method} {path}"))
-}
-
-/// Split `rest`, the path after `/api/v1` or `/api/v2`, of a `/codebox/{id}/{op}` route into
-/// the session id and the operation (empty for `/codebox/{id}`).
-fn session_route<'a>(rest: &'a str, method: &Method, full_path: &str) -> Result<(&'a str, &'a str)> {
-    let after = rest.strip_prefix("/codebox/").ok_or_else(|| no_route(method, full_path))?;
-    Ok(after.split_once('/').unwrap_or((after, "")))
 }
 
 /// A 405 for a known path with another method.

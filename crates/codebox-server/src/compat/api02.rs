@@ -1,4 +1,5 @@
-//! The codebox-api 0.2 protocol (`/api/v2`). See the module docs of `compat` for the table.
+//! The protocol of the codebox-api 0.2 client (`/api/v2`). See the module docs of `compat`
+//! for the table.
 
 use bytes::Bytes;
 use codebox_core::{CodeBox, CodeBoxError, CommandSpec, ErrorKind, ExecEvent, Outcome, Result, RunOptions};
@@ -8,8 +9,8 @@ use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body as HttpBody;
 use serde::Deserialize;
 
-use super::v1::png;
-use super::{ExecutionMetrics, Scope, no_route, ok_json, session_route, timeout_secs, wrong_method};
+use super::api01::png;
+use super::{ExecutionMetrics, Scope, SessionRoute, ok_json, timeout_secs};
 use crate::metrics::ExecutionEnd;
 use crate::sessions::SessionUse;
 use crate::sessions::valid_session_id;
@@ -30,30 +31,28 @@ struct ExecBody {
 /// A stream of tagged chunks, each a complete `<tag>...</tag>`.
 type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>> + Send + 'static>>;
 
-/// Serve `rest`, the path after `/api/v2`.
-pub(super) async fn handle<B>(scope: &Scope<'_>, rest: &str, req: Request<B>) -> Result<Response<Body>>
+/// Serve a `/api/v2/codebox/{id}/{op}` request.
+pub(super) async fn handle<B>(scope: &Scope<'_>, route: &SessionRoute<'_>, req: Request<B>) -> Result<Response<Body>>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + 'static,
 {
-    let method = req.method().clone();
-    let full_path = req.uri().path().to_owned();
-    let (id, op) = session_route(rest, &method, &full_path)?;
+    let SessionRoute { method, id, op, .. } = *route;
     if !valid_session_id(id) {
-        return Err(no_route(&method, &full_path));
+        return Err(route.no_route());
     }
     match op {
         // The 0.2 server answers `GET /` with its health.
         "" => {
             if method != Method::GET {
-                return Err(wrong_method(&method, &full_path));
+                return Err(route.wrong_method());
             }
             scope.open(id).await?;
             ok_json(&serde_json::json!({"status": "ok"}))
         }
         "exec" => {
             if method != Method::POST {
-                return Err(wrong_method(&method, &full_path));
+                return Err(route.wrong_method());
             }
             let body: ExecBody = scope
                 .read_json(req)
@@ -79,7 +78,7 @@ where
         }
         "files/upload" => {
             if method != Method::POST {
-                return Err(wrong_method(&method, &full_path));
+                return Err(route.wrong_method());
             }
             let session = scope.open(id).await?;
             let _in_use = session.use_guard();
@@ -88,10 +87,10 @@ where
         }
         _ => {
             let Some(path) = op.strip_prefix("files/download/") else {
-                return Err(no_route(&method, &full_path));
+                return Err(route.no_route());
             };
             if method != Method::GET {
-                return Err(wrong_method(&method, &full_path));
+                return Err(route.wrong_method());
             }
             let path = super::percent_decode(path).ok_or_else(|| {
                 CodeBoxError::invalid(format!("the file path {path:?} is not valid percent-encoded UTF-8"))
