@@ -15,7 +15,12 @@ pub type Result<T, E = CodeBoxError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodeBoxError {
-    /// An HTTP request got a failure status from a CodeBox server.
+    /// A server answered a request of this client with a failure status.
+    ///
+    /// Only an HTTP client builds this (`codebox-http`'s client, `wire::error_from_response`):
+    /// a server answers from its own error type, and a failure the server reports with a
+    /// typed detail (a kernel's death, an execution timeout) comes back as that variant
+    /// instead.
     #[error("{0}")]
     Http(Box<HttpError>),
     /// The API key was missing or not accepted.
@@ -53,7 +58,7 @@ pub enum CodeBoxError {
         message: String,
         /// The underlying error.
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        source: Option<BoxedSource>,
     },
     /// The kernel process died (OOM kill, `os._exit`, segfault, ...).
     #[error("kernel died: {cause}")]
@@ -114,7 +119,17 @@ pub enum CodeBoxError {
         #[source]
         source: std::io::Error,
     },
+    /// Something was larger than a limit allows: a request body, a directory listing, an
+    /// argument list.
+    #[error("too large: {message}")]
+    TooLarge {
+        /// What was too large, and the limit.
+        message: String,
+    },
 }
+
+/// The cause kept inside a [`CodeBoxError`].
+pub type BoxedSource = Box<dyn std::error::Error + Send + Sync>;
 
 /// The category of a [`CodeBoxError`], stable across local and remote boxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -361,6 +376,7 @@ impl CodeBoxError {
             Self::NotRunning { .. } => ErrorKind::NotRunning,
             Self::Protocol { .. } => ErrorKind::Protocol,
             Self::Io { source, .. } => io_kind(source),
+            Self::TooLarge { .. } => ErrorKind::TooLarge,
         }
     }
 
@@ -418,6 +434,75 @@ impl CodeBoxError {
     /// A [`NotFound`](Self::NotFound) error.
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::NotFound { what: what.into() }
+    }
+
+    /// An [`Authentication`](Self::Authentication) error.
+    pub fn authentication(message: impl Into<String>) -> Self {
+        Self::Authentication { message: message.into() }
+    }
+
+    /// A [`RateLimited`](Self::RateLimited) error, with how long to wait when known.
+    pub fn rate_limited(retry_after: Option<Duration>) -> Self {
+        Self::RateLimited { retry_after }
+    }
+
+    /// A [`Timeout`](Self::Timeout) of `kind` after `after`, with the box's state kept.
+    pub fn timeout(kind: TimeoutKind, after: Option<Duration>) -> Self {
+        Self::Timeout { kind, after, state_lost: false }
+    }
+
+    /// A [`Timeout`](Self::Timeout) of `kind` after which the kernel was killed and
+    /// restarted, so its variables are gone.
+    pub fn timeout_state_lost(kind: TimeoutKind, after: Option<Duration>) -> Self {
+        Self::Timeout { kind, after, state_lost: true }
+    }
+
+    /// A [`Connection`](Self::Connection) error (see [`with_source`](Self::with_source)).
+    pub fn connection(message: impl Into<String>) -> Self {
+        Self::Connection { message: message.into(), source: None }
+    }
+
+    /// A [`KernelDied`](Self::KernelDied) error.
+    pub fn kernel_died(cause: KernelDeath) -> Self {
+        Self::KernelDied { cause }
+    }
+
+    /// A [`KernelStart`](Self::KernelStart) error (see [`with_source`](Self::with_source)).
+    pub fn kernel_start(message: impl Into<String>) -> Self {
+        Self::KernelStart { message: message.into() }
+    }
+
+    /// An [`UnsafePath`](Self::UnsafePath) error for `path`.
+    pub fn unsafe_path(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::UnsafePath { path: path.into(), reason: reason.into() }
+    }
+
+    /// An [`Install`](Self::Install) error with the installer's output.
+    pub fn install(output: impl Into<String>) -> Self {
+        Self::Install { output: output.into() }
+    }
+
+    /// A [`NotRunning`](Self::NotRunning) error.
+    pub fn not_running(message: impl Into<String>) -> Self {
+        Self::NotRunning { message: message.into() }
+    }
+
+    /// A [`TooLarge`](Self::TooLarge) error.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::TooLarge { message: message.into() }
+    }
+
+    /// This error with `cause` kept as its [`source`](std::error::Error::source).
+    ///
+    /// Only the variants that carry a cause keep it: [`Connection`](Self::Connection),
+    /// [`KernelStart`](Self::KernelStart), [`InvalidInput`](Self::InvalidInput) and
+    /// [`Protocol`](Self::Protocol). The others, whose category says all (or, for
+    /// [`Io`](Self::Io), whose cause is already required), are returned unchanged.
+    pub fn with_source(mut self, cause: impl Into<BoxedSource>) -> Self {
+        if let Self::Connection { source, .. } = &mut self {
+            *source = Some(cause.into());
+        }
+        self
     }
 }
 

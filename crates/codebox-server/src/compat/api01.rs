@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ExecutionMetrics, Scope, SessionRoute, ok_json};
 use crate::metrics::ExecutionEnd;
+use crate::state::ApiResult;
 
 /// What `run` answers when the code printed nothing, as the 0.1 client's own box does.
 pub(super) const NO_OUTPUT: &str = "code run successfully (no output)";
@@ -50,12 +51,12 @@ struct InstallBody {
     package_name: String,
 }
 
-fn status(text: impl Into<String>) -> Result<Response<Body>> {
+fn status(text: impl Into<String>) -> ApiResult<Response<Body>> {
     ok_json(&Status { status: text.into() })
 }
 
 /// Serve a `/api/v1/codebox/{id}/{op}` request.
-pub(super) async fn handle<B>(scope: &Scope<'_>, route: &SessionRoute<'_>, req: Request<B>) -> Result<Response<Body>>
+pub(super) async fn handle<B>(scope: &Scope<'_>, route: &SessionRoute<'_>, req: Request<B>) -> ApiResult<Response<Body>>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + 'static,
@@ -103,7 +104,7 @@ where
                 }
                 Err(e) => {
                     counted.finish(ExecutionEnd::Failed);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             let (kind, content) = run_output(&execution);
@@ -129,7 +130,7 @@ where
             let body: InstallBody = required(scope.read_json(req).await?)?;
             let packages: Vec<String> = body.package_name.split_whitespace().map(str::to_owned).collect();
             if packages.is_empty() {
-                return Err(CodeBoxError::invalid("package_name is empty"));
+                return Err(CodeBoxError::invalid("package_name is empty").into());
             }
             let session = scope.get(id)?;
             let _in_use = session.use_guard();
@@ -157,7 +158,7 @@ where
 }
 
 /// `GET /codebox/start`: a new session under a fresh integer id.
-async fn start(scope: &Scope<'_>) -> Result<Response<Body>> {
+async fn start(scope: &Scope<'_>) -> ApiResult<Response<Body>> {
     let id = random_id()?;
     scope.open(&id.to_string()).await?;
     ok_json(&Started { id })

@@ -14,6 +14,7 @@ use super::{ExecutionMetrics, Scope, SessionRoute, ok_json, timeout_secs};
 use crate::metrics::ExecutionEnd;
 use crate::sessions::SessionUse;
 use crate::sessions::valid_session_id;
+use crate::state::ApiResult;
 
 /// `POST /codebox/{id}/exec`.
 #[derive(Debug, Deserialize)]
@@ -32,7 +33,7 @@ struct ExecBody {
 type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>> + Send + 'static>>;
 
 /// Serve a `/api/v2/codebox/{id}/{op}` request.
-pub(super) async fn handle<B>(scope: &Scope<'_>, route: &SessionRoute<'_>, req: Request<B>) -> Result<Response<Body>>
+pub(super) async fn handle<B>(scope: &Scope<'_>, route: &SessionRoute<'_>, req: Request<B>) -> ApiResult<Response<Body>>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + 'static,
@@ -65,7 +66,7 @@ where
                 Ok(chunks) => chunks,
                 Err(e) => {
                     counted.finish(ExecutionEnd::Failed);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             // The session stays in use, and counts as executing, until the stream ends or the

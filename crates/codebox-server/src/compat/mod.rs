@@ -80,7 +80,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use codebox_core::{ByteStream, CodeBoxError, ErrorKind, Result};
-use codebox_http::server::{Body, json_response, read_budgeted, status_error, stream_limited};
+use codebox_http::server::{ApiError, Body, json_response, read_budgeted, stream_limited};
 use futures::StreamExt;
 use http::{HeaderValue, Method, header};
 use http_body::Body as HttpBody;
@@ -90,7 +90,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::auth::Owner;
 use crate::sessions::Session;
-use crate::state::AppState;
+use crate::state::{ApiResult, AppState};
 
 /// The path prefix of the codebox-api 0.1 client's protocol.
 const API01_PREFIX: &str = "/api/v1";
@@ -102,7 +102,7 @@ const API02_PREFIX: &str = "/api/v2";
 pub(crate) async fn handle(state: &AppState, owner: Option<Owner>, req: Request<Incoming>) -> Response<Body> {
     let Some(owner) = owner else {
         let err =
-            status_error(401, ErrorKind::Authentication, "a valid `Authorization: Bearer <key>` header is required");
+            ApiError::new(401, ErrorKind::Authentication, "a valid `Authorization: Bearer <key>` header is required");
         return state.fail(&err);
     };
     let scope = Scope { state, owner };
@@ -152,12 +152,12 @@ struct SessionRoute<'a> {
 
 impl SessionRoute<'_> {
     /// The 404 for this request.
-    fn no_route(&self) -> CodeBoxError {
+    fn no_route(&self) -> ApiError {
         no_route(self.method, self.path)
     }
 
     /// The 405 for this request.
-    fn wrong_method(&self) -> CodeBoxError {
+    fn wrong_method(&self) -> ApiError {
         wrong_method(self.method, self.path)
     }
 }
@@ -170,18 +170,18 @@ struct Scope<'a> {
 
 impl Scope<'_> {
     /// The caller's session `id`, created (and started) when it has none by that id.
-    async fn open(&self, id: &str) -> Result<Arc<Session>> {
+    async fn open(&self, id: &str) -> ApiResult<Arc<Session>> {
         let (session, _) = self.state.registry.get_or_create(self.owner, Some(id), None).await?;
         Ok(session)
     }
 
     /// The caller's existing session `id`.
-    fn get(&self, id: &str) -> Result<Arc<Session>> {
+    fn get(&self, id: &str) -> ApiResult<Arc<Session>> {
         self.state.registry.require(self.owner, id)
     }
 
     /// Stop and forget the caller's session `id`.
-    async fn close(&self, id: &str) -> Result<()> {
+    async fn close(&self, id: &str) -> ApiResult<()> {
         if self.state.registry.stop(self.owner, id).await {
             Ok(())
         } else {
@@ -190,7 +190,7 @@ impl Scope<'_> {
     }
 
     /// A JSON body, read with the JSON limit; `None` when the body is empty.
-    async fn read_json<B, T>(&self, req: Request<B>) -> Result<Option<T>>
+    async fn read_json<B, T>(&self, req: Request<B>) -> ApiResult<Option<T>>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + 'static,
@@ -205,19 +205,19 @@ impl Scope<'_> {
         }
         serde_json::from_slice(&body.bytes)
             .map(Some)
-            .map_err(|e| status_error(400, ErrorKind::InvalidInput, format!("malformed JSON body: {e}")))
+            .map_err(|e| ApiError::new(400, ErrorKind::InvalidInput, format!("malformed JSON body: {e}")))
     }
 
     /// Upload the file part of a multipart request into `session`'s box, streamed, with the
     /// upload limit applied. Returns the file name the client gave and the written file.
-    async fn upload<B>(&self, session: &Session, req: Request<B>) -> Result<(String, codebox_core::FileInfo)>
+    async fn upload<B>(&self, session: &Session, req: Request<B>) -> ApiResult<(String, codebox_core::FileInfo)>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + 'static,
     {
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let boundary = multipart::boundary(content_type)
-            .map_err(|e| status_error(415, ErrorKind::InvalidInput, strip_kind(&e)))?;
+            .map_err(|e| ApiError::new(415, ErrorKind::InvalidInput, strip_kind(&e)))?;
         let config = &self.state.config;
         // The framing around the file adds a little; allow for it on top of the file limit.
         let body = stream_limited(
@@ -234,14 +234,14 @@ impl Scope<'_> {
         let mut seen = 0u64;
         // What went wrong with the body, kept for the answer: the box sees the error in the
         // stream, but answers with its own view of it.
-        let failure: Arc<std::sync::Mutex<Option<CodeBoxError>>> = Arc::default();
+        let failure: Arc<std::sync::Mutex<Option<ApiError>>> = Arc::default();
         let record = Arc::clone(&failure);
         let content: ByteStream = Box::pin(part.content.map(move |chunk| {
             let checked = chunk.and_then(|bytes| {
                 seen += bytes.len() as u64;
                 if seen > limit {
                     let message = format!("the file exceeds the upload limit of {limit} bytes");
-                    return Err(status_error(413, ErrorKind::TooLarge, message));
+                    return Err(CodeBoxError::too_large(message));
                 }
                 Ok(bytes)
             });
@@ -252,7 +252,7 @@ impl Scope<'_> {
                 }
                 Err(e) => {
                     let mut slot = record.lock().unwrap_or_else(|p| p.into_inner());
-                    slot.get_or_insert_with(|| replica(&e));
+                    slot.get_or_insert_with(|| ApiError::from_body_error(&e));
                     Err(e)
                 }
             }
@@ -268,14 +268,14 @@ impl Scope<'_> {
                 }
                 Err(failure)
             }
-            (Err(e), None) => Err(e),
+            (Err(e), None) => Err(e.into()),
         }
     }
 
     /// The file at `path` as a streamed download with the headers both clients expect
     /// (`Content-Length` when the box knows the size; `name` in `Content-Disposition`). The
     /// session counts as in use until the body is sent or dropped.
-    async fn download(&self, session: &Arc<Session>, path: &str, name: &str) -> Result<Response<Body>> {
+    async fn download(&self, session: &Arc<Session>, path: &str, name: &str) -> ApiResult<Response<Body>> {
         // The 0.1 client takes everything after the first `=` as the name, so it goes
         // unquoted; what a header cannot carry is percent-encoded.
         let disposition = HeaderValue::from_str(&format!("attachment; filename={}", header_safe(name)))
@@ -289,7 +289,7 @@ impl Scope<'_> {
             Err(_) => None,
         };
         if let Some((_, true)) = size {
-            return Err(CodeBoxError::invalid(format!("{path} is a directory, not a file")));
+            return Err(CodeBoxError::invalid(format!("{path} is a directory, not a file")).into());
         }
         let slot = self.state.downloads.take(session.owner)?;
         let content = session.codebox.download(path).await?;
@@ -311,14 +311,6 @@ impl Scope<'_> {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
         Ok(resp)
-    }
-}
-
-/// A copy of an error with the same status, kind and message.
-fn replica(err: &CodeBoxError) -> CodeBoxError {
-    match err.http() {
-        Some(http) => status_error(http.status, http.kind, http.message.clone()),
-        None => status_error(codebox_http::wire::status_for_kind(err.kind()), err.kind(), err.to_string()),
     }
 }
 
@@ -351,17 +343,17 @@ impl Drop for ExecutionMetrics {
 }
 
 /// A 404 for a path no route serves.
-fn no_route(method: &Method, path: &str) -> CodeBoxError {
-    status_error(404, ErrorKind::NotFound, format!("no route for {method} {path}"))
+fn no_route(method: &Method, path: &str) -> ApiError {
+    ApiError::new(404, ErrorKind::NotFound, format!("no route for {method} {path}"))
 }
 
 /// A 405 for a known path with another method.
-fn wrong_method(method: &Method, path: &str) -> CodeBoxError {
-    status_error(405, ErrorKind::InvalidInput, format!("{method} is not allowed on {path}"))
+fn wrong_method(method: &Method, path: &str) -> ApiError {
+    ApiError::new(405, ErrorKind::InvalidInput, format!("{method} is not allowed on {path}"))
 }
 
 /// A 200 JSON answer.
-fn ok_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Response<Body>> {
+fn ok_json<T: serde::Serialize + ?Sized>(value: &T) -> ApiResult<Response<Body>> {
     Ok(json_response(StatusCode::OK, value))
 }
 
