@@ -305,7 +305,6 @@ pub fn error_from_response(status: u16, headers: Vec<(String, String)>, body: &[
 mod tests {
     use super::*;
     use codebox_core::Outcome;
-    use std::time::Duration;
 
     /// Every kind goes out with its status and comes back as the same kind, from the JSON
     /// body or, without one, from the status alone.
@@ -338,6 +337,69 @@ mod tests {
         let end = StreamLine::Event { seq: 1, event: ExecEvent::end(Some(1), Duration::from_millis(2), Outcome::Ok) };
         let back: StreamLine = serde_json::from_str(&serde_json::to_string(&end).unwrap()).unwrap();
         assert_eq!(back, end);
+    }
+
+    /// What a box in this process gives, a client gets back from the wire: the body of a
+    /// JSON error response turns back into the same variant, not into `Http`.
+    #[test]
+    fn typed_detail_round_trips_to_the_same_variant() {
+        let died = CodeBoxError::kernel_died(KernelDeath::Signaled { signal: 9 });
+        let lost = CodeBoxError::timeout_state_lost(TimeoutKind::Execution, Some(Duration::from_millis(500)));
+        let kept = CodeBoxError::timeout(TimeoutKind::KernelStart, None);
+        for err in [died, lost, kept] {
+            let body = ErrorBody::from_error(&err);
+            let json = serde_json::to_vec(&ErrorResponse { error: body.clone() }).unwrap();
+            let back = error_from_response(body.status(), vec![], &json);
+            assert!(back.http().is_none(), "{back:?}");
+            assert_eq!(back.to_string(), err.to_string());
+            match (&back, &err) {
+                (CodeBoxError::KernelDied { cause: a }, CodeBoxError::KernelDied { cause: b }) => assert_eq!(a, b),
+                (
+                    CodeBoxError::Timeout { kind: k1, after: a1, state_lost: s1 },
+                    CodeBoxError::Timeout { kind: k2, after: a2, state_lost: s2 },
+                ) => assert_eq!((k1, a1, s1), (k2, a2, s2)),
+                _ => panic!("{err:?} came back as {back:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_wire_names_the_detail_fields() {
+        let lost = CodeBoxError::timeout_state_lost(TimeoutKind::Execution, Some(Duration::from_secs(2)));
+        let json = serde_json::to_value(ErrorBody::from_error(&lost)).unwrap();
+        assert_eq!(json["kind"], "timeout");
+        assert_eq!(json["timeout"], "execution");
+        assert_eq!(json["after"], 2.0);
+        assert_eq!(json["state_lost"], true);
+        let died = CodeBoxError::kernel_died(KernelDeath::Exited { code: 3 });
+        let json = serde_json::to_value(ErrorBody::from_error(&died)).unwrap();
+        assert_eq!(json["cause"], serde_json::json!({"type": "exited", "code": 3}));
+        // Without detail, only kind and message: what older clients and servers send.
+        let plain = serde_json::to_value(ErrorBody::from_error(&CodeBoxError::not_found("x"))).unwrap();
+        assert_eq!(plain.as_object().unwrap().len(), 2, "{plain}");
+    }
+
+    #[test]
+    fn a_timeout_of_the_servers_own_connection_stays_an_http_error() {
+        // The server's read deadline passed, not the client's: typed, the client would take
+        // it for its own and retry.
+        let read = CodeBoxError::timeout(TimeoutKind::Read, Some(Duration::from_secs(1)));
+        assert_eq!(ErrorDetail::of(&read), None);
+        let json = serde_json::to_vec(&ErrorResponse { error: ErrorBody::from_error(&read) }).unwrap();
+        let back = error_from_response(504, vec![], &json);
+        assert_eq!((back.http().map(|h| h.status), back.kind()), (Some(504), ErrorKind::Timeout));
+        // A detail whose fields do not fit the kind is not trusted.
+        let odd = br#"{"error":{"kind":"not_found","message":"m","cause":{"type":"out_of_memory"}}}"#;
+        assert_eq!(error_from_response(404, vec![], odd).kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_retry_delay_in_the_body_counts_when_no_header_says_one() {
+        let body = br#"{"error":{"kind":"rate_limited","message":"full","retry_after":2.5}}"#;
+        let err = error_from_response(503, vec![], body);
+        assert_eq!(err.retry_after(), Some(Duration::from_millis(2500)));
+        let err = error_from_response(503, vec![("retry-after".into(), "4".into())], body);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(4)), "the header wins");
     }
 
     #[test]
