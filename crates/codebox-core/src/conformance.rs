@@ -56,13 +56,30 @@ impl ConformanceOptions {
     }
 }
 
+/// What went wrong in a check that failed, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailure(pub String);
+
+impl From<String> for CheckFailure {
+    fn from(what: String) -> Self {
+        Self(what)
+    }
+}
+
+impl From<&str> for CheckFailure {
+    fn from(what: &str) -> Self {
+        Self(what.to_owned())
+    }
+}
+
 /// The outcome of one check.
 #[derive(Debug, Clone)]
 pub struct CheckResult {
     /// The check's name.
     pub name: &'static str,
     /// `Ok` with a note, or `Err` with what went wrong.
-    pub outcome: std::result::Result<String, String>,
+    pub outcome: std::result::Result<String, CheckFailure>,
     /// How long the check took.
     pub elapsed: Duration,
 }
@@ -91,7 +108,7 @@ impl ConformanceReport {
         for c in &self.checks {
             let (mark, text) = match &c.outcome {
                 Ok(note) => ("ok  ", note.as_str()),
-                Err(e) => ("FAIL", e.as_str()),
+                Err(e) => ("FAIL", e.0.as_str()),
             };
             let _ = writeln!(out, "{mark} {:<28} {:>7.0} ms  {text}", c.name, c.elapsed.as_secs_f64() * 1e3);
         }
@@ -105,13 +122,20 @@ impl ConformanceReport {
     }
 }
 
-type CheckOutcome = std::result::Result<String, String>;
+type CheckOutcome = std::result::Result<String, CheckFailure>;
+
+/// What a step of a check gives: a value, or why the check failed.
+type Checked<T> = std::result::Result<T, CheckFailure>;
 
 /// Start the box (if needed) and run every check against it. The box is left running.
 pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> ConformanceReport {
     let mut report = ConformanceReport::default();
     if let Err(e) = b.start().await {
-        report.checks.push(CheckResult { name: "start", outcome: Err(e.to_string()), elapsed: Duration::ZERO });
+        report.checks.push(CheckResult {
+            name: "start",
+            outcome: Err(CheckFailure(e.to_string())),
+            elapsed: Duration::ZERO,
+        });
         return report;
     }
     macro_rules! check {
@@ -143,17 +167,17 @@ async fn timed(name: &'static str, fut: impl Future<Output = CheckOutcome>) -> C
     // A hung check must not hang the suite.
     let outcome = match tokio::time::timeout(Duration::from_secs(120), fut).await {
         Ok(outcome) => outcome,
-        Err(_) => Err("did not finish within 120 s".to_owned()),
+        Err(_) => Err("did not finish within 120 s".into()),
     };
     CheckResult { name, outcome, elapsed: started.elapsed() }
 }
 
-fn ensure(cond: bool, msg: impl FnOnce() -> String) -> std::result::Result<(), String> {
-    if cond { Ok(()) } else { Err(msg()) }
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Checked<()> {
+    if cond { Ok(()) } else { Err(CheckFailure(msg())) }
 }
 
-async fn exec(b: &dyn CodeBox, code: &str) -> std::result::Result<Execution, String> {
-    b.run(code, RunOptions::default()).await.map_err(|e| format!("run({code:?}) failed: {e}"))
+async fn exec(b: &dyn CodeBox, code: &str) -> Checked<Execution> {
+    b.run(code, RunOptions::default()).await.map_err(|e| CheckFailure(format!("run({code:?}) failed: {e}")))
 }
 
 fn describe(ex: &Execution) -> String {
@@ -288,7 +312,7 @@ fn pattern_chunk(start: usize, len: usize) -> Bytes {
     Bytes::from((start..start + len).map(pattern_byte).collect::<Vec<u8>>())
 }
 
-async fn round_trip(b: &dyn CodeBox, path: &str, size: usize) -> std::result::Result<(), String> {
+async fn round_trip(b: &dyn CodeBox, path: &str, size: usize) -> Checked<()> {
     const CHUNK: usize = 1 << 20;
     let chunks = futures::stream::iter(
         (0..size).step_by(CHUNK).map(move |start| Ok(pattern_chunk(start, CHUNK.min(size - start)))),
@@ -302,7 +326,7 @@ async fn round_trip(b: &dyn CodeBox, path: &str, size: usize) -> std::result::Re
         let chunk = chunk.map_err(|e| format!("download {path} at {offset}: {e}"))?;
         for (i, byte) in chunk.iter().enumerate() {
             if *byte != pattern_byte(offset + i) {
-                return Err(format!("download {path}: byte {} differs", offset + i));
+                return Err(format!("download {path}: byte {} differs", offset + i).into());
             }
         }
         offset += chunk.len();
@@ -364,11 +388,11 @@ async fn list_and_delete(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-fn expect_kind(result: Result<()>, kind: ErrorKind, what: &str) -> std::result::Result<(), String> {
+fn expect_kind(result: Result<()>, kind: ErrorKind, what: &str) -> Checked<()> {
     match result {
-        Ok(()) => Err(format!("{what}: succeeded, expected a {kind} error")),
+        Ok(()) => Err(format!("{what}: succeeded, expected a {kind} error").into()),
         Err(e) if e.kind() == kind => Ok(()),
-        Err(e) => Err(format!("{what}: expected a {kind} error, got {} ({e})", e.kind())),
+        Err(e) => Err(format!("{what}: expected a {kind} error, got {} ({e})", e.kind()).into()),
     }
 }
 
