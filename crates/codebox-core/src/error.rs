@@ -25,24 +25,28 @@ pub enum CodeBoxError {
     Http(Box<HttpError>),
     /// The API key was missing or not accepted.
     #[error("authentication failed: {message}")]
+    #[non_exhaustive]
     Authentication {
         /// What the server or client said.
         message: String,
     },
     /// A session, file or kernel does not exist.
     #[error("not found: {what}")]
+    #[non_exhaustive]
     NotFound {
         /// What was looked for.
         what: String,
     },
     /// Too many requests or sessions; try again later.
     #[error("rate limited{}", fmt_retry_after(*retry_after))]
+    #[non_exhaustive]
     RateLimited {
         /// How long the server asked the caller to wait.
         retry_after: Option<Duration>,
     },
     /// Something took longer than allowed.
     #[error("{kind} timed out{}{}", fmt_after(*after), if *state_lost { "; the kernel was restarted and its state was lost" } else { "" })]
+    #[non_exhaustive]
     Timeout {
         /// Which deadline passed.
         kind: TimeoutKind,
@@ -53,6 +57,7 @@ pub enum CodeBoxError {
     },
     /// A connection could not be made or was cut.
     #[error("connection failed: {message}")]
+    #[non_exhaustive]
     Connection {
         /// What failed.
         message: String,
@@ -62,30 +67,41 @@ pub enum CodeBoxError {
     },
     /// The kernel process died (OOM kill, `os._exit`, segfault, ...).
     #[error("kernel died: {cause}")]
+    #[non_exhaustive]
     KernelDied {
         /// How it died.
         cause: KernelDeath,
     },
     /// A kernel could not be started.
     #[error("kernel failed to start: {message}")]
+    #[non_exhaustive]
     KernelStart {
         /// What went wrong, with the tail of the kernel's stderr when there is one.
         message: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<BoxedSource>,
     },
     /// The backend cannot do this operation.
     #[error("unsupported by this box: {operation}")]
+    #[non_exhaustive]
     Unsupported {
         /// The operation that was asked for.
         operation: String,
     },
     /// The request was malformed or refers to something invalid.
     #[error("invalid input: {message}")]
+    #[non_exhaustive]
     InvalidInput {
         /// What is wrong.
         message: String,
+        /// The underlying error, when there is one (a parse error, say).
+        #[source]
+        source: Option<BoxedSource>,
     },
     /// A path was refused because it could lead outside the box.
     #[error("unsafe path {path:?}: {reason}")]
+    #[non_exhaustive]
     UnsafePath {
         /// The path as given.
         path: String,
@@ -94,24 +110,31 @@ pub enum CodeBoxError {
     },
     /// A package installation failed.
     #[error("install failed:\n{output}")]
+    #[non_exhaustive]
     Install {
         /// The installer's combined output.
         output: String,
     },
     /// The box is not running (never started, or stopped).
     #[error("box is not running: {message}")]
+    #[non_exhaustive]
     NotRunning {
         /// Detail.
         message: String,
     },
     /// The peer spoke the protocol wrongly (malformed JSON, a cut stream, an unexpected reply).
     #[error("protocol error: {message}")]
+    #[non_exhaustive]
     Protocol {
         /// What was wrong.
         message: String,
+        /// The underlying error, when there is one (a JSON error, say).
+        #[source]
+        source: Option<BoxedSource>,
     },
     /// A local I/O failure.
     #[error("I/O error: {context}: {source}")]
+    #[non_exhaustive]
     Io {
         /// What was being done.
         context: String,
@@ -122,6 +145,7 @@ pub enum CodeBoxError {
     /// Something was larger than a limit allows: a request body, a directory listing, an
     /// argument list.
     #[error("too large: {message}")]
+    #[non_exhaustive]
     TooLarge {
         /// What was too large, and the limit.
         message: String,
@@ -418,7 +442,7 @@ impl CodeBoxError {
 
     /// An [`InvalidInput`](Self::InvalidInput) error.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::InvalidInput { message: message.into() }
+        Self::InvalidInput { message: message.into(), source: None }
     }
 
     /// An [`Unsupported`](Self::Unsupported) error for `operation`.
@@ -428,7 +452,7 @@ impl CodeBoxError {
 
     /// A [`Protocol`](Self::Protocol) error.
     pub fn protocol(message: impl Into<String>) -> Self {
-        Self::Protocol { message: message.into() }
+        Self::Protocol { message: message.into(), source: None }
     }
 
     /// A [`NotFound`](Self::NotFound) error.
@@ -469,7 +493,7 @@ impl CodeBoxError {
 
     /// A [`KernelStart`](Self::KernelStart) error (see [`with_source`](Self::with_source)).
     pub fn kernel_start(message: impl Into<String>) -> Self {
-        Self::KernelStart { message: message.into() }
+        Self::KernelStart { message: message.into(), source: None }
     }
 
     /// An [`UnsafePath`](Self::UnsafePath) error for `path`.
@@ -499,8 +523,12 @@ impl CodeBoxError {
     /// [`Protocol`](Self::Protocol). The others, whose category says all (or, for
     /// [`Io`](Self::Io), whose cause is already required), are returned unchanged.
     pub fn with_source(mut self, cause: impl Into<BoxedSource>) -> Self {
-        if let Self::Connection { source, .. } = &mut self {
-            *source = Some(cause.into());
+        match &mut self {
+            Self::Connection { source, .. }
+            | Self::KernelStart { source, .. }
+            | Self::InvalidInput { source, .. }
+            | Self::Protocol { source, .. } => *source = Some(cause.into()),
+            _ => {}
         }
         self
     }
@@ -594,6 +622,23 @@ mod tests {
         assert_eq!(io(22).kind(), ErrorKind::Io);
         let nul = std::process::Command::new("a\0b").spawn().unwrap_err();
         assert_eq!(CodeBoxError::io("running", nul).kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn causes_are_kept_where_the_variant_has_room_for_one() {
+        use std::error::Error as _;
+        let cause = || std::io::Error::other("the cause");
+        for err in [
+            CodeBoxError::protocol("bad line").with_source(cause()),
+            CodeBoxError::invalid("bad JSON").with_source(cause()),
+            CodeBoxError::kernel_start("no kernel").with_source(cause()),
+            CodeBoxError::connection("cut").with_source(cause()),
+        ] {
+            assert_eq!(err.source().map(|s| s.to_string()).as_deref(), Some("the cause"), "{err:?}");
+        }
+        let without = CodeBoxError::not_found("x").with_source(cause());
+        assert!(without.source().is_none());
+        assert_eq!(CodeBoxError::too_large("a listing of 10 entries").kind(), ErrorKind::TooLarge);
     }
 
     #[test]

@@ -155,8 +155,8 @@ impl ErrorDetail {
     /// would retry.
     pub fn of(err: &CodeBoxError) -> Option<Self> {
         match err {
-            CodeBoxError::KernelDied { cause } => Some(Self::KernelDied { cause: cause.clone() }),
-            CodeBoxError::Timeout { kind, after, state_lost }
+            CodeBoxError::KernelDied { cause, .. } => Some(Self::KernelDied { cause: cause.clone() }),
+            CodeBoxError::Timeout { kind, after, state_lost, .. }
                 if !matches!(kind, TimeoutKind::Connect | TimeoutKind::Request | TimeoutKind::Read) =>
             {
                 Some(Self::Timeout { kind: *kind, after: *after, state_lost: *state_lost })
@@ -353,10 +353,12 @@ mod tests {
             assert!(back.http().is_none(), "{back:?}");
             assert_eq!(back.to_string(), err.to_string());
             match (&back, &err) {
-                (CodeBoxError::KernelDied { cause: a }, CodeBoxError::KernelDied { cause: b }) => assert_eq!(a, b),
+                (CodeBoxError::KernelDied { cause: a, .. }, CodeBoxError::KernelDied { cause: b, .. }) => {
+                    assert_eq!(a, b)
+                }
                 (
-                    CodeBoxError::Timeout { kind: k1, after: a1, state_lost: s1 },
-                    CodeBoxError::Timeout { kind: k2, after: a2, state_lost: s2 },
+                    CodeBoxError::Timeout { kind: k1, after: a1, state_lost: s1, .. },
+                    CodeBoxError::Timeout { kind: k2, after: a2, state_lost: s2, .. },
                 ) => assert_eq!((k1, a1, s1), (k2, a2, s2)),
                 _ => panic!("{err:?} came back as {back:?}"),
             }

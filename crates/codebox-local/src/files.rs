@@ -59,7 +59,7 @@ pub(crate) struct Root {
 }
 
 fn unsafe_path(path: &str, reason: &str) -> CodeBoxError {
-    CodeBoxError::UnsafePath { path: path.to_owned(), reason: reason.to_owned() }
+    CodeBoxError::unsafe_path(path.to_owned(), reason.to_owned())
 }
 
 fn errno_to_error(path: &str, e: Errno, what: &str) -> CodeBoxError {

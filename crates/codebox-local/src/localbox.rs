@@ -116,7 +116,7 @@ impl Config {
             crate::python::resolve(python.as_deref(), provision, profile, progress.as_ref())
         })
         .await
-        .map_err(|e| CodeBoxError::KernelStart { message: format!("provisioning task failed: {e}") })?
+        .map_err(|e| CodeBoxError::kernel_start(format!("provisioning task failed: {e}")))?
     }
 
     /// The environment of the kernel and of commands: ours, the environment's `bin` first on
@@ -424,7 +424,7 @@ pub(crate) async fn confine(spec: &LaunchSpec, dir: &Path) -> Result<Arc<Confine
     let (policy, dir) = (spec.sandbox.policy().clone(), dir.to_owned());
     tokio::task::spawn_blocking(move || policy.confine(&dir).map(Arc::new))
         .await
-        .map_err(|e| CodeBoxError::KernelStart { message: format!("the sandbox task failed: {e}") })?
+        .map_err(|e| CodeBoxError::kernel_start(format!("the sandbox task failed: {e}")))?
 }
 
 /// Release a confinement off the async threads (it may wait for processes to die).
@@ -555,14 +555,12 @@ impl Inner {
         if self.config.sandbox.uids.is_some()
             && let Some(dir) = crate::sandbox::uid::unreachable_for_others(&python)
         {
-            return Err(CodeBoxError::KernelStart {
-                message: format!(
-                    "the Python {} is inside {}, which session uids cannot enter: use a Python \
+            return Err(CodeBoxError::kernel_start(format!(
+                "the Python {} is inside {}, which session uids cannot enter: use a Python \
                      environment outside it (as root the managed one lives in /var/lib/codebox)",
-                    python.display(),
-                    dir.display()
-                ),
-            });
+                python.display(),
+                dir.display()
+            )));
         }
         let spec = self.config.spec_for(&python)?;
         let warm = match (&self.config.pool, &self.config.working_dir) {
@@ -698,13 +696,11 @@ impl Inner {
                     continue;
                 }
                 Phase::Stopped => {
-                    return Err(CodeBoxError::NotRunning { message: "the box was stopped".into() });
+                    return Err(CodeBoxError::not_running("the box was stopped"));
                 }
                 Phase::Dead => {
                     let detail = self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).detail.clone();
-                    return Err(CodeBoxError::NotRunning {
-                        message: detail.unwrap_or_else(|| "the kernel is dead".into()),
-                    });
+                    return Err(CodeBoxError::not_running(detail.unwrap_or_else(|| "the kernel is dead".into())));
                 }
                 Phase::Running => {}
             }
@@ -728,7 +724,7 @@ impl Inner {
     /// The handle of a running box, without starting it.
     async fn running(self: &Arc<Self>) -> Result<Handle> {
         if self.state.lock().await.phase == Phase::NotStarted {
-            return Err(CodeBoxError::NotRunning { message: "the box has not been started".into() });
+            return Err(CodeBoxError::not_running("the box has not been started"));
         }
         self.handle().await
     }
@@ -968,7 +964,7 @@ impl CodeBox for LocalBox {
         };
         let text = format!("{}{}", out.stdout, out.stderr);
         if !out.success() {
-            return Err(CodeBoxError::Install { output: text });
+            return Err(CodeBoxError::install(text));
         }
         // Let the running kernel see the new packages without a restart.
         let _guard = self.inner.exec_lock.lock().await;
@@ -989,12 +985,12 @@ impl CodeBox for LocalBox {
                 drop(st);
                 return self.inner.start().await;
             }
-            Phase::Stopped => return Err(CodeBoxError::NotRunning { message: "the box was stopped".into() }),
+            Phase::Stopped => return Err(CodeBoxError::not_running("the box was stopped")),
             Phase::Running | Phase::Dead => {}
         }
         self.inner.set_snapshot(|s| s.state = BoxState::Restarting);
         let Some(run) = st.run.as_mut() else {
-            return Err(CodeBoxError::NotRunning { message: "the box has no kernel".into() });
+            return Err(CodeBoxError::not_running("the box has no kernel"));
         };
         run.kernel.shutdown(Duration::from_secs(1)).await;
         let spec = run.spec.clone();

@@ -124,11 +124,9 @@ impl Inner {
         if self.running.load(Ordering::Acquire) {
             Ok(())
         } else if self.stopped.load(Ordering::Acquire) {
-            Err(CodeBoxError::NotRunning { message: format!("box {} was stopped", self.conn.id) })
+            Err(CodeBoxError::not_running(format!("box {} was stopped", self.conn.id)))
         } else {
-            Err(CodeBoxError::NotRunning {
-                message: format!("box {} is not started; call start() first", self.conn.id),
-            })
+            Err(CodeBoxError::not_running(format!("box {} is not started; call start() first", self.conn.id)))
         }
     }
 

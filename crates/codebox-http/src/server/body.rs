@@ -141,7 +141,8 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Re
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
         }
-        Err(e) => ApiError::from(CodeBoxError::protocol(format!("could not encode the response: {e}"))).to_response(),
+        Err(e) => ApiError::from(CodeBoxError::protocol(format!("could not encode the response: {e}")).with_source(e))
+            .to_response(),
     }
 }
 
@@ -187,7 +188,11 @@ impl Stream for Keepalive {
                 self.sleep.as_mut().reset(deadline);
                 let mut buf = match serde_json::to_vec(&line) {
                     Ok(buf) => buf,
-                    Err(e) => return Poll::Ready(Some(Err(CodeBoxError::protocol(format!("encoding an event: {e}"))))),
+                    Err(e) => {
+                        return Poll::Ready(Some(Err(
+                            CodeBoxError::protocol(format!("encoding an event: {e}")).with_source(e)
+                        )));
+                    }
                 };
                 buf.push(b'\n');
                 Poll::Ready(Some(Ok(Bytes::from(buf))))

@@ -158,7 +158,7 @@ async fn bash(cb: &dyn CodeBox, code: &str, options: RunOptions) -> Result<Chunk
     if let Some(packages) = uv_pip_install(code) {
         let chunks = match cb.install(&packages).await {
             Ok(output) => vec![tag("txt", &output)],
-            Err(CodeBoxError::Install { output }) => vec![tag("err", &output)],
+            Err(CodeBoxError::Install { output, .. }) => vec![tag("err", &output)],
             Err(e) if e.kind() == ErrorKind::Unsupported => return Err(e),
             Err(e) => vec![tag("err", &e.to_string())],
         };

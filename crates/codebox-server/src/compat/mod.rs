@@ -278,8 +278,10 @@ impl Scope<'_> {
     async fn download(&self, session: &Arc<Session>, path: &str, name: &str) -> ApiResult<Response<Body>> {
         // The 0.1 client takes everything after the first `=` as the name, so it goes
         // unquoted; what a header cannot carry is percent-encoded.
-        let disposition = HeaderValue::from_str(&format!("attachment; filename={}", header_safe(name)))
-            .map_err(|e| CodeBoxError::invalid(format!("file name {name:?} cannot be sent in a header: {e}")))?;
+        let disposition =
+            HeaderValue::from_str(&format!("attachment; filename={}", header_safe(name))).map_err(|e| {
+                CodeBoxError::invalid(format!("file name {name:?} cannot be sent in a header: {e}")).with_source(e)
+            })?;
         let guard = session.use_guard();
         let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
         let size = match session.codebox.list_files(dir, false).await {
@@ -360,7 +362,7 @@ fn ok_json<T: serde::Serialize + ?Sized>(value: &T) -> ApiResult<Response<Body>>
 /// An error's message without the `invalid input: ` its display adds.
 fn strip_kind(err: &CodeBoxError) -> String {
     match err {
-        CodeBoxError::InvalidInput { message } => message.clone(),
+        CodeBoxError::InvalidInput { message, .. } => message.clone(),
         other => other.to_string(),
     }
 }
@@ -386,7 +388,7 @@ fn timeout_secs(secs: Option<f64>) -> Result<Option<Duration>> {
         // Bounded well inside what `Duration` and deadline arithmetic can hold.
         Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::try_from_secs_f64(s)
             .map(Some)
-            .map_err(|e| CodeBoxError::invalid(format!("timeout {s} is not a duration: {e}"))),
+            .map_err(|e| CodeBoxError::invalid(format!("timeout {s} is not a duration: {e}")).with_source(e)),
         Some(s) => Err(CodeBoxError::invalid(format!("timeout must be a positive number of seconds, got {s}"))),
     }
 }
