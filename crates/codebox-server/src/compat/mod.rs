@@ -108,7 +108,7 @@ pub(crate) async fn handle(state: &AppState, owner: Option<Owner>, req: Request<
     let scope = Scope { state, owner };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (protocol, rest) = if let Some(rest) = path.strip_prefix(API01_PREFIX) {
+    let (client, rest) = if let Some(rest) = path.strip_prefix(API01_PREFIX) {
         (ClientVersion::Api01, rest)
     } else if let Some(rest) = path.strip_prefix(API02_PREFIX) {
         (ClientVersion::Api02, rest)
@@ -121,7 +121,7 @@ pub(crate) async fn handle(state: &AppState, owner: Option<Owner>, req: Request<
     };
     let (id, op) = after.split_once('/').unwrap_or((after, ""));
     let route = SessionRoute { method: &method, path: &path, id, op };
-    let result = match protocol {
+    let result = match client {
         ClientVersion::Api01 => api01::handle(&scope, &route, req).await,
         ClientVersion::Api02 => api02::handle(&scope, &route, req).await,
     };
@@ -225,7 +225,9 @@ impl Scope<'_> {
             config.max_upload_bytes.saturating_add(64 * 1024),
             config.body_idle_timeout,
         );
-        let part = multipart::first_file_part(body, &boundary).await?;
+        // A body that stalls or grows too large before the file part is answered as any
+        // request body (408, 413).
+        let part = multipart::first_file_part(body, &boundary).await.map_err(|e| ApiError::from_body_error(&e))?;
         if part.field != "file" {
             tracing::debug!(field = %part.field, "the upload's file field is not named `file`; taking it anyway");
         }
