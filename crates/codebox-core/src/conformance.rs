@@ -100,6 +100,23 @@ impl ConformanceOptions {
     }
 }
 
+/// What went wrong in a check that failed, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailure(pub String);
+
+impl From<String> for CheckFailure {
+    fn from(what: String) -> Self {
+        Self(what)
+    }
+}
+
+impl From<&str> for CheckFailure {
+    fn from(what: &str) -> Self {
+        Self(what.to_owned())
+    }
+}
+
 /// The outcome of one check.
 #[derive(Debug, Clone)]
 pub struct CheckResult {
@@ -109,23 +126,6 @@ pub struct CheckResult {
     pub outcome: std::result::Result<String, CheckFailure>,
     /// How long the check took.
     pub elapsed: Duration,
-}
-
-/// What went wrong in a failed check, in words for the person reading the report.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct CheckFailure(pub String);
-
-impl From<String> for CheckFailure {
-    fn from(text: String) -> Self {
-        Self(text)
-    }
-}
-
-impl From<&str> for CheckFailure {
-    fn from(text: &str) -> Self {
-        Self(text.to_owned())
-    }
 }
 
 /// The outcome of a whole run.
@@ -168,11 +168,18 @@ impl ConformanceReport {
 
 type CheckOutcome = std::result::Result<String, CheckFailure>;
 
+/// What a step of a check gives: a value, or why the check failed.
+type Checked<T> = std::result::Result<T, CheckFailure>;
+
 /// Start the box (if needed) and run every check against it. The box is left running.
 pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> ConformanceReport {
     let mut report = ConformanceReport::default();
     if let Err(e) = b.start().await {
-        report.checks.push(CheckResult { name: "start", outcome: Err(e.to_string().into()), elapsed: Duration::ZERO });
+        report.checks.push(CheckResult {
+            name: "start",
+            outcome: Err(CheckFailure(e.to_string())),
+            elapsed: Duration::ZERO,
+        });
         return report;
     }
     macro_rules! check {
@@ -209,12 +216,12 @@ async fn timed(name: &'static str, fut: impl Future<Output = CheckOutcome>) -> C
     CheckResult { name, outcome, elapsed: started.elapsed() }
 }
 
-fn ensure(cond: bool, msg: impl FnOnce() -> String) -> std::result::Result<(), CheckFailure> {
-    if cond { Ok(()) } else { Err(msg().into()) }
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Checked<()> {
+    if cond { Ok(()) } else { Err(CheckFailure(msg())) }
 }
 
-async fn exec(b: &dyn CodeBox, code: &str) -> std::result::Result<Execution, CheckFailure> {
-    b.run(code, RunOptions::default()).await.map_err(|e| format!("run({code:?}) failed: {e}").into())
+async fn exec(b: &dyn CodeBox, code: &str) -> Checked<Execution> {
+    b.run(code, RunOptions::default()).await.map_err(|e| CheckFailure(format!("run({code:?}) failed: {e}")))
 }
 
 fn describe(ex: &Execution) -> String {
@@ -349,7 +356,7 @@ fn pattern_chunk(start: usize, len: usize) -> Bytes {
     Bytes::from((start..start + len).map(pattern_byte).collect::<Vec<u8>>())
 }
 
-async fn round_trip(b: &dyn CodeBox, path: &str, size: usize) -> std::result::Result<(), CheckFailure> {
+async fn round_trip(b: &dyn CodeBox, path: &str, size: usize) -> Checked<()> {
     const CHUNK: usize = 1 << 20;
     let chunks = futures::stream::iter(
         (0..size).step_by(CHUNK).map(move |start| Ok(pattern_chunk(start, CHUNK.min(size - start)))),
@@ -425,7 +432,7 @@ async fn list_and_delete(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-fn expect_kind(result: Result<()>, kind: ErrorKind, what: &str) -> std::result::Result<(), CheckFailure> {
+fn expect_kind(result: Result<()>, kind: ErrorKind, what: &str) -> Checked<()> {
     match result {
         Ok(()) => Err(format!("{what}: succeeded, expected a {kind} error").into()),
         Err(e) if e.kind() == kind => Ok(()),

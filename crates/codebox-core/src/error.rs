@@ -15,29 +15,38 @@ pub type Result<T, E = CodeBoxError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodeBoxError {
-    /// An HTTP request got a failure status from a CodeBox server.
+    /// A server answered a request of this client with a failure status.
+    ///
+    /// Only an HTTP client builds this (`codebox-http`'s client, `wire::error_from_response`):
+    /// a server answers from its own error type, and a failure the server reports with a
+    /// typed detail (a kernel's death, an execution timeout) comes back as that variant
+    /// instead.
     #[error("{0}")]
     Http(Box<HttpError>),
     /// The API key was missing or not accepted.
     #[error("authentication failed: {message}")]
+    #[non_exhaustive]
     Authentication {
         /// What the server or client said.
         message: String,
     },
     /// A session, file or kernel does not exist.
     #[error("not found: {what}")]
+    #[non_exhaustive]
     NotFound {
         /// What was looked for.
         what: String,
     },
     /// Too many requests or sessions; try again later.
     #[error("rate limited{}", fmt_retry_after(*retry_after))]
+    #[non_exhaustive]
     RateLimited {
         /// How long the server asked the caller to wait.
         retry_after: Option<Duration>,
     },
     /// Something took longer than allowed.
     #[error("{kind} timed out{}{}", fmt_after(*after), if *state_lost { "; the kernel was restarted and its state was lost" } else { "" })]
+    #[non_exhaustive]
     Timeout {
         /// Which deadline passed.
         kind: TimeoutKind,
@@ -48,39 +57,51 @@ pub enum CodeBoxError {
     },
     /// A connection could not be made or was cut.
     #[error("connection failed: {message}")]
+    #[non_exhaustive]
     Connection {
         /// What failed.
         message: String,
         /// The underlying error.
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        source: Option<BoxedSource>,
     },
     /// The kernel process died (OOM kill, `os._exit`, segfault, ...).
     #[error("kernel died: {cause}")]
+    #[non_exhaustive]
     KernelDied {
         /// How it died.
         cause: KernelDeath,
     },
     /// A kernel could not be started.
     #[error("kernel failed to start: {message}")]
+    #[non_exhaustive]
     KernelStart {
         /// What went wrong, with the tail of the kernel's stderr when there is one.
         message: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<BoxedSource>,
     },
     /// The backend cannot do this operation.
     #[error("unsupported by this box: {operation}")]
+    #[non_exhaustive]
     Unsupported {
         /// The operation that was asked for.
         operation: String,
     },
     /// The request was malformed or refers to something invalid.
     #[error("invalid input: {message}")]
+    #[non_exhaustive]
     InvalidInput {
         /// What is wrong.
         message: String,
+        /// The underlying error, when there is one (a parse error, say).
+        #[source]
+        source: Option<BoxedSource>,
     },
     /// A path was refused because it could lead outside the box.
     #[error("unsafe path {path:?}: {reason}")]
+    #[non_exhaustive]
     UnsafePath {
         /// The path as given.
         path: String,
@@ -89,24 +110,31 @@ pub enum CodeBoxError {
     },
     /// A package installation failed.
     #[error("install failed:\n{output}")]
+    #[non_exhaustive]
     Install {
         /// The installer's combined output.
         output: String,
     },
     /// The box is not running (never started, or stopped).
     #[error("box is not running: {message}")]
+    #[non_exhaustive]
     NotRunning {
         /// Detail.
         message: String,
     },
     /// The peer spoke the protocol wrongly (malformed JSON, a cut stream, an unexpected reply).
     #[error("protocol error: {message}")]
+    #[non_exhaustive]
     Protocol {
         /// What was wrong.
         message: String,
+        /// The underlying error, when there is one (a JSON error, say).
+        #[source]
+        source: Option<BoxedSource>,
     },
     /// A local I/O failure.
     #[error("I/O error: {context}: {source}")]
+    #[non_exhaustive]
     Io {
         /// What was being done.
         context: String,
@@ -114,7 +142,18 @@ pub enum CodeBoxError {
         #[source]
         source: std::io::Error,
     },
+    /// Something was larger than a limit allows: a request body, a directory listing, an
+    /// argument list.
+    #[error("too large: {message}")]
+    #[non_exhaustive]
+    TooLarge {
+        /// What was too large, and the limit.
+        message: String,
+    },
 }
+
+/// The cause kept inside a [`CodeBoxError`].
+pub type BoxedSource = Box<dyn std::error::Error + Send + Sync>;
 
 /// The category of a [`CodeBoxError`], stable across local and remote boxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -361,6 +400,7 @@ impl CodeBoxError {
             Self::NotRunning { .. } => ErrorKind::NotRunning,
             Self::Protocol { .. } => ErrorKind::Protocol,
             Self::Io { source, .. } => io_kind(source),
+            Self::TooLarge { .. } => ErrorKind::TooLarge,
         }
     }
 
@@ -402,7 +442,7 @@ impl CodeBoxError {
 
     /// An [`InvalidInput`](Self::InvalidInput) error.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::InvalidInput { message: message.into() }
+        Self::InvalidInput { message: message.into(), source: None }
     }
 
     /// An [`Unsupported`](Self::Unsupported) error for `operation`.
@@ -412,12 +452,85 @@ impl CodeBoxError {
 
     /// A [`Protocol`](Self::Protocol) error.
     pub fn protocol(message: impl Into<String>) -> Self {
-        Self::Protocol { message: message.into() }
+        Self::Protocol { message: message.into(), source: None }
     }
 
     /// A [`NotFound`](Self::NotFound) error.
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::NotFound { what: what.into() }
+    }
+
+    /// An [`Authentication`](Self::Authentication) error.
+    pub fn authentication(message: impl Into<String>) -> Self {
+        Self::Authentication { message: message.into() }
+    }
+
+    /// A [`RateLimited`](Self::RateLimited) error, with how long to wait when known.
+    pub fn rate_limited(retry_after: Option<Duration>) -> Self {
+        Self::RateLimited { retry_after }
+    }
+
+    /// A [`Timeout`](Self::Timeout) of `kind` after `after`, with the box's state kept.
+    pub fn timeout(kind: TimeoutKind, after: Option<Duration>) -> Self {
+        Self::Timeout { kind, after, state_lost: false }
+    }
+
+    /// A [`Timeout`](Self::Timeout) of `kind` after which the kernel was killed and
+    /// restarted, so its variables are gone.
+    pub fn timeout_state_lost(kind: TimeoutKind, after: Option<Duration>) -> Self {
+        Self::Timeout { kind, after, state_lost: true }
+    }
+
+    /// A [`Connection`](Self::Connection) error (see [`with_source`](Self::with_source)).
+    pub fn connection(message: impl Into<String>) -> Self {
+        Self::Connection { message: message.into(), source: None }
+    }
+
+    /// A [`KernelDied`](Self::KernelDied) error.
+    pub fn kernel_died(cause: KernelDeath) -> Self {
+        Self::KernelDied { cause }
+    }
+
+    /// A [`KernelStart`](Self::KernelStart) error (see [`with_source`](Self::with_source)).
+    pub fn kernel_start(message: impl Into<String>) -> Self {
+        Self::KernelStart { message: message.into(), source: None }
+    }
+
+    /// An [`UnsafePath`](Self::UnsafePath) error for `path`.
+    pub fn unsafe_path(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::UnsafePath { path: path.into(), reason: reason.into() }
+    }
+
+    /// An [`Install`](Self::Install) error with the installer's output.
+    pub fn install(output: impl Into<String>) -> Self {
+        Self::Install { output: output.into() }
+    }
+
+    /// A [`NotRunning`](Self::NotRunning) error.
+    pub fn not_running(message: impl Into<String>) -> Self {
+        Self::NotRunning { message: message.into() }
+    }
+
+    /// A [`TooLarge`](Self::TooLarge) error.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::TooLarge { message: message.into() }
+    }
+
+    /// This error with `cause` kept as its [`source`](std::error::Error::source).
+    ///
+    /// Only the variants that carry a cause keep it: [`Connection`](Self::Connection),
+    /// [`KernelStart`](Self::KernelStart), [`InvalidInput`](Self::InvalidInput) and
+    /// [`Protocol`](Self::Protocol). The others, whose category says all (or, for
+    /// [`Io`](Self::Io), whose cause is already required), are returned unchanged.
+    pub fn with_source(mut self, cause: impl Into<BoxedSource>) -> Self {
+        match &mut self {
+            Self::Connection { source, .. }
+            | Self::KernelStart { source, .. }
+            | Self::InvalidInput { source, .. }
+            | Self::Protocol { source, .. } => *source = Some(cause.into()),
+            _ => {}
+        }
+        self
     }
 }
 
@@ -509,6 +622,23 @@ mod tests {
         assert_eq!(io(22).kind(), ErrorKind::Io);
         let nul = std::process::Command::new("a\0b").spawn().unwrap_err();
         assert_eq!(CodeBoxError::io("running", nul).kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn causes_are_kept_where_the_variant_has_room_for_one() {
+        use std::error::Error as _;
+        let cause = || std::io::Error::other("the cause");
+        for err in [
+            CodeBoxError::protocol("bad line").with_source(cause()),
+            CodeBoxError::invalid("bad JSON").with_source(cause()),
+            CodeBoxError::kernel_start("no kernel").with_source(cause()),
+            CodeBoxError::connection("cut").with_source(cause()),
+        ] {
+            assert_eq!(err.source().map(|s| s.to_string()).as_deref(), Some("the cause"), "{err:?}");
+        }
+        let without = CodeBoxError::not_found("x").with_source(cause());
+        assert!(without.source().is_none());
+        assert_eq!(CodeBoxError::too_large("a listing of 10 entries").kind(), ErrorKind::TooLarge);
     }
 
     #[test]

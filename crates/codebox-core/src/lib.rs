@@ -23,7 +23,7 @@ mod status;
 pub mod conformance;
 
 pub use crate::codebox::{ByteStream, CodeBox, CodeBoxExt, EventStream};
-pub use crate::error::{CodeBoxError, ErrorKind, HttpError, KernelDeath, Result, TimeoutKind};
+pub use crate::error::{BoxedSource, CodeBoxError, ErrorKind, HttpError, KernelDeath, Result, TimeoutKind};
 pub use crate::event::{ErrorInfo, ExecEvent, MimeBundle, Outcome};
 pub use crate::execution::{Execution, Image};
 pub use crate::files::{FileInfo, normalize_box_path};

@@ -1,6 +1,10 @@
 //! The JSON shapes of the native API (`/v1`), shared by client and server.
 
-use codebox_core::{BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, HttpError, RunOptions};
+use std::time::Duration;
+
+use codebox_core::{
+    BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, HttpError, KernelDeath, RunOptions, TimeoutKind,
+};
 use serde::{Deserialize, Serialize};
 
 /// The path prefix of the native API.
@@ -85,31 +89,166 @@ pub enum StreamLine {
 }
 
 /// The `error` object of every JSON error response and of a stream's error line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `kind` and `message` are always there; the other fields only when the error has them,
+/// so that a client can rebuild the error a box gave (see [`ErrorDetail`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ErrorBody {
     /// The category.
     pub kind: ErrorKind,
     /// A human-readable message.
     pub message: String,
+    /// Seconds to wait before trying again, when the server says (a JSON error response
+    /// also sends it as `Retry-After`; a stream's error line has only this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<f64>,
+    /// For `kernel_died`: how the kernel died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<KernelDeath>,
+    /// For `timeout` from a box: which deadline passed (`execution`, `kernel_start`,
+    /// `transfer` or `operation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<TimeoutKind>,
+    /// For `timeout` from a box: the deadline in seconds, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<f64>,
+    /// For `timeout` from a box: whether the kernel was killed and restarted, so its
+    /// variables are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_lost: Option<bool>,
 }
 
 /// A JSON error response: `{"error": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorResponse {
     /// The error.
     pub error: ErrorBody,
 }
 
+/// What an error says beyond its kind and message, carried over HTTP so that a client
+/// gets back the same [`CodeBoxError`] variant a box in its own process would give.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ErrorDetail {
+    /// The kernel died ([`CodeBoxError::KernelDied`]).
+    KernelDied {
+        /// How it died.
+        cause: KernelDeath,
+    },
+    /// A deadline of the box passed ([`CodeBoxError::Timeout`]).
+    Timeout {
+        /// Which deadline.
+        kind: TimeoutKind,
+        /// The deadline, when known.
+        after: Option<Duration>,
+        /// The kernel was killed and restarted, so its variables are gone.
+        state_lost: bool,
+    },
+}
+
+impl ErrorDetail {
+    /// The detail of `err`, when it has one worth carrying.
+    ///
+    /// A timeout of a connection (connect, request, read) is not carried: it was a
+    /// deadline of the server's own connection, and a client that took it for its own
+    /// would retry.
+    pub fn of(err: &CodeBoxError) -> Option<Self> {
+        match err {
+            CodeBoxError::KernelDied { cause, .. } => Some(Self::KernelDied { cause: cause.clone() }),
+            CodeBoxError::Timeout { kind, after, state_lost, .. }
+                if !matches!(kind, TimeoutKind::Connect | TimeoutKind::Request | TimeoutKind::Read) =>
+            {
+                Some(Self::Timeout { kind: *kind, after: *after, state_lost: *state_lost })
+            }
+            _ => None,
+        }
+    }
+
+    /// The error this detail stands for: the variant a box in this process gives.
+    pub fn into_error(self) -> CodeBoxError {
+        match self {
+            Self::KernelDied { cause } => CodeBoxError::kernel_died(cause),
+            Self::Timeout { kind, after, state_lost: false } => CodeBoxError::timeout(kind, after),
+            Self::Timeout { kind, after, state_lost: true } => CodeBoxError::timeout_state_lost(kind, after),
+        }
+    }
+
+    /// The kind of error this detail belongs to.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::KernelDied { .. } => ErrorKind::KernelDied,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+        }
+    }
+}
+
 impl ErrorBody {
-    /// The wire form of an error.
+    /// An error body with only a kind and a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+            cause: None,
+            timeout: None,
+            after: None,
+            state_lost: None,
+        }
+    }
+
+    /// The wire form of an error, with its retry delay and detail.
     pub fn from_error(err: &CodeBoxError) -> Self {
-        Self { kind: err.kind(), message: err.to_string() }
+        Self::new(err.kind(), err.to_string()).with_retry_after(err.retry_after()).with_detail(ErrorDetail::of(err))
+    }
+
+    /// This body saying how long to wait before trying again.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after.map(|d| d.as_secs_f64());
+        self
+    }
+
+    /// This body carrying `detail`'s fields.
+    pub fn with_detail(mut self, detail: Option<ErrorDetail>) -> Self {
+        match detail {
+            Some(ErrorDetail::KernelDied { cause }) => self.cause = Some(cause),
+            Some(ErrorDetail::Timeout { kind, after, state_lost }) => {
+                self.timeout = Some(kind);
+                self.after = after.map(|d| d.as_secs_f64());
+                self.state_lost = Some(state_lost);
+            }
+            None => {}
+        }
+        self
+    }
+
+    /// The detail the body carries, when its fields fit its kind.
+    pub fn detail(&self) -> Option<ErrorDetail> {
+        match self.kind {
+            ErrorKind::KernelDied => self.cause.clone().map(|cause| ErrorDetail::KernelDied { cause }),
+            ErrorKind::Timeout => self.timeout.map(|kind| ErrorDetail::Timeout {
+                kind,
+                after: self.after.and_then(seconds),
+                state_lost: self.state_lost.unwrap_or(false),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The retry delay the body carries.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after.and_then(seconds)
     }
 
     /// The HTTP status a server answers with for this kind of error.
     pub fn status(&self) -> u16 {
         status_for_kind(self.kind)
     }
+}
+
+/// Seconds from the wire as a duration, when they are a sane one.
+fn seconds(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// The HTTP status that fits an error kind.
@@ -132,17 +271,23 @@ pub fn status_for_kind(kind: ErrorKind) -> u16 {
 
 /// Rebuild a client-side error from a failure response.
 ///
-/// `body` is the raw response body; when it is a JSON error response its kind and message
-/// are kept, and the JSON is attached either way.
+/// `body` is the raw response body. When it is a JSON error response with a typed detail
+/// (a kernel's death, a box's timeout), the result is that variant
+/// ([`CodeBoxError::KernelDied`], [`CodeBoxError::Timeout`]), as a box in this process
+/// would give it. Otherwise it is [`CodeBoxError::Http`]: with the body's kind and message
+/// when it is a JSON error response, and the JSON attached either way.
 pub fn error_from_response(status: u16, headers: Vec<(String, String)>, body: &[u8]) -> CodeBoxError {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let parsed = json.as_ref().and_then(|j| serde_json::from_value::<ErrorResponse>(j.clone()).ok());
+    if let Some(detail) = parsed.as_ref().and_then(|r| r.error.detail()) {
+        return detail.into_error();
+    }
     let retry_after = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
         .and_then(|(_, v)| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(std::time::Duration::from_secs_f64);
+        .and_then(seconds)
+        .or_else(|| parsed.as_ref().and_then(|r| r.error.retry_after()));
     let (kind, message) = match parsed {
         Some(r) => (r.error.kind, r.error.message),
         None => {
@@ -160,7 +305,6 @@ pub fn error_from_response(status: u16, headers: Vec<(String, String)>, body: &[
 mod tests {
     use super::*;
     use codebox_core::Outcome;
-    use std::time::Duration;
 
     /// Every kind goes out with its status and comes back as the same kind, from the JSON
     /// body or, without one, from the status alone.
@@ -193,6 +337,71 @@ mod tests {
         let end = StreamLine::Event { seq: 1, event: ExecEvent::end(Some(1), Duration::from_millis(2), Outcome::Ok) };
         let back: StreamLine = serde_json::from_str(&serde_json::to_string(&end).unwrap()).unwrap();
         assert_eq!(back, end);
+    }
+
+    /// What a box in this process gives, a client gets back from the wire: the body of a
+    /// JSON error response turns back into the same variant, not into `Http`.
+    #[test]
+    fn typed_detail_round_trips_to_the_same_variant() {
+        let died = CodeBoxError::kernel_died(KernelDeath::Signaled { signal: 9 });
+        let lost = CodeBoxError::timeout_state_lost(TimeoutKind::Execution, Some(Duration::from_millis(500)));
+        let kept = CodeBoxError::timeout(TimeoutKind::KernelStart, None);
+        for err in [died, lost, kept] {
+            let body = ErrorBody::from_error(&err);
+            let json = serde_json::to_vec(&ErrorResponse { error: body.clone() }).unwrap();
+            let back = error_from_response(body.status(), vec![], &json);
+            assert!(back.http().is_none(), "{back:?}");
+            assert_eq!(back.to_string(), err.to_string());
+            match (&back, &err) {
+                (CodeBoxError::KernelDied { cause: a, .. }, CodeBoxError::KernelDied { cause: b, .. }) => {
+                    assert_eq!(a, b)
+                }
+                (
+                    CodeBoxError::Timeout { kind: k1, after: a1, state_lost: s1, .. },
+                    CodeBoxError::Timeout { kind: k2, after: a2, state_lost: s2, .. },
+                ) => assert_eq!((k1, a1, s1), (k2, a2, s2)),
+                _ => panic!("{err:?} came back as {back:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_wire_names_the_detail_fields() {
+        let lost = CodeBoxError::timeout_state_lost(TimeoutKind::Execution, Some(Duration::from_secs(2)));
+        let json = serde_json::to_value(ErrorBody::from_error(&lost)).unwrap();
+        assert_eq!(json["kind"], "timeout");
+        assert_eq!(json["timeout"], "execution");
+        assert_eq!(json["after"], 2.0);
+        assert_eq!(json["state_lost"], true);
+        let died = CodeBoxError::kernel_died(KernelDeath::Exited { code: 3 });
+        let json = serde_json::to_value(ErrorBody::from_error(&died)).unwrap();
+        assert_eq!(json["cause"], serde_json::json!({"type": "exited", "code": 3}));
+        // Without detail, only kind and message: what older clients and servers send.
+        let plain = serde_json::to_value(ErrorBody::from_error(&CodeBoxError::not_found("x"))).unwrap();
+        assert_eq!(plain.as_object().unwrap().len(), 2, "{plain}");
+    }
+
+    #[test]
+    fn a_timeout_of_the_servers_own_connection_stays_an_http_error() {
+        // The server's read deadline passed, not the client's: typed, the client would take
+        // it for its own and retry.
+        let read = CodeBoxError::timeout(TimeoutKind::Read, Some(Duration::from_secs(1)));
+        assert_eq!(ErrorDetail::of(&read), None);
+        let json = serde_json::to_vec(&ErrorResponse { error: ErrorBody::from_error(&read) }).unwrap();
+        let back = error_from_response(504, vec![], &json);
+        assert_eq!((back.http().map(|h| h.status), back.kind()), (Some(504), ErrorKind::Timeout));
+        // A detail whose fields do not fit the kind is not trusted.
+        let odd = br#"{"error":{"kind":"not_found","message":"m","cause":{"type":"out_of_memory"}}}"#;
+        assert_eq!(error_from_response(404, vec![], odd).kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_retry_delay_in_the_body_counts_when_no_header_says_one() {
+        let body = br#"{"error":{"kind":"rate_limited","message":"full","retry_after":2.5}}"#;
+        let err = error_from_response(503, vec![], body);
+        assert_eq!(err.retry_after(), Some(Duration::from_millis(2500)));
+        let err = error_from_response(503, vec![("retry-after".into(), "4".into())], body);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(4)), "the header wins");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub(crate) async fn confine(spec: &LaunchSpec, dir: &Path) -> Result<Arc<Confine
     let (policy, dir) = (spec.sandbox.policy().clone(), dir.to_owned());
     tokio::task::spawn_blocking(move || policy.confine(&dir).map(Arc::new))
         .await
-        .map_err(|e| CodeBoxError::KernelStart { message: format!("the sandbox task failed: {e}") })?
+        .map_err(|e| CodeBoxError::kernel_start(format!("the sandbox task failed: {e}")))?
 }
 
 /// Release a confinement (it may wait for processes to die).

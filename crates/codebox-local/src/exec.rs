@@ -45,7 +45,7 @@ pub(crate) async fn wait_death(death: &mut tokio::sync::watch::Receiver<Option<K
 }
 
 fn died(cause: KernelDeath) -> CodeBoxError {
-    CodeBoxError::KernelDied { cause }
+    CodeBoxError::kernel_died(cause)
 }
 
 /// Run code silently (no outputs, no history) and wait for it; used to set and restore the
@@ -158,7 +158,7 @@ impl Driver {
                 },
                 cause = wait_death(&mut death) => {
                     let err = if self.kernel.exit_reason() == ExitReason::TimeoutKill {
-                        CodeBoxError::Timeout { kind: TimeoutKind::Execution, after: self.limits.timeout, state_lost: true }
+                        CodeBoxError::timeout_state_lost(TimeoutKind::Execution, self.limits.timeout)
                     } else {
                         died(cause)
                     };

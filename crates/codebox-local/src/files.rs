@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
 
-use codebox_core::{ByteStream, CodeBoxError, FileInfo, HttpError, Result, normalize_box_path};
+use codebox_core::{ByteStream, CodeBoxError, FileInfo, Result, normalize_box_path};
 use futures::StreamExt;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -45,8 +45,7 @@ async fn blocking<T: Send + 'static>(what: &str, work: impl FnOnce() -> Result<T
 
 fn listing_too_large(dir: &str, cap: &str) -> CodeBoxError {
     let shown = if dir.is_empty() { "the working directory" } else { dir };
-    HttpError::new(413, format!("the listing of {shown:?} {cap}; list a subdirectory, or list without recursion"))
-        .into()
+    CodeBoxError::too_large(format!("the listing of {shown:?} {cap}; list a subdirectory, or list without recursion"))
 }
 
 /// A box's working directory, opened once.
@@ -60,7 +59,7 @@ pub(crate) struct Root {
 }
 
 fn unsafe_path(path: &str, reason: &str) -> CodeBoxError {
-    CodeBoxError::UnsafePath { path: path.to_owned(), reason: reason.to_owned() }
+    CodeBoxError::unsafe_path(path.to_owned(), reason.to_owned())
 }
 
 fn errno_to_error(path: &str, e: Errno, what: &str) -> CodeBoxError {

@@ -114,7 +114,7 @@ impl Drop for Kernel {
 }
 
 fn start_error(message: impl Into<String>) -> CodeBoxError {
-    CodeBoxError::KernelStart { message: message.into() }
+    CodeBoxError::kernel_start(message)
 }
 
 impl Kernel {
@@ -268,15 +268,12 @@ impl Kernel {
             Channel::IoPub => return Err(CodeBoxError::protocol("cannot send on IOPub")),
         };
         let Some(sender) = sender.as_mut() else {
-            return Err(CodeBoxError::Connection {
-                message: format!("the connection to kernel {} is closed", self.name),
-                source: None,
-            });
+            return Err(CodeBoxError::connection(format!("the connection to kernel {} is closed", self.name)));
         };
-        sender.send(msg).await.map_err(|e| CodeBoxError::Connection {
-            message: format!("sending to kernel {} failed", self.name),
-            source: Some(Box::new(e)),
-        })
+        sender
+            .send(msg)
+            .await
+            .map_err(|e| CodeBoxError::connection(format!("sending to kernel {} failed", self.name)).with_source(e))
     }
 
     /// Ask the kernel to interrupt what it runs. Does not wait for it to comply.

@@ -116,7 +116,7 @@ impl Config {
             crate::python::resolve(python.as_deref(), provision, profile, progress.as_ref())
         })
         .await
-        .map_err(|e| CodeBoxError::KernelStart { message: format!("provisioning task failed: {e}") })?
+        .map_err(|e| CodeBoxError::kernel_start(format!("provisioning task failed: {e}")))?
     }
 
     /// The environment of the kernel and of commands: ours, the environment's `bin` first on

@@ -92,17 +92,16 @@ fn check_python(python: &Path, origin: &str) -> Result<()> {
             checked().lock().unwrap_or_else(|e| e.into_inner()).insert(python.to_owned());
             Ok(())
         }
-        Ok(o) => Err(CodeBoxError::KernelStart {
-            message: format!(
-                "the Python from {origin} ({}) cannot import ipykernel: {}\nInstall it with: {} -m pip install ipykernel",
-                python.display(),
-                String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or(""),
-                python.display()
-            ),
-        }),
-        Err(e) => Err(CodeBoxError::KernelStart {
-            message: format!("the Python from {origin} ({}) cannot be run: {e}", python.display()),
-        }),
+        Ok(o) => Err(CodeBoxError::kernel_start(format!(
+            "the Python from {origin} ({}) cannot import ipykernel: {}\nInstall it with: {} -m pip install ipykernel",
+            python.display(),
+            String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or(""),
+            python.display()
+        ))),
+        Err(e) => Err(CodeBoxError::kernel_start(format!(
+            "the Python from {origin} ({}) cannot be run: {e}",
+            python.display()
+        ))),
     }
 }
 
@@ -138,14 +137,12 @@ fn resolve_with(
         return Ok(venv_python(dir));
     }
     if provision == Provision::Off {
-        return Err(CodeBoxError::KernelStart {
-            message: format!(
-                "no Python with ipykernel: set CODEBOX_PYTHON to a Python that has ipykernel \
+        return Err(CodeBoxError::kernel_start(format!(
+            "no Python with ipykernel: set CODEBOX_PYTHON to a Python that has ipykernel \
                  (`python3 -m pip install ipykernel`), pass one to LocalBox::builder().with_python(..), \
                  or allow provisioning so codebox creates its managed environment in {}",
-                dir.display()
-            ),
-        });
+            dir.display()
+        )));
     }
     provision_at(dir, profile, progress)?;
     Ok(venv_python(dir))
@@ -181,7 +178,7 @@ fn run_logged(mut cmd: Command, tool: &str, step: &ProvisionStep, reporter: &Rep
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| CodeBoxError::KernelStart { message: format!("{tool}: cannot run: {e}") })?;
+        .map_err(|e| CodeBoxError::kernel_start(format!("{tool}: cannot run: {e}")))?;
     let stderr = child.stderr.take().expect("piped");
     let err_thread = std::thread::spawn(move || {
         let mut s = String::new();
@@ -202,9 +199,7 @@ fn run_logged(mut cmd: Command, tool: &str, step: &ProvisionStep, reporter: &Rep
         return Ok(());
     }
     let out: Vec<String> = tail.into_iter().collect();
-    Err(CodeBoxError::KernelStart {
-        message: format!("{tool} failed ({status}):\n{}\n{}", out.join("\n"), stderr.trim()),
-    })
+    Err(CodeBoxError::kernel_start(format!("{tool} failed ({status}):\n{}\n{}", out.join("\n"), stderr.trim())))
 }
 
 /// What one step of a build runs.
@@ -262,10 +257,11 @@ pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&Progre
         let base = base_pythons()
             .into_iter()
             .find(|p| Command::new(p).args(["-c", "import venv, ensurepip"]).output().is_ok_and(|o| o.status.success()))
-            .ok_or_else(|| CodeBoxError::KernelStart {
-                message: "no python3 with the venv module found: install Python 3 (on Debian/Ubuntu: \
-                          apt-get install python3-venv) or set CODEBOX_PYTHON"
-                    .into(),
+            .ok_or_else(|| {
+                CodeBoxError::kernel_start(
+                    "no python3 with the venv module found: install Python 3 (on Debian/Ubuntu: \
+                          apt-get install python3-venv) or set CODEBOX_PYTHON",
+                )
             })?;
         plan.push(StepWork::Venv(base));
     }

@@ -89,9 +89,9 @@ impl Connection {
         if self.is_running() {
             Ok(())
         } else if self.stopped.load(Ordering::Acquire) {
-            Err(CodeBoxError::NotRunning { message: format!("box {} was stopped", self.id) })
+            Err(CodeBoxError::not_running(format!("box {} was stopped", self.id)))
         } else {
-            Err(CodeBoxError::NotRunning { message: format!("box {} is not started; call start() first", self.id) })
+            Err(CodeBoxError::not_running(format!("box {} is not started; call start() first", self.id)))
         }
     }
 

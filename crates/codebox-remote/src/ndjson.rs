@@ -130,8 +130,13 @@ impl Decoder {
     }
 }
 
-/// The error an error line stands for, with the same kind the server reported.
+/// The error an error line stands for: the variant a box in this process gives when the
+/// line carries its detail (a kernel's death, an execution timeout), else an HTTP error with
+/// the kind the server reported.
 fn error_from_line(error: ErrorBody) -> CodeBoxError {
+    if let Some(detail) = error.detail() {
+        return detail.into_error();
+    }
     let status = status_for_kind(error.kind);
     let body = serde_json::to_vec(&ErrorResponse { error }).unwrap_or_default();
     error_from_response(status, Vec::new(), &body)
@@ -141,7 +146,7 @@ fn error_from_line(error: ErrorBody) -> CodeBoxError {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use codebox_core::{ErrorKind, Execution, Outcome};
+    use codebox_core::{ErrorKind, Execution, KernelDeath, Outcome, TimeoutKind};
 
     fn body(chunks: &[&str]) -> ByteStream {
         let chunks: Vec<Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::from(c.to_string()))).collect();
@@ -179,6 +184,28 @@ mod tests {
         let err = Execution::collect(decode(died)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::KernelDied);
         assert!(err.to_string().contains("signal 9"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_error_line_with_its_detail_is_the_variant_a_box_gives() {
+        let died =
+            body(&["{\"seq\":0,\"error\":{\"kind\":\"kernel_died\",\"message\":\"kernel died: killed by signal 9 \
+             (SIGKILL)\",\"cause\":{\"type\":\"signaled\",\"signal\":9}}}\n"]);
+        match Execution::collect(decode(died)).await.unwrap_err() {
+            CodeBoxError::KernelDied { cause, .. } => assert_eq!(cause, KernelDeath::Signaled { signal: 9 }),
+            other => panic!("expected KernelDied, got {other:?}"),
+        }
+        let lost = body(&[
+            "{\"seq\":0,\"event\":{\"type\":\"stdout\",\"text\":\"a\"}}\n",
+            "{\"seq\":1,\"error\":{\"kind\":\"timeout\",\"message\":\"m\",\"timeout\":\"execution\",\"after\":0.5,\
+             \"state_lost\":true}}\n",
+        ]);
+        match Execution::collect(decode(lost)).await.unwrap_err() {
+            CodeBoxError::Timeout { kind, after, state_lost, .. } => {
+                assert_eq!((kind, after, state_lost), (TimeoutKind::Execution, Some(Duration::from_millis(500)), true));
+            }
+            other => panic!("expected an execution timeout, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use codebox_core::{CodeBoxError, ErrorKind, HttpError};
+use codebox_core::ErrorKind;
+use codebox_http::server::ApiError;
 
 use crate::auth::Owner;
 
@@ -39,15 +40,12 @@ impl DownloadSlots {
     }
 
     /// A slot for a download of `owner`'s, or the error that says why not.
-    pub(crate) fn take(self: &Arc<Self>, owner: Owner) -> Result<DownloadSlot, CodeBoxError> {
+    pub(crate) fn take(self: &Arc<Self>, owner: Owner) -> Result<DownloadSlot, ApiError> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let all: usize = held.values().sum();
         let mine = held.get(&owner).copied().unwrap_or(0);
         let refuse = |status: u16, message: String| {
-            let mut err = HttpError::new(status, message);
-            err.kind = ErrorKind::RateLimited;
-            err.retry_after = Some(Duration::from_secs(1));
-            CodeBoxError::Http(Box::new(err))
+            ApiError::new(status, ErrorKind::RateLimited, message).with_retry_after(Duration::from_secs(1))
         };
         if mine >= self.per_key {
             return Err(refuse(
@@ -86,14 +84,13 @@ mod tests {
         let a1 = slots.take(a).unwrap();
         let _a2 = slots.take(a).unwrap();
         let err = slots.take(a).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::RateLimited);
-        assert_eq!(err.http().map(|h| h.status), Some(429));
+        assert_eq!((err.status, err.kind), (429, ErrorKind::RateLimited));
         let _b1 = slots.take(b).unwrap();
         let _b2 = slots.take(b).unwrap();
         drop(a1);
         let _a3 = slots.take(a).unwrap();
         let full = DownloadSlots::new(1, 1);
         let _only = full.take(a).unwrap();
-        assert_eq!(full.take(b).unwrap_err().http().map(|h| h.status), Some(503));
+        assert_eq!(full.take(b).unwrap_err().status, 503);
     }
 }

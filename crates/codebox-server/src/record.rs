@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use codebox_core::{ApiKey, CodeBoxError, ErrorKind, Result};
-use codebox_http::server::status_error;
+use codebox_http::server::ApiError;
 
 use crate::auth::Owner;
 
@@ -216,11 +216,11 @@ impl SessionRecord {
     }
 
     /// The 410 answer when the owner's session `id` was lost with a restart.
-    pub(crate) fn lost_error(&self, owner: Owner, id: &str) -> Option<CodeBoxError> {
+    pub(crate) fn lost_error(&self, owner: Owner, id: &str) -> Option<ApiError> {
         let entry = (self.owner_name(owner).to_owned(), id.to_owned());
         let lost = self.lost.lock().unwrap_or_else(|e| e.into_inner()).contains(&entry);
         lost.then(|| {
-            status_error(
+            ApiError::new(
                 410,
                 ErrorKind::SessionLost,
                 format!(
@@ -269,7 +269,7 @@ mod tests {
 
         let second = SessionRecord::open(dir.path(), &two).unwrap();
         let err = second.lost_error(a, "kept").expect("lost");
-        assert_eq!(err.http().map(|h| h.status), Some(410));
+        assert_eq!((err.status, err.kind), (410, ErrorKind::SessionLost));
         assert!(err.to_string().contains("lost when the server restarted"), "{err}");
         assert!(second.lost_error(b, "kept").is_none(), "another owner's id is not lost for this one");
         assert!(second.lost_error(a, "deleted").is_none(), "a deleted session is simply gone");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use codebox_core::{CodeBoxError, ErrorKind};
-use codebox_http::server::{Body, REQUEST_ID_HEADER, RequestId, json_response, status_error};
+use codebox_http::server::{ApiError, Body, REQUEST_ID_HEADER, RequestId, json_response};
 use http::{HeaderValue, Method, header};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -55,7 +55,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
         Matched::Route(route, params) => (route, params),
         Matched::WrongMethod(allowed) => {
             let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-            let err = status_error(
+            let err = ApiError::new(
                 405,
                 ErrorKind::InvalidInput,
                 format!("{} is not allowed here; use {allow}", req.method()),
@@ -66,7 +66,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
             }
             return resp;
         }
-        Matched::NotFound => return state.fail(&CodeBoxError::not_found(format!("no route {path}"))),
+        Matched::NotFound => return state.fail(&CodeBoxError::not_found(format!("no route {path}")).into()),
     };
     match route {
         Route::Health => return json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
@@ -85,11 +85,11 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
             } else {
                 "the API key was not accepted"
             };
-            let mut resp = state.fail(&CodeBoxError::Authentication { message: message.into() });
+            let mut resp = state.fail(&CodeBoxError::authentication(message).into());
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return resp;
         }
-        _ => return state.fail(&CodeBoxError::not_found(format!("no route {path}"))),
+        _ => return state.fail(&CodeBoxError::not_found(format!("no route {path}")).into()),
     };
     if route == Route::Metrics {
         let mut resp = Response::new(Body::full(state.metrics.render(state.registry.len())));

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use codebox_core::{CodeBox, CodeBoxError, ErrorKind, Result};
-use codebox_http::server::status_error;
+use codebox_core::{CodeBox, CodeBoxError, ErrorKind};
+use codebox_http::server::ApiError;
 use codebox_http::wire::SessionInfo;
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -17,6 +17,7 @@ use crate::auth::Owner;
 use crate::factory::BoxFactory;
 use crate::metrics::Metrics;
 use crate::record::SessionRecord;
+use crate::state::ApiResult;
 
 /// One session: a box, its owner, and its use.
 pub(crate) struct Session {
@@ -222,14 +223,14 @@ impl Registry {
 
     /// [`get`](Self::get), or a 404 `not_found` error naming the session (410 Gone, kind
     /// `not_found`, when the session was lost with a restart of the server).
-    pub(crate) fn require(&self, owner: Owner, id: &str) -> Result<Arc<Session>> {
+    pub(crate) fn require(&self, owner: Owner, id: &str) -> ApiResult<Arc<Session>> {
         self.get(owner, id).ok_or_else(|| self.missing(owner, id))
     }
 
     /// The error for the owner's session `id` that does not exist: 410 Gone when it was
     /// lost with a restart of the server, else 404.
-    pub(crate) fn missing(&self, owner: Owner, id: &str) -> CodeBoxError {
-        self.record.lost_error(owner, id).unwrap_or_else(|| CodeBoxError::not_found(format!("session {id}")))
+    pub(crate) fn missing(&self, owner: Owner, id: &str) -> ApiError {
+        self.record.lost_error(owner, id).unwrap_or_else(|| CodeBoxError::not_found(format!("session {id}")).into())
     }
 
     /// The owner's sessions, oldest first.
@@ -253,19 +254,19 @@ impl Registry {
     /// A box that could not start for want of room on this machine (every session uid
     /// taken, say) is refused like a full server: 503 `rate_limited` with `Retry-After`,
     /// since the caller did nothing wrong and may succeed later.
-    fn full_if_out_of_room(&self, e: CodeBoxError) -> CodeBoxError {
+    fn full_if_out_of_room(&self, e: CodeBoxError) -> ApiError {
+        // A server behind a remote box said so itself: its answer stands.
         if e.kind() != ErrorKind::RateLimited || e.http().is_some() {
-            return e;
+            return e.into();
         }
         tracing::warn!(error = %e, "a new session found no room on this machine");
         self.metrics.session_rejected();
-        let mut err = codebox_core::HttpError::new(
+        ApiError::new(
             503,
+            ErrorKind::RateLimited,
             "the server has no room for another session now (every session uid is taken); try again later",
-        );
-        err.kind = ErrorKind::RateLimited;
-        err.retry_after = Some(self.retry_after);
-        CodeBoxError::Http(Box::new(err))
+        )
+        .with_retry_after(self.retry_after)
     }
 
     /// The owner's session `id` (a new id when `None`), creating and starting its box with
@@ -277,12 +278,13 @@ impl Registry {
         owner: Owner,
         id: Option<&str>,
         kernel: Option<&str>,
-    ) -> Result<(Arc<Session>, Created)> {
+    ) -> ApiResult<(Arc<Session>, Created)> {
         let id = match id {
             Some(id) if !valid_session_id(id) => {
                 return Err(CodeBoxError::invalid(
                     "a session id is 1 to 128 letters, digits, `-`, `_` or `.` characters",
-                ));
+                )
+                .into());
             }
             Some(id) => id.to_owned(),
             None => new_session_id(),
@@ -291,36 +293,31 @@ impl Registry {
         let slot = {
             let mut slots = self.lock();
             if self.closed.load(Ordering::Acquire) {
-                return Err(status_error(503, ErrorKind::Connection, "the server is shutting down"));
+                return Err(ApiError::new(503, ErrorKind::Connection, "the server is shutting down"));
             }
             match slots.get(&key) {
                 Some(slot) => Arc::clone(slot),
                 None => {
                     if slots.len() >= self.max_sessions {
                         self.metrics.session_rejected();
-                        let mut err = codebox_core::HttpError::new(
-                            503,
-                            format!("the server is at its limit of {} sessions; try again later", self.max_sessions),
+                        let message =
+                            format!("the server is at its limit of {} sessions; try again later", self.max_sessions);
+                        return Err(
+                            ApiError::new(503, ErrorKind::RateLimited, message).with_retry_after(self.retry_after)
                         );
-                        err.kind = ErrorKind::RateLimited;
-                        err.retry_after = Some(self.retry_after);
-                        return Err(CodeBoxError::Http(Box::new(err)));
                     }
                     // One key must not take every slot and starve the others. Its own
                     // limit, so 429 (the caller can free sessions), not the 503 of a full server.
                     if slots.keys().filter(|k| k.owner == owner).count() >= self.max_per_owner {
                         self.metrics.session_rejected();
-                        let mut err = codebox_core::HttpError::new(
-                            429,
-                            format!(
-                                "this API key holds its limit of {} sessions; delete one (or let one idle out) \
-                                 before creating another",
-                                self.max_per_owner
-                            ),
+                        let message = format!(
+                            "this API key holds its limit of {} sessions; delete one (or let one idle out) before \
+                             creating another",
+                            self.max_per_owner
                         );
-                        err.kind = ErrorKind::RateLimited;
-                        err.retry_after = Some(self.retry_after);
-                        return Err(CodeBoxError::Http(Box::new(err)));
+                        return Err(
+                            ApiError::new(429, ErrorKind::RateLimited, message).with_retry_after(self.retry_after)
+                        );
                     }
                     let slot = Arc::new(Slot::default());
                     slots.insert(key.clone(), Arc::clone(&slot));
@@ -337,7 +334,7 @@ impl Registry {
                     .starts
                     .acquire()
                     .await
-                    .map_err(|_| status_error(503, ErrorKind::Connection, "the server is shutting down"))?;
+                    .map_err(|_| ApiError::new(503, ErrorKind::Connection, "the server is shutting down"))?;
                 let codebox = self.factory.create(kernel).await.map_err(|e| self.full_if_out_of_room(e))?;
                 if let Err(e) = codebox.start().await {
                     let _ = codebox.stop().await;
@@ -358,7 +355,7 @@ impl Registry {
                         // Deleted or shut down while it was starting: do not leave its kernel behind.
                         self.record.ended(owner, &id);
                         let _ = session.codebox.stop().await;
-                        return Err(CodeBoxError::not_found(format!("session {id} was stopped while starting")));
+                        return Err(CodeBoxError::not_found(format!("session {id} was stopped while starting")).into());
                     }
                 }
                 session.touch();

@@ -4,13 +4,12 @@
 //! `registry` (see [`Registry`](crate::sessions::Registry): `get`, `require`,
 //! `get_or_create` with a client-chosen id, `stop`, `list`), `config.max_upload_bytes`,
 //! `config.body_idle_timeout`, `config.keepalive_interval`, `metrics`, and the body
-//! helpers of `codebox_http::server` (`Body`, `json_response`, `error_response`,
+//! helpers of `codebox_http::server` (`Body`, `json_response`, `ApiError`,
 //! `stream_limited`, `read_budgeted` with `body_budget`).
 
 use std::sync::Arc;
 
-use codebox_core::CodeBoxError;
-use codebox_http::server::{Body, BodyBudget, error_response};
+use codebox_http::server::{ApiError, Body, BodyBudget};
 use hyper::Response;
 
 use crate::auth::ApiKeys;
@@ -38,9 +37,12 @@ pub(crate) struct AppState {
 impl AppState {
     /// The error response for `err`, counted in the metrics. Logged at debug level: errors
     /// never contain keys.
-    pub(crate) fn fail(&self, err: &CodeBoxError) -> Response<Body> {
-        self.metrics.error(err.kind());
-        tracing::debug!(error = %err, kind = %err.kind(), "request failed");
-        error_response(err)
+    pub(crate) fn fail(&self, err: &ApiError) -> Response<Body> {
+        self.metrics.error(err.kind);
+        tracing::debug!(error = %err, kind = %err.kind, "request failed");
+        err.to_response()
     }
 }
+
+/// What a request handler returns: a response, or the error it is answered with.
+pub(crate) type ApiResult<T> = std::result::Result<T, ApiError>;

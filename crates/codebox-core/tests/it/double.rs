@@ -95,10 +95,7 @@ impl PythonDouble {
         for part in rel.components() {
             full.push(part);
             if full.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(CodeBoxError::UnsafePath {
-                    path: path.into(),
-                    reason: "it passes through a symlink".into(),
-                });
+                return Err(CodeBoxError::unsafe_path(path, "it passes through a symlink"));
             }
         }
         Ok(full)
@@ -176,7 +173,7 @@ impl CodeBox for PythonDouble {
             let started = Instant::now();
             let mut guard = process.lock().await;
             let Some(p) = guard.as_mut() else {
-                let _ = tx.send(Err(CodeBoxError::NotRunning { message: "not started".into() })).await;
+                let _ = tx.send(Err(CodeBoxError::not_running("not started"))).await;
                 return;
             };
             interrupted.store(false, Ordering::SeqCst);

@@ -75,8 +75,11 @@ fn tls_config(extra_roots: &[super::config::PemCertificates]) -> Result<rustls::
     for pem in extra_roots {
         let mut found = false;
         for cert in CertificateDer::pem_slice_iter(&pem.0) {
-            let cert = cert.map_err(|e| CodeBoxError::invalid(format!("invalid PEM certificate: {e}")))?;
-            roots.add(cert).map_err(|e| CodeBoxError::invalid(format!("unusable root certificate: {e}")))?;
+            let cert =
+                cert.map_err(|e| CodeBoxError::invalid(format!("invalid PEM certificate: {e}")).with_source(e))?;
+            roots
+                .add(cert)
+                .map_err(|e| CodeBoxError::invalid(format!("unusable root certificate: {e}")).with_source(e))?;
             found = true;
         }
         if !found {
@@ -85,7 +88,7 @@ fn tls_config(extra_roots: &[super::config::PemCertificates]) -> Result<rustls::
     }
     Ok(rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
         .with_safe_default_protocol_versions()
-        .map_err(|e| CodeBoxError::invalid(format!("TLS setup failed: {e}")))?
+        .map_err(|e| CodeBoxError::invalid(format!("TLS setup failed: {e}")).with_source(e))?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }

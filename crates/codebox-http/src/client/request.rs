@@ -79,7 +79,8 @@ impl fmt::Debug for Request {
 impl Request {
     /// A request with no body. `url` must be an absolute `http` or `https` URL.
     pub fn new(method: Method, url: &str) -> Result<Self> {
-        let uri: Uri = url.parse().map_err(|e| CodeBoxError::invalid(format!("invalid URL {url:?}: {e}")))?;
+        let uri: Uri =
+            url.parse().map_err(|e| CodeBoxError::invalid(format!("invalid URL {url:?}: {e}")).with_source(e))?;
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") if cfg!(feature = "rustls") => {}
@@ -140,7 +141,8 @@ impl Request {
 
     /// Send a JSON body.
     pub fn json<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Result<Self> {
-        let body = serde_json::to_vec(value).map_err(|e| CodeBoxError::invalid(format!("cannot encode JSON: {e}")))?;
+        let body = serde_json::to_vec(value)
+            .map_err(|e| CodeBoxError::invalid(format!("cannot encode JSON: {e}")).with_source(e))?;
         self.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         self.body = RequestBody::Bytes(body.into());
         Ok(self)
@@ -246,7 +248,8 @@ impl Request {
                 headers.insert(http::header::USER_AGENT, ua);
             }
         }
-        let req = builder.body(body).map_err(|e| CodeBoxError::invalid(format!("invalid request: {e}")))?;
+        let req =
+            builder.body(body).map_err(|e| CodeBoxError::invalid(format!("invalid request: {e}")).with_source(e))?;
         Ok((req, sent, slot))
     }
 }

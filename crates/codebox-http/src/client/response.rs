@@ -72,7 +72,8 @@ impl Response {
     /// The whole body decoded as JSON (at most 64 MiB).
     pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T> {
         let bytes = self.bytes_limited(64 << 20).await?;
-        serde_json::from_slice(&bytes).map_err(|e| CodeBoxError::protocol(format!("malformed JSON response: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CodeBoxError::protocol(format!("malformed JSON response: {e}")).with_source(e))
     }
 
     /// Drain and drop the body so the connection can go back to the pool.
@@ -107,11 +108,7 @@ async fn next_frame(body: &mut Incoming, read_timeout: Duration) -> Result<Optio
     loop {
         match tokio::time::timeout(read_timeout, body.frame()).await {
             Err(_) => {
-                return Err(CodeBoxError::Timeout {
-                    kind: TimeoutKind::Read,
-                    after: Some(read_timeout),
-                    state_lost: false,
-                });
+                return Err(CodeBoxError::timeout(TimeoutKind::Read, Some(read_timeout)));
             }
             Ok(None) => return Ok(None),
             Ok(Some(Err(e))) => return Err(body_error(&e)),
@@ -136,5 +133,5 @@ fn body_error(e: &hyper::Error) -> CodeBoxError {
         }
         message
     };
-    CodeBoxError::Connection { message, source: None }
+    CodeBoxError::connection(message)
 }

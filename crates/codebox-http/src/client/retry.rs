@@ -66,9 +66,7 @@ mod tests {
 
     #[test]
     fn executions_are_never_retried() {
-        for err in
-            [status(502), status(503), status(429), CodeBoxError::Connection { message: "x".into(), source: None }]
-        {
+        for err in [status(502), status(503), status(429), CodeBoxError::connection("x")] {
             assert!(!should_retry(Retry::Never, &err, Sent::No));
             assert!(!should_retry(Retry::Never, &err, Sent::Maybe));
         }
@@ -88,7 +86,7 @@ mod tests {
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let policy = RetryPolicy::default().with_backoff(Duration::from_millis(100), Duration::from_millis(400));
-        let conn = CodeBoxError::Connection { message: "x".into(), source: None };
+        let conn = CodeBoxError::connection("x");
         for attempt in 0..6 {
             let base = Duration::from_millis(100 * (1 << attempt.min(2)));
             let d = delay(&policy, attempt, &conn).unwrap();

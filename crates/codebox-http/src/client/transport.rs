@@ -130,7 +130,7 @@ impl HttpClient {
 }
 
 fn timeout(kind: TimeoutKind, after: Duration) -> CodeBoxError {
-    CodeBoxError::Timeout { kind, after: Some(after), state_lost: false }
+    CodeBoxError::timeout(kind, Some(after))
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> (CodeBoxError, Sent) {
@@ -149,5 +149,5 @@ fn classify(e: &hyper_util::client::legacy::Error) -> (CodeBoxError, Sent) {
         message.push_str(&s.to_string());
         source = s.source();
     }
-    (CodeBoxError::Connection { message, source: None }, sent)
+    (CodeBoxError::connection(message), sent)
 }

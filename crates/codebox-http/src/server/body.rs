@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use codebox_core::{CodeBoxError, ErrorKind, HttpError, Result};
+use codebox_core::{CodeBoxError, Result};
 use futures::{Stream, StreamExt};
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
@@ -15,7 +15,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use serde::Serialize;
 use tokio::time::{Instant, Sleep};
 
-use crate::wire::{ErrorBody, ErrorResponse, NDJSON, StreamLine};
+use super::ApiError;
+use crate::wire::{NDJSON, StreamLine};
 
 /// The line sent during an execution's silence.
 pub const KEEPALIVE_LINE: &[u8] = b"{\"keepalive\":true}\n";
@@ -140,41 +141,9 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Re
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
         }
-        Err(e) => error_response(&CodeBoxError::protocol(format!("could not encode the response: {e}"))),
+        Err(e) => ApiError::from(CodeBoxError::protocol(format!("could not encode the response: {e}")).with_source(e))
+            .to_response(),
     }
-}
-
-/// The JSON error response for an error: `{"error": {"kind", "message"}}` with the status
-/// that fits its kind, and `Retry-After` when the error carries one.
-///
-/// An [`HttpError`] keeps its own status, so a handler can answer e.g. 503 with kind
-/// `rate_limited`, or 408 with kind `timeout`.
-pub fn error_response(err: &CodeBoxError) -> Response<Body> {
-    let (status, body) = match err {
-        CodeBoxError::Http(http) => (http.status, ErrorBody { kind: http.kind, message: http.message.clone() }),
-        other => {
-            let body = ErrorBody::from_error(other);
-            (body.status(), body)
-        }
-    };
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = json_response(status, &ErrorResponse { error: body });
-    let retry_after = err.retry_after().or(match err.kind() {
-        ErrorKind::RateLimited => Some(Duration::from_secs(1)),
-        _ => None,
-    });
-    if let Some(after) = retry_after {
-        let secs = after.as_secs_f64().ceil().max(1.0) as u64;
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    resp
-}
-
-/// An error with an explicit HTTP status (for statuses no error kind implies, like 503 or 408).
-pub fn status_error(status: u16, kind: ErrorKind, message: impl Into<String>) -> CodeBoxError {
-    let mut e = HttpError::new(status, message);
-    e.kind = kind;
-    CodeBoxError::Http(Box::new(e))
 }
 
 /// Turn a stream of [`StreamLine`]s into NDJSON chunks, adding a keepalive line whenever
@@ -219,7 +188,11 @@ impl Stream for Keepalive {
                 self.sleep.as_mut().reset(deadline);
                 let mut buf = match serde_json::to_vec(&line) {
                     Ok(buf) => buf,
-                    Err(e) => return Poll::Ready(Some(Err(CodeBoxError::protocol(format!("encoding an event: {e}"))))),
+                    Err(e) => {
+                        return Poll::Ready(Some(Err(
+                            CodeBoxError::protocol(format!("encoding an event: {e}")).with_source(e)
+                        )));
+                    }
                 };
                 buf.push(b'\n');
                 Poll::Ready(Some(Ok(Bytes::from(buf))))
@@ -243,20 +216,6 @@ mod tests {
     use codebox_core::ExecEvent;
     use futures::stream;
     use http_body_util::BodyExt;
-
-    #[tokio::test]
-    async fn errors_carry_status_kind_and_retry_after() {
-        let resp = error_response(&status_error(503, ErrorKind::RateLimited, "full"));
-        assert_eq!(resp.status(), 503);
-        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let parsed: ErrorResponse = serde_json::from_slice(&body).unwrap();
-        assert_eq!(parsed.error.kind, ErrorKind::RateLimited);
-
-        let resp = error_response(&CodeBoxError::not_found("session x"));
-        assert_eq!(resp.status(), 404);
-        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn silence_becomes_keepalive_lines() {

@@ -6,48 +6,45 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use codebox_core::{ByteStream, CodeBoxError, ErrorKind, HttpError, Result};
+use codebox_core::{ByteStream, CodeBoxError, ErrorKind, Result, TimeoutKind};
 use futures::Stream;
 use http_body::Body as HttpBody;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use super::body::status_error;
+use super::ApiError;
 
-/// The error for a body over `limit` bytes: 413 `too_large`.
+/// The error for a body over `limit` bytes: `too_large`, answered 413.
 fn too_large(limit: u64) -> CodeBoxError {
-    status_error(413, ErrorKind::TooLarge, format!("the request body exceeds the limit of {limit} bytes"))
+    CodeBoxError::too_large(format!("the request body exceeds the limit of {limit} bytes"))
 }
 
-/// The error for a client that sent nothing for `idle`: 408 `timeout`.
+/// The error for a client that sent nothing for `idle`: a `transfer` timeout, answered 408
+/// (see [`ApiError::from_body_error`]).
 fn stalled(idle: Duration) -> CodeBoxError {
-    status_error(
-        408,
-        ErrorKind::Timeout,
-        format!("the client sent no body bytes for {:.1}s; the upload was abandoned", idle.as_secs_f64()),
-    )
+    CodeBoxError::timeout(TimeoutKind::Transfer, Some(idle))
 }
 
 /// The error for a request body that could not be read. A body the client framed wrongly
 /// (a malformed chunk size, say: the HTTP parser reports it as invalid data or input) is
-/// the client's mistake, 400 `invalid_input`; anything else means the connection failed.
+/// the client's mistake, `invalid_input` (400); anything else means the connection failed.
 fn body_error(e: &(dyn std::error::Error + 'static)) -> CodeBoxError {
     let mut cause = Some(e);
     while let Some(err) = cause {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
             && matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
         {
-            return status_error(400, ErrorKind::InvalidInput, format!("malformed request body: {io}"));
+            return CodeBoxError::invalid(format!("malformed request body: {io}"));
         }
         cause = err.source();
     }
-    CodeBoxError::Connection { message: format!("reading the request body: {e}"), source: None }
+    CodeBoxError::connection(format!("reading the request body: {e}"))
 }
 
-/// Read a whole (small) request body into memory, refusing more than `limit` bytes and a
-/// client that sends nothing for `idle`. A `Content-Length` over `limit` is refused before
-/// any byte is read.
-pub async fn read_limited<B>(body: B, limit: u64, idle: Duration) -> Result<Bytes>
+/// Read a whole (small) request body into memory, refusing more than `limit` bytes (413) and
+/// a client that sends nothing for `idle` (408). A `Content-Length` over `limit` is refused
+/// before any byte is read.
+pub async fn read_limited<B>(body: B, limit: u64, idle: Duration) -> Result<Bytes, ApiError>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + 'static,
@@ -59,7 +56,7 @@ where
     // reserving it is bounded and saves the copies of a growing buffer.
     let mut buf = BytesMut::with_capacity(announced.unwrap_or(0).min(limit) as usize);
     while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk?);
+        buf.extend_from_slice(&chunk.map_err(|e| ApiError::from_body_error(&e))?);
     }
     Ok(buf.freeze())
 }
@@ -94,7 +91,7 @@ impl BodyBudget {
         self.bytes.available_permits() as u64
     }
 
-    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit> {
+    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
         let n = u32::try_from(bytes).map_err(|_| self.spent())?;
         if let Ok(permit) = Arc::clone(&self.bytes).try_acquire_many_owned(n) {
             return Ok(permit);
@@ -105,18 +102,13 @@ impl BodyBudget {
         }
     }
 
-    fn spent(&self) -> CodeBoxError {
-        let mut e = HttpError::new(
-            503,
-            format!(
-                "the server is holding as many request bytes as it allows ({} bytes across all requests); \
-                 try again shortly",
-                self.total
-            ),
+    fn spent(&self) -> ApiError {
+        let message = format!(
+            "the server is holding as many request bytes as it allows ({} bytes across all requests); try again \
+             shortly",
+            self.total
         );
-        e.kind = ErrorKind::RateLimited;
-        e.retry_after = Some(Duration::from_secs(1));
-        CodeBoxError::Http(Box::new(e))
+        ApiError::new(503, ErrorKind::RateLimited, message).with_retry_after(Duration::from_secs(1))
     }
 }
 
@@ -131,7 +123,12 @@ pub struct BufferedBody {
 
 /// [`read_limited`] within `budget`: the bytes held count against the server-wide budget
 /// while the returned body lives.
-pub async fn read_budgeted<B>(body: B, limit: u64, idle: Duration, budget: &BodyBudget) -> Result<BufferedBody>
+pub async fn read_budgeted<B>(
+    body: B,
+    limit: u64,
+    idle: Duration,
+    budget: &BodyBudget,
+) -> Result<BufferedBody, ApiError>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + 'static,
@@ -142,7 +139,7 @@ where
     let mut share: Option<OwnedSemaphorePermit> = None;
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
+        let chunk = chunk.map_err(|e| ApiError::from_body_error(&e))?;
         match (&mut share, announced) {
             // The whole announced length at once, when the first bytes show the client is
             // sending (at most `limit`: a larger announcement failed already). Taken chunk by
@@ -162,10 +159,11 @@ where
     Ok(BufferedBody { bytes: buf.freeze(), _share: share })
 }
 
-/// A request body as a stream of chunks that fails with 413 `too_large` once more than
-/// `limit` bytes arrived (before handing the offending chunk on), or at once when the
-/// request announces more (`Content-Length`), and with 408 `timeout` when the client sends
-/// nothing for `idle`.
+/// A request body as a stream of chunks that fails with `too_large` once more than `limit`
+/// bytes arrived (before handing the offending chunk on), or at once when the request
+/// announces more (`Content-Length`), and with a `transfer` timeout when the client sends
+/// nothing for `idle`. The stream goes to a box, so its errors are [`CodeBoxError`]s;
+/// [`ApiError::from_body_error`] is the answer to each (413, 408, ...).
 pub fn stream_limited<B>(body: B, limit: u64, idle: Duration) -> ByteStream
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
@@ -266,7 +264,7 @@ mod tests {
         assert_eq!(&s.next().await.unwrap().unwrap()[..], b"cd");
         let err = s.next().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TooLarge);
-        assert_eq!(err.http().unwrap().status, 413);
+        assert_eq!(ApiError::from_body_error(&err).status, 413);
         assert!(s.next().await.is_none());
     }
 
@@ -274,7 +272,7 @@ mod tests {
     async fn an_announced_length_over_the_limit_fails_before_reading() {
         let announced = http_body_util::Full::new(Bytes::from_static(b"0123456789"));
         let err = read_limited(announced, 4, Duration::from_secs(5)).await.unwrap_err();
-        assert_eq!(err.http().unwrap().status, 413);
+        assert_eq!((err.status, err.kind), (413, ErrorKind::TooLarge));
     }
 
     #[tokio::test]
@@ -283,8 +281,8 @@ mod tests {
         let first = read_budgeted(body_of(vec![b"abcd"]), 10, Duration::from_secs(5), &budget).await.unwrap();
         assert_eq!((&first.bytes[..], budget.available()), (&b"abcd"[..], 2));
         let err = read_budgeted(body_of(vec![b"ab", b"cd"]), 10, Duration::from_secs(5), &budget).await.unwrap_err();
-        assert_eq!((err.http().unwrap().status, err.kind()), (503, ErrorKind::RateLimited));
-        assert!(err.retry_after().is_some());
+        assert_eq!((err.status, err.kind), (503, ErrorKind::RateLimited));
+        assert!(err.retry_after.is_some());
         assert_eq!(budget.available(), 2, "a refused body gives back what it took");
         drop(first);
         let second = read_budgeted(body_of(vec![b"ab", b"cd"]), 10, Duration::from_secs(5), &budget).await.unwrap();
@@ -298,10 +296,10 @@ mod tests {
         };
         let err =
             read_limited(failing(std::io::ErrorKind::InvalidInput), 10, Duration::from_secs(5)).await.unwrap_err();
-        assert_eq!((err.http().unwrap().status, err.kind()), (400, ErrorKind::InvalidInput));
+        assert_eq!((err.status, err.kind), (400, ErrorKind::InvalidInput));
         let err =
             read_limited(failing(std::io::ErrorKind::ConnectionReset), 10, Duration::from_secs(5)).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Connection);
+        assert_eq!(err.kind, ErrorKind::Connection);
     }
 
     #[tokio::test(start_paused = true)]
@@ -315,7 +313,6 @@ mod tests {
             )),
         );
         let err = read_limited(slow, 10, Duration::from_secs(2)).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Timeout);
-        assert_eq!(err.http().unwrap().status, 408);
+        assert_eq!((err.status, err.kind), (408, ErrorKind::Timeout));
     }
 }

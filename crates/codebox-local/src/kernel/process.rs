@@ -76,7 +76,7 @@ impl Watched {
             Ok(fd) => fd,
             Err(e) => {
                 process.kill_and_reap();
-                return Err(CodeBoxError::KernelStart { message: format!("pidfd_open failed: {e}") });
+                return Err(CodeBoxError::kernel_start(format!("pidfd_open failed: {e}")));
             }
         };
         let mut tasks = vec![tokio::spawn(watch_process(pidfd, process.clone(), confinement, why, death_tx))];

@@ -49,7 +49,7 @@ pub(super) async fn install(inner: &Arc<Inner>, packages: &[String]) -> Result<S
     };
     let text = format!("{}{}", out.stdout, out.stderr);
     if !out.success() {
-        return Err(CodeBoxError::Install { output: text });
+        return Err(CodeBoxError::install(text));
     }
     // Let the running kernel see the new packages without a restart.
     let _guard = inner.exec_lock.lock().await;

@@ -165,14 +165,12 @@ impl Inner {
         if self.config.sandbox.uids.is_some()
             && let Some(dir) = crate::sandbox::uid::unreachable_for_others(&python)
         {
-            return Err(CodeBoxError::KernelStart {
-                message: format!(
-                    "the Python {} is inside {}, which session uids cannot enter: use a Python \
+            return Err(CodeBoxError::kernel_start(format!(
+                "the Python {} is inside {}, which session uids cannot enter: use a Python \
                      environment outside it (as root the managed one lives in /var/lib/codebox)",
-                    python.display(),
-                    dir.display()
-                ),
-            });
+                python.display(),
+                dir.display()
+            )));
         }
         let spec = self.config.spec_for(&python)?;
         let warm = match (&self.config.pool, &self.config.working_dir) {
@@ -244,7 +242,7 @@ impl Inner {
     /// the new kernel does not start, the box is dead and says why.
     async fn replace_kernel(self: &Arc<Self>, st: &mut State) -> Result<()> {
         let Some(run) = st.run.as_ref() else {
-            return Err(CodeBoxError::NotRunning { message: "the box has no kernel".into() });
+            return Err(CodeBoxError::not_running("the box has no kernel"));
         };
         let (spec, confinement) = (run.spec.clone(), run.confinement.clone());
         match Kernel::start(&spec, confinement).await {
@@ -320,12 +318,12 @@ impl Inner {
                 drop(st);
                 return self.start().await;
             }
-            Phase::Stopped => return Err(CodeBoxError::NotRunning { message: "the box was stopped".into() }),
+            Phase::Stopped => return Err(CodeBoxError::not_running("the box was stopped")),
             Phase::Running | Phase::Dead => {}
         }
         self.set_snapshot(|s| s.state = BoxState::Restarting);
         let Some(run) = st.run.as_ref() else {
-            return Err(CodeBoxError::NotRunning { message: "the box has no kernel".into() });
+            return Err(CodeBoxError::not_running("the box has no kernel"));
         };
         run.kernel.shutdown(Duration::from_secs(1)).await;
         self.replace_kernel(&mut st).await?;
@@ -380,13 +378,11 @@ impl Inner {
                     continue;
                 }
                 Phase::Stopped => {
-                    return Err(CodeBoxError::NotRunning { message: "the box was stopped".into() });
+                    return Err(CodeBoxError::not_running("the box was stopped"));
                 }
                 Phase::Dead => {
                     let detail = self.snapshot().detail;
-                    return Err(CodeBoxError::NotRunning {
-                        message: detail.unwrap_or_else(|| "the kernel is dead".into()),
-                    });
+                    return Err(CodeBoxError::not_running(detail.unwrap_or_else(|| "the kernel is dead".into())));
                 }
                 Phase::Running => {}
             }
@@ -411,7 +407,7 @@ impl Inner {
     /// The handle of a running box, without starting it.
     pub(super) async fn running(self: &Arc<Self>) -> Result<Handle> {
         if self.state.lock().await.phase == Phase::NotStarted {
-            return Err(CodeBoxError::NotRunning { message: "the box has not been started".into() });
+            return Err(CodeBoxError::not_running("the box has not been started"));
         }
         self.handle().await
     }

@@ -138,7 +138,7 @@ impl fmt::Display for IsolationLevel {
 pub fn choose(wanted: Isolation, require: bool, probe: &Probe) -> codebox_core::Result<IsolationLevel> {
     let bwrap_err = || probe.bubblewrap.as_ref().err().cloned().unwrap_or_default();
     let landlock_err = || probe.landlock.as_ref().err().cloned().unwrap_or_default();
-    let fail = |message: String| codebox_core::CodeBoxError::KernelStart { message };
+    let fail = |message: String| codebox_core::CodeBoxError::kernel_start(message);
     match wanted {
         Isolation::Bubblewrap => match &probe.bubblewrap {
             Ok(_) => Ok(IsolationLevel::Bubblewrap),

@@ -153,7 +153,7 @@ impl SandboxPolicy {
                 .map_err(|e| CodeBoxError::io("giving the working directory to the session uid", e))?;
         }
         let cgroup = if self.cgroups {
-            let manager = cgroup_manager().map_err(|e| CodeBoxError::KernelStart { message: e })?;
+            let manager = cgroup_manager().map_err(CodeBoxError::kernel_start)?;
             let name = format!("{}-{}", std::process::id(), next_serial());
             Some(manager.create(&name, &self.limits).map_err(|e| CodeBoxError::io("creating the session cgroup", e))?)
         } else {
@@ -355,7 +355,7 @@ impl Confinement {
         extra_read_only: &[PathBuf],
     ) -> Result<Prepared> {
         if self.released.load(Ordering::Acquire) {
-            return Err(CodeBoxError::NotRunning { message: "the box's sandbox was released".into() });
+            return Err(CodeBoxError::not_running("the box's sandbox was released"));
         }
         let env = &with_packages(env, self.packages_dir().as_deref());
         let program = argv.first().map(PathBuf::from).unwrap_or_default();
@@ -399,7 +399,7 @@ impl Confinement {
         if let Some(cg) = &self.cgroup {
             self.oom_base.store(cg.oom_kills(), Ordering::Release);
         }
-        let prepared = spec.prepare(argv, entry.as_ref()).map_err(|message| CodeBoxError::KernelStart { message })?;
+        let prepared = spec.prepare(argv, entry.as_ref()).map_err(CodeBoxError::kernel_start)?;
         // The cgroup descriptors must stay open until the spawn: keep them with the guard.
         Ok(Prepared { command: prepared.command, guard: prepared.guard.with_entry(entry) })
     }

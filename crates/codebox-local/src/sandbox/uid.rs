@@ -66,7 +66,7 @@ impl UidAllocator {
             .range
             .clone()
             .find(|u| !taken.contains(u) && !busy.contains(u))
-            .ok_or(codebox_core::CodeBoxError::RateLimited { retry_after: None })?;
+            .ok_or(codebox_core::CodeBoxError::rate_limited(None))?;
         taken.insert(uid);
         Ok(SessionUid { uid, taken: self.taken.clone() })
     }

@@ -227,7 +227,7 @@ async fn case03_shared_memory_hog_is_oom_killed_and_the_box_heals() {
     let code = "import mmap\nm = mmap.mmap(-1, 2 * 1024**3)\nfor i in range(0, len(m), 4096): m[i] = 1";
     let err = within("shared hog", t.lb.exec(code)).await.unwrap_err();
     match &err {
-        CodeBoxError::KernelDied { cause } => assert_eq!(cause, &KernelDeath::OutOfMemory, "{err}"),
+        CodeBoxError::KernelDied { cause, .. } => assert_eq!(cause, &KernelDeath::OutOfMemory, "{err}"),
         other => panic!("expected KernelDied(OutOfMemory), got {other:?}"),
     }
     assert!(err.to_string().contains("out of memory"), "{err}");
@@ -305,7 +305,7 @@ async fn case08_one_giant_message_recycles_the_kernel_without_reaching_us() {
     let err = within("giant", t.lb.exec("print('x' * (200 * 1024**2))")).await.unwrap_err();
     let grown = peak_rss().saturating_sub(before);
     match &err {
-        CodeBoxError::KernelDied { cause: KernelDeath::OutputLimitExceeded { size, limit } } => {
+        CodeBoxError::KernelDied { cause: KernelDeath::OutputLimitExceeded { size, limit }, .. } => {
             assert_eq!(*limit, 16 * MIB);
             assert!(*size > 200 * MIB, "the announced size: {size}");
         }
@@ -504,7 +504,7 @@ async fn case16_os_exit_is_a_typed_death_and_the_box_restarts() {
     let mut t = Tracked::start(sandboxed()).await;
     let err = within("os._exit", t.lb.exec("import os; os._exit(1)")).await.unwrap_err();
     match err {
-        CodeBoxError::KernelDied { cause } => assert_eq!(cause, KernelDeath::Exited { code: 1 }),
+        CodeBoxError::KernelDied { cause, .. } => assert_eq!(cause, KernelDeath::Exited { code: 1 }),
         other => panic!("expected KernelDied, got {other:?}"),
     }
     assert_eq!(within("next", t.lb.exec("1")).await.unwrap().text(), "1");
@@ -519,7 +519,7 @@ async fn case17_segfault_is_reported_as_sigsegv() {
     let mut t = Tracked::start(sandboxed()).await;
     let err = within("segfault", t.lb.exec("import ctypes; ctypes.string_at(0)")).await.unwrap_err();
     match err {
-        CodeBoxError::KernelDied { cause } => assert_eq!(cause, KernelDeath::Signaled { signal: 11 }),
+        CodeBoxError::KernelDied { cause, .. } => assert_eq!(cause, KernelDeath::Signaled { signal: 11 }),
         other => panic!("expected KernelDied, got {other:?}"),
     }
     assert_eq!(within("next", t.lb.exec("2*3")).await.unwrap().text(), "6");
@@ -687,7 +687,7 @@ async fn case23_concurrent_hogs_only_hurt_themselves() {
     let results = futures::future::join_all(hogs.iter().map(|h| h.lb.exec(code))).await;
     for r in results {
         match r {
-            Err(CodeBoxError::KernelDied { cause }) => assert_eq!(cause, KernelDeath::OutOfMemory),
+            Err(CodeBoxError::KernelDied { cause, .. }) => assert_eq!(cause, KernelDeath::OutOfMemory),
             other => panic!("expected an OOM kill, got {other:?}"),
         }
     }
@@ -788,7 +788,7 @@ async fn install_runs_pip_inside_the_box_and_leaves_the_shared_python_alone() {
     // A failing install is an error carrying pip's own words.
     let err = within("bad install", t.lb.install(&["codebox-no-such-package-7f3e".to_owned()])).await.unwrap_err();
     match &err {
-        CodeBoxError::Install { output } => assert!(output.contains("No matching distribution"), "{output}"),
+        CodeBoxError::Install { output, .. } => assert!(output.contains("No matching distribution"), "{output}"),
         other => panic!("expected an install error, got {other:?}"),
     }
     // The shared Python is untouched: a fresh box cannot import the package.

@@ -20,7 +20,7 @@ async fn os_exit_fails_the_call_with_the_exit_code_and_the_next_call_gets_a_fres
     lb.exec("x = 1").await.unwrap();
     let err = within("os._exit", lb.exec("import os; os._exit(3)")).await.unwrap_err();
     match &err {
-        CodeBoxError::KernelDied { cause } => assert_eq!(cause, &KernelDeath::Exited { code: 3 }),
+        CodeBoxError::KernelDied { cause, .. } => assert_eq!(cause, &KernelDeath::Exited { code: 3 }),
         other => panic!("expected KernelDied, got {other:?}"),
     }
     assert!(err.to_string().contains("exited with code 3"), "{err}");
@@ -36,7 +36,7 @@ async fn a_segfault_is_reported_with_its_signal() {
     let lb = started().await;
     let err = within("segfault", lb.exec("import ctypes; ctypes.string_at(0)")).await.unwrap_err();
     match err {
-        CodeBoxError::KernelDied { cause } => assert_eq!(cause, KernelDeath::Signaled { signal: 11 }),
+        CodeBoxError::KernelDied { cause, .. } => assert_eq!(cause, KernelDeath::Signaled { signal: 11 }),
         other => panic!("expected KernelDied, got {other:?}"),
     }
     assert_eq!(within("after segfault", lb.exec("2*3")).await.unwrap().text(), "6");

@@ -105,7 +105,7 @@ async fn a_dying_lean_kernel_is_reported_and_replaced() {
     let lb = lean().await;
     let err = within("os._exit", lb.exec("import os; os._exit(3)")).await.unwrap_err();
     match &err {
-        CodeBoxError::KernelDied { cause } => assert_eq!(cause, &KernelDeath::Exited { code: 3 }),
+        CodeBoxError::KernelDied { cause, .. } => assert_eq!(cause, &KernelDeath::Exited { code: 3 }),
         other => panic!("expected KernelDied, got {other:?}"),
     }
     assert_eq!(within("the next call", lb.exec("1+1")).await.unwrap().text(), "2");

@@ -106,7 +106,7 @@ async fn a_kernel_that_closes_its_iopub_is_recycled() {
     // execution says so instead of waiting forever for outputs that cannot come.
     let err = within("an execution that closes IOPub", lb.exec(CLOSE_IOPUB)).await.unwrap_err();
     match &err {
-        CodeBoxError::KernelDied { cause } => assert!(cause.to_string().contains("closed a channel"), "{err}"),
+        CodeBoxError::KernelDied { cause, .. } => assert!(cause.to_string().contains("closed a channel"), "{err}"),
         other => panic!("expected KernelDied, got {other:?}"),
     }
     let ex = within("the next call", lb.exec("kept")).await.unwrap();

@@ -9,3 +9,4 @@ mod support;
 mod tls;
 mod tls_server;
 mod transport;
+mod typed_errors;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use codebox_core::{CodeBoxError, EventStream, ExecEvent, Result};
+use codebox_core::{CodeBoxError, EventStream, ExecEvent};
 use codebox_http::server::{Body, ndjson_response};
 use codebox_http::wire::{ErrorBody, ExecuteRequest, StreamLine};
 use futures::{Stream, StreamExt};
@@ -16,14 +16,14 @@ use super::json_body;
 use crate::auth::Owner;
 use crate::metrics::{ExecutionEnd, Metrics};
 use crate::sessions::SessionUse;
-use crate::state::AppState;
+use crate::state::{ApiResult, AppState};
 
 pub(super) async fn execute(
     state: &Arc<AppState>,
     owner: Owner,
     id: &str,
     req: Request<Incoming>,
-) -> Result<Response<Body>> {
+) -> ApiResult<Response<Body>> {
     let session = state.registry.require(owner, id)?;
     let body: ExecuteRequest = json_body(state, req).await?;
     let guard = session.execution_guard();

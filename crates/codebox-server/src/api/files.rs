@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use codebox_core::{CodeBoxError, ErrorKind, FileInfo, Result, normalize_box_path};
 use codebox_http::percent::DecodeError;
-use codebox_http::server::{Body, json_response, status_error, stream_limited};
+use codebox_http::server::{ApiError, Body, json_response, stream_limited};
 use futures::StreamExt;
 use http::{HeaderValue, header};
 use hyper::body::Incoming;
@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 
 use super::{no_content, session_for};
 use crate::auth::Owner;
-use crate::state::AppState;
+use crate::state::{ApiResult, AppState};
 
 /// Decode one percent-encoded URL component. Malformed escapes and non-UTF-8 are refused.
 pub(crate) fn percent_decode(s: &str) -> Result<String> {
@@ -56,7 +56,7 @@ pub(super) async fn list(
     owner: Owner,
     id: &str,
     req: &Request<Incoming>,
-) -> Result<Response<Body>> {
+) -> ApiResult<Response<Body>> {
     let session = session_for(state, owner, id)?;
     let mut dir = String::new();
     let mut recursive = false;
@@ -67,10 +67,14 @@ pub(super) async fn list(
                 recursive = match v.as_str() {
                     "true" | "1" | "" => true,
                     "false" | "0" => false,
-                    other => return Err(CodeBoxError::invalid(format!("recursive={other:?}: expected true or false"))),
+                    other => {
+                        return Err(
+                            CodeBoxError::invalid(format!("recursive={other:?}: expected true or false")).into()
+                        );
+                    }
                 }
             }
-            other => return Err(CodeBoxError::invalid(format!("unknown query parameter {other:?}"))),
+            other => return Err(CodeBoxError::invalid(format!("unknown query parameter {other:?}")).into()),
         }
     }
     let dir = if dir.is_empty() || dir == "." { String::new() } else { box_path_str(&dir)? };
@@ -101,12 +105,12 @@ pub(super) async fn put(
     id: &str,
     raw_path: &str,
     req: Request<Incoming>,
-) -> Result<Response<Body>> {
+) -> ApiResult<Response<Body>> {
     let session = session_for(state, owner, id)?;
     let path = box_path(raw_path)?;
     let limit = state.config.max_upload_bytes;
     let too_large =
-        || status_error(413, ErrorKind::TooLarge, format!("the upload exceeds the server's limit of {limit} bytes"));
+        || ApiError::new(413, ErrorKind::TooLarge, format!("the upload exceeds the server's limit of {limit} bytes"));
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -153,7 +157,7 @@ pub(super) async fn put(
             }
             Err(match failure {
                 BodyFailure::TooLarge => too_large(),
-                BodyFailure::Stalled => status_error(
+                BodyFailure::Stalled => ApiError::new(
                     408,
                     ErrorKind::Timeout,
                     format!(
@@ -161,17 +165,15 @@ pub(super) async fn put(
                         state.config.body_idle_timeout.as_secs_f64()
                     ),
                 ),
-                BodyFailure::Malformed => status_error(
+                BodyFailure::Malformed => ApiError::new(
                     400,
                     ErrorKind::InvalidInput,
                     "the upload's body is malformed (its chunked framing could not be read)",
                 ),
-                BodyFailure::Cut => {
-                    CodeBoxError::Connection { message: "the upload was cut off by the client".into(), source: None }
-                }
+                BodyFailure::Cut => CodeBoxError::connection("the upload was cut off by the client").into(),
             })
         }
-        (Err(e), None) => Err(e),
+        (Err(e), None) => Err(e.into()),
     }
 }
 
@@ -191,19 +193,19 @@ pub(super) async fn get(
     id: &str,
     raw_path: &str,
     req: &Request<Incoming>,
-) -> Result<Response<Body>> {
+) -> ApiResult<Response<Body>> {
     let session = session_for(state, owner, id)?;
     let path = box_path(raw_path)?;
     let use_guard = session.use_guard();
     let info = match stat(&session, &path).await {
         Ok(info) => info,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Err(CodeBoxError::not_found(format!("file {path}"))),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(CodeBoxError::not_found(format!("file {path}")).into()),
         // A directory too large to list: the download goes on without a size.
         Err(e) if e.kind() == ErrorKind::TooLarge => None,
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     if info.as_ref().is_some_and(|i| i.is_dir) {
-        return Err(CodeBoxError::invalid(format!("{path} is a directory; list it instead")));
+        return Err(CodeBoxError::invalid(format!("{path} is a directory; list it instead")).into());
     }
     let size = info.map(|i| i.size);
     let metrics = Arc::clone(&state.metrics);
@@ -234,7 +236,7 @@ pub(super) async fn get(
     Ok(resp)
 }
 
-pub(super) async fn delete(state: &Arc<AppState>, owner: Owner, id: &str, raw_path: &str) -> Result<Response<Body>> {
+pub(super) async fn delete(state: &Arc<AppState>, owner: Owner, id: &str, raw_path: &str) -> ApiResult<Response<Body>> {
     let session = session_for(state, owner, id)?;
     let path = box_path(raw_path)?;
     let _use = session.use_guard();

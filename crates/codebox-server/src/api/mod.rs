@@ -7,7 +7,7 @@ mod sessions;
 use std::sync::Arc;
 
 use codebox_core::{CodeBoxError, CommandSpec, ErrorKind, Result};
-use codebox_http::server::{Body, json_response, read_budgeted, status_error};
+use codebox_http::server::{ApiError, Body, json_response, read_budgeted};
 use codebox_http::wire::{InstallRequest, InstallResponse};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::Owner;
 use crate::routes::{Params, Route};
 use crate::sessions::Session;
-use crate::state::AppState;
+use crate::state::{ApiResult, AppState};
 
 pub(crate) use files::percent_decode;
 
@@ -27,11 +27,11 @@ pub(crate) async fn dispatch(
     params: Params<'_>,
     owner: Owner,
     req: Request<Incoming>,
-) -> Result<Response<Body>> {
+) -> ApiResult<Response<Body>> {
     let id = params.id.map(percent_decode).transpose()?;
     let id = id.as_deref().unwrap_or_default();
     match route {
-        Route::Health | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route")),
+        Route::Health | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route").into()),
         Route::CreateSession => sessions::create(state, owner, req).await,
         Route::ListSessions => sessions::list(state, owner).await,
         Route::GetSession => sessions::get(state, owner, id).await,
@@ -61,7 +61,7 @@ pub(crate) async fn dispatch(
             let session = state.registry.require(owner, id)?;
             let spec: CommandSpec = json_body(state, req).await?;
             if spec.program.is_empty() {
-                return Err(CodeBoxError::invalid("`program` must name a program"));
+                return Err(CodeBoxError::invalid("`program` must name a program").into());
             }
             let _use = session.use_guard();
             let output = session.codebox.run_command(spec).await?;
@@ -99,9 +99,9 @@ fn is_json(req: &Request<Incoming>) -> bool {
 /// Read and parse a JSON request body: 415 unless it is `application/json`, 413 over the
 /// JSON limit (at once when `Content-Length` says so), 503 when the server's budget of
 /// buffered body bytes stays spent, 400 when malformed.
-pub(crate) async fn json_body<T: DeserializeOwned>(state: &AppState, req: Request<Incoming>) -> Result<T> {
+pub(crate) async fn json_body<T: DeserializeOwned>(state: &AppState, req: Request<Incoming>) -> ApiResult<T> {
     if !is_json(&req) {
-        return Err(status_error(
+        return Err(ApiError::new(
             415,
             ErrorKind::InvalidInput,
             "this route takes a JSON body: send `Content-Type: application/json`",
@@ -109,14 +109,15 @@ pub(crate) async fn json_body<T: DeserializeOwned>(state: &AppState, req: Reques
     }
     let limit = state.config.max_json_bytes;
     let body = read_budgeted(req.into_body(), limit, state.config.body_idle_timeout, &state.body_budget).await?;
-    serde_json::from_slice(&body.bytes).map_err(|e| CodeBoxError::invalid(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(&body.bytes)
+        .map_err(|e| CodeBoxError::invalid(format!("malformed JSON body: {e}")).with_source(e).into())
 }
 
 /// Like [`json_body`], but an empty body without a content type means `T::default()`.
 pub(crate) async fn optional_json_body<T: DeserializeOwned + Default>(
     state: &AppState,
     req: Request<Incoming>,
-) -> Result<T> {
+) -> ApiResult<T> {
     let empty = req.headers().get(http::header::CONTENT_TYPE).is_none()
         && req
             .headers()
@@ -140,7 +141,7 @@ fn check_packages(packages: &[String]) -> Result<()> {
 }
 
 /// The session, touched.
-pub(crate) fn session_for(state: &AppState, owner: Owner, id: &str) -> Result<Arc<Session>> {
+pub(crate) fn session_for(state: &AppState, owner: Owner, id: &str) -> ApiResult<Arc<Session>> {
     let session = state.registry.require(owner, id)?;
     session.touch();
     Ok(session)

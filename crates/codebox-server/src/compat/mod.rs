@@ -1,6 +1,8 @@
 //! Drop-in compatibility with the Python `codeboxapi` clients: every request whose path
 //! starts with `/api/v1/` (codebox-api 0.1) or `/api/v2/` (codebox-api 0.2) comes here, and
-//! existing users switch by pointing `CODEBOX_BASE_URL` at this server.
+//! existing users switch by pointing `CODEBOX_BASE_URL` at this server. The modules are named
+//! after the client version they serve (`api01`, `api02`), so that "v1" names only the
+//! native API.
 //!
 //! Both protocols run on the session registry, so every session is an ordinary session of
 //! the caller's key (visible to the native API, reaped when idle, stopped on shutdown), and
@@ -9,7 +11,7 @@
 //! must set `CODEBOX_API_KEY` to a key of this server: both treat an unset key (0.1) or the
 //! values `local` and `docker` (0.2) as a request for a box of their own, not a server.
 //!
-//! # codebox-api 0.1.x — `CODEBOX_BASE_URL=http://HOST:PORT/api/v1`
+//! # codebox-api 0.1.x (`api01`) — `CODEBOX_BASE_URL=http://HOST:PORT/api/v1`
 //!
 //! The `CodeBox` class (sync methods over `requests`, `a*` async twins over `aiohttp`; both
 //! send the same requests). It treats any status but 200 as a failure and reads the failure
@@ -34,7 +36,7 @@
 //! stderr, the cell's value), or `code run successfully (no output)`. `download` also takes
 //! `?file_name=` for clients that cannot send a body with `GET`.
 //!
-//! # codebox-api 0.2.x — `CODEBOX_BASE_URL=http://HOST:PORT/api/v2`
+//! # codebox-api 0.2.x (`api02`) — `CODEBOX_BASE_URL=http://HOST:PORT/api/v2`
 //!
 //! `RemoteBox` (`httpx`), which also sends `Factory-Id` (ignored here). The session id is the
 //! client's choice (`uuid4().hex` by default); its first request creates the session under
@@ -69,16 +71,16 @@
 //! is the box's `install()`; any other `uv pip ...` in bash code is served by a shell function
 //! running `pip` of the box's Python kernel, so the helpers work in boxes without `uv`.
 
+mod api01;
+mod api02;
 mod multipart;
-mod v1;
-mod v2;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use codebox_core::{ByteStream, CodeBoxError, ErrorKind, Result};
-use codebox_http::server::{Body, json_response, read_budgeted, status_error, stream_limited};
+use codebox_http::server::{ApiError, Body, json_response, read_budgeted, stream_limited};
 use futures::StreamExt;
 use http::{HeaderValue, Method, header};
 use http_body::Body as HttpBody;
@@ -88,31 +90,76 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::auth::Owner;
 use crate::sessions::Session;
-use crate::state::AppState;
+use crate::state::{ApiResult, AppState};
 
-/// The path prefix of the codebox-api 0.1 protocol.
-const V1_PREFIX: &str = "/api/v1";
-/// The path prefix of the codebox-api 0.2 protocol.
-const V2_PREFIX: &str = "/api/v2";
+/// The path prefix of the codebox-api 0.1 client's protocol.
+const API01_PREFIX: &str = "/api/v1";
+/// The path prefix of the codebox-api 0.2 client's protocol.
+const API02_PREFIX: &str = "/api/v2";
 
 /// Answer one compatibility request. `owner` is `None` when the request carried no key or an
 /// unknown one: every compatibility route needs a key, so that is a 401.
 pub(crate) async fn handle(state: &AppState, owner: Option<Owner>, req: Request<Incoming>) -> Response<Body> {
     let Some(owner) = owner else {
         let err =
-            status_error(401, ErrorKind::Authentication, "a valid `Authorization: Bearer <key>` header is required");
+            ApiError::new(401, ErrorKind::Authentication, "a valid `Authorization: Bearer <key>` header is required");
         return state.fail(&err);
     };
     let scope = Scope { state, owner };
+    let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let result = if let Some(rest) = path.strip_prefix(V1_PREFIX) {
-        v1::handle(&scope, rest, req).await
-    } else if let Some(rest) = path.strip_prefix(V2_PREFIX) {
-        v2::handle(&scope, rest, req).await
+    let (client, rest) = if let Some(rest) = path.strip_prefix(API01_PREFIX) {
+        (ClientVersion::Api01, rest)
+    } else if let Some(rest) = path.strip_prefix(API02_PREFIX) {
+        (ClientVersion::Api02, rest)
     } else {
-        Err(no_route(req.method(), &path))
+        return state.fail(&no_route(&method, &path));
+    };
+    // Both protocols put every operation under `/codebox/{id}/{op}`.
+    let Some(after) = rest.strip_prefix("/codebox/") else {
+        return state.fail(&no_route(&method, &path));
+    };
+    let (id, op) = after.split_once('/').unwrap_or((after, ""));
+    let route = SessionRoute { method: &method, path: &path, id, op };
+    let result = match client {
+        ClientVersion::Api01 => api01::handle(&scope, &route, req).await,
+        ClientVersion::Api02 => api02::handle(&scope, &route, req).await,
     };
     result.unwrap_or_else(|err| state.fail(&err))
+}
+
+/// Which codebox-api client a request comes from, by its path prefix.
+#[derive(Debug, Clone, Copy)]
+enum ClientVersion {
+    /// codebox-api 0.1, under `/api/v1`.
+    Api01,
+    /// codebox-api 0.2, under `/api/v2`.
+    Api02,
+}
+
+/// A compatibility request for `/codebox/{id}/{op}`.
+#[derive(Debug, Clone, Copy)]
+struct SessionRoute<'a> {
+    /// The request's method.
+    method: &'a Method,
+    /// The full request path, for error messages.
+    path: &'a str,
+    /// The session id, as the client wrote it.
+    id: &'a str,
+    /// The operation: the rest of the path, empty for `/codebox/{id}`.
+    op: &'a str,
+}
+
+impl SessionRoute<'_> {
+    /// The 404 for this request.
+    fn no_route(&self) -> ApiError {
+        no_route(self.method, self.path)
+    }
+
+    /// The 405 for this request.
+    fn wrong_method(&self) -> ApiError {
+        wrong_method(self.method, self.path)
+    }
 }
 
 /// One caller's view of the server: its sessions and the request limits.
@@ -123,18 +170,18 @@ struct Scope<'a> {
 
 impl Scope<'_> {
     /// The caller's session `id`, created (and started) when it has none by that id.
-    async fn open(&self, id: &str) -> Result<Arc<Session>> {
+    async fn open(&self, id: &str) -> ApiResult<Arc<Session>> {
         let (session, _) = self.state.registry.get_or_create(self.owner, Some(id), None).await?;
         Ok(session)
     }
 
     /// The caller's existing session `id`.
-    fn get(&self, id: &str) -> Result<Arc<Session>> {
+    fn get(&self, id: &str) -> ApiResult<Arc<Session>> {
         self.state.registry.require(self.owner, id)
     }
 
     /// Stop and forget the caller's session `id`.
-    async fn close(&self, id: &str) -> Result<()> {
+    async fn close(&self, id: &str) -> ApiResult<()> {
         if self.state.registry.stop(self.owner, id).await {
             Ok(())
         } else {
@@ -143,7 +190,7 @@ impl Scope<'_> {
     }
 
     /// A JSON body, read with the JSON limit; `None` when the body is empty.
-    async fn read_json<B, T>(&self, req: Request<B>) -> Result<Option<T>>
+    async fn read_json<B, T>(&self, req: Request<B>) -> ApiResult<Option<T>>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + 'static,
@@ -158,19 +205,19 @@ impl Scope<'_> {
         }
         serde_json::from_slice(&body.bytes)
             .map(Some)
-            .map_err(|e| status_error(400, ErrorKind::InvalidInput, format!("malformed JSON body: {e}")))
+            .map_err(|e| ApiError::new(400, ErrorKind::InvalidInput, format!("malformed JSON body: {e}")))
     }
 
     /// Upload the file part of a multipart request into `session`'s box, streamed, with the
     /// upload limit applied. Returns the file name the client gave and the written file.
-    async fn upload<B>(&self, session: &Session, req: Request<B>) -> Result<(String, codebox_core::FileInfo)>
+    async fn upload<B>(&self, session: &Session, req: Request<B>) -> ApiResult<(String, codebox_core::FileInfo)>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + 'static,
     {
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let boundary = multipart::boundary(content_type)
-            .map_err(|e| status_error(415, ErrorKind::InvalidInput, strip_kind(&e)))?;
+            .map_err(|e| ApiError::new(415, ErrorKind::InvalidInput, strip_kind(&e)))?;
         let config = &self.state.config;
         // The framing around the file adds a little; allow for it on top of the file limit.
         let body = stream_limited(
@@ -178,7 +225,9 @@ impl Scope<'_> {
             config.max_upload_bytes.saturating_add(64 * 1024),
             config.body_idle_timeout,
         );
-        let part = multipart::first_file_part(body, &boundary).await?;
+        // A body that stalls or grows too large before the file part is answered as any
+        // request body (408, 413).
+        let part = multipart::first_file_part(body, &boundary).await.map_err(|e| ApiError::from_body_error(&e))?;
         if part.field != "file" {
             tracing::debug!(field = %part.field, "the upload's file field is not named `file`; taking it anyway");
         }
@@ -187,14 +236,14 @@ impl Scope<'_> {
         let mut seen = 0u64;
         // What went wrong with the body, kept for the answer: the box sees the error in the
         // stream, but answers with its own view of it.
-        let failure: Arc<std::sync::Mutex<Option<CodeBoxError>>> = Arc::default();
+        let failure: Arc<std::sync::Mutex<Option<ApiError>>> = Arc::default();
         let record = Arc::clone(&failure);
         let content: ByteStream = Box::pin(part.content.map(move |chunk| {
             let checked = chunk.and_then(|bytes| {
                 seen += bytes.len() as u64;
                 if seen > limit {
                     let message = format!("the file exceeds the upload limit of {limit} bytes");
-                    return Err(status_error(413, ErrorKind::TooLarge, message));
+                    return Err(CodeBoxError::too_large(message));
                 }
                 Ok(bytes)
             });
@@ -205,7 +254,7 @@ impl Scope<'_> {
                 }
                 Err(e) => {
                     let mut slot = record.lock().unwrap_or_else(|p| p.into_inner());
-                    slot.get_or_insert_with(|| replica(&e));
+                    slot.get_or_insert_with(|| ApiError::from_body_error(&e));
                     Err(e)
                 }
             }
@@ -221,18 +270,20 @@ impl Scope<'_> {
                 }
                 Err(failure)
             }
-            (Err(e), None) => Err(e),
+            (Err(e), None) => Err(e.into()),
         }
     }
 
     /// The file at `path` as a streamed download with the headers both clients expect
     /// (`Content-Length` when the box knows the size; `name` in `Content-Disposition`). The
     /// session counts as in use until the body is sent or dropped.
-    async fn download(&self, session: &Arc<Session>, path: &str, name: &str) -> Result<Response<Body>> {
+    async fn download(&self, session: &Arc<Session>, path: &str, name: &str) -> ApiResult<Response<Body>> {
         // The 0.1 client takes everything after the first `=` as the name, so it goes
         // unquoted; what a header cannot carry is percent-encoded.
-        let disposition = HeaderValue::from_str(&format!("attachment; filename={}", header_safe(name)))
-            .map_err(|e| CodeBoxError::invalid(format!("file name {name:?} cannot be sent in a header: {e}")))?;
+        let disposition =
+            HeaderValue::from_str(&format!("attachment; filename={}", header_safe(name))).map_err(|e| {
+                CodeBoxError::invalid(format!("file name {name:?} cannot be sent in a header: {e}")).with_source(e)
+            })?;
         let guard = session.use_guard();
         let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
         let size = match session.codebox.list_files(dir, false).await {
@@ -242,7 +293,7 @@ impl Scope<'_> {
             Err(_) => None,
         };
         if let Some((_, true)) = size {
-            return Err(CodeBoxError::invalid(format!("{path} is a directory, not a file")));
+            return Err(CodeBoxError::invalid(format!("{path} is a directory, not a file")).into());
         }
         let slot = self.state.downloads.take(session.owner)?;
         let content = session.codebox.download(path).await?;
@@ -264,14 +315,6 @@ impl Scope<'_> {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
         Ok(resp)
-    }
-}
-
-/// A copy of an error with the same status, kind and message.
-fn replica(err: &CodeBoxError) -> CodeBoxError {
-    match err.http() {
-        Some(http) => status_error(http.status, http.kind, http.message.clone()),
-        None => status_error(codebox_http::wire::status_for_kind(err.kind()), err.kind(), err.to_string()),
     }
 }
 
@@ -304,31 +347,24 @@ impl Drop for ExecutionMetrics {
 }
 
 /// A 404 for a path no route serves.
-fn no_route(method: &Method, path: &str) -> CodeBoxError {
-    status_error(404, ErrorKind::NotFound, format!("no route for {method} {path}"))
-}
-
-/// Split `rest`, the path after `/api/v1` or `/api/v2`, of a `/codebox/{id}/{op}` route into
-/// the session id and the operation (empty for `/codebox/{id}`).
-fn session_route<'a>(rest: &'a str, method: &Method, full_path: &str) -> Result<(&'a str, &'a str)> {
-    let after = rest.strip_prefix("/codebox/").ok_or_else(|| no_route(method, full_path))?;
-    Ok(after.split_once('/').unwrap_or((after, "")))
+fn no_route(method: &Method, path: &str) -> ApiError {
+    ApiError::new(404, ErrorKind::NotFound, format!("no route for {method} {path}"))
 }
 
 /// A 405 for a known path with another method.
-fn wrong_method(method: &Method, path: &str) -> CodeBoxError {
-    status_error(405, ErrorKind::InvalidInput, format!("{method} is not allowed on {path}"))
+fn wrong_method(method: &Method, path: &str) -> ApiError {
+    ApiError::new(405, ErrorKind::InvalidInput, format!("{method} is not allowed on {path}"))
 }
 
 /// A 200 JSON answer.
-fn ok_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Response<Body>> {
+fn ok_json<T: serde::Serialize + ?Sized>(value: &T) -> ApiResult<Response<Body>> {
     Ok(json_response(StatusCode::OK, value))
 }
 
 /// An error's message without the `invalid input: ` its display adds.
 fn strip_kind(err: &CodeBoxError) -> String {
     match err {
-        CodeBoxError::InvalidInput { message } => message.clone(),
+        CodeBoxError::InvalidInput { message, .. } => message.clone(),
         other => other.to_string(),
     }
 }
@@ -354,7 +390,7 @@ fn timeout_secs(secs: Option<f64>) -> Result<Option<Duration>> {
         // Bounded well inside what `Duration` and deadline arithmetic can hold.
         Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::try_from_secs_f64(s)
             .map(Some)
-            .map_err(|e| CodeBoxError::invalid(format!("timeout {s} is not a duration: {e}"))),
+            .map_err(|e| CodeBoxError::invalid(format!("timeout {s} is not a duration: {e}")).with_source(e)),
         Some(s) => Err(CodeBoxError::invalid(format!("timeout must be a positive number of seconds, got {s}"))),
     }
 }

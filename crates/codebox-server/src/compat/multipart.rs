@@ -300,10 +300,8 @@ Content-Disposition: form-data; name=\"file\"; filename=\"x.txt\"; filename*=utf
         let err = first_file_part(chunks(32, 1), "b").await.unwrap_err();
         assert!(err.to_string().contains("before the file"), "{err}");
         // The body's own error reaches the caller as it was.
-        let failing: ByteStream = Box::pin(stream::iter([
-            Ok(head.clone()),
-            Err(codebox_http::server::status_error(413, codebox_core::ErrorKind::TooLarge, "over the limit")),
-        ]));
+        let failing: ByteStream =
+            Box::pin(stream::iter([Ok(head.clone()), Err(CodeBoxError::too_large("over the limit"))]));
         let part = first_file_part(failing, "b").await.unwrap();
         assert_eq!(read(part).await.unwrap_err().kind(), codebox_core::ErrorKind::TooLarge);
     }

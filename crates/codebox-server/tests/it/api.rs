@@ -87,7 +87,11 @@ async fn a_box_failing_mid_execution_ends_the_stream_with_an_error_line() {
     assert_eq!(lines[0]["seq"], 0);
     assert_eq!(
         lines[1],
-        json!({"seq": 1, "error": {"kind": "kernel_died", "message": "kernel died: killed by signal 9 (SIGKILL)"}})
+        json!({"seq": 1, "error": {
+            "kind": "kernel_died",
+            "message": "kernel died: killed by signal 9 (SIGKILL)",
+            "cause": {"type": "signaled", "signal": 9},
+        }})
     );
     let metrics = server.get("/metrics").await.text();
     assert!(metrics.contains("codebox_executions_total{outcome=\"failed\"} 1"), "{metrics}");

@@ -115,7 +115,7 @@ impl CodeBox for ScriptedBox {
 
     async fn run_stream(&self, code: &str, _options: RunOptions) -> Result<EventStream> {
         if self.probe.stopped.load(Ordering::SeqCst) {
-            return Err(CodeBoxError::NotRunning { message: "stopped".into() });
+            return Err(CodeBoxError::not_running("stopped"));
         }
         let end = |outcome| Ok(ExecEvent::end(Some(1), Duration::from_millis(1), outcome));
         let code = code.to_owned();
@@ -130,7 +130,7 @@ impl CodeBox for ScriptedBox {
             }
             "die" => Ok(Box::pin(futures::stream::iter(vec![
                 Ok(ExecEvent::stdout("dying\n")),
-                Err(CodeBoxError::KernelDied { cause: KernelDeath::Signaled { signal: 9 } }),
+                Err(CodeBoxError::kernel_died(KernelDeath::Signaled { signal: 9 })),
             ]))),
             "wait" => {
                 let probe = Arc::clone(&self.probe);
@@ -230,7 +230,7 @@ pub(crate) struct ScriptedFactory {
 impl BoxFactory for ScriptedFactory {
     async fn create(&self, kernel: Option<&str>) -> Result<Arc<dyn CodeBox>> {
         if kernel == Some("broken") {
-            return Err(CodeBoxError::KernelStart { message: "no such kernel".into() });
+            return Err(CodeBoxError::kernel_start("no such kernel"));
         }
         if kernel == Some("slow") {
             let now = self.starting.fetch_add(1, Ordering::SeqCst) + 1;

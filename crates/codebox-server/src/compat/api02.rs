@@ -1,4 +1,5 @@
-//! The codebox-api 0.2 protocol (`/api/v2`). See the module docs of `compat` for the table.
+//! The protocol of the codebox-api 0.2 client (`/api/v2`). See the module docs of `compat`
+//! for the table.
 
 use bytes::Bytes;
 use codebox_core::{CodeBox, CodeBoxError, CommandSpec, ErrorKind, ExecEvent, Outcome, Result, RunOptions};
@@ -8,11 +9,12 @@ use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body as HttpBody;
 use serde::Deserialize;
 
-use super::v1::png;
-use super::{ExecutionMetrics, Scope, no_route, ok_json, session_route, timeout_secs, wrong_method};
+use super::api01::png;
+use super::{ExecutionMetrics, Scope, SessionRoute, ok_json, timeout_secs};
 use crate::metrics::ExecutionEnd;
 use crate::sessions::SessionUse;
 use crate::sessions::valid_session_id;
+use crate::state::ApiResult;
 
 /// `POST /codebox/{id}/exec`.
 #[derive(Debug, Deserialize)]
@@ -30,30 +32,28 @@ struct ExecBody {
 /// A stream of tagged chunks, each a complete `<tag>...</tag>`.
 type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>> + Send + 'static>>;
 
-/// Serve `rest`, the path after `/api/v2`.
-pub(super) async fn handle<B>(scope: &Scope<'_>, rest: &str, req: Request<B>) -> Result<Response<Body>>
+/// Serve a `/api/v2/codebox/{id}/{op}` request.
+pub(super) async fn handle<B>(scope: &Scope<'_>, route: &SessionRoute<'_>, req: Request<B>) -> ApiResult<Response<Body>>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + 'static,
 {
-    let method = req.method().clone();
-    let full_path = req.uri().path().to_owned();
-    let (id, op) = session_route(rest, &method, &full_path)?;
+    let SessionRoute { method, id, op, .. } = *route;
     if !valid_session_id(id) {
-        return Err(no_route(&method, &full_path));
+        return Err(route.no_route());
     }
     match op {
         // The 0.2 server answers `GET /` with its health.
         "" => {
             if method != Method::GET {
-                return Err(wrong_method(&method, &full_path));
+                return Err(route.wrong_method());
             }
             scope.open(id).await?;
             ok_json(&serde_json::json!({"status": "ok"}))
         }
         "exec" => {
             if method != Method::POST {
-                return Err(wrong_method(&method, &full_path));
+                return Err(route.wrong_method());
             }
             let body: ExecBody = scope
                 .read_json(req)
@@ -66,7 +66,7 @@ where
                 Ok(chunks) => chunks,
                 Err(e) => {
                     counted.finish(ExecutionEnd::Failed);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             // The session stays in use, and counts as executing, until the stream ends or the
@@ -79,7 +79,7 @@ where
         }
         "files/upload" => {
             if method != Method::POST {
-                return Err(wrong_method(&method, &full_path));
+                return Err(route.wrong_method());
             }
             let session = scope.open(id).await?;
             let _in_use = session.use_guard();
@@ -88,10 +88,10 @@ where
         }
         _ => {
             let Some(path) = op.strip_prefix("files/download/") else {
-                return Err(no_route(&method, &full_path));
+                return Err(route.no_route());
             };
             if method != Method::GET {
-                return Err(wrong_method(&method, &full_path));
+                return Err(route.wrong_method());
             }
             let path = super::percent_decode(path).ok_or_else(|| {
                 CodeBoxError::invalid(format!("the file path {path:?} is not valid percent-encoded UTF-8"))
@@ -158,7 +158,7 @@ async fn bash(cb: &dyn CodeBox, code: &str, options: RunOptions) -> Result<Chunk
     if let Some(packages) = uv_pip_install(code) {
         let chunks = match cb.install(&packages).await {
             Ok(output) => vec![tag("txt", &output)],
-            Err(CodeBoxError::Install { output }) => vec![tag("err", &output)],
+            Err(CodeBoxError::Install { output, .. }) => vec![tag("err", &output)],
             Err(e) if e.kind() == ErrorKind::Unsupported => return Err(e),
             Err(e) => vec![tag("err", &e.to_string())],
         };

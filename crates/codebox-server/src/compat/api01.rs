@@ -1,4 +1,5 @@
-//! The codebox-api 0.1 protocol (`/api/v1`). See the module docs of `compat` for the table.
+//! The protocol of the codebox-api 0.1 client (`/api/v1`). See the module docs of `compat`
+//! for the table.
 
 use bytes::Bytes;
 use codebox_core::{BoxState, CodeBoxError, ExecEvent, Execution, MimeBundle, Result, RunOptions};
@@ -7,8 +8,9 @@ use http::{Method, Request, Response};
 use http_body::Body as HttpBody;
 use serde::{Deserialize, Serialize};
 
-use super::{ExecutionMetrics, Scope, no_route, ok_json, session_route, wrong_method};
+use super::{ExecutionMetrics, Scope, SessionRoute, ok_json};
 use crate::metrics::ExecutionEnd;
+use crate::state::ApiResult;
 
 /// What `run` answers when the code printed nothing, as the 0.1 client's own box does.
 pub(super) const NO_OUTPUT: &str = "code run successfully (no output)";
@@ -49,36 +51,34 @@ struct InstallBody {
     package_name: String,
 }
 
-fn status(text: impl Into<String>) -> Result<Response<Body>> {
+fn status(text: impl Into<String>) -> ApiResult<Response<Body>> {
     ok_json(&Status { status: text.into() })
 }
 
-/// Serve `rest`, the path after `/api/v1`.
-pub(super) async fn handle<B>(scope: &Scope<'_>, rest: &str, req: Request<B>) -> Result<Response<Body>>
+/// Serve a `/api/v1/codebox/{id}/{op}` request.
+pub(super) async fn handle<B>(scope: &Scope<'_>, route: &SessionRoute<'_>, req: Request<B>) -> ApiResult<Response<Body>>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + 'static,
 {
-    let method = req.method().clone();
-    let full_path = req.uri().path().to_owned();
-    let (id, op) = session_route(rest, &method, &full_path)?;
+    let SessionRoute { method, id, op, .. } = *route;
     if id == "start" && op.is_empty() {
         if method != Method::GET && method != Method::POST {
-            return Err(wrong_method(&method, &full_path));
+            return Err(route.wrong_method());
         }
         return start(scope).await;
     }
     // The client writes `UUID.int`: a decimal integer below 2^128.
     if id.is_empty() || id.len() > 39 || !id.bytes().all(|b| b.is_ascii_digit()) || id.parse::<u128>().is_err() {
-        return Err(no_route(&method, &full_path));
+        return Err(route.no_route());
     }
     let expected = match op {
         "" | "files" | "download" => Method::GET,
         "run" | "upload" | "install" | "restart" | "stop" => Method::POST,
-        _ => return Err(no_route(&method, &full_path)),
+        _ => return Err(route.no_route()),
     };
     if method != expected {
-        return Err(wrong_method(&method, &full_path));
+        return Err(route.wrong_method());
     }
     match op {
         "" => {
@@ -104,7 +104,7 @@ where
                 }
                 Err(e) => {
                     counted.finish(ExecutionEnd::Failed);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             let (kind, content) = run_output(&execution);
@@ -130,7 +130,7 @@ where
             let body: InstallBody = required(scope.read_json(req).await?)?;
             let packages: Vec<String> = body.package_name.split_whitespace().map(str::to_owned).collect();
             if packages.is_empty() {
-                return Err(CodeBoxError::invalid("package_name is empty"));
+                return Err(CodeBoxError::invalid("package_name is empty").into());
             }
             let session = scope.get(id)?;
             let _in_use = session.use_guard();
@@ -153,12 +153,12 @@ where
             scope.close(id).await?;
             status("stopped")
         }
-        _ => Err(no_route(&method, &full_path)),
+        _ => Err(route.no_route()),
     }
 }
 
 /// `GET /codebox/start`: a new session under a fresh integer id.
-async fn start(scope: &Scope<'_>) -> Result<Response<Body>> {
+async fn start(scope: &Scope<'_>) -> ApiResult<Response<Body>> {
     let id = random_id()?;
     scope.open(&id.to_string()).await?;
     ok_json(&Started { id })
