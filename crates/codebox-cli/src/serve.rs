@@ -7,12 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use async_trait::async_trait;
-use codebox_core::{ApiKey, CodeBox};
-use codebox_local::sandbox::IsolationLevel;
-use codebox_local::sandbox::uid::UidAllocator;
-use codebox_local::{Allowlist, Isolation, KernelPool, Limits, LocalBox, LocalBoxBuilder};
-use codebox_server::{BoxFactory, Server, ServerConfig};
+use codebox_core::ApiKey;
+use codebox_local::{Allowlist, Isolation, IsolationLevel, Limits, LocalBox, LocalFactory, SandboxPolicy};
+use codebox_server::{Server, ServerConfig};
 use serde::Deserialize;
 
 /// Host a CodeBox server: sessions of local Jupyter kernels behind the native API (`/v1`)
@@ -406,7 +403,7 @@ fn sandbox_settings(args: &ServeOptions, file: &FileConfig) -> anyhow::Result<Sa
         match (&args.session_uids, &file.session_uids) {
             (Some(r), _) => Some(r.clone()),
             (None, Some(text)) => Some(parse_uid_range(text).map_err(anyhow::Error::msg)?),
-            (None, None) => Some(codebox_local::sandbox::uid::DEFAULT_RANGE),
+            (None, None) => Some(codebox_local::DEFAULT_UID_RANGE),
         }
     };
     Ok(SandboxSettings {
@@ -441,7 +438,7 @@ fn default_session_root() -> anyhow::Result<PathBuf> {
     if let Some(home) = std::env::var_os("CODEBOX_HOME").filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(home).join("sessions"));
     }
-    if codebox_local::sandbox::uid::running_as_root() {
+    if codebox_local::running_as_root() {
         return Ok(PathBuf::from("/var/lib/codebox/sessions"));
     }
     let state = std::env::var_os("XDG_STATE_HOME")
@@ -549,23 +546,6 @@ fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Result<Setting
     })
 }
 
-/// New sessions get a LocalBox, taking a pre-started kernel from the pool when one is ready.
-#[derive(Debug)]
-struct LocalFactory {
-    builder: LocalBoxBuilder,
-}
-
-#[async_trait]
-impl BoxFactory for LocalFactory {
-    async fn create(&self, kernel: Option<&str>) -> codebox_core::Result<Arc<dyn CodeBox>> {
-        let builder = match kernel {
-            Some(kernel) => self.builder.clone().with_kernel(kernel),
-            None => self.builder.clone(),
-        };
-        Ok(Arc::new(builder.build()?))
-    }
-}
-
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -597,9 +577,9 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
         eprintln!("codebox serve: {e:#}");
         return ExitCode::from(2);
     }
-    // Before any thread starts: the sweep kills and unmounts, and the environment changes.
-    let _claim = match claim_session_root(&settings) {
-        Ok(claim) => claim,
+    // Claims the session root: a server that cannot have it stops before it listens.
+    let factory = match local_factory(&settings) {
+        Ok(factory) => factory,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("codebox serve: {e:#}");
@@ -613,7 +593,7 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(settings)) {
+    match runtime.block_on(serve(settings, factory)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -689,7 +669,7 @@ fn scrub_command_line(secrets: &[String]) -> std::io::Result<usize> {
 fn check_tenant_isolation(settings: &Settings) -> anyhow::Result<()> {
     let sb = &settings.sandbox;
     // A level that cannot be had here fails every session start on its own, loudly.
-    let Ok(level) = codebox_local::sandbox::choose(sb.isolation, sb.require, codebox_local::sandbox::probe()) else {
+    let Ok(level) = codebox_local::choose(sb.isolation, sb.require, codebox_local::probe()) else {
         return Ok(());
     };
     let keys = settings.server.api_keys.len();
@@ -710,97 +690,50 @@ fn check_tenant_isolation(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Claim the session root for this server, sweeping what an earlier one left behind
-/// (processes of the session uids, session cgroups, mounted images, directories), and make
-/// its scratch directory this process's temporary directory, where every box's working
-/// directory and kernel runtime directory go. The claim lasts as long as the value.
-// SAFETY (of the one unsafe block): called from `main` before the runtime or any other
-// thread starts, so nothing reads the environment while it changes.
-#[allow(unsafe_code)]
-fn claim_session_root(settings: &Settings) -> anyhow::Result<codebox_local::sandbox::sweep::SessionRoot> {
+/// The factory of this server's sessions: a confined LocalBox each, in the claimed session
+/// root (swept of what an earlier server left behind), under session uids and cgroups where
+/// this process may give them, with a pool of warm kernels.
+fn local_factory(settings: &Settings) -> anyhow::Result<LocalFactory> {
     let sb = &settings.sandbox;
-    let root = codebox_local::sandbox::uid::running_as_root();
-    let uids = sb.uids.clone().filter(|_| root);
-    let cgroups = if sb.cgroups && root { codebox_local::sandbox::cgroup_manager().ok() } else { None };
-    let (claim, swept) = codebox_local::sandbox::sweep::SessionRoot::claim(&settings.session_root, uids, cgroups)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if swept.is_empty() {
-        tracing::info!(root = %claim.path().display(), "session root claimed; nothing left from an earlier server");
-    }
-    // SAFETY: see the function's comment: no other thread exists yet.
-    unsafe { std::env::set_var("TMPDIR", claim.scratch()) };
-    Ok(claim)
-}
-
-/// The session cap that session uids allow: each session holds one uid, and so does each
-/// kernel the pool keeps ready, so at most the uids less the pool size (at least 1). `None`
-/// when `max_sessions` is within it already.
-fn session_cap_for_uids(max_sessions: usize, uids: usize, pool_size: usize) -> Option<usize> {
-    let cap = uids.saturating_sub(pool_size).max(1);
-    (max_sessions > cap).then_some(cap)
-}
-
-async fn serve(mut settings: Settings) -> anyhow::Result<()> {
-    if let (Some(range), true) = (&settings.sandbox.uids, codebox_local::sandbox::uid::running_as_root()) {
-        let uids = range.len();
-        if let Some(cap) = session_cap_for_uids(settings.server.max_sessions, uids, settings.pool_size) {
-            // Lowered here, before the per-key share is derived from it, so that one key
-            // cannot take every uid and lock the others out.
-            tracing::warn!(
-                max_sessions = settings.server.max_sessions,
-                lowered_to = cap,
-                uids,
-                pool = settings.pool_size,
-                "fewer session uids than sessions: the session cap is lowered to the uids less the kernel pool"
-            );
-            settings.server = settings.server.with_max_sessions(cap);
-        }
-    }
-    let sb = &settings.sandbox;
-    let mut builder = LocalBox::builder()
+    let policy = SandboxPolicy::default()
         .with_isolation(sb.isolation)
         .with_require_isolation(sb.require)
         .with_network(sb.network)
         .with_network_allowlist(sb.allowlist.clone())
         .with_limits(sb.limits.clone());
-    let root = codebox_local::sandbox::uid::running_as_root();
-    match (&sb.uids, root) {
-        (Some(range), true) => {
-            builder = builder.with_session_uids(UidAllocator::new(range.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
-        }
-        (Some(_), false) => tracing::warn!("not running as root: every session runs as this user (no session uids)"),
-        (None, _) => {}
-    }
-    if sb.cgroups && root {
-        match codebox_local::sandbox::cgroup_manager() {
-            Ok(m) => {
-                tracing::info!(version = m.version(), "sessions get cgroups");
-                builder = builder.with_cgroups(true);
-            }
-            Err(e) => tracing::warn!("no cgroups for sessions (memory, process and CPU limits do not apply): {e}"),
-        }
-    } else if sb.cgroups {
-        tracing::warn!("not running as root: no cgroups (memory, process and CPU limits do not apply)");
-    }
+    let mut boxes = LocalBox::builder().with_sandbox(policy);
     if let Some(python) = &settings.python {
-        builder = builder.with_python(python);
+        boxes = boxes.with_python(python);
     }
     if let Some(kernel) = &settings.kernel {
-        builder = builder.with_kernel(kernel);
+        boxes = boxes.with_kernel(kernel);
     }
-    if settings.pool_size > 0 {
-        let pool = KernelPool::new(settings.pool_size);
-        builder = builder.with_pool(pool.clone());
-        let warm = builder.clone();
-        tokio::spawn(async move {
-            match pool.prewarm(&warm).await {
-                Ok(()) => tracing::info!(ready = pool.ready(), "kernel pool warm"),
-                Err(e) => tracing::warn!("warming the kernel pool failed: {e}"),
-            }
-        });
+    LocalFactory::builder(boxes)
+        .with_session_root(&settings.session_root)
+        .with_session_uids(sb.uids.clone())
+        .with_cgroups(sb.cgroups)
+        .with_pool_size(settings.pool_size)
+        .build()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn serve(mut settings: Settings, factory: LocalFactory) -> anyhow::Result<()> {
+    if let Some(cap) = factory.session_cap()
+        && settings.server.max_sessions > cap
+    {
+        // Lowered here, before the per-key share is derived from it, so that one key
+        // cannot take every uid and lock the others out.
+        tracing::warn!(
+            max_sessions = settings.server.max_sessions,
+            lowered_to = cap,
+            uids = factory.session_uids().map_or(0, |u| u.len()),
+            pool = settings.pool_size,
+            "fewer session uids than sessions: the session cap is lowered to the uids less the kernel pool"
+        );
+        settings.server = settings.server.with_max_sessions(cap);
     }
-    let factory = Arc::new(LocalFactory { builder });
-    let server = Server::bind(settings.server, factory).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    factory.prewarm_in_background();
+    let server = Server::bind(settings.server, Arc::new(factory)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(addr = %server.local_addr(), pool = settings.pool_size, "codebox serve listening");
     server.run().await.map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -821,12 +754,9 @@ mod tests {
     }
 
     #[test]
-    fn the_session_cap_leaves_a_uid_for_every_session_and_pooled_kernel() {
-        assert_eq!(session_cap_for_uids(64, 4, 2), Some(2));
-        assert_eq!(session_cap_for_uids(64, 4, 0), Some(4));
-        assert_eq!(session_cap_for_uids(64, 2, 2), Some(1), "never below one session");
-        assert_eq!(session_cap_for_uids(64, 65_536, 2), None);
-        assert_eq!(session_cap_for_uids(3, 4, 1), None);
+    fn the_documented_default_uid_range_is_the_default() {
+        // The help's `200000-265535` is first and last uid, inclusive.
+        assert_eq!(parse_uid_range("200000-265535"), Ok(codebox_local::DEFAULT_UID_RANGE));
     }
 
     #[test]
@@ -938,7 +868,7 @@ mod tests {
         let s = settings(parse(&["--no-auth"]), None).unwrap().sandbox;
         assert_eq!(s.isolation, Isolation::Auto);
         assert_eq!(s.limits, Limits::server());
-        assert_eq!(s.uids, Some(codebox_local::sandbox::uid::DEFAULT_RANGE));
+        assert_eq!(s.uids, Some(codebox_local::DEFAULT_UID_RANGE));
         assert!(s.cgroups && !s.network && !s.require && s.allowlist.is_empty());
         let s = settings(
             parse(&["--no-auth", "--kernel-allow-host", "pypi.org", "--kernel-allow-host", "*.pythonhosted.org:443"]),
@@ -979,7 +909,7 @@ mod tests {
         assert!(s.require && !s.cgroups);
         assert_eq!(s.limits.memory, Some(512 << 20));
         assert!(s.limits.data.unwrap() < 512 << 20);
-        assert_eq!((s.limits.pids, s.limits.cpu, s.limits.file_size), (Some(64), Some(0.5), Some(10 << 20)));
+        assert_eq!((s.limits.pids, s.limits.cpu_millis, s.limits.file_size), (Some(64), Some(500), Some(10 << 20)));
         assert_eq!(s.limits.max_message, 8 << 20);
         assert_eq!(s.uids, Some(300_000..300_010));
         let dir = tempfile::tempdir().unwrap();

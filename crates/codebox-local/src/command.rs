@@ -13,8 +13,7 @@ use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio::time::Instant;
 
 use crate::output::OutputCap;
-use crate::sandbox::netproxy::{Allowlist, LoopbackProxy, NetProxy};
-use crate::sandbox::{Confinement, InstallerNetwork, IsolationLevel};
+use codebox_sandbox::{Allowlist, Confinement, InstallerNetwork, IsolationLevel, LoopbackProxy, NetProxy};
 
 /// Where a command runs: in the box's sandbox (its confinement, reading the box's Python
 /// environment), or on the host (`None`: `install` of an unconfined box, which writes to that
@@ -177,7 +176,7 @@ pub(crate) async fn run_pip_install(
     let own_dir = if level == IsolationLevel::Bubblewrap && proxy_run_dir.is_none() {
         // A directory of the server's own (nothing of the box can swap the socket while it is
         // made), then the box's uid's alone.
-        let dir = crate::localbox::new_temp_workdir()?;
+        let dir = crate::localbox::new_temp_workdir(None)?;
         _proxy = Some(NetProxy::start(&dir.path().join("net.sock"), indexes()?)?);
         confinement.adopt_run_dir(dir.path())?;
         Some(dir)
@@ -197,6 +196,10 @@ pub(crate) async fn run_pip_install(
             let port = proxy.port();
             _loopback = Some(proxy);
             InstallerNetwork::ProxyPort(port)
+        }
+        // A level this crate does not know yet has no installer network of its own.
+        other => {
+            return Err(CodeBoxError::unsupported(format!("install at the {other} isolation level")));
         }
     };
     // -I: nothing of the box (its current directory, PYTHONPATH) is imported by pip.
@@ -222,7 +225,7 @@ pub(crate) async fn run_pip_install(
         InstallerNetwork::Host => {}
         InstallerNetwork::ProxySocket(dir) => {
             pip_env.retain(|(k, _)| !k.to_ascii_lowercase().ends_with("_proxy"));
-            pip_env.extend(crate::sandbox::netproxy::proxy_env(&dir.join("net.sock")));
+            pip_env.extend(codebox_sandbox::proxy_env(&dir.join("net.sock")));
         }
         InstallerNetwork::ProxyPort(_) => {
             pip_env.retain(|(k, _)| !k.to_ascii_lowercase().ends_with("_proxy"));

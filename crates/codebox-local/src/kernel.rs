@@ -33,9 +33,8 @@ use zeromq::{DealerSendHalf, Socket, SocketEvent, SocketRecv, SocketSend, ZmqMes
 
 use crate::protocol::{Incoming, Signer};
 use crate::relay::{Oversize, Target};
-use crate::sandbox::netproxy::{NetProxy, proxy_env};
-use crate::sandbox::{Confinement, IsolationLevel, PolicyRef};
 use crate::util::random_hex;
+use codebox_sandbox::{Confinement, IsolationLevel, NetProxy, SandboxPolicy, proxy_env};
 
 /// How an interrupt reaches the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,7 +63,10 @@ pub(crate) struct LaunchSpec {
     pub(crate) transport: Transport,
     pub(crate) start_timeout: Duration,
     /// How kernels of this kind are confined.
-    pub(crate) sandbox: PolicyRef,
+    pub(crate) sandbox: Arc<SandboxPolicy>,
+    /// Where the kernel's runtime directory goes (the builder's scratch directory); `None`:
+    /// `XDG_RUNTIME_DIR` or the temporary directory.
+    pub(crate) scratch_dir: Option<PathBuf>,
 }
 
 /// Which socket a message came in on.
@@ -231,6 +233,18 @@ impl Drop for Kernel {
 
 const STDERR_TAIL: usize = 4096;
 
+/// Where kernel runtime directories go: `scratch` when one is given, else `XDG_RUNTIME_DIR`,
+/// else the temporary directory.
+fn runtime_base_in(scratch: Option<&Path>) -> PathBuf {
+    // Unix socket paths are limited to ~107 bytes: keep the directory short.
+    if let Some(dir) = scratch
+        && dir.as_os_str().len() < 60
+    {
+        return dir.to_owned();
+    }
+    runtime_base()
+}
+
 fn runtime_base() -> PathBuf {
     // Unix socket paths are limited to ~107 bytes: keep the directory short.
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)
@@ -381,7 +395,7 @@ impl Kernel {
         let runtime_dir = tempfile::Builder::new()
             .prefix("cbk-")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir_in(runtime_base())
+            .tempdir_in(runtime_base_in(spec.scratch_dir.as_deref()))
             .map(crate::rmtree::OwnedDir::adopt)
             .map_err(|e| CodeBoxError::io("creating the kernel's runtime directory", e))?;
         std::fs::write(runtime_dir.path().join(OWNER_FILE), owner_tag())
@@ -453,7 +467,7 @@ impl Kernel {
             confinement.clone(),
             Cause {
                 oversize: oversize.clone(),
-                max_message: spec.sandbox.policy().limits.max_message,
+                max_message: spec.sandbox.limits.max_message,
                 link_lost: link_lost.clone(),
             },
             death_tx,
@@ -482,11 +496,8 @@ impl Kernel {
         };
         let deadline = started + spec.start_timeout;
 
-        let guard = RelayGuard {
-            limit: spec.sandbox.policy().limits.max_message,
-            oversize: oversize.clone(),
-            process: process.clone(),
-        };
+        let guard =
+            RelayGuard { limit: spec.sandbox.limits.max_message, oversize: oversize.clone(), process: process.clone() };
         let connected = connect_all(spec.transport, &ip, &ports, &death_rx, deadline, &guard).await;
         let (sockets, relays) = match connected {
             Ok(connected) => connected,

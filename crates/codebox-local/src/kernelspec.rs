@@ -7,7 +7,6 @@ use std::time::Duration;
 use codebox_core::{CodeBoxError, Result};
 
 use crate::kernel::{InterruptMode, LaunchSpec, Transport};
-use crate::sandbox::PolicyRef;
 
 /// Flags for ipykernel: in-memory history (a shared SQLite history file serializes
 /// concurrent kernels) and tracebacks without terminal colours.
@@ -97,7 +96,8 @@ pub(crate) fn launch_spec(
             interrupt_mode: InterruptMode::Message,
             transport: if crate::kernel::ipc_works() { Transport::Ipc } else { Transport::Tcp },
             start_timeout,
-            sandbox: PolicyRef::default(),
+            sandbox: Default::default(),
+            scratch_dir: None,
         });
     }
     for dir in data_dirs(python) {
@@ -133,7 +133,8 @@ pub(crate) fn launch_spec(
             // Not every kernel implements IPC; TCP on loopback always works.
             transport: Transport::Tcp,
             start_timeout,
-            sandbox: PolicyRef::default(),
+            sandbox: Default::default(),
+            scratch_dir: None,
         });
     }
     Err(CodeBoxError::invalid(format!("unknown kernel {name:?}; available kernels: {}", available(python).join(", "))))

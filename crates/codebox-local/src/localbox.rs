@@ -16,13 +16,13 @@ use tokio::time::Instant;
 use crate::exec::ExecLimits;
 use crate::files::Root;
 use crate::kernel::{ExitReason, Kernel, LaunchSpec};
-use crate::pool::KernelPool;
-use crate::progress::{ProgressFn, ProvisionEvent};
-use crate::python::{Provision, PythonProfile};
 use crate::rmtree::OwnedDir;
-use crate::sandbox::netproxy::Allowlist;
-use crate::sandbox::uid::UidAllocator;
-use crate::sandbox::{Confinement, Isolation, IsolationLevel, Limits, PolicyRef, SandboxPolicy};
+use codebox_sandbox::{Confinement, IsolationLevel};
+
+mod builder;
+
+pub(crate) use self::builder::Config;
+pub use self::builder::LocalBoxBuilder;
 
 /// How long one `install` may take.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
@@ -49,303 +49,6 @@ impl std::fmt::Debug for LocalBox {
     }
 }
 
-/// Builds a [`LocalBox`]. Get one from [`LocalBox::builder`].
-#[derive(Clone)]
-pub struct LocalBoxBuilder {
-    config: Config,
-}
-
-impl std::fmt::Debug for LocalBoxBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalBoxBuilder")
-            .field("python", &self.config.python)
-            .field("kernel", &self.config.kernel)
-            .field("working_dir", &self.config.working_dir)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct Config {
-    python: Option<PathBuf>,
-    provision: Provision,
-    profile: PythonProfile,
-    progress: Option<ProgressFn>,
-    kernel: String,
-    timeout: Option<Duration>,
-    output_limit: usize,
-    interrupt_grace: Duration,
-    start_timeout: Duration,
-    working_dir: Option<PathBuf>,
-    keep_working_dir: bool,
-    pool: Option<KernelPool>,
-    env: BTreeMap<String, String>,
-    max_restarts: usize,
-    restart_window: Duration,
-    sandbox: SandboxPolicy,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            python: None,
-            provision: Provision::Auto,
-            profile: PythonProfile::Data,
-            progress: None,
-            kernel: "python3".into(),
-            timeout: None,
-            output_limit: DEFAULT_OUTPUT_LIMIT,
-            interrupt_grace: Duration::from_secs(5),
-            start_timeout: Duration::from_secs(30),
-            working_dir: None,
-            keep_working_dir: false,
-            pool: None,
-            env: BTreeMap::new(),
-            max_restarts: 3,
-            restart_window: Duration::from_secs(60),
-            sandbox: SandboxPolicy::default(),
-        }
-    }
-}
-
-impl Config {
-    async fn python(&self) -> Result<PathBuf> {
-        let (python, provision, profile, progress) =
-            (self.python.clone(), self.provision, self.profile, self.progress.clone());
-        tokio::task::spawn_blocking(move || {
-            crate::python::resolve(python.as_deref(), provision, profile, progress.as_ref())
-        })
-        .await
-        .map_err(|e| CodeBoxError::KernelStart { message: format!("provisioning task failed: {e}") })?
-    }
-
-    /// The environment of the kernel and of commands: ours, the environment's `bin` first on
-    /// `PATH`, and the builder's variables.
-    fn child_env(&self, python: &Path) -> Vec<(String, String)> {
-        let mut env = Vec::new();
-        if let Some(bin) = python.parent() {
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            let joined = std::env::join_paths(std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&path)))
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| path.to_string_lossy().into_owned());
-            env.push(("PATH".to_owned(), joined));
-        }
-        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env
-    }
-
-    pub(crate) async fn launch_spec(&self) -> Result<LaunchSpec> {
-        let python = self.python().await?;
-        self.spec_for(&python)
-    }
-
-    fn spec_for(&self, python: &Path) -> Result<LaunchSpec> {
-        let mut spec =
-            crate::kernelspec::launch_spec(&self.kernel, python, self.child_env(python), self.start_timeout)?;
-        spec.sandbox = PolicyRef::new(self.sandbox.clone());
-        Ok(spec)
-    }
-}
-
-impl LocalBoxBuilder {
-    /// Use this Python (it must have ipykernel) instead of `CODEBOX_PYTHON` or the managed
-    /// environment.
-    pub fn with_python(mut self, python: impl Into<PathBuf>) -> Self {
-        self.config.python = Some(python.into());
-        self
-    }
-
-    /// Apply what settings say about a local box: `python`, `kernel` and `timeout`, where
-    /// set. [`LocalBox::from_settings`] is this and `build`; the builder leaves room for
-    /// more, such as [`with_progress`](Self::with_progress).
-    pub fn with_settings(mut self, settings: &CodeBoxSettings) -> Self {
-        if let Some(p) = &settings.python {
-            self = self.with_python(p.clone());
-        }
-        if let Some(k) = &settings.kernel {
-            self = self.with_kernel(k.clone());
-        }
-        if let Some(t) = settings.timeout {
-            self = self.with_timeout(t);
-        }
-        self
-    }
-
-    /// Allow or forbid creating the managed Python environment.
-    pub fn with_provision(mut self, provision: Provision) -> Self {
-        self.config.provision = provision;
-        self
-    }
-
-    /// What the managed environment contains (default: [`PythonProfile::Data`]).
-    pub fn with_profile(mut self, profile: PythonProfile) -> Self {
-        self.config.profile = profile;
-        self
-    }
-
-    /// Hear how building the managed Python environment goes: each step (the venv, then each
-    /// group of packages) with its place and timings, and the lines the tools print. Called
-    /// on the thread doing the build; nothing is reported when the environment is ready.
-    /// Each event displays as one line, so `|event| eprintln!("{event}")` is a complete hook.
-    pub fn with_progress(mut self, progress: impl Fn(&ProvisionEvent) + Send + Sync + 'static) -> Self {
-        self.config.progress = Some(Arc::new(progress));
-        self
-    }
-
-    /// The kernel to run: `python3` (the default, ipykernel over the box's Python),
-    /// [`LEAN_KERNEL`](crate::LEAN_KERNEL) (IPython over the box's Python without ipykernel:
-    /// shorter round trips and starts, no widgets or debugger), or the name of an installed
-    /// kernelspec.
-    pub fn with_kernel(mut self, kernel: impl Into<String>) -> Self {
-        self.config.kernel = kernel.into();
-        self
-    }
-
-    /// The default timeout of one execution (none unless set).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = Some(timeout);
-        self
-    }
-
-    /// How many bytes of output one execution keeps (default 10 MiB): the first and last
-    /// halves, with an [`ExecEvent::Truncated`](codebox_core::ExecEvent::Truncated) marker
-    /// for the rest.
-    pub fn with_output_limit(mut self, bytes: usize) -> Self {
-        self.config.output_limit = bytes;
-        self
-    }
-
-    /// How long a timed-out execution may take to honour its interrupt before the kernel is
-    /// killed and restarted (default 5 s).
-    pub fn with_interrupt_grace(mut self, grace: Duration) -> Self {
-        self.config.interrupt_grace = grace;
-        self
-    }
-
-    /// How long a kernel may take to start (default 30 s).
-    pub fn with_start_timeout(mut self, timeout: Duration) -> Self {
-        self.config.start_timeout = timeout;
-        self
-    }
-
-    /// Use this existing directory as the working directory instead of a temporary one.
-    /// It is never removed.
-    pub fn with_working_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config.working_dir = Some(dir.into());
-        self
-    }
-
-    /// Keep the temporary working directory when the box stops.
-    pub fn with_keep_working_dir(mut self, keep: bool) -> Self {
-        self.config.keep_working_dir = keep;
-        self
-    }
-
-    /// Take kernels from this pool when starting.
-    pub fn with_pool(mut self, pool: KernelPool) -> Self {
-        self.config.pool = Some(pool);
-        self
-    }
-
-    /// Set an environment variable for the kernel and for commands.
-    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.config.env.insert(key.into(), value.into());
-        self
-    }
-
-    /// How many crash restarts are allowed within `window` before the box is declared dead
-    /// (default 3 within 60 s).
-    pub fn with_restart_limit(mut self, restarts: usize, window: Duration) -> Self {
-        self.config.max_restarts = restarts;
-        self.config.restart_window = window;
-        self
-    }
-
-    /// Which isolation kernels run under (default [`Isolation::Auto`]: bubblewrap where it
-    /// works, else Landlock, else none with a loud warning). See [`crate::sandbox`].
-    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
-        self.config.sandbox.isolation = isolation;
-        self
-    }
-
-    /// Refuse to run kernels without isolation: a level that is not available here is an
-    /// error instead of a step down the ladder (default off).
-    pub fn with_require_isolation(mut self, require: bool) -> Self {
-        self.config.sandbox.require = require;
-        self
-    }
-
-    /// Give kernels the host network (default off: a private network namespace with only
-    /// loopback under bubblewrap; TCP denied under Landlock).
-    pub fn with_network(mut self, network: bool) -> Self {
-        self.config.sandbox.network = network;
-        self
-    }
-
-    /// Let the box reach only these hosts, over HTTP and HTTPS through codebox's proxy
-    /// (`HTTP_PROXY` and `HTTPS_PROXY` are set in the kernel, so pip, requests and urllib
-    /// use it; anything else finds no network). Needs the bubblewrap level and a built-in
-    /// kernel; commands run with `run_command` get no network.
-    pub fn with_network_allowlist(mut self, allowlist: Allowlist) -> Self {
-        self.config.sandbox.network_allowlist = allowlist;
-        self
-    }
-
-    /// Resource limits of the box's kernels and commands (default [`Limits::default`]).
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.config.sandbox.limits = limits;
-        self
-    }
-
-    /// Run each box under its own unprivileged uid from `uids` (the process must be root).
-    /// The Python environment must be readable by those uids (the managed environment of
-    /// root, under `/var/lib/codebox`, is).
-    pub fn with_session_uids(mut self, uids: UidAllocator) -> Self {
-        self.config.sandbox.uids = Some(uids);
-        self
-    }
-
-    /// Put each box in a cgroup of its own that applies the memory, process and CPU limits
-    /// and tells an OOM kill apart (needs root or a delegated cgroup subtree).
-    pub fn with_cgroups(mut self, cgroups: bool) -> Self {
-        self.config.sandbox.cgroups = cgroups;
-        self
-    }
-
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Check the settings and make the box. Nothing starts until [`CodeBox::start`] (or the
-    /// first call that needs the kernel).
-    pub fn build(self) -> Result<LocalBox> {
-        let c = &self.config;
-        if c.kernel.trim().is_empty() {
-            return Err(CodeBoxError::invalid("the kernel name is empty"));
-        }
-        if c.output_limit < 2 {
-            return Err(CodeBoxError::invalid("the output limit must be at least 2 bytes"));
-        }
-        if let Some(dir) = &c.working_dir
-            && !dir.is_dir()
-        {
-            return Err(CodeBoxError::invalid(format!("working directory {} does not exist", dir.display())));
-        }
-        if let Some(p) = &c.python
-            && !p.exists()
-        {
-            return Err(CodeBoxError::invalid(format!("Python {} does not exist", p.display())));
-        }
-        c.sandbox.limits.validate()?;
-        // An isolation that was asked for by name, or required (or an allowlist, which needs
-        // bubblewrap), must exist: say so now.
-        if c.sandbox.require || c.sandbox.isolation != Isolation::Auto || !c.sandbox.network_allowlist.is_empty() {
-            c.sandbox.level()?;
-        }
-        Ok(LocalBox::from_config(self.config))
-    }
-}
-
 enum WorkDir {
     Temp(OwnedDir),
     Given(PathBuf),
@@ -360,12 +63,13 @@ impl WorkDir {
     }
 }
 
-pub(crate) fn new_temp_workdir() -> Result<OwnedDir> {
+/// A fresh working directory in `scratch` (default: the temporary directory).
+pub(crate) fn new_temp_workdir(scratch: Option<&Path>) -> Result<OwnedDir> {
     // 0700: the box's files are its owner's alone.
     tempfile::Builder::new()
         .prefix(&crate::kernel::workdir_prefix())
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()
+        .tempdir_in(scratch.map_or_else(std::env::temp_dir, Path::to_path_buf))
         .map(OwnedDir::adopt)
         .map_err(|e| CodeBoxError::io("creating a working directory", e))
 }
@@ -421,7 +125,7 @@ struct Handle {
 
 /// Confine a box whose working directory is `dir` (blocking work: uid, image, cgroup).
 pub(crate) async fn confine(spec: &LaunchSpec, dir: &Path) -> Result<Arc<Confinement>> {
-    let (policy, dir) = (spec.sandbox.policy().clone(), dir.to_owned());
+    let (policy, dir) = (Arc::clone(&spec.sandbox), dir.to_owned());
     tokio::task::spawn_blocking(move || policy.confine(&dir).map(Arc::new))
         .await
         .map_err(|e| CodeBoxError::KernelStart { message: format!("the sandbox task failed: {e}") })?
@@ -553,7 +257,7 @@ impl Inner {
     async fn start_locked(self: &Arc<Self>, st: &mut State) -> Result<()> {
         let python = self.config.python().await?;
         if self.config.sandbox.uids.is_some()
-            && let Some(dir) = crate::sandbox::uid::unreachable_for_others(&python)
+            && let Some(dir) = codebox_sandbox::unreachable_for_others(&python)
         {
             return Err(CodeBoxError::KernelStart {
                 message: format!(
@@ -577,7 +281,7 @@ impl Inner {
             None => {
                 let workdir = match &self.config.working_dir {
                     Some(dir) => WorkDir::Given(dir.clone()),
-                    None => WorkDir::Temp(new_temp_workdir()?),
+                    None => WorkDir::Temp(new_temp_workdir(self.config.scratch_dir.as_deref())?),
                 };
                 let confinement = confine(&spec, workdir.path()).await?;
                 match Kernel::start(&spec, confinement.clone()).await {

@@ -117,7 +117,7 @@ async fn fill(weak: Weak<PoolInner>, spec: LaunchSpec) -> Result<()> {
                 return Ok(());
             }
         }
-        let dir = crate::localbox::new_temp_workdir()?;
+        let dir = crate::localbox::new_temp_workdir(spec.scratch_dir.as_deref())?;
         let confinement = crate::localbox::confine(&spec, dir.path()).await?;
         let kernel = Kernel::start(&spec, confinement).await?;
         let Some(inner) = weak.upgrade() else { return Ok(()) };

@@ -284,7 +284,7 @@ async fn a_kernelspec_from_the_jupyter_path_runs_over_tcp_with_signal_interrupts
     let lb = crate::builder()
         .with_python(&wrapper)
         .with_kernel("spec-py")
-        .with_isolation(codebox_local::Isolation::None)
+        .with_sandbox(codebox_local::SandboxPolicy::default().with_isolation(codebox_local::Isolation::None))
         .build()
         .unwrap();
     lb.start().await.unwrap();

@@ -2,8 +2,8 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use codebox_core::{CodeBoxError, KernelDeath, Result};
 
@@ -15,7 +15,11 @@ use super::uid::{SessionUid, UidAllocator};
 use super::{Isolation, IsolationLevel, Limits, choose, probe};
 
 /// How a box's kernels are confined.
-#[derive(Debug, Clone)]
+///
+/// A value, compared and hashed by every field: a kernel pool hands a box only a kernel
+/// confined by an equal policy. Build one from [`SandboxPolicy::default`] with the `with_*`
+/// setters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct SandboxPolicy {
     /// The isolation asked for.
@@ -24,7 +28,7 @@ pub struct SandboxPolicy {
     pub require: bool,
     /// Give kernels the host network.
     pub network: bool,
-    /// Let kernels reach only these hosts, through codebox's proxy (see [`super::netproxy`]).
+    /// Let kernels reach only these hosts, through codebox's proxy ([`NetProxy`]).
     /// Needs the bubblewrap level and excludes `network`.
     pub network_allowlist: Allowlist,
     /// Resource limits.
@@ -52,12 +56,22 @@ impl Default for SandboxPolicy {
     }
 }
 
-/// The process-wide cgroup manager, detected once under `/sys/fs/cgroup`.
-pub fn cgroup_manager() -> std::result::Result<&'static CgroupManager, String> {
-    static MANAGER: OnceLock<std::result::Result<CgroupManager, String>> = OnceLock::new();
+/// Why sessions cannot have cgroups on this machine: no usable hierarchy, or no right to
+/// make cgroups in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct CgroupUnavailable {
+    reason: String,
+}
+
+/// The process-wide cgroup manager, detected once under `/sys/fs/cgroup` (sweeping the
+/// session cgroups of processes that are gone on the way).
+pub(crate) fn cgroup_manager() -> std::result::Result<&'static CgroupManager, CgroupUnavailable> {
+    static MANAGER: OnceLock<std::result::Result<CgroupManager, CgroupUnavailable>> = OnceLock::new();
     MANAGER
         .get_or_init(|| {
-            let m = CgroupManager::detect(Path::new("/sys/fs/cgroup")).map_err(|e| e.to_string())?;
+            let m = CgroupManager::detect(Path::new("/sys/fs/cgroup"))
+                .map_err(|e| CgroupUnavailable { reason: e.to_string() })?;
             let swept = sweep_orphans(&m);
             if swept > 0 {
                 tracing::info!(swept, "removed session cgroups of processes that are gone");
@@ -68,10 +82,17 @@ pub fn cgroup_manager() -> std::result::Result<&'static CgroupManager, String> {
         .map_err(Clone::clone)
 }
 
+/// Whether sessions can have cgroups here, and of which version (`"v1"` or `"v2"`). The
+/// first call detects the hierarchy and removes the session cgroups of processes that are
+/// gone.
+pub fn cgroup_version() -> std::result::Result<&'static str, CgroupUnavailable> {
+    cgroup_manager().map(CgroupManager::version)
+}
+
 /// Remove session cgroups whose owning process (the number before the first `-` of the
 /// name) no longer exists, killing what is left in them. Sessions of live processes, this
 /// one or others, are left alone.
-pub fn sweep_orphans(manager: &CgroupManager) -> usize {
+pub(crate) fn sweep_orphans(manager: &CgroupManager) -> usize {
     let mut removed = 0;
     for base in manager.bases() {
         let Ok(rd) = std::fs::read_dir(&base) else { continue };
@@ -105,6 +126,56 @@ fn warn_unisolated() {
 }
 
 impl SandboxPolicy {
+    /// Which isolation kernels run under (default [`Isolation::Auto`]: bubblewrap where it
+    /// works, else Landlock, else none with a loud warning).
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Refuse to run kernels without isolation: a level that is not available here is an
+    /// error instead of a step down the ladder (default off).
+    pub fn with_require_isolation(mut self, require: bool) -> Self {
+        self.require = require;
+        self
+    }
+
+    /// Give kernels the host network (default off: a private network namespace with only
+    /// loopback under bubblewrap; TCP denied under Landlock).
+    pub fn with_network(mut self, network: bool) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Let the box reach only these hosts, over HTTP and HTTPS through codebox's proxy
+    /// (`HTTP_PROXY` and `HTTPS_PROXY` are set in the kernel, so pip, requests and urllib
+    /// use it; anything else finds no network). Needs the bubblewrap level and excludes
+    /// [`with_network`](Self::with_network).
+    pub fn with_network_allowlist(mut self, allowlist: Allowlist) -> Self {
+        self.network_allowlist = allowlist;
+        self
+    }
+
+    /// Resource limits of the box's kernels and commands (default [`Limits::default`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Run each box under its own unprivileged uid from `uids` (the process must be root;
+    /// `None`: the process's own uid). The Python environment must be readable by those uids.
+    pub fn with_session_uids(mut self, uids: Option<UidAllocator>) -> Self {
+        self.uids = uids;
+        self
+    }
+
+    /// Put each box in a cgroup of its own that applies the memory, process and CPU limits
+    /// and tells an OOM kill apart (needs root or a delegated cgroup subtree).
+    pub fn with_cgroups(mut self, cgroups: bool) -> Self {
+        self.cgroups = cgroups;
+        self
+    }
+
     /// The level kernels will run under here; an error when a required level is missing.
     pub fn level(&self) -> Result<IsolationLevel> {
         self.limits.validate()?;
@@ -153,7 +224,7 @@ impl SandboxPolicy {
                 .map_err(|e| CodeBoxError::io("giving the working directory to the session uid", e))?;
         }
         let cgroup = if self.cgroups {
-            let manager = cgroup_manager().map_err(|e| CodeBoxError::KernelStart { message: e })?;
+            let manager = cgroup_manager().map_err(|e| CodeBoxError::KernelStart { message: e.to_string() })?;
             let name = format!("{}-{}", std::process::id(), next_serial());
             Some(manager.create(&name, &self.limits).map_err(|e| CodeBoxError::io("creating the session cgroup", e))?)
         } else {
@@ -244,7 +315,7 @@ impl Confinement {
     }
 
     /// For a box with a network allowlist: start the proxy of a kernel whose runtime
-    /// directory is `run_dir` ([`super::netproxy::proxy_env`] points the kernel at it).
+    /// directory is `run_dir` ([`proxy_env`](crate::proxy_env) points the kernel at it).
     pub fn start_net_proxy(&self, run_dir: &Path) -> Result<Option<NetProxy>> {
         if self.network_allowlist.is_empty() {
             return Ok(None);
@@ -517,6 +588,45 @@ mod tests {
     }
 
     #[test]
+    fn policies_differing_in_any_one_field_are_different_keys() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let uids = UidAllocator::new(300_400..300_410).unwrap();
+        let base = SandboxPolicy::default().with_session_uids(Some(uids.clone()));
+        let variants = [
+            base.clone().with_isolation(Isolation::None),
+            base.clone().with_require_isolation(true),
+            base.clone().with_network(true),
+            base.clone().with_network_allowlist(Allowlist::parse(&["pypi.org"]).unwrap()),
+            base.clone().with_limits(Limits::default().with_cpu(Some(0.5))),
+            base.clone().with_limits(Limits::default().with_tmpfs_sizes(128 << 20, 64 << 20, 16 << 20)),
+            base.clone().with_session_uids(None),
+            base.clone().with_session_uids(Some(UidAllocator::new(300_400..300_411).unwrap())),
+            base.clone().with_cgroups(true),
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(v, &base, "variant {i} equals the base policy");
+            for (j, w) in variants.iter().enumerate().filter(|(j, _)| *j != i) {
+                assert_ne!(v, w, "variants {i} and {j} are equal");
+            }
+        }
+        // The same range, but a second allocator: it would hand out the same uids.
+        let twin = base.clone().with_session_uids(Some(UidAllocator::new(300_400..300_410).unwrap()));
+        assert_ne!(twin, base);
+        // A clone (sharing the allocator) and an equal policy built again are the same key,
+        // with the same hash.
+        let again = SandboxPolicy::default().with_session_uids(Some(uids));
+        assert_eq!(again, base);
+        assert_eq!(hasher.hash_one(&again), hasher.hash_one(&base));
+        let (a, b) = (
+            SandboxPolicy::default().with_limits(Limits::default().with_cpu(Some(1.0))),
+            SandboxPolicy::default().with_limits(Limits::default().with_cpu_millis(Some(1000))),
+        );
+        assert_eq!(a, b);
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+    }
+
+    #[test]
     fn bwrap_exit_codes_above_128_are_signals() {
         let c = bare(IsolationLevel::Bubblewrap);
         assert_eq!(c.death_cause(status(139)), KernelDeath::Signaled { signal: 11 });
@@ -562,66 +672,17 @@ mod tests {
             assert!(start.elapsed().as_secs() < 30, "bwrap and the kernel are in the cgroup");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(!super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty());
+        assert!(!crate::uid::processes_in_range(&(uid..uid + 1)).is_empty());
         drop(c);
         let mut child = child;
         child.wait().unwrap();
         let start = std::time::Instant::now();
-        while !super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty() {
+        while !crate::uid::processes_in_range(&(uid..uid + 1)).is_empty() {
             assert!(start.elapsed().as_secs() < 5, "something still runs under the uid");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(paths.iter().all(|p| !p.exists()), "the cgroup is gone");
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         assert!(!mounts.contains(&*work.to_string_lossy()), "the image is unmounted");
-    }
-}
-
-/// A policy shared by the kernels of one kind, compared by its settings (so that a kernel
-/// pool hands out only kernels confined the same way).
-#[derive(Debug, Clone)]
-pub(crate) struct PolicyRef {
-    policy: Arc<SandboxPolicy>,
-    key: String,
-}
-
-impl PolicyRef {
-    pub(crate) fn new(policy: SandboxPolicy) -> Self {
-        let p = &policy;
-        let key = format!(
-            "{:?}|{}|{}|{:?}|{:?}|{:?}|{}",
-            p.isolation,
-            p.require,
-            p.network,
-            p.network_allowlist,
-            p.limits,
-            p.uids.as_ref().map(UidAllocator::range),
-            p.cgroups
-        );
-        Self { policy: Arc::new(policy), key }
-    }
-
-    pub(crate) fn policy(&self) -> &SandboxPolicy {
-        &self.policy
-    }
-}
-
-impl Default for PolicyRef {
-    fn default() -> Self {
-        Self::new(SandboxPolicy::default())
-    }
-}
-
-impl PartialEq for PolicyRef {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl Eq for PolicyRef {}
-
-impl std::hash::Hash for PolicyRef {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.key.hash(state);
     }
 }
