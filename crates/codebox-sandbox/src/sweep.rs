@@ -66,7 +66,7 @@ pub struct Swept {
     /// when even that failed, left where they were), and earlier ones still there.
     pub quarantined: usize,
     /// SysV IPC objects and files in the host's world-writable directories that session
-    /// uids left (see [`super::leftovers`]).
+    /// uids left.
     pub leftovers: usize,
 }
 

@@ -253,8 +253,9 @@ impl LocalBoxBuilder {
         &self.config
     }
 
-    /// Check the settings and make the box. Nothing starts until [`CodeBox::start`] (or the
-    /// first call that needs the kernel).
+    /// Check the settings and make the box. Nothing starts until
+    /// [`CodeBox::start`](codebox_core::CodeBox::start) (or the first call that needs the
+    /// kernel).
     pub fn build(self) -> Result<LocalBox> {
         let c = &self.config;
         if c.kernel.trim().is_empty() {
