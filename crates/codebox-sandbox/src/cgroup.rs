@@ -10,6 +10,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::Limits;
@@ -394,6 +395,64 @@ pub(crate) fn enter_raw(fds: &[RawFd]) -> io::Result<()> {
         rustix::io::write(fd, b"0")?;
     }
     Ok(())
+}
+
+/// Why sessions cannot have cgroups on this machine: no usable hierarchy, or no right to
+/// make cgroups in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct CgroupUnavailable {
+    reason: String,
+}
+
+/// The process-wide cgroup manager, detected once under `/sys/fs/cgroup` (sweeping the
+/// session cgroups of processes that are gone on the way).
+pub(crate) fn cgroup_manager() -> std::result::Result<&'static CgroupManager, CgroupUnavailable> {
+    static MANAGER: OnceLock<std::result::Result<CgroupManager, CgroupUnavailable>> = OnceLock::new();
+    MANAGER
+        .get_or_init(|| {
+            let m = CgroupManager::detect(Path::new("/sys/fs/cgroup"))
+                .map_err(|e| CgroupUnavailable { reason: e.to_string() })?;
+            let swept = sweep_orphans(&m);
+            if swept > 0 {
+                tracing::info!(swept, "removed session cgroups of processes that are gone");
+            }
+            Ok(m)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Whether sessions can have cgroups here, and of which version (`"v1"` or `"v2"`). The
+/// first call detects the hierarchy and removes the session cgroups of processes that are
+/// gone.
+pub fn cgroup_version() -> std::result::Result<&'static str, CgroupUnavailable> {
+    cgroup_manager().map(CgroupManager::version)
+}
+
+/// Remove session cgroups whose owning process (the number before the first `-` of the
+/// name) no longer exists, killing what is left in them. Sessions of live processes, this
+/// one or others, are left alone.
+pub(crate) fn sweep_orphans(manager: &CgroupManager) -> usize {
+    let mut removed = 0;
+    for base in manager.bases() {
+        let Ok(rd) = std::fs::read_dir(&base) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            let alive = owner.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if owner.is_none() || alive {
+                continue;
+            }
+            if let Ok(cg) = manager.create(&name, &Limits::unlimited()) {
+                cg.kill_all();
+                if cg.remove().is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ mod launch;
 mod leftovers;
 mod limits;
 mod netproxy;
+mod policy;
 mod probe;
 mod rlimits;
 pub mod rmtree;
@@ -52,14 +53,13 @@ mod uid;
 
 use std::fmt;
 
-pub use self::cgroup::session_cgroups_of;
+pub use self::cgroup::{CgroupUnavailable, cgroup_version, session_cgroups_of};
 pub use self::launch::{Prepared, SpawnGuard};
 pub use self::limits::Limits;
 pub use self::netproxy::{Allowlist, LoopbackProxy, NetProxy, proxy_env};
+pub use self::policy::SandboxPolicy;
 pub use self::probe::{Probe, probe};
-pub use self::session::{
-    CgroupUnavailable, Confinement, InstallerNetwork, PACKAGES_DIR, SandboxPolicy, cgroup_version,
-};
+pub use self::session::{Confinement, InstallerNetwork, PACKAGES_DIR};
 pub use self::sweep::{SessionRoot, Swept};
 pub use self::uid::{DEFAULT_UID_RANGE, UidAllocator, processes_in_range, running_as_root, unreachable_for_others};
 

@@ -133,8 +133,8 @@ impl SessionRoot {
             let removed = super::leftovers::remove_left_by(range, &[path]);
             swept.leftovers = removed.ipc_objects + removed.files;
         }
-        if cgroups && let Ok(manager) = crate::session::cgroup_manager() {
-            swept.cgroups = crate::session::sweep_orphans(manager);
+        if cgroups && let Ok(manager) = crate::cgroup::cgroup_manager() {
+            swept.cgroups = crate::cgroup::sweep_orphans(manager);
         }
         let scratch = path.join(SCRATCH);
         swept.mounts = unmount_beneath(&scratch)?;
