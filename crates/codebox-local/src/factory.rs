@@ -58,7 +58,8 @@ pub struct LocalFactoryBuilder {
 
 impl LocalFactory {
     /// A factory of boxes like those `boxes` builds; by default with no session root, no
-    /// session uids, no cgroups and no kernel pool.
+    /// session uids, no cgroups and no kernel pool. The factory's choice of session uids and
+    /// cgroups replaces what the template's [`SandboxPolicy`](crate::SandboxPolicy) says of them.
     pub fn builder(boxes: LocalBoxBuilder) -> LocalFactoryBuilder {
         LocalFactoryBuilder { boxes, session_root: None, session_uids: None, cgroups: false, pool_size: 0 }
     }
