@@ -6,32 +6,19 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use codebox::server::{BoxFactory, Server, ServerConfig};
+use codebox::local::LocalFactory;
+use codebox::server::{Server, ServerConfig};
 use codebox::{CodeBox, CodeBoxExt, CodeBoxSettings, LocalBox, RemoteBox, Result, RunOptions};
 use futures::StreamExt;
-
-/// Every session gets its own LocalBox.
-#[derive(Debug)]
-struct LocalBoxes;
-
-#[async_trait]
-impl BoxFactory for LocalBoxes {
-    async fn create(&self, kernel: Option<&str>) -> Result<Arc<dyn CodeBox>> {
-        let mut builder = LocalBox::builder();
-        if let Some(kernel) = kernel {
-            builder = builder.with_kernel(kernel);
-        }
-        Ok(Arc::new(builder.build()?))
-    }
-}
 
 #[tokio::main]
 #[allow(clippy::print_stdout)]
 async fn main() -> Result<()> {
     // The server: a random port on loopback, one API key.
     let config = ServerConfig::new().with_addr("127.0.0.1:0".parse().expect("address")).with_api_key("example-key");
-    let server = Server::bind(config, Arc::new(LocalBoxes)).await?;
+    // Every session gets its own LocalBox, sandboxed as a LocalBox is by default.
+    let factory = LocalFactory::builder(LocalBox::builder()).build()?;
+    let server = Server::bind(config, Arc::new(factory)).await?;
     let base_url = format!("http://{}", server.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.run_until(async {

@@ -2,10 +2,10 @@
 //! nothing the boxes had may be left on the machine.
 //!
 //! It looks for:
-//! - live processes of the session uids (the default range of `codebox-local`'s
-//!   `sandbox::uid::DEFAULT_RANGE` and the ranges the tests use);
+//! - live processes of the session uids (codebox-sandbox's `DEFAULT_UID_RANGE` and the
+//!   ranges the tests use);
 //! - session cgroups: any directory under a `codebox` directory of the cgroup hierarchies
-//!   (v1 controllers and v2), which is where `sandbox::cgroup` puts them;
+//!   (v1 controllers and v2), which is where codebox-sandbox puts them;
 //! - files owned by session uids under the temporary directory and `/var/lib/codebox`;
 //! - codebox temporary directories (`codebox-*` working directories, `cbk-*` kernel runtime
 //!   directories) and working-directory images still mounted;
@@ -20,11 +20,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-/// Session uids: `codebox-local`'s default range, and the ranges the tests allocate from
+/// Session uids: codebox-sandbox's default range, and the ranges the tests allocate from
 /// (300 000 to 340 000; see the tests of codebox-local, codebox-server and codebox-cli).
-pub(crate) const SESSION_UIDS: [Range<u32>; 2] = [200_000..265_535, 300_000..340_000];
+pub(crate) const SESSION_UIDS: [Range<u32>; 2] = [200_000..265_536, 300_000..340_000];
 
-/// The name of the directory that holds session cgroups (`sandbox::cgroup::BASE_NAME`).
+/// The name of the directory that holds session cgroups (`BASE_NAME` in codebox-sandbox's
+/// `cgroup.rs`).
 const CGROUP_BASE: &str = "codebox";
 
 /// Prefixes of codebox's temporary directories: working directories and kernel runtime

@@ -374,7 +374,15 @@ mod tests {
         let root_doc = read(&dir.join("Cargo.toml")).unwrap();
         let deps = root_doc["workspace"]["dependencies"].as_table_like().unwrap();
         let pinned: Vec<&str> = deps.iter().filter(|(_, d)| d.get("path").is_some()).map(|(n, _)| n).collect();
-        for name in ["codebox-core", "codebox-http", "codebox-local", "codebox-remote", "codebox-server", "codebox"] {
+        for name in [
+            "codebox-core",
+            "codebox-http",
+            "codebox-sandbox",
+            "codebox-local",
+            "codebox-remote",
+            "codebox-server",
+            "codebox",
+        ] {
             assert!(pinned.contains(&name), "{name} is not an internal pin: {pinned:?}");
         }
         for name in &pinned {

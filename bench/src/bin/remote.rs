@@ -9,47 +9,22 @@
 //!
 //! `BENCH_ROUNDS` (default 200) sets the number of timed executions per setup.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings};
-use codebox_local::{LEAN_KERNEL, LocalBox};
+use codebox_local::{LEAN_KERNEL, LocalBox, LocalFactory};
 use codebox_remote::RemoteBox;
-use codebox_server::{BoxFactory, Server, ServerConfig};
+use codebox_server::{Server, ServerConfig};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 const KEY: &str = "bench-key";
 const WARMUP: usize = 20;
 const BLOCKS: usize = 5;
-
-/// Every session gets its own LocalBox.
-#[derive(Debug)]
-struct LocalFactory;
-
-type Created<'a> = Pin<Box<dyn Future<Output = codebox_core::Result<Arc<dyn CodeBox>>> + Send + 'a>>;
-
-impl BoxFactory for LocalFactory {
-    fn create<'s, 'k, 'f>(&'s self, kernel: Option<&'k str>) -> Created<'f>
-    where
-        's: 'f,
-        'k: 'f,
-        Self: 'f,
-    {
-        Box::pin(async move {
-            let mut b = LocalBox::builder();
-            if let Some(kernel) = kernel {
-                b = b.with_kernel(kernel);
-            }
-            Ok(Arc::new(b.build()?) as Arc<dyn CodeBox>)
-        })
-    }
-}
 
 fn p50(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -214,7 +189,9 @@ async fn main() -> Result<()> {
     let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
 
     let config = ServerConfig::new().with_addr("127.0.0.1:0".parse()?).with_api_key(KEY);
-    let server = Server::bind(config, Arc::new(LocalFactory)).await?;
+    // Every session gets its own LocalBox.
+    let factory = LocalFactory::builder(LocalBox::builder()).build()?;
+    let server = Server::bind(config, Arc::new(factory)).await?;
     let base = format!("http://{}", server.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.run_until(async {

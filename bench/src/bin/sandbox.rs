@@ -17,13 +17,15 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use codebox_core::{CodeBox, CodeBoxExt};
-use codebox_local::{Isolation, LocalBox};
+use codebox_local::{Isolation, LocalBox, SandboxPolicy};
 use serde_json::json;
 
 use codebox_bench::{env_usize, ms, pct, summary};
 
 fn boxed(isolation: Isolation) -> Result<LocalBox> {
-    Ok(LocalBox::builder().with_isolation(isolation).with_require_isolation(isolation != Isolation::None).build()?)
+    let policy =
+        SandboxPolicy::default().with_isolation(isolation).with_require_isolation(isolation != Isolation::None);
+    Ok(LocalBox::builder().with_sandbox(policy).build()?)
 }
 
 async fn cold_once(isolation: Isolation) -> Result<f64> {
@@ -73,29 +75,16 @@ async fn warm(runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
 
 /// Spawning `true` directly and through bwrap with the kernel's sandbox options.
 fn raw_spawn(runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    let Ok(bwrap) = codebox_local::sandbox::probe().bubblewrap.clone() else {
-        bail!("bubblewrap does not work here: {:?}", codebox_local::sandbox::probe().bubblewrap);
+    let Some(mut bwrap_true) = codebox_sandbox::bare_bubblewrap(&["true"]) else {
+        bail!("bubblewrap does not work here: {:?}", codebox_local::probe().bubblewrap);
     };
-    let mut args: Vec<std::ffi::OsString> = [
-        "--unshare-all",
-        "--unshare-user",
-        "--disable-userns",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-    ]
-    .map(Into::into)
-    .to_vec();
-    args.extend(codebox_local::sandbox::bwrap::system_mounts());
-    args.extend(["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "true"].map(Into::into));
     let (mut direct, mut sandboxed) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let t0 = Instant::now();
         std::process::Command::new("true").status()?;
         direct.push(ms(t0.elapsed()));
         let t0 = Instant::now();
-        let st = std::process::Command::new(&bwrap).args(&args).status()?;
+        let st = bwrap_true.status()?;
         sandboxed.push(ms(t0.elapsed()));
         if !st.success() {
             bail!("bwrap true failed: {st}");

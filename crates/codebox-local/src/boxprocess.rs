@@ -15,7 +15,7 @@ use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio::time::Instant;
 
 use crate::output::OutputCap;
-use crate::sandbox::Confinement;
+use codebox_sandbox::Confinement;
 
 /// Where a process of the box runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use codebox_core::{CodeBoxError, Result};
 
 use crate::kernelspec::LaunchSpec;
-use crate::sandbox::Confinement;
+use codebox_sandbox::Confinement;
 
 /// Confine a box whose working directory is `dir` under the policy of `spec`.
 pub(crate) async fn confine(spec: &LaunchSpec, dir: &Path) -> Result<Arc<Confinement>> {
-    let (policy, dir) = (spec.sandbox.policy().clone(), dir.to_owned());
+    let (policy, dir) = (Arc::clone(&spec.sandbox), dir.to_owned());
     tokio::task::spawn_blocking(move || policy.confine(&dir).map(Arc::new))
         .await
         .map_err(|e| CodeBoxError::kernel_start(format!("the sandbox task failed: {e}")))?

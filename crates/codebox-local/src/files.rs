@@ -368,9 +368,9 @@ mod tests {
 
     #[test]
     fn listings_leave_out_the_boxs_own_state_at_the_top_only() {
-        assert!(crate::sandbox::PACKAGES_DIR.starts_with(&format!("{RESERVED}/")));
+        assert!(codebox_sandbox::PACKAGES_DIR.starts_with(&format!("{RESERVED}/")));
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join(crate::sandbox::PACKAGES_DIR).join("pkg")).unwrap();
+        std::fs::create_dir_all(dir.path().join(codebox_sandbox::PACKAGES_DIR).join("pkg")).unwrap();
         std::fs::create_dir_all(dir.path().join("sub/.codebox")).unwrap();
         std::fs::write(dir.path().join("data.csv"), "1").unwrap();
         let root = Root::open(dir.path(), None).unwrap();

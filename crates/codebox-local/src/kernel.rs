@@ -30,10 +30,10 @@ use zeromq::{SocketSend, ZmqMessage};
 use crate::kernelspec::{InterruptMode, LaunchSpec, Transport};
 use crate::protocol::Signer;
 use crate::relay::Oversize;
-use crate::rmtree::OwnedDir;
-use crate::sandbox::netproxy::{NetProxy, proxy_env};
-use crate::sandbox::{Confinement, IsolationLevel};
 use crate::util::random_hex;
+use codebox_sandbox::rmtree::OwnedDir;
+use codebox_sandbox::{Confinement, IsolationLevel};
+use codebox_sandbox::{NetProxy, proxy_env};
 
 mod channels;
 mod process;
@@ -92,7 +92,7 @@ pub(crate) struct Kernel {
     /// The allowlist proxy of a box with one; it lives and dies with this kernel.
     _net_proxy: Option<NetProxy>,
     /// Removed without recursion: under Landlock the box's TMPDIR and HOME are in it.
-    runtime_dir: crate::rmtree::OwnedDir,
+    runtime_dir: codebox_sandbox::rmtree::OwnedDir,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -144,7 +144,7 @@ impl Kernel {
         let (endpoints, conn_file) = write_connection_file(spec, runtime_dir.path(), &key)?;
         let child = spawn_process(spec, &conn_file, &env, &confinement, runtime_dir.path()).await?;
 
-        let max_message = spec.sandbox.policy().limits.max_message;
+        let max_message = spec.sandbox.limits.max_message;
         let oversize = Arc::new(Oversize::default());
         let link_lost = Arc::new(AtomicBool::new(false));
         let why = Cause { oversize: oversize.clone(), max_message, link_lost: link_lost.clone() };

@@ -3,12 +3,12 @@
 //! [`LaunchSpec`], everything needed to start one kernel.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use codebox_core::{CodeBoxError, Result};
 
-use crate::sandbox::PolicyRef;
+use codebox_sandbox::SandboxPolicy;
 
 /// How an interrupt reaches the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,7 +40,7 @@ pub(crate) struct LaunchSpec {
     pub(crate) transport: Transport,
     pub(crate) start_timeout: Duration,
     /// How kernels of this kind are confined.
-    pub(crate) sandbox: PolicyRef,
+    pub(crate) sandbox: Arc<SandboxPolicy>,
     /// Where the kernel's runtime directory (and a box's temporary working directory) go.
     pub(crate) scratch_dir: PathBuf,
 }
@@ -176,7 +176,7 @@ pub(crate) fn launch_spec(
             // Where Unix sockets cannot be made, the kernel falls back to TCP when it starts.
             transport: Transport::Ipc,
             start_timeout,
-            sandbox: PolicyRef::default(),
+            sandbox: Default::default(),
             scratch_dir,
         });
     }
@@ -214,7 +214,7 @@ pub(crate) fn launch_spec(
             // Not every kernel implements IPC; TCP on loopback always works.
             transport: Transport::Tcp,
             start_timeout,
-            sandbox: PolicyRef::default(),
+            sandbox: Default::default(),
             scratch_dir,
         });
     }

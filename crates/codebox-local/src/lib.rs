@@ -52,20 +52,24 @@
 //! bubblewrap where it works (a user namespace, no network, a minimal read-only root with
 //! only the working directory writable, no capabilities, a seccomp deny-list), else under
 //! Landlock, else without isolation and with a loud warning. The level is reported in
-//! [`BoxStatus::isolation`](codebox_core::BoxStatus::isolation);
-//! [`with_isolation`](LocalBoxBuilder::with_isolation) picks one and
-//! [`with_require_isolation`](LocalBoxBuilder::with_require_isolation) refuses to run
-//! without. [`Limits`] sets rlimits, tmpfs sizes and, with
-//! [`with_cgroups`](LocalBoxBuilder::with_cgroups) (root), memory, process and CPU limits;
-//! a server gives each box its own uid with
-//! [`with_session_uids`](LocalBoxBuilder::with_session_uids). See [`sandbox`].
+//! [`BoxStatus::isolation`](codebox_core::BoxStatus::isolation). A [`SandboxPolicy`] given
+//! to [`with_sandbox`](LocalBoxBuilder::with_sandbox) picks the level (or requires one),
+//! the network, [`Limits`] (rlimits, tmpfs sizes and, with cgroups (root), memory, process
+//! and CPU limits) and a uid of the box's own. The sandbox itself is the `codebox-sandbox`
+//! crate; this crate re-exports its policy types.
+//!
+//! # Hosting boxes for a server
+//!
+//! [`LocalFactory`] makes a confined box per session for a server: it claims and sweeps a
+//! session root, chooses session uids and cgroups, keeps a warm [`KernelPool`] and says how
+//! many sessions its uids allow.
 //!
 //! # Installing packages
 //!
 //! In a confined box (any isolation level, or a uid of its own) `install` runs
 //! `pip install --target` under the box's own confinement and uid, with network for pip
 //! alone, into `.codebox/site-packages` in the working directory
-//! ([`sandbox::PACKAGES_DIR`]): the packages count against the box's disk limit, go with the
+//! ([`PACKAGES_DIR`]): the packages count against the box's disk limit, go with the
 //! box, and are first on `PYTHONPATH` of its kernels and commands from the start, so they
 //! import at once and after a restart. The shared Python is never written. `--target`
 //! installs a package's dependencies into the box too, even those the shared environment
@@ -87,6 +91,7 @@
 mod boxprocess;
 mod confine;
 mod exec;
+mod factory;
 mod files;
 mod kernel;
 mod kernelspec;
@@ -98,16 +103,19 @@ mod progress;
 mod protocol;
 mod python;
 mod relay;
-mod rmtree;
-pub mod sandbox;
 mod spawn;
 mod util;
 mod workdir;
 
+// Trees a box's code may have shaped are removed by the sandbox crate's walk.
+
+pub use crate::factory::{LocalFactory, LocalFactoryBuilder};
 pub use crate::kernelspec::LEAN_KERNEL;
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
 pub use crate::pool::KernelPool;
 pub use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep};
 pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at};
-pub use crate::sandbox::netproxy::Allowlist;
-pub use crate::sandbox::{Isolation, IsolationLevel, Limits};
+pub use codebox_sandbox::{
+    Allowlist, DEFAULT_UID_RANGE, Isolation, IsolationLevel, Limits, PACKAGES_DIR, Probe, SandboxPolicy, UidAllocator,
+    choose, probe, running_as_root,
+};

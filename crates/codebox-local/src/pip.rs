@@ -10,8 +10,8 @@ use codebox_core::{CodeBoxError, CommandOutput, Result};
 use tokio::process::Command;
 
 use crate::boxprocess::{BoxProcess, collect};
-use crate::sandbox::netproxy::{Allowlist, LoopbackProxy, NetProxy};
-use crate::sandbox::{InstallerNetwork, IsolationLevel};
+use codebox_sandbox::{Allowlist, LoopbackProxy, NetProxy};
+use codebox_sandbox::{InstallerNetwork, IsolationLevel};
 
 /// Run `python -m pip install ... packages` inside the box's confinement: as the box's uid,
 /// writing only to the working directory, into `target`. The operator's pip settings (index,
@@ -56,7 +56,7 @@ pub(crate) async fn run_pip_install(
         IsolationLevel::None => InstallerNetwork::Host,
         IsolationLevel::Bubblewrap => InstallerNetwork::ProxySocket(
             proxy_run_dir
-                .or(own_dir.as_ref().map(crate::rmtree::OwnedDir::path))
+                .or(own_dir.as_ref().map(codebox_sandbox::rmtree::OwnedDir::path))
                 .expect("a proxy directory was made above"),
         ),
         IsolationLevel::Landlock => {
@@ -64,6 +64,10 @@ pub(crate) async fn run_pip_install(
             let port = proxy.port();
             _loopback = Some(proxy);
             InstallerNetwork::ProxyPort(port)
+        }
+        // A level this crate does not know yet has no installer network of its own.
+        other => {
+            return Err(CodeBoxError::unsupported(format!("install at the {other} isolation level")));
         }
     };
     // -I: nothing of the box (its current directory, PYTHONPATH) is imported by pip.
@@ -89,7 +93,7 @@ pub(crate) async fn run_pip_install(
         InstallerNetwork::Host => {}
         InstallerNetwork::ProxySocket(dir) => {
             pip_env.retain(|(k, _)| !k.to_ascii_lowercase().ends_with("_proxy"));
-            pip_env.extend(crate::sandbox::netproxy::proxy_env(&dir.join("net.sock")));
+            pip_env.extend(codebox_sandbox::proxy_env(&dir.join("net.sock")));
         }
         InstallerNetwork::ProxyPort(_) => {
             pip_env.retain(|(k, _)| !k.to_ascii_lowercase().ends_with("_proxy"));

@@ -11,7 +11,7 @@ use crate::kernelspec::LaunchSpec;
 #[derive(Debug)]
 pub(crate) struct WarmKernel {
     pub(crate) kernel: Arc<Kernel>,
-    pub(crate) dir: crate::rmtree::OwnedDir,
+    pub(crate) dir: codebox_sandbox::rmtree::OwnedDir,
 }
 
 /// Kernels started ahead of time. Off unless you make one and give it to

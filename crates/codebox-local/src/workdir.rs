@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use codebox_core::{CodeBoxError, Result};
 
-use crate::rmtree::OwnedDir;
+use codebox_sandbox::rmtree::OwnedDir;
 
 /// The working directory of a box.
 pub(crate) enum WorkDir {
@@ -112,7 +112,7 @@ pub(crate) fn remove_stale_runtime_dirs(scratch_dir: &Path) -> usize {
             };
             if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
                 tracing::debug!(dir = %path.display(), "removing a directory of a box whose owner is gone");
-                if crate::rmtree::remove_tree(&path).is_ok() {
+                if codebox_sandbox::rmtree::remove_tree(&path).is_ok() {
                     removed += 1;
                 }
             }

@@ -8,6 +8,9 @@
 //!   backends `codebox-local` and `codebox-remote` never depend on each other, the server knows
 //!   only `codebox-core` and `codebox-http` (never a backend), `codebox-http` depends on no
 //!   backend, and `xtask` on no workspace crate at all;
+//! - `codebox-sandbox` depends on `codebox-core` alone, and only `codebox-local` depends on
+//!   it: everyone else (the facade, the CLI) reaches its policy types through
+//!   `codebox-local`'s re-exports, so the sandbox's launch side stays one backend's business;
 //! - `codebox-core` does no I/O: its external dependencies are an allow-list, and tokio is
 //!   optional and enabled only by its `conformance` feature;
 //! - the facade `codebox` depends on core always and on each backend and the server only
@@ -32,11 +35,13 @@ fn allowed_internal(name: &str) -> Option<Option<&'static [&'static str]>> {
     Some(match name {
         "codebox-core" => Some(&[]),
         "codebox-http" => Some(&["codebox-core"]),
-        "codebox-local" => Some(&["codebox-core"]),
+        "codebox-sandbox" => Some(&["codebox-core"]),
+        "codebox-local" => Some(&["codebox-core", "codebox-sandbox"]),
         "codebox-remote" => Some(&["codebox-core", "codebox-http"]),
         "codebox-server" => Some(&["codebox-core", "codebox-http"]),
         "codebox" => Some(&["codebox-core", "codebox-local", "codebox-remote", "codebox-server"]),
-        // The application at the top of the graph may use any library crate directly.
+        // The application at the top of the graph may use any library crate directly, but the
+        // sandbox only through codebox-local.
         "codebox-cli" => {
             Some(&["codebox", "codebox-core", "codebox-http", "codebox-local", "codebox-remote", "codebox-server"])
         }
@@ -50,6 +55,10 @@ fn allowed_internal(name: &str) -> Option<Option<&'static [&'static str]>> {
 /// Why an edge is forbidden, for the error message.
 fn reason(from: &str, to: &str) -> &'static str {
     match (from, to) {
+        (_, "codebox-sandbox") => {
+            "only codebox-local depends on codebox-sandbox; use the policy types codebox-local re-exports"
+        }
+        ("codebox-sandbox", _) => "codebox-sandbox depends on codebox-core alone",
         ("codebox-local", "codebox-remote") | ("codebox-remote", "codebox-local") => {
             "backends never depend on each other"
         }
@@ -116,7 +125,9 @@ fn violations(meta: &Value) -> Vec<String> {
             errors.extend(core_feature_violations(pkg));
         }
     }
-    for required in [CORE, "codebox-http", "codebox-local", "codebox-remote", "codebox-server", FACADE, "xtask"] {
+    for required in
+        [CORE, "codebox-http", "codebox-sandbox", "codebox-local", "codebox-remote", "codebox-server", FACADE, "xtask"]
+    {
         if !members.contains(required) {
             errors.push(format!("{required}: missing from the workspace"));
         }
@@ -192,6 +203,18 @@ fn each_forbidden_edge_is_reported_by_name() {
             "codebox-core -> reqwest (normal): codebox-core has no I/O dependencies",
         ),
         (
+            ("codebox-cli", "codebox-sandbox", None, false),
+            "codebox-cli -> codebox-sandbox (normal): forbidden, only codebox-local depends on codebox-sandbox",
+        ),
+        (
+            ("codebox-server", "codebox-sandbox", None, false),
+            "codebox-server -> codebox-sandbox (normal): forbidden, only codebox-local depends on codebox-sandbox",
+        ),
+        (
+            ("codebox-sandbox", "codebox-local", None, false),
+            "codebox-sandbox -> codebox-local (normal): forbidden, codebox-sandbox depends on codebox-core alone",
+        ),
+        (
             ("codebox", "codebox-server", None, false),
             "codebox -> codebox-server (normal): the facade depends on backends and the server only optionally",
         ),
@@ -242,4 +265,19 @@ fn a_new_crate_needs_a_rule() {
         errors.iter().any(|e| e.starts_with("codebox-extra: a workspace crate without a dependency rule")),
         "{errors:?}"
     );
+}
+
+/// xtask's leak check cannot depend on the workspace, so it spells the default session uid
+/// range out: it must be the sandbox's, half-open the same way.
+#[test]
+fn xtask_knows_the_default_uid_range() {
+    let leaks = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../xtask/src/leaks.rs")).unwrap();
+    let range = codebox_local::DEFAULT_UID_RANGE;
+    let spelled = |n: u32| {
+        let digits = n.to_string();
+        let (head, tail) = digits.split_at(digits.len() - 3);
+        format!("{head}_{tail}")
+    };
+    let expected = format!("{}..{}", spelled(range.start), spelled(range.end));
+    assert!(leaks.contains(&expected), "xtask/src/leaks.rs does not list the default uid range {expected}");
 }

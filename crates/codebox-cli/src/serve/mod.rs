@@ -5,35 +5,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::bail;
-use async_trait::async_trait;
-use codebox_core::CodeBox;
-use codebox_local::sandbox::IsolationLevel;
-use codebox_local::sandbox::uid::UidAllocator;
-use codebox_local::{KernelPool, LocalBox, LocalBoxBuilder};
-use codebox_server::{BoxFactory, Server};
+use codebox_local::{IsolationLevel, LocalBox, LocalFactory, SandboxPolicy};
+use codebox_server::Server;
 
 mod options;
 mod settings;
 
 pub(crate) use options::ServeArgs;
 use settings::{Settings, settings};
-
-/// New sessions get a LocalBox, taking a pre-started kernel from the pool when one is ready.
-#[derive(Debug)]
-struct LocalFactory {
-    builder: LocalBoxBuilder,
-}
-
-#[async_trait]
-impl BoxFactory for LocalFactory {
-    async fn create(&self, kernel: Option<&str>) -> codebox_core::Result<Arc<dyn CodeBox>> {
-        let builder = match kernel {
-            Some(kernel) => self.builder.clone().with_kernel(kernel),
-            None => self.builder.clone(),
-        };
-        Ok(Arc::new(builder.build()?))
-    }
-}
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -66,9 +45,9 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
         eprintln!("codebox serve: {e:#}");
         return ExitCode::from(2);
     }
-    // Before any thread starts: the sweep kills and unmounts, and the environment changes.
-    let _claim = match claim_session_root(&settings) {
-        Ok(claim) => claim,
+    // Claims the session root: a server that cannot have it stops before it listens.
+    let factory = match local_factory(&settings) {
+        Ok(factory) => factory,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("codebox serve: {e:#}");
@@ -82,7 +61,7 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(settings)) {
+    match runtime.block_on(serve(settings, factory)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -158,7 +137,7 @@ fn scrub_command_line(secrets: &[String]) -> std::io::Result<usize> {
 fn check_tenant_isolation(settings: &Settings) -> anyhow::Result<()> {
     let sb = &settings.sandbox;
     // A level that cannot be had here fails every session start on its own, loudly.
-    let Ok(level) = codebox_local::sandbox::choose(sb.isolation, sb.require, codebox_local::sandbox::probe()) else {
+    let Ok(level) = codebox_local::choose(sb.isolation, sb.require, codebox_local::probe()) else {
         return Ok(());
     };
     let keys = settings.server.api_keys.len();
@@ -179,97 +158,50 @@ fn check_tenant_isolation(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Claim the session root for this server, sweeping what an earlier one left behind
-/// (processes of the session uids, session cgroups, mounted images, directories), and make
-/// its scratch directory this process's temporary directory, where every box's working
-/// directory and kernel runtime directory go. The claim lasts as long as the value.
-// SAFETY (of the one unsafe block): called from `main` before the runtime or any other
-// thread starts, so nothing reads the environment while it changes.
-#[allow(unsafe_code)]
-fn claim_session_root(settings: &Settings) -> anyhow::Result<codebox_local::sandbox::sweep::SessionRoot> {
+/// The factory of this server's sessions: a confined LocalBox each, in the claimed session
+/// root (swept of what an earlier server left behind), under session uids and cgroups where
+/// this process may give them, with a pool of warm kernels.
+fn local_factory(settings: &Settings) -> anyhow::Result<LocalFactory> {
     let sb = &settings.sandbox;
-    let root = codebox_local::sandbox::uid::running_as_root();
-    let uids = sb.uids.clone().filter(|_| root);
-    let cgroups = if sb.cgroups && root { codebox_local::sandbox::cgroup_manager().ok() } else { None };
-    let (claim, swept) = codebox_local::sandbox::sweep::SessionRoot::claim(&settings.session_root, uids, cgroups)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if swept.is_empty() {
-        tracing::info!(root = %claim.path().display(), "session root claimed; nothing left from an earlier server");
-    }
-    // SAFETY: see the function's comment: no other thread exists yet.
-    unsafe { std::env::set_var("TMPDIR", claim.scratch()) };
-    Ok(claim)
-}
-
-/// The session cap that session uids allow: each session holds one uid, and so does each
-/// kernel the pool keeps ready, so at most the uids less the pool size (at least 1). `None`
-/// when `max_sessions` is within it already.
-fn session_cap_for_uids(max_sessions: usize, uids: usize, pool_size: usize) -> Option<usize> {
-    let cap = uids.saturating_sub(pool_size).max(1);
-    (max_sessions > cap).then_some(cap)
-}
-
-async fn serve(mut settings: Settings) -> anyhow::Result<()> {
-    if let (Some(range), true) = (&settings.sandbox.uids, codebox_local::sandbox::uid::running_as_root()) {
-        let uids = range.len();
-        if let Some(cap) = session_cap_for_uids(settings.server.max_sessions, uids, settings.pool_size) {
-            // Lowered here, before the per-key share is derived from it, so that one key
-            // cannot take every uid and lock the others out.
-            tracing::warn!(
-                max_sessions = settings.server.max_sessions,
-                lowered_to = cap,
-                uids,
-                pool = settings.pool_size,
-                "fewer session uids than sessions: the session cap is lowered to the uids less the kernel pool"
-            );
-            settings.server = settings.server.with_max_sessions(cap);
-        }
-    }
-    let sb = &settings.sandbox;
-    let mut builder = LocalBox::builder()
+    let policy = SandboxPolicy::default()
         .with_isolation(sb.isolation)
         .with_require_isolation(sb.require)
         .with_network(sb.network)
         .with_network_allowlist(sb.allowlist.clone())
         .with_limits(sb.limits.clone());
-    let root = codebox_local::sandbox::uid::running_as_root();
-    match (&sb.uids, root) {
-        (Some(range), true) => {
-            builder = builder.with_session_uids(UidAllocator::new(range.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
-        }
-        (Some(_), false) => tracing::warn!("not running as root: every session runs as this user (no session uids)"),
-        (None, _) => {}
-    }
-    if sb.cgroups && root {
-        match codebox_local::sandbox::cgroup_manager() {
-            Ok(m) => {
-                tracing::info!(version = m.version(), "sessions get cgroups");
-                builder = builder.with_cgroups(true);
-            }
-            Err(e) => tracing::warn!("no cgroups for sessions (memory, process and CPU limits do not apply): {e}"),
-        }
-    } else if sb.cgroups {
-        tracing::warn!("not running as root: no cgroups (memory, process and CPU limits do not apply)");
-    }
+    let mut boxes = LocalBox::builder().with_sandbox(policy);
     if let Some(python) = &settings.python {
-        builder = builder.with_python(python);
+        boxes = boxes.with_python(python);
     }
     if let Some(kernel) = &settings.kernel {
-        builder = builder.with_kernel(kernel);
+        boxes = boxes.with_kernel(kernel);
     }
-    if settings.pool_size > 0 {
-        let pool = KernelPool::new(settings.pool_size);
-        builder = builder.with_pool(pool.clone());
-        let warm = builder.clone();
-        tokio::spawn(async move {
-            match pool.prewarm(&warm).await {
-                Ok(()) => tracing::info!(ready = pool.ready(), "kernel pool warm"),
-                Err(e) => tracing::warn!("warming the kernel pool failed: {e}"),
-            }
-        });
+    LocalFactory::builder(boxes)
+        .with_session_root(&settings.session_root)
+        .with_session_uids(sb.uids.clone())
+        .with_cgroups(sb.cgroups)
+        .with_pool_size(settings.pool_size)
+        .build()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn serve(mut settings: Settings, factory: LocalFactory) -> anyhow::Result<()> {
+    if let Some(cap) = factory.session_cap()
+        && settings.server.max_sessions > cap
+    {
+        // Lowered here, before the per-key share is derived from it, so that one key
+        // cannot take every uid and lock the others out.
+        tracing::warn!(
+            max_sessions = settings.server.max_sessions,
+            lowered_to = cap,
+            uids = factory.session_uids().map_or(0, |u| u.len()),
+            pool = settings.pool_size,
+            "fewer session uids than sessions: the session cap is lowered to the uids less the kernel pool"
+        );
+        settings.server = settings.server.with_max_sessions(cap);
     }
-    let factory = Arc::new(LocalFactory { builder });
-    let server = Server::bind(settings.server, factory).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    factory.prewarm_in_background();
+    let server = Server::bind(settings.server, Arc::new(factory)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(addr = %server.local_addr(), pool = settings.pool_size, "codebox serve listening");
     server.run().await.map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -287,15 +219,6 @@ mod tests {
 
     fn parse(args: &[&str]) -> ServeArgs {
         Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).unwrap().args
-    }
-
-    #[test]
-    fn the_session_cap_leaves_a_uid_for_every_session_and_pooled_kernel() {
-        assert_eq!(session_cap_for_uids(64, 4, 2), Some(2));
-        assert_eq!(session_cap_for_uids(64, 4, 0), Some(4));
-        assert_eq!(session_cap_for_uids(64, 2, 2), Some(1), "never below one session");
-        assert_eq!(session_cap_for_uids(64, 65_536, 2), None);
-        assert_eq!(session_cap_for_uids(3, 4, 1), None);
     }
 
     #[test]

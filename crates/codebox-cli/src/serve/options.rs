@@ -227,7 +227,7 @@ pub(super) struct ServeOptions {
     pub(super) tmp_size: Option<u64>,
 
     /// Unprivileged uids for sessions, one each, as FIRST-LAST with both ends included
-    /// [default: 200000-265534 when running as root].
+    /// [default: 200000-265535 when running as root].
     #[arg(long, value_name = "FIRST-LAST", value_parser = parse_uid_range)]
     #[serde(default, with = "uid_range", skip_serializing_if = "Option::is_none")]
     pub(super) session_uids: Option<Range<u32>>,
@@ -269,7 +269,7 @@ pub(super) enum OptionError {
     Duration(String),
     #[error("{0:?} is not a size (try 1073741824, 512M, 1G)")]
     Size(String),
-    #[error("{0:?} is not a uid range (try 200000-265534: the first and the last uid)")]
+    #[error("{0:?} is not a uid range (try 200000-265535: the first and the last uid)")]
     UidRange(String),
     #[error("{0:?}: the uid range must be above uid 0 and hold at least one uid")]
     EmptyUidRange(String),
@@ -299,7 +299,7 @@ pub(super) fn parse_size(text: &str) -> Result<u64, OptionError> {
     num.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).ok_or_else(|| OptionError::Size(text.to_owned()))
 }
 
-/// `FIRST-LAST`, both included: `200000-265534` is the 65 535 uids `200_000..265_535`.
+/// `FIRST-LAST`, both included: `200000-265535` is the 65 536 uids `200_000..265_536`.
 pub(super) fn parse_uid_range(text: &str) -> Result<Range<u32>, OptionError> {
     let bad = || OptionError::UidRange(text.to_owned());
     let (first, last) = text.split_once('-').ok_or_else(bad)?;
@@ -512,11 +512,11 @@ mod tests {
     fn a_uid_range_names_its_first_and_last_uid_and_the_help_shows_the_real_default() {
         assert_eq!(parse_uid_range("300000-300009"), Ok(300_000..300_010));
         assert_eq!(parse_uid_range("5-5"), Ok(5..6), "one uid");
-        assert_eq!(parse_uid_range("200000-265534"), Ok(codebox_local::sandbox::uid::DEFAULT_RANGE));
+        assert_eq!(parse_uid_range("200000-265535"), Ok(codebox_local::DEFAULT_UID_RANGE));
         assert!(parse_uid_range("5-4").is_err() && parse_uid_range("0-10").is_err());
         assert!(parse_uid_range("5").is_err() && parse_uid_range("1-4294967295").is_err());
-        let default = uid_range_text(&codebox_local::sandbox::uid::DEFAULT_RANGE);
-        assert_eq!(default, "200000-265534");
+        let default = uid_range_text(&codebox_local::DEFAULT_UID_RANGE);
+        assert_eq!(default, "200000-265535");
         let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
         assert!(help.contains(&format!("[default: {default} when running as root]")), "{help}");
     }

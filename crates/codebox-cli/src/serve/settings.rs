@@ -64,7 +64,7 @@ fn sandbox_settings(o: &ServeOptions) -> anyhow::Result<SandboxSettings> {
     let uids = match (&o.session_uids, o.no_session_uids) {
         (_, true) => None,
         (Some(range), false) => Some(range.clone()),
-        (None, false) => Some(codebox_local::sandbox::uid::DEFAULT_RANGE),
+        (None, false) => Some(codebox_local::DEFAULT_UID_RANGE),
     };
     Ok(SandboxSettings {
         isolation,
@@ -88,7 +88,7 @@ fn default_session_root() -> anyhow::Result<PathBuf> {
     if let Some(home) = std::env::var_os("CODEBOX_HOME").filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(home).join("sessions"));
     }
-    if codebox_local::sandbox::uid::running_as_root() {
+    if codebox_local::running_as_root() {
         return Ok(PathBuf::from("/var/lib/codebox/sessions"));
     }
     let state = std::env::var_os("XDG_STATE_HOME")
@@ -288,7 +288,7 @@ mod tests {
         let s = settings(parse(&["--no-auth"]), None).unwrap().sandbox;
         assert_eq!(s.isolation, Isolation::Auto);
         assert_eq!(s.limits, Limits::server());
-        assert_eq!(s.uids, Some(codebox_local::sandbox::uid::DEFAULT_RANGE));
+        assert_eq!(s.uids, Some(codebox_local::DEFAULT_UID_RANGE));
         assert!(s.cgroups && !s.network && !s.require && s.allowlist.is_empty());
         let s = settings(
             parse(&["--no-auth", "--kernel-allow-host", "pypi.org", "--kernel-allow-host", "*.pythonhosted.org:443"]),
@@ -329,7 +329,7 @@ mod tests {
         assert!(s.require && !s.cgroups);
         assert_eq!(s.limits.memory, Some(512 << 20));
         assert!(s.limits.data.unwrap() < 512 << 20);
-        assert_eq!((s.limits.pids, s.limits.cpu, s.limits.file_size), (Some(64), Some(0.5), Some(10 << 20)));
+        assert_eq!((s.limits.pids, s.limits.cpu_millis, s.limits.file_size), (Some(64), Some(500), Some(10 << 20)));
         assert_eq!(s.limits.max_message, 8 << 20);
         assert_eq!(s.uids, Some(300_000..300_010));
         let dir = tempfile::tempdir().unwrap();

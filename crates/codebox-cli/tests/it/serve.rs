@@ -5,23 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use codebox_local::sandbox::cgroup::CgroupManager;
-use codebox_local::sandbox::uid::{processes_in_range, running_as_root};
+use codebox_sandbox::{processes_in_range, running_as_root, session_cgroups_of};
 
 use crate::hostile::{KEY_A, Level, Options, Serve, wait_until};
 
 /// The session cgroups a server with process id `pid` made.
 fn cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let manager = CgroupManager::detect(Path::new("/sys/fs/cgroup")).expect("cgroups usable here (root)");
-    let prefix = format!("{pid}-");
-    manager
-        .bases()
-        .iter()
-        .filter_map(|b| std::fs::read_dir(b).ok())
-        .flat_map(|rd| rd.flatten())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect()
+    session_cgroups_of(pid).expect("cgroups usable here (root)")
 }
 
 fn mounts_under(dir: &Path) -> Vec<String> {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::relay::Oversize;
-use crate::sandbox::Confinement;
+use codebox_sandbox::Confinement;
 
 /// How many bytes of the kernel's stderr are kept for error messages.
 const STDERR_TAIL: usize = 4096;

@@ -18,8 +18,8 @@ use crate::exec::ExecLimits;
 use crate::files::Root;
 use crate::kernel::{ExitReason, Kernel};
 use crate::kernelspec::LaunchSpec;
-use crate::sandbox::{Confinement, IsolationLevel};
 use crate::workdir::{WorkDir, new_temp_workdir};
+use codebox_sandbox::{Confinement, IsolationLevel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -163,7 +163,7 @@ impl Inner {
     async fn start_locked(self: &Arc<Self>, st: &mut State) -> Result<()> {
         let python = self.config.python().await?;
         if self.config.sandbox.uids.is_some()
-            && let Some(dir) = crate::sandbox::uid::unreachable_for_others(&python)
+            && let Some(dir) = codebox_sandbox::unreachable_for_others(&python)
         {
             return Err(CodeBoxError::kernel_start(format!(
                 "the Python {} is inside {}, which session uids cannot enter: use a Python \

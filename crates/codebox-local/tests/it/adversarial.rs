@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use codebox_core::{BoxState, CodeBox, CodeBoxError, CodeBoxExt, ErrorKind, KernelDeath, Outcome, RunOptions};
-use codebox_local::sandbox::uid::{UidAllocator, processes_in_range};
-use codebox_local::{Isolation, Limits, LocalBox, LocalBoxBuilder};
+use codebox_local::{Isolation, Limits, LocalBox, LocalBoxBuilder, SandboxPolicy, UidAllocator};
+use codebox_sandbox::processes_in_range;
 use futures::StreamExt;
 
 use crate::orphans::{alive, wait_until_dead};
@@ -32,15 +32,25 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(90), f).await.unwrap_or_else(|_| panic!("{what} hung"))
 }
 
+/// Bubblewrap, required.
+fn bubblewrap() -> SandboxPolicy {
+    SandboxPolicy::default().with_isolation(Isolation::Bubblewrap).with_require_isolation(true)
+}
+
 /// A box under bubblewrap, required.
 fn sandboxed() -> LocalBoxBuilder {
-    crate::builder().with_isolation(Isolation::Bubblewrap).with_require_isolation(true)
+    crate::builder().with_sandbox(bubblewrap())
+}
+
+/// A box under bubblewrap, required, with `limits`.
+fn sandboxed_with(limits: Limits) -> LocalBoxBuilder {
+    crate::builder().with_sandbox(bubblewrap().with_limits(limits))
 }
 
 /// A box as the server runs one: its own uid and cgroup, with `limits`.
 fn server_box(limits: Limits) -> LocalBoxBuilder {
     assert!(rustix::process::geteuid().is_root(), "server-style cases need root (CI runs as root)");
-    sandboxed().with_session_uids(uids()).with_cgroups(true).with_limits(limits)
+    crate::builder().with_sandbox(bubblewrap().with_session_uids(Some(uids())).with_cgroups(true).with_limits(limits))
 }
 
 /// What a started box holds on the host, checked for leaks when the case ends.
@@ -298,7 +308,7 @@ async fn case07_output_flood_is_truncated() {
 #[tokio::test]
 async fn case08_one_giant_message_recycles_the_kernel_without_reaching_us() {
     let limits = Limits::default().with_max_message(16 * MIB);
-    let mut t = Tracked::start(sandboxed().with_output_limit(MIB as usize).with_limits(limits)).await;
+    let mut t = Tracked::start(sandboxed_with(limits).with_output_limit(MIB as usize)).await;
     t.lb.exec("kept = 1").await.unwrap();
     reset_peak_rss();
     let before = peak_rss();
@@ -337,7 +347,7 @@ fn peak_rss() -> u64 {
 // 9. Writing a 10 GB file stops at the file size limit with EFBIG; the host file is capped.
 #[tokio::test]
 async fn case09_huge_file_stops_at_the_file_size_limit() {
-    let t = Tracked::start(sandboxed().with_limits(Limits::default().with_file_size(Some(32 * MIB)))).await;
+    let t = Tracked::start(sandboxed_with(Limits::default().with_file_size(Some(32 * MIB)))).await;
     let code = format!(
         "{ERR}\ndef w():\n    with open('big.bin', 'wb') as f:\n        for _ in range(10 * 1024):\n            f.write(b'\\0' * (1 << 20))\nprint('write=' + err(w))"
     );
@@ -352,7 +362,7 @@ async fn case09_huge_file_stops_at_the_file_size_limit() {
 #[tokio::test]
 async fn case10_tmpfs_fill_hits_the_sizes_and_root_is_read_only() {
     let limits = Limits::default().with_tmpfs_sizes(16 * MIB, 8 * MIB, 16 * MIB);
-    let t = Tracked::start(sandboxed().with_limits(limits)).await;
+    let t = Tracked::start(sandboxed_with(limits)).await;
     let code = format!(
         "{ERR}\ndef fill(path):\n    def go():\n        with open(path, 'wb') as f:\n            for _ in range(64):\n                f.write(b'\\1' * (1 << 20)); f.flush()\n    return go\n\
          print('tmp=' + err(fill('/tmp/fill')))\nprint('shm=' + err(fill('/dev/shm/fill')))\n\
@@ -775,7 +785,7 @@ async fn install_runs_pip_inside_the_box_and_leaves_the_shared_python_alone() {
                  print('owner=%d' % os.stat(tabulate.__file__).st_uid)\n\
                  print('ifaces=' + ','.join(n for _, n in socket.if_nameindex()))";
     let f = facts(&t.lb, probe).await;
-    let packages = t.lb.working_dir().await.unwrap().join(codebox_local::sandbox::PACKAGES_DIR);
+    let packages = t.lb.working_dir().await.unwrap().join(codebox_local::PACKAGES_DIR);
     assert!(f["file"].starts_with(&*packages.to_string_lossy()), "{f:?}");
     assert_eq!(f["owner"], uid.to_string(), "pip ran as the session uid");
     assert_eq!(f["ifaces"], "lo", "the network was pip's alone");
@@ -809,8 +819,8 @@ async fn install_runs_pip_inside_the_box_and_leaves_the_shared_python_alone() {
 #[tokio::test]
 async fn landlock_pool_kernels_keep_home_in_their_box_and_other_processes_out_of_sight() {
     let pool = codebox_local::KernelPool::new(1);
-    let builder =
-        crate::builder().with_isolation(Isolation::Landlock).with_require_isolation(true).with_pool(pool.clone());
+    let landlock = SandboxPolicy::default().with_isolation(Isolation::Landlock).with_require_isolation(true);
+    let builder = crate::builder().with_sandbox(landlock).with_pool(pool.clone());
     within("prewarm", pool.prewarm(&builder)).await.unwrap();
     let t = Tracked::start_at(builder, "landlock").await;
     let work = t.lb.working_dir().await.unwrap();
@@ -842,7 +852,12 @@ async fn landlock_pool_kernels_keep_home_in_their_box_and_other_processes_out_of
 async fn landlock_confines_a_real_kernel() {
     let limits = Limits::default().with_file_size(Some(64 * MIB)).with_open_files(Some(512));
     let t = Tracked::start_at(
-        crate::builder().with_isolation(Isolation::Landlock).with_require_isolation(true).with_limits(limits),
+        crate::builder().with_sandbox(
+            SandboxPolicy::default()
+                .with_isolation(Isolation::Landlock)
+                .with_require_isolation(true)
+                .with_limits(limits),
+        ),
         "landlock",
     )
     .await;
@@ -888,7 +903,7 @@ async fn landlock_confines_a_real_kernel() {
     let out = within("install", t.lb.install(&["tabulate".to_owned()])).await.unwrap();
     assert!(out.contains("Successfully installed"), "{out}");
     let f = facts(&t.lb, "import tabulate\nprint('file=' + tabulate.__file__)").await;
-    let packages = t.lb.working_dir().await.unwrap().join(codebox_local::sandbox::PACKAGES_DIR);
+    let packages = t.lb.working_dir().await.unwrap().join(codebox_local::PACKAGES_DIR);
     assert!(f["file"].starts_with(&*packages.to_string_lossy()), "{f:?}");
     t.finish().await;
 }

@@ -286,7 +286,7 @@ async fn a_kernelspec_from_the_jupyter_path_runs_over_tcp_with_signal_interrupts
     let lb = crate::builder()
         .with_python(&wrapper)
         .with_kernel("spec-py")
-        .with_isolation(codebox_local::Isolation::None)
+        .with_sandbox(codebox_local::SandboxPolicy::default().with_isolation(codebox_local::Isolation::None))
         .build()
         .unwrap();
     lb.start().await.unwrap();
@@ -333,7 +333,7 @@ async fn a_kernel_that_does_not_run_python_is_not_offered_python_or_install() {
     let lb = crate::builder()
         .with_python(&wrapper)
         .with_kernel("spec-scheme")
-        .with_isolation(codebox_local::Isolation::None)
+        .with_sandbox(codebox_local::SandboxPolicy::default().with_isolation(codebox_local::Isolation::None))
         .build()
         .unwrap();
 

@@ -7,9 +7,8 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 
 use codebox_core::{CodeBox, CodeBoxExt, ErrorKind};
-use codebox_local::sandbox::netproxy::{self, LoopbackProxy, NetProxy};
-use codebox_local::sandbox::{InstallerNetwork, SandboxPolicy};
-use codebox_local::{Allowlist, Isolation};
+use codebox_local::{Allowlist, Isolation, SandboxPolicy};
+use codebox_sandbox::{InstallerNetwork, LoopbackProxy, NetProxy};
 
 use crate::builder;
 
@@ -34,10 +33,13 @@ async fn case15_only_allowlisted_hosts_are_reachable() {
     let allowed = serve_http("allowed");
     let other = serve_http("other");
     let lb = builder()
-        .with_isolation(Isolation::Bubblewrap)
-        .with_require_isolation(true)
-        // A service on host loopback: only the operator's explicit option lets a box reach it.
-        .with_network_allowlist(Allowlist::parse_allowing_local(&[format!("127.0.0.1:{allowed}")]).unwrap())
+        .with_sandbox(
+            SandboxPolicy::default()
+                .with_isolation(Isolation::Bubblewrap)
+                .with_require_isolation(true)
+                // A service on host loopback: only the operator's explicit option lets a box reach it.
+                .with_network_allowlist(Allowlist::parse_allowing_local(&[format!("127.0.0.1:{allowed}")]).unwrap()),
+        )
         .build()
         .unwrap();
     lb.start().await.unwrap();
@@ -105,15 +107,18 @@ print(f"dns={{dns()}}")
 async fn an_allowlist_without_a_private_network_is_refused() {
     let list = Allowlist::parse(&["pypi.org"]).unwrap();
     let err = builder()
-        .with_isolation(Isolation::Landlock)
-        .with_network_allowlist(list.clone())
+        .with_sandbox(SandboxPolicy::default().with_isolation(Isolation::Landlock).with_network_allowlist(list.clone()))
         .build()
         .map(|_| ())
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("needs the bubblewrap isolation level"), "{err}");
 
-    let err = builder().with_network(true).with_network_allowlist(list).build().map(|_| ()).unwrap_err();
+    let err = builder()
+        .with_sandbox(SandboxPolicy::default().with_network(true).with_network_allowlist(list))
+        .build()
+        .map(|_| ())
+        .unwrap_err();
     assert!(err.to_string().contains("either the host network or a network allowlist"), "{err}");
 
     let err = Allowlist::parse(&["https://pypi.org"]).unwrap_err();
@@ -167,9 +172,7 @@ async fn an_installer_reaches_the_package_indexes_only(isolation: Isolation) {
     let probe = INSTALLER_PROBE
         .replace("UDP_PORT", &udp.local_addr().unwrap().port().to_string())
         .replace("PORT", &tcp.local_addr().unwrap().port().to_string());
-    let mut policy = SandboxPolicy::default();
-    policy.isolation = isolation;
-    policy.require = true;
+    let policy = SandboxPolicy::default().with_isolation(isolation).with_require_isolation(true);
     let work = tempfile::tempdir().unwrap();
     let confinement = policy.confine(work.path()).unwrap();
     let indexes = Allowlist::package_indexes(&[]).unwrap();
@@ -178,7 +181,7 @@ async fn an_installer_reaches_the_package_indexes_only(isolation: Isolation) {
     let (_unix, _tcp, network, env, program) = match isolation {
         Isolation::Bubblewrap => {
             let proxy = NetProxy::start(&proxy_dir.path().join("net.sock"), indexes).unwrap();
-            let env = netproxy::proxy_env(proxy.socket());
+            let env = codebox_sandbox::proxy_env(proxy.socket());
             (Some(proxy), None, InstallerNetwork::ProxySocket(proxy_dir.path()), env, format!("{FORWARDER}\n{probe}"))
         }
         _ => {

@@ -3,31 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use codebox_core::conformance::{ConformanceOptions, run_all};
-use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings, ErrorKind, ExecEvent, Execution, Result, RunOptions};
-use codebox_local::LocalBox;
+use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings, ErrorKind, ExecEvent, Execution, RunOptions};
+use codebox_local::{LocalBox, LocalFactory};
 use codebox_remote::RemoteBox;
-use codebox_server::{BoxFactory, Server, ServerConfig};
+use codebox_server::{Server, ServerConfig};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
 const KEY: &str = "sk-end-to-end";
-
-/// Every session gets its own LocalBox.
-#[derive(Debug)]
-struct LocalFactory;
-
-#[async_trait]
-impl BoxFactory for LocalFactory {
-    async fn create(&self, kernel: Option<&str>) -> Result<Arc<dyn CodeBox>> {
-        let mut b = LocalBox::builder();
-        if let Some(kernel) = kernel {
-            b = b.with_kernel(kernel);
-        }
-        Ok(Arc::new(b.build()?))
-    }
-}
 
 /// A running server; stops when dropped.
 struct Running {
@@ -37,7 +21,9 @@ struct Running {
 
 async fn serve() -> Running {
     let config = ServerConfig::new().with_addr("127.0.0.1:0".parse().unwrap()).with_api_key(KEY);
-    let server = Server::bind(config, Arc::new(LocalFactory)).await.unwrap();
+    // Every session gets its own LocalBox.
+    let factory = LocalFactory::builder(LocalBox::builder()).build().unwrap();
+    let server = Server::bind(config, Arc::new(factory)).await.unwrap();
     let base = format!("http://{}", server.local_addr());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run_until(async {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use codebox_core::CodeBox;
-use codebox_local::sandbox::uid::{UidAllocator, processes_in_range};
-use codebox_local::{Isolation, Limits, LocalBox};
+use codebox_local::{Isolation, Limits, LocalBox, SandboxPolicy, UidAllocator};
+use codebox_sandbox::{processes_in_range, running_as_root};
 use codebox_server::{Server, ServerConfig, factory_fn};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
@@ -68,18 +68,20 @@ struct Sandboxed {
 
 impl Sandboxed {
     async fn start(config: ServerConfig, limits: Limits, range: std::ops::Range<u32>) -> Self {
-        assert!(codebox_local::sandbox::uid::running_as_root(), "these cases need root (CI runs as root)");
+        assert!(running_as_root(), "these cases need root (CI runs as root)");
         let uids = UidAllocator::new(range.clone()).unwrap();
+        let policy = SandboxPolicy::default()
+            .with_isolation(Isolation::Bubblewrap)
+            .with_require_isolation(true)
+            .with_session_uids(Some(uids))
+            .with_cgroups(true)
+            .with_limits(limits);
+        // A plain factory, not `LocalFactory`: each case has a uid range of its own and no
+        // session root to claim.
         let factory = factory_fn(move |_kernel| {
-            let (uids, limits) = (uids.clone(), limits.clone());
+            let policy = policy.clone();
             async move {
-                let lb = LocalBox::builder()
-                    .with_isolation(Isolation::Bubblewrap)
-                    .with_require_isolation(true)
-                    .with_session_uids(uids)
-                    .with_cgroups(true)
-                    .with_limits(limits)
-                    .build()?;
+                let lb = LocalBox::builder().with_sandbox(policy).build()?;
                 Ok(Arc::new(lb) as Arc<dyn CodeBox>)
             }
         });

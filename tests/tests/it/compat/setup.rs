@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use codebox_core::{CodeBox, Result};
-use codebox_local::{LocalBox, PythonProfile, provision_at};
-use codebox_server::{BoxFactory, Server, ServerConfig};
+use codebox_core::Result;
+use codebox_local::{LocalBox, LocalFactory, PythonProfile, provision_at};
+use codebox_server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
@@ -124,23 +124,6 @@ async fn kernel_python() -> PathBuf {
     dir.join("bin/python")
 }
 
-/// Makes a LocalBox for each session.
-#[derive(Debug)]
-struct LocalFactory {
-    python: PathBuf,
-}
-
-#[async_trait::async_trait]
-impl BoxFactory for LocalFactory {
-    async fn create(&self, kernel: Option<&str>) -> Result<Arc<dyn CodeBox>> {
-        let mut builder = LocalBox::builder().with_python(&self.python);
-        if let Some(kernel) = kernel {
-            builder = builder.with_kernel(kernel);
-        }
-        Ok(Arc::new(builder.build()?))
-    }
-}
-
 /// The CodeBox server, in-process, on a free loopback port with one API key.
 #[derive(Debug)]
 pub(super) struct TestServer {
@@ -161,7 +144,9 @@ impl TestServer {
         let key = format!("compat-test-key-{}", std::process::id());
         let config =
             adjust(ServerConfig::new().with_addr("127.0.0.1:0".parse().expect("an address")).with_api_key(&key));
-        let server = Server::bind(config, Arc::new(LocalFactory { python })).await.expect("binding the server");
+        // A LocalBox for each session, with the test Python.
+        let factory = LocalFactory::builder(LocalBox::builder().with_python(&python)).build().expect("the box factory");
+        let server = Server::bind(config, Arc::new(factory)).await.expect("binding the server");
         let addr = server.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until(async move {

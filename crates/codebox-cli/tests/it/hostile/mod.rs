@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use codebox_local::sandbox::uid::{processes_in_range, running_as_root};
+use codebox_sandbox::{processes_in_range, running_as_root};
 
 mod files;
 mod leftovers;

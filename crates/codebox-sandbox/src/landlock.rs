@@ -34,7 +34,7 @@ const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib6
 /// pip ask about the machine. Only files whose inode procfs keeps for good: a Landlock rule
 /// names an inode, and procfs makes a new inode for `/proc/<pid>` and `/proc/sys` entries each
 /// time their dentry is looked up again, which would silently drop such a rule.
-pub const PROC_FILES: &[&str] = &[
+pub(crate) const PROC_FILES: &[&str] = &[
     "/proc/cpuinfo",
     "/proc/meminfo",
     "/proc/stat",
@@ -49,7 +49,7 @@ const READ_WRITE_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/d
 
 /// What a kernel under Landlock may reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LandlockConfig {
+pub(crate) struct LandlockConfig {
     /// Read-write: the working directory and the run directory.
     pub read_write: Vec<PathBuf>,
     /// Read and execute, on top of the system paths: the Python environment.
@@ -73,7 +73,7 @@ fn rights(path: &Path, dir_rights: BitFlags<AccessFs>) -> Option<(PathFd, BitFla
 
 impl LandlockConfig {
     /// Create the ruleset (not yet enforced). Paths that do not exist are skipped.
-    pub fn build(&self) -> Result<RulesetCreated, String> {
+    pub(crate) fn build(&self) -> Result<RulesetCreated, String> {
         let read = AccessFs::from_read(TARGET);
         let all = AccessFs::from_all(TARGET);
         // Scoping needs ABI 6 (Linux 6.12); older kernels run without it (best effort), and
@@ -115,7 +115,7 @@ impl LandlockConfig {
 /// The `O_PATH` descriptor of `/proc/<pid>` stays open through exec on purpose: the rule holds
 /// the directory's inode, and procfs would make a new inode, without the rule, once the kernel
 /// evicted an unused dentry. An open descriptor keeps the dentry, so the rule stays true.
-pub fn restrict_self(ruleset: RulesetCreated) -> std::io::Result<()> {
+pub(crate) fn restrict_self(ruleset: RulesetCreated) -> std::io::Result<()> {
     use rustix::fs::{Mode, OFlags};
     let own = rustix::fs::open(c"/proc/self", OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
     let access = AccessFs::from_read(TARGET) | AccessFs::WriteFile;

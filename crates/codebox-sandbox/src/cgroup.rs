@@ -10,13 +10,14 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::Limits;
 
 /// The cgroup hierarchy sessions live in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CgroupManager {
+pub(crate) enum CgroupManager {
     /// cgroup v1: one directory per controller (the parent of every session's cgroup).
     V1 {
         /// `…/memory/<ours>/codebox`.
@@ -36,7 +37,23 @@ pub enum CgroupManager {
 }
 
 /// The name of the directory holding every session cgroup, under our own cgroup.
-pub const BASE_NAME: &str = "codebox";
+pub(crate) const BASE_NAME: &str = "codebox";
+
+/// The session cgroups that the process `pid` made and that are still there (each session
+/// cgroup is named after its server's process id): what a server killed without cleaning
+/// up leaves until the next one sweeps. An error when this machine gives no cgroups.
+pub fn session_cgroups_of(pid: u32) -> io::Result<Vec<PathBuf>> {
+    let manager = CgroupManager::detect(Path::new("/sys/fs/cgroup"))?;
+    let prefix = format!("{pid}-");
+    Ok(manager
+        .bases()
+        .iter()
+        .filter_map(|b| std::fs::read_dir(b).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect())
+}
 
 fn own_cgroups() -> io::Result<Vec<(String, String)>> {
     // Lines are `id:controllers:path`; v2 is `0::path`.
@@ -58,7 +75,7 @@ impl CgroupManager {
     /// Find the hierarchy to use under `root` (normally `/sys/fs/cgroup`): v2 when its root
     /// has the memory and pids controllers, else v1 when memory, pids and cpu are mounted.
     /// Creates the `codebox` parent directories (needs root or a delegated subtree).
-    pub fn detect(root: &Path) -> io::Result<Self> {
+    pub(crate) fn detect(root: &Path) -> io::Result<Self> {
         let own = own_cgroups()?;
         let v2_controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         let v2_has = |c: &str| v2_controllers.split_whitespace().any(|x| x == c);
@@ -111,7 +128,7 @@ impl CgroupManager {
     }
 
     /// `v1` or `v2`.
-    pub fn version(&self) -> &'static str {
+    pub(crate) fn version(&self) -> &'static str {
         match self {
             Self::V1 { .. } => "v1",
             Self::V2 { .. } => "v2",
@@ -119,7 +136,7 @@ impl CgroupManager {
     }
 
     /// The parent directories of session cgroups.
-    pub fn bases(&self) -> Vec<PathBuf> {
+    pub(crate) fn bases(&self) -> Vec<PathBuf> {
         match self {
             Self::V1 { memory, pids, cpu, freezer } => {
                 [Some(memory), Some(pids), Some(cpu), freezer.as_ref()].into_iter().flatten().cloned().collect()
@@ -129,7 +146,7 @@ impl CgroupManager {
     }
 
     /// Create the cgroup of session `name` with `limits` (memory, swap 0, pids, cpu).
-    pub fn create(&self, name: &str, limits: &Limits) -> io::Result<SessionCgroup> {
+    pub(crate) fn create(&self, name: &str, limits: &Limits) -> io::Result<SessionCgroup> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad cgroup name {name:?}")));
         }
@@ -156,39 +173,14 @@ impl CgroupManager {
         }
         Ok(cg)
     }
+}
 
-    /// Remove session cgroups left by an earlier process (after killing what is in them).
-    /// Returns how many were removed.
-    pub fn sweep(&self) -> usize {
-        let mut names = std::collections::BTreeSet::new();
-        for base in self.bases() {
-            if let Ok(rd) = std::fs::read_dir(&base) {
-                names.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name()));
-            }
-        }
-        let mut removed = 0;
-        for name in names {
-            let name = name.to_string_lossy();
-            let cg = match self {
-                Self::V1 { memory, pids, cpu, freezer } => SessionCgroup {
-                    version: Version::V1,
-                    memory: memory.join(&*name),
-                    pids: pids.join(&*name),
-                    cpu: cpu.join(&*name),
-                    freezer: freezer.as_ref().map(|f| f.join(&*name)),
-                },
-                Self::V2 { base } => {
-                    let d = base.join(&*name);
-                    SessionCgroup { version: Version::V2, memory: d.clone(), pids: d.clone(), cpu: d, freezer: None }
-                }
-            };
-            cg.kill_all();
-            if cg.remove().is_ok() {
-                removed += 1;
-            }
-        }
-        removed
-    }
+/// The CPU accounting period, in microseconds (the kernel's default).
+const PERIOD: u64 = 100_000;
+
+/// The CPU quota per [`PERIOD`], in microseconds, for the limits' CPU share.
+fn cpu_quota(limits: &Limits) -> Option<u64> {
+    limits.cpu_millis.map(|m| u64::from(m) * PERIOD / 1000)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +225,6 @@ impl SessionCgroup {
     }
 
     fn set_limits(&self, limits: &Limits) -> io::Result<()> {
-        const PERIOD: u64 = 100_000;
         match self.version {
             Version::V1 => {
                 if let Some(m) = limits.memory {
@@ -248,9 +239,9 @@ impl SessionCgroup {
                 if let Some(p) = limits.pids {
                     write(&self.pids.join("pids.max"), &p.to_string())?;
                 }
-                if let Some(c) = limits.cpu {
+                if let Some(quota) = cpu_quota(limits) {
                     write(&self.cpu.join("cpu.cfs_period_us"), &PERIOD.to_string())?;
-                    write(&self.cpu.join("cpu.cfs_quota_us"), &((c * PERIOD as f64) as u64).to_string())?;
+                    write(&self.cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
                 }
             }
             Version::V2 => {
@@ -262,8 +253,8 @@ impl SessionCgroup {
                 if let Some(p) = limits.pids {
                     write(&self.pids.join("pids.max"), &p.to_string())?;
                 }
-                if let Some(c) = limits.cpu {
-                    let _ = write(&self.cpu.join("cpu.max"), &format!("{} {PERIOD}", (c * PERIOD as f64) as u64));
+                if let Some(quota) = cpu_quota(limits) {
+                    let _ = write(&self.cpu.join("cpu.max"), &format!("{quota} {PERIOD}"));
                 }
             }
         }
@@ -396,7 +387,7 @@ impl Entry {
 
 /// Move the calling process into the cgroups whose `cgroup.procs` are open on `fds`.
 /// Async-signal-safe: one `write` per descriptor, no allocation.
-pub fn enter_raw(fds: &[RawFd]) -> io::Result<()> {
+pub(crate) fn enter_raw(fds: &[RawFd]) -> io::Result<()> {
     for fd in fds {
         // SAFETY: the descriptors belong to an `Entry` that outlives the spawn.
         #[allow(unsafe_code)]
@@ -404,6 +395,64 @@ pub fn enter_raw(fds: &[RawFd]) -> io::Result<()> {
         rustix::io::write(fd, b"0")?;
     }
     Ok(())
+}
+
+/// Why sessions cannot have cgroups on this machine: no usable hierarchy, or no right to
+/// make cgroups in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct CgroupUnavailable {
+    reason: String,
+}
+
+/// The process-wide cgroup manager, detected once under `/sys/fs/cgroup` (sweeping the
+/// session cgroups of processes that are gone on the way).
+pub(crate) fn cgroup_manager() -> std::result::Result<&'static CgroupManager, CgroupUnavailable> {
+    static MANAGER: OnceLock<std::result::Result<CgroupManager, CgroupUnavailable>> = OnceLock::new();
+    MANAGER
+        .get_or_init(|| {
+            let m = CgroupManager::detect(Path::new("/sys/fs/cgroup"))
+                .map_err(|e| CgroupUnavailable { reason: e.to_string() })?;
+            let swept = sweep_orphans(&m);
+            if swept > 0 {
+                tracing::info!(swept, "removed session cgroups of processes that are gone");
+            }
+            Ok(m)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Whether sessions can have cgroups here, and of which version (`"v1"` or `"v2"`). The
+/// first call detects the hierarchy and removes the session cgroups of processes that are
+/// gone.
+pub fn cgroup_version() -> std::result::Result<&'static str, CgroupUnavailable> {
+    cgroup_manager().map(CgroupManager::version)
+}
+
+/// Remove session cgroups whose owning process (the number before the first `-` of the
+/// name) no longer exists, killing what is left in them. Sessions of live processes, this
+/// one or others, are left alone.
+pub(crate) fn sweep_orphans(manager: &CgroupManager) -> usize {
+    let mut removed = 0;
+    for base in manager.bases() {
+        let Ok(rd) = std::fs::read_dir(&base) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            let alive = owner.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if owner.is_none() || alive {
+                continue;
+            }
+            if let Ok(cg) = manager.create(&name, &Limits::unlimited()) {
+                cg.kill_all();
+                if cg.remove().is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

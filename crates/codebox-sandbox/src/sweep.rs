@@ -28,8 +28,14 @@ use std::time::{Duration, Instant};
 
 use codebox_core::{CodeBoxError, Result};
 
-use super::cgroup::CgroupManager;
 use super::uid::{kill_range, processes_in_range};
+
+/// `n` random bytes as lowercase hex: a name no earlier entry of the quarantine has.
+fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).expect("the operating system's random source is available");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 const LOCK: &str = "sweep.lock";
 const SCRATCH: &str = "tmp";
@@ -60,7 +66,7 @@ pub struct Swept {
     /// when even that failed, left where they were), and earlier ones still there.
     pub quarantined: usize,
     /// SysV IPC objects and files in the host's world-writable directories that session
-    /// uids left (see [`super::leftovers`]).
+    /// uids left.
     pub leftovers: usize,
 }
 
@@ -83,7 +89,7 @@ impl SessionRoot {
     ///
     /// Fails when another live process holds the root, or when a leftover cannot be
     /// removed (a process that will not die, a mount that will not go).
-    pub fn claim(path: &Path, uids: Option<Range<u32>>, cgroups: Option<&CgroupManager>) -> Result<(Self, Swept)> {
+    pub fn claim(path: &Path, uids: Option<Range<u32>>, cgroups: bool) -> Result<(Self, Swept)> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         if !path.is_absolute() {
             return Err(CodeBoxError::invalid(format!("the session root {} must be an absolute path", path.display())));
@@ -127,8 +133,8 @@ impl SessionRoot {
             let removed = super::leftovers::remove_left_by(range, &[path]);
             swept.leftovers = removed.ipc_objects + removed.files;
         }
-        if let Some(manager) = cgroups {
-            swept.cgroups = super::sweep_orphans(manager);
+        if cgroups && let Ok(manager) = crate::cgroup::cgroup_manager() {
+            swept.cgroups = crate::cgroup::sweep_orphans(manager);
         }
         let scratch = path.join(SCRATCH);
         swept.mounts = unmount_beneath(&scratch)?;
@@ -295,7 +301,7 @@ fn move_aside(path: &Path, quarantine: &Path) -> io::Result<PathBuf> {
         Err(e) => return Err(e),
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let to = quarantine.join(format!("{name}.{}", crate::util::random_hex(6)));
+    let to = quarantine.join(format!("{name}.{}", random_hex(6)));
     std::fs::rename(path, &to)?;
     Ok(to)
 }
@@ -318,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_relative_root_is_refused() {
-        let err = SessionRoot::claim(Path::new("sessions"), None, None).unwrap_err().to_string();
+        let err = SessionRoot::claim(Path::new("sessions"), None, false).unwrap_err().to_string();
         assert!(err.contains("absolute"), "{err}");
     }
 
@@ -332,16 +338,16 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let root = base.path().join("sessions");
         std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let err = SessionRoot::claim(&root, Some(310_700..310_702), None).unwrap_err().to_string();
+        let err = SessionRoot::claim(&root, Some(310_700..310_702), false).unwrap_err().to_string();
         assert!(err.contains("closed to other users"), "a 0700 parent is refused with session uids: {err}");
         std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (first, swept) = SessionRoot::claim(&root, None, None).unwrap();
+        let (first, swept) = SessionRoot::claim(&root, None, false).unwrap();
         assert!(swept.is_empty(), "{swept:?}");
-        let err = SessionRoot::claim(&root, None, None).unwrap_err().to_string();
+        let err = SessionRoot::claim(&root, None, false).unwrap_err().to_string();
         assert!(err.contains("another server"), "{err}");
         let work = first.scratch().join("codebox-left");
         std::fs::create_dir(&work).unwrap();
-        let disk = super::super::disk::WorkDisk::mount(&work, 16 << 20, 64, Some(310_700)).unwrap();
+        let disk = crate::disk::WorkDisk::mount(&work, 16 << 20, 64, Some(310_700)).unwrap();
         std::fs::write(work.join("file"), b"data").unwrap();
         std::fs::create_dir_all(first.scratch().join("cbk-left/deep")).unwrap();
         let range = 310_700..310_702;
@@ -350,7 +356,7 @@ mod tests {
         std::mem::forget(disk);
         drop(first);
 
-        let (second, swept) = SessionRoot::claim(&root, Some(range.clone()), None).unwrap();
+        let (second, swept) = SessionRoot::claim(&root, Some(range.clone()), false).unwrap();
         // At least the one: until this test reaps it, the killed child lingers as a zombie
         // under its uid, which a later round of the sweep may count again.
         assert!(swept.processes >= 1, "{swept:?}");
@@ -373,7 +379,7 @@ mod tests {
         use rustix::fs::{Mode, OFlags};
         let base = tempfile::tempdir().unwrap();
         let root = base.path().join("sessions");
-        let (first, _) = SessionRoot::claim(&root, None, None).unwrap();
+        let (first, _) = SessionRoot::claim(&root, None, false).unwrap();
         let deep = first.scratch().join("cbk-deep");
         std::fs::create_dir(&deep).unwrap();
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
@@ -394,7 +400,7 @@ mod tests {
         chattr("+i", &pinned);
         drop(first);
 
-        let (second, swept) = SessionRoot::claim(&root, None, None).unwrap();
+        let (second, swept) = SessionRoot::claim(&root, None, false).unwrap();
         let trash: Vec<PathBuf> =
             std::fs::read_dir(root.join(QUARANTINE)).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(swept.entries, 2, "{swept:?}");
@@ -405,7 +411,7 @@ mod tests {
         chattr("-i", &trash[0].join("immutable"));
         drop(second);
 
-        let (_third, swept) = SessionRoot::claim(&root, None, None).unwrap();
+        let (_third, swept) = SessionRoot::claim(&root, None, false).unwrap();
         assert_eq!(swept.quarantined, 0, "{swept:?}");
         assert_eq!(std::fs::read_dir(root.join(QUARANTINE)).unwrap().count(), 0, "the quarantine is emptied");
     }

@@ -9,14 +9,14 @@ use super::Limits;
 
 /// The rlimits to set, soft = hard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RlimitSet {
+pub(crate) struct RlimitSet {
     entries: [(Resource, Option<u64>); 4],
 }
 
 impl RlimitSet {
     /// The rlimits of `limits`: `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE` when set,
     /// `RLIMIT_CORE` 0 always.
-    pub fn from_limits(limits: &Limits) -> Self {
+    pub(crate) fn from_limits(limits: &Limits) -> Self {
         Self {
             entries: [
                 (Resource::Data, limits.data),
@@ -28,14 +28,14 @@ impl RlimitSet {
     }
 
     /// The entries that will be set, as `(resource, bytes or count)`.
-    pub fn entries(&self) -> impl Iterator<Item = (Resource, u64)> + '_ {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (Resource, u64)> + '_ {
         self.entries.iter().filter_map(|(r, v)| v.map(|v| (*r, v)))
     }
 
     /// Set them on the calling process. Async-signal-safe (one `prlimit64` per entry, no
     /// allocation), so it may run between fork and exec. A limit is only ever lowered: one
     /// above the current hard limit is clamped to it.
-    pub fn apply(&self) -> std::io::Result<()> {
+    pub(crate) fn apply(&self) -> std::io::Result<()> {
         for (resource, value) in self.entries() {
             let hard = rustix::process::getrlimit(resource).maximum;
             let value = hard.map_or(value, |h| value.min(h));

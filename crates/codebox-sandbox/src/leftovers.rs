@@ -35,7 +35,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 /// The host directories any user may write to, where a box at the none level can leave files.
-pub const WORLD_WRITABLE_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"];
+pub(crate) const WORLD_WRITABLE_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"];
 
 /// How deep the walk of a world-writable directory goes through directories the uid does not
 /// own (what it owns is removed whole, however deep): it bounds the descriptors held.
@@ -48,7 +48,7 @@ const MAX_ENTRIES: usize = 200_000;
 /// What [`remove_left_by`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Removed {
+pub(crate) struct Removed {
     /// SysV shared memory segments, message queues and semaphore sets.
     pub ipc_objects: usize,
     /// Files and directories (each counted once, with what is beneath it).
@@ -59,7 +59,7 @@ pub struct Removed {
 
 impl Removed {
     /// Whether nothing was found.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Self::default()
     }
 }
@@ -68,7 +68,7 @@ impl Removed {
 /// and entries in [`WORLD_WRITABLE_DIRS`]; entries at or beneath a path of `skip` (the
 /// session's working directory, the session root) are not looked at. Call it only when no
 /// process of those uids runs.
-pub fn remove_left_by(uids: &Range<u32>, skip: &[&Path]) -> Removed {
+pub(crate) fn remove_left_by(uids: &Range<u32>, skip: &[&Path]) -> Removed {
     let (ipc_objects, ipc_failures) = remove_ipc_of(uids);
     let mut removed = Removed { ipc_objects, files: 0, failures: ipc_failures };
     let mut seen = Vec::new();

@@ -10,14 +10,36 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// The default range of session uids.
-pub const DEFAULT_RANGE: Range<u32> = 200_000..265_535;
+/// The default range of session uids, half-open like every `Range`: 65 536 uids, from
+/// 200 000 to 265 535 inclusive (what `codebox serve --session-uids` writes as
+/// `200000-265535`).
+pub const DEFAULT_UID_RANGE: Range<u32> = 200_000..265_536;
 
 /// Hands out session uids from a range.
+///
+/// Clones share what is handed out. Two allocators are equal when they are clones of one
+/// another: two allocators made separately over the same range would each hand out the
+/// same uids, so boxes confined by them are not confined alike.
 #[derive(Debug, Clone)]
 pub struct UidAllocator {
     range: Range<u32>,
     taken: Arc<Mutex<BTreeSet<u32>>>,
+}
+
+impl PartialEq for UidAllocator {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.taken, &other.taken)
+    }
+}
+
+impl Eq for UidAllocator {}
+
+impl std::hash::Hash for UidAllocator {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Equal allocators share their state and so their range: hashing the range agrees
+        // with `eq`.
+        self.range.hash(state);
+    }
 }
 
 /// A uid held by one session; dropping it frees the uid.
@@ -95,7 +117,7 @@ pub fn unreachable_for_others(path: &Path) -> Option<PathBuf> {
 }
 
 /// The real uids of every process on the machine.
-pub fn uids_with_processes() -> BTreeSet<u32> {
+pub(crate) fn uids_with_processes() -> BTreeSet<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
     rd.flatten()
         .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
@@ -127,7 +149,7 @@ pub fn processes_in_range(range: &Range<u32>) -> Vec<i32> {
 }
 
 /// SIGKILL every process whose uid is in `range` (a sweep after a crash); returns how many.
-pub fn kill_range(range: &Range<u32>) -> usize {
+pub(crate) fn kill_range(range: &Range<u32>) -> usize {
     let pids = processes_in_range(range);
     for pid in &pids {
         if let Some(pid) = rustix::process::Pid::from_raw(*pid) {
@@ -164,6 +186,15 @@ mod tests {
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
         assert_eq!(unreachable_for_others(&closed.join("bin/python")), Some(closed.clone()));
         assert_eq!(unreachable_for_others(std::path::Path::new("/usr/bin/python3")), None);
+    }
+
+    #[test]
+    fn the_default_range_is_the_documented_one() {
+        // Documented (and taken by `--session-uids`) as `200000-265535`, first and last
+        // inclusive; the constant is half-open.
+        assert_eq!(DEFAULT_UID_RANGE.start, 200_000);
+        assert_eq!(DEFAULT_UID_RANGE.clone().next_back(), Some(265_535));
+        assert_eq!(DEFAULT_UID_RANGE.len(), 65_536);
     }
 
     #[test]

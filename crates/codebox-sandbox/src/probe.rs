@@ -30,7 +30,7 @@ pub fn probe() -> &'static Probe {
 }
 
 /// Where `bwrap` is: `CODEBOX_BWRAP`, else the first `bwrap` on `PATH`, else the usual places.
-pub fn find_bwrap() -> Option<PathBuf> {
+pub(crate) fn find_bwrap() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CODEBOX_BWRAP").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
@@ -47,7 +47,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Find `bwrap` and check that it works ([`check_bwrap`]).
-pub fn probe_bwrap() -> Result<PathBuf, String> {
+pub(crate) fn probe_bwrap() -> Result<PathBuf, String> {
     let bwrap = find_bwrap().ok_or_else(|| {
         "bwrap was not found on PATH (install bubblewrap, e.g. `apt-get install bubblewrap`)".to_owned()
     })?;
@@ -55,7 +55,7 @@ pub fn probe_bwrap() -> Result<PathBuf, String> {
 }
 
 /// Run `bwrap` as a kernel would be run, with `true` for the kernel.
-pub fn check_bwrap(bwrap: &Path) -> Result<(), String> {
+pub(crate) fn check_bwrap(bwrap: &Path) -> Result<(), String> {
     let mut args: Vec<String> =
         ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"].map(String::from).to_vec();
     args.extend(super::bwrap::system_mounts().into_iter().map(|a| a.to_string_lossy().into_owned()));
@@ -84,7 +84,7 @@ pub fn check_bwrap(bwrap: &Path) -> Result<(), String> {
 }
 
 /// The Landlock ABI version of the running kernel, or why there is none.
-pub fn landlock_abi() -> Result<u32, String> {
+pub(crate) fn landlock_abi() -> Result<u32, String> {
     let abis = [ABI::V7, ABI::V6, ABI::V5, ABI::V4, ABI::V3, ABI::V2, ABI::V1];
     for abi in abis {
         let created = Ruleset::default()

@@ -3,127 +3,18 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use codebox_core::{CodeBoxError, KernelDeath, Result};
 
-use super::cgroup::{CgroupManager, SessionCgroup};
-use super::disk::WorkDisk;
-use super::launch::{Prepared, SandboxSpec, python_paths};
-use super::netproxy::{Allowlist, NetProxy};
-use super::uid::{SessionUid, UidAllocator};
-use super::{Isolation, IsolationLevel, Limits, choose, probe};
-
-/// How a box's kernels are confined.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct SandboxPolicy {
-    /// The isolation asked for.
-    pub isolation: Isolation,
-    /// Fail instead of running a kernel without isolation.
-    pub require: bool,
-    /// Give kernels the host network.
-    pub network: bool,
-    /// Let kernels reach only these hosts, through codebox's proxy (see [`super::netproxy`]).
-    /// Needs the bubblewrap level and excludes `network`.
-    pub network_allowlist: Allowlist,
-    /// Resource limits.
-    pub limits: Limits,
-    /// Run each kernel under its own uid from this allocator (needs root).
-    pub uids: Option<UidAllocator>,
-    /// Put each kernel in its own cgroup with the memory, pids and cpu limits (needs root
-    /// or a delegated cgroup subtree).
-    pub cgroups: bool,
-}
-
-impl Default for SandboxPolicy {
-    /// `Auto` isolation, not required, no network, the local [`Limits`], no session uid or
-    /// cgroup.
-    fn default() -> Self {
-        Self {
-            isolation: Isolation::Auto,
-            require: false,
-            network: false,
-            network_allowlist: Allowlist::default(),
-            limits: Limits::default(),
-            uids: None,
-            cgroups: false,
-        }
-    }
-}
-
-/// The process-wide cgroup manager, detected once under `/sys/fs/cgroup`.
-pub fn cgroup_manager() -> std::result::Result<&'static CgroupManager, String> {
-    static MANAGER: OnceLock<std::result::Result<CgroupManager, String>> = OnceLock::new();
-    MANAGER
-        .get_or_init(|| {
-            let m = CgroupManager::detect(Path::new("/sys/fs/cgroup")).map_err(|e| e.to_string())?;
-            let swept = sweep_orphans(&m);
-            if swept > 0 {
-                tracing::info!(swept, "removed session cgroups of processes that are gone");
-            }
-            Ok(m)
-        })
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
-/// Remove session cgroups whose owning process (the number before the first `-` of the
-/// name) no longer exists, killing what is left in them. Sessions of live processes, this
-/// one or others, are left alone.
-pub fn sweep_orphans(manager: &CgroupManager) -> usize {
-    let mut removed = 0;
-    for base in manager.bases() {
-        let Ok(rd) = std::fs::read_dir(&base) else { continue };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let owner = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
-            let alive = owner.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-            if owner.is_none() || alive {
-                continue;
-            }
-            if let Ok(cg) = manager.create(&name, &Limits::unlimited()) {
-                cg.kill_all();
-                if cg.remove().is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-    }
-    removed
-}
-
-fn warn_unisolated() {
-    static WARNED: OnceLock<()> = OnceLock::new();
-    WARNED.get_or_init(|| {
-        tracing::warn!(
-            "KERNELS RUN WITHOUT ISOLATION: neither bubblewrap (user namespaces) nor Landlock works on this \
-             machine, so code in a box can read and write everything this user can. Install bubblewrap, or set \
-             require_isolation to refuse to run like this."
-        );
-    });
-}
+use crate::cgroup::{SessionCgroup, cgroup_manager};
+use crate::disk::WorkDisk;
+use crate::launch::{Prepared, SandboxSpec, python_paths};
+use crate::netproxy::{Allowlist, NetProxy};
+use crate::policy::SandboxPolicy;
+use crate::uid::SessionUid;
+use crate::{IsolationLevel, Limits, probe};
 
 impl SandboxPolicy {
-    /// The level kernels will run under here; an error when a required level is missing.
-    pub fn level(&self) -> Result<IsolationLevel> {
-        self.limits.validate()?;
-        if self.network && !self.network_allowlist.is_empty() {
-            return Err(CodeBoxError::invalid("a box gets either the host network or a network allowlist, not both"));
-        }
-        let level = choose(self.isolation, self.require, probe())?;
-        if !self.network_allowlist.is_empty() && level != IsolationLevel::Bubblewrap {
-            return Err(CodeBoxError::invalid(format!(
-                "a network allowlist needs the bubblewrap isolation level (a private network namespace); \
-                 this box would run under {level:?}"
-            )));
-        }
-        if level == IsolationLevel::None {
-            warn_unisolated();
-        }
-        Ok(level)
-    }
-
     /// Confine a box whose working directory is `work_dir`: allocate its uid (and hand it
     /// the directory), mount the size-limited image over the directory when `workdir_size`
     /// is set and this process is root, create its cgroup. Every kernel and command of the
@@ -153,7 +44,7 @@ impl SandboxPolicy {
                 .map_err(|e| CodeBoxError::io("giving the working directory to the session uid", e))?;
         }
         let cgroup = if self.cgroups {
-            let manager = cgroup_manager().map_err(CodeBoxError::kernel_start)?;
+            let manager = cgroup_manager().map_err(|e| CodeBoxError::kernel_start(e.to_string()))?;
             let name = format!("{}-{}", std::process::id(), next_serial());
             Some(manager.create(&name, &self.limits).map_err(|e| CodeBoxError::io("creating the session cgroup", e))?)
         } else {
@@ -244,7 +135,7 @@ impl Confinement {
     }
 
     /// For a box with a network allowlist: start the proxy of a kernel whose runtime
-    /// directory is `run_dir` ([`super::netproxy::proxy_env`] points the kernel at it).
+    /// directory is `run_dir` ([`proxy_env`](crate::proxy_env) points the kernel at it).
     pub fn start_net_proxy(&self, run_dir: &Path) -> Result<Option<NetProxy>> {
         if self.network_allowlist.is_empty() {
             return Ok(None);
@@ -496,6 +387,7 @@ impl Drop for Confinement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::UidAllocator;
 
     fn status(code: i32) -> std::process::ExitStatus {
         std::process::ExitStatus::from_raw(code << 8)
@@ -562,66 +454,17 @@ mod tests {
             assert!(start.elapsed().as_secs() < 30, "bwrap and the kernel are in the cgroup");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(!super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty());
+        assert!(!crate::uid::processes_in_range(&(uid..uid + 1)).is_empty());
         drop(c);
         let mut child = child;
         child.wait().unwrap();
         let start = std::time::Instant::now();
-        while !super::super::uid::processes_in_range(&(uid..uid + 1)).is_empty() {
+        while !crate::uid::processes_in_range(&(uid..uid + 1)).is_empty() {
             assert!(start.elapsed().as_secs() < 5, "something still runs under the uid");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(paths.iter().all(|p| !p.exists()), "the cgroup is gone");
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         assert!(!mounts.contains(&*work.to_string_lossy()), "the image is unmounted");
-    }
-}
-
-/// A policy shared by the kernels of one kind, compared by its settings (so that a kernel
-/// pool hands out only kernels confined the same way).
-#[derive(Debug, Clone)]
-pub(crate) struct PolicyRef {
-    policy: Arc<SandboxPolicy>,
-    key: String,
-}
-
-impl PolicyRef {
-    pub(crate) fn new(policy: SandboxPolicy) -> Self {
-        let p = &policy;
-        let key = format!(
-            "{:?}|{}|{}|{:?}|{:?}|{:?}|{}",
-            p.isolation,
-            p.require,
-            p.network,
-            p.network_allowlist,
-            p.limits,
-            p.uids.as_ref().map(UidAllocator::range),
-            p.cgroups
-        );
-        Self { policy: Arc::new(policy), key }
-    }
-
-    pub(crate) fn policy(&self) -> &SandboxPolicy {
-        &self.policy
-    }
-}
-
-impl Default for PolicyRef {
-    fn default() -> Self {
-        Self::new(SandboxPolicy::default())
-    }
-}
-
-impl PartialEq for PolicyRef {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl Eq for PolicyRef {}
-
-impl std::hash::Hash for PolicyRef {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.key.hash(state);
     }
 }

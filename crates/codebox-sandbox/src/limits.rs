@@ -8,7 +8,7 @@ const GIB: u64 = 1024 * MIB;
 /// rlimits (`data`, `file_size`, `open_files`, core dumps off) apply at every isolation
 /// level; `memory`, `pids` and `cpu` need a per-session cgroup (the server); the tmpfs sizes
 /// apply under bubblewrap.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Limits {
     /// Hard memory limit of the kernel and everything it starts (cgroup), in bytes. Past it
@@ -19,8 +19,9 @@ pub struct Limits {
     pub data: Option<u64>,
     /// Most processes and threads at once (cgroup `pids.max`).
     pub pids: Option<u64>,
-    /// CPU share in CPUs (cgroup `cpu.max` / `cpu.cfs_quota_us`), e.g. `1.0`.
-    pub cpu: Option<f64>,
+    /// CPU share in thousandths of a CPU (cgroup `cpu.max` / `cpu.cfs_quota_us`), e.g.
+    /// `1000` for one CPU. Whole numbers, so that limits compare and hash exactly.
+    pub cpu_millis: Option<u32>,
     /// `RLIMIT_FSIZE`: the largest file the kernel may write, in bytes.
     pub file_size: Option<u64>,
     /// `RLIMIT_NOFILE`: most open descriptors per process.
@@ -49,7 +50,7 @@ impl Default for Limits {
             memory: None,
             data: Some(2 * GIB),
             pids: None,
-            cpu: None,
+            cpu_millis: None,
             file_size: Some(GIB),
             open_files: Some(1024),
             tmp_size: 256 * MIB,
@@ -71,7 +72,7 @@ impl Limits {
             memory: Some(GIB),
             data: Some(GIB / 10 * 9),
             pids: Some(256),
-            cpu: Some(1.0),
+            cpu_millis: Some(1000),
             workdir_size: Some(GIB),
             ..Self::default()
         }
@@ -101,9 +102,20 @@ impl Limits {
         self
     }
 
-    /// Set the CPU share in CPUs (`None`: no limit).
+    /// Set the CPU share in CPUs, e.g. `0.5` (`None`: no limit); kept to the thousandth of a
+    /// CPU. A share that is not a positive finite number is kept as one that
+    /// [`validate`](Self::validate) refuses.
     pub fn with_cpu(mut self, cpus: Option<f64>) -> Self {
-        self.cpu = cpus;
+        self.cpu_millis = cpus.map(|c| {
+            // `as` saturates: NaN and negative shares become 0, which `validate` refuses.
+            if c.is_finite() { (c * 1000.0).round() as u32 } else { 0 }
+        });
+        self
+    }
+
+    /// Set the CPU share in thousandths of a CPU (`None`: no limit).
+    pub fn with_cpu_millis(mut self, millis: Option<u32>) -> Self {
+        self.cpu_millis = millis;
         self
     }
 
@@ -168,9 +180,7 @@ impl Limits {
         if self.workdir_inodes < 16 {
             return bad("workdir_inodes must be at least 16");
         }
-        if let Some(cpu) = self.cpu
-            && !(cpu.is_finite() && cpu >= 0.01)
-        {
+        if self.cpu_millis.is_some_and(|m| m < 10) {
             return bad("cpu must be a number of CPUs of at least 0.01");
         }
         if let (Some(memory), Some(data)) = (self.memory, self.data)
@@ -214,14 +224,25 @@ mod tests {
         assert!(err.contains("pids"), "{err}");
         let err = Limits { data: Some(2 * GIB), ..Limits::server() }.validate().unwrap_err().to_string();
         assert!(err.contains("RLIMIT_DATA"), "{err}");
-        let err = Limits { cpu: Some(f64::NAN), ..Limits::server() }.validate().unwrap_err().to_string();
-        assert!(err.contains("cpu"), "{err}");
+        for bad_cpu in [f64::NAN, f64::INFINITY, -1.0, 0.004] {
+            let err = Limits::server().with_cpu(Some(bad_cpu)).validate().unwrap_err().to_string();
+            assert!(err.contains("cpu"), "{bad_cpu}: {err}");
+        }
         let err = Limits { tmp_size: 10, ..Limits::default() }.validate().unwrap_err().to_string();
         assert!(err.contains("tmp_size"), "{err}");
         let err = Limits::server().with_memory(MIB).validate().unwrap_err().to_string();
         assert!(err.contains("64 MiB"), "{err}");
         let err = Limits::default().with_max_message(1024).validate().unwrap_err().to_string();
         assert!(err.contains("max_message"), "{err}");
+    }
+
+    #[test]
+    fn cpu_shares_are_kept_in_thousandths() {
+        assert_eq!(Limits::default().with_cpu(Some(0.5)).cpu_millis, Some(500));
+        assert_eq!(Limits::default().with_cpu(Some(1.0)), Limits::default().with_cpu_millis(Some(1000)));
+        assert_eq!(Limits::default().with_cpu(Some(0.0125)).cpu_millis, Some(13));
+        assert_eq!(Limits::server().cpu_millis, Some(1000));
+        assert_eq!(Limits::default().with_cpu(None).cpu_millis, None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::Limits;
 
 /// A private sized tmpfs where a home directory is usually found. `HOME` itself points into
 /// the working directory (`launch::HOME_DIR`), which the working directory's size limit bounds.
-pub const SANDBOX_HOME: &str = "/home/user";
+pub(crate) const SANDBOX_HOME: &str = "/home/user";
 
 /// Files of `/etc` the kernel may read (each only when it exists); Landlock allows the same.
 pub(crate) const ETC_FILES: &[&str] = &[
@@ -40,7 +40,7 @@ pub(crate) const ETC_NETWORK_FILES: &[&str] =
 
 /// Everything bwrap needs to run one kernel.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BwrapConfig {
+pub(crate) struct BwrapConfig {
     /// The `bwrap` binary.
     pub bwrap: PathBuf,
     /// The working directory (read-write, also the kernel's current directory).
@@ -63,7 +63,7 @@ pub struct BwrapConfig {
 
 /// The read-only system mounts: `/usr`, the merged-usr links (or binds where the host has
 /// real directories) and the files of `ETC_FILES`.
-pub fn system_mounts() -> Vec<OsString> {
+pub(crate) fn system_mounts() -> Vec<OsString> {
     let mut args = Vec::new();
     push(&mut args, ["--ro-bind", "/usr", "/usr"]);
     for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
@@ -107,7 +107,7 @@ fn outermost(paths: &[PathBuf]) -> Vec<PathBuf> {
 
 impl BwrapConfig {
     /// Check what bwrap would otherwise reject late or unclearly.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         for (what, p) in std::iter::once(("working directory", &self.work_dir))
             .chain(self.run_dir.as_ref().map(|r| ("run directory", r)))
         {
@@ -133,7 +133,7 @@ impl BwrapConfig {
     }
 
     /// The arguments of `bwrap`, ending with `--` and `argv`.
-    pub fn args(&self, argv: &[String]) -> Vec<OsString> {
+    pub(crate) fn args(&self, argv: &[String]) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         push(&mut a, ["--unshare-all", "--unshare-user", "--disable-userns"]);
         if self.network {
@@ -183,7 +183,7 @@ impl BwrapConfig {
 
 /// The environment of a sandboxed kernel: a minimal base, then `extra` (the box's own
 /// variables, which may override the base).
-pub fn sandbox_env(path: &str, home: &str, extra: &[(String, String)]) -> Vec<(String, String)> {
+pub(crate) fn sandbox_env(path: &str, home: &str, extra: &[(String, String)]) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         ("HOME", home),
         ("PATH", path),

@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// The port inside the box where the proxy is reachable.
-pub const PROXY_PORT: u16 = 3128;
+pub(crate) const PROXY_PORT: u16 = 3128;
 
 /// The environment a kernel needs to use the proxy at `socket`.
 pub fn proxy_env(socket: &Path) -> Vec<(String, String)> {
@@ -53,14 +53,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One allowed destination: a host name (or `*.suffix` for its subdomains), or an IP
 /// address, with an optional port (any port when absent).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Rule {
     host: String,
     port: Option<u16>,
 }
 
 /// The hosts a box may reach.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Allowlist {
     rules: Vec<Rule>,
     /// Whether the listed hosts may be reached at local addresses (see [`is_local_address`]).
@@ -173,7 +173,7 @@ fn url_authority(url: &str) -> Option<String> {
 /// shared address space, unique-local), an IPv4 address inside IPv6 (mapped, compatible,
 /// NAT64) that is one of these, or an address of this host's own interfaces (which reach
 /// whatever listens on all of them, this server included).
-pub fn is_local_address(ip: IpAddr) -> bool {
+pub(crate) fn is_local_address(ip: IpAddr) -> bool {
     let v4_local = |v4: std::net::Ipv4Addr| {
         let [a, b, ..] = v4.octets();
         v4.is_loopback()

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A mounted working-directory image.
 #[derive(Debug)]
-pub struct WorkDisk {
+pub(crate) struct WorkDisk {
     image: PathBuf,
     mount: PathBuf,
     released: AtomicBool,
@@ -34,7 +34,7 @@ fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
 impl WorkDisk {
     /// Mount a fresh `bytes`-sized filesystem with at most `inodes` files over the empty
     /// directory `dir`, owned by `owner` (uid = gid) when given.
-    pub fn mount(dir: &Path, bytes: u64, inodes: u64, owner: Option<u32>) -> io::Result<Self> {
+    pub(crate) fn mount(dir: &Path, bytes: u64, inodes: u64, owner: Option<u32>) -> io::Result<Self> {
         if bytes < 8 << 20 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a working directory limit is at least 8 MiB"));
         }
@@ -66,7 +66,7 @@ impl WorkDisk {
     }
 
     /// Unmount and delete the image (idempotent). Files in the directory are gone after.
-    pub fn release(&self) -> io::Result<()> {
+    pub(crate) fn release(&self) -> io::Result<()> {
         if self.released.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -75,11 +75,6 @@ impl WorkDisk {
         let removed = std::fs::remove_file(&self.image);
         umounted?;
         removed
-    }
-
-    /// The directory the image is mounted on.
-    pub fn path(&self) -> &Path {
-        &self.mount
     }
 }
 

@@ -118,7 +118,7 @@ fn take_entries(dir: &OwnedFd, failures: &mut Failures) -> rustix::io::Result<Ve
 /// path is not an error). Symbolic links are removed, never followed; a mount point inside
 /// the tree is left in place with what is mounted on it, and so are the directories that
 /// hold it, and the call fails saying so. On failure it still removes all it can.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+pub fn remove_tree(path: &Path) -> io::Result<()> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -254,27 +254,28 @@ pub(crate) fn remove_tree_at(top: &OwnedFd, parent: &Path, name: &OsStr) -> io::
 /// A directory this process made, removed with [`remove_tree`] when dropped (unless kept):
 /// the place of `tempfile::TempDir` for directories a box's code writes into.
 #[derive(Debug)]
-pub(crate) struct OwnedDir {
+pub struct OwnedDir {
     path: Option<PathBuf>,
 }
 
 impl OwnedDir {
     /// Take over a temporary directory: it is removed by this value from now on.
-    pub(crate) fn adopt(dir: tempfile::TempDir) -> Self {
+    pub fn adopt(dir: tempfile::TempDir) -> Self {
         Self { path: Some(dir.keep()) }
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    /// The directory.
+    pub fn path(&self) -> &Path {
         self.path.as_deref().expect("the path is there until the value goes")
     }
 
     /// Leave the directory in place; returns its path.
-    pub(crate) fn keep(mut self) -> PathBuf {
+    pub fn keep(mut self) -> PathBuf {
         self.path.take().expect("the path is there until the value goes")
     }
 
     /// Remove the directory now, saying whether that worked.
-    pub(crate) fn close(mut self) -> io::Result<()> {
+    pub fn close(mut self) -> io::Result<()> {
         remove_tree(&self.path.take().expect("the path is there until the value goes"))
     }
 }

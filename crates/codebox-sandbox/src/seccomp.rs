@@ -34,7 +34,7 @@ use seccompiler::{
 };
 
 /// System calls answered with `EPERM`, whatever their arguments.
-pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
+pub(crate) const DENIED_SYSCALLS: &[(&str, i64)] = &[
     ("ptrace", libc::SYS_ptrace),
     ("process_vm_readv", libc::SYS_process_vm_readv),
     ("process_vm_writev", libc::SYS_process_vm_writev),
@@ -76,15 +76,17 @@ pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
 ];
 
 /// Socket families refused with `EAFNOSUPPORT`.
-pub const DENIED_SOCKET_FAMILIES: &[(&str, i32)] = &[("AF_VSOCK", libc::AF_VSOCK), ("AF_PACKET", libc::AF_PACKET)];
+pub(crate) const DENIED_SOCKET_FAMILIES: &[(&str, i32)] =
+    &[("AF_VSOCK", libc::AF_VSOCK), ("AF_PACKET", libc::AF_PACKET)];
 
 /// Socket families also refused with `EAFNOSUPPORT` when the filter is asked to keep the
 /// kernel off the network ([`Network::Denied`]).
-pub const NO_NETWORK_SOCKET_FAMILIES: &[(&str, i32)] = &[("AF_INET", libc::AF_INET), ("AF_INET6", libc::AF_INET6)];
+pub(crate) const NO_NETWORK_SOCKET_FAMILIES: &[(&str, i32)] =
+    &[("AF_INET", libc::AF_INET), ("AF_INET6", libc::AF_INET6)];
 
 /// Whether the filter itself keeps the kernel off the IP network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Network {
+pub(crate) enum Network {
     /// IP sockets are allowed (the box has network, or a network namespace confines them).
     Allowed,
     /// `AF_INET` and `AF_INET6` sockets are refused.
@@ -115,7 +117,7 @@ fn compile(rules: Vec<(i64, Vec<SeccompRule>)>, errno: i32) -> Result<BpfProgram
 
 /// The deny-list as BPF programs, one per errno (seccomp answers each call with the action of
 /// the filter that matched it). Load them all.
-pub fn deny_list(network: Network) -> Result<Vec<BpfProgram>, String> {
+pub(crate) fn deny_list(network: Network) -> Result<Vec<BpfProgram>, String> {
     let mut eperm: Vec<(i64, Vec<SeccompRule>)> = DENIED_SYSCALLS.iter().map(|(_, nr)| (*nr, vec![])).collect();
     let dword = || SeccompCmpArgLen::Dword;
     let ioctl_rules = [TIOCSTI, TIOCLINUX]
@@ -155,7 +157,7 @@ pub fn deny_list(network: Network) -> Result<Vec<BpfProgram>, String> {
 /// For an installer that may reach only its proxy over TCP (Landlock level): every IPv4 and
 /// IPv6 socket but a stream one is refused with `EPERM`, since Landlock rules cover TCP only
 /// and UDP (or ICMP, or raw) would reach host loopback and the network around the proxy.
-pub fn stream_sockets_only() -> Result<BpfProgram, String> {
+pub(crate) fn stream_sockets_only() -> Result<BpfProgram, String> {
     let mut rules = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         for kind in (0..16u64).filter(|k| *k != libc::SOCK_STREAM as u64) {
@@ -174,7 +176,7 @@ pub fn stream_sockets_only() -> Result<BpfProgram, String> {
 /// Such objects outlive every process of the box; the SysV ones are removed when the session
 /// ends, but POSIX queues can be found only through a mounted `/dev/mqueue`. Bubblewrap gives
 /// the box an IPC namespace of its own, which dies with it.
-pub const HOST_IPC_SYSCALLS: &[(&str, i64)] = &[
+pub(crate) const HOST_IPC_SYSCALLS: &[(&str, i64)] = &[
     ("shmget", libc::SYS_shmget),
     ("msgget", libc::SYS_msgget),
     ("semget", libc::SYS_semget),
@@ -184,12 +186,12 @@ pub const HOST_IPC_SYSCALLS: &[(&str, i64)] = &[
 /// For a box in the host's IPC namespace: the calls of [`HOST_IPC_SYSCALLS`] are refused
 /// with `EPERM`. Python's multiprocessing, numpy and matplotlib use none of them (POSIX
 /// semaphores and shared memory are files in `/dev/shm`).
-pub fn no_host_ipc_objects() -> Result<BpfProgram, String> {
+pub(crate) fn no_host_ipc_objects() -> Result<BpfProgram, String> {
     compile(HOST_IPC_SYSCALLS.iter().map(|(_, nr)| (*nr, vec![])).collect(), libc::EPERM)
 }
 
 /// A program in the kernel's binary form (`struct sock_filter[]`), as `bwrap --seccomp` reads it.
-pub fn to_bytes(program: &BpfProgram) -> Vec<u8> {
+pub(crate) fn to_bytes(program: &BpfProgram) -> Vec<u8> {
     let mut out = Vec::with_capacity(program.len() * 8);
     for ins in program {
         out.extend_from_slice(&ins.code.to_ne_bytes());
@@ -202,7 +204,7 @@ pub fn to_bytes(program: &BpfProgram) -> Vec<u8> {
 
 /// A sealed-in-practice memory file holding `program`, positioned at its start, close-on-exec
 /// (the spawn clears that flag in the child only).
-pub fn memfd(program: &BpfProgram) -> std::io::Result<OwnedFd> {
+pub(crate) fn memfd(program: &BpfProgram) -> std::io::Result<OwnedFd> {
     let fd = rustix::fs::memfd_create("codebox-seccomp", rustix::fs::MemfdFlags::CLOEXEC)?;
     let mut file = std::fs::File::from(fd);
     file.write_all(&to_bytes(program))?;

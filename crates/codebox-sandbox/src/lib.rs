@@ -1,11 +1,12 @@
-//! Sandboxing kernels: the isolation ladder, resource limits, per-session uids and cgroups.
+//! The sandbox of codebox's local kernels: the isolation ladder, resource limits,
+//! per-session uids and cgroups, and the session root a server sweeps.
 //!
 //! A kernel runs under the strongest level this machine allows, tried in order:
 //!
 //! 1. [`IsolationLevel::Bubblewrap`]: `bwrap` with a user namespace, no network unless the box
 //!    opts in, a minimal read-only root, only the working directory (and the kernel's socket
 //!    directory) writable, sized tmpfs for `/tmp`, `/dev/shm` and `/home/user`, every capability
-//!    dropped, no new privileges and a seccomp deny-list ([`seccomp`]).
+//!    dropped, no new privileges and a seccomp deny-list.
 //! 2. [`IsolationLevel::Landlock`]: where user namespaces are not available, Landlock rules
 //!    (read-only system and Python, read-write working directory, no `/proc` entry of another
 //!    process, abstract Unix sockets and signals scoped to the box), the same seccomp
@@ -13,33 +14,69 @@
 //! 3. [`IsolationLevel::None`]: rlimits only, with a loud warning.
 //!
 //! At every level the kernel gets the box's own environment and what the sandbox sets, never
-//! the server's, and its `HOME` and `TMPDIR` live in the working directory (see [`launch`]).
+//! the server's, and its `HOME` and `TMPDIR` live in the working directory.
 //!
-//! [`Isolation`] selects a level (or `Auto`); [`probe()`] says what this machine allows.
-//! [`Limits`] holds the resource limits: rlimits always apply, cgroup limits ([`cgroup`])
-//! need a cgroup manager (the server, running as root).
+//! # The public API
+//!
+//! The policy is a value: a [`SandboxPolicy`] (an [`Isolation`] asked for, [`Limits`], the
+//! network or an [`Allowlist`], a [`UidAllocator`], cgroups) compared by its fields, so
+//! that two boxes confined alike can share pre-started kernels. [`probe()`] says what this
+//! machine allows and [`choose`] which level a policy gets here.
+//!
+//! A host of many boxes (a server) claims a [`SessionRoot`], which sweeps what an earlier
+//! host left behind, and checks [`cgroup_version`] and [`running_as_root`].
+//!
+//! The launch side, for codebox-local: [`SandboxPolicy::confine`] turns a policy and a working
+//! directory into a [`Confinement`] (the box's uid, cgroup and disk image), whose
+//! [`prepare`](Confinement::prepare) turns a command line into a [`Prepared`] command to
+//! spawn. [`NetProxy`] and [`LoopbackProxy`] carry an allowlisted box's traffic, and
+//! [`rmtree`] removes trees a box may have shaped. Everything else (bubblewrap arguments,
+//! Landlock rules, seccomp programs, rlimits, cgroup files) stays inside this crate.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod bwrap;
-pub mod cgroup;
-pub mod disk;
-pub mod landlock;
-pub mod launch;
-pub mod leftovers;
+mod bwrap;
+mod cgroup;
+mod disk;
+mod landlock;
+mod launch;
+mod leftovers;
 mod limits;
-pub mod netproxy;
-pub mod probe;
-pub mod rlimits;
-pub mod seccomp;
+mod netproxy;
+mod policy;
+mod probe;
+mod rlimits;
+pub mod rmtree;
+mod seccomp;
 mod session;
-pub mod sweep;
-pub mod uid;
+mod sweep;
+mod uid;
 
 use std::fmt;
 
+pub use self::cgroup::{CgroupUnavailable, cgroup_version, session_cgroups_of};
+pub use self::launch::{Prepared, SpawnGuard};
 pub use self::limits::Limits;
+pub use self::netproxy::{Allowlist, LoopbackProxy, NetProxy, proxy_env};
+pub use self::policy::SandboxPolicy;
 pub use self::probe::{Probe, probe};
-pub(crate) use self::session::PolicyRef;
-pub use self::session::{Confinement, InstallerNetwork, PACKAGES_DIR, SandboxPolicy, cgroup_manager, sweep_orphans};
+pub use self::session::{Confinement, InstallerNetwork, PACKAGES_DIR};
+pub use self::sweep::{SessionRoot, Swept};
+pub use self::uid::{DEFAULT_UID_RANGE, UidAllocator, processes_in_range, running_as_root, unreachable_for_others};
+
+/// The bare bubblewrap command the sandbox builds on, running `argv`: every namespace
+/// unshared, no capabilities, and the read-only system mounts a kernel sees, without the
+/// rest of a box's confinement (seccomp, tmpfs, working directory). For measuring what
+/// bubblewrap itself costs; `None` where bubblewrap does not work.
+pub fn bare_bubblewrap(argv: &[&str]) -> Option<std::process::Command> {
+    let bwrap = probe().bubblewrap.as_ref().ok()?;
+    let mut cmd = std::process::Command::new(bwrap);
+    cmd.args(["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"])
+        .args(["--cap-drop", "ALL"])
+        .args(bwrap::system_mounts())
+        .args(["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/"])
+        .args(argv);
+    Some(cmd)
+}
 
 /// Which isolation a box asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

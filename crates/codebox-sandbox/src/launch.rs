@@ -12,7 +12,6 @@
 //! bounds them too and they survive kernel restarts.
 #![allow(unsafe_code)] // pre_exec closures: the SAFETY comments say what each one does
 
-use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -29,13 +28,13 @@ use super::{IsolationLevel, Limits};
 /// listings).
 const STATE_DIR: &str = ".codebox";
 /// The kernel's `HOME`, relative to the working directory.
-pub const HOME_DIR: &str = ".codebox/home";
+pub(crate) const HOME_DIR: &str = ".codebox/home";
 /// The kernel's `TMPDIR`, relative to the working directory.
-pub const TMP_DIR: &str = ".codebox/tmp";
+pub(crate) const TMP_DIR: &str = ".codebox/tmp";
 
 /// Everything needed to sandbox one kernel.
 #[derive(Debug, Clone)]
-pub struct SandboxSpec {
+pub(crate) struct SandboxSpec {
     /// The level to run under.
     pub level: IsolationLevel,
     /// The `bwrap` binary (needed for [`IsolationLevel::Bubblewrap`]).
@@ -91,7 +90,7 @@ impl SpawnGuard {
 /// when `pyvenv.cfg` is there), the base install named by `pyvenv.cfg`'s `home`, and the
 /// prefix of the real interpreter the executable resolves to (when it has `lib/python3*`);
 /// for any other program, its own directory.
-pub fn python_paths(python: &Path) -> Vec<PathBuf> {
+pub(crate) fn python_paths(python: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let venv = python.parent().and_then(Path::parent);
     if let Some(venv) = venv {
@@ -143,7 +142,7 @@ impl SandboxSpec {
     /// The environment the kernel gets, at every level: the sandbox's base (see
     /// [`sandbox_env`]) and the box's own variables, with `HOME` and `TMPDIR` in the working
     /// directory.
-    pub fn kernel_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn kernel_env(&self) -> Vec<(String, String)> {
         let home = self.work_dir.join(HOME_DIR).to_string_lossy().into_owned();
         let mut env = sandbox_env(&self.path, &home, &self.env);
         env.retain(|(k, _)| k != "TMPDIR");
@@ -152,7 +151,7 @@ impl SandboxSpec {
     }
 
     /// The sandboxed command for `argv`, entering `cgroup` when given.
-    pub fn prepare(&self, argv: &[String], cgroup: Option<&Entry>) -> Result<Prepared, String> {
+    pub(crate) fn prepare(&self, argv: &[String], cgroup: Option<&Entry>) -> Result<Prepared, String> {
         let (program, args) = argv.split_first().ok_or("empty kernel command line")?;
         self.limits.validate().map_err(|e| e.to_string())?;
         let rlimits = RlimitSet::from_limits(&self.limits);
@@ -290,11 +289,6 @@ fn make_private_dirs(work_dir: &Path, uid: Option<u32>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The argument list of a prepared command, for logs and tests.
-pub fn argv_of(cmd: &Command) -> Vec<OsString> {
-    std::iter::once(cmd.get_program().to_owned()).chain(cmd.get_args().map(ToOwned::to_owned)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,7 +351,7 @@ except OSError as e:
     fn spec(level: IsolationLevel, work: &Path, run: &Path) -> SandboxSpec {
         SandboxSpec {
             level,
-            bwrap: super::super::probe::find_bwrap(),
+            bwrap: crate::probe::find_bwrap(),
             network: false,
             limits: Limits::default(),
             work_dir: work.to_owned(),
