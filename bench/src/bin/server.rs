@@ -250,10 +250,10 @@ async fn main() -> Result<()> {
     let pool = KernelPool::new(2);
     let builder = local_builder().with_pool(pool.clone());
     pool.prewarm(&builder).await?;
-    let factory = factory_fn(move |kernel| {
+    let factory = factory_fn(move |request| {
         let builder = builder.clone();
         async move {
-            let builder = match kernel {
+            let builder = match request.kernel {
                 Some(k) => builder.with_kernel(k),
                 None => builder,
             };

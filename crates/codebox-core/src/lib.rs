@@ -27,7 +27,7 @@ pub use crate::codebox::{ByteStream, CodeBox, CodeBoxExt, EventStream};
 pub use crate::error::{BoxedSource, CodeBoxError, ErrorKind, HttpError, KernelDeath, Result, TimeoutKind};
 pub use crate::event::{ErrorInfo, ExecEvent, MimeBundle, Outcome};
 pub use crate::execution::{Execution, Image};
-pub use crate::factory::{BoxFactory, factory_fn};
+pub use crate::factory::{BoxFactory, BoxRequest, PoolStats, ResourceLimits, TemplateInfo, factory_fn};
 pub use crate::files::{FileInfo, normalize_box_path};
 pub use crate::options::{CommandOutput, CommandSpec, RunOptions};
 pub use crate::settings::{ApiKey, CodeBoxSettings};

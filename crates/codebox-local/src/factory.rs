@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use codebox_core::{BoxFactory, CodeBox, Result};
+use codebox_core::{BoxFactory, BoxRequest, CodeBox, Result};
 use codebox_sandbox::{SessionRoot, Swept, UidAllocator};
 
 use crate::{KernelPool, LocalBoxBuilder};
@@ -112,8 +112,8 @@ fn session_cap(uids: usize, pool: usize) -> usize {
 
 #[async_trait]
 impl BoxFactory for LocalFactory {
-    async fn create(&self, kernel: Option<&str>) -> Result<Arc<dyn CodeBox>> {
-        let builder = match kernel {
+    async fn create(&self, request: &BoxRequest) -> Result<Arc<dyn CodeBox>> {
+        let builder = match request.kernel.as_deref() {
             Some(kernel) => self.boxes.clone().with_kernel(kernel),
             None => self.boxes.clone(),
         };

@@ -2,4 +2,4 @@
 //! "make me a box", so a backend can offer one without depending on the server),
 //! re-exported here so that code written against codebox-server keeps compiling.
 
-pub use codebox_core::{BoxFactory, factory_fn};
+pub use codebox_core::{BoxFactory, BoxRequest, factory_fn};

@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::config::{DEFAULT_MAX_UPLOAD_BYTES, ServerConfig};
-pub use crate::factory::{BoxFactory, factory_fn};
+pub use crate::factory::{BoxFactory, BoxRequest, factory_fn};
 
 use crate::auth::ApiKeys;
 use crate::metrics::Metrics;

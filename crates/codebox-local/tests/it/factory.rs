@@ -51,7 +51,7 @@ async fn boxes_live_in_the_scratch_directory_of_the_root() {
     let base = tempfile::tempdir().unwrap();
     let root = base.path().join("sessions");
     let factory = LocalFactory::builder(builder()).with_session_root(&root).build().unwrap();
-    let lb = factory.create(None).await.unwrap();
+    let lb = factory.create(&codebox_core::BoxRequest::new()).await.unwrap();
     lb.start().await.unwrap();
     let cwd = lb.exec("import os; print(os.getcwd(), end='')").await.unwrap().stdout();
     assert!(

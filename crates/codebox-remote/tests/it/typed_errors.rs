@@ -16,9 +16,9 @@ const KEY: &str = "sk-typed-errors";
 /// A server whose sessions are LocalBoxes that kill a kernel one second after it ignored
 /// an interrupt; stops when the sender drops.
 async fn serve() -> (String, oneshot::Sender<()>) {
-    let factory = factory_fn(|kernel| async move {
+    let factory = factory_fn(|request| async move {
         let mut builder = LocalBox::builder().with_interrupt_grace(Duration::from_secs(1));
-        if let Some(kernel) = kernel {
+        if let Some(kernel) = request.kernel {
             builder = builder.with_kernel(kernel);
         }
         Ok(Arc::new(builder.build()?) as Arc<dyn CodeBox>)

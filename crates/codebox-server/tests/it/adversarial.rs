@@ -78,7 +78,7 @@ impl Sandboxed {
             .with_limits(limits);
         // A plain factory, not `LocalFactory`: each case has a uid range of its own and no
         // session root to claim.
-        let factory = factory_fn(move |_kernel| {
+        let factory = factory_fn(move |_request| {
             let policy = policy.clone();
             async move {
                 let lb = LocalBox::builder().with_sandbox(policy).build()?;

@@ -24,11 +24,11 @@ struct LocalServer {
 // Provisioning can take minutes on a fresh machine: show why the first test waits.
 #[allow(clippy::print_stderr)]
 fn local_factory(boxes: Arc<Mutex<Vec<LocalBox>>>) -> Arc<dyn BoxFactory> {
-    factory_fn(move |kernel| {
+    factory_fn(move |request| {
         let boxes = Arc::clone(&boxes);
         async move {
             let mut builder = LocalBox::builder().with_progress(|line| eprintln!("[provision] {line}"));
-            if let Some(kernel) = kernel {
+            if let Some(kernel) = request.kernel {
                 builder = builder.with_kernel(kernel);
             }
             let lb = builder.build()?;

@@ -17,7 +17,7 @@ use codebox_core::{
     BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CommandOutput, CommandSpec, ErrorInfo,
     EventStream, ExecEvent, FileInfo, KernelDeath, Outcome, Result, RunOptions, normalize_box_path,
 };
-use codebox_server::{BoxFactory, Server, ServerConfig};
+use codebox_server::{BoxFactory, BoxRequest, Server, ServerConfig};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -228,7 +228,8 @@ pub(crate) struct ScriptedFactory {
 
 #[async_trait]
 impl BoxFactory for ScriptedFactory {
-    async fn create(&self, kernel: Option<&str>) -> Result<Arc<dyn CodeBox>> {
+    async fn create(&self, request: &BoxRequest) -> Result<Arc<dyn CodeBox>> {
+        let kernel = request.kernel.as_deref();
         if kernel == Some("broken") {
             return Err(CodeBoxError::kernel_start("no such kernel"));
         }
