@@ -47,7 +47,7 @@ fn help_documents_the_defaults() {
         "[default: 64]",
         "[default: 15m]",
         "[default: 512M, or half of --workdir-size when that is smaller]",
-        "both ends included [default: 200000-265534 when running as root]",
+        "both ends included [default: 200000-265535 when running as root]",
         "[env: CODEBOX_SERVER_ADDR=]",
     ] {
         assert!(help.contains(default), "{default:?} missing from:\n{help}");
