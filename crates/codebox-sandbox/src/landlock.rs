@@ -143,7 +143,7 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(unsafe_code)]
+    #[allow(unsafe_code, reason = "pre_exec runs the Landlock restriction in the child, see the SAFETY note")]
     fn a_child_under_the_ruleset_reaches_only_its_directories() {
         let work = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
