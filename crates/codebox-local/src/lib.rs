@@ -116,6 +116,6 @@ pub use crate::pool::KernelPool;
 pub use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep};
 pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at};
 pub use codebox_sandbox::{
-    Allowlist, DEFAULT_UID_RANGE, Isolation, IsolationLevel, Limits, PACKAGES_DIR, Probe, SandboxPolicy, UidAllocator,
-    choose, probe, running_as_root,
+    Allowlist, BwrapUnavailable, DEFAULT_UID_RANGE, Isolation, IsolationLevel, LandlockUnavailable, Limits,
+    PACKAGES_DIR, Probe, SandboxPolicy, UidAllocator, choose, probe, running_as_root,
 };

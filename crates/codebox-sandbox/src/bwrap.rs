@@ -12,6 +12,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use super::Limits;
+use crate::error::SandboxError;
 
 /// A private sized tmpfs where a home directory is usually found. `HOME` itself points into
 /// the working directory (`launch::HOME_DIR`), which the working directory's size limit bounds.
@@ -107,27 +108,28 @@ fn outermost(paths: &[PathBuf]) -> Vec<PathBuf> {
 
 impl BwrapConfig {
     /// Check what bwrap would otherwise reject late or unclearly.
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), SandboxError> {
+        let invalid = |reason: String| Err(SandboxError::BwrapConfig { reason });
         for (what, p) in std::iter::once(("working directory", &self.work_dir))
             .chain(self.run_dir.as_ref().map(|r| ("run directory", r)))
         {
             if !p.is_absolute() {
-                return Err(format!("the {what} {} is not absolute", p.display()));
+                return invalid(format!("the {what} {} is not absolute", p.display()));
             }
             if p == Path::new("/") {
-                return Err(format!("the {what} cannot be /"));
+                return invalid(format!("the {what} cannot be /"));
             }
         }
         if let Some(p) = self.read_only.iter().find(|p| !p.is_absolute()) {
-            return Err(format!("read-only path {} is not absolute", p.display()));
+            return invalid(format!("read-only path {} is not absolute", p.display()));
         }
         if let Some(c) = &self.chdir
             && !c.starts_with(&self.work_dir)
         {
-            return Err(format!("the current directory {} is outside the working directory", c.display()));
+            return invalid(format!("the current directory {} is outside the working directory", c.display()));
         }
         if let Some((k, _)) = self.env.iter().find(|(k, _)| k.is_empty() || k.contains('=') || k.contains('\0')) {
-            return Err(format!("invalid environment variable name {k:?}"));
+            return invalid(format!("invalid environment variable name {k:?}"));
         }
         Ok(())
     }
@@ -295,10 +297,16 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused() {
-        assert!(BwrapConfig { work_dir: "rel".into(), ..config() }.validate().unwrap_err().contains("not absolute"));
+        assert!(
+            BwrapConfig { work_dir: "rel".into(), ..config() }
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not absolute")
+        );
         assert!(BwrapConfig { work_dir: "/".into(), ..config() }.validate().is_err());
         let bad_env = BwrapConfig { env: vec![("A=B".into(), "x".into())], ..config() };
-        assert!(bad_env.validate().unwrap_err().contains("A=B"));
+        assert!(bad_env.validate().unwrap_err().to_string().contains("A=B"));
         config().validate().unwrap();
     }
 }

@@ -26,6 +26,8 @@ use landlock::{
     RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope,
 };
 
+use crate::error::SandboxError;
+
 /// System paths to read and execute; the `/etc` files come from the bwrap mount list, so both
 /// levels expose the same system.
 const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/dev/urandom", "/dev/random"];
@@ -73,7 +75,7 @@ fn rights(path: &Path, dir_rights: BitFlags<AccessFs>) -> Option<(PathFd, BitFla
 
 impl LandlockConfig {
     /// Create the ruleset (not yet enforced). Paths that do not exist are skipped.
-    pub(crate) fn build(&self) -> Result<RulesetCreated, String> {
+    pub(crate) fn build(&self) -> Result<RulesetCreated, SandboxError> {
         let read = AccessFs::from_read(TARGET);
         let all = AccessFs::from_all(TARGET);
         // Scoping needs ABI 6 (Linux 6.12); older kernels run without it (best effort), and
@@ -85,7 +87,7 @@ impl LandlockConfig {
         if !self.network {
             ruleset = ruleset.and_then(|r| r.handle_access(AccessNet::from_all(TARGET)));
         }
-        let mut created = ruleset.and_then(|r| r.create()).map_err(|e| format!("creating a Landlock ruleset: {e}"))?;
+        let mut created = ruleset.and_then(|r| r.create()).map_err(landlock_error("creating a Landlock ruleset"))?;
         // Landlock cannot add files later, so the network files are always readable.
         let system =
             SYSTEM_DIRS.iter().chain(PROC_FILES).chain(super::bwrap::ETC_FILES).chain(super::bwrap::ETC_NETWORK_FILES);
@@ -96,15 +98,20 @@ impl LandlockConfig {
             .chain(self.read_write.iter().filter_map(|p| rights(p, all)));
         for (fd, access) in rules {
             created =
-                created.add_rule(PathBeneath::new(fd, access)).map_err(|e| format!("adding a Landlock rule: {e}"))?;
+                created.add_rule(PathBeneath::new(fd, access)).map_err(landlock_error("adding a Landlock rule"))?;
         }
         if let Some(port) = self.connect_port.filter(|_| !self.network) {
             created = created
                 .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
-                .map_err(|e| format!("adding a Landlock network rule: {e}"))?;
+                .map_err(landlock_error("adding a Landlock network rule"))?;
         }
         Ok(created.no_new_privs(true))
     }
+}
+
+/// A [`SandboxError::Landlock`] for a failed `context`.
+fn landlock_error(context: &'static str) -> impl FnOnce(landlock::RulesetError) -> SandboxError {
+    move |source| SandboxError::Landlock { context, source }
 }
 
 /// Enforce `ruleset` on the calling process with its own `/proc/<pid>` readable (and its files
@@ -136,7 +143,7 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(unsafe_code)]
+    #[allow(unsafe_code, reason = "pre_exec runs the Landlock restriction in the child, see the SAFETY note")]
     fn a_child_under_the_ruleset_reaches_only_its_directories() {
         let work = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();

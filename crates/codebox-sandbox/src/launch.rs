@@ -23,6 +23,7 @@ use super::landlock::LandlockConfig;
 use super::rlimits::RlimitSet;
 use super::seccomp::Network;
 use super::{IsolationLevel, Limits};
+use crate::error::SandboxError;
 
 /// The box's reserved state directory, relative to the working directory (left out of file
 /// listings).
@@ -151,25 +152,25 @@ impl SandboxSpec {
     }
 
     /// The sandboxed command for `argv`, entering `cgroup` when given.
-    pub(crate) fn prepare(&self, argv: &[String], cgroup: Option<&Entry>) -> Result<Prepared, String> {
-        let (program, args) = argv.split_first().ok_or("empty kernel command line")?;
-        self.limits.validate().map_err(|e| e.to_string())?;
+    pub(crate) fn prepare(&self, argv: &[String], cgroup: Option<&Entry>) -> Result<Prepared, SandboxError> {
+        let (program, args) = argv.split_first().ok_or(SandboxError::EmptyCommand)?;
+        self.limits.validate().map_err(SandboxError::Limits)?;
         let rlimits = RlimitSet::from_limits(&self.limits);
         let cgroup_fds: Vec<RawFd> = cgroup.map(Entry::raw_fds).unwrap_or_default();
         make_private_dirs(&self.work_dir, self.uid)
-            .map_err(|e| format!("making the kernel's HOME and TMPDIR in {}: {e}", self.work_dir.display()))?;
+            .map_err(|source| SandboxError::PrivateDirs { work_dir: self.work_dir.clone(), source })?;
         let mut guard = SpawnGuard::default();
         let mut cmd;
         match self.level {
             IsolationLevel::Bubblewrap => {
-                let bwrap = self.bwrap.clone().ok_or("bubblewrap was chosen but no bwrap binary is known")?;
+                let bwrap = self.bwrap.clone().ok_or(SandboxError::NoBwrap)?;
                 // The private network namespace keeps IP sockets off the host, and code in the
                 // box may use its own loopback.
                 let fds = super::seccomp::deny_list(Network::Allowed)?
                     .iter()
                     .map(super::seccomp::memfd)
                     .collect::<std::io::Result<Vec<_>>>()
-                    .map_err(|e| format!("writing the seccomp filter: {e}"))?;
+                    .map_err(SandboxError::SeccompMemfd)?;
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
                 let config = BwrapConfig {
                     bwrap: bwrap.clone(),
@@ -524,6 +525,16 @@ except OSError as e:
     #[test]
     fn an_empty_command_line_is_refused() {
         let s = spec(IsolationLevel::None, Path::new("/tmp"), Path::new("/tmp"));
-        assert!(s.prepare(&[], None).unwrap_err().contains("empty"));
+        assert!(matches!(s.prepare(&[], None).unwrap_err(), SandboxError::EmptyCommand));
+    }
+
+    #[test]
+    fn a_missing_working_directory_is_reported_with_its_cause() {
+        let base = tempfile::tempdir().unwrap();
+        let missing = base.path().join("gone");
+        let err = spec(IsolationLevel::None, &missing, base.path()).prepare(&["/bin/true".into()], None).unwrap_err();
+        assert!(err.to_string().starts_with("making the kernel's HOME and TMPDIR in"), "{err}");
+        let cause = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<std::io::Error>());
+        assert_eq!(cause.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound), "{err:?}");
     }
 }

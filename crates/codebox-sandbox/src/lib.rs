@@ -37,6 +37,7 @@
 mod bwrap;
 mod cgroup;
 mod disk;
+mod error;
 mod landlock;
 mod launch;
 mod leftovers;
@@ -54,6 +55,7 @@ mod uid;
 use std::fmt;
 
 pub use self::cgroup::{CgroupUnavailable, cgroup_version, session_cgroups_of};
+pub use self::error::{BwrapUnavailable, LandlockUnavailable};
 pub use self::launch::{Prepared, SpawnGuard};
 pub use self::limits::Limits;
 pub use self::netproxy::{Allowlist, LoopbackProxy, NetProxy, proxy_env};
@@ -173,17 +175,17 @@ impl fmt::Display for IsolationLevel {
 /// so is `Auto` ending at `None` when `require` is set. The error says why each level failed
 /// and how to fix it.
 pub fn choose(wanted: Isolation, require: bool, probe: &Probe) -> codebox_core::Result<IsolationLevel> {
-    let bwrap_err = || probe.bubblewrap.as_ref().err().cloned().unwrap_or_default();
-    let landlock_err = || probe.landlock.as_ref().err().cloned().unwrap_or_default();
+    let bwrap_err = || probe.bubblewrap.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    let landlock_err = || probe.landlock.as_ref().err().map(ToString::to_string).unwrap_or_default();
     let fail = |message: String| codebox_core::CodeBoxError::kernel_start(message);
     match wanted {
         Isolation::Bubblewrap => match &probe.bubblewrap {
             Ok(_) => Ok(IsolationLevel::Bubblewrap),
-            Err(e) => Err(fail(format!("isolation bubblewrap is not available: {e}"))),
+            Err(e) => Err(fail(format!("isolation bubblewrap is not available: {e}")).with_source(e.clone())),
         },
         Isolation::Landlock => match &probe.landlock {
             Ok(_) => Ok(IsolationLevel::Landlock),
-            Err(e) => Err(fail(format!("isolation landlock is not available: {e}"))),
+            Err(e) => Err(fail(format!("isolation landlock is not available: {e}")).with_source(e.clone())),
         },
         Isolation::None if require => {
             Err(codebox_core::CodeBoxError::invalid("isolation none contradicts require_isolation"))
@@ -215,8 +217,8 @@ mod tests {
 
     fn machine(bwrap: bool, landlock: bool) -> Probe {
         Probe {
-            bubblewrap: if bwrap { Ok(PathBuf::from("/usr/bin/bwrap")) } else { Err("bwrap: not found".into()) },
-            landlock: if landlock { Ok(7) } else { Err("Landlock is not enabled".into()) },
+            bubblewrap: if bwrap { Ok(PathBuf::from("/usr/bin/bwrap")) } else { Err(BwrapUnavailable::NotFound) },
+            landlock: if landlock { Ok(7) } else { Err(LandlockUnavailable::NotEnabled) },
         }
     }
 
@@ -230,14 +232,16 @@ mod tests {
     #[test]
     fn required_isolation_fails_closed_with_the_reasons() {
         let err = choose(Isolation::Auto, true, &machine(false, false)).unwrap_err().to_string();
-        assert!(err.contains("bwrap: not found") && err.contains("Landlock is not enabled"), "{err}");
+        assert!(err.contains("bwrap was not found") && err.contains("Landlock is not enabled"), "{err}");
         assert!(choose(Isolation::None, true, &machine(true, true)).is_err());
     }
 
     #[test]
     fn an_explicit_level_that_is_missing_is_an_error() {
-        let err = choose(Isolation::Bubblewrap, false, &machine(false, true)).unwrap_err().to_string();
-        assert!(err.contains("bubblewrap is not available"), "{err}");
+        let err = choose(Isolation::Bubblewrap, false, &machine(false, true)).unwrap_err();
+        assert!(err.to_string().contains("bubblewrap is not available"), "{err}");
+        let cause = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<BwrapUnavailable>());
+        assert_eq!(cause, Some(&BwrapUnavailable::NotFound), "the probe's reason is kept as the source");
         assert!(choose(Isolation::Landlock, false, &machine(true, false)).is_err());
         assert_eq!(choose(Isolation::Landlock, false, &machine(true, true)).unwrap(), IsolationLevel::Landlock);
         assert_eq!(choose(Isolation::None, false, &machine(true, true)).unwrap(), IsolationLevel::None);

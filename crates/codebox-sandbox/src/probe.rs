@@ -2,17 +2,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use landlock::{ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr};
+
+use crate::error::{BwrapUnavailable, LandlockUnavailable};
 
 /// The result of probing this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     /// The `bwrap` that runs an unprivileged user-namespace sandbox here, or why none does.
-    pub bubblewrap: Result<PathBuf, String>,
+    pub bubblewrap: Result<PathBuf, BwrapUnavailable>,
     /// The Landlock ABI version, or why Landlock is not available.
-    pub landlock: Result<u32, String>,
+    pub landlock: Result<u32, LandlockUnavailable>,
 }
 
 /// Probe this machine (once; later calls return the same answer).
@@ -47,15 +49,13 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Find `bwrap` and check that it works ([`check_bwrap`]).
-pub(crate) fn probe_bwrap() -> Result<PathBuf, String> {
-    let bwrap = find_bwrap().ok_or_else(|| {
-        "bwrap was not found on PATH (install bubblewrap, e.g. `apt-get install bubblewrap`)".to_owned()
-    })?;
+pub(crate) fn probe_bwrap() -> Result<PathBuf, BwrapUnavailable> {
+    let bwrap = find_bwrap().ok_or(BwrapUnavailable::NotFound)?;
     check_bwrap(&bwrap).map(|()| bwrap)
 }
 
 /// Run `bwrap` as a kernel would be run, with `true` for the kernel.
-pub(crate) fn check_bwrap(bwrap: &Path) -> Result<(), String> {
+pub(crate) fn check_bwrap(bwrap: &Path) -> Result<(), BwrapUnavailable> {
     let mut args: Vec<String> =
         ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"].map(String::from).to_vec();
     args.extend(super::bwrap::system_mounts().into_iter().map(|a| a.to_string_lossy().into_owned()));
@@ -67,24 +67,17 @@ pub(crate) fn check_bwrap(bwrap: &Path) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("could not run {}: {e}", bwrap.display()))?;
+        .map_err(|e| BwrapUnavailable::NotRunnable { path: bwrap.to_owned(), source: Arc::new(e) })?;
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    let hint = if stderr.contains("Permission denied") || stderr.contains("RTM_NEWADDR") {
-        " (unprivileged user namespaces look restricted, e.g. by AppArmor's \
-         kernel.apparmor_restrict_unprivileged_userns=1: install an AppArmor profile that \
-         allows userns for bwrap, see /etc/apparmor.d/bwrap-userns-restrict, or set that \
-         sysctl to 0)"
-    } else {
-        ""
-    };
-    Err(format!("{} failed ({}): {stderr}{hint}", bwrap.display(), out.status))
+    let userns_restricted = stderr.contains("Permission denied") || stderr.contains("RTM_NEWADDR");
+    Err(BwrapUnavailable::Failed { path: bwrap.to_owned(), status: out.status, stderr, userns_restricted })
 }
 
 /// The Landlock ABI version of the running kernel, or why there is none.
-pub(crate) fn landlock_abi() -> Result<u32, String> {
+pub(crate) fn landlock_abi() -> Result<u32, LandlockUnavailable> {
     let abis = [ABI::V7, ABI::V6, ABI::V5, ABI::V4, ABI::V3, ABI::V2, ABI::V1];
     for abi in abis {
         let created = Ruleset::default()
@@ -95,7 +88,7 @@ pub(crate) fn landlock_abi() -> Result<u32, String> {
             return Ok(abi as u32);
         }
     }
-    Err("Landlock is not enabled in this kernel (needs Linux >= 5.13 with landlock in the `lsm=` list)".into())
+    Err(LandlockUnavailable::NotEnabled)
 }
 
 #[cfg(test)]
@@ -120,8 +113,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let err = check_bwrap(&fake).unwrap_err();
+        assert!(matches!(err, BwrapUnavailable::Failed { userns_restricted: true, .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("Permission denied") && err.contains("AppArmor"), "{err}");
         let err = check_bwrap(&dir.path().join("missing")).unwrap_err();
+        assert!(std::error::Error::source(&err).is_some(), "the start failure is kept: {err:?}");
+        let err = err.to_string();
         assert!(err.contains("could not run"), "{err}");
     }
 }

@@ -60,7 +60,7 @@ mod tests {
     }
 
     #[test]
-    #[allow(unsafe_code)]
+    #[allow(unsafe_code, reason = "pre_exec applies the rlimits in the child, see the SAFETY note")]
     fn limits_reach_a_child_process() {
         use std::os::unix::process::CommandExt;
         let limits =

@@ -33,6 +33,8 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
+use crate::error::SandboxError;
+
 /// System calls answered with `EPERM`, whatever their arguments.
 pub(crate) const DENIED_SYSCALLS: &[(&str, i64)] = &[
     ("ptrace", libc::SYS_ptrace),
@@ -96,45 +98,38 @@ pub(crate) enum Network {
 const TIOCSTI: u64 = 0x5412;
 const TIOCLINUX: u64 = 0x541C;
 
-fn arch() -> Result<TargetArch, String> {
-    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| format!("no seccomp filter for this CPU: {e}"))
+fn arch() -> Result<TargetArch, SandboxError> {
+    TargetArch::try_from(std::env::consts::ARCH).map_err(SandboxError::SeccompArch)
 }
 
-fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
-    SeccompCondition::new(arg, len, op, value).map_err(|e| e.to_string())
+fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SandboxError> {
+    Ok(SeccompCondition::new(arg, len, op, value)?)
 }
 
-fn compile(rules: Vec<(i64, Vec<SeccompRule>)>, errno: i32) -> Result<BpfProgram, String> {
+fn compile(rules: Vec<(i64, Vec<SeccompRule>)>, errno: i32) -> Result<BpfProgram, SandboxError> {
     let filter = SeccompFilter::new(
         rules.into_iter().collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(errno as u32),
         arch()?,
-    )
-    .map_err(|e| e.to_string())?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+    )?;
+    Ok(filter.try_into()?)
 }
 
 /// The deny-list as BPF programs, one per errno (seccomp answers each call with the action of
 /// the filter that matched it). Load them all.
-pub(crate) fn deny_list(network: Network) -> Result<Vec<BpfProgram>, String> {
+pub(crate) fn deny_list(network: Network) -> Result<Vec<BpfProgram>, SandboxError> {
     let mut eperm: Vec<(i64, Vec<SeccompRule>)> = DENIED_SYSCALLS.iter().map(|(_, nr)| (*nr, vec![])).collect();
     let dword = || SeccompCmpArgLen::Dword;
     let ioctl_rules = [TIOCSTI, TIOCLINUX]
         .into_iter()
-        .map(|req| {
-            SeccompRule::new(vec![cond(1, dword(), SeccompCmpOp::MaskedEq(0xffff_ffff), req)?])
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+        .map(|req| Ok(SeccompRule::new(vec![cond(1, dword(), SeccompCmpOp::MaskedEq(0xffff_ffff), req)?])?))
+        .collect::<Result<Vec<_>, SandboxError>>()?;
     eperm.push((libc::SYS_ioctl, ioctl_rules));
     let newuser = libc::CLONE_NEWUSER as u64;
     eperm.push((
         libc::SYS_clone,
-        vec![
-            SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(newuser), newuser)?])
-                .map_err(|e| e.to_string())?,
-        ],
+        vec![SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(newuser), newuser)?])?],
     ));
     let no_network: &[(&str, i32)] = match network {
         Network::Allowed => &[],
@@ -143,10 +138,8 @@ pub(crate) fn deny_list(network: Network) -> Result<Vec<BpfProgram>, String> {
     let sockets = DENIED_SOCKET_FAMILIES
         .iter()
         .chain(no_network)
-        .map(|(_, fam)| {
-            SeccompRule::new(vec![cond(0, dword(), SeccompCmpOp::Eq, *fam as u64)?]).map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+        .map(|(_, fam)| Ok(SeccompRule::new(vec![cond(0, dword(), SeccompCmpOp::Eq, *fam as u64)?])?))
+        .collect::<Result<Vec<_>, SandboxError>>()?;
     Ok(vec![
         compile(eperm, libc::EPERM)?,
         compile(vec![(libc::SYS_socket, sockets)], libc::EAFNOSUPPORT)?,
@@ -157,7 +150,7 @@ pub(crate) fn deny_list(network: Network) -> Result<Vec<BpfProgram>, String> {
 /// For an installer that may reach only its proxy over TCP (Landlock level): every IPv4 and
 /// IPv6 socket but a stream one is refused with `EPERM`, since Landlock rules cover TCP only
 /// and UDP (or ICMP, or raw) would reach host loopback and the network around the proxy.
-pub(crate) fn stream_sockets_only() -> Result<BpfProgram, String> {
+pub(crate) fn stream_sockets_only() -> Result<BpfProgram, SandboxError> {
     let mut rules = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         for kind in (0..16u64).filter(|k| *k != libc::SOCK_STREAM as u64) {
@@ -165,7 +158,7 @@ pub(crate) fn stream_sockets_only() -> Result<BpfProgram, String> {
                 cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)?,
                 cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), kind)?,
             ];
-            rules.push(SeccompRule::new(on).map_err(|e| e.to_string())?);
+            rules.push(SeccompRule::new(on)?);
         }
     }
     compile(vec![(libc::SYS_socket, rules)], libc::EPERM)
@@ -186,7 +179,7 @@ pub(crate) const HOST_IPC_SYSCALLS: &[(&str, i64)] = &[
 /// For a box in the host's IPC namespace: the calls of [`HOST_IPC_SYSCALLS`] are refused
 /// with `EPERM`. Python's multiprocessing, numpy and matplotlib use none of them (POSIX
 /// semaphores and shared memory are files in `/dev/shm`).
-pub(crate) fn no_host_ipc_objects() -> Result<BpfProgram, String> {
+pub(crate) fn no_host_ipc_objects() -> Result<BpfProgram, SandboxError> {
     compile(HOST_IPC_SYSCALLS.iter().map(|(_, nr)| (*nr, vec![])).collect(), libc::EPERM)
 }
 

@@ -290,7 +290,8 @@ impl Confinement {
         if let Some(cg) = &self.cgroup {
             self.oom_base.store(cg.oom_kills(), Ordering::Release);
         }
-        let prepared = spec.prepare(argv, entry.as_ref()).map_err(CodeBoxError::kernel_start)?;
+        let prepared =
+            spec.prepare(argv, entry.as_ref()).map_err(|e| CodeBoxError::kernel_start(e.to_string()).with_source(e))?;
         // The cgroup descriptors must stay open until the spawn: keep them with the guard.
         Ok(Prepared { command: prepared.command, guard: prepared.guard.with_entry(entry) })
     }
