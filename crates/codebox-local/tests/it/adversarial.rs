@@ -47,10 +47,24 @@ fn sandboxed_with(limits: Limits) -> LocalBoxBuilder {
     crate::builder().with_sandbox(bubblewrap().with_limits(limits))
 }
 
-/// A box as the server runs one: its own uid and cgroup, with `limits`.
-fn server_box(limits: Limits) -> LocalBoxBuilder {
-    assert!(rustix::process::geteuid().is_root(), "server-style cases need root (CI runs as root)");
-    crate::builder().with_sandbox(bubblewrap().with_session_uids(Some(uids())).with_cgroups(true).with_limits(limits))
+/// A box as the server runs one: its own uid and cgroup, with `limits`; `None` (the case is
+/// reported as skipped) without root, which uids and cgroups need.
+fn try_server_box(limits: Limits) -> Option<LocalBoxBuilder> {
+    let root = rustix::process::geteuid().is_root();
+    codebox_core::conformance::requires("root (session uids and cgroups); run the tests as root", root).then(|| {
+        crate::builder()
+            .with_sandbox(bubblewrap().with_session_uids(Some(uids())).with_cgroups(true).with_limits(limits))
+    })
+}
+
+/// [`try_server_box`], returning from the calling case when it cannot run here.
+macro_rules! server_box {
+    ($limits:expr) => {
+        match try_server_box($limits) {
+            Some(builder) => builder,
+            None => return,
+        }
+    };
 }
 
 /// What a started box holds on the host, checked for leaks when the case ends.
@@ -180,7 +194,7 @@ def err(f):
 // 1. Fork bomb: capped at pids.max, BlockingIOError inside, back to baseline afterwards.
 #[tokio::test]
 async fn case01_fork_bomb_is_capped_by_the_pids_limit() {
-    let t = Tracked::start(server_box(Limits::server().with_pids(Some(64)))).await;
+    let t = Tracked::start(server_box!(Limits::server().with_pids(Some(64)))).await;
     let code = r#"
 import os, time
 deadline = time.time() + 3
@@ -220,7 +234,7 @@ print(f"fails={fails}")
 // 2. A 2 GB bytearray: MemoryError from RLIMIT_DATA; the kernel and its variables survive.
 #[tokio::test]
 async fn case02_memory_hog_gets_memory_error_and_keeps_state() {
-    let t = Tracked::start(server_box(Limits::server().with_memory(768 * MIB))).await;
+    let t = Tracked::start(server_box!(Limits::server().with_memory(768 * MIB))).await;
     t.lb.exec("kept = 41").await.unwrap();
     let ex = within("hog", t.lb.exec("x = bytearray(2 * 1024**3)")).await.unwrap();
     assert_eq!(ex.error().map(|e| e.name.as_str()), Some("MemoryError"), "{ex:?}");
@@ -233,7 +247,7 @@ async fn case02_memory_hog_gets_memory_error_and_keeps_state() {
 //    at once with OutOfMemory, the box restarts and works.
 #[tokio::test]
 async fn case03_shared_memory_hog_is_oom_killed_and_the_box_heals() {
-    let mut t = Tracked::start(server_box(Limits::server().with_memory(384 * MIB))).await;
+    let mut t = Tracked::start(server_box!(Limits::server().with_memory(384 * MIB))).await;
     let code = "import mmap\nm = mmap.mmap(-1, 2 * 1024**3)\nfor i in range(0, len(m), 4096): m[i] = 1";
     let err = within("shared hog", t.lb.exec(code)).await.unwrap_err();
     match &err {
@@ -412,7 +426,7 @@ async fn case11_host_and_other_sessions_files_are_out_of_reach() {
 //     namespace/mount/ptrace/keyctl/io_uring/vsock all denied.
 #[tokio::test]
 async fn case12_privilege_probe_finds_nothing() {
-    let t = Tracked::start(server_box(Limits::server())).await;
+    let t = Tracked::start(server_box!(Limits::server())).await;
     let code = format!(
         "{ERR}\nlibc = ctypes.CDLL(None, use_errno=True)\n\
          def sc(nr, *a):\n    r = libc.syscall(nr, *a)\n    return 'ok' if r >= 0 else errno.errorcode[ctypes.get_errno()]\n\
@@ -443,7 +457,7 @@ async fn case12_privilege_probe_finds_nothing() {
 // 13. A symlink made in the box never leaks host files through a download.
 #[tokio::test]
 async fn case13_symlink_download_escape_is_refused() {
-    let t = Tracked::start(server_box(Limits::server())).await;
+    let t = Tracked::start(server_box!(Limits::server())).await;
     let ex =
         t.lb.exec("import os\nos.symlink('/etc/shadow', 'out.txt')\nos.symlink('../../../../etc', 'etc')")
             .await
@@ -459,7 +473,7 @@ async fn case13_symlink_download_escape_is_refused() {
 // 14. Upload path traversal is refused; nothing is created outside the working directory.
 #[tokio::test]
 async fn case14_upload_traversal_is_refused() {
-    let t = Tracked::start(server_box(Limits::server())).await;
+    let t = Tracked::start(server_box!(Limits::server())).await;
     let wd = t.lb.working_dir().await.unwrap();
     let outside = wd.parent().unwrap().join(format!("escape-{}", rand_u32()));
     let name = outside.file_name().unwrap().to_string_lossy().into_owned();
@@ -556,7 +570,7 @@ async fn case18_killing_the_namespace_init_is_handled() {
 // 19. Zombies and escaped daemons: nothing of the session survives a restart or a stop.
 #[tokio::test]
 async fn case19_daemons_and_zombies_do_not_survive() {
-    let mut t = Tracked::start(server_box(Limits::server())).await;
+    let mut t = Tracked::start(server_box!(Limits::server())).await;
     let (a, b) = (t.token(), t.token());
     let code = format!(
         "import os, subprocess\n\
@@ -660,7 +674,7 @@ async fn a_python_session_uids_cannot_reach_is_refused_clearly() {
     let venv = real.parent().and_then(|b| b.parent()).unwrap();
     std::os::unix::fs::symlink(venv, closed.path().join("env")).unwrap();
     let link = closed.path().join("env/bin/python");
-    let lb = server_box(Limits::server()).with_python(&link).build().unwrap();
+    let lb = server_box!(Limits::server()).with_python(&link).build().unwrap();
     let err = within("start", lb.start()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::KernelStart, "{err}");
     assert!(err.to_string().contains("session uids cannot enter"), "{err}");
@@ -685,13 +699,13 @@ async fn case23_concurrent_hogs_only_hurt_themselves() {
     let limits = Limits::server().with_memory(256 * MIB);
     let mut calm = Vec::new();
     for i in 0..2 {
-        let t = Tracked::start(server_box(limits.clone())).await;
+        let t = Tracked::start(server_box!(limits.clone())).await;
         t.lb.exec(&format!("kept = {i}")).await.unwrap();
         calm.push(t);
     }
     let mut hogs = Vec::new();
     for _ in 0..2 {
-        hogs.push(Tracked::start(server_box(limits.clone())).await);
+        hogs.push(Tracked::start(server_box!(limits.clone())).await);
     }
     let code = "import mmap\nm = mmap.mmap(-1, 1024**3)\nfor i in range(0, len(m), 4096): m[i] = 1";
     let results = futures::future::join_all(hogs.iter().map(|h| h.lb.exec(code))).await;
@@ -741,7 +755,7 @@ async fn case24_a_kernel_that_cannot_start_fails_clearly() {
 //     dropped, and descriptor exhaustion inside leaves the kernel responsive.
 #[tokio::test]
 async fn case25_foreign_clients_and_forged_messages_are_refused() {
-    let t = Tracked::start(server_box(Limits::server().with_open_files(Some(256)))).await;
+    let t = Tracked::start(server_box!(Limits::server().with_open_files(Some(256)))).await;
     let run = t.lb.runtime_dir().await.unwrap();
     let python = t.lb.python().await.unwrap();
     let wd = t.lb.working_dir().await.unwrap();
@@ -777,7 +791,7 @@ use std::os::unix::process::CommandExt;
 // directory; the package imports at once and after a restart, and no other box sees it.
 #[tokio::test]
 async fn install_runs_pip_inside_the_box_and_leaves_the_shared_python_alone() {
-    let mut t = Tracked::start(server_box(Limits::server())).await;
+    let mut t = Tracked::start(server_box!(Limits::server())).await;
     let uid = t.lb.session_uid().await.unwrap();
     let out = within("install", t.lb.install(&["tabulate".to_owned()])).await.unwrap();
     assert!(out.contains("Successfully installed"), "{out}");

@@ -58,6 +58,15 @@ async fn within(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// Whether the sandboxed server cases can run here: their sessions get their own uids and
+/// cgroups, which needs root. Without it a case is reported as skipped (a failure in CI).
+fn needs_root() -> bool {
+    codebox_core::conformance::requires(
+        "root (session uids and cgroups); run the tests as root",
+        codebox_local::running_as_root(),
+    )
+}
+
 /// Each test its own uid range: a uid is killed whole when its session's kernel dies.
 struct Sandboxed {
     uids: std::ops::Range<u32>,
@@ -130,6 +139,9 @@ impl Sandboxed {
 // naming the OOM kill, the session heals; a fork bomb hits pids.max while /health answers.
 #[tokio::test]
 async fn oom_and_fork_bomb_surface_as_typed_errors_and_sessions_heal() {
+    if !needs_root() {
+        return;
+    }
     let server =
         Sandboxed::start(test_config(), Limits::server().with_memory(384 << 20).with_pids(Some(64)), 320_000..320_010)
             .await;
@@ -162,6 +174,9 @@ async fn oom_and_fork_bomb_surface_as_typed_errors_and_sessions_heal() {
 // 23: above capacity new sessions are refused with 503; one hog does not hurt its neighbour.
 #[tokio::test]
 async fn admission_control_and_neighbours_unaffected() {
+    if !needs_root() {
+        return;
+    }
     let server =
         // One key may take every slot here: this is the server-wide cap.
         Sandboxed::start(
@@ -190,6 +205,9 @@ async fn admission_control_and_neighbours_unaffected() {
 // connection, its descriptor and its tasks are gone again.
 #[tokio::test]
 async fn a_client_gone_mid_stream_cancels_the_execution_and_leaves_nothing_behind() {
+    if !needs_root() {
+        return;
+    }
     let server = Sandboxed::start(test_config(), Limits::server(), 322_010..322_020).await;
     let (status, body) = server.send(Method::POST, "/v1/sessions", Some(json!({"id": "s"}))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -256,6 +274,9 @@ const FLOOD_CHILD: &str = "CODEBOX_TEST_FLOOD_ALONE";
 // (this test binary again, running only this test): other tests would blur it.
 #[test]
 fn an_output_flood_is_capped_and_bounded_in_memory_while_a_neighbour_runs() {
+    if !needs_root() {
+        return;
+    }
     if std::env::var_os(FLOOD_CHILD).is_some() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(output_flood());
