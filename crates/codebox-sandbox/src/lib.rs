@@ -36,6 +36,7 @@
 
 mod bwrap;
 mod cgroup;
+mod confinement;
 mod disk;
 mod error;
 mod landlock;
@@ -48,20 +49,19 @@ mod probe;
 mod rlimits;
 pub mod rmtree;
 mod seccomp;
-mod session;
 mod sweep;
 mod uid;
 
 use std::fmt;
 
 pub use self::cgroup::{CgroupUnavailable, cgroup_version, session_cgroups_of};
+pub use self::confinement::{Confinement, InstallerNetwork, PACKAGES_DIR};
 pub use self::error::{BwrapUnavailable, LandlockUnavailable};
 pub use self::launch::{Prepared, SpawnGuard};
 pub use self::limits::Limits;
 pub use self::netproxy::{Allowlist, LoopbackProxy, NetProxy, proxy_env};
 pub use self::policy::SandboxPolicy;
 pub use self::probe::{Probe, probe};
-pub use self::session::{Confinement, InstallerNetwork, PACKAGES_DIR};
 pub use self::sweep::{SessionRoot, Swept};
 pub use self::uid::{DEFAULT_UID_RANGE, UidAllocator, processes_in_range, running_as_root, unreachable_for_others};
 
