@@ -79,7 +79,11 @@ impl AppState {
         }
         let mut owners = self.registry.all().into_iter().filter(|s| s.id == id).map(|s| s.owner);
         match (owners.next(), owners.next()) {
-            (Some(owner), None) => Ok(owner),
+            (Some(owner), None) => {
+                // Who acted on whose session, for the operators' own audit; keys are never logged.
+                tracing::info!(operator = %caller, %owner, session = %id, "an operator key addresses another key's session");
+                Ok(owner)
+            }
             (None, _) => Ok(caller),
             (Some(_), Some(_)) => Err(ApiError::new(
                 409,
