@@ -1,8 +1,15 @@
 //! Shared helpers for the benchmark binaries in `src/bin/`.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+
+/// The flags LocalBox passes to ipykernel (kept in step with `codebox-local`'s kernelspec).
+pub const KERNEL_FLAGS: &[&str] =
+    &["--HistoryManager.hist_file=:memory:", "--InteractiveShell.colors=nocolor", "--IPKernelApp.quiet=True"];
 
 /// A `usize` from the environment (the benchmarks' size knobs), or `default`.
 pub fn env_usize(name: &str, default: usize) -> usize {
@@ -24,4 +31,38 @@ pub fn summary(samples: &[f64]) -> Value {
 /// A duration in milliseconds.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// The reference measurements of `bench/reference/jupyter_client_ref.py` (jupyter_client and
+/// ipykernel from `python`, with LocalBox's kernel flags): `cold_runs` cold starts, `warm_runs`
+/// round trips, and `boxes` kernels running `per_box` executions each at once.
+pub fn jupyter_client_reference(
+    python: &Path,
+    cold_runs: usize,
+    warm_runs: usize,
+    boxes: usize,
+    per_box: usize,
+) -> Result<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/jupyter_client_ref.py");
+    let cfg = json!({
+        "flags": KERNEL_FLAGS, "cold_runs": cold_runs, "warm_runs": warm_runs,
+        "boxes": boxes, "per_box": per_box, "warmup": 50.min(warm_runs),
+    });
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(cfg.to_string())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("the reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the reference's JSON")
+}
+
+/// `ours / theirs` to three decimals, or null when either is missing or `theirs` is not positive.
+pub fn ratio(ours: &Value, theirs: &Value) -> Value {
+    match (ours.as_f64(), theirs.as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => json!((a / b * 1000.0).round() / 1000.0),
+        _ => Value::Null,
+    }
 }

@@ -21,13 +21,9 @@ use bytes::Bytes;
 use codebox_core::{CodeBox, CodeBoxExt};
 use codebox_local::{KernelPool, LEAN_KERNEL, LocalBox};
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 
-/// The flags LocalBox passes to ipykernel (kept in step with `codebox-local`'s kernelspec).
-const KERNEL_FLAGS: &[&str] =
-    &["--HistoryManager.hist_file=:memory:", "--InteractiveShell.colors=nocolor", "--IPKernelApp.quiet=True"];
-
-use codebox_bench::{env_usize, ms, summary};
+use codebox_bench::{KERNEL_FLAGS, env_usize, jupyter_client_reference, ms, ratio, summary};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -158,30 +154,6 @@ async fn concurrent(boxes: &[LocalBox], per_box: usize) -> Result<f64> {
     Ok((boxes.len() * per_box) as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn reference(python: &Path, cold_runs: usize, warm_runs: usize, boxes: usize, per_box: usize) -> Result<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/jupyter_client_ref.py");
-    let cfg = json!({
-        "flags": KERNEL_FLAGS, "cold_runs": cold_runs, "warm_runs": warm_runs,
-        "boxes": boxes, "per_box": per_box, "warmup": 50,
-    });
-    let out = Command::new(python)
-        .arg(&script)
-        .arg(cfg.to_string())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!("the reference failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    serde_json::from_slice(&out.stdout).context("parsing the reference's JSON")
-}
-
-fn ratio(ours: &Value, theirs: &Value) -> Value {
-    match (ours.as_f64(), theirs.as_f64()) {
-        (Some(a), Some(b)) if b > 0.0 => json!((a / b * 1000.0).round() / 1000.0),
-        _ => Value::Null,
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let cold_runs = env_usize("BENCH_COLD_RUNS", 10);
@@ -222,7 +194,7 @@ async fn main() -> Result<()> {
     let lean_print = warm(&lean, "print('x')", warm_runs).await?;
     lean.stop().await?;
 
-    let reference = reference(&python, cold_runs, warm_runs, boxes, per_box)?;
+    let reference = jupyter_client_reference(&python, cold_runs, warm_runs, boxes, per_box)?;
     let ours = json!({
         "cold_start_ms": summary(&cold),
         "ipykernel_import_ms": summary(&imports),

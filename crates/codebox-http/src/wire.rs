@@ -37,6 +37,10 @@ pub struct SessionInfo {
     pub created_at: f64,
     /// When it was last used, in Unix seconds.
     pub last_used_at: f64,
+    /// The fingerprint of the key that owns it (the first 12 hexadecimal digits of the key's
+    /// SHA-256), shown to operator keys only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `POST /v1/sessions/{id}/execute`.

@@ -69,6 +69,16 @@ pub struct ServerConfig {
     /// Gone saying the session was lost, instead of 404. One server per directory: a second
     /// one is refused while the first runs. Default none (no record).
     pub state_dir: Option<std::path::PathBuf>,
+    /// Operator keys: accepted like [`api_keys`](Self::api_keys), and their callers also
+    /// list, inspect and stop every key's sessions. Never logged.
+    pub operator_keys: Vec<ApiKey>,
+    /// Requests per second each key may make, refilled steadily; a request over it gets
+    /// 429 `rate_limited` with `Retry-After` before it does any work (`/health` is never
+    /// limited). 0 turns the limit off. Default 50.
+    pub rate_limit: u32,
+    /// How many requests a key may make at once above its steady rate (the bucket's size).
+    /// At least 1 when `rate_limit` is on. Default 100.
+    pub rate_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +103,9 @@ impl Default for ServerConfig {
             retry_after: Duration::from_secs(5),
             max_concurrent_starts: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
             state_dir: None,
+            operator_keys: Vec::new(),
+            rate_limit: 50,
+            rate_burst: 100,
         }
     }
 }
@@ -168,7 +181,8 @@ impl ServerConfig {
     /// The per-key session cap in force: the configured one, else `max_sessions` shared
     /// evenly among the keys (at least 1 each).
     pub fn sessions_per_key(&self) -> usize {
-        self.max_sessions_per_key.unwrap_or_else(|| (self.max_sessions / self.api_keys.len().max(1)).max(1))
+        let keys = self.api_keys.len() + self.operator_keys.len();
+        self.max_sessions_per_key.unwrap_or_else(|| (self.max_sessions / keys.max(1)).max(1))
     }
 
     /// Cut off clients that stall their request body for `timeout`.
@@ -233,6 +247,26 @@ impl ServerConfig {
         self
     }
 
+    /// Accept `key` as an operator key (see [`operator_keys`](Self::operator_keys)).
+    pub fn with_operator_key(mut self, key: impl Into<String>) -> Self {
+        self.operator_keys.push(ApiKey::new(key));
+        self
+    }
+
+    /// Accept these operator keys as well.
+    pub fn with_operator_keys(mut self, keys: impl IntoIterator<Item = ApiKey>) -> Self {
+        self.operator_keys.extend(keys);
+        self
+    }
+
+    /// Let each key make `per_second` requests a second with bursts of `burst` (0
+    /// requests a second: no limit).
+    pub fn with_rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.rate_limit = per_second;
+        self.rate_burst = burst;
+        self
+    }
+
     /// Check that the configuration makes sense.
     pub fn validate(&self) -> Result<()> {
         if self.no_auth {
@@ -243,18 +277,40 @@ impl ServerConfig {
                     self.addr
                 )));
             }
-        } else if self.api_keys.is_empty() {
+            if !self.operator_keys.is_empty() {
+                return Err(CodeBoxError::invalid(
+                    "operator keys need authentication: with it off there are no keys to tell apart",
+                ));
+            }
+        } else if self.api_keys.is_empty() && self.operator_keys.is_empty() {
             return Err(CodeBoxError::invalid(
                 "no API keys configured: give at least one key, or turn authentication off for local development",
             ));
         }
-        if let Some(i) = self.api_keys.iter().position(|k| {
+        let malformed = |k: &ApiKey| {
             let k = k.expose();
             k.is_empty() || k.len() > 4096 || k.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        }) {
+        };
+        if let Some(i) = self.api_keys.iter().position(malformed) {
             return Err(CodeBoxError::invalid(format!(
                 "API key #{i} is empty, too long, or contains whitespace or control characters"
             )));
+        }
+        if let Some(i) = self.operator_keys.iter().position(malformed) {
+            return Err(CodeBoxError::invalid(format!(
+                "operator key #{i} is empty, too long, or contains whitespace or control characters"
+            )));
+        }
+        if let Some(i) = self.operator_keys.iter().position(|k| self.api_keys.iter().any(|a| a.expose() == k.expose()))
+        {
+            return Err(CodeBoxError::invalid(format!(
+                "operator key #{i} is also a normal API key; give each key one role"
+            )));
+        }
+        if self.rate_limit > 0 && self.rate_burst == 0 {
+            return Err(CodeBoxError::invalid(
+                "rate_burst must be at least 1 while rate_limit is on (or set rate_limit to 0 to turn it off)",
+            ));
         }
         if self.max_sessions == 0 {
             return Err(CodeBoxError::invalid("max_sessions must be at least 1"));
@@ -322,6 +378,18 @@ mod tests {
         assert_eq!(config.clone().with_max_connections(8).connections_cap(), 8);
         assert!(config.clone().with_max_connections(0).validate().is_err());
         assert!(config.with_connection_idle_timeout(Duration::ZERO).validate().is_err());
+    }
+
+    #[test]
+    fn operator_keys_and_rates_are_checked() {
+        let config = ServerConfig::new().with_api_key("a");
+        assert!(ServerConfig::new().with_operator_key("root").validate().is_ok(), "an operator key alone will do");
+        assert!(config.clone().with_operator_key("a").validate().is_err(), "one role per key");
+        assert!(config.clone().with_operator_key("has space").validate().is_err());
+        assert!(ServerConfig::new().with_no_auth(true, false).with_operator_key("root").validate().is_err());
+        assert!(config.clone().with_rate_limit(10, 0).validate().is_err());
+        assert!(config.clone().with_rate_limit(0, 0).validate().is_ok(), "0 turns the limit off");
+        assert_eq!((config.rate_limit, config.rate_burst), (50, 100));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod config;
 mod downloads;
 mod factory;
 mod metrics;
+mod ratelimit;
 mod record;
 mod routes;
 mod service;
@@ -80,12 +81,15 @@ impl Server {
             .map_err(|e| CodeBoxError::io(format!("binding {}", config.addr), e))?;
         let local_addr = listener.local_addr().map_err(|e| CodeBoxError::io("reading the bound address", e))?;
         let record = match &config.state_dir {
-            Some(dir) => record::SessionRecord::open(dir, &config.api_keys)?,
+            Some(dir) => {
+                let keys: Vec<_> = auth::all_keys(&config.api_keys, &config.operator_keys).cloned().collect();
+                record::SessionRecord::open(dir, &keys)?
+            }
             None => record::SessionRecord::default(),
         };
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::new(
-            factory,
+            Arc::clone(&factory),
             config.max_sessions,
             config.sessions_per_key(),
             config.retry_after,
@@ -93,12 +97,14 @@ impl Server {
             Arc::clone(&metrics),
             record,
         );
-        let keys = ApiKeys::new(config.api_keys.clone(), config.no_auth);
+        let keys = ApiKeys::new(&config.api_keys, &config.operator_keys, config.no_auth);
+        let rates = ratelimit::RequestRates::new(config.rate_limit, config.rate_burst, keys.owners());
         let body_budget = BodyBudget::new(config.max_buffered_bytes, BODY_BUDGET_WAIT);
         // As many open downloads as connections: with the connection cap, a quarter of the
         // descriptors each by default, so the rest stay for sessions and their kernels.
-        let downloads = downloads::DownloadSlots::new(config.connections_cap(), config.api_keys.len());
-        let state = Arc::new(AppState { config, keys, registry, metrics, body_budget, downloads });
+        let downloads =
+            downloads::DownloadSlots::new(config.connections_cap(), config.api_keys.len() + config.operator_keys.len());
+        let state = Arc::new(AppState { config, keys, registry, metrics, body_budget, downloads, factory, rates });
         Ok(Self { listener, local_addr, state })
     }
 

@@ -72,6 +72,7 @@ pub(crate) struct Metrics {
     sessions_created: Counter,
     sessions_reaped: Counter,
     sessions_rejected: Counter,
+    requests_rate_limited: Counter,
     executions_running: Gauge,
     executions: Family<Labels, Counter>,
     duration: Histogram,
@@ -88,6 +89,7 @@ impl Default for Metrics {
             sessions_created: Counter::default(),
             sessions_reaped: Counter::default(),
             sessions_rejected: Counter::default(),
+            requests_rate_limited: Counter::default(),
             executions_running: Gauge::default(),
             executions: Family::default(),
             duration: Histogram::new(BUCKETS),
@@ -114,6 +116,11 @@ impl Default for Metrics {
             "Session creations refused because the server was full",
             metrics.sessions_rejected.clone(),
         );
+        registry.register(
+            "codebox_requests_rate_limited",
+            "Requests refused because their key was over its request rate",
+            metrics.requests_rate_limited.clone(),
+        );
         registry.register("codebox_executions_running", "Executions in progress", metrics.executions_running.clone());
         registry.register("codebox_executions", "Finished executions by outcome", metrics.executions.clone());
         registry.register(
@@ -139,6 +146,11 @@ impl Metrics {
 
     pub(crate) fn session_rejected(&self) {
         self.sessions_rejected.inc();
+    }
+
+    /// A request refused for its key's request rate.
+    pub(crate) fn request_rate_limited(&self) {
+        self.requests_rate_limited.inc();
     }
 
     pub(crate) fn execution_started(&self) {

@@ -23,11 +23,13 @@ pub(crate) enum Route {
     PutFile,
     GetFile,
     DeleteFile,
+    ListTemplates,
+    PoolStats,
 }
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 16] = [
+    pub(crate) const ALL: [Route; 18] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -44,6 +46,8 @@ impl Route {
         Route::PutFile,
         Route::GetFile,
         Route::DeleteFile,
+        Route::ListTemplates,
+        Route::PoolStats,
     ];
 
     /// The method and the path template (`{id}` is one segment, `{path}` the rest).
@@ -65,6 +69,8 @@ impl Route {
             Route::PutFile => (Method::PUT, "/v1/sessions/{id}/files/{path}"),
             Route::GetFile => (Method::GET, "/v1/sessions/{id}/files/{path}"),
             Route::DeleteFile => (Method::DELETE, "/v1/sessions/{id}/files/{path}"),
+            Route::ListTemplates => (Method::GET, "/v1/templates"),
+            Route::PoolStats => (Method::GET, "/v1/pool"),
         }
     }
 
@@ -156,6 +162,9 @@ mod tests {
         assert_eq!((r, p.id, p.path), (Route::PutFile, Some("abc"), Some("a/b%20c.txt")));
         let Matched::Route(r, _) = find(&Method::GET, "/v1/sessions/abc/files") else { panic!() };
         assert_eq!(r, Route::ListFiles);
+        assert_eq!(find(&Method::GET, "/v1/templates"), Matched::Route(Route::ListTemplates, Params::default()));
+        assert_eq!(find(&Method::GET, "/v1/pool"), Matched::Route(Route::PoolStats, Params::default()));
+        assert_eq!(find(&Method::POST, "/v1/pool"), Matched::WrongMethod(vec![Method::GET]));
     }
 
     #[test]

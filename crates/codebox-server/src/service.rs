@@ -1,4 +1,5 @@
-//! The entry point of every request: request id and span, authentication, routing.
+//! The entry point of every request: request id and span, authentication, the key's request
+//! rate, routing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +49,15 @@ fn is_compat(path: &str) -> bool {
 async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let caller = state.keys.identify(req.headers());
     let path = req.uri().path().to_owned();
+    // Before anything else is done for the request: a key over its rate costs the server no
+    // more than this. `/health` is for probes, which must not be refused for a busy key.
+    if let Some(owner) = caller.owner()
+        && path != "/health"
+        && let Err(err) = state.rates.check(owner)
+    {
+        state.metrics.request_rate_limited();
+        return state.fail(&err);
+    }
     if is_compat(&path) {
         return compat::handle(state, caller.owner(), req).await;
     }

@@ -27,7 +27,8 @@ pub(crate) struct Session {
     pub(crate) owner: Owner,
     /// The box.
     pub(crate) codebox: Arc<dyn CodeBox>,
-    created_at: SystemTime,
+    /// When it was created.
+    pub(crate) created_at: SystemTime,
     last_used_ms: AtomicU64,
     in_use: AtomicUsize,
     executions: AtomicUsize,
@@ -106,6 +107,7 @@ impl Session {
             capabilities,
             created_at: secs(self.created_at),
             last_used_at: self.last_used_ms.load(Ordering::Relaxed) as f64 / 1e3,
+            owner: None,
         }
     }
 }

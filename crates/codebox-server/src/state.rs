@@ -6,16 +6,21 @@
 //! `config.body_idle_timeout`, `config.keepalive_interval`, `metrics`, and the body
 //! helpers of `codebox_http::server` (`Body`, `json_response`, `ApiError`,
 //! `stream_limited`, `read_budgeted` with `body_budget`).
+//!
+//! Which sessions a caller may see and stop is decided here, by its key's role:
+//! [`AppState::visible_sessions`] and [`AppState::session_owner`].
 
 use std::sync::Arc;
 
+use codebox_core::{BoxFactory, ErrorKind};
 use codebox_http::server::{ApiError, Body, BodyBudget};
 use hyper::Response;
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, Owner, Role};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::sessions::Registry;
+use crate::ratelimit::RequestRates;
+use crate::sessions::{Registry, Session};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -32,6 +37,10 @@ pub(crate) struct AppState {
     pub(crate) body_budget: BodyBudget,
     /// The files held open for downloads, server-wide and per key.
     pub(crate) downloads: Arc<crate::downloads::DownloadSlots>,
+    /// Where boxes come from; also what `/v1/templates` and `/v1/pool` describe.
+    pub(crate) factory: Arc<dyn BoxFactory>,
+    /// Each key's request rate.
+    pub(crate) rates: RequestRates,
 }
 
 impl AppState {
@@ -41,6 +50,55 @@ impl AppState {
         self.metrics.error(err.kind);
         tracing::debug!(error = %err, kind = %err.kind, "request failed");
         err.to_response()
+    }
+
+    /// The role of `caller`'s key.
+    pub(crate) fn role(&self, caller: Owner) -> Role {
+        self.keys.role(caller)
+    }
+
+    /// The sessions `caller` may list, oldest first: its own, or every key's for an operator.
+    pub(crate) fn visible_sessions(&self, caller: Owner) -> Vec<Arc<Session>> {
+        match self.role(caller) {
+            Role::Normal => self.registry.list(caller),
+            Role::Operator => {
+                let mut all = self.registry.all();
+                all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+                all
+            }
+        }
+    }
+
+    /// The owner of the session `id` that `caller` means: its own session of that id when it
+    /// has one; for an operator, else the one key's that has it. A normal caller always means
+    /// its own (and gets 404 for another key's, as if it did not exist). An operator naming
+    /// an id that several other keys use gets 409 (session ids are unique per key only).
+    pub(crate) fn session_owner(&self, caller: Owner, id: &str) -> ApiResult<Owner> {
+        if self.role(caller) == Role::Normal || self.registry.get(caller, id).is_some() {
+            return Ok(caller);
+        }
+        let mut owners = self.registry.all().into_iter().filter(|s| s.id == id).map(|s| s.owner);
+        match (owners.next(), owners.next()) {
+            (Some(owner), None) => {
+                // Who acted on whose session, for the operators' own audit; keys are never logged.
+                tracing::info!(operator = %caller, %owner, session = %id, "an operator key addresses another key's session");
+                Ok(owner)
+            }
+            (None, _) => Ok(caller),
+            (Some(_), Some(_)) => Err(ApiError::new(
+                409,
+                ErrorKind::InvalidInput,
+                format!(
+                    "several keys have a session named {id}; an operator can address only a session whose id is unique"
+                ),
+            )),
+        }
+    }
+
+    /// How `viewer` sees the owner of a session of `owner`: the owner key's fingerprint for an
+    /// operator (never the key), nothing for a normal key (its sessions are all its own).
+    pub(crate) fn owner_label(&self, viewer: Owner, owner: Owner) -> Option<String> {
+        (self.role(viewer) == Role::Operator).then(|| self.keys.fingerprint(owner))
     }
 }
 

@@ -58,6 +58,31 @@ pub(super) struct ServeOptions {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) api_key_file: Vec<PathBuf>,
 
+    /// Read operator keys from this file (repeatable; the format of --api-key-file). An
+    /// operator key is accepted like an API key, and its caller also lists, inspects and
+    /// stops every key's sessions. Never logged. In the config file, `operator_keys = [...]`
+    /// lists keys too.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) operator_key_file: Vec<PathBuf>,
+
+    /// Operator keys, from the config file only: a command line is readable by other users.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) operator_keys: Vec<String>,
+
+    /// Requests a second each API key may make; a request over it is refused with 429
+    /// `rate_limited` and Retry-After before it does any work (`/health` is never limited).
+    /// 0 turns the limit off [default: 50].
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) rate_limit: Option<u32>,
+
+    /// How many requests a key may make at once above --rate-limit [default: 100].
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) rate_burst: Option<u32>,
+
     /// Read options from this file (TOML, or JSON if the name ends in `.json`).
     #[arg(long, value_name = "FILE")]
     // Not an option a file can set: it names the file.
@@ -458,8 +483,10 @@ fn read_config_file(path: &Path) -> anyhow::Result<Layer> {
     };
     // A file names one key file as a string; as a list it is appended to, not replaced by,
     // the command line's.
-    if let Some(Value::String(tag, file)) = layer.data.get("api_key_file").cloned() {
-        layer.data.insert("api_key_file".into(), Value::Array(tag, vec![Value::String(tag, file)]));
+    for list in ["api_key_file", "operator_key_file"] {
+        if let Some(Value::String(tag, file)) = layer.data.get(list).cloned() {
+            layer.data.insert(list.into(), Value::Array(tag, vec![Value::String(tag, file)]));
+        }
     }
     Ok(layer)
 }

@@ -123,8 +123,22 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
     keys.sort();
     keys.dedup();
 
-    let mut server =
-        ServerConfig::new().with_api_keys(keys.into_iter().map(ApiKey::new)).with_no_auth(o.no_auth, o.force_no_auth);
+    let mut operator_keys = o.operator_keys.clone();
+    for path in &o.operator_key_file {
+        operator_keys.extend(read_key_file(path)?);
+    }
+    operator_keys.sort();
+    operator_keys.dedup();
+
+    let mut server = ServerConfig::new()
+        .with_api_keys(keys.into_iter().map(ApiKey::new))
+        .with_operator_keys(operator_keys.into_iter().map(ApiKey::new))
+        .with_no_auth(o.no_auth, o.force_no_auth);
+    if o.rate_limit.is_some() || o.rate_burst.is_some() {
+        let defaults = ServerConfig::new();
+        server = server
+            .with_rate_limit(o.rate_limit.unwrap_or(defaults.rate_limit), o.rate_burst.unwrap_or(defaults.rate_burst));
+    }
     if let Some(addr) = o.addr {
         server = server.with_addr(addr);
     }
@@ -211,6 +225,55 @@ mod tests {
         assert_eq!(s.server.max_connections, Some(8));
         assert_eq!(s.server.connection_idle_timeout, Duration::from_secs(5));
         assert!(settings(parse(&["--api-key", "k", "--max-connections", "0"]), None).is_err());
+    }
+
+    #[test]
+    fn operator_keys_and_rates_come_from_key_files_and_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("codebox-serve-operator-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_file = dir.join("operators");
+        std::fs::write(
+            &key_file,
+            "# operators
+op-from-file
+",
+        )
+        .unwrap();
+        let config = dir.join("serve.toml");
+        std::fs::write(&config, "operator_keys = [\"op-from-config\"]\nrate_limit = 7\nallow_weak_isolation = true\n")
+            .unwrap();
+        let args = parse(&[
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+            "--operator-key-file",
+            key_file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--rate-burst",
+            "9",
+        ]);
+        let err = settings(args, None).unwrap_err();
+        assert!(format!("{err:#}").contains("one role"), "a key in both roles is refused: {err:#}");
+
+        let args = parse(&[
+            "--api-key",
+            "normal",
+            "--operator-key-file",
+            key_file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--rate-burst",
+            "9",
+        ]);
+        let s = settings(args, None).unwrap();
+        let operators: Vec<&str> = s.server.operator_keys.iter().map(|k| k.expose()).collect();
+        assert_eq!(operators, ["op-from-config", "op-from-file"]);
+        assert_eq!((s.server.rate_limit, s.server.rate_burst), (7, 9));
+        assert!(!format!("{s:?}").contains("op-from"), "operator keys are never shown");
+        let off = settings(parse(&["--api-key", "k", "--rate-limit", "0"]), None).unwrap();
+        assert_eq!(off.server.rate_limit, 0);
+        assert!(settings(parse(&["--api-key", "k", "--rate-burst", "0"]), None).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

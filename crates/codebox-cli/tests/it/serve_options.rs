@@ -53,3 +53,38 @@ fn help_documents_the_defaults() {
         assert!(help.contains(default), "{default:?} missing from:\n{help}");
     }
 }
+
+#[test]
+fn operator_keys_and_rates_are_checked_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "tenant-key\n").unwrap();
+    let keys = keys.to_str().unwrap();
+    let addr = ["--addr", "127.0.0.1:0"];
+
+    let out = serve(&[&addr[..], &["--api-key-file", keys, "--rate-limit", "5", "--rate-burst", "0"]].concat(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("rate_burst must be at least 1"), "{}", stderr(&out));
+
+    let missing = dir.path().join("no-such-file");
+    let out =
+        serve(&[&addr[..], &["--api-key-file", keys, "--operator-key-file", missing.to_str().unwrap()]].concat(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("no-such-file"), "the file is named: {}", stderr(&out));
+
+    // The same key in both roles is refused, and the key is not shown.
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, "operator_keys = [\"tenant-key\"]\n").unwrap();
+    let out = serve(&[&addr[..], &["--api-key-file", keys, "--config", config.to_str().unwrap()]].concat(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("give each key one role"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("tenant-key"), "{}", stderr(&out));
+
+    let out = serve(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for text in
+        ["--operator-key-file <FILE>", "--rate-limit <N>", "[default: 50]", "--rate-burst <N>", "[default: 100]"]
+    {
+        assert!(help.contains(text), "{text:?} missing from:\n{help}");
+    }
+}

@@ -1,5 +1,6 @@
 //! The native API (`/v1`) handlers.
 
+mod catalogue;
 mod execute;
 mod files;
 mod sessions;
@@ -35,7 +36,7 @@ pub(crate) async fn dispatch(
         Route::CreateSession => sessions::create(state, owner, req).await,
         Route::ListSessions => sessions::list(state, owner).await,
         Route::GetSession => sessions::get(state, owner, id).await,
-        Route::DeleteSession => sessions::delete(state, owner, id).await,
+        Route::DeleteSession => sessions::delete(state, state.session_owner(owner, id)?, id).await,
         Route::Execute => execute::execute(state, owner, id, req).await,
         Route::Interrupt => {
             let session = state.registry.require(owner, id)?;
@@ -71,6 +72,8 @@ pub(crate) async fn dispatch(
         Route::PutFile => files::put(state, owner, id, params.path.unwrap_or_default(), req).await,
         Route::GetFile => files::get(state, owner, id, params.path.unwrap_or_default(), &req).await,
         Route::DeleteFile => files::delete(state, owner, id, params.path.unwrap_or_default()).await,
+        Route::ListTemplates => catalogue::templates(state),
+        Route::PoolStats => catalogue::pool(state),
     }
 }
 

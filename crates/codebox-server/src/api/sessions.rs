@@ -27,15 +27,22 @@ pub(super) async fn create(state: &Arc<AppState>, owner: Owner, req: Request<Inc
     Ok(json_response(status, &session.info(state.config.max_upload_bytes).await))
 }
 
-pub(super) async fn list(state: &Arc<AppState>, owner: Owner) -> ApiResult<Response<Body>> {
-    let sessions = state.registry.list(owner);
-    let infos = futures::future::join_all(sessions.iter().map(|s| s.info(state.config.max_upload_bytes))).await;
+pub(super) async fn list(state: &Arc<AppState>, caller: Owner) -> ApiResult<Response<Body>> {
+    let sessions = state.visible_sessions(caller);
+    let infos = futures::future::join_all(sessions.iter().map(|s| async {
+        let mut info = s.info(state.config.max_upload_bytes).await;
+        info.owner = state.owner_label(caller, s.owner);
+        info
+    }))
+    .await;
     Ok(json_response(StatusCode::OK, &infos))
 }
 
-pub(super) async fn get(state: &Arc<AppState>, owner: Owner, id: &str) -> ApiResult<Response<Body>> {
-    let session = state.registry.require(owner, id)?;
-    Ok(json_response(StatusCode::OK, &session.info(state.config.max_upload_bytes).await))
+pub(super) async fn get(state: &Arc<AppState>, caller: Owner, id: &str) -> ApiResult<Response<Body>> {
+    let session = state.registry.require(state.session_owner(caller, id)?, id)?;
+    let mut info = session.info(state.config.max_upload_bytes).await;
+    info.owner = state.owner_label(caller, session.owner);
+    Ok(json_response(StatusCode::OK, &info))
 }
 
 pub(super) async fn delete(state: &Arc<AppState>, owner: Owner, id: &str) -> ApiResult<Response<Body>> {
