@@ -104,6 +104,7 @@ mod protocol;
 mod python;
 mod relay;
 mod spawn;
+mod template;
 mod util;
 mod workdir;
 
@@ -112,9 +113,10 @@ mod workdir;
 pub use crate::factory::{LocalFactory, LocalFactoryBuilder};
 pub use crate::kernelspec::LEAN_KERNEL;
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
-pub use crate::pool::KernelPool;
+pub use crate::pool::{KernelPool, KernelPoolStats};
 pub use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep};
-pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at};
+pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at, template_python_dir};
+pub use crate::template::{DEFAULT_TEMPLATE, DENO_KERNEL, Template, TemplateCatalogue};
 pub use codebox_sandbox::{
     Allowlist, DEFAULT_UID_RANGE, Isolation, IsolationLevel, Limits, PACKAGES_DIR, Probe, SandboxPolicy, UidAllocator,
     choose, probe, running_as_root,
