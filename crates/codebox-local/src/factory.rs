@@ -185,6 +185,9 @@ fn session_cap(uids: usize, pooled: usize) -> usize {
     uids.saturating_sub(pooled).max(1)
 }
 
+/// Bytes of working directory per file it may hold, when a request sizes it.
+const BYTES_PER_INODE: u64 = 16 << 10;
+
 /// `base` with what `limits` asks for: memory (with `RLIMIT_DATA` at 90 % of it), CPUs as
 /// thousandths of a CPU, processes as the pid limit, disk as the working directory's size.
 pub(crate) fn sandbox_limits(base: &Limits, limits: &ResourceLimits) -> Limits {
@@ -199,7 +202,10 @@ pub(crate) fn sandbox_limits(base: &Limits, limits: &ResourceLimits) -> Limits {
         out = out.with_pids(Some(processes));
     }
     if let Some(bytes) = limits.disk_bytes {
-        out.workdir_size = Some(bytes);
+        // The image's inode table must fit in it: at most one file per 16 KiB (ext4's own
+        // default ratio), as few as the base allows.
+        let inodes = out.workdir_inodes.min(bytes / BYTES_PER_INODE);
+        out = out.with_workdir_size(Some(bytes), inodes);
     }
     out
 }
@@ -392,6 +398,7 @@ mod tests {
         assert_eq!(l.cpu_millis, Some(500));
         assert_eq!(l.pids, Some(32));
         assert_eq!(l.workdir_size, Some(64 << 20));
+        assert_eq!(l.workdir_inodes, 4096, "an inode table that fits the image");
         assert_eq!(sandbox_limits(&base, &ResourceLimits::new()), base, "nothing asked, nothing changed");
     }
 }

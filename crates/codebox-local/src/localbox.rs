@@ -212,8 +212,7 @@ impl CodeBox for LocalBox {
         let default_language = self.inner.config.language.as_deref();
         let language = options.language.as_deref().or(default_language).unwrap_or(&self.inner.config.kernel);
         let bash = is_bash(language);
-        if !bash && !is_python(language) && language != self.inner.config.kernel && Some(language) != default_language
-        {
+        if !bash && !is_python(language) && language != self.inner.config.kernel && Some(language) != default_language {
             return Err(CodeBoxError::invalid(format!(
                 "language {language:?} is not available in this box; use one of: {}",
                 self.capabilities().languages.join(", ")

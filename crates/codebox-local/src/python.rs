@@ -491,7 +491,10 @@ mod tests {
         let a = template_definition(PythonProfile::Minimal, &packages(&["b", "a"]));
         assert_eq!(a, template_definition(PythonProfile::Minimal, &packages(&["a", "b", "a"])), "order and repeats");
         assert_ne!(a, template_definition(PythonProfile::Data, &packages(&["a", "b"])), "the profile counts");
-        assert_ne!(definition_hash(&a), definition_hash(&template_definition(PythonProfile::Minimal, &packages(&["a"]))));
+        assert_ne!(
+            definition_hash(&a),
+            definition_hash(&template_definition(PythonProfile::Minimal, &packages(&["a"])))
+        );
         // Stable across releases and machines: a cached environment keeps its name.
         assert_eq!(definition_hash(""), "cbf29ce484222325");
         let dir = tempfile::tempdir().unwrap();

@@ -201,9 +201,8 @@ impl Template {
             return bad(format!("packages are installed for Python, and kernel {:?} does not run it", self.kernel));
         }
         for p in &self.packages {
-            crate::pip::check_requirement(p).map_err(|e| {
-                CodeBoxError::invalid(format!("template {:?}: package {p:?}: {e}", self.name))
-            })?;
+            crate::pip::check_requirement(p)
+                .map_err(|e| CodeBoxError::invalid(format!("template {:?}: package {p:?}: {e}", self.name)))?;
         }
         if let Some(k) = self.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
             return bad(format!("invalid environment variable name {k:?}"));
