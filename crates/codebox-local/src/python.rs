@@ -158,8 +158,13 @@ pub fn template_python_dir(template: &crate::Template) -> Option<PathBuf> {
 }
 
 /// Whether `template`'s environment is ready: built, or the managed one of its profile
-/// when it has no packages (`CODEBOX_PYTHON` counts as ready).
+/// when it has no packages (`CODEBOX_PYTHON` counts as ready); always for a kernel that
+/// does not run Python.
 pub(crate) fn template_ready(template: &crate::Template) -> bool {
+    // Another kernel (Deno's) brings its own runtime: codebox builds no environment for it.
+    if !template.runs_python() {
+        return true;
+    }
     match template_python_dir(template) {
         Some(dir) => ready_as(&dir, &template_definition(template.profile(), template.packages())),
         None => {
