@@ -387,11 +387,38 @@ fn provision(
         let _ = std::fs::remove_dir_all(dir);
     }
     built?;
-    // Readable by session uids whatever the umask: boxes share the environment read-only.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    if from_scratch {
+        // Boxes under session uids share a template environment read-only, whatever the
+        // umask of the process that built it.
+        readable_by_all(dir).map_err(|e| CodeBoxError::io("opening the environment to session uids", e))?;
+    }
     std::fs::write(dir.join(MARKER), marker).map_err(|e| CodeBoxError::io("marking the environment ready", e))?;
     reporter.report(ProvisionEvent::Finished { dir: dir.to_owned(), elapsed: started.elapsed() });
+    Ok(())
+}
+
+/// Give everyone read access to the tree at `dir` (and search or run where its owner has
+/// it), without following symbolic links; iterative, as trees may be deep.
+fn readable_by_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        // Read for all; search (directories) or run (programs) for all where the owner may.
+        let wanted = mode | 0o044 | if mode & 0o100 != 0 { 0o011 } else { 0 };
+        if wanted != mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(wanted))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -507,6 +534,30 @@ mod tests {
         std::fs::write(dir.path().join(MARKER), &a).unwrap();
         assert!(ready_as(dir.path(), &a));
         assert!(!ready_as(dir.path(), "template profile=minimal\na"), "another definition's marker");
+    }
+
+    #[test]
+    fn a_built_tree_is_opened_to_everyone_without_following_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let env = root.path().join("env");
+        std::fs::create_dir_all(env.join("bin")).unwrap();
+        std::fs::write(env.join("bin/tool"), "").unwrap();
+        std::fs::write(env.join("data"), "").unwrap();
+        let outside = root.path().join("outside");
+        std::fs::write(&outside, "").unwrap();
+        std::os::unix::fs::symlink(&outside, env.join("link")).unwrap();
+        let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(&env.join("bin/tool"), 0o700);
+        mode(&env.join("data"), 0o600);
+        mode(&env.join("bin"), 0o700);
+        mode(&outside, 0o600);
+        readable_by_all(&env).unwrap();
+        let got = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got(&env.join("bin")), 0o755);
+        assert_eq!(got(&env.join("bin/tool")), 0o755);
+        assert_eq!(got(&env.join("data")), 0o644);
+        assert_eq!(got(&outside), 0o600, "a link's target is left alone");
     }
 
     #[test]

@@ -95,6 +95,11 @@ async fn unknown_templates_and_languages_are_refused_naming_those_there_are() {
     assert!(err.to_string().contains("python, bash, javascript, typescript"), "{err}");
     let err = factory.create(&BoxRequest::new().with_template("bash").with_language("python")).await.unwrap_err();
     assert!(err.to_string().contains("template \"bash\" runs \"bash\", not \"python\""), "{err}");
+    let lb = factory.create(&BoxRequest::new().with_kernel("no-such-kernel")).await.unwrap();
+    let err = lb.start().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("unknown kernel \"no-such-kernel\"; available kernels:"), "{err}");
+    assert!(err.to_string().contains("python3"), "{err}");
     let err = LocalFactory::builder(builder()).with_pool("nope", 1).build().unwrap_err();
     assert!(err.to_string().contains("unknown template \"nope\""), "{err}");
     let err = LocalFactory::builder(builder())
