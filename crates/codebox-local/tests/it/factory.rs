@@ -197,3 +197,39 @@ async fn a_template_kept_warm_gives_its_sessions_ready_kernels() {
     lb.stop().await.unwrap();
     other.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn sessions_under_their_own_uids_share_a_template_environment_read_only() {
+    assert!(codebox_local::running_as_root(), "session uids need root (CI runs as root)");
+    // Pinned: a definition (so an environment) of this test's own.
+    let template = codebox_local::Template::new("toml", "python3", "python").with_packages(["tomli-w==1.2.0"]);
+    let env = codebox_local::template_python_dir(&template).unwrap();
+    let factory = LocalFactory::builder(builder())
+        .with_session_uids(Some(310_400..310_404))
+        .with_templates([template])
+        .build()
+        .unwrap();
+    let request = codebox_core::BoxRequest::new().with_template("toml");
+    let (a, b) = (factory.create(&request).await.unwrap(), factory.create(&request).await.unwrap());
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    let code = format!(
+        r#"
+import os, tomli_w
+try:
+    open({:?}, "w")
+    wrote = "wrote"
+except OSError:
+    wrote = "read-only"
+print(os.getuid() != 0, tomli_w.dumps({{"x": 1}}).strip(), wrote)
+"#,
+        env.join("planted").display().to_string()
+    );
+    for lb in [&a, &b] {
+        assert_eq!(lb.exec(&code).await.unwrap().stdout(), "True x = 1 read-only\n");
+    }
+    assert!(!env.join("planted").exists());
+    assert!(factory.templates().iter().any(|t| t.name == "toml" && t.ready), "listed as built");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
