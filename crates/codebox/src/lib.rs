@@ -155,6 +155,16 @@ mod tests {
         assert!(from_settings_and_template(&settings(None), Some("")).is_ok(), "empty: no template");
     }
 
+    #[cfg(feature = "local")]
+    #[tokio::test]
+    async fn the_templates_box_runs_its_language() {
+        let b = from_settings_and_template(&settings(None), Some("bash")).unwrap();
+        b.start().await.unwrap();
+        let out = b.exec("echo \"$0\"").await.unwrap();
+        b.stop().await.unwrap();
+        assert_eq!(out.stdout(), "bash\n", "cells that name no language run in bash");
+    }
+
     #[test]
     fn a_template_with_a_remote_key_is_refused() {
         let err = from_settings_and_template(&settings(Some("sk-x")), Some("bash")).unwrap_err();
