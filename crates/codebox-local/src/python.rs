@@ -137,7 +137,14 @@ pub(crate) fn resolve_template(
             dir.display()
         )));
     }
-    build_env(&dir, profile, packages, &definition, progress)?;
+    build_env(&dir, profile, packages, &definition, progress).map_err(|e| match e {
+        CodeBoxError::KernelStart { message, .. } => CodeBoxError::kernel_start(format!(
+            "building the template environment of {} in {} failed: {message}",
+            packages.join(" "),
+            dir.display()
+        )),
+        other => other,
+    })?;
     Ok(venv_python(&dir))
 }
 
