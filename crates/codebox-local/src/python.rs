@@ -294,8 +294,8 @@ fn run_logged(mut cmd: Command, tool: &str, step: &ProvisionStep, reporter: &Rep
 enum StepWork {
     /// `python -m venv` with this base Python.
     Venv(PathBuf),
-    /// `pip install` of one group of packages.
-    Install(Vec<String>),
+    /// `pip install` of one group of packages: the profile's, or a template's own.
+    Install { packages: Vec<String>, template: bool },
 }
 
 /// Take the lock exclusively, saying so first when another process holds it. Returns
@@ -381,10 +381,13 @@ fn provision(
         plan.push(StepWork::Venv(base));
     }
     if !packages.is_empty() {
-        plan.push(StepWork::Install(packages.to_vec()));
+        plan.push(StepWork::Install { packages: packages.to_vec(), template: true });
     }
     plan.extend(
-        profile.package_groups().iter().map(|group| StepWork::Install(group.iter().map(|p| (*p).to_owned()).collect())),
+        profile.package_groups().iter().map(|group| StepWork::Install {
+            packages: group.iter().map(|p| (*p).to_owned()).collect(),
+            template: false,
+        }),
     );
     let total = plan.len();
     reporter.report(ProvisionEvent::Started { dir: dir.to_owned(), total });
@@ -446,12 +449,16 @@ fn run_plan(
                 cmd.args(["-m", "venv"]).arg(dir);
                 ("venv".to_owned(), format!("creating the venv from {}", base.display()), cmd, "venv")
             }
-            StepWork::Install(packages) => {
+            StepWork::Install { packages, template } => {
                 let mut cmd = Command::new(&python);
                 cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"])
                     .args(&packages);
                 let name = packages.join(" ");
-                let description = format!("installing {name} (profile {})", profile.name());
+                let description = if template {
+                    format!("installing {name} (the template's packages)")
+                } else {
+                    format!("installing {name} (profile {})", profile.name())
+                };
                 (name, description, cmd, "pip")
             }
         };
