@@ -58,11 +58,24 @@
 //! and CPU limits) and a uid of the box's own. The sandbox itself is the `codebox-sandbox`
 //! crate; this crate re-exports its policy types.
 //!
+//! # Templates
+//!
+//! A [`Template`] names a kernel, the language of cells that name none, packages, variables
+//! and default limits; [`with_template`](LocalBoxBuilder::with_template) takes a built-in
+//! (`python`, `python-minimal`, `bash`, `javascript`, `typescript`) and
+//! [`with_template_def`](LocalBoxBuilder::with_template_def) any. A template with packages
+//! runs on a Python environment of its own ([`template_python_dir`]), built on first use
+//! under a lock (reported as [`ProvisionEvent`]s), cached by the hash of its profile and
+//! packages and shared read-only; a failed build removes what it made, so the next use
+//! builds afresh.
+//!
 //! # Hosting boxes for a server
 //!
-//! [`LocalFactory`] makes a confined box per session for a server: it claims and sweeps a
-//! session root, chooses session uids and cgroups, keeps a warm [`KernelPool`] and says how
-//! many sessions its uids allow.
+//! [`LocalFactory`] makes a confined box per session for a server, from a
+//! [`TemplateCatalogue`]: it claims and sweeps a session root, chooses session uids and
+//! cgroups, keeps a warm [`KernelPool`] per template it is told to and says how many
+//! sessions its uids allow. A pool also hands out boxes itself
+//! ([`KernelPool::acquire`], [`KernelPool::release`], [`KernelPool::stats`]).
 //!
 //! # Installing packages
 //!
@@ -104,6 +117,7 @@ mod protocol;
 mod python;
 mod relay;
 mod spawn;
+mod template;
 mod util;
 mod workdir;
 
@@ -112,9 +126,10 @@ mod workdir;
 pub use crate::factory::{LocalFactory, LocalFactoryBuilder};
 pub use crate::kernelspec::LEAN_KERNEL;
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
-pub use crate::pool::KernelPool;
+pub use crate::pool::{KernelPool, KernelPoolStats};
 pub use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep};
-pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at};
+pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at, template_python_dir};
+pub use crate::template::{DEFAULT_TEMPLATE, DENO_KERNEL, Template, TemplateCatalogue};
 pub use codebox_sandbox::{
     Allowlist, BwrapUnavailable, DEFAULT_UID_RANGE, Isolation, IsolationLevel, LandlockUnavailable, Limits,
     PACKAGES_DIR, Probe, SandboxPolicy, UidAllocator, choose, probe, running_as_root,

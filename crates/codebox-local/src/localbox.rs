@@ -82,6 +82,21 @@ impl LocalBox {
         Self::remove_stale_runtime_dirs()
     }
 
+    /// The pool the box takes kernels from, if any.
+    pub(crate) fn pool(&self) -> Option<&crate::KernelPool> {
+        self.inner.config.pool.as_ref()
+    }
+
+    /// The launch spec of the running kernel, once started (a pool's key for its kind).
+    pub(crate) async fn launch_spec(&self) -> Option<crate::kernelspec::LaunchSpec> {
+        self.inner.state.lock().await.run.as_ref().map(|r| r.spec.clone())
+    }
+
+    /// The template the box is made from, if it is.
+    pub fn template(&self) -> Option<&str> {
+        self.inner.config.template.as_deref()
+    }
+
     /// The box's working directory on this machine, once started.
     pub async fn working_dir(&self) -> Option<PathBuf> {
         self.inner.state.lock().await.workdir.as_ref().map(|w| w.path().to_owned())
@@ -154,6 +169,11 @@ impl CodeBox for LocalBox {
         if !matches!(self.inner.config.kernel.as_str(), "python3" | "python") {
             languages.push(self.inner.config.kernel.clone());
         }
+        if let Some(default) = &self.inner.config.language
+            && !languages.contains(default)
+        {
+            languages.push(default.clone());
+        }
         let mut capabilities = Capabilities::full(languages);
         // pip installs for the box's Python, which only a Python kernel imports from.
         capabilities.install = python;
@@ -188,10 +208,11 @@ impl CodeBox for LocalBox {
     }
 
     async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
-        // Unnamed, the language is the kernel's own.
-        let language = options.language.as_deref().unwrap_or(&self.inner.config.kernel);
+        // Unnamed, the language is the box's default (its template's), else the kernel's own.
+        let default_language = self.inner.config.language.as_deref();
+        let language = options.language.as_deref().or(default_language).unwrap_or(&self.inner.config.kernel);
         let bash = is_bash(language);
-        if !bash && !is_python(language) && language != self.inner.config.kernel {
+        if !bash && !is_python(language) && language != self.inner.config.kernel && Some(language) != default_language {
             return Err(CodeBoxError::invalid(format!(
                 "language {language:?} is not available in this box; use one of: {}",
                 self.capabilities().languages.join(", ")

@@ -117,6 +117,94 @@ pub(crate) fn resolve(
     resolve_with(explicit, from_env, &managed_python_dir(), provision, profile, progress)
 }
 
+/// The Python of a template environment: the managed environment of `profile` with
+/// `packages` too, in a directory of its own named by the hash of that definition (see
+/// [`template_python_dir`]), built on first use. Blocking: run it off the async threads.
+pub(crate) fn resolve_template(
+    provision: Provision,
+    profile: PythonProfile,
+    packages: &[String],
+    progress: Option<&ProgressFn>,
+) -> Result<PathBuf> {
+    let definition = template_definition(profile, packages);
+    let dir = templates_dir().join(definition_hash(&definition));
+    if ready_as(&dir, &definition) {
+        return Ok(venv_python(&dir));
+    }
+    if provision == Provision::Off {
+        return Err(CodeBoxError::kernel_start(format!(
+            "the template environment {} is not built, and provisioning is off",
+            dir.display()
+        )));
+    }
+    build_env(&dir, profile, packages, &definition, progress).map_err(|e| match e {
+        CodeBoxError::KernelStart { message, .. } => CodeBoxError::kernel_start(format!(
+            "building the template environment of {} in {} failed: {message}",
+            packages.join(" "),
+            dir.display()
+        )),
+        other => other,
+    })?;
+    Ok(venv_python(&dir))
+}
+
+/// Where template environments live: `templates/` next to the managed environment.
+fn templates_dir() -> PathBuf {
+    let managed = managed_python_dir();
+    managed.parent().map_or_else(|| PathBuf::from("templates"), |p| p.join("templates"))
+}
+
+/// The directory of `template`'s own Python environment, when it has packages (else its
+/// boxes use the managed environment). Templates of equal definitions (profile and
+/// packages) share it, whatever their names.
+pub fn template_python_dir(template: &crate::Template) -> Option<PathBuf> {
+    if template.packages().is_empty() {
+        return None;
+    }
+    Some(templates_dir().join(definition_hash(&template_definition(template.profile(), template.packages()))))
+}
+
+/// Whether `template`'s environment is ready: built, or the managed one of its profile
+/// when it has no packages (`CODEBOX_PYTHON` counts as ready); always for a kernel that
+/// does not run Python.
+pub(crate) fn template_ready(template: &crate::Template) -> bool {
+    // Another kernel (Deno's) brings its own runtime: codebox builds no environment for it.
+    if !template.runs_python() {
+        return true;
+    }
+    match template_python_dir(template) {
+        Some(dir) => ready_as(&dir, &template_definition(template.profile(), template.packages())),
+        None => {
+            std::env::var_os("CODEBOX_PYTHON").is_some_and(|v| !v.is_empty())
+                || ready(&managed_python_dir(), template.profile())
+        }
+    }
+}
+
+/// What a template environment holds, as its ready marker records it: the profile, then
+/// the packages in order.
+fn template_definition(profile: PythonProfile, packages: &[String]) -> String {
+    let mut packages = packages.to_vec();
+    packages.sort();
+    packages.dedup();
+    format!("template profile={}\n{}", profile.name(), packages.join("\n"))
+}
+
+/// A stable name for a definition (FNV-1a, 64 bits, in hex): the same on every machine and
+/// release, unlike `std`'s hasher.
+fn definition_hash(definition: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in definition.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn ready_as(dir: &Path, definition: &str) -> bool {
+    std::fs::read_to_string(dir.join(MARKER)).is_ok_and(|m| m == definition)
+}
+
 fn resolve_with(
     explicit: Option<&Path>,
     from_env: Option<PathBuf>,
@@ -206,8 +294,8 @@ fn run_logged(mut cmd: Command, tool: &str, step: &ProvisionStep, reporter: &Rep
 enum StepWork {
     /// `python -m venv` with this base Python.
     Venv(PathBuf),
-    /// `pip install` of one group of packages.
-    Install(&'static [&'static str]),
+    /// `pip install` of one group of packages: the profile's, or a template's own.
+    Install { packages: Vec<String>, template: bool },
 }
 
 /// Take the lock exclusively, saying so first when another process holds it. Returns
@@ -230,6 +318,33 @@ fn lock_exclusive(lock: &std::fs::File, dir: &Path, lock_path: &Path, reporter: 
 /// processes never provision at once. Each step (the venv, then each group of packages) is
 /// reported to `progress` and as `tracing` events; nothing is printed.
 pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&ProgressFn>) -> Result<()> {
+    provision(dir, profile, &[], profile.name(), &|dir| ready(dir, profile), false, progress)
+}
+
+/// Build a template environment at `dir`: like [`provision_at`], with `packages` installed
+/// first (a package that does not exist fails the build early), and `definition` as its
+/// ready marker. A failed build removes the directory, so that nothing half-built is ever
+/// used and the next use builds afresh. The directories are readable by everyone: boxes
+/// under session uids share it read-only.
+fn build_env(
+    dir: &Path,
+    profile: PythonProfile,
+    packages: &[String],
+    definition: &str,
+    progress: Option<&ProgressFn>,
+) -> Result<()> {
+    provision(dir, profile, packages, definition, &|dir| ready_as(dir, definition), true, progress)
+}
+
+fn provision(
+    dir: &Path,
+    profile: PythonProfile,
+    packages: &[String],
+    marker: &str,
+    is_ready: &dyn Fn(&Path) -> bool,
+    from_scratch: bool,
+    progress: Option<&ProgressFn>,
+) -> Result<()> {
     let reporter = Reporter::new(progress);
     let parent = dir.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent).map_err(|e| CodeBoxError::io(format!("creating {}", parent.display()), e))?;
@@ -244,7 +359,7 @@ pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&Progre
     let waited = lock_exclusive(&lock, dir, &lock_path, &reporter)?;
     // Someone else may have finished while we waited; a hook that heard of the wait hears
     // of its end.
-    if ready(dir, profile) {
+    if is_ready(dir) {
         if waited {
             reporter.report(ProvisionEvent::Finished { dir: dir.to_owned(), elapsed: started.elapsed() });
         }
@@ -252,7 +367,7 @@ pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&Progre
     }
     let python = venv_python(dir);
     let mut plan = Vec::new();
-    if !python.exists() {
+    if from_scratch || !python.exists() {
         let _ = std::fs::remove_dir_all(dir);
         let base = base_pythons()
             .into_iter()
@@ -265,9 +380,68 @@ pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&Progre
             })?;
         plan.push(StepWork::Venv(base));
     }
-    plan.extend(profile.package_groups().iter().map(|group| StepWork::Install(group)));
+    if !packages.is_empty() {
+        plan.push(StepWork::Install { packages: packages.to_vec(), template: true });
+    }
+    plan.extend(
+        profile.package_groups().iter().map(|group| StepWork::Install {
+            packages: group.iter().map(|p| (*p).to_owned()).collect(),
+            template: false,
+        }),
+    );
     let total = plan.len();
     reporter.report(ProvisionEvent::Started { dir: dir.to_owned(), total });
+    let built = run_plan(dir, profile, plan, &reporter, started);
+    if built.is_err() && from_scratch {
+        // Under the lock still: a later build starts from nothing rather than from this.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    built?;
+    if from_scratch {
+        // Boxes under session uids share a template environment read-only, whatever the
+        // umask of the process that built it.
+        readable_by_all(dir).map_err(|e| CodeBoxError::io("opening the environment to session uids", e))?;
+    }
+    std::fs::write(dir.join(MARKER), marker).map_err(|e| CodeBoxError::io("marking the environment ready", e))?;
+    reporter.report(ProvisionEvent::Finished { dir: dir.to_owned(), elapsed: started.elapsed() });
+    Ok(())
+}
+
+/// Give everyone read access to the tree at `dir` (and search or run where its owner has
+/// it), without following symbolic links; iterative, as trees may be deep.
+fn readable_by_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        // Read for all; search (directories) or run (programs) for all where the owner may.
+        let wanted = mode | 0o044 | if mode & 0o100 != 0 { 0o011 } else { 0 };
+        if wanted != mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(wanted))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run the steps of a build, reporting each.
+fn run_plan(
+    dir: &Path,
+    profile: PythonProfile,
+    plan: Vec<StepWork>,
+    reporter: &Reporter<'_>,
+    started: Instant,
+) -> Result<()> {
+    let python = venv_python(dir);
+    let total = plan.len();
     for (i, work) in plan.into_iter().enumerate() {
         let (name, description, cmd, tool) = match work {
             StepWork::Venv(base) => {
@@ -275,28 +449,29 @@ pub fn provision_at(dir: &Path, profile: PythonProfile, progress: Option<&Progre
                 cmd.args(["-m", "venv"]).arg(dir);
                 ("venv".to_owned(), format!("creating the venv from {}", base.display()), cmd, "venv")
             }
-            StepWork::Install(packages) => {
+            StepWork::Install { packages, template } => {
                 let mut cmd = Command::new(&python);
                 cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"])
-                    .args(packages);
+                    .args(&packages);
                 let name = packages.join(" ");
-                let description = format!("installing {name} (profile {})", profile.name());
+                let description = if template {
+                    format!("installing {name} (the template's packages)")
+                } else {
+                    format!("installing {name} (profile {})", profile.name())
+                };
                 (name, description, cmd, "pip")
             }
         };
         let step = ProvisionStep { name, description, index: i + 1, total };
         let step_started = Instant::now();
         reporter.report(ProvisionEvent::StepStarted { step: step.clone(), elapsed: started.elapsed() });
-        run_logged(cmd, tool, &step, &reporter)?;
+        run_logged(cmd, tool, &step, reporter)?;
         reporter.report(ProvisionEvent::StepFinished {
             step,
             took: step_started.elapsed(),
             elapsed: started.elapsed(),
         });
     }
-    std::fs::write(dir.join(MARKER), profile.name())
-        .map_err(|e| CodeBoxError::io("marking the environment ready", e))?;
-    reporter.report(ProvisionEvent::Finished { dir: dir.to_owned(), elapsed: started.elapsed() });
     Ok(())
 }
 
@@ -354,6 +529,49 @@ mod tests {
             "the wait ends with the environment ready, and nothing else: {rest:?}"
         );
         assert!(!venv_python(&dir).exists(), "no venv was made");
+    }
+
+    #[test]
+    fn a_template_environment_is_named_by_its_definition_alone() {
+        let packages = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let a = template_definition(PythonProfile::Minimal, &packages(&["b", "a"]));
+        assert_eq!(a, template_definition(PythonProfile::Minimal, &packages(&["a", "b", "a"])), "order and repeats");
+        assert_ne!(a, template_definition(PythonProfile::Data, &packages(&["a", "b"])), "the profile counts");
+        assert_ne!(
+            definition_hash(&a),
+            definition_hash(&template_definition(PythonProfile::Minimal, &packages(&["a"])))
+        );
+        // Stable across releases and machines: a cached environment keeps its name.
+        assert_eq!(definition_hash(""), "cbf29ce484222325");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!ready_as(dir.path(), &a));
+        std::fs::write(dir.path().join(MARKER), &a).unwrap();
+        assert!(ready_as(dir.path(), &a));
+        assert!(!ready_as(dir.path(), "template profile=minimal\na"), "another definition's marker");
+    }
+
+    #[test]
+    fn a_built_tree_is_opened_to_everyone_without_following_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let env = root.path().join("env");
+        std::fs::create_dir_all(env.join("bin")).unwrap();
+        std::fs::write(env.join("bin/tool"), "").unwrap();
+        std::fs::write(env.join("data"), "").unwrap();
+        let outside = root.path().join("outside");
+        std::fs::write(&outside, "").unwrap();
+        std::os::unix::fs::symlink(&outside, env.join("link")).unwrap();
+        let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(&env.join("bin/tool"), 0o700);
+        mode(&env.join("data"), 0o600);
+        mode(&env.join("bin"), 0o700);
+        mode(&outside, 0o600);
+        readable_by_all(&env).unwrap();
+        let got = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got(&env.join("bin")), 0o755);
+        assert_eq!(got(&env.join("bin/tool")), 0o755);
+        assert_eq!(got(&env.join("data")), 0o644);
+        assert_eq!(got(&outside), 0o600, "a link's target is left alone");
     }
 
     #[test]

@@ -18,6 +18,14 @@ pub fn settings_from_env_and_file(path: impl AsRef<Path>) -> Result<CodeBoxSetti
     CodeBoxSettings::from_lookup(|name| std::env::var(name).ok().or_else(|| file_vars.get(name).cloned()))
 }
 
+/// One variable from the process environment, else from the `.env` file at `path`.
+pub(crate) fn var_from_env_and_file(path: impl AsRef<Path>, name: &str) -> Result<Option<String>> {
+    if let Ok(value) = std::env::var(name) {
+        return Ok(Some(value));
+    }
+    Ok(read_env_file(path.as_ref())?.remove(name))
+}
+
 /// The variables `path` sets; none when there is no such file.
 fn read_env_file(path: &Path) -> Result<HashMap<String, String>> {
     let failed = |e: dotenvy::Error| match e {

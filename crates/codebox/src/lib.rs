@@ -25,7 +25,7 @@ pub use codebox_core::*;
 #[cfg(feature = "local")]
 #[cfg_attr(docsrs, doc(cfg(feature = "local")))]
 #[doc(inline)]
-pub use codebox_local::{KernelPool, LocalBox, LocalBoxBuilder, Provision};
+pub use codebox_local::{KernelPool, LocalBox, LocalBoxBuilder, Provision, Template};
 
 /// The local backend's crate, for everything beyond the re-exported names.
 #[cfg(feature = "local")]
@@ -51,9 +51,37 @@ pub use codebox_server as server;
 /// current directory), not yet started.
 ///
 /// No `CODEBOX_API_KEY`, or the key `local`, gives a [`LocalBox`]; any other key gives a
-/// [`RemoteBox`] at `CODEBOX_BASE_URL`.
+/// [`RemoteBox`] at `CODEBOX_BASE_URL`. A local box is made from the template
+/// `CODEBOX_TEMPLATE` names when it is set (`python`, `python-minimal`, `bash`,
+/// `javascript`, `typescript`), with `CODEBOX_KERNEL` and `CODEBOX_PYTHON` over it.
 pub fn from_env() -> Result<Arc<dyn CodeBox>> {
-    from_settings(&settings_from_env_and_file(".env")?)
+    let settings = settings_from_env_and_file(".env")?;
+    let template = env_file::var_from_env_and_file(".env", TEMPLATE_VAR)?;
+    from_settings_and_template(&settings, template.as_deref())
+}
+
+/// The variable naming the template of a local box made by [`from_env`].
+pub const TEMPLATE_VAR: &str = "CODEBOX_TEMPLATE";
+
+fn from_settings_and_template(settings: &CodeBoxSettings, template: Option<&str>) -> Result<Arc<dyn CodeBox>> {
+    match template.filter(|t| !t.is_empty()) {
+        None => from_settings(settings),
+        Some(template) if settings.wants_local() => local_template_box(settings, template),
+        Some(template) => Err(CodeBoxError::invalid(format!(
+            "{TEMPLATE_VAR}={template:?} makes a local box, and CODEBOX_API_KEY asks for a remote one: \
+             unset one of them"
+        ))),
+    }
+}
+
+#[cfg(feature = "local")]
+fn local_template_box(settings: &CodeBoxSettings, template: &str) -> Result<Arc<dyn CodeBox>> {
+    Ok(Arc::new(LocalBox::builder().with_template(template).with_settings(settings).build()?))
+}
+
+#[cfg(not(feature = "local"))]
+fn local_template_box(settings: &CodeBoxSettings, _: &str) -> Result<Arc<dyn CodeBox>> {
+    local_box(settings)
 }
 
 /// Like [`from_env`], then started: ready to run code.
@@ -114,6 +142,33 @@ mod tests {
             let b = from_settings(&settings(key)).unwrap();
             assert!(format!("{b:?}").starts_with("LocalBox"), "{b:?}");
         }
+    }
+
+    #[cfg(feature = "local")]
+    #[test]
+    fn a_template_names_the_local_box_and_an_unknown_one_is_refused() {
+        let b = from_settings_and_template(&settings(None), Some("bash")).unwrap();
+        assert!(b.capabilities().languages.contains(&"bash".to_owned()), "{b:?}");
+        let err = from_settings_and_template(&settings(None), Some("cobol")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("python, python-minimal, bash"), "{err}");
+        assert!(from_settings_and_template(&settings(None), Some("")).is_ok(), "empty: no template");
+    }
+
+    #[cfg(feature = "local")]
+    #[tokio::test]
+    async fn the_templates_box_runs_its_language() {
+        let b = from_settings_and_template(&settings(None), Some("bash")).unwrap();
+        b.start().await.unwrap();
+        let out = b.exec("echo \"$0\"").await.unwrap();
+        b.stop().await.unwrap();
+        assert_eq!(out.stdout(), "bash\n", "cells that name no language run in bash");
+    }
+
+    #[test]
+    fn a_template_with_a_remote_key_is_refused() {
+        let err = from_settings_and_template(&settings(Some("sk-x")), Some("bash")).unwrap_err();
+        assert!(err.to_string().contains("CODEBOX_TEMPLATE"), "{err}");
     }
 
     #[cfg(feature = "remote")]

@@ -176,13 +176,16 @@ fn local_factory(settings: &Settings) -> anyhow::Result<LocalFactory> {
     if let Some(kernel) = &settings.kernel {
         boxes = boxes.with_kernel(kernel);
     }
-    LocalFactory::builder(boxes)
+    let mut factory = LocalFactory::builder(boxes)
         .with_session_root(&settings.session_root)
         .with_session_uids(sb.uids.clone())
         .with_cgroups(sb.cgroups)
         .with_pool_size(settings.pool_size)
-        .build()
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_templates(settings.templates.iter().cloned());
+    for (template, size) in &settings.template_pools {
+        factory = factory.with_pool(template, *size);
+    }
+    factory.build().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn serve(mut settings: Settings, factory: LocalFactory) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 //! [`settings`](mod@super::settings) turns the result into what the server and its sandbox
 //! take.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -280,6 +281,17 @@ pub(super) struct ServeOptions {
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) log_format: Option<String>,
+
+    /// Templates sessions may ask for, beside the built-ins (`python`, `python-minimal`,
+    /// `bash`, `javascript`, `typescript`): config file tables `[templates.NAME]` with
+    /// `description`, `kernel` (default python3), `language` (default python for a Python
+    /// kernel), `profile` (`data` or `minimal`, default minimal), `packages`, `env`,
+    /// `limits` (`memory`, `cpus`, `processes`, `disk`) and `pool` (kernels kept ready). A
+    /// table of a built-in's name with only `pool` keeps that built-in warm; with more, it
+    /// redefines it. Not a flag.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) templates: BTreeMap<String, TemplateOptions>,
 }
 
 // serde's `skip_serializing_if` passes the field by reference.
@@ -382,6 +394,51 @@ mod duration {
         }
         d.deserialize_any(DurationVisitor)
     }
+}
+
+/// A `[templates.NAME]` table of the config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TemplateOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) language: Option<String>,
+    /// `data` or `minimal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) packages: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) limits: Option<TemplateLimits>,
+    /// Kernels of the template kept started and ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) pool: Option<usize>,
+}
+
+impl TemplateOptions {
+    /// Whether the table says nothing but its pool: it keeps a built-in warm.
+    pub(super) fn is_pool_only(&self) -> bool {
+        Self { pool: None, ..self.clone() } == Self::default()
+    }
+}
+
+/// The `limits` of a `[templates.NAME]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TemplateLimits {
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub(super) memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) processes: Option<u64>,
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub(super) disk: Option<u64>,
 }
 
 /// Sizes in a file: a number of bytes, or text as [`parse_size`] reads it.

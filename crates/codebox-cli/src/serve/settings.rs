@@ -2,15 +2,16 @@
 //! (the server's configuration, the sandbox of its sessions, where sessions live), with the
 //! library defaults for what no layer sets.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use codebox_core::ApiKey;
-use codebox_local::{Allowlist, Isolation, Limits};
+use codebox_core::{ApiKey, ResourceLimits};
+use codebox_local::{Allowlist, Isolation, Limits, PythonProfile, Template, TemplateCatalogue};
 use codebox_server::ServerConfig;
 
-use super::options::{ServeArgs, ServeOptions, layered};
+use super::options::{ServeArgs, ServeOptions, TemplateOptions, layered};
 
 /// How sessions are sandboxed.
 #[derive(Debug)]
@@ -110,6 +111,65 @@ pub(super) struct Settings {
     pub(super) python: Option<PathBuf>,
     pub(super) log_format: String,
     pub(super) sandbox: SandboxSettings,
+    /// Templates of the config file, beside the built-ins.
+    pub(super) templates: Vec<Template>,
+    /// Kernels kept ready per template, by name (over `pool_size` for the default).
+    pub(super) template_pools: BTreeMap<String, usize>,
+}
+
+/// The templates and pools of the config file's `[templates.NAME]` tables, checked.
+fn template_settings(
+    tables: &BTreeMap<String, TemplateOptions>,
+) -> anyhow::Result<(Vec<Template>, BTreeMap<String, usize>)> {
+    let builtins = TemplateCatalogue::new();
+    let mut templates = Vec::new();
+    let mut pools = BTreeMap::new();
+    for (name, t) in tables {
+        if let Some(size) = t.pool {
+            pools.insert(name.clone(), size);
+        }
+        if t.is_pool_only() {
+            if builtins.get(name).is_err() {
+                bail!(
+                    "templates.{name}: a table with only `pool` keeps a built-in template warm, and there is \
+                     no built-in {name:?} (they are: {}); define it with `kernel`, `language` or `packages`",
+                    builtins.names().join(", ")
+                );
+            }
+            continue;
+        }
+        let kernel = t.kernel.clone().unwrap_or_else(|| "python3".to_owned());
+        let language = match &t.language {
+            Some(language) => language.clone(),
+            None if matches!(kernel.as_str(), "python3" | "python" | codebox_local::LEAN_KERNEL) => "python".to_owned(),
+            None => bail!("templates.{name}: say the `language` that kernel {kernel:?} runs"),
+        };
+        let profile = match t.profile.as_deref() {
+            None | Some("minimal") => PythonProfile::Minimal,
+            Some("data") => PythonProfile::Data,
+            Some(other) => bail!("templates.{name}: profile must be `data` or `minimal`, not {other:?}"),
+        };
+        let mut limits = ResourceLimits::new();
+        if let Some(l) = &t.limits {
+            limits.memory_bytes = l.memory;
+            limits.cpus = l.cpus;
+            limits.processes = l.processes;
+            limits.disk_bytes = l.disk;
+        }
+        let mut template = Template::new(name, kernel, language)
+            .with_profile(profile)
+            .with_packages(t.packages.iter().cloned())
+            .with_limits(limits);
+        if let Some(d) = &t.description {
+            template = template.with_description(d);
+        }
+        for (key, value) in &t.env {
+            template = template.with_env(key, value);
+        }
+        template.validate().map_err(|e| anyhow::anyhow!("templates.{name}: {e}"))?;
+        templates.push(template);
+    }
+    Ok((templates, pools))
 }
 
 /// The settings from the command line, `env_keys` (CODEBOX_SERVER_API_KEYS) and the config
@@ -190,6 +250,7 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
     if !matches!(log_format.as_str(), "text" | "json") {
         bail!("log_format must be `text` or `json`, not {log_format:?}");
     }
+    let (templates, template_pools) = template_settings(&o.templates)?;
     Ok(Settings {
         server,
         session_root,
@@ -198,6 +259,8 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
         python: o.python,
         log_format,
         sandbox,
+        templates,
+        template_pools,
     })
 }
 
@@ -455,6 +518,63 @@ op-from-file
         assert!(s.server.api_keys.is_empty());
         assert_eq!(s.server.idle_timeout, Duration::from_secs(3600));
         assert_eq!(s.server.max_upload_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn templates_and_their_pools_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("serve.toml");
+        std::fs::write(
+            &config,
+            r#"no_auth = true
+[templates.stats]
+description = "Python for statistics"
+profile = "data"
+packages = ["scipy", "statsmodels==0.14.1"]
+env = { MPLBACKEND = "Agg" }
+pool = 1
+limits = { memory = "2G", cpus = 1.5, processes = 128, disk = "512M" }
+
+[templates.javascript]
+pool = 2
+"#,
+        )
+        .unwrap();
+        let s = settings(parse(&["--config", config.to_str().unwrap()]), None).unwrap();
+        assert_eq!(s.templates.len(), 1, "a built-in's pool alone defines nothing");
+        let stats = &s.templates[0];
+        assert_eq!((stats.name(), stats.kernel(), stats.language()), ("stats", "python3", "python"));
+        assert_eq!(stats.profile(), PythonProfile::Data);
+        assert_eq!(stats.packages(), ["scipy", "statsmodels==0.14.1"]);
+        assert_eq!(stats.env()["MPLBACKEND"], "Agg");
+        assert_eq!(stats.description(), "Python for statistics");
+        let limits = stats.limits();
+        assert_eq!(
+            (limits.memory_bytes, limits.cpus, limits.processes, limits.disk_bytes),
+            (Some(2 << 30), Some(1.5), Some(128), Some(512 << 20))
+        );
+        assert_eq!(s.template_pools, BTreeMap::from([("javascript".to_owned(), 2), ("stats".to_owned(), 1)]));
+    }
+
+    #[test]
+    fn bad_templates_are_refused_naming_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("serve.toml");
+        for (text, said) in [
+            ("[templates.ruby]\npool = 1\n", "no built-in \"ruby\""),
+            ("[templates.js2]\nkernel = \"deno\"\n", "say the `language`"),
+            ("[templates.x]\nprofile = \"huge\"\n", "profile must be"),
+            ("[templates.x]\npackages = [\"--index-url=http://evil\"]\n", "templates.x"),
+            ("[templates.x]\nlimits = { cpus = -1 }\n", "templates.x"),
+            ("[templates.\"a b\"]\nkernel = \"python3\"\n", "letters, digits"),
+            ("[templates.x]\nkernal = \"python3\"\n", "kernal"),
+            ("[templates.x]\nlimits = { memory = \"lots\" }\n", "lots"),
+        ] {
+            std::fs::write(&config, format!("no_auth = true\n{text}")).unwrap();
+            let err = settings(parse(&["--config", config.to_str().unwrap()]), None).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains(said), "{text:?}: {err}");
+        }
     }
 
     #[test]

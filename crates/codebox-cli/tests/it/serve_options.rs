@@ -88,3 +88,19 @@ fn operator_keys_and_rates_are_checked_before_serving() {
         assert!(help.contains(text), "{text:?} missing from:\n{help}");
     }
 }
+
+#[test]
+fn a_bad_template_table_stops_the_server_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    for (text, said) in [
+        ("no_auth = true\n[templates.ruby]\npool = 1\n", "templates.ruby"),
+        ("no_auth = true\n[templates.stats]\npackages = [\"https://example.org/x.whl\"]\n", "templates.stats"),
+        ("no_auth = true\n[templates.stats]\npackages = \"scipy\"\n", "packages"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = serve(&["--config", config.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {out:?}");
+        assert!(stderr(&out).contains(said), "{text:?}: {}", stderr(&out));
+    }
+}

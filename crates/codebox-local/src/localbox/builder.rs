@@ -13,6 +13,7 @@ use crate::kernelspec::LaunchSpec;
 use crate::pool::KernelPool;
 use crate::progress::{ProgressFn, ProvisionEvent};
 use crate::python::{Provision, PythonProfile};
+use crate::template::Template;
 
 /// Builds a [`LocalBox`]. Get one from [`LocalBox::builder`].
 #[derive(Clone)]
@@ -51,6 +52,14 @@ pub(crate) struct Config {
     pub(crate) sandbox: SandboxPolicy,
     /// Where temporary working directories and kernel runtime directories go.
     pub(crate) scratch_dir: Option<PathBuf>,
+    /// The language of executions that name none (`None`: the kernel's own).
+    pub(crate) language: Option<String>,
+    /// Packages of the template's own Python environment (empty: the managed one).
+    pub(crate) packages: Vec<String>,
+    /// The template the box is made from, when it is.
+    pub(crate) template: Option<String>,
+    /// A template name that is not a built-in: refused by `build`.
+    pub(crate) unknown_template: Option<String>,
 }
 
 impl Default for Config {
@@ -73,6 +82,10 @@ impl Default for Config {
             restart_window: Duration::from_secs(60),
             sandbox: SandboxPolicy::default(),
             scratch_dir: None,
+            language: None,
+            packages: Vec::new(),
+            template: None,
+            unknown_template: None,
         }
     }
 }
@@ -81,8 +94,13 @@ impl Config {
     pub(super) async fn python(&self) -> Result<PathBuf> {
         let (python, provision, profile, progress) =
             (self.python.clone(), self.provision, self.profile, self.progress.clone());
+        let packages = self.packages.clone();
         tokio::task::spawn_blocking(move || {
-            crate::python::resolve(python.as_deref(), provision, profile, progress.as_ref())
+            if packages.is_empty() {
+                crate::python::resolve(python.as_deref(), provision, profile, progress.as_ref())
+            } else {
+                crate::python::resolve_template(provision, profile, &packages, progress.as_ref())
+            }
         })
         .await
         .map_err(|e| CodeBoxError::kernel_start(format!("provisioning task failed: {e}")))?
@@ -251,6 +269,51 @@ impl LocalBoxBuilder {
         self
     }
 
+    /// Make the box from the built-in template `name` (see [`Template::builtins`]): its
+    /// kernel, default language, Python environment, variables and limits. An unknown name
+    /// is refused by [`build`](Self::build), naming the templates there are.
+    pub fn with_template(self, name: &str) -> Self {
+        match Template::builtin(name) {
+            Ok(template) => self.with_template_def(template),
+            Err(_) => {
+                let mut builder = self;
+                builder.config.unknown_template = Some(name.to_owned());
+                builder
+            }
+        }
+    }
+
+    /// Make the box from `template`: its kernel and default language; its Python environment
+    /// (the managed one of its profile, or, when it has packages, one of its own built on
+    /// first use and shared by every box of the template); its environment variables over
+    /// the builder's; and its limits over the builder's [`SandboxPolicy`] limits. Settings
+    /// made after this one win.
+    pub fn with_template_def(mut self, template: Template) -> Self {
+        let c = &mut self.config;
+        c.kernel = template.kernel().to_owned();
+        c.language = Some(template.language().to_owned());
+        c.profile = template.profile();
+        c.packages = template.packages().to_vec();
+        c.env.extend(template.env().iter().map(|(k, v)| (k.clone(), v.clone())));
+        c.sandbox.limits = crate::factory::sandbox_limits(&c.sandbox.limits, template.limits());
+        c.template = Some(template.name().to_owned());
+        c.unknown_template = None;
+        self
+    }
+
+    /// The language of executions that name none (default: the kernel's own). The
+    /// [`bash`](Template::builtins) template sets `bash`.
+    pub fn with_default_language(mut self, language: impl Into<String>) -> Self {
+        self.config.language = Some(language.into());
+        self
+    }
+
+    /// Take kernels from `pool`, or from none.
+    pub(crate) fn set_pool(mut self, pool: Option<KernelPool>) -> Self {
+        self.config.pool = pool;
+        self
+    }
+
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
@@ -260,6 +323,10 @@ impl LocalBoxBuilder {
     /// kernel).
     pub fn build(self) -> Result<LocalBox> {
         let c = &self.config;
+        if let Some(name) = &c.unknown_template {
+            // Fails for the name `with_template` could not find, saying which there are.
+            Template::builtin(name)?;
+        }
         if c.kernel.trim().is_empty() {
             return Err(CodeBoxError::invalid("the kernel name is empty"));
         }

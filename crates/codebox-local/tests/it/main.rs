@@ -12,7 +12,9 @@ mod files;
 mod lean;
 mod network;
 mod orphans;
+mod pool;
 mod tasks;
+mod templates;
 
 use codebox_core::CodeBox;
 use codebox_local::{LocalBox, LocalBoxBuilder};
