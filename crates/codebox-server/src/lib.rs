@@ -25,6 +25,8 @@ mod config;
 mod downloads;
 mod factory;
 mod metrics;
+mod listing;
+mod params;
 mod record;
 mod routes;
 mod service;
@@ -41,7 +43,7 @@ use codebox_http::server::{BodyBudget, ConnectionLimits, serve};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::{DEFAULT_MAX_UPLOAD_BYTES, ServerConfig};
+pub use crate::config::{DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, ServerConfig};
 pub use crate::factory::{BoxFactory, BoxRequest, factory_fn};
 
 use crate::auth::ApiKeys;
@@ -92,6 +94,8 @@ impl Server {
             config.max_concurrent_starts,
             Arc::clone(&metrics),
             record,
+            config.expired_retention,
+            params::SessionSpec::defaults(&config),
         );
         let keys = ApiKeys::new(config.api_keys.clone(), config.no_auth);
         let body_budget = BodyBudget::new(config.max_buffered_bytes, BODY_BUDGET_WAIT);
@@ -117,6 +121,7 @@ impl Server {
         let Self { listener, local_addr, state } = self;
         tracing::info!(addr = %local_addr, "serving");
         let reaper = tokio::spawn(reap_idle(Arc::clone(&state)));
+        let expiry_reaper = tokio::spawn(sessions::reap_expired(Arc::clone(&state)));
         let (stopping_tx, stopping_rx) = watch::channel(false);
 
         let shutdown = {
@@ -161,6 +166,7 @@ impl Server {
         serve(listener, handler, limits, shutdown, drain).await;
 
         reaper.abort();
+        expiry_reaper.abort();
         let sessions = state.registry.len();
         state.registry.close().await;
         tracing::info!(sessions, "every box stopped; server down");
@@ -205,12 +211,13 @@ pub async fn shutdown_signal() {
 
 async fn reap_idle(state: Arc<AppState>) {
     let timeout = state.config.idle_timeout;
-    let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30));
+    // A session may ask for a shorter idle timeout than the server's: look at least every second.
+    let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let reaped = state.registry.reap_idle(timeout).await;
+        let reaped = state.registry.reap_idle().await;
         if reaped > 0 {
             tracing::info!(reaped, "idle sessions stopped");
         }

@@ -2,7 +2,7 @@
 //!
 //! The compatibility routes (`compat`) get `&AppState` and use, as their stable interface:
 //! `registry` (see [`Registry`](crate::sessions::Registry): `get`, `require`,
-//! `get_or_create` with a client-chosen id, `stop`, `list`), `config.max_upload_bytes`,
+//! `get_or_create` with a client-chosen id, `stop`, `list_in`), `config.max_upload_bytes`,
 //! `config.body_idle_timeout`, `config.keepalive_interval`, `metrics`, and the body
 //! helpers of `codebox_http::server` (`Body`, `json_response`, `ApiError`,
 //! `stream_limited`, `read_budgeted` with `body_budget`).

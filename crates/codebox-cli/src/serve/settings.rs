@@ -143,7 +143,16 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
     if let Some(d) = o.idle_timeout {
         server = server.with_idle_timeout(d);
     }
+    if let Some(d) = o.max_session_timeout {
+        server = server.with_max_session_timeout(d);
+    }
+    if o.default_session_timeout.is_some() {
+        server = server.with_default_session_timeout(o.default_session_timeout);
+    }
     let sandbox = sandbox_settings(&o)?;
+    // The sandbox limits are what a session gets, and the most it may ask for.
+    let session_limits = session_limits(&sandbox.limits);
+    server = server.with_default_limits(session_limits.clone()).with_max_limits(session_limits);
     match o.max_upload_bytes {
         Some(b) => server = server.with_max_upload_bytes(b),
         // An upload the working directory cannot hold would only fail at the end with a
@@ -185,6 +194,16 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
         log_format,
         sandbox,
     })
+}
+
+/// The sandbox's limits as the resource limits of a session's request.
+fn session_limits(limits: &Limits) -> codebox_core::ResourceLimits {
+    let mut out = codebox_core::ResourceLimits::new();
+    out.memory_bytes = limits.memory;
+    out.cpus = limits.cpu_millis.map(|m| m as f64 / 1000.0);
+    out.processes = limits.pids;
+    out.disk_bytes = limits.workdir_size;
+    out
 }
 
 #[cfg(test)]
