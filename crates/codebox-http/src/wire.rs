@@ -471,11 +471,15 @@ mod tests {
     /// reads as `unknown`.
     #[test]
     fn session_info_reads_old_and_new_shapes() {
-        let old = r#"{"id":"a","status":{"state":"idle"},"capabilities":{},"created_at":1.0,"last_used_at":2.0}"#;
-        let info: SessionInfo = serde_json::from_str(old).unwrap();
-        assert_eq!((info.state, info.timeout, info.metadata.len()), (SessionState::Running, None, 0));
-        let newer = old.replace("\"created_at\"", "\"state\":\"paused\",\"created_at\"");
-        let info: SessionInfo = serde_json::from_str(&newer).unwrap();
+        let full = SessionInfo::new("a", BoxStatus::new(codebox_core::BoxState::Idle), Capabilities::full(["python"]));
+        let mut old = serde_json::to_value(&full).unwrap();
+        old.as_object_mut()
+            .unwrap()
+            .retain(|k, _| matches!(k.as_str(), "id" | "status" | "capabilities" | "created_at" | "last_used_at"));
+        let info: SessionInfo = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(info, full);
+        old["state"] = "paused".into();
+        let info: SessionInfo = serde_json::from_value(old).unwrap();
         assert_eq!(info.state, SessionState::Unknown);
         assert_eq!(SessionState::parse("stopped"), Some(SessionState::Stopped));
         assert_eq!(SessionState::parse("unknown"), None);

@@ -48,8 +48,8 @@ mod session;
 
 pub use builder::RemoteBoxBuilder;
 pub use client::{Client, ClientBuilder};
-pub use codebox_http::wire::{SessionInfo, SessionState};
-pub use request::{SessionFilter, SessionRequest};
 pub use codebox_http::client::{ClientConfig, RetryPolicy};
+pub use codebox_http::wire::{SessionInfo, SessionState};
 pub use remote_box::RemoteBox;
+pub use request::{SessionFilter, SessionRequest};
 pub use session::Protocol;

@@ -336,7 +336,9 @@ impl ServerConfig {
                 self.max_session_timeout.as_secs()
             )));
         }
-        if let Some(name) = crate::params::first_limit_above(&self.default_limits, &self.max_limits).map(|(name, _)| name) {
+        if let Some(name) =
+            crate::params::first_limit_above(&self.default_limits, &self.max_limits).map(|(name, _)| name)
+        {
             return Err(CodeBoxError::invalid(format!("the default {name} is above its maximum")));
         }
         for (name, d) in [

@@ -106,7 +106,11 @@ impl ListQuery {
 
     /// One page of `sessions` (oldest first) described by `describe`, and the token of the
     /// next page when there is more.
-    pub(crate) async fn page<F, Fut>(&self, sessions: Vec<Arc<Session>>, describe: F) -> (Vec<SessionInfo>, Option<String>)
+    pub(crate) async fn page<F, Fut>(
+        &self,
+        sessions: Vec<Arc<Session>>,
+        describe: F,
+    ) -> (Vec<SessionInfo>, Option<String>)
     where
         F: Fn(Arc<Session>) -> Fut,
         Fut: std::future::Future<Output = SessionInfo>,

@@ -512,8 +512,7 @@ impl Registry {
                     .acquire()
                     .await
                     .map_err(|_| ApiError::new(503, ErrorKind::Connection, "the server is shutting down"))?;
-                let codebox =
-                    self.factory.create(&spec.request).await.map_err(|e| self.full_if_out_of_room(e))?;
+                let codebox = self.factory.create(&spec.request).await.map_err(|e| self.full_if_out_of_room(e))?;
                 if let Err(e) = codebox.start().await {
                     let _ = codebox.stop().await;
                     return Err(self.full_if_out_of_room(e));
