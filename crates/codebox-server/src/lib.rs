@@ -86,17 +86,7 @@ impl Server {
             None => record::SessionRecord::default(),
         };
         let metrics = Arc::new(Metrics::default());
-        let registry = Registry::new(
-            factory,
-            config.max_sessions,
-            config.sessions_per_key(),
-            config.retry_after,
-            config.max_concurrent_starts,
-            Arc::clone(&metrics),
-            record,
-            config.expired_retention,
-            params::SessionSpec::defaults(&config),
-        );
+        let registry = Registry::new(factory, &config, Arc::clone(&metrics), record);
         let keys = ApiKeys::new(config.api_keys.clone(), config.no_auth);
         let body_budget = BodyBudget::new(config.max_buffered_bytes, BODY_BUDGET_WAIT);
         // As many open downloads as connections: with the connection cap, a quarter of the

@@ -291,29 +291,25 @@ fn new_session_id() -> String {
 }
 
 impl Registry {
+    /// The registry of a server configured as `config`, whose boxes come from `factory`.
     pub(crate) fn new(
         factory: Arc<dyn BoxFactory>,
-        max_sessions: usize,
-        max_per_owner: usize,
-        retry_after: Duration,
-        max_concurrent_starts: usize,
+        config: &crate::config::ServerConfig,
         metrics: Arc<Metrics>,
         record: SessionRecord,
-        expired_retention: Duration,
-        default_spec: SessionSpec,
     ) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
             expired: Mutex::new(VecDeque::new()),
-            expired_retention,
-            default_spec,
+            expired_retention: config.expired_retention,
+            default_spec: SessionSpec::defaults(config),
             factory,
-            max_sessions,
-            max_per_owner,
-            retry_after,
+            max_sessions: config.max_sessions,
+            max_per_owner: config.sessions_per_key(),
+            retry_after: config.retry_after,
             metrics,
             closed: Default::default(),
-            starts: Semaphore::new(max_concurrent_starts.max(1)),
+            starts: Semaphore::new(config.max_concurrent_starts.max(1)),
             record,
         }
     }

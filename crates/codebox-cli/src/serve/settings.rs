@@ -292,6 +292,35 @@ mod tests {
     }
 
     #[test]
+    fn session_lifetimes_and_limits_come_from_flags_and_the_sandbox() {
+        let s = settings(parse(&["--no-auth"]), None).unwrap();
+        assert_eq!(s.server.max_session_timeout, Duration::from_secs(24 * 3600));
+        assert_eq!(s.server.default_session_timeout, None);
+        assert_eq!(s.server.max_limits.memory_bytes, Some(1 << 30), "the sandbox's limits are the maximum");
+        assert_eq!(s.server.max_limits.cpus, Some(1.0));
+        assert_eq!(s.server.default_limits, s.server.max_limits);
+        let flags = [
+            "--no-auth",
+            "--max-session-timeout",
+            "2h",
+            "--default-session-timeout",
+            "5m",
+            "--memory-limit",
+            "2G",
+            "--cpu-limit",
+            "0.5",
+        ];
+        let s = settings(parse(&flags), None).unwrap();
+        assert_eq!(s.server.max_session_timeout, Duration::from_secs(7200));
+        assert_eq!(s.server.default_session_timeout, Some(Duration::from_secs(300)));
+        assert_eq!((s.server.max_limits.memory_bytes, s.server.max_limits.cpus), (Some(2 << 30), Some(0.5)));
+        let err =
+            settings(parse(&["--no-auth", "--max-session-timeout", "1m", "--default-session-timeout", "2m"]), None)
+                .unwrap_err();
+        assert!(err.to_string().contains("above max_session_timeout"), "{err}");
+    }
+
+    #[test]
     fn the_session_root_holds_the_server_record() {
         let s = settings(parse(&["--no-auth", "--session-root", "/srv/codebox/sessions"]), None).unwrap();
         assert_eq!(s.session_root, PathBuf::from("/srv/codebox/sessions"));
