@@ -2,6 +2,10 @@
 //! past its lifetime. An expired session is remembered for a while so that requests naming
 //! it are told when it expired (410 `expired`) rather than that it never existed.
 //!
+//! Long file: a session, the registry that holds it, and the reapers that end it share one
+//! set of locks and invariants (a slot is removed before its box is stopped, an expired
+//! session is remembered before it is forgotten), kept readable side by side.
+//!
 //! This is shared with the compatibility routes; the `pub(crate)` items below are their
 //! interface and keep their signatures.
 
