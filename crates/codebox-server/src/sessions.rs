@@ -525,6 +525,8 @@ impl Registry {
             Ok(session) => {
                 let session = Arc::clone(session);
                 if created == Created::New {
+                    // The id lives again: its earlier life's expiry no longer answers for it.
+                    self.lock_expired().retain(|e| e.key != key);
                     self.metrics.session_created();
                     self.record.started(owner, &id);
                     let still_registered = self.lock().get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot));

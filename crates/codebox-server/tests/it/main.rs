@@ -6,4 +6,5 @@ mod api;
 mod bad_input;
 mod local;
 mod props;
+mod sessions;
 mod support;
