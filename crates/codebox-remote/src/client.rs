@@ -193,3 +193,19 @@ impl ClientBuilder {
         Ok(Client { builder: self.boxes.with_shared_http(http.clone()), base, protocol, http })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_never_shows_its_key_and_needs_one_for_the_native_protocol() {
+        let client = Client::builder().with_api_key("sk-top-secret").build().unwrap();
+        assert!(!format!("{client:?}").contains("top-secret"));
+        assert!(!format!("{:?}", Client::builder().with_api_key("sk-top-secret")).contains("top-secret"));
+        let err = Client::builder().build().unwrap_err();
+        assert!(err.to_string().contains("API key"), "{err}");
+        let settings = CodeBoxSettings::new().with_api_key("k").with_session_id("ignored");
+        assert_eq!(Client::from_settings(&settings).unwrap().base_url(), CodeBoxSettings::DEFAULT_BASE_URL);
+    }
+}

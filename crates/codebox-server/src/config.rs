@@ -392,6 +392,20 @@ mod tests {
     }
 
     #[test]
+    fn session_defaults_must_fit_their_maximums() {
+        let config = ServerConfig::new().with_api_key("a");
+        assert_eq!(config.max_session_timeout, DEFAULT_MAX_SESSION_TIMEOUT);
+        let long = config.clone().with_default_session_timeout(Some(DEFAULT_MAX_SESSION_TIMEOUT * 2));
+        assert!(long.validate().unwrap_err().to_string().contains("above max_session_timeout"));
+        let limits = config
+            .clone()
+            .with_default_limits(ResourceLimits::new().with_processes(10))
+            .with_max_limits(ResourceLimits::new().with_processes(5));
+        assert!(limits.validate().unwrap_err().to_string().contains("processes"));
+        assert!(config.with_max_session_timeout(Duration::ZERO).validate().is_err());
+    }
+
+    #[test]
     fn no_auth_is_loopback_only_unless_forced() {
         let open = ServerConfig::new().with_no_auth(true, false);
         assert!(open.clone().validate().is_ok());
