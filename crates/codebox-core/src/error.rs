@@ -193,6 +193,9 @@ pub enum ErrorKind {
     /// The session existed but was lost, with its kernel and files, when its server
     /// restarted (HTTP 410): create a new one.
     SessionLost,
+    /// The session reached the end of its lifetime and was stopped (HTTP 410): create a
+    /// new one, or extend a session's lifetime before it ends.
+    Expired,
     /// The storage behind the box is full (no space left, or a quota reached): HTTP 507.
     /// What was being written is incomplete; free space or write less.
     StorageFull,
@@ -220,6 +223,7 @@ impl ErrorKind {
             Self::Io => "io",
             Self::TooLarge => "too_large",
             Self::SessionLost => "session_lost",
+            Self::Expired => "expired",
             Self::StorageFull => "storage_full",
             Self::Server => "server",
         }

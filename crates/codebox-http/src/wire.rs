@@ -1,9 +1,11 @@
 //! The JSON shapes of the native API (`/v1`), shared by client and server.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use codebox_core::{
-    BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, HttpError, KernelDeath, RunOptions, TimeoutKind,
+    BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, HttpError, KernelDeath, ResourceLimits, RunOptions,
+    TimeoutKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -13,23 +15,97 @@ pub const API_PREFIX: &str = "/v1";
 /// The media type of an execution stream.
 pub const NDJSON: &str = "application/x-ndjson";
 
-/// `POST /v1/sessions`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /v1/sessions`. Every field may be left out: the server's defaults apply.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateSession {
     /// Use this id (attach if this key already has a session with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The kernel to start, when not the server's default.
+    /// A template of the server's catalogue (`GET /v1/templates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The kernel to start, when not the template's or the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// The language to run (`python`, `javascript`, ...), for the server to pick a template by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// Environment variables of every execution and command in the box.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The caller's own labels, echoed in [`SessionInfo`] and usable as listing filters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Resource limits, each at most the server's maximum (unset: the server's default).
+    #[serde(default, skip_serializing_if = "ResourceLimits::is_empty")]
+    pub limits: ResourceLimits,
+    /// The session's lifetime in seconds: it is stopped this long after creation (see
+    /// `POST /v1/sessions/{id}/timeout`). At most the server's maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Seconds without use after which the session is stopped; at most the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u64>,
 }
 
-/// A session as the server describes it.
+/// `POST /v1/sessions/{id}/timeout`: the session now lives until `timeout` seconds from now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetTimeout {
+    /// Seconds from now.
+    pub timeout: u64,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SessionState {
+    /// Its box is being started.
+    Starting,
+    /// Its box is up and takes requests.
+    #[default]
+    Running,
+    /// It was stopped (deleted, idle or past its lifetime).
+    Stopped,
+    /// Its box failed and does not take requests.
+    Error,
+    /// A state this client does not know, from a newer server.
+    #[serde(other)]
+    Unknown,
+}
+
+impl SessionState {
+    /// The name on the wire (`running`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Error => "error",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The state named `name`, when it is one a caller may filter by.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Starting, Self::Running, Self::Stopped, Self::Error].into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session as the server describes it. Fields after `last_used_at` came later: a reader
+/// takes their defaults when an older server leaves them out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SessionInfo {
     /// The session id.
     pub id: String,
-    /// The box's status.
+    /// The box's status, with the isolation it really got and its gaps.
     pub status: BoxStatus,
     /// What the box can do.
     pub capabilities: Capabilities,
@@ -41,7 +117,66 @@ pub struct SessionInfo {
     /// SHA-256), shown to operator keys only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Where the session is in its life.
+    #[serde(default)]
+    pub state: SessionState,
+    /// The template it was made from, when it asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The kernel it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// The language it runs, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// The caller's labels, as given at creation.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// The names of the environment variables given at creation (values may be secrets and
+    /// are never reported).
+    #[serde(default)]
+    pub env_keys: Vec<String>,
+    /// The limits in force: those asked for, the server's defaults for the rest.
+    #[serde(default)]
+    pub limits: ResourceLimits,
+    /// Its lifetime in seconds, as last set (`None`: it lives until it idles out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Seconds without use after which it is stopped (0: unknown, from an older server).
+    #[serde(default)]
+    pub idle_timeout: u64,
+    /// When it will be stopped for its lifetime, in Unix seconds (`None`: no lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<f64>,
 }
+
+impl SessionInfo {
+    /// A running session `id` with this status and these capabilities, created and last used
+    /// at the epoch; the other fields empty.
+    pub fn new(id: impl Into<String>, status: BoxStatus, capabilities: Capabilities) -> Self {
+        Self {
+            id: id.into(),
+            status,
+            capabilities,
+            created_at: 0.0,
+            last_used_at: 0.0,
+            owner: None,
+            state: SessionState::Running,
+            template: None,
+            kernel: None,
+            language: None,
+            metadata: BTreeMap::new(),
+            env_keys: Vec::new(),
+            limits: ResourceLimits::default(),
+            timeout: None,
+            idle_timeout: 0,
+            expires_at: None,
+        }
+    }
+}
+
+/// The response header of `GET /v1/sessions` that carries the next page's token.
+pub const NEXT_TOKEN_HEADER: &str = "x-next-token";
 
 /// `POST /v1/sessions/{id}/execute`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,7 +399,7 @@ pub fn status_for_kind(kind: ErrorKind) -> u16 {
         ErrorKind::Timeout => 504,
         ErrorKind::NotRunning => 409,
         ErrorKind::TooLarge => 413,
-        ErrorKind::SessionLost => 410,
+        ErrorKind::SessionLost | ErrorKind::Expired => 410,
         ErrorKind::RateLimited => 429,
         ErrorKind::Unsupported => 501,
         ErrorKind::Connection => 502,
@@ -327,6 +462,32 @@ mod tests {
             assert_eq!(error_from_response(status, vec![], body.as_bytes()).kind(), kind);
             assert_eq!(error_from_response(status, vec![], b"not json").kind(), kind);
         }
+    }
+
+    /// An expired session shares 410 with a lost one; only the JSON body tells them apart.
+    #[test]
+    fn an_expired_session_is_gone_with_its_own_kind() {
+        assert_eq!(status_for_kind(ErrorKind::Expired), 410);
+        let body = br#"{"error":{"kind":"expired","message":"session a expired at 2026-01-01T00:00:00Z"}}"#;
+        assert_eq!(error_from_response(410, vec![], body).kind(), ErrorKind::Expired);
+    }
+
+    /// What an older server sends still reads, and a state this client does not know yet
+    /// reads as `unknown`.
+    #[test]
+    fn session_info_reads_old_and_new_shapes() {
+        let full = SessionInfo::new("a", BoxStatus::new(codebox_core::BoxState::Idle), Capabilities::full(["python"]));
+        let mut old = serde_json::to_value(&full).unwrap();
+        old.as_object_mut()
+            .unwrap()
+            .retain(|k, _| matches!(k.as_str(), "id" | "status" | "capabilities" | "created_at" | "last_used_at"));
+        let info: SessionInfo = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(info, full);
+        old["state"] = "paused".into();
+        let info: SessionInfo = serde_json::from_value(old).unwrap();
+        assert_eq!(info.state, SessionState::Unknown);
+        assert_eq!(SessionState::parse("stopped"), Some(SessionState::Stopped));
+        assert_eq!(SessionState::parse("unknown"), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use codebox_core::{ApiKey, CodeBoxError, CodeBoxSettings, Result};
+use codebox_core::{ApiKey, CodeBoxError, CodeBoxSettings, ResourceLimits, Result};
 use codebox_http::client::{ClientConfig, HttpClient, RetryPolicy};
 
 use crate::codeboxapi_0_2::{CodeboxApiSession, Host};
@@ -10,6 +10,7 @@ use crate::connection::Connection;
 use crate::connection::new_session_id;
 use crate::native::NativeSession;
 use crate::remote_box::RemoteBox;
+use crate::request::SessionRequest;
 use crate::session::{Protocol, Session};
 
 /// Builds a [`RemoteBox`]. Start from [`RemoteBox::builder`].
@@ -19,10 +20,13 @@ pub struct RemoteBoxBuilder {
     api_key: Option<ApiKey>,
     session_id: Option<String>,
     factory_id: Option<String>,
-    kernel: Option<String>,
+    /// What a new session asks for (the kernel included).
+    create: SessionRequest,
     protocol: Option<Protocol>,
     execution_timeout: Option<Duration>,
     client: ClientConfig,
+    /// A connection pool to share (a [`Client`](crate::Client)'s), instead of a new one.
+    shared_http: Option<HttpClient>,
 }
 
 impl Default for RemoteBoxBuilder {
@@ -32,10 +36,11 @@ impl Default for RemoteBoxBuilder {
             api_key: None,
             session_id: None,
             factory_id: None,
-            kernel: None,
+            create: SessionRequest::default(),
             protocol: None,
             execution_timeout: None,
             client: ClientConfig::default(),
+            shared_http: None,
         }
     }
 }
@@ -54,7 +59,7 @@ impl RemoteBoxBuilder {
         b.api_key = settings.api_key.clone();
         b.session_id = settings.session_id.clone();
         b.factory_id = settings.factory_id.clone();
-        b.kernel = settings.kernel.clone();
+        b.create.kernel = settings.kernel.clone();
         b.execution_timeout = settings.timeout;
         if settings.base_url.trim_end_matches('/').ends_with("/v2") {
             b.protocol = Some(Protocol::CodeboxApi);
@@ -88,7 +93,57 @@ impl RemoteBoxBuilder {
 
     /// The kernel the server starts for a new session, when not its default.
     pub fn with_kernel(mut self, kernel: impl Into<String>) -> Self {
-        self.kernel = Some(kernel.into());
+        self.create.kernel = Some(kernel.into());
+        self
+    }
+
+    /// The template of the server's catalogue a new session is made from.
+    pub fn with_template(mut self, template: impl Into<String>) -> Self {
+        self.create.template = Some(template.into());
+        self
+    }
+
+    /// The language a new session runs, for the server to pick a template by.
+    pub fn with_language(mut self, language: impl Into<String>) -> Self {
+        self.create.language = Some(language.into());
+        self
+    }
+
+    /// An environment variable of every execution and command in a new session.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.create.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// A label of a new session, echoed in its [`info`](RemoteBox::info).
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.create.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The resource limits of a new session, each at most the server's maximum.
+    pub fn with_limits(mut self, limits: ResourceLimits) -> Self {
+        self.create.limits = limits;
+        self
+    }
+
+    /// The lifetime of a new session: the server stops it this long after creation (see
+    /// [`RemoteBox::set_timeout`]). Not the timeout of an execution
+    /// ([`with_execution_timeout`](Self::with_execution_timeout)).
+    pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
+        self.create.timeout = Some(timeout);
+        self
+    }
+
+    /// Idle time after which the server stops a new session (at most the server's).
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.create.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Every parameter of a new session at once.
+    pub fn with_session_request(mut self, request: SessionRequest) -> Self {
+        self.create = request;
         self
     }
 
@@ -143,6 +198,17 @@ impl RemoteBoxBuilder {
         self
     }
 
+    /// Make boxes over this connection pool.
+    pub(crate) fn with_shared_http(mut self, http: HttpClient) -> Self {
+        self.shared_http = Some(http);
+        self
+    }
+
+    /// The API key, when one is set.
+    pub(crate) fn api_key(&self) -> Option<&ApiKey> {
+        self.api_key.as_ref()
+    }
+
     /// Check the settings and make the box. No request is sent until
     /// [`start`](codebox_core::CodeBox::start) (or, when attaching by id, the first call).
     pub fn build(self) -> Result<RemoteBox> {
@@ -170,14 +236,24 @@ impl RemoteBoxBuilder {
                 "session id {id:?} must be non-empty ASCII letters, digits, '-', '_' or '.'"
             )));
         }
-        let http = HttpClient::new(self.client)?;
+        // The codebox-api protocols have never sent a kernel either; anything more is refused.
+        let only_kernel = SessionRequest { kernel: self.create.kernel.clone(), ..SessionRequest::default() };
+        if protocol != Protocol::Native && self.create != only_kernel {
+            return Err(CodeBoxError::unsupported(
+                "session parameters (template, language, env, metadata, limits, timeouts) need the native protocol",
+            ));
+        }
+        let http = match self.shared_http {
+            Some(http) => http,
+            None => HttpClient::new(self.client)?,
+        };
         let (id, attached) = match self.session_id {
             Some(id) => (id, true),
             None => (new_session_id(), false),
         };
         let conn = Connection::new(id, attached, base, http, self.api_key, self.execution_timeout);
         let session: Box<dyn Session> = match protocol {
-            Protocol::Native => Box::new(NativeSession::new(conn, self.kernel)),
+            Protocol::Native => Box::new(NativeSession::new(conn, self.create)),
             Protocol::CodeboxApi => Box::new(CodeboxApiSession::new(conn, Host::Service, self.factory_id)),
             Protocol::CodeboxApiServer => Box::new(CodeboxApiSession::new(conn, Host::SingleBox, self.factory_id)),
         };

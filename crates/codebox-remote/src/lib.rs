@@ -17,6 +17,10 @@
 //!   outcome `Error`, and [`Capabilities::unreported`](codebox_core::Capabilities::unreported)
 //!   names what the protocol cannot tell (a kernel death's cause, the execution counter, ...).
 //!
+//! [`Client`] manages a server's sessions: create them with parameters
+//! ([`SessionRequest`]: template, kernel, environment, metadata, limits, lifetime), attach to
+//! them, list them ([`SessionFilter`]), and read the server's templates and pools.
+//!
 //! ```no_run
 //! # async fn demo() -> codebox_core::Result<()> {
 //! use codebox_core::{CodeBox, CodeBoxExt};
@@ -32,15 +36,20 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod client;
 mod codeboxapi_0_2;
 mod connection;
 mod native;
 mod ndjson;
 mod path;
 mod remote_box;
+mod request;
 mod session;
 
 pub use builder::RemoteBoxBuilder;
+pub use client::{Client, ClientBuilder};
 pub use codebox_http::client::{ClientConfig, RetryPolicy};
+pub use codebox_http::wire::{SessionInfo, SessionState};
 pub use remote_box::RemoteBox;
+pub use request::{SessionFilter, SessionRequest};
 pub use session::Protocol;

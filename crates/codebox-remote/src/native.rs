@@ -13,11 +13,12 @@ use codebox_core::{
     Result, RunOptions,
 };
 use codebox_http::client::{Request, Retry};
-use codebox_http::wire::{API_PREFIX, CreateSession, ExecuteRequest, InstallRequest, InstallResponse, SessionInfo};
+use codebox_http::wire::{API_PREFIX, ExecuteRequest, InstallRequest, InstallResponse, SessionInfo, SetTimeout};
 
 use crate::connection::Connection;
 use crate::ndjson;
 use crate::path::{checked_dir, encode_component, encode_file_path};
+use crate::request::{SessionRequest, whole_seconds};
 use crate::session::{Protocol, Session};
 
 /// How long an install or a command may stay silent before the client gives up.
@@ -26,15 +27,15 @@ const LONG_OPERATION: Duration = Duration::from_secs(3600);
 /// A session of `codebox serve`, created by this box or attached by id.
 pub(crate) struct NativeSession {
     conn: Connection,
-    /// The kernel to ask for when creating the session, when not the server's default.
-    kernel: Option<String>,
+    /// What to ask for when creating the session.
+    create: SessionRequest,
     /// What the server last said the session can do.
     capabilities: Mutex<Option<Capabilities>>,
 }
 
 impl NativeSession {
-    pub(crate) fn new(conn: Connection, kernel: Option<String>) -> Self {
-        Self { conn, kernel, capabilities: Mutex::new(None) }
+    pub(crate) fn new(conn: Connection, create: SessionRequest) -> Self {
+        Self { conn, create, capabilities: Mutex::new(None) }
     }
 
     fn sessions_url(&self) -> String {
@@ -86,7 +87,7 @@ impl Session for NativeSession {
                 conn.http.send(conn.request(Method::GET, &self.session_url())?).await?.json().await?;
             self.remember(&info);
         } else {
-            let body = CreateSession { id: Some(conn.id.clone()), kernel: self.kernel.clone() };
+            let body = self.create.to_wire(&conn.id);
             // Creating with an explicit id is idempotent: the server attaches when it exists.
             let req = conn.request(Method::POST, &self.sessions_url())?.json(&body)?.retry(Retry::Idempotent);
             let info: SessionInfo = conn.http.send(req).await?.json().await?;
@@ -125,6 +126,28 @@ impl Session for NativeSession {
         let info: SessionInfo = conn.http.send(conn.request(Method::GET, &self.session_url())?).await?.json().await?;
         self.remember(&info);
         Ok(info.status)
+    }
+
+    async fn info(&self) -> Result<SessionInfo> {
+        let conn = &self.conn;
+        conn.ensure_running()?;
+        let info: SessionInfo = conn.http.send(conn.request(Method::GET, &self.session_url())?).await?.json().await?;
+        self.remember(&info);
+        Ok(info)
+    }
+
+    async fn set_timeout(&self, timeout: Duration) -> Result<SessionInfo> {
+        let conn = &self.conn;
+        conn.ensure_running()?;
+        let body = SetTimeout { timeout: whole_seconds(timeout) };
+        // Setting the same lifetime again only moves its end a little: safe to repeat.
+        let req = conn
+            .request(Method::POST, &format!("{}/timeout", self.session_url()))?
+            .json(&body)?
+            .retry(Retry::Idempotent);
+        let info: SessionInfo = conn.http.send(req).await?.json().await?;
+        self.remember(&info);
+        Ok(info)
     }
 
     async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {

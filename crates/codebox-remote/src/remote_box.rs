@@ -2,6 +2,7 @@
 //! protocol its server speaks.
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -10,6 +11,7 @@ use codebox_core::{
     Result, RunOptions,
 };
 use codebox_http::client::HttpClient;
+use codebox_http::wire::SessionInfo;
 
 use crate::builder::RemoteBoxBuilder;
 use crate::connection::Connection;
@@ -78,6 +80,21 @@ impl RemoteBox {
     /// The HTTP client (shared connection pool).
     pub fn http_client(&self) -> &HttpClient {
         &self.connection().http
+    }
+
+    /// What the server says of this session: its template, kernel, state, metadata,
+    /// environment names, limits, lifetime and the isolation it really got. The box must be
+    /// started; the codebox-api protocols answer `Unsupported`.
+    pub async fn info(&self) -> Result<SessionInfo> {
+        self.session.info().await
+    }
+
+    /// Make the session live until `timeout` from now (E2B's `set_timeout`: it may shorten
+    /// the lifetime as well as extend it), at most the server's maximum; returns the new
+    /// description, whose `expires_at` says when it ends. The codebox-api protocols answer
+    /// `Unsupported`.
+    pub async fn set_timeout(&self, timeout: Duration) -> Result<SessionInfo> {
+        self.session.set_timeout(timeout).await
     }
 }
 

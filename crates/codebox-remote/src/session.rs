@@ -5,12 +5,16 @@
 //! to it. A protocol is one type implementing this trait over a shared
 //! [`Connection`](crate::connection::Connection); it knows nothing of the box around it.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CommandOutput, CommandSpec, EventStream, FileInfo, Result, RunOptions,
+    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream, FileInfo, Result,
+    RunOptions,
 };
 use codebox_http::client::Request;
+use codebox_http::wire::SessionInfo;
 
 use crate::connection::Connection;
 
@@ -48,6 +52,16 @@ pub(crate) trait Session: Send + Sync {
     async fn stop(&self) -> Result<()>;
 
     async fn status(&self) -> Result<BoxStatus>;
+
+    /// The server's description of the session.
+    async fn info(&self) -> Result<SessionInfo> {
+        Err(CodeBoxError::unsupported("session info (only the native protocol describes sessions)"))
+    }
+
+    /// Make the session live until `timeout` from now.
+    async fn set_timeout(&self, _timeout: Duration) -> Result<SessionInfo> {
+        Err(CodeBoxError::unsupported("set_timeout (only the native protocol has session lifetimes)"))
+    }
 
     /// Run code; `options` already carry the box's default timeout.
     async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream>;

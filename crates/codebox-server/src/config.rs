@@ -3,10 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use codebox_core::{ApiKey, CodeBoxError, Result};
+use codebox_core::{ApiKey, CodeBoxError, ResourceLimits, Result};
 
 /// The default of [`ServerConfig::max_upload_bytes`].
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 << 20;
+
+/// The default of [`ServerConfig::max_session_timeout`]: a day.
+pub const DEFAULT_MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything a [`Server`](crate::Server) needs to know. Start from [`ServerConfig::new`]
 /// and change what you need with the `with_*` setters; [`Server::bind`](crate::Server::bind)
@@ -79,6 +82,19 @@ pub struct ServerConfig {
     /// How many requests a key may make at once above its steady rate (the bucket's size).
     /// At least 1 when `rate_limit` is on. Default 100.
     pub rate_burst: u32,
+    /// The longest lifetime (`timeout`) a session may ask for, at creation or later. Default a day.
+    pub max_session_timeout: Duration,
+    /// The lifetime of a session that asks for none (`None`, the default: it lives until it
+    /// idles out).
+    pub default_session_timeout: Option<Duration>,
+    /// After a session reached its lifetime, requests naming it get 410 `expired` for this
+    /// long (then 404). Default an hour.
+    pub expired_retention: Duration,
+    /// The limits of a session that asks for none (each unset one: the factory's default).
+    pub default_limits: ResourceLimits,
+    /// The most a session may ask for; more is refused with 400 saying the maximum (each
+    /// unset one: no maximum).
+    pub max_limits: ResourceLimits,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +122,11 @@ impl Default for ServerConfig {
             operator_keys: Vec::new(),
             rate_limit: 50,
             rate_burst: 100,
+            max_session_timeout: DEFAULT_MAX_SESSION_TIMEOUT,
+            default_session_timeout: None,
+            expired_retention: Duration::from_secs(3600),
+            default_limits: ResourceLimits::default(),
+            max_limits: ResourceLimits::default(),
         }
     }
 }
@@ -267,6 +288,37 @@ impl ServerConfig {
         self
     }
 
+    /// Let sessions ask for lifetimes up to `max` (see
+    /// [`max_session_timeout`](Self::max_session_timeout)).
+    pub fn with_max_session_timeout(mut self, max: Duration) -> Self {
+        self.max_session_timeout = max;
+        self
+    }
+
+    /// Give sessions that ask for no lifetime this one.
+    pub fn with_default_session_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.default_session_timeout = timeout;
+        self
+    }
+
+    /// Answer 410 `expired` for this long after a session's lifetime ended.
+    pub fn with_expired_retention(mut self, retention: Duration) -> Self {
+        self.expired_retention = retention;
+        self
+    }
+
+    /// Give sessions that ask for no limits these.
+    pub fn with_default_limits(mut self, limits: ResourceLimits) -> Self {
+        self.default_limits = limits;
+        self
+    }
+
+    /// Refuse sessions that ask for more than these limits.
+    pub fn with_max_limits(mut self, limits: ResourceLimits) -> Self {
+        self.max_limits = limits;
+        self
+    }
+
     /// Check that the configuration makes sense.
     pub fn validate(&self) -> Result<()> {
         if self.no_auth {
@@ -331,8 +383,23 @@ impl ServerConfig {
         if self.max_concurrent_starts == 0 {
             return Err(CodeBoxError::invalid("max_concurrent_starts must be at least 1"));
         }
+        if let Some(default) = self.default_session_timeout
+            && default > self.max_session_timeout
+        {
+            return Err(CodeBoxError::invalid(format!(
+                "default_session_timeout ({}s) is above max_session_timeout ({}s)",
+                default.as_secs(),
+                self.max_session_timeout.as_secs()
+            )));
+        }
+        if let Some(name) =
+            crate::params::first_limit_above(&self.default_limits, &self.max_limits).map(|(name, _)| name)
+        {
+            return Err(CodeBoxError::invalid(format!("the default {name} is above its maximum")));
+        }
         for (name, d) in [
             ("idle_timeout", self.idle_timeout),
+            ("max_session_timeout", self.max_session_timeout),
             ("body_idle_timeout", self.body_idle_timeout),
             ("header_read_timeout", self.header_read_timeout),
             ("connection_idle_timeout", self.connection_idle_timeout),
@@ -390,6 +457,20 @@ mod tests {
         assert!(config.clone().with_rate_limit(10, 0).validate().is_err());
         assert!(config.clone().with_rate_limit(0, 0).validate().is_ok(), "0 turns the limit off");
         assert_eq!((config.rate_limit, config.rate_burst), (50, 100));
+    }
+
+    #[test]
+    fn session_defaults_must_fit_their_maximums() {
+        let config = ServerConfig::new().with_api_key("a");
+        assert_eq!(config.max_session_timeout, DEFAULT_MAX_SESSION_TIMEOUT);
+        let long = config.clone().with_default_session_timeout(Some(DEFAULT_MAX_SESSION_TIMEOUT * 2));
+        assert!(long.validate().unwrap_err().to_string().contains("above max_session_timeout"));
+        let limits = config
+            .clone()
+            .with_default_limits(ResourceLimits::new().with_processes(10))
+            .with_max_limits(ResourceLimits::new().with_processes(5));
+        assert!(limits.validate().unwrap_err().to_string().contains("processes"));
+        assert!(config.with_max_session_timeout(Duration::ZERO).validate().is_err());
     }
 
     #[test]

@@ -24,7 +24,9 @@ mod compat;
 mod config;
 mod downloads;
 mod factory;
+mod listing;
 mod metrics;
+mod params;
 mod ratelimit;
 mod record;
 mod routes;
@@ -42,7 +44,7 @@ use codebox_http::server::{BodyBudget, ConnectionLimits, serve};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::{DEFAULT_MAX_UPLOAD_BYTES, ServerConfig};
+pub use crate::config::{DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, ServerConfig};
 pub use crate::factory::{BoxFactory, BoxRequest, factory_fn};
 
 use crate::auth::ApiKeys;
@@ -88,15 +90,7 @@ impl Server {
             None => record::SessionRecord::default(),
         };
         let metrics = Arc::new(Metrics::default());
-        let registry = Registry::new(
-            Arc::clone(&factory),
-            config.max_sessions,
-            config.sessions_per_key(),
-            config.retry_after,
-            config.max_concurrent_starts,
-            Arc::clone(&metrics),
-            record,
-        );
+        let registry = Registry::new(Arc::clone(&factory), &config, Arc::clone(&metrics), record);
         let keys = ApiKeys::new(&config.api_keys, &config.operator_keys, config.no_auth);
         let rates = ratelimit::RequestRates::new(config.rate_limit, config.rate_burst, keys.owners());
         let body_budget = BodyBudget::new(config.max_buffered_bytes, BODY_BUDGET_WAIT);
@@ -123,6 +117,7 @@ impl Server {
         let Self { listener, local_addr, state } = self;
         tracing::info!(addr = %local_addr, "serving");
         let reaper = tokio::spawn(reap_idle(Arc::clone(&state)));
+        let expiry_reaper = tokio::spawn(sessions::reap_expired(Arc::clone(&state)));
         let (stopping_tx, stopping_rx) = watch::channel(false);
 
         let shutdown = {
@@ -167,6 +162,7 @@ impl Server {
         serve(listener, handler, limits, shutdown, drain).await;
 
         reaper.abort();
+        expiry_reaper.abort();
         let sessions = state.registry.len();
         state.registry.close().await;
         tracing::info!(sessions, "every box stopped; server down");
@@ -211,12 +207,13 @@ pub async fn shutdown_signal() {
 
 async fn reap_idle(state: Arc<AppState>) {
     let timeout = state.config.idle_timeout;
-    let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30));
+    // A session may ask for a shorter idle timeout than the server's: look at least every second.
+    let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let reaped = state.registry.reap_idle(timeout).await;
+        let reaped = state.registry.reap_idle().await;
         if reaped > 0 {
             tracing::info!(reaped, "idle sessions stopped");
         }

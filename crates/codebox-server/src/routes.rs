@@ -14,6 +14,7 @@ pub(crate) enum Route {
     ListSessions,
     GetSession,
     DeleteSession,
+    SetTimeout,
     Execute,
     Interrupt,
     Restart,
@@ -29,7 +30,7 @@ pub(crate) enum Route {
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 18] = [
+    pub(crate) const ALL: [Route; 19] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -37,6 +38,7 @@ impl Route {
         Route::ListSessions,
         Route::GetSession,
         Route::DeleteSession,
+        Route::SetTimeout,
         Route::Execute,
         Route::Interrupt,
         Route::Restart,
@@ -60,6 +62,7 @@ impl Route {
             Route::ListSessions => (Method::GET, "/v1/sessions"),
             Route::GetSession => (Method::GET, "/v1/sessions/{id}"),
             Route::DeleteSession => (Method::DELETE, "/v1/sessions/{id}"),
+            Route::SetTimeout => (Method::POST, "/v1/sessions/{id}/timeout"),
             Route::Execute => (Method::POST, "/v1/sessions/{id}/execute"),
             Route::Interrupt => (Method::POST, "/v1/sessions/{id}/interrupt"),
             Route::Restart => (Method::POST, "/v1/sessions/{id}/restart"),

@@ -1,21 +1,28 @@
-//! The session registry: one box per session, owned by one API key, reaped when idle.
+//! The session registry: one box per session, owned by one API key, reaped when idle or
+//! past its lifetime. An expired session is remembered for a while so that requests naming
+//! it are told when it expired (410 `expired`) rather than that it never existed.
+//!
+//! Long file: a session, the registry that holds it, and the reapers that end it share one
+//! set of locks and invariants (a slot is removed before its box is stopped, an expired
+//! session is remembered before it is forgotten), kept readable side by side.
 //!
 //! This is shared with the compatibility routes; the `pub(crate)` items below are their
 //! interface and keep their signatures.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use codebox_core::{CodeBox, CodeBoxError, ErrorKind};
+use codebox_core::{BoxState, CodeBox, CodeBoxError, ErrorKind};
 use codebox_http::server::ApiError;
-use codebox_http::wire::SessionInfo;
+use codebox_http::wire::{SessionInfo, SessionState};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::auth::Owner;
 use crate::factory::BoxFactory;
 use crate::metrics::Metrics;
+use crate::params::SessionSpec;
 use crate::record::SessionRecord;
 use crate::state::ApiResult;
 
@@ -27,6 +34,10 @@ pub(crate) struct Session {
     pub(crate) owner: Owner,
     /// The box.
     pub(crate) codebox: Arc<dyn CodeBox>,
+    /// What it was created with.
+    spec: SessionSpec,
+    /// Its lifetime as last set, and when it ends.
+    lifetime: Mutex<Option<Lifetime>>,
     /// When it was created.
     pub(crate) created_at: SystemTime,
     last_used_ms: AtomicU64,
@@ -44,13 +55,29 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
 
+/// A session's lifetime: how long it was given, and the moment that runs out.
+#[derive(Debug, Clone, Copy)]
+struct Lifetime {
+    timeout: Duration,
+    expires_at: SystemTime,
+}
+
+/// Unix seconds of `t`.
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
 impl Session {
-    fn new(id: String, owner: Owner, codebox: Arc<dyn CodeBox>) -> Self {
+    fn new(id: String, owner: Owner, codebox: Arc<dyn CodeBox>, spec: SessionSpec) -> Self {
+        let created_at = SystemTime::now();
+        let lifetime = spec.timeout.map(|timeout| Lifetime { timeout, expires_at: created_at + timeout });
         Self {
             id,
             owner,
             codebox,
-            created_at: SystemTime::now(),
+            spec,
+            lifetime: Mutex::new(lifetime),
+            created_at,
             last_used_ms: AtomicU64::new(now_ms()),
             in_use: AtomicUsize::new(0),
             executions: AtomicUsize::new(0),
@@ -84,6 +111,36 @@ impl Session {
         self.executions.load(Ordering::Acquire) > 0
     }
 
+    fn lifetime(&self) -> Option<Lifetime> {
+        *self.lifetime.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// When its lifetime ends, if it has one.
+    pub(crate) fn expires_at(&self) -> Option<SystemTime> {
+        self.lifetime().map(|l| l.expires_at)
+    }
+
+    /// Whether its lifetime has ended.
+    fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires_at().is_some_and(|at| at <= now)
+    }
+
+    /// Give the session `timeout` more to live, from now (E2B's `set_timeout`).
+    pub(crate) fn set_timeout(&self, timeout: Duration) {
+        let lifetime = Lifetime { timeout, expires_at: SystemTime::now() + timeout };
+        *self.lifetime.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(lifetime);
+    }
+
+    /// The caller's labels.
+    pub(crate) fn metadata(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.spec.metadata
+    }
+
+    /// When it was created.
+    pub(crate) fn created_at(&self) -> SystemTime {
+        self.created_at
+    }
+
     fn idle_for(&self) -> Option<Duration> {
         if self.in_use.load(Ordering::Acquire) > 0 {
             return None;
@@ -100,15 +157,28 @@ impl Session {
         let mut capabilities = self.codebox.capabilities();
         capabilities.max_upload_bytes =
             Some(capabilities.max_upload_bytes.map_or(max_upload_bytes, |m| m.min(max_upload_bytes)));
-        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
-        SessionInfo {
-            id: self.id.clone(),
-            status,
-            capabilities,
-            created_at: secs(self.created_at),
-            last_used_at: self.last_used_ms.load(Ordering::Relaxed) as f64 / 1e3,
-            owner: None,
-        }
+        let state = match status.state {
+            BoxState::NotStarted | BoxState::Starting => SessionState::Starting,
+            BoxState::Stopped => SessionState::Stopped,
+            BoxState::Dead => SessionState::Error,
+            _ => SessionState::Running,
+        };
+        let request = &self.spec.request;
+        let lifetime = self.lifetime();
+        let mut info = SessionInfo::new(self.id.clone(), status, capabilities);
+        info.created_at = unix_secs(self.created_at);
+        info.last_used_at = self.last_used_ms.load(Ordering::Relaxed) as f64 / 1e3;
+        info.state = state;
+        info.template = request.template.clone();
+        info.kernel = request.kernel.clone().or_else(|| info.status.kernel.clone());
+        info.language = request.language.clone();
+        info.metadata = self.spec.metadata.clone();
+        info.env_keys = request.env.keys().cloned().collect();
+        info.limits = request.limits.clone();
+        info.timeout = lifetime.map(|l| l.timeout.as_secs());
+        info.idle_timeout = self.spec.idle_timeout.as_secs();
+        info.expires_at = lifetime.map(|l| unix_secs(l.expires_at));
+        info
     }
 }
 
@@ -150,9 +220,43 @@ pub(crate) enum Created {
     Existing,
 }
 
+/// The most expired sessions remembered at once; the oldest are forgotten first.
+const MAX_EXPIRED_REMEMBERED: usize = 10_000;
+
+/// A session stopped at the end of its lifetime, remembered for a while.
+struct Expired {
+    key: Key,
+    expired_at: SystemTime,
+    remembered_at: Instant,
+}
+
+/// Whose sessions a listing covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// One key's.
+    Owner(Owner),
+    /// Every key's (an operator's view).
+    All,
+}
+
+impl Scope {
+    fn covers(self, owner: Owner) -> bool {
+        match self {
+            Scope::Owner(o) => o == owner,
+            Scope::All => true,
+        }
+    }
+}
+
 /// Every session, keyed by owner and id.
 pub(crate) struct Registry {
     slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    /// Sessions stopped at the end of their lifetime, oldest first.
+    expired: Mutex<VecDeque<Expired>>,
+    /// How long an expired session is remembered.
+    expired_retention: Duration,
+    /// What a session that asks for nothing gets.
+    default_spec: SessionSpec,
     factory: Arc<dyn BoxFactory>,
     max_sessions: usize,
     /// The most sessions one owner may hold.
@@ -191,24 +295,25 @@ fn new_session_id() -> String {
 }
 
 impl Registry {
+    /// The registry of a server configured as `config`, whose boxes come from `factory`.
     pub(crate) fn new(
         factory: Arc<dyn BoxFactory>,
-        max_sessions: usize,
-        max_per_owner: usize,
-        retry_after: Duration,
-        max_concurrent_starts: usize,
+        config: &crate::config::ServerConfig,
         metrics: Arc<Metrics>,
         record: SessionRecord,
     ) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
+            expired: Mutex::new(VecDeque::new()),
+            expired_retention: config.expired_retention,
+            default_spec: SessionSpec::defaults(config),
             factory,
-            max_sessions,
-            max_per_owner,
-            retry_after,
+            max_sessions: config.max_sessions,
+            max_per_owner: config.sessions_per_key(),
+            retry_after: config.retry_after,
             metrics,
             closed: Default::default(),
-            starts: Semaphore::new(max_concurrent_starts.max(1)),
+            starts: Semaphore::new(config.max_concurrent_starts.max(1)),
             record,
         }
     }
@@ -217,10 +322,52 @@ impl Registry {
         self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The owner's session `id`, if it exists and has started.
+    fn lock_expired(&self) -> MutexGuard<'_, VecDeque<Expired>> {
+        self.expired.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The owner's session `id`, if it exists, has started and is within its lifetime. One
+    /// found past its lifetime is stopped now, without waiting for the reaper.
     pub(crate) fn get(&self, owner: Owner, id: &str) -> Option<Arc<Session>> {
-        let slot = self.lock().get(&Key { owner, id: id.to_owned() }).cloned()?;
-        slot.cell.get().cloned()
+        let key = Key { owner, id: id.to_owned() };
+        let session = {
+            let mut slots = self.lock();
+            let session = slots.get(&key)?.cell.get().cloned()?;
+            if !session.is_expired(SystemTime::now()) {
+                return Some(session);
+            }
+            slots.remove(&key);
+            session
+        };
+        self.expire(&session);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { stop_box(&session).await });
+        }
+        None
+    }
+
+    /// Remember `session`, removed from the slots, as expired.
+    fn expire(&self, session: &Session) {
+        tracing::info!(session = %session.id, owner = %session.owner, "stopping a session at the end of its lifetime");
+        self.record.ended(session.owner, &session.id);
+        self.metrics.session_reaped();
+        let expired_at = session.expires_at().unwrap_or_else(SystemTime::now);
+        let mut expired = self.lock_expired();
+        if expired.len() >= MAX_EXPIRED_REMEMBERED {
+            expired.pop_front();
+        }
+        let key = Key { owner: session.owner, id: session.id.clone() };
+        expired.push_back(Expired { key, expired_at, remembered_at: Instant::now() });
+    }
+
+    /// When the owner's session `id` expired, if it did lately.
+    fn expired_at(&self, owner: Owner, id: &str) -> Option<SystemTime> {
+        let expired = self.lock_expired();
+        expired
+            .iter()
+            .rev()
+            .find(|e| e.key.owner == owner && e.key.id == id && e.remembered_at.elapsed() < self.expired_retention)
+            .map(|e| e.expired_at)
     }
 
     /// [`get`](Self::get), or a 404 `not_found` error naming the session (410 Gone, kind
@@ -229,16 +376,31 @@ impl Registry {
         self.get(owner, id).ok_or_else(|| self.missing(owner, id))
     }
 
-    /// The error for the owner's session `id` that does not exist: 410 Gone when it was
-    /// lost with a restart of the server, else 404.
+    /// The error for the owner's session `id` that does not exist: 410 Gone, kind
+    /// `expired`, when it reached the end of its lifetime lately; 410 `session_lost` when it
+    /// was lost with a restart of the server; else 404.
     pub(crate) fn missing(&self, owner: Owner, id: &str) -> ApiError {
+        if let Some(at) = self.expired_at(owner, id) {
+            let at = humantime::format_rfc3339_seconds(at);
+            return ApiError::new(
+                410,
+                ErrorKind::Expired,
+                format!("session {id} expired at {at}; create a new session (or extend one's timeout before it ends)"),
+            );
+        }
         self.record.lost_error(owner, id).unwrap_or_else(|| CodeBoxError::not_found(format!("session {id}")).into())
     }
 
-    /// The owner's sessions, oldest first.
-    pub(crate) fn list(&self, owner: Owner) -> Vec<Arc<Session>> {
-        let mut out: Vec<Arc<Session>> =
-            self.lock().iter().filter(|(k, _)| k.owner == owner).filter_map(|(_, s)| s.cell.get().cloned()).collect();
+    /// The started sessions within `scope` and their lifetime, oldest first (ties by id).
+    pub(crate) fn list_in(&self, scope: Scope) -> Vec<Arc<Session>> {
+        let now = SystemTime::now();
+        let mut out: Vec<Arc<Session>> = self
+            .lock()
+            .iter()
+            .filter(|(k, _)| scope.covers(k.owner))
+            .filter_map(|(_, s)| s.cell.get().cloned())
+            .filter(|s| !s.is_expired(now))
+            .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
         out
     }
@@ -280,6 +442,19 @@ impl Registry {
         owner: Owner,
         id: Option<&str>,
         kernel: Option<&str>,
+    ) -> ApiResult<(Arc<Session>, Created)> {
+        let mut spec = self.default_spec.clone();
+        spec.request.kernel = kernel.map(str::to_owned);
+        self.get_or_create_with(owner, id, spec).await
+    }
+
+    /// Like [`get_or_create`](Self::get_or_create), creating the box as `spec` says (an
+    /// existing session is returned as it is).
+    pub(crate) async fn get_or_create_with(
+        &self,
+        owner: Owner,
+        id: Option<&str>,
+        spec: SessionSpec,
     ) -> ApiResult<(Arc<Session>, Created)> {
         let id = match id {
             Some(id) if !valid_session_id(id) => {
@@ -337,23 +512,21 @@ impl Registry {
                     .acquire()
                     .await
                     .map_err(|_| ApiError::new(503, ErrorKind::Connection, "the server is shutting down"))?;
-                let mut request = codebox_core::BoxRequest::new();
-                if let Some(kernel) = kernel {
-                    request = request.with_kernel(kernel);
-                }
-                let codebox = self.factory.create(&request).await.map_err(|e| self.full_if_out_of_room(e))?;
+                let codebox = self.factory.create(&spec.request).await.map_err(|e| self.full_if_out_of_room(e))?;
                 if let Err(e) = codebox.start().await {
                     let _ = codebox.stop().await;
                     return Err(self.full_if_out_of_room(e));
                 }
                 tracing::info!(session = %id, %owner, "session started");
-                Ok(Arc::new(Session::new(id.clone(), owner, codebox)))
+                Ok(Arc::new(Session::new(id.clone(), owner, codebox, spec.clone())))
             })
             .await;
         match result {
             Ok(session) => {
                 let session = Arc::clone(session);
                 if created == Created::New {
+                    // The id lives again: its earlier life's expiry no longer answers for it.
+                    self.lock_expired().retain(|e| e.key != key);
                     self.metrics.session_created();
                     self.record.started(owner, &id);
                     let still_registered = self.lock().get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot));
@@ -397,13 +570,39 @@ impl Registry {
         }
     }
 
-    /// Stop every session that has been idle for longer than `timeout`; returns how many.
-    pub(crate) async fn reap_idle(&self, timeout: Duration) -> usize {
+    /// Stop every session past its lifetime, remembering it as expired, and forget those
+    /// expired longer ago than the retention; returns how many were stopped.
+    pub(crate) async fn reap_expired(&self) -> usize {
+        let now = SystemTime::now();
         let expired: Vec<Arc<Session>> = {
             let mut slots = self.lock();
             let keys: Vec<Key> = slots
                 .iter()
-                .filter(|(_, s)| s.cell.get().and_then(|s| s.idle_for()).is_some_and(|idle| idle > timeout))
+                .filter(|(_, s)| s.cell.get().is_some_and(|s| s.is_expired(now)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter().filter_map(|k| slots.remove(&k)).filter_map(|s| s.cell.get().cloned()).collect()
+        };
+        for session in &expired {
+            self.expire(session);
+            stop_box(session).await;
+        }
+        let mut remembered = self.lock_expired();
+        while remembered.front().is_some_and(|e| e.remembered_at.elapsed() >= self.expired_retention) {
+            remembered.pop_front();
+        }
+        expired.len()
+    }
+
+    /// Stop every session that has been idle for longer than its idle timeout; returns how many.
+    pub(crate) async fn reap_idle(&self) -> usize {
+        let expired: Vec<Arc<Session>> = {
+            let mut slots = self.lock();
+            let keys: Vec<Key> = slots
+                .iter()
+                .filter(|(_, s)| {
+                    s.cell.get().is_some_and(|s| s.idle_for().is_some_and(|idle| idle > s.spec.idle_timeout))
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             keys.into_iter().filter_map(|k| slots.remove(&k)).filter_map(|s| s.cell.get().cloned()).collect()
@@ -439,5 +638,19 @@ impl Registry {
 async fn stop_box(session: &Session) {
     if let Err(e) = session.codebox.stop().await {
         tracing::warn!(session = %session.id, error = %e, "stopping a box failed");
+    }
+}
+
+/// Stop sessions at the end of their lifetime, next to the idle reaper. Requests find an
+/// expired session themselves (see [`Registry::get`]); this stops those nobody asks for.
+pub(crate) async fn reap_expired(state: Arc<crate::state::AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reaped = state.registry.reap_expired().await;
+        if reaped > 0 {
+            tracing::info!(reaped, "sessions stopped at the end of their lifetime");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The compatibility routes (`compat`) get `&AppState` and use, as their stable interface:
 //! `registry` (see [`Registry`](crate::sessions::Registry): `get`, `require`,
-//! `get_or_create` with a client-chosen id, `stop`, `list`), `config.max_upload_bytes`,
+//! `get_or_create` with a client-chosen id, `stop`, `list_in`), `config.max_upload_bytes`,
 //! `config.body_idle_timeout`, `config.keepalive_interval`, `metrics`, and the body
 //! helpers of `codebox_http::server` (`Body`, `json_response`, `ApiError`,
 //! `stream_limited`, `read_budgeted` with `body_budget`).
@@ -20,7 +20,7 @@ use crate::auth::{ApiKeys, Owner, Role};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::ratelimit::RequestRates;
-use crate::sessions::{Registry, Session};
+use crate::sessions::{Registry, Scope};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -57,15 +57,11 @@ impl AppState {
         self.keys.role(caller)
     }
 
-    /// The sessions `caller` may list, oldest first: its own, or every key's for an operator.
-    pub(crate) fn visible_sessions(&self, caller: Owner) -> Vec<Arc<Session>> {
+    /// The sessions `caller` may list: its own, or every key's for an operator.
+    pub(crate) fn scope_of(&self, caller: Owner) -> Scope {
         match self.role(caller) {
-            Role::Normal => self.registry.list(caller),
-            Role::Operator => {
-                let mut all = self.registry.all();
-                all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
-                all
-            }
+            Role::Normal => Scope::Owner(caller),
+            Role::Operator => Scope::All,
         }
     }
 

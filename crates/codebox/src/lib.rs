@@ -37,6 +37,12 @@ pub use codebox_local as local;
 #[doc(inline)]
 pub use codebox_remote::RemoteBox;
 
+/// Sessions of a CodeBox server: create them with parameters, attach, list.
+#[cfg(feature = "remote")]
+#[cfg_attr(docsrs, doc(cfg(feature = "remote")))]
+#[doc(inline)]
+pub use codebox_remote::{Client, SessionFilter, SessionInfo, SessionRequest, SessionState};
+
 /// The remote backend's crate, for everything beyond the re-exported names.
 #[cfg(feature = "remote")]
 #[cfg_attr(docsrs, doc(cfg(feature = "remote")))]

@@ -128,6 +128,17 @@ pub(super) struct ServeOptions {
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
     pub(super) idle_timeout: Option<Duration>,
 
+    /// The longest lifetime (`timeout`) a session may ask for, at creation or by extending
+    /// it [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub(super) max_session_timeout: Option<Duration>,
+
+    /// The lifetime of a session that asks for none [default: none; it lives until it idles out].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub(super) default_session_timeout: Option<Duration>,
+
     /// The largest file upload, e.g. `1073741824`, `512M`, `1G`. Keep it below the usable
     /// size of a working directory (ext4 keeps about 8 % of --workdir-size for itself): a
     /// larger upload fails with 507 when the disk fills [default: 512M, or half of

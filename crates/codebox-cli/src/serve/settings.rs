@@ -217,7 +217,16 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
     if let Some(d) = o.idle_timeout {
         server = server.with_idle_timeout(d);
     }
+    if let Some(d) = o.max_session_timeout {
+        server = server.with_max_session_timeout(d);
+    }
+    if o.default_session_timeout.is_some() {
+        server = server.with_default_session_timeout(o.default_session_timeout);
+    }
     let sandbox = sandbox_settings(&o)?;
+    // The sandbox limits are what a session gets, and the most it may ask for.
+    let session_limits = session_limits(&sandbox.limits);
+    server = server.with_default_limits(session_limits.clone()).with_max_limits(session_limits);
     match o.max_upload_bytes {
         Some(b) => server = server.with_max_upload_bytes(b),
         // An upload the working directory cannot hold would only fail at the end with a
@@ -262,6 +271,16 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
         templates,
         template_pools,
     })
+}
+
+/// The sandbox's limits as the resource limits of a session's request.
+fn session_limits(limits: &Limits) -> codebox_core::ResourceLimits {
+    let mut out = codebox_core::ResourceLimits::new();
+    out.memory_bytes = limits.memory;
+    out.cpus = limits.cpu_millis.map(|m| m as f64 / 1000.0);
+    out.processes = limits.pids;
+    out.disk_bytes = limits.workdir_size;
+    out
 }
 
 #[cfg(test)]
@@ -396,6 +415,35 @@ op-from-file
         assert!(err.to_string().contains("64 MiB"), "{err}");
         let err = settings(parse(&["--no-auth", "--cpu-limit", "0"]), None).unwrap_err();
         assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn session_lifetimes_and_limits_come_from_flags_and_the_sandbox() {
+        let s = settings(parse(&["--no-auth"]), None).unwrap();
+        assert_eq!(s.server.max_session_timeout, Duration::from_secs(24 * 3600));
+        assert_eq!(s.server.default_session_timeout, None);
+        assert_eq!(s.server.max_limits.memory_bytes, Some(1 << 30), "the sandbox's limits are the maximum");
+        assert_eq!(s.server.max_limits.cpus, Some(1.0));
+        assert_eq!(s.server.default_limits, s.server.max_limits);
+        let flags = [
+            "--no-auth",
+            "--max-session-timeout",
+            "2h",
+            "--default-session-timeout",
+            "5m",
+            "--memory-limit",
+            "2G",
+            "--cpu-limit",
+            "0.5",
+        ];
+        let s = settings(parse(&flags), None).unwrap();
+        assert_eq!(s.server.max_session_timeout, Duration::from_secs(7200));
+        assert_eq!(s.server.default_session_timeout, Some(Duration::from_secs(300)));
+        assert_eq!((s.server.max_limits.memory_bytes, s.server.max_limits.cpus), (Some(2 << 30), Some(0.5)));
+        let err =
+            settings(parse(&["--no-auth", "--max-session-timeout", "1m", "--default-session-timeout", "2m"]), None)
+                .unwrap_err();
+        assert!(err.to_string().contains("above max_session_timeout"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod codeboxapi_0_2;
 mod end_to_end;
 mod python_server;
 mod rate_limits;
+mod sessions;
 mod support;
 mod tls;
 mod tls_server;

@@ -34,8 +34,9 @@ pub(crate) async fn dispatch(
     match route {
         Route::Health | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route").into()),
         Route::CreateSession => sessions::create(state, owner, req).await,
-        Route::ListSessions => sessions::list(state, owner).await,
+        Route::ListSessions => sessions::list(state, owner, &req).await,
         Route::GetSession => sessions::get(state, owner, id).await,
+        Route::SetTimeout => sessions::set_timeout(state, owner, id, req).await,
         Route::DeleteSession => sessions::delete(state, state.session_owner(owner, id)?, id).await,
         Route::Execute => execute::execute(state, owner, id, req).await,
         Route::Interrupt => {

@@ -7,4 +7,5 @@ mod bad_input;
 mod local;
 mod props;
 mod quotas;
+mod sessions;
 mod support;
