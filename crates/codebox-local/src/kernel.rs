@@ -127,6 +127,14 @@ impl Kernel {
     /// sockets there).
     pub(crate) async fn start(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
         let started = Instant::now();
+        // Deno's kernel speaks only TCP, and under Landlock a box without network may make
+        // no IP socket, not even on loopback.
+        if spec.name == crate::kernelspec::DENO_KERNEL && confinement.level() == IsolationLevel::Landlock {
+            return Err(start_error(
+                "the deno kernel cannot run under Landlock (Deno's Jupyter kernel needs loopback TCP, \
+                 which Landlock's seccomp filter forbids): use bubblewrap or no isolation",
+            ));
+        }
         // Off the async threads: a dead owner's directories may hold trees of any size.
         let scratch_dir = spec.scratch_dir.clone();
         let _ = tokio::task::spawn_blocking(move || crate::workdir::remove_stale_runtime_dirs_once(&scratch_dir)).await;
@@ -274,6 +282,12 @@ impl Kernel {
             .send(msg)
             .await
             .map_err(|e| CodeBoxError::connection(format!("sending to kernel {} failed", self.name)).with_source(e))
+    }
+
+    /// Whether the kernel may publish an execution's outputs after its `idle` status
+    /// (Deno's does), so that an execution must collect them with a marker request.
+    pub(crate) fn outputs_trail_idle(&self) -> bool {
+        self.name == crate::kernelspec::DENO_KERNEL
     }
 
     /// Ask the kernel to interrupt what it runs. Does not wait for it to comply.

@@ -90,6 +90,7 @@
 
 mod boxprocess;
 mod confine;
+mod deno;
 mod exec;
 mod factory;
 mod files;
@@ -109,8 +110,9 @@ mod workdir;
 
 // Trees a box's code may have shaped are removed by the sandbox crate's walk.
 
+pub use crate::deno::{DENO_VERSION, IntegrityError, managed_deno_dir, provision_deno_at, verify_integrity};
 pub use crate::factory::{LocalFactory, LocalFactoryBuilder};
-pub use crate::kernelspec::LEAN_KERNEL;
+pub use crate::kernelspec::{DENO_KERNEL, LEAN_KERNEL};
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
 pub use crate::pool::KernelPool;
 pub use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep};
