@@ -2,8 +2,11 @@
 //!
 //! Every backend's tests call [`run_all`] on a started box and assert that the report
 //! passed; so LocalBox, RemoteBox against a real server, and anything added later are held
-//! to the same contract. The suite runs Python code, so the box's default kernel must be a
-//! Python (IPython) kernel.
+//! to the same contract. The checks that are not about Python (state across cells, streams,
+//! errors as data, rich display, files, timeouts, interrupts, restarts) run the snippets of a
+//! [`Dialect`]: Python's by default (the box's default kernel must then be a Python (IPython)
+//! kernel, and the Python-only checks, such as matplotlib's figures, run too), or
+//! [`Dialect::javascript`] and [`Dialect::typescript`] for a Deno kernel.
 //!
 //! ```no_run
 //! # async fn demo(b: &dyn codebox_core::CodeBox) {
@@ -78,11 +81,18 @@ pub struct ConformanceOptions {
     pub large_file_bytes: usize,
     /// The timeout used by the timeout check.
     pub timeout: Duration,
+    /// The language of the code the checks run (default: [`Dialect::python`]).
+    pub dialect: Dialect,
 }
 
 impl Default for ConformanceOptions {
     fn default() -> Self {
-        Self { require_matplotlib: false, large_file_bytes: (64 << 20) + 4099, timeout: Duration::from_secs(1) }
+        Self {
+            require_matplotlib: false,
+            large_file_bytes: (64 << 20) + 4099,
+            timeout: Duration::from_secs(1),
+            dialect: Dialect::python(),
+        }
     }
 }
 
@@ -97,6 +107,190 @@ impl ConformanceOptions {
     pub fn with_large_file_bytes(mut self, bytes: usize) -> Self {
         self.large_file_bytes = bytes;
         self
+    }
+
+    /// Run the checks' code in this language.
+    pub fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+}
+
+/// The code the language-neutral checks run, in one language. Each snippet says what it must
+/// do; [`python`](Self::python), [`javascript`](Self::javascript) and
+/// [`typescript`](Self::typescript) are complete, and a backend of another language fills in
+/// its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Dialect {
+    /// The language, as `RunOptions::language` names it (the checks send code unnamed, in
+    /// the box's own language; this is for reports).
+    pub language: String,
+    /// Whether the Python-only checks (matplotlib's figures) run too.
+    pub python: bool,
+    /// How a string value is shown as a cell's result: `'` in Python, `"` in JavaScript.
+    pub string_quote: char,
+    /// Sets `conformance_x` to 41.
+    pub set_x: String,
+    /// An expression whose value is `conformance_x + 1`.
+    pub x_plus_one: String,
+    /// Prints `one` to stdout, `two` to stderr, then `three` to stdout, each line flushed.
+    pub print_one_two_three: String,
+    /// Prints `streamed` to stdout.
+    pub print_streamed: String,
+    /// Defines a function `conformance_boom` that raises, and calls it.
+    pub raise_in_function: String,
+    /// The error's name that [`raise_in_function`](Self::raise_in_function) raises.
+    pub raised_name: String,
+    /// A part of that error's message.
+    pub raised_value_part: String,
+    /// Displays one raw bundle: `text/html` `<b>bold</b>`, `text/plain` `bold` and
+    /// `application/json` `{"k": [1, 2]}`, with no result.
+    pub display_bundle: String,
+    /// Three times: displays `shown {i}` as `text/plain`, prints `printed {i}`; then has the
+    /// string `last value` as the cell's result.
+    pub display_three_then_value: String,
+    /// Prints the content of `conformance/hello.txt` followed by a newline.
+    pub print_hello_file: String,
+    /// Writes `made by code` to `conformance/made.txt`, making the directory.
+    pub write_made_file: String,
+    /// Prints whether `../conformance-escape.txt` and `/tmp/conformance-escape.txt` exist, as
+    /// `True` or `False` separated by a space.
+    pub print_escapes_exist: String,
+    /// Makes the symlinks `conformance/etc-link` -> `/etc` and `conformance/passwd-link` ->
+    /// `/etc/passwd` unless they exist (making the directory).
+    pub make_symlinks: String,
+    /// Prints whether `/etc/conformance-escape` exists, as `True` or `False`.
+    pub print_etc_escape_exists: String,
+    /// Sets `conformance_kept` to the string `still here`.
+    pub set_kept: String,
+    /// Prints `sleeping` (flushed), then runs for 60 seconds.
+    pub print_sleeping_then_wait: String,
+    /// Prints `waiting` (flushed), then runs for 60 seconds.
+    pub print_waiting_then_wait: String,
+    /// Sets `conformance_gone` to 1.
+    pub set_gone: String,
+    /// The error's name when code reads a name that is not defined.
+    pub undefined_name_error: String,
+}
+
+impl Default for Dialect {
+    fn default() -> Self {
+        Self::python()
+    }
+}
+
+impl Dialect {
+    /// Python, on an IPython kernel: the suite's own language.
+    pub fn python() -> Self {
+        Self {
+            language: "python".into(),
+            python: true,
+            string_quote: '\'',
+            set_x: "conformance_x = 41".into(),
+            x_plus_one: "conformance_x + 1".into(),
+            print_one_two_three: "import sys\nprint('one', flush=True)\nprint('two', file=sys.stderr, flush=True)\nprint('three', flush=True)".into(),
+            print_streamed: "print('streamed')".into(),
+            raise_in_function: "def conformance_boom():\n    return 1 / 0\nconformance_boom()".into(),
+            raised_name: "ZeroDivisionError".into(),
+            raised_value_part: "division".into(),
+            display_bundle: "from IPython.display import display\n\
+                display({'text/html': '<b>bold</b>', 'text/plain': 'bold', 'application/json': {'k': [1, 2]}}, raw=True)"
+                .into(),
+            display_three_then_value: "from IPython.display import display\n\
+                for i in range(3):\n    display({'text/plain': f'shown {i}'}, raw=True)\n    print(f'printed {i}', flush=True)\n\
+                'last value'"
+                .into(),
+            print_hello_file: "print(open('conformance/hello.txt').read())".into(),
+            write_made_file: "import os\nos.makedirs('conformance', exist_ok=True)\nopen('conformance/made.txt', 'w').write('made by code')".into(),
+            print_escapes_exist: "import os\nprint(os.path.exists('../conformance-escape.txt'), os.path.exists('/tmp/conformance-escape.txt'))".into(),
+            make_symlinks: "import os\nos.makedirs('conformance', exist_ok=True)\n\
+                for name, target in [('conformance/etc-link', '/etc'), ('conformance/passwd-link', '/etc/passwd')]:\n    \
+                if not os.path.lexists(name):\n        os.symlink(target, name)"
+                .into(),
+            print_etc_escape_exists: "import os\nprint(os.path.exists('/etc/conformance-escape'))".into(),
+            set_kept: "conformance_kept = 'still here'".into(),
+            print_sleeping_then_wait: "import time\nprint('sleeping', flush=True)\ntime.sleep(60)".into(),
+            print_waiting_then_wait: "import time\nprint('waiting', flush=True)\ntime.sleep(60)".into(),
+            set_gone: "conformance_gone = 1".into(),
+            undefined_name_error: "NameError".into(),
+        }
+    }
+
+    /// JavaScript, on Deno's Jupyter kernel (`Deno.jupyter.display` for rich output, Deno's
+    /// file API for files).
+    pub fn javascript() -> Self {
+        // A path's existence as Python prints it.
+        fn exists(path: &str) -> String {
+            format!("(() => {{ try {{ Deno.statSync('{path}'); return 'True'; }} catch {{ return 'False'; }} }})()")
+        }
+        let busy = |word: &str| {
+            format!(
+                "console.log('{word}');\n\
+                 {{ const conformance_end = Date.now() + 60000; while (Date.now() < conformance_end) {{}} }}"
+            )
+        };
+        Self {
+            language: "javascript".into(),
+            python: false,
+            string_quote: '"',
+            set_x: "var conformance_x = 41".into(),
+            x_plus_one: "conformance_x + 1".into(),
+            print_one_two_three: "console.log('one');\nconsole.error('two');\nconsole.log('three')".into(),
+            print_streamed: "console.log('streamed')".into(),
+            raise_in_function: "function conformance_boom() {\n  throw new RangeError('out of range');\n}\nconformance_boom()".into(),
+            raised_name: "RangeError".into(),
+            raised_value_part: "out of range".into(),
+            display_bundle: "await Deno.jupyter.display(\
+                {'text/html': '<b>bold</b>', 'text/plain': 'bold', 'application/json': {k: [1, 2]}}, {raw: true})"
+                .into(),
+            display_three_then_value: "for (let i = 0; i < 3; i++) {\n\
+                  await Deno.jupyter.display({'text/plain': `shown ${i}`}, {raw: true});\n\
+                  console.log(`printed ${i}`);\n\
+                }\n\
+                'last value'"
+                .into(),
+            print_hello_file: "console.log(Deno.readTextFileSync('conformance/hello.txt'))".into(),
+            write_made_file: "Deno.mkdirSync('conformance', {recursive: true});\n\
+                Deno.writeTextFileSync('conformance/made.txt', 'made by code')"
+                .into(),
+            print_escapes_exist: format!(
+                "console.log({}, {})",
+                exists("../conformance-escape.txt"),
+                exists("/tmp/conformance-escape.txt")
+            ),
+            make_symlinks: "Deno.mkdirSync('conformance', {recursive: true});\n\
+                for (const [name, target] of [['conformance/etc-link', '/etc'], ['conformance/passwd-link', '/etc/passwd']]) {\n\
+                  try { Deno.lstatSync(name); } catch { Deno.symlinkSync(target, name); }\n\
+                }"
+            .into(),
+            print_etc_escape_exists: format!("console.log({})", exists("/etc/conformance-escape")),
+            set_kept: "var conformance_kept = 'still here'".into(),
+            print_sleeping_then_wait: busy("sleeping"),
+            print_waiting_then_wait: busy("waiting"),
+            set_gone: "var conformance_gone = 1".into(),
+            undefined_name_error: "ReferenceError".into(),
+        }
+    }
+
+    /// TypeScript, on Deno's Jupyter kernel: the JavaScript snippets, with typed declarations
+    /// and a typed function.
+    pub fn typescript() -> Self {
+        Self {
+            language: "typescript".into(),
+            set_x: "var conformance_x: number = 41".into(),
+            raise_in_function:
+                "function conformance_boom(): never {\n  throw new RangeError('out of range');\n}\nconformance_boom()"
+                    .into(),
+            set_kept: "var conformance_kept: string = 'still here'".into(),
+            set_gone: "var conformance_gone: number = 1".into(),
+            ..Self::javascript()
+        }
+    }
+
+    /// `text` as the result of a cell shows it.
+    fn quoted(&self, text: &str) -> String {
+        format!("{q}{text}{q}", q = self.string_quote)
     }
 }
 
@@ -187,22 +381,25 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
             report.checks.push(timed($name, $fut).await);
         };
     }
+    let d = &options.dialect;
     check!("status_running", status_running(b));
-    check!("state_persists", state_persists(b));
-    check!("stdout_stderr_in_order", stdout_stderr_in_order(b));
-    check!("stream_ends_once", stream_ends_once(b));
-    check!("exception_is_data", exception_is_data(b));
-    check!("rich_display", rich_display(b));
-    check!("several_displays", several_displays(b));
-    check!("matplotlib_png", matplotlib_png(b, options.require_matplotlib));
+    check!("state_persists", state_persists(b, d));
+    check!("stdout_stderr_in_order", stdout_stderr_in_order(b, d));
+    check!("stream_ends_once", stream_ends_once(b, d));
+    check!("exception_is_data", exception_is_data(b, d));
+    check!("rich_display", rich_display(b, d));
+    check!("several_displays", several_displays(b, d));
+    if d.python {
+        check!("matplotlib_png", matplotlib_png(b, options.require_matplotlib));
+    }
     check!("file_round_trip", file_round_trip(b, options.large_file_bytes));
-    check!("files_visible_to_code", files_visible_to_code(b));
+    check!("files_visible_to_code", files_visible_to_code(b, d));
     check!("list_and_delete", list_and_delete(b));
-    check!("unsafe_paths_refused", unsafe_paths_refused(b));
-    check!("symlink_escape_refused", symlink_escape_refused(b));
-    check!("timeout_keeps_box", timeout_keeps_box(b, options.timeout));
-    check!("interrupt", interrupt(b));
-    check!("restart_clears_state", restart_clears_state(b));
+    check!("unsafe_paths_refused", unsafe_paths_refused(b, d));
+    check!("symlink_escape_refused", symlink_escape_refused(b, d));
+    check!("timeout_keeps_box", timeout_keeps_box(b, d, options.timeout));
+    check!("interrupt", interrupt(b, d));
+    check!("restart_clears_state", restart_clears_state(b, d));
     report
 }
 
@@ -236,18 +433,16 @@ async fn status_running(b: &dyn CodeBox) -> CheckOutcome {
     Ok(format!("{:?}", status.state))
 }
 
-async fn state_persists(b: &dyn CodeBox) -> CheckOutcome {
-    exec(b, "conformance_x = 41").await?;
-    let ex = exec(b, "conformance_x + 1").await?;
+async fn state_persists(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    exec(b, &d.set_x).await?;
+    let ex = exec(b, &d.x_plus_one).await?;
     ensure(ex.text() == "42", || format!("expected 42, got {}", describe(&ex)))?;
     ensure(ex.execution_count.is_some(), || "no execution count".into())?;
     Ok(String::new())
 }
 
-async fn stdout_stderr_in_order(b: &dyn CodeBox) -> CheckOutcome {
-    let code =
-        "import sys\nprint('one', flush=True)\nprint('two', file=sys.stderr, flush=True)\nprint('three', flush=True)";
-    let ex = exec(b, code).await?;
+async fn stdout_stderr_in_order(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let ex = exec(b, &d.print_one_two_three).await?;
     ensure(ex.stdout() == "one\nthree\n", || format!("stdout: {}", describe(&ex)))?;
     ensure(ex.stderr() == "two\n", || format!("stderr: {}", describe(&ex)))?;
     // Chunking is the backend's business (`print` may arrive as "one" then "\n"), so join
@@ -269,8 +464,8 @@ async fn stdout_stderr_in_order(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-async fn stream_ends_once(b: &dyn CodeBox) -> CheckOutcome {
-    let mut stream = b.run_stream("print('streamed')", RunOptions::default()).await.map_err(|e| e.to_string())?;
+async fn stream_ends_once(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let mut stream = b.run_stream(&d.print_streamed, RunOptions::default()).await.map_err(|e| e.to_string())?;
     let mut ends = 0;
     let mut saw_output = false;
     while let Some(event) = stream.next().await {
@@ -288,11 +483,11 @@ async fn stream_ends_once(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-async fn exception_is_data(b: &dyn CodeBox) -> CheckOutcome {
-    let ex = exec(b, "def conformance_boom():\n    return 1 / 0\nconformance_boom()").await?;
+async fn exception_is_data(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let ex = exec(b, &d.raise_in_function).await?;
     let err = ex.error().ok_or_else(|| format!("no error event: {}", describe(&ex)))?;
-    ensure(err.name == "ZeroDivisionError", || format!("error name {:?}", err.name))?;
-    ensure(err.value.contains("division"), || format!("error value {:?}", err.value))?;
+    ensure(err.name == d.raised_name, || format!("error name {:?}", err.name))?;
+    ensure(err.value.contains(&d.raised_value_part), || format!("error value {:?}", err.value))?;
     let tb = err.traceback.join("\n");
     ensure(tb.contains("conformance_boom"), || format!("traceback lacks the frame: {tb:?}"))?;
     ensure(!tb.contains('\u{1b}'), || "traceback has terminal colour codes".into())?;
@@ -302,10 +497,8 @@ async fn exception_is_data(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-async fn rich_display(b: &dyn CodeBox) -> CheckOutcome {
-    let code = "from IPython.display import display\n\
-                display({'text/html': '<b>bold</b>', 'text/plain': 'bold', 'application/json': {'k': [1, 2]}}, raw=True)";
-    let ex = exec(b, code).await?;
+async fn rich_display(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let ex = exec(b, &d.display_bundle).await?;
     let displays = ex.displays();
     ensure(displays.len() == 1, || format!("{} displays: {}", displays.len(), describe(&ex)))?;
     let d = displays[0];
@@ -315,15 +508,13 @@ async fn rich_display(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-async fn several_displays(b: &dyn CodeBox) -> CheckOutcome {
-    let code = "from IPython.display import display\n\
-                for i in range(3):\n    display({'text/plain': f'shown {i}'}, raw=True)\n    print(f'printed {i}', flush=True)\n\
-                'last value'";
-    let ex = exec(b, code).await?;
+async fn several_displays(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let ex = exec(b, &d.display_three_then_value).await?;
     let shown: Vec<String> = ex.displays().iter().filter_map(|d| d.plain()).collect();
     ensure(shown == ["shown 0", "shown 1", "shown 2"], || format!("displays {shown:?}: {}", describe(&ex)))?;
     ensure(ex.stdout() == "printed 0\nprinted 1\nprinted 2\n", || describe(&ex))?;
-    ensure(ex.result().and_then(|r| r.plain()).as_deref() == Some("'last value'"), || describe(&ex))?;
+    let last = d.quoted("last value");
+    ensure(ex.result().and_then(|r| r.plain()) == Some(last), || describe(&ex))?;
     Ok(String::new())
 }
 
@@ -389,17 +580,13 @@ async fn file_round_trip(b: &dyn CodeBox, large: usize) -> CheckOutcome {
     Ok(format!("0 B, 1 B, 70001 B, {large} B"))
 }
 
-async fn files_visible_to_code(b: &dyn CodeBox) -> CheckOutcome {
+async fn files_visible_to_code(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
     b.upload_bytes("conformance/hello.txt", "hello from upload").await.map_err(|e| e.to_string())?;
-    let ex = exec(b, "print(open('conformance/hello.txt').read())").await?;
+    let ex = exec(b, &d.print_hello_file).await?;
     ensure(ex.stdout() == "hello from upload\n", || {
         format!("the kernel's cwd is not the box's directory: {}", describe(&ex))
     })?;
-    exec(
-        b,
-        "import os\nos.makedirs('conformance', exist_ok=True)\nopen('conformance/made.txt', 'w').write('made by code')",
-    )
-    .await?;
+    exec(b, &d.write_made_file).await?;
     let got = b.download_bytes("conformance/made.txt").await.map_err(|e| e.to_string())?;
     ensure(got.as_ref() == b"made by code", || format!("downloaded {got:?}"))?;
     Ok(String::new())
@@ -440,7 +627,7 @@ fn expect_kind(result: Result<()>, kind: ErrorKind, what: &str) -> Checked<()> {
     }
 }
 
-async fn unsafe_paths_refused(b: &dyn CodeBox) -> CheckOutcome {
+async fn unsafe_paths_refused(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
     for path in ["../conformance-escape.txt", "/tmp/conformance-escape.txt", "conformance/../../conformance-escape.txt"]
     {
         let up = b.upload_bytes(path, "escaped").await.map(|_| ());
@@ -450,20 +637,13 @@ async fn unsafe_paths_refused(b: &dyn CodeBox) -> CheckOutcome {
     }
     expect_kind(b.list_files("..", false).await.map(|_| ()), ErrorKind::UnsafePath, "list ..")?;
     expect_kind(b.list_files("/", false).await.map(|_| ()), ErrorKind::UnsafePath, "list /")?;
-    let ex = exec(
-        b,
-        "import os\nprint(os.path.exists('../conformance-escape.txt'), os.path.exists('/tmp/conformance-escape.txt'))",
-    )
-    .await?;
+    let ex = exec(b, &d.print_escapes_exist).await?;
     ensure(ex.stdout().trim() == "False False", || format!("a refused upload wrote a file: {}", describe(&ex)))?;
     Ok(String::new())
 }
 
-async fn symlink_escape_refused(b: &dyn CodeBox) -> CheckOutcome {
-    let code = "import os\nos.makedirs('conformance', exist_ok=True)\n\
-                for name, target in [('conformance/etc-link', '/etc'), ('conformance/passwd-link', '/etc/passwd')]:\n    \
-                if not os.path.lexists(name):\n        os.symlink(target, name)";
-    exec(b, code).await?;
+async fn symlink_escape_refused(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    exec(b, &d.make_symlinks).await?;
     for path in ["conformance/passwd-link", "conformance/etc-link/passwd"] {
         expect_kind(b.download(path).await.map(|_| ()), ErrorKind::UnsafePath, &format!("download {path}"))?;
     }
@@ -477,16 +657,16 @@ async fn symlink_escape_refused(b: &dyn CodeBox) -> CheckOutcome {
         ErrorKind::UnsafePath,
         "upload onto a symlink",
     )?;
-    let ex = exec(b, "import os\nprint(os.path.exists('/etc/conformance-escape'))").await?;
+    let ex = exec(b, &d.print_etc_escape_exists).await?;
     ensure(ex.stdout().trim() == "False", || "an upload through a symlink wrote outside the box".into())?;
     Ok(String::new())
 }
 
-async fn timeout_keeps_box(b: &dyn CodeBox, timeout: Duration) -> CheckOutcome {
-    exec(b, "conformance_kept = 'still here'").await?;
+async fn timeout_keeps_box(b: &dyn CodeBox, d: &Dialect, timeout: Duration) -> CheckOutcome {
+    exec(b, &d.set_kept).await?;
     let started = Instant::now();
     let ex = b
-        .run("import time\nprint('sleeping', flush=True)\ntime.sleep(60)", RunOptions::new().with_timeout(timeout))
+        .run(&d.print_sleeping_then_wait, RunOptions::new().with_timeout(timeout))
         .await
         .map_err(|e| format!("a timed-out execution should be data, got an error: {e}"))?;
     let took = started.elapsed();
@@ -494,15 +674,13 @@ async fn timeout_keeps_box(b: &dyn CodeBox, timeout: Duration) -> CheckOutcome {
     ensure(ex.stdout().contains("sleeping"), || format!("output before the timeout was lost: {}", describe(&ex)))?;
     ensure(took < Duration::from_secs(30), || format!("the timeout did not interrupt (took {took:?})"))?;
     let after = exec(b, "conformance_kept").await?;
-    ensure(after.text() == "'still here'", || format!("state lost after a timeout: {}", describe(&after)))?;
+    ensure(after.text() == d.quoted("still here"), || format!("state lost after a timeout: {}", describe(&after)))?;
     Ok(String::new())
 }
 
-async fn interrupt(b: &dyn CodeBox) -> CheckOutcome {
-    let mut stream = b
-        .run_stream("import time\nprint('waiting', flush=True)\ntime.sleep(60)", RunOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+async fn interrupt(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let mut stream =
+        b.run_stream(&d.print_waiting_then_wait, RunOptions::default()).await.map_err(|e| e.to_string())?;
     let mut events = Vec::new();
     // Interrupt only once the code is really running.
     while let Some(event) = stream.next().await {
@@ -516,17 +694,18 @@ async fn interrupt(b: &dyn CodeBox) -> CheckOutcome {
     b.interrupt().await.map_err(|e| format!("interrupt: {e}"))?;
     let rest = Execution::collect(stream).await.map_err(|e| e.to_string())?;
     ensure(rest.outcome == Outcome::Interrupted, || format!("expected Interrupted: {}", describe(&rest)))?;
-    let after = exec(b, "'alive'").await?;
-    ensure(after.text() == "'alive'", || describe(&after))?;
+    let alive = d.quoted("alive");
+    let after = exec(b, &alive).await?;
+    ensure(after.text() == alive, || describe(&after))?;
     Ok(String::new())
 }
 
-async fn restart_clears_state(b: &dyn CodeBox) -> CheckOutcome {
-    exec(b, "conformance_gone = 1").await?;
+async fn restart_clears_state(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    exec(b, &d.set_gone).await?;
     b.upload_bytes("conformance/kept.txt", "kept").await.map_err(|e| e.to_string())?;
     b.restart().await.map_err(|e| format!("restart: {e}"))?;
     let ex = exec(b, "conformance_gone").await?;
-    ensure(ex.error().is_some_and(|e| e.name == "NameError"), || {
+    ensure(ex.error().is_some_and(|e| e.name == d.undefined_name_error), || {
         format!("variable survived the restart: {}", describe(&ex))
     })?;
     let kept = b.download_bytes("conformance/kept.txt").await.map_err(|e| format!("file lost on restart: {e}"))?;

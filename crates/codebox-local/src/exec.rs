@@ -150,6 +150,7 @@ impl Driver {
 
     async fn run(mut self, mut req: crate::kernel::Request, after: Option<String>) {
         let mut death = self.kernel.death();
+        let interrupts_before = self.kernel.interrupts_sent();
         let mut progress = Progress::default();
         let far = self.started + Duration::from_secs(86_400 * 365);
         let deadline = self.limits.timeout.map(|t| self.started + t);
@@ -214,6 +215,9 @@ impl Driver {
             Some("ok") => Outcome::Ok,
             _ if timed_out => Outcome::TimedOut,
             _ if reply["ename"] == "KeyboardInterrupt" => Outcome::Interrupted,
+            _ if self.kernel.interrupt_is_plain_error() && self.kernel.interrupts_sent() != interrupts_before => {
+                Outcome::Interrupted
+            }
             Some("aborted") => Outcome::Interrupted,
             _ => Outcome::Error,
         };

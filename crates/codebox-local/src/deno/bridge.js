@@ -10,11 +10,13 @@ const connectionFile = Deno.args[0];
 const connection = JSON.parse(Deno.readTextFileSync(connectionFile));
 const channels = ["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"];
 
-function freePort() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return port;
+// Ports free on the sandbox's loopback, distinct: every listener stays open until all are
+// chosen, or the system could hand out one port twice.
+function freePorts(count) {
+  const listeners = Array.from({ length: count }, () => Deno.listen({ hostname: "127.0.0.1", port: 0 }));
+  const ports = listeners.map((listener) => listener.addr.port);
+  for (const listener of listeners) listener.close();
+  return ports;
 }
 
 // The kernel opens its ports a moment after it starts: retry until it listens.
@@ -61,10 +63,11 @@ async function serve(path, port) {
 let kernelFile = connectionFile;
 if (connection.transport === "ipc") {
   const tcp = { ...connection, transport: "tcp", ip: "127.0.0.1" };
-  for (const channel of channels) {
-    tcp[channel] = freePort();
+  const ports = freePorts(channels.length);
+  channels.forEach((channel, i) => {
+    tcp[channel] = ports[i];
     serve(`${connection.ip}-${connection[channel]}`, tcp[channel]);
-  }
+  });
   kernelFile = `${connectionFile}.tcp.json`;
   Deno.writeTextFileSync(kernelFile, JSON.stringify(tcp));
 }

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use codebox_core::conformance::{ConformanceOptions, Dialect, run_all};
 use codebox_core::{CodeBox, CodeBoxExt, ErrorKind, Outcome, RunOptions};
 use codebox_local::{DENO_KERNEL, DENO_VERSION, LocalBox, ProvisionEvent, provision_deno_at};
 
@@ -125,4 +126,23 @@ async fn the_first_provisioning_reports_each_step() {
     let hook: codebox_local::ProgressFn = Arc::new(move |e: &ProvisionEvent| sink.lock().unwrap().push(e.clone()));
     provision_deno_at(&version_dir, python, Some(&hook)).unwrap();
     assert!(quiet.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_deno_box_passes_the_language_neutral_conformance_suite_in_javascript() {
+    let lb = deno_box();
+    let options = ConformanceOptions::default().with_dialect(Dialect::javascript());
+    let report = run_all(&lb, &options).await;
+    lb.stop().await.unwrap();
+    report.assert_all_passed();
+    assert!(!report.checks.iter().any(|c| c.name == "matplotlib_png"), "no Python-only check ran");
+}
+
+#[tokio::test]
+async fn a_deno_box_passes_the_language_neutral_conformance_suite_in_typescript() {
+    let lb = deno_box();
+    let options = ConformanceOptions::default().with_dialect(Dialect::typescript());
+    let report = run_all(&lb, &options).await;
+    lb.stop().await.unwrap();
+    report.assert_all_passed();
 }
