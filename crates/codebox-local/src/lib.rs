@@ -34,6 +34,14 @@
 //! [`with_progress`](LocalBoxBuilder::with_progress), and as `tracing` events. This crate
 //! never prints.
 //!
+//! # JavaScript and TypeScript
+//!
+//! The built-in [`DENO_KERNEL`] runs Deno's Jupyter kernel. Deno is `CODEBOX_DENO`, else it
+//! is fetched on first use from the npm registry (pinned at [`DENO_VERSION`], checked against
+//! the registry's published integrity with [`verify_integrity`]) into [`managed_deno_dir`],
+//! reported through the same [`ProvisionEvent`]s. A deno box needs no ipykernel: commands run
+//! under the system's `python3` (or `CODEBOX_PYTHON`).
+//!
 //! # Supervision
 //!
 //! Kernels are forked from one long-lived thread with `PR_SET_PDEATHSIG`, each in its own

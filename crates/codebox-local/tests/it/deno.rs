@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use codebox_core::conformance::{ConformanceOptions, Dialect, run_all};
 use codebox_core::{CodeBox, CodeBoxExt, ErrorKind, Outcome, RunOptions};
-use codebox_local::{DENO_KERNEL, DENO_VERSION, LocalBox, ProvisionEvent, provision_deno_at};
+use codebox_local::{
+    DENO_KERNEL, DENO_VERSION, Isolation, IsolationLevel, LocalBox, ProvisionEvent, SandboxPolicy, provision_deno_at,
+};
 
 /// A deno box, not started.
 fn deno_box() -> LocalBox {
@@ -145,4 +147,25 @@ async fn a_deno_box_passes_the_language_neutral_conformance_suite_in_typescript(
     let report = run_all(&lb, &options).await;
     lb.stop().await.unwrap();
     report.assert_all_passed();
+}
+
+#[tokio::test]
+async fn without_isolation_the_kernel_speaks_tcp_directly() {
+    let policy = SandboxPolicy::default().with_isolation(Isolation::None);
+    let lb = crate::builder().with_kernel(DENO_KERNEL).with_sandbox(policy).build().unwrap();
+    lb.start().await.unwrap();
+    assert_eq!(lb.isolation().await, Some(IsolationLevel::None));
+    let ex = lb.exec("console.log('over tcp'); 40 + 2").await.unwrap();
+    assert_eq!(ex.stdout(), "over tcp\n", "{ex:?}");
+    assert_eq!(ex.result().and_then(|r| r.plain()).as_deref(), Some("42"), "{ex:?}");
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn under_landlock_the_deno_kernel_is_refused_with_the_reason() {
+    let policy = SandboxPolicy::default().with_isolation(Isolation::Landlock).with_require_isolation(true);
+    let lb = crate::builder().with_kernel(DENO_KERNEL).with_sandbox(policy).build().unwrap();
+    let err = lb.start().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KernelStart, "{err}");
+    assert!(err.to_string().contains("cannot run under Landlock"), "{err}");
 }
