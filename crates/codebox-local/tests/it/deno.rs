@@ -7,7 +7,8 @@ use std::time::Duration;
 use codebox_core::conformance::{ConformanceOptions, Dialect, run_all};
 use codebox_core::{CodeBox, CodeBoxExt, ErrorKind, Outcome, RunOptions};
 use codebox_local::{
-    DENO_KERNEL, DENO_VERSION, Isolation, IsolationLevel, LocalBox, ProvisionEvent, SandboxPolicy, provision_deno_at,
+    DENO_KERNEL, DENO_VERSION, Isolation, IsolationLevel, LocalBox, ProvisionEvent, SandboxPolicy, UidAllocator,
+    provision_deno_at,
 };
 
 /// A deno box, not started.
@@ -91,17 +92,30 @@ async fn a_kernel_that_exits_is_seen_dead_and_restarted() {
 }
 
 #[tokio::test]
-async fn the_first_provisioning_reports_each_step() {
+async fn the_first_provisioning_reports_each_step_and_concurrent_first_uses_download_once() {
     // A home of its own: this build is a first one, whatever the machine already has.
     let home = tempfile::tempdir().unwrap();
     let version_dir = home.path().join("deno").join(DENO_VERSION);
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&events);
-    let hook: codebox_local::ProgressFn = Arc::new(move |e: &ProvisionEvent| sink.lock().unwrap().push(e.clone()));
     let python = std::path::Path::new("/usr/bin/python3");
-    let target = version_dir.clone();
-    tokio::task::spawn_blocking(move || provision_deno_at(&target, python, Some(&hook))).await.unwrap().unwrap();
-    let events = events.lock().unwrap().clone();
+    // Two first uses at once, each hearing its own events.
+    let builds: Vec<_> = (0..2)
+        .map(|_| {
+            let heard = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&heard);
+            let hook: codebox_local::ProgressFn =
+                Arc::new(move |e: &ProvisionEvent| sink.lock().unwrap().push(e.clone()));
+            let target = version_dir.clone();
+            (heard, tokio::task::spawn_blocking(move || provision_deno_at(&target, python, Some(&hook))))
+        })
+        .collect();
+    let mut heard = Vec::new();
+    for (events, build) in builds {
+        build.await.unwrap().unwrap();
+        heard.push(events.lock().unwrap().clone());
+    }
+    let started = |events: &Vec<ProvisionEvent>| events.iter().any(|e| matches!(e, ProvisionEvent::Started { .. }));
+    assert_eq!(heard.iter().filter(|events| started(events)).count(), 1, "one build, one download: {heard:?}");
+    let events = heard.into_iter().find(started).unwrap();
     assert!(
         matches!(events.first(), Some(ProvisionEvent::Started { dir, total: 3 }) if *dir == version_dir),
         "{events:?}"
@@ -168,4 +182,20 @@ async fn under_landlock_the_deno_kernel_is_refused_with_the_reason() {
     let err = lb.start().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::KernelStart, "{err}");
     assert!(err.to_string().contains("cannot run under Landlock"), "{err}");
+}
+
+#[tokio::test]
+async fn a_deno_box_runs_under_a_session_uid_of_its_own() {
+    assert!(codebox_local::running_as_root(), "session uids need root (CI runs as root)");
+    let uids = UidAllocator::new(310_500..310_502).unwrap();
+    let policy = SandboxPolicy::default().with_session_uids(Some(uids));
+    let lb = crate::builder().with_kernel(DENO_KERNEL).with_sandbox(policy).build().unwrap();
+    lb.start().await.unwrap();
+    let uid = lb.session_uid().await.expect("a uid of its own");
+    let ex = lb.exec("Deno.writeTextFileSync('mine.txt', 'x'); Deno.uid()").await.unwrap();
+    assert_eq!(ex.text(), uid.to_string(), "{ex:?}");
+    // Deno's cache is in the box's HOME, which the session uid owns.
+    let ex = lb.exec("Deno.env.get('HOME')").await.unwrap();
+    assert!(ex.text().contains(".codebox/home"), "{ex:?}");
+    lb.stop().await.unwrap();
 }
