@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -189,9 +190,17 @@ fn registry() -> String {
     std::env::var("CODEBOX_NPM_REGISTRY").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| DEFAULT_REGISTRY.to_owned())
 }
 
+/// Check (once per process for each binary that passes) that `deno` runs.
 fn check_binary(deno: &Path, origin: &str) -> Result<PathBuf> {
+    static CHECKED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    if CHECKED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|p| p == deno) {
+        return Ok(deno.to_owned());
+    }
     match Command::new(deno).arg("--version").stdin(std::process::Stdio::null()).output() {
-        Ok(o) if o.status.success() => Ok(deno.to_owned()),
+        Ok(o) if o.status.success() => {
+            CHECKED.lock().unwrap_or_else(|e| e.into_inner()).push(deno.to_owned());
+            Ok(deno.to_owned())
+        }
         Ok(o) => Err(CodeBoxError::kernel_start(format!(
             "the Deno from {origin} ({}) fails `deno --version`: {}",
             deno.display(),
@@ -426,6 +435,18 @@ mod tests {
     fn a_deno_that_cannot_run_is_named_in_the_error() {
         let err = check_binary(Path::new("/nonexistent/deno"), "CODEBOX_DENO").unwrap_err();
         assert!(err.to_string().contains("/nonexistent/deno") && err.to_string().contains("CODEBOX_DENO"), "{err}");
+    }
+
+    #[test]
+    fn a_deno_that_runs_is_taken() {
+        let home = tempfile::tempdir().unwrap();
+        let version_dir = home.path().join("deno").join(DENO_VERSION);
+        // The system's `true` stands in: it runs, and answers `--version` with success.
+        let stand_in = PathBuf::from("/bin/true");
+        let python = Path::new("/usr/bin/python3");
+        let found = resolve_in(Some(stand_in.clone()), &version_dir, Provision::Off, python, None);
+        assert_eq!(found.unwrap(), stand_in, "CODEBOX_DENO comes before the managed Deno");
+        assert!(!version_dir.exists(), "nothing was provisioned");
     }
 
     #[test]
