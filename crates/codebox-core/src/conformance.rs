@@ -2,8 +2,11 @@
 //!
 //! Every backend's tests call [`run_all`] on a started box and assert that the report
 //! passed; so LocalBox, RemoteBox against a real server, and anything added later are held
-//! to the same contract. The suite runs Python code, so the box's default kernel must be a
-//! Python (IPython) kernel.
+//! to the same contract. The checks that are not about Python (state across cells, streams,
+//! errors as data, rich display, files, timeouts, interrupts, restarts) run the snippets of a
+//! [`Dialect`]: Python's by default (the box's default kernel must then be a Python (IPython)
+//! kernel, and the Python-only checks, such as matplotlib's figures, run too), or
+//! [`Dialect::javascript`] and [`Dialect::typescript`] for a Deno kernel.
 //!
 //! ```no_run
 //! # async fn demo(b: &dyn codebox_core::CodeBox) {
@@ -21,6 +24,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::{CodeBox, CodeBoxExt, ErrorKind, ExecEvent, Execution, Outcome, Result, RunOptions};
+
+mod dialect;
+
+pub use dialect::Dialect;
 
 /// The environment variable naming the file where [`requires`] records a skipped test
 /// (`cargo xtask ci` sets it and reports every line after the tests).
@@ -78,11 +85,18 @@ pub struct ConformanceOptions {
     pub large_file_bytes: usize,
     /// The timeout used by the timeout check.
     pub timeout: Duration,
+    /// The language of the code the checks run (default: [`Dialect::python`]).
+    pub dialect: Dialect,
 }
 
 impl Default for ConformanceOptions {
     fn default() -> Self {
-        Self { require_matplotlib: false, large_file_bytes: (64 << 20) + 4099, timeout: Duration::from_secs(1) }
+        Self {
+            require_matplotlib: false,
+            large_file_bytes: (64 << 20) + 4099,
+            timeout: Duration::from_secs(1),
+            dialect: Dialect::python(),
+        }
     }
 }
 
@@ -96,6 +110,12 @@ impl ConformanceOptions {
     /// Set the large file size.
     pub fn with_large_file_bytes(mut self, bytes: usize) -> Self {
         self.large_file_bytes = bytes;
+        self
+    }
+
+    /// Run the checks' code in this language.
+    pub fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
         self
     }
 }
@@ -187,22 +207,25 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
             report.checks.push(timed($name, $fut).await);
         };
     }
+    let d = &options.dialect;
     check!("status_running", status_running(b));
-    check!("state_persists", state_persists(b));
-    check!("stdout_stderr_in_order", stdout_stderr_in_order(b));
-    check!("stream_ends_once", stream_ends_once(b));
-    check!("exception_is_data", exception_is_data(b));
-    check!("rich_display", rich_display(b));
-    check!("several_displays", several_displays(b));
-    check!("matplotlib_png", matplotlib_png(b, options.require_matplotlib));
+    check!("state_persists", state_persists(b, d));
+    check!("stdout_stderr_in_order", stdout_stderr_in_order(b, d));
+    check!("stream_ends_once", stream_ends_once(b, d));
+    check!("exception_is_data", exception_is_data(b, d));
+    check!("rich_display", rich_display(b, d));
+    check!("several_displays", several_displays(b, d));
+    if d.python {
+        check!("matplotlib_png", matplotlib_png(b, options.require_matplotlib));
+    }
     check!("file_round_trip", file_round_trip(b, options.large_file_bytes));
-    check!("files_visible_to_code", files_visible_to_code(b));
+    check!("files_visible_to_code", files_visible_to_code(b, d));
     check!("list_and_delete", list_and_delete(b));
-    check!("unsafe_paths_refused", unsafe_paths_refused(b));
-    check!("symlink_escape_refused", symlink_escape_refused(b));
-    check!("timeout_keeps_box", timeout_keeps_box(b, options.timeout));
-    check!("interrupt", interrupt(b));
-    check!("restart_clears_state", restart_clears_state(b));
+    check!("unsafe_paths_refused", unsafe_paths_refused(b, d));
+    check!("symlink_escape_refused", symlink_escape_refused(b, d));
+    check!("timeout_keeps_box", timeout_keeps_box(b, d, options.timeout));
+    check!("interrupt", interrupt(b, d));
+    check!("restart_clears_state", restart_clears_state(b, d));
     report
 }
 
@@ -236,18 +259,16 @@ async fn status_running(b: &dyn CodeBox) -> CheckOutcome {
     Ok(format!("{:?}", status.state))
 }
 
-async fn state_persists(b: &dyn CodeBox) -> CheckOutcome {
-    exec(b, "conformance_x = 41").await?;
-    let ex = exec(b, "conformance_x + 1").await?;
+async fn state_persists(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    exec(b, &d.set_x).await?;
+    let ex = exec(b, &d.x_plus_one).await?;
     ensure(ex.text() == "42", || format!("expected 42, got {}", describe(&ex)))?;
     ensure(ex.execution_count.is_some(), || "no execution count".into())?;
     Ok(String::new())
 }
 
-async fn stdout_stderr_in_order(b: &dyn CodeBox) -> CheckOutcome {
-    let code =
-        "import sys\nprint('one', flush=True)\nprint('two', file=sys.stderr, flush=True)\nprint('three', flush=True)";
-    let ex = exec(b, code).await?;
+async fn stdout_stderr_in_order(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let ex = exec(b, &d.print_one_two_three).await?;
     ensure(ex.stdout() == "one\nthree\n", || format!("stdout: {}", describe(&ex)))?;
     ensure(ex.stderr() == "two\n", || format!("stderr: {}", describe(&ex)))?;
     // Chunking is the backend's business (`print` may arrive as "one" then "\n"), so join
@@ -269,8 +290,8 @@ async fn stdout_stderr_in_order(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-async fn stream_ends_once(b: &dyn CodeBox) -> CheckOutcome {
-    let mut stream = b.run_stream("print('streamed')", RunOptions::default()).await.map_err(|e| e.to_string())?;
+async fn stream_ends_once(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let mut stream = b.run_stream(&d.print_streamed, RunOptions::default()).await.map_err(|e| e.to_string())?;
     let mut ends = 0;
     let mut saw_output = false;
     while let Some(event) = stream.next().await {
@@ -288,11 +309,11 @@ async fn stream_ends_once(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-async fn exception_is_data(b: &dyn CodeBox) -> CheckOutcome {
-    let ex = exec(b, "def conformance_boom():\n    return 1 / 0\nconformance_boom()").await?;
+async fn exception_is_data(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let ex = exec(b, &d.raise_in_function).await?;
     let err = ex.error().ok_or_else(|| format!("no error event: {}", describe(&ex)))?;
-    ensure(err.name == "ZeroDivisionError", || format!("error name {:?}", err.name))?;
-    ensure(err.value.contains("division"), || format!("error value {:?}", err.value))?;
+    ensure(err.name == d.raised_name, || format!("error name {:?}", err.name))?;
+    ensure(err.value.contains(&d.raised_value_part), || format!("error value {:?}", err.value))?;
     let tb = err.traceback.join("\n");
     ensure(tb.contains("conformance_boom"), || format!("traceback lacks the frame: {tb:?}"))?;
     ensure(!tb.contains('\u{1b}'), || "traceback has terminal colour codes".into())?;
@@ -302,10 +323,8 @@ async fn exception_is_data(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-async fn rich_display(b: &dyn CodeBox) -> CheckOutcome {
-    let code = "from IPython.display import display\n\
-                display({'text/html': '<b>bold</b>', 'text/plain': 'bold', 'application/json': {'k': [1, 2]}}, raw=True)";
-    let ex = exec(b, code).await?;
+async fn rich_display(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let ex = exec(b, &d.display_bundle).await?;
     let displays = ex.displays();
     ensure(displays.len() == 1, || format!("{} displays: {}", displays.len(), describe(&ex)))?;
     let d = displays[0];
@@ -315,15 +334,13 @@ async fn rich_display(b: &dyn CodeBox) -> CheckOutcome {
     Ok(String::new())
 }
 
-async fn several_displays(b: &dyn CodeBox) -> CheckOutcome {
-    let code = "from IPython.display import display\n\
-                for i in range(3):\n    display({'text/plain': f'shown {i}'}, raw=True)\n    print(f'printed {i}', flush=True)\n\
-                'last value'";
-    let ex = exec(b, code).await?;
+async fn several_displays(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let ex = exec(b, &d.display_three_then_value).await?;
     let shown: Vec<String> = ex.displays().iter().filter_map(|d| d.plain()).collect();
     ensure(shown == ["shown 0", "shown 1", "shown 2"], || format!("displays {shown:?}: {}", describe(&ex)))?;
     ensure(ex.stdout() == "printed 0\nprinted 1\nprinted 2\n", || describe(&ex))?;
-    ensure(ex.result().and_then(|r| r.plain()).as_deref() == Some("'last value'"), || describe(&ex))?;
+    let last = d.quoted("last value");
+    ensure(ex.result().and_then(|r| r.plain()) == Some(last), || describe(&ex))?;
     Ok(String::new())
 }
 
@@ -389,17 +406,13 @@ async fn file_round_trip(b: &dyn CodeBox, large: usize) -> CheckOutcome {
     Ok(format!("0 B, 1 B, 70001 B, {large} B"))
 }
 
-async fn files_visible_to_code(b: &dyn CodeBox) -> CheckOutcome {
+async fn files_visible_to_code(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
     b.upload_bytes("conformance/hello.txt", "hello from upload").await.map_err(|e| e.to_string())?;
-    let ex = exec(b, "print(open('conformance/hello.txt').read())").await?;
+    let ex = exec(b, &d.print_hello_file).await?;
     ensure(ex.stdout() == "hello from upload\n", || {
         format!("the kernel's cwd is not the box's directory: {}", describe(&ex))
     })?;
-    exec(
-        b,
-        "import os\nos.makedirs('conformance', exist_ok=True)\nopen('conformance/made.txt', 'w').write('made by code')",
-    )
-    .await?;
+    exec(b, &d.write_made_file).await?;
     let got = b.download_bytes("conformance/made.txt").await.map_err(|e| e.to_string())?;
     ensure(got.as_ref() == b"made by code", || format!("downloaded {got:?}"))?;
     Ok(String::new())
@@ -440,7 +453,7 @@ fn expect_kind(result: Result<()>, kind: ErrorKind, what: &str) -> Checked<()> {
     }
 }
 
-async fn unsafe_paths_refused(b: &dyn CodeBox) -> CheckOutcome {
+async fn unsafe_paths_refused(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
     for path in ["../conformance-escape.txt", "/tmp/conformance-escape.txt", "conformance/../../conformance-escape.txt"]
     {
         let up = b.upload_bytes(path, "escaped").await.map(|_| ());
@@ -450,20 +463,13 @@ async fn unsafe_paths_refused(b: &dyn CodeBox) -> CheckOutcome {
     }
     expect_kind(b.list_files("..", false).await.map(|_| ()), ErrorKind::UnsafePath, "list ..")?;
     expect_kind(b.list_files("/", false).await.map(|_| ()), ErrorKind::UnsafePath, "list /")?;
-    let ex = exec(
-        b,
-        "import os\nprint(os.path.exists('../conformance-escape.txt'), os.path.exists('/tmp/conformance-escape.txt'))",
-    )
-    .await?;
+    let ex = exec(b, &d.print_escapes_exist).await?;
     ensure(ex.stdout().trim() == "False False", || format!("a refused upload wrote a file: {}", describe(&ex)))?;
     Ok(String::new())
 }
 
-async fn symlink_escape_refused(b: &dyn CodeBox) -> CheckOutcome {
-    let code = "import os\nos.makedirs('conformance', exist_ok=True)\n\
-                for name, target in [('conformance/etc-link', '/etc'), ('conformance/passwd-link', '/etc/passwd')]:\n    \
-                if not os.path.lexists(name):\n        os.symlink(target, name)";
-    exec(b, code).await?;
+async fn symlink_escape_refused(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    exec(b, &d.make_symlinks).await?;
     for path in ["conformance/passwd-link", "conformance/etc-link/passwd"] {
         expect_kind(b.download(path).await.map(|_| ()), ErrorKind::UnsafePath, &format!("download {path}"))?;
     }
@@ -477,16 +483,16 @@ async fn symlink_escape_refused(b: &dyn CodeBox) -> CheckOutcome {
         ErrorKind::UnsafePath,
         "upload onto a symlink",
     )?;
-    let ex = exec(b, "import os\nprint(os.path.exists('/etc/conformance-escape'))").await?;
+    let ex = exec(b, &d.print_etc_escape_exists).await?;
     ensure(ex.stdout().trim() == "False", || "an upload through a symlink wrote outside the box".into())?;
     Ok(String::new())
 }
 
-async fn timeout_keeps_box(b: &dyn CodeBox, timeout: Duration) -> CheckOutcome {
-    exec(b, "conformance_kept = 'still here'").await?;
+async fn timeout_keeps_box(b: &dyn CodeBox, d: &Dialect, timeout: Duration) -> CheckOutcome {
+    exec(b, &d.set_kept).await?;
     let started = Instant::now();
     let ex = b
-        .run("import time\nprint('sleeping', flush=True)\ntime.sleep(60)", RunOptions::new().with_timeout(timeout))
+        .run(&d.print_sleeping_then_wait, RunOptions::new().with_timeout(timeout))
         .await
         .map_err(|e| format!("a timed-out execution should be data, got an error: {e}"))?;
     let took = started.elapsed();
@@ -494,15 +500,13 @@ async fn timeout_keeps_box(b: &dyn CodeBox, timeout: Duration) -> CheckOutcome {
     ensure(ex.stdout().contains("sleeping"), || format!("output before the timeout was lost: {}", describe(&ex)))?;
     ensure(took < Duration::from_secs(30), || format!("the timeout did not interrupt (took {took:?})"))?;
     let after = exec(b, "conformance_kept").await?;
-    ensure(after.text() == "'still here'", || format!("state lost after a timeout: {}", describe(&after)))?;
+    ensure(after.text() == d.quoted("still here"), || format!("state lost after a timeout: {}", describe(&after)))?;
     Ok(String::new())
 }
 
-async fn interrupt(b: &dyn CodeBox) -> CheckOutcome {
-    let mut stream = b
-        .run_stream("import time\nprint('waiting', flush=True)\ntime.sleep(60)", RunOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+async fn interrupt(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    let mut stream =
+        b.run_stream(&d.print_waiting_then_wait, RunOptions::default()).await.map_err(|e| e.to_string())?;
     let mut events = Vec::new();
     // Interrupt only once the code is really running.
     while let Some(event) = stream.next().await {
@@ -516,17 +520,18 @@ async fn interrupt(b: &dyn CodeBox) -> CheckOutcome {
     b.interrupt().await.map_err(|e| format!("interrupt: {e}"))?;
     let rest = Execution::collect(stream).await.map_err(|e| e.to_string())?;
     ensure(rest.outcome == Outcome::Interrupted, || format!("expected Interrupted: {}", describe(&rest)))?;
-    let after = exec(b, "'alive'").await?;
-    ensure(after.text() == "'alive'", || describe(&after))?;
+    let alive = d.quoted("alive");
+    let after = exec(b, &alive).await?;
+    ensure(after.text() == alive, || describe(&after))?;
     Ok(String::new())
 }
 
-async fn restart_clears_state(b: &dyn CodeBox) -> CheckOutcome {
-    exec(b, "conformance_gone = 1").await?;
+async fn restart_clears_state(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
+    exec(b, &d.set_gone).await?;
     b.upload_bytes("conformance/kept.txt", "kept").await.map_err(|e| e.to_string())?;
     b.restart().await.map_err(|e| format!("restart: {e}"))?;
     let ex = exec(b, "conformance_gone").await?;
-    ensure(ex.error().is_some_and(|e| e.name == "NameError"), || {
+    ensure(ex.error().is_some_and(|e| e.name == d.undefined_name_error), || {
         format!("variable survived the restart: {}", describe(&ex))
     })?;
     let kept = b.download_bytes("conformance/kept.txt").await.map_err(|e| format!("file lost on restart: {e}"))?;

@@ -25,6 +25,16 @@ pub(crate) struct ExecLimits {
     pub(crate) interrupt_grace: Duration,
 }
 
+/// The message type of the marker that ends a Deno execution's outputs (see
+/// `Driver::collect_trailing`).
+const FLUSH_MARKER: &str = "codebox_flush";
+
+/// The marker request's code. The kernel formats an execution's result asynchronously after
+/// the execution returns: the marker waits for a timer, after every promise job already
+/// queued, before it broadcasts.
+const FLUSH_CODE: &str =
+    "await new Promise((resolve) => setTimeout(resolve, 0)); Deno.jupyter.broadcast(\"codebox_flush\", {})";
+
 /// Events buffered between the driver and the caller's stream.
 const EVENT_BUFFER: usize = 32;
 /// Kernel messages buffered between the socket readers and the driver.
@@ -140,6 +150,7 @@ impl Driver {
 
     async fn run(mut self, mut req: crate::kernel::Request, after: Option<String>) {
         let mut death = self.kernel.death();
+        let interrupts_before = self.kernel.interrupts_sent();
         let mut progress = Progress::default();
         let far = self.started + Duration::from_secs(86_400 * 365);
         let deadline = self.limits.timeout.map(|t| self.started + t);
@@ -189,6 +200,9 @@ impl Driver {
                 }
             }
         }
+        if self.kernel.outputs_trail_idle() {
+            self.collect_trailing(&mut req, &mut death).await;
+        }
         let duration = self.started.elapsed();
         if let Some(after) = after
             && let Err(e) = run_silent(&self.kernel, &after).await
@@ -201,11 +215,69 @@ impl Driver {
             Some("ok") => Outcome::Ok,
             _ if timed_out => Outcome::TimedOut,
             _ if reply["ename"] == "KeyboardInterrupt" => Outcome::Interrupted,
+            _ if self.kernel.interrupt_is_plain_error() && self.kernel.interrupts_sent() != interrupts_before => {
+                Outcome::Interrupted
+            }
             Some("aborted") => Outcome::Interrupted,
             _ => Outcome::Error,
         };
         self.flush_tail().await;
         let _ = self.tx.send(Ok(ExecEvent::end(count, duration, outcome))).await;
+    }
+
+    /// Collect the outputs of a kernel that publishes them from a queue which may fall
+    /// behind its `idle` status (Deno's: its REPL thread's messages reach IOPub through a
+    /// drainer, the status does not). A silent request broadcasts [`FLUSH_MARKER`] through
+    /// that same queue: it comes out after every output queued before it, and the outputs
+    /// that trail come under the execution's parent header (drained before the marker
+    /// request began) or the marker request's (after), in that order.
+    async fn collect_trailing(
+        &mut self,
+        execution: &mut crate::kernel::Request,
+        death: &mut tokio::sync::watch::Receiver<Option<KernelDeath>>,
+    ) {
+        let content = json!({
+            "code": FLUSH_CODE, "silent": true,
+            "store_history": false, "user_expressions": {}, "allow_stdin": false, "stop_on_error": false,
+        });
+        let Ok(mut req) = self.kernel.request(Channel::Shell, "execute_request", content, MESSAGE_BUFFER).await else {
+            return;
+        };
+        // The marker request's own status and reply, kept apart from the execution's.
+        let mut marker_request = Progress::default();
+        let mut marked = false;
+        let mut under_marker = Vec::new();
+        // A kernel that never answers must not hold the execution forever.
+        let give_up = Instant::now() + self.limits.interrupt_grace;
+        while !marked || marker_request.reply.is_none() || !marker_request.idle {
+            tokio::select! {
+                m = req.rx.recv() => match m {
+                    Some(routed) if routed.msg.msg_type == FLUSH_MARKER => marked = true,
+                    Some(routed) if routed.channel == Channel::IoPub && routed.msg.msg_type != "status" => {
+                        under_marker.push(routed);
+                    }
+                    Some(routed) => self.handle(routed, &mut marker_request).await,
+                    None => return,
+                },
+                _ = wait_death(death) => return,
+                _ = tokio::time::sleep_until(give_up) => {
+                    tracing::debug!("the kernel did not answer the output flush; trailing outputs may be lost");
+                    break;
+                }
+            }
+        }
+        // IOPub is read in order: every message the kernel sent under the execution's header
+        // before the marker is already waiting in its channel.
+        let mut execution_progress = Progress::default();
+        while let Ok(routed) = execution.rx.try_recv() {
+            self.handle(routed, &mut execution_progress).await;
+        }
+        for routed in under_marker {
+            // The marker request's `execute_input` is not the execution's.
+            if routed.msg.msg_type != "execute_input" {
+                self.handle(routed, &mut marker_request).await;
+            }
+        }
     }
 
     async fn flush_tail(&mut self) {

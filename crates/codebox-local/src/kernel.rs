@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,6 +88,8 @@ pub(crate) struct Kernel {
     tasks: Vec<JoinHandle<()>>,
     interrupt_mode: InterruptMode,
     exit_reason: AtomicU8,
+    /// Interrupts sent so far (see [`Kernel::interrupts_sent`]).
+    interrupts: AtomicU64,
     confinement: Arc<Confinement>,
     /// The allowlist proxy of a box with one; it lives and dies with this kernel.
     _net_proxy: Option<NetProxy>,
@@ -127,6 +129,14 @@ impl Kernel {
     /// sockets there).
     pub(crate) async fn start(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
         let started = Instant::now();
+        // Deno's kernel speaks only TCP, and under Landlock a box without network may make
+        // no IP socket, not even on loopback.
+        if spec.name == crate::kernelspec::DENO_KERNEL && confinement.level() == IsolationLevel::Landlock {
+            return Err(start_error(
+                "the deno kernel cannot run under Landlock (Deno's Jupyter kernel needs loopback TCP, \
+                 which Landlock's seccomp filter forbids): use bubblewrap or no isolation",
+            ));
+        }
         // Off the async threads: a dead owner's directories may hold trees of any size.
         let scratch_dir = spec.scratch_dir.clone();
         let _ = tokio::task::spawn_blocking(move || crate::workdir::remove_stale_runtime_dirs_once(&scratch_dir)).await;
@@ -182,6 +192,7 @@ impl Kernel {
             tasks,
             interrupt_mode: spec.interrupt_mode,
             exit_reason: AtomicU8::new(ExitReason::Unexpected as u8),
+            interrupts: AtomicU64::new(0),
             confinement,
             _net_proxy: net_proxy,
             runtime_dir,
@@ -276,8 +287,27 @@ impl Kernel {
             .map_err(|e| CodeBoxError::connection(format!("sending to kernel {} failed", self.name)).with_source(e))
     }
 
+    /// Whether the kernel may publish an execution's outputs after its `idle` status
+    /// (Deno's does), so that an execution must collect them with a marker request.
+    pub(crate) fn outputs_trail_idle(&self) -> bool {
+        self.name == crate::kernelspec::DENO_KERNEL
+    }
+
+    /// Whether an execution this kernel was asked to interrupt ends with a plain error reply
+    /// rather than a `KeyboardInterrupt` (Deno's does).
+    pub(crate) fn interrupt_is_plain_error(&self) -> bool {
+        self.name == crate::kernelspec::DENO_KERNEL
+    }
+
+    /// How many interrupts the kernel has been sent: an execution compares the count at its
+    /// start and end to know whether it was interrupted.
+    pub(crate) fn interrupts_sent(&self) -> u64 {
+        self.interrupts.load(Ordering::Acquire)
+    }
+
     /// Ask the kernel to interrupt what it runs. Does not wait for it to comply.
     pub(crate) async fn interrupt(&self) -> Result<()> {
+        self.interrupts.fetch_add(1, Ordering::AcqRel);
         match self.interrupt_mode {
             InterruptMode::Message => {
                 let (_, frames) = self.signer.request("interrupt_request", json!({}));

@@ -1,4 +1,5 @@
-//! Kernel discovery: the built-in `python3` kernel over the box's Python, and kernelspecs
+//! Kernel discovery: the built-in `python3` kernel over the box's Python, the built-in
+//! `deno` kernel (JavaScript and TypeScript, `deno jupyter`), and kernelspecs
 //! (`kernels/<name>/kernel.json`) under the Jupyter data paths; what it finds becomes a
 //! [`LaunchSpec`], everything needed to start one kernel.
 
@@ -85,6 +86,13 @@ const LEAN_KERNEL_PROGRAM: &str = include_str!("python/lean_kernel.py");
 /// (widgets), debugger, completion or inspection.
 pub const LEAN_KERNEL: &str = "python3-lean";
 
+/// The name of the built-in JavaScript and TypeScript kernel: Deno's own Jupyter kernel
+/// (`deno jupyter --kernel`), over the Deno that `CODEBOX_DENO` names or codebox provisions.
+pub const DENO_KERNEL: &str = "deno";
+
+/// The languages the built-in deno kernel takes: TypeScript, and JavaScript as part of it.
+pub(crate) const DENO_LANGUAGES: &[&str] = &["javascript", "typescript"];
+
 /// The Jupyter data directories, most specific first.
 fn data_dirs(python: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -124,6 +132,9 @@ pub(crate) fn declared_language(name: &str, python: Option<&Path>) -> Option<Str
     if is_builtin(name) || name == LEAN_KERNEL {
         return Some("python".to_owned());
     }
+    if name == DENO_KERNEL {
+        return Some("typescript".to_owned());
+    }
     data_dirs(python).iter().find_map(|dir| {
         let text = std::fs::read_to_string(dir.join("kernels").join(name).join("kernel.json")).ok()?;
         let spec: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -133,7 +144,7 @@ pub(crate) fn declared_language(name: &str, python: Option<&Path>) -> Option<Str
 
 /// Names of every kernel this box could start.
 pub(crate) fn available(python: &Path) -> Vec<String> {
-    let mut names = vec!["python3".to_owned(), LEAN_KERNEL.to_owned()];
+    let mut names = vec!["python3".to_owned(), LEAN_KERNEL.to_owned(), DENO_KERNEL.to_owned()];
     for dir in data_dirs(Some(python)) {
         let Ok(entries) = std::fs::read_dir(dir.join("kernels")) else { continue };
         for e in entries.flatten() {
@@ -180,6 +191,9 @@ pub(crate) fn launch_spec(
             scratch_dir,
         });
     }
+    if name == DENO_KERNEL {
+        return Ok(deno_spec(crate::deno::installed()?, env, start_timeout, scratch_dir));
+    }
     for dir in data_dirs(Some(python)) {
         let file = dir.join("kernels").join(name).join("kernel.json");
         let Ok(text) = std::fs::read_to_string(&file) else { continue };
@@ -219,4 +233,41 @@ pub(crate) fn launch_spec(
         });
     }
     Err(CodeBoxError::invalid(format!("unknown kernel {name:?}; available kernels: {}", available(python).join(", "))))
+}
+
+/// The launch spec of the built-in deno kernel over the binary `deno`: `deno jupyter
+/// --kernel` behind [`KERNEL_BRIDGE`](crate::deno::KERNEL_BRIDGE), which lets a kernel that
+/// speaks only TCP be reached over Unix sockets. Deno keeps its cache
+/// in `$HOME/.cache/deno`, and the sandbox gives the kernel a `HOME` in the box's
+/// `.codebox/`: each box has its own writable `DENO_DIR`, counted against its disk.
+fn deno_spec(
+    deno: PathBuf,
+    mut env: Vec<(String, String)>,
+    start_timeout: Duration,
+    scratch_dir: PathBuf,
+) -> LaunchSpec {
+    // No update check (the box has no network, and the version is pinned), no prompts, and
+    // tracebacks without terminal colours.
+    env.extend(
+        [("DENO_NO_UPDATE_CHECK", "1"), ("DENO_NO_PROMPT", "1"), ("NO_COLOR", "1")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let argv = vec![
+        deno.to_string_lossy().into_owned(),
+        "eval".into(),
+        "--no-config".into(),
+        crate::deno::KERNEL_BRIDGE.into(),
+        "{connection_file}".into(),
+    ];
+    LaunchSpec {
+        name: DENO_KERNEL.into(),
+        language: "typescript".into(),
+        argv,
+        env,
+        interrupt_mode: InterruptMode::Message,
+        transport: Transport::Ipc,
+        start_timeout,
+        sandbox: Default::default(),
+        scratch_dir,
+    }
 }

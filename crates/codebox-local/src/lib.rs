@@ -34,6 +34,14 @@
 //! [`with_progress`](LocalBoxBuilder::with_progress), and as `tracing` events. This crate
 //! never prints.
 //!
+//! # JavaScript and TypeScript
+//!
+//! The built-in [`DENO_KERNEL`] runs Deno's Jupyter kernel. Deno is `CODEBOX_DENO`, else it
+//! is fetched on first use from the npm registry (pinned at [`DENO_VERSION`], checked against
+//! the registry's published integrity with [`verify_integrity`]) into [`managed_deno_dir`],
+//! reported through the same [`ProvisionEvent`]s. A deno box needs no ipykernel: commands run
+//! under the system's `python3` (or `CODEBOX_PYTHON`).
+//!
 //! # Supervision
 //!
 //! Kernels are forked from one long-lived thread with `PR_SET_PDEATHSIG`, each in its own
@@ -103,6 +111,7 @@
 
 mod boxprocess;
 mod confine;
+mod deno;
 mod exec;
 mod factory;
 mod files;
@@ -123,13 +132,14 @@ mod workdir;
 
 // Trees a box's code may have shaped are removed by the sandbox crate's walk.
 
+pub use crate::deno::{DENO_VERSION, IntegrityError, managed_deno_dir, provision_deno_at, verify_integrity};
 pub use crate::factory::{LocalFactory, LocalFactoryBuilder};
-pub use crate::kernelspec::LEAN_KERNEL;
+pub use crate::kernelspec::{DENO_KERNEL, LEAN_KERNEL};
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
 pub use crate::pool::{KernelPool, KernelPoolStats};
 pub use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep};
 pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at, template_python_dir};
-pub use crate::template::{DEFAULT_TEMPLATE, DENO_KERNEL, Template, TemplateCatalogue};
+pub use crate::template::{DEFAULT_TEMPLATE, Template, TemplateCatalogue};
 pub use codebox_sandbox::{
     Allowlist, BwrapUnavailable, DEFAULT_UID_RANGE, Isolation, IsolationLevel, LandlockUnavailable, Limits,
     PACKAGES_DIR, Probe, SandboxPolicy, UidAllocator, choose, probe, running_as_root,

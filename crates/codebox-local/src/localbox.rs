@@ -166,8 +166,12 @@ impl CodeBox for LocalBox {
             languages.push("python".to_owned());
         }
         languages.push("bash".to_owned());
-        if !matches!(self.inner.config.kernel.as_str(), "python3" | "python") {
-            languages.push(self.inner.config.kernel.clone());
+        match self.inner.config.kernel.as_str() {
+            "python3" | "python" => {}
+            crate::kernelspec::DENO_KERNEL => {
+                languages.extend(crate::kernelspec::DENO_LANGUAGES.iter().map(|l| (*l).to_owned()));
+            }
+            other => languages.push(other.to_owned()),
         }
         if let Some(default) = &self.inner.config.language
             && !languages.contains(default)
@@ -212,7 +216,13 @@ impl CodeBox for LocalBox {
         let default_language = self.inner.config.language.as_deref();
         let language = options.language.as_deref().or(default_language).unwrap_or(&self.inner.config.kernel);
         let bash = is_bash(language);
-        if !bash && !is_python(language) && language != self.inner.config.kernel && Some(language) != default_language {
+        let kernel_takes = |l: &str| {
+            l == self.inner.config.kernel
+                || Some(l) == default_language
+                || (self.inner.config.kernel == crate::kernelspec::DENO_KERNEL
+                    && crate::kernelspec::DENO_LANGUAGES.contains(&l))
+        };
+        if !bash && !is_python(language) && !kernel_takes(language) {
             return Err(CodeBoxError::invalid(format!(
                 "language {language:?} is not available in this box; use one of: {}",
                 self.capabilities().languages.join(", ")

@@ -100,23 +100,34 @@ impl fmt::Display for ProvisionStep {
     }
 }
 
+/// What a build at `dir` makes, for people: Deno's builds are `<home>/deno/<version>`.
+fn what_is_built(dir: &std::path::Path) -> &'static str {
+    if dir.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "deno") {
+        "Deno"
+    } else {
+        "the Python environment"
+    }
+}
+
 impl fmt::Display for ProvisionEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Waiting { dir, lock } => write!(
                 f,
-                "waiting for another process to finish building the Python environment {} (lock {})",
+                "waiting for another process to finish building {} {} (lock {})",
+                what_is_built(dir),
                 dir.display(),
                 lock.display()
             ),
             Self::Started { dir, total } => {
-                write!(f, "building the Python environment {} ({total} steps)", dir.display())
+                write!(f, "building {} {} ({total} steps)", what_is_built(dir), dir.display())
             }
             Self::StepStarted { step, .. } => write!(f, "[{}/{}] {}", step.index, step.total, step.description),
             Self::Output { step, line } => write!(f, "{step}: {line}"),
             Self::StepFinished { step, took, .. } => write!(f, "{step} done in {:.1}s", took.as_secs_f64()),
             Self::Finished { dir, elapsed } => {
-                write!(f, "the Python environment {} is ready ({:.1}s)", dir.display(), elapsed.as_secs_f64())
+                let what = what_is_built(dir);
+                write!(f, "{what} {} is ready ({:.1}s)", dir.display(), elapsed.as_secs_f64())
             }
         }
     }

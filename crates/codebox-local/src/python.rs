@@ -260,7 +260,7 @@ fn base_pythons() -> Vec<PathBuf> {
 
 /// Run one step's tool, reporting each line it prints; on failure, the error carries the
 /// last lines and its stderr.
-fn run_logged(mut cmd: Command, tool: &str, step: &ProvisionStep, reporter: &Reporter<'_>) -> Result<()> {
+pub(crate) fn run_logged(mut cmd: Command, tool: &str, step: &ProvisionStep, reporter: &Reporter<'_>) -> Result<()> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -300,17 +300,22 @@ enum StepWork {
 
 /// Take the lock exclusively, saying so first when another process holds it. Returns
 /// whether it had to wait.
-fn lock_exclusive(lock: &std::fs::File, dir: &Path, lock_path: &Path, reporter: &Reporter<'_>) -> Result<bool> {
+pub(crate) fn lock_exclusive(
+    lock: &std::fs::File,
+    dir: &Path,
+    lock_path: &Path,
+    reporter: &Reporter<'_>,
+) -> Result<bool> {
     use rustix::fs::{FlockOperation, flock};
     match flock(lock, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => return Ok(false),
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
             reporter.report(ProvisionEvent::Waiting { dir: dir.to_owned(), lock: lock_path.to_owned() });
         }
-        Err(e) => return Err(CodeBoxError::io("locking the managed Python environment", e.into())),
+        Err(e) => return Err(CodeBoxError::io("locking a managed environment", e.into())),
     }
     flock(lock, FlockOperation::LockExclusive)
-        .map_err(|e| CodeBoxError::io("locking the managed Python environment", e.into()))?;
+        .map_err(|e| CodeBoxError::io("locking a managed environment", e.into()))?;
     Ok(true)
 }
 

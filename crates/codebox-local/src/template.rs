@@ -9,11 +9,8 @@ use std::collections::BTreeMap;
 
 use codebox_core::{CodeBoxError, ResourceLimits, Result, TemplateInfo};
 
-use crate::kernelspec::LEAN_KERNEL;
+use crate::kernelspec::{DENO_KERNEL, LEAN_KERNEL};
 use crate::python::PythonProfile;
-
-/// The kernel of the JavaScript and TypeScript templates: Deno's Jupyter kernel.
-pub const DENO_KERNEL: &str = "deno";
 
 /// The name of the template boxes are made from when none is named.
 pub const DEFAULT_TEMPLATE: &str = "python";

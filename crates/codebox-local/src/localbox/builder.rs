@@ -91,11 +91,19 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The box's Python, made ready first when needed. A deno box needs no ipykernel: its
+    /// Python (for commands) is any python3, and Deno is what is made ready.
     pub(super) async fn python(&self) -> Result<PathBuf> {
         let (python, provision, profile, progress) =
             (self.python.clone(), self.provision, self.profile, self.progress.clone());
         let packages = self.packages.clone();
+        let deno = self.kernel == crate::kernelspec::DENO_KERNEL;
         tokio::task::spawn_blocking(move || {
+            if deno {
+                let python = crate::deno::base_python(python.as_deref())?;
+                crate::deno::resolve(provision, &python, progress.as_ref())?;
+                return Ok(python);
+            }
             if packages.is_empty() {
                 crate::python::resolve(python.as_deref(), provision, profile, progress.as_ref())
             } else {
@@ -184,8 +192,10 @@ impl LocalBoxBuilder {
 
     /// The kernel to run: `python3` (the default, ipykernel over the box's Python),
     /// [`LEAN_KERNEL`](crate::LEAN_KERNEL) (IPython over the box's Python without ipykernel:
-    /// shorter round trips and starts, no widgets or debugger), or the name of an installed
-    /// kernelspec.
+    /// shorter round trips and starts, no widgets or debugger), [`DENO_KERNEL`](crate::DENO_KERNEL)
+    /// (JavaScript and TypeScript through `deno jupyter`; Deno is `CODEBOX_DENO` or fetched
+    /// on first use, see [`managed_deno_dir`](crate::managed_deno_dir)), or the name of an
+    /// installed kernelspec.
     pub fn with_kernel(mut self, kernel: impl Into<String>) -> Self {
         self.config.kernel = kernel.into();
         self
