@@ -8,6 +8,7 @@ mod python_server;
 mod rate_limits;
 mod sessions;
 mod support;
+mod templates;
 mod tls;
 mod tls_server;
 mod transport;
