@@ -185,7 +185,12 @@ async fn main() -> Result<()> {
     probe.stop().await?;
 
     // Pooled: a server whose factory keeps `pool_size` ready kernels per pooled template.
-    let pooled_factory = Arc::new(LocalFactory::builder(local_builder()).with_pool_size(pool_size).build()?);
+    let pooled_factory = Arc::new(
+        TEMPLATES
+            .iter()
+            .fold(LocalFactory::builder(local_builder()), |factory, template| factory.with_pool(*template, pool_size))
+            .build()?,
+    );
     pooled_factory.prewarm_in_background();
     let pooled_server = serve(Arc::clone(&pooled_factory)).await?;
     let pooled_sessions = Sessions::new(&pooled_server.base)?;
