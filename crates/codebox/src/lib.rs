@@ -57,9 +57,10 @@ pub use codebox_server as server;
 /// current directory), not yet started.
 ///
 /// No `CODEBOX_API_KEY`, or the key `local`, gives a [`LocalBox`]; any other key gives a
-/// [`RemoteBox`] at `CODEBOX_BASE_URL`. A local box is made from the template
-/// `CODEBOX_TEMPLATE` names when it is set (`python`, `python-minimal`, `bash`,
-/// `javascript`, `typescript`), with `CODEBOX_KERNEL` and `CODEBOX_PYTHON` over it.
+/// [`RemoteBox`] at `CODEBOX_BASE_URL`. The box is made from the template `CODEBOX_TEMPLATE`
+/// names when it is set (`python`, `python-minimal`, `bash`, `javascript`, `typescript`, or
+/// one of the server's own): a local box with `CODEBOX_KERNEL` and `CODEBOX_PYTHON` over it,
+/// a remote one by asking the server for a session of that template.
 pub fn from_env() -> Result<Arc<dyn CodeBox>> {
     let settings = settings_from_env_and_file(".env")?;
     let template = env_file::var_from_env_and_file(".env", TEMPLATE_VAR)?;
@@ -73,11 +74,18 @@ fn from_settings_and_template(settings: &CodeBoxSettings, template: Option<&str>
     match template.filter(|t| !t.is_empty()) {
         None => from_settings(settings),
         Some(template) if settings.wants_local() => local_template_box(settings, template),
-        Some(template) => Err(CodeBoxError::invalid(format!(
-            "{TEMPLATE_VAR}={template:?} makes a local box, and CODEBOX_API_KEY asks for a remote one: \
-             unset one of them"
-        ))),
+        Some(template) => remote_template_box(settings, template),
     }
+}
+
+#[cfg(feature = "remote")]
+fn remote_template_box(settings: &CodeBoxSettings, template: &str) -> Result<Arc<dyn CodeBox>> {
+    Ok(Arc::new(codebox_remote::RemoteBoxBuilder::from_settings(settings).with_template(template).build()?))
+}
+
+#[cfg(not(feature = "remote"))]
+fn remote_template_box(settings: &CodeBoxSettings, _: &str) -> Result<Arc<dyn CodeBox>> {
+    remote_box(settings)
 }
 
 #[cfg(feature = "local")]
@@ -171,10 +179,12 @@ mod tests {
         assert_eq!(out.stdout(), "bash\n", "cells that name no language run in bash");
     }
 
+    #[cfg(feature = "remote")]
     #[test]
-    fn a_template_with_a_remote_key_is_refused() {
-        let err = from_settings_and_template(&settings(Some("sk-x")), Some("bash")).unwrap_err();
-        assert!(err.to_string().contains("CODEBOX_TEMPLATE"), "{err}");
+    fn a_template_with_a_remote_key_asks_the_server_for_it() {
+        let b = from_settings_and_template(&settings(Some("sk-x")), Some("bash")).unwrap();
+        let dbg = format!("{b:?}");
+        assert!(dbg.starts_with("RemoteBox"), "{dbg}");
     }
 
     #[cfg(feature = "remote")]
