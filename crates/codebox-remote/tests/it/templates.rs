@@ -4,7 +4,7 @@
 //! data, as Python ones do.
 
 use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings, ErrorKind, MimeBundle, Outcome};
-use codebox_local::{LocalBox, LocalFactory};
+use codebox_local::{LocalBox, LocalFactory, PythonProfile, Template};
 use codebox_remote::{Client, SessionRequest};
 use codebox_server::{Server, ServerConfig};
 use tokio::sync::oneshot;
@@ -20,9 +20,15 @@ struct Running {
 }
 
 async fn serve() -> Running {
+    serve_with(Vec::new()).await
+}
+
+/// [`serve`], with these templates besides the built-ins.
+async fn serve_with(templates: Vec<Template>) -> Running {
     let root = tempfile::tempdir().unwrap();
     let factory = LocalFactory::builder(LocalBox::builder())
         .with_session_root(root.path().join("sessions"))
+        .with_templates(templates)
         .with_pool("python", 1)
         .build()
         .unwrap();
@@ -91,4 +97,25 @@ async fn javascript_and_typescript_sessions_keep_state_print_display_and_raise_e
         assert_eq!(ex.text(), "82", "an error leaves the state: {ex:?}");
         session.stop().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_template_that_cannot_be_built_fails_its_session_clearly_and_is_tried_again() {
+    let broken = Template::new("broken", "python3", "python")
+        .with_profile(PythonProfile::Minimal)
+        .with_packages(["codebox-definitely-missing-package-51c2e8"]);
+    let server = serve_with(vec![broken]).await;
+    let client = client(&server.base);
+    for attempt in 1..=2 {
+        let err = client.create(SessionRequest::new().with_template("broken")).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("building the template environment of"), "attempt {attempt}: {text}");
+        assert!(
+            text.contains("No matching distribution found for codebox-definitely-missing-package-51c2e8"),
+            "the installer's last lines say why (attempt {attempt}): {text}"
+        );
+    }
+    // The server is still up and still makes sessions of the templates that build.
+    let session = client.create(SessionRequest::new().with_template("python")).await.unwrap();
+    assert_eq!(session.exec("1 + 1").await.unwrap().text(), "2");
 }
