@@ -185,8 +185,10 @@ fn session_cap(uids: usize, pooled: usize) -> usize {
     uids.saturating_sub(pooled).max(1)
 }
 
-/// Bytes of working directory per file it may hold, when a request sizes it.
-const BYTES_PER_INODE: u64 = 16 << 10;
+/// Bytes of working directory per file it may hold, when a request sizes it: ext4's inodes
+/// are 256 bytes, so the inode table takes at most half the image. (A ratio like ext4's own
+/// 16 KiB would leave a server's 64 MiB default a few thousand files: too few for a tree.)
+const BYTES_PER_INODE: u64 = 512;
 
 /// `base` with what `limits` asks for: memory (with `RLIMIT_DATA` at 90 % of it), CPUs as
 /// thousandths of a CPU, processes as the pid limit, disk as the working directory's size.
@@ -202,8 +204,8 @@ pub(crate) fn sandbox_limits(base: &Limits, limits: &ResourceLimits) -> Limits {
         out = out.with_pids(Some(processes));
     }
     if let Some(bytes) = limits.disk_bytes {
-        // The image's inode table must fit in it: at most one file per 16 KiB (ext4's own
-        // default ratio), as few as the base allows.
+        // The image's inode table must fit in it (see `BYTES_PER_INODE`), and never more
+        // files than the base allows.
         let inodes = out.workdir_inodes.min(bytes / BYTES_PER_INODE);
         out = out.with_workdir_size(Some(bytes), inodes);
     }
@@ -398,7 +400,7 @@ mod tests {
         assert_eq!(l.cpu_millis, Some(500));
         assert_eq!(l.pids, Some(32));
         assert_eq!(l.workdir_size, Some(64 << 20));
-        assert_eq!(l.workdir_inodes, 4096, "an inode table that fits the image");
+        assert_eq!(l.workdir_inodes, base.workdir_inodes.min((64 << 20) / 512), "an inode table that fits the image");
         assert_eq!(sandbox_limits(&base, &ResourceLimits::new()), base, "nothing asked, nothing changed");
     }
 }
