@@ -168,7 +168,11 @@ pub fn template_python_dir(template: &crate::Template) -> Option<PathBuf> {
 /// when it has no packages (`CODEBOX_PYTHON` counts as ready); always for a kernel that
 /// does not run Python.
 pub(crate) fn template_ready(template: &crate::Template) -> bool {
-    // Another kernel (Deno's) brings its own runtime: codebox builds no environment for it.
+    // Deno's kernel needs Deno, provisioned on first use; other kernels bring their own
+    // runtime, and codebox builds no environment for them.
+    if template.kernel() == crate::kernelspec::DENO_KERNEL {
+        return crate::deno::installed().is_ok();
+    }
     if !template.runs_python() {
         return true;
     }
