@@ -232,3 +232,27 @@ async fn the_codebox_api_mode_reports_exceptions_and_outcomes_from_the_servers_v
     assert!(ex.stderr().is_empty(), "{ex:?}");
     assert_eq!(b.exec("print('still here')").await.unwrap().stdout(), "still here\n");
 }
+
+// Installing through the server: the box's installer reaches PyPI through its proxy (the
+// package indexes are all it may reach), the package imports, and `packages()` lists it as
+// the box's own, ahead of the environment it was given. A package PyPI does not have fails
+// with pip's own reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_install_from_the_index_is_listed_as_the_boxs_own() {
+    let server = serve().await;
+    let remote = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    remote.start().await.unwrap();
+    assert!(remote.capabilities().packages);
+    let out = remote.install_one("tabulate").await.unwrap();
+    assert!(out.contains("Successfully installed"), "{out}");
+    let ex = remote.exec("import tabulate\nprint(tabulate.tabulate([[1, 2]]))").await.unwrap();
+    assert!(ex.is_ok() && ex.stdout().contains('1'), "{ex:?}");
+    let packages = remote.packages().await.unwrap();
+    assert_eq!((packages[0].name.as_str(), packages[0].installed_by_box), ("tabulate", true), "{packages:?}");
+    assert_eq!(packages.iter().filter(|p| p.installed_by_box).count(), 1, "{packages:?}");
+    assert!(packages.iter().any(|p| p.name == "ipykernel" && !p.installed_by_box), "{packages:?}");
+    let err = remote.install_one("codebox-no-such-package-7f3e").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Install, "{err}");
+    assert!(err.to_string().contains("No matching distribution"), "{err}");
+    remote.stop().await.unwrap();
+}
