@@ -19,7 +19,8 @@ const LIST_OUTPUT_FLOOR: usize = 4 << 20;
 /// prints `[[name, version, own], ...]`, one entry per distribution in `sys.path` order, the
 /// first of each name (the one an import finds). The current directory, first on `sys.path`
 /// for `-c`, is dropped before anything is imported, so a file of the box cannot stand in
-/// for `json` or `importlib`.
+/// for `json` or `importlib`; a distribution whose metadata cannot be read (a broken
+/// `.dist-info` the box made) is left out rather than failing the whole listing.
 const LIST_SCRIPT: &str = r#"import sys
 if sys.path and sys.path[0] in ('', '.'):
     del sys.path[0]
@@ -30,8 +31,11 @@ seen, found = set(), []
 for entry in list(sys.path):
     is_own = own is not None and os.path.realpath(entry or '.') == own
     for dist in metadata.distributions(path=[entry]):
-        name, version = dist.metadata['Name'], dist.version
-        if not name or not version:
+        try:
+            name, version = dist.metadata['Name'], dist.version
+        except Exception:
+            continue
+        if not isinstance(name, str) or not isinstance(version, str) or not name or not version:
             continue
         key = re.sub(r'[-_.]+', '-', name).lower()
         if key not in seen:
