@@ -13,6 +13,7 @@ use crate::event::ExecEvent;
 use crate::execution::Execution;
 use crate::files::FileInfo;
 use crate::options::{CommandOutput, CommandSpec, RunOptions};
+use crate::packages::PackageInfo;
 use crate::status::{BoxStatus, Capabilities};
 
 /// A stream of execution events. It ends after [`ExecEvent::End`]; dropping it early
@@ -71,6 +72,12 @@ pub trait CodeBox: Send + Sync + Debug {
 
     /// Install packages into the box's environment. Fails with the installer's output.
     async fn install(&self, packages: &[String]) -> Result<String>;
+
+    /// The packages the box's environment has, its own installs first, then by name. Read
+    /// by the box's own interpreter, inside the box.
+    async fn packages(&self) -> Result<Vec<PackageInfo>> {
+        Err(crate::CodeBoxError::unsupported("packages"))
+    }
 
     /// Restart the kernel: variables are gone, files stay.
     async fn restart(&self) -> Result<()>;
@@ -190,6 +197,10 @@ macro_rules! forward_codebox {
                 (**self).install(packages).await
             }
 
+            async fn packages(&self) -> Result<Vec<PackageInfo>> {
+                (**self).packages().await
+            }
+
             async fn restart(&self) -> Result<()> {
                 (**self).restart().await
             }
@@ -294,6 +305,10 @@ mod tests {
             self.record("install")
         }
 
+        async fn packages(&self) -> Result<Vec<PackageInfo>> {
+            self.record("packages")
+        }
+
         async fn restart(&self) -> Result<()> {
             self.record("restart")
         }
@@ -307,7 +322,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 15] = [
+    const EVERY_METHOD: [&str; 16] = [
         "id",
         "capabilities",
         "start",
@@ -320,6 +335,7 @@ mod tests {
         "list_files",
         "delete_file",
         "install",
+        "packages",
         "restart",
         "interrupt",
         "run_command",
@@ -345,6 +361,7 @@ mod tests {
             refused("list_files", b.list_files("", true).await.unwrap_err());
             refused("delete_file", b.delete_file("f").await.unwrap_err());
             refused("install", b.install(&["p".to_owned()]).await.unwrap_err());
+            refused("packages", b.packages().await.unwrap_err());
             refused("restart", b.restart().await.unwrap_err());
             refused("interrupt", b.interrupt().await.unwrap_err());
             refused("run_command", b.run_command(CommandSpec::new("true")).await.unwrap_err());

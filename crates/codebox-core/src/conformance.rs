@@ -217,6 +217,7 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
     check!("several_displays", several_displays(b, d));
     if d.python {
         check!("matplotlib_png", matplotlib_png(b, options.require_matplotlib));
+        check!("packages_listed", packages_listed(b));
     }
     check!("file_round_trip", file_round_trip(b, options.large_file_bytes));
     check!("files_visible_to_code", files_visible_to_code(b, d));
@@ -342,6 +343,34 @@ async fn several_displays(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
     let last = d.quoted("last value");
     ensure(ex.result().and_then(|r| r.plain()) == Some(last), || describe(&ex))?;
     Ok(String::new())
+}
+
+/// `packages()` agrees with what code in the box imports: ipykernel (which every Python
+/// kernel runs) is listed at the version its metadata gives, each name once, the box's own
+/// installs first. A backend that says it cannot list packages must refuse as `Unsupported`.
+async fn packages_listed(b: &dyn CodeBox) -> CheckOutcome {
+    if !b.capabilities().packages {
+        let err = b.packages().await.err().ok_or("capabilities say no packages(), yet it answered")?;
+        ensure(err.kind() == ErrorKind::Unsupported, || format!("packages() refused with {err}"))?;
+        return Ok("packages() unsupported".into());
+    }
+    let packages = b.packages().await.map_err(|e| format!("packages() failed: {e}"))?;
+    let probe = exec(b, "import importlib.metadata as m\nprint(m.version('ipykernel'))").await?;
+    let expected = probe.stdout().trim().to_owned();
+    ensure(!expected.is_empty(), || format!("the box reports no ipykernel version: {}", describe(&probe)))?;
+    let normalized = |name: &str| name.to_ascii_lowercase().replace(['-', '.'], "_");
+    let ipykernel = packages.iter().find(|p| normalized(&p.name) == "ipykernel");
+    ensure(ipykernel.is_some_and(|p| p.version == expected), || {
+        format!("ipykernel {expected} expected in packages(), got {ipykernel:?}")
+    })?;
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &packages {
+        ensure(!p.name.is_empty() && !p.version.is_empty(), || format!("an unnamed or unversioned entry: {p:?}"))?;
+        ensure(seen.insert(normalized(&p.name)), || format!("{} is listed twice", p.name))?;
+    }
+    let own = packages.iter().take_while(|p| p.installed_by_box).count();
+    ensure(packages[own..].iter().all(|p| !p.installed_by_box), || "the box's own installs are not all first".into())?;
+    Ok(format!("{} packages, {own} of the box's own", packages.len()))
 }
 
 async fn matplotlib_png(b: &dyn CodeBox, required: bool) -> CheckOutcome {

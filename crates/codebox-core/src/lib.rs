@@ -16,6 +16,7 @@ mod execution;
 mod factory;
 mod files;
 mod options;
+mod packages;
 mod settings;
 mod status;
 
@@ -30,5 +31,6 @@ pub use crate::execution::{Execution, Image};
 pub use crate::factory::{BoxFactory, BoxRequest, PoolStats, ResourceLimits, TemplateInfo, factory_fn};
 pub use crate::files::{FileInfo, normalize_box_path};
 pub use crate::options::{CommandOutput, CommandSpec, RunOptions};
+pub use crate::packages::PackageInfo;
 pub use crate::settings::{ApiKey, CodeBoxSettings};
 pub use crate::status::{BoxState, BoxStatus, Capabilities};

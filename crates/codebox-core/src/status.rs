@@ -103,6 +103,9 @@ pub struct Capabilities {
     pub restart: bool,
     /// `install()` works.
     pub install: bool,
+    /// `packages()` works. Absent from an older server's answer: `false`.
+    #[serde(default)]
+    pub packages: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -135,6 +138,7 @@ impl Capabilities {
             interrupt: true,
             restart: true,
             install: true,
+            packages: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -151,6 +155,7 @@ impl Capabilities {
             interrupt: false,
             restart: false,
             install: false,
+            packages: false,
             commands: false,
             delete_file: false,
             recursive_list: false,

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use codebox_core::{
-    BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, HttpError, KernelDeath, ResourceLimits, RunOptions,
-    TimeoutKind,
+    BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, HttpError, KernelDeath, PackageInfo, ResourceLimits,
+    RunOptions, TimeoutKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -200,6 +200,13 @@ pub struct InstallRequest {
 pub struct InstallResponse {
     /// The installer's output.
     pub output: String,
+}
+
+/// The packages of a session's environment, its own installs first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackagesResponse {
+    /// The session's own installs first, then by name.
+    pub packages: Vec<PackageInfo>,
 }
 
 /// One line of an execution stream.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use codebox_core::{
     BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    EventStream, FileInfo, Result, RunOptions,
+    EventStream, FileInfo, PackageInfo, Result, RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -20,6 +20,7 @@ pub(crate) use self::builder::Config;
 pub use self::builder::LocalBoxBuilder;
 
 mod install;
+mod packages;
 mod supervisor;
 
 use supervisor::Inner;
@@ -181,6 +182,7 @@ impl CodeBox for LocalBox {
         let mut capabilities = Capabilities::full(languages);
         // pip installs for the box's Python, which only a Python kernel imports from.
         capabilities.install = python;
+        capabilities.packages = python;
         capabilities
     }
 
@@ -288,6 +290,10 @@ impl CodeBox for LocalBox {
 
     async fn install(&self, packages: &[String]) -> Result<String> {
         install::install(&self.inner, packages).await
+    }
+
+    async fn packages(&self) -> Result<Vec<PackageInfo>> {
+        packages::packages(&self.inner).await
     }
 
     async fn restart(&self) -> Result<()> {

@@ -10,10 +10,12 @@ use tracing::debug;
 
 use codebox_core::{
     BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ErrorKind, EventStream, FileInfo,
-    Result, RunOptions,
+    PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::{Request, Retry};
-use codebox_http::wire::{API_PREFIX, ExecuteRequest, InstallRequest, InstallResponse, SessionInfo, SetTimeout};
+use codebox_http::wire::{
+    API_PREFIX, ExecuteRequest, InstallRequest, InstallResponse, PackagesResponse, SessionInfo, SetTimeout,
+};
 
 use crate::connection::Connection;
 use crate::ndjson;
@@ -212,6 +214,13 @@ impl Session for NativeSession {
             .with_read_timeout(LONG_OPERATION);
         let out: InstallResponse = self.conn.http.send(req).await?.json().await?;
         Ok(out.output)
+    }
+
+    async fn packages(&self) -> Result<Vec<PackageInfo>> {
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::GET, &format!("{}/packages", self.session_url()))?;
+        let out: PackagesResponse = self.conn.http.send(req).await?.json().await?;
+        Ok(out.packages)
     }
 
     async fn restart(&self) -> Result<()> {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use codebox_core::{
     BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxSettings, CommandOutput, CommandSpec, EventStream, FileInfo,
-    Result, RunOptions,
+    PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::HttpClient;
 use codebox_http::wire::SessionInfo;
@@ -162,6 +162,10 @@ impl CodeBox for RemoteBox {
 
     async fn install(&self, packages: &[String]) -> Result<String> {
         self.session.install(packages).await
+    }
+
+    async fn packages(&self) -> Result<Vec<PackageInfo>> {
+        self.session.packages().await
     }
 
     async fn restart(&self) -> Result<()> {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream, FileInfo, Result,
-    RunOptions,
+    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream, FileInfo, PackageInfo,
+    Result, RunOptions,
 };
 use codebox_http::client::Request;
 use codebox_http::wire::SessionInfo;
@@ -75,6 +75,11 @@ pub(crate) trait Session: Send + Sync {
     async fn delete_file(&self, path: &str) -> Result<()>;
 
     async fn install(&self, packages: &[String]) -> Result<String>;
+
+    /// The packages of the box's environment; only the native protocol can list them.
+    async fn packages(&self) -> Result<Vec<PackageInfo>> {
+        Err(CodeBoxError::unsupported("packages (only the native protocol lists a session's packages)"))
+    }
 
     async fn restart(&self) -> Result<()>;
 

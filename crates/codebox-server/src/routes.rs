@@ -19,6 +19,7 @@ pub(crate) enum Route {
     Interrupt,
     Restart,
     Install,
+    Packages,
     Commands,
     ListFiles,
     PutFile,
@@ -30,7 +31,7 @@ pub(crate) enum Route {
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 19] = [
+    pub(crate) const ALL: [Route; 20] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -43,6 +44,7 @@ impl Route {
         Route::Interrupt,
         Route::Restart,
         Route::Install,
+        Route::Packages,
         Route::Commands,
         Route::ListFiles,
         Route::PutFile,
@@ -67,6 +69,7 @@ impl Route {
             Route::Interrupt => (Method::POST, "/v1/sessions/{id}/interrupt"),
             Route::Restart => (Method::POST, "/v1/sessions/{id}/restart"),
             Route::Install => (Method::POST, "/v1/sessions/{id}/install"),
+            Route::Packages => (Method::GET, "/v1/sessions/{id}/packages"),
             Route::Commands => (Method::POST, "/v1/sessions/{id}/commands"),
             Route::ListFiles => (Method::GET, "/v1/sessions/{id}/files"),
             Route::PutFile => (Method::PUT, "/v1/sessions/{id}/files/{path}"),

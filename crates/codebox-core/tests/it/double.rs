@@ -135,6 +135,7 @@ impl CodeBox for PythonDouble {
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::full(["python"]);
         caps.install = false;
+        caps.packages = false;
         caps.commands = false;
         caps
     }

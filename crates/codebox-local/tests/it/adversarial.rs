@@ -803,6 +803,11 @@ async fn install_runs_pip_inside_the_box_and_leaves_the_shared_python_alone() {
     assert!(f["file"].starts_with(&*packages.to_string_lossy()), "{f:?}");
     assert_eq!(f["owner"], uid.to_string(), "pip ran as the session uid");
     assert_eq!(f["ifaces"], "lo", "the network was pip's alone");
+    // The box lists it as its own install, ahead of the environment it was given.
+    let packages_listed = within("packages", t.lb.packages()).await.unwrap();
+    assert!(packages_listed[0].name == "tabulate" && packages_listed[0].installed_by_box, "{packages_listed:?}");
+    assert!(packages_listed.iter().filter(|p| p.installed_by_box).count() == 1, "{packages_listed:?}");
+    assert!(packages_listed.iter().any(|p| p.name == "ipykernel" && !p.installed_by_box), "{packages_listed:?}");
     let listed = t.lb.list_files("", false).await.unwrap();
     assert!(listed.iter().all(|fi| !fi.path.starts_with(".codebox")), "{listed:?}");
     within("restart", t.lb.restart()).await.unwrap();

@@ -199,6 +199,24 @@ async fn install_runs_pip_and_reports_its_failure() {
     lb.stop().await.unwrap();
 }
 
+// What the box writes cannot break its own listing: a `json.py` in the working directory
+// does not stand in for the module, and a `.dist-info` without metadata in its packages
+// directory is left out.
+#[tokio::test]
+async fn packages_are_listed_whatever_the_box_writes() {
+    let lb = started().await;
+    let plant = "import os\n\
+                 open('json.py', 'w').write('raise SystemExit(3)\\n')\n\
+                 os.makedirs('.codebox/site-packages/broken-1.0.dist-info', exist_ok=True)\n\
+                 open('.codebox/site-packages/broken-1.0.dist-info/METADATA', 'w').write('')";
+    let ex = lb.exec(plant).await.unwrap();
+    assert!(ex.is_ok(), "{ex:?}");
+    let packages = lb.packages().await.unwrap();
+    assert!(packages.iter().any(|p| p.name == "ipykernel"), "{packages:?}");
+    assert!(packages.iter().all(|p| !p.name.eq_ignore_ascii_case("broken")), "{packages:?}");
+    lb.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn installed_packages_import_without_a_restart() {
     // A tiny wheel built on the spot, found by name in a find-links directory of the box's

@@ -46,6 +46,10 @@ async fn a_deno_box_says_it_runs_javascript_and_typescript_and_installs_nothing(
     let install = lb.install(&["left-pad".to_owned()]).await.unwrap_err();
     assert_eq!(install.kind(), ErrorKind::Unsupported, "{install}");
     assert!(install.to_string().contains("does not run Python"), "{install}");
+    assert!(!lb.capabilities().packages);
+    let packages = lb.packages().await.unwrap_err();
+    assert_eq!(packages.kind(), ErrorKind::Unsupported, "{packages}");
+    assert!(packages.to_string().contains("does not run Python"), "{packages}");
     lb.stop().await.unwrap();
 }
 

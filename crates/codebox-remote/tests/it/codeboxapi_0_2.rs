@@ -63,6 +63,8 @@ async fn what_the_protocol_lacks_is_reported_and_unsupported() {
     let caps = b.capabilities();
     assert!(!caps.install && !caps.interrupt && !caps.restart && !caps.commands && !caps.delete_file);
     assert_eq!(b.install(&["numpy".into()]).await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert!(!caps.packages);
+    assert_eq!(b.packages().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.interrupt().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.restart().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.list_files("", false).await.unwrap_err().kind(), ErrorKind::Unsupported);

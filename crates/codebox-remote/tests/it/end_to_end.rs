@@ -1,11 +1,12 @@
 //! RemoteBox against a real in-process `codebox serve` backed by LocalBox on 127.0.0.1:0.
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use codebox_core::conformance::{ConformanceOptions, run_all};
 use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings, ErrorKind, ExecEvent, Execution, RunOptions};
-use codebox_local::{LocalBox, LocalFactory};
+use codebox_local::{LocalBox, LocalBoxBuilder, LocalFactory};
 use codebox_remote::RemoteBox;
 use codebox_server::{Server, ServerConfig};
 use futures::StreamExt;
@@ -20,9 +21,14 @@ struct Running {
 }
 
 async fn serve() -> Running {
+    serve_boxes(LocalBox::builder()).await
+}
+
+/// A running server whose sessions are boxes of `boxes`.
+async fn serve_boxes(boxes: LocalBoxBuilder) -> Running {
     let config = ServerConfig::new().with_addr("127.0.0.1:0".parse().unwrap()).with_api_key(KEY);
     // Every session gets its own LocalBox.
-    let factory = LocalFactory::builder(LocalBox::builder()).build().unwrap();
+    let factory = LocalFactory::builder(boxes).build().unwrap();
     let server = Server::bind(config, Arc::new(factory)).await.unwrap();
     let base = format!("http://{}", server.local_addr());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -231,4 +237,51 @@ async fn the_codebox_api_mode_reports_exceptions_and_outcomes_from_the_servers_v
     assert_eq!(ex.outcome, codebox_core::Outcome::TimedOut, "{ex:?}");
     assert!(ex.stderr().is_empty(), "{ex:?}");
     assert_eq!(b.exec("print('still here')").await.unwrap().stdout(), "still here\n");
+}
+
+// Installing through the server, with no network: the test has the box build a tiny wheel,
+// downloads it into the find-links directory of the server's pip settings (install takes
+// names, never paths), and installs it by name. It imports, and `packages()` lists it as the
+// box's own, ahead of the environment the box was given. A package no index has fails with
+// pip's own reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_install_of_a_wheel_the_test_builds_is_listed_as_the_boxs_own() {
+    let wheels = tempfile::tempdir().unwrap();
+    // The session's uid reads the directory through pip's sandbox.
+    std::fs::set_permissions(wheels.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = serve_boxes(LocalBox::builder().with_env("PIP_FIND_LINKS", wheels.path().to_string_lossy())).await;
+    let remote = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    remote.start().await.unwrap();
+    assert!(remote.capabilities().packages);
+    let name = format!("codebox_remote_probe_{}", remote.id().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+    let wheel = format!("{name}-0.1-py3-none-any.whl");
+    let make_wheel = format!(
+        "import zipfile\n\
+         name = {name:?}\n\
+         with zipfile.ZipFile({wheel:?}, 'w') as z:\n    \
+         z.writestr(f'{{name}}/__init__.py', 'VALUE = 42\\n')\n    \
+         z.writestr(f'{{name}}-0.1.dist-info/METADATA', f'Metadata-Version: 2.1\\nName: {{name}}\\nVersion: 0.1\\n')\n    \
+         z.writestr(f'{{name}}-0.1.dist-info/WHEEL', 'Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n')\n    \
+         z.writestr(f'{{name}}-0.1.dist-info/RECORD', '')"
+    );
+    let built = remote.exec(&make_wheel).await.unwrap();
+    assert!(built.is_ok(), "{built:?}");
+    let bytes = remote.download_bytes(&wheel).await.unwrap();
+    std::fs::write(wheels.path().join(&wheel), &bytes).unwrap();
+    std::fs::set_permissions(wheels.path().join(&wheel), std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let out = remote.install_one(&name).await.unwrap();
+    assert!(out.contains("Successfully installed"), "{out}");
+    let ex = remote.exec(&format!("import {name}\n{name}.VALUE")).await.unwrap();
+    assert_eq!(ex.text(), "42", "{ex:?}");
+    let packages = remote.packages().await.unwrap();
+    let first = &packages[0];
+    assert_eq!((first.name.as_str(), first.version.as_str(), first.installed_by_box), (name.as_str(), "0.1", true));
+    assert_eq!(packages.iter().filter(|p| p.installed_by_box).count(), 1, "{packages:?}");
+    assert!(packages.iter().any(|p| p.name == "ipykernel" && !p.installed_by_box), "{packages:?}");
+
+    let err = remote.install_one("codebox-no-such-package-7f3e").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Install, "{err}");
+    assert!(err.to_string().contains("No matching distribution"), "{err}");
+    remote.stop().await.unwrap();
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use codebox_core::{CodeBoxError, CommandSpec, ErrorKind, Result};
 use codebox_http::server::{ApiError, Body, json_response, read_budgeted};
-use codebox_http::wire::{InstallRequest, InstallResponse};
+use codebox_http::wire::{InstallRequest, InstallResponse, PackagesResponse};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -58,6 +58,12 @@ pub(crate) async fn dispatch(
             let _use = session.use_guard();
             let output = session.codebox.install(&body.packages).await?;
             Ok(json_response(StatusCode::OK, &InstallResponse { output }))
+        }
+        Route::Packages => {
+            let session = state.registry.require(owner, id)?;
+            let _use = session.use_guard();
+            let packages = session.codebox.packages().await?;
+            Ok(json_response(StatusCode::OK, &PackagesResponse { packages }))
         }
         Route::Commands => {
             let session = state.registry.require(owner, id)?;

@@ -164,6 +164,20 @@ async fn install_commands_restart() {
     assert_eq!(restart.status, StatusCode::NO_CONTENT);
 }
 
+// A box that cannot list its packages says so in its capabilities, and the route answers
+// 501 with the box's reason; an unknown session is 404.
+#[tokio::test]
+async fn packages_of_a_box_that_cannot_list_them_are_unsupported() {
+    let server = TestServer::start().await;
+    let id = server.session().await;
+    let session = server.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(session.json()["capabilities"]["packages"], false, "{:?}", session.json());
+    let packages = server.get(&format!("/v1/sessions/{id}/packages")).await;
+    assert_eq!(packages.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(packages.error_kind(), "unsupported");
+    assert_eq!(server.get("/v1/sessions/no-such-session/packages").await.status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn sessions_belong_to_their_key() {
     let server = TestServer::start().await;
@@ -173,6 +187,7 @@ async fn sessions_belong_to_their_key() {
         (Method::DELETE, format!("/v1/sessions/{id}")),
         (Method::GET, format!("/v1/sessions/{id}/files/x")),
         (Method::POST, format!("/v1/sessions/{id}/interrupt")),
+        (Method::GET, format!("/v1/sessions/{id}/packages")),
     ] {
         let reply = server.send(method, &path, Some(OTHER_KEY), None, Bytes::new()).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");

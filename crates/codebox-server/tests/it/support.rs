@@ -96,7 +96,10 @@ impl CodeBox for ScriptedBox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::full(["script"])
+        // It lists no packages: `packages()` is the trait's refusal.
+        let mut capabilities = Capabilities::full(["script"]);
+        capabilities.packages = false;
+        capabilities
     }
 
     async fn start(&self) -> Result<()> {
