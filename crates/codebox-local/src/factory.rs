@@ -224,6 +224,13 @@ impl BoxFactory for LocalFactory {
             builder = builder.with_kernel(kernel);
         }
         for (key, value) in &request.env {
+            // `PIP_*` in a box's own environment are its owner's installer settings: the paths
+            // they name are opened to the sandboxed pip. A session's request is not the owner.
+            if key.starts_with("PIP_") {
+                return Err(CodeBoxError::invalid(format!(
+                    "environment variable {key}: `PIP_*` settings are the server's, not a session's"
+                )));
+            }
             builder = builder.with_env(key, value);
         }
         if !request.limits.is_empty() {

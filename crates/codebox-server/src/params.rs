@@ -23,8 +23,9 @@ pub(crate) const MAX_ENV_VARS: usize = 128;
 pub(crate) const MAX_ENV_BYTES: usize = 64 << 10;
 
 /// Prefixes of the environment variables the box sets for itself: a session that could
-/// override them could break its own kernel or the server's view of it.
-const RESERVED_ENV_PREFIXES: [&str; 3] = ["CODEBOX_", "JUPYTER_", "JPY_"];
+/// override them could break its own kernel or the server's view of it. `PIP_*` are the
+/// operator's installer settings: the paths they name are opened to the box's pip.
+const RESERVED_ENV_PREFIXES: [&str; 4] = ["CODEBOX_", "JUPYTER_", "JPY_", "PIP_"];
 /// Whole names the box sets for itself.
 const RESERVED_ENV_NAMES: [&str; 1] = ["HOME"];
 
@@ -243,6 +244,7 @@ mod tests {
             (serde_json::json!({"metadata": {"k".repeat(65): ""}}), "1 to 64 bytes"),
             (serde_json::json!({"env": {"A=B": "x"}}), "without `=`"),
             (serde_json::json!({"env": {"CODEBOX_API_KEY": "x"}}), "set by codebox"),
+            (serde_json::json!({"env": {"PIP_FIND_LINKS": "/etc"}}), "set by codebox"),
             (serde_json::json!({"timeout": 86401}), "maximum of 86400"),
             (serde_json::json!({"idle_timeout": 901}), "maximum of 900"),
             (serde_json::json!({"kernel": "a b"}), "not a kernel name"),

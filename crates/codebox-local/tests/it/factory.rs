@@ -123,6 +123,11 @@ async fn the_requests_environment_goes_over_the_templates() {
     let out = lb.exec("import os; print(os.environ['GREETING'], os.environ['WHO'])").await.unwrap();
     assert_eq!(out.stdout(), "hello request\n");
     lb.stop().await.unwrap();
+
+    // The installer's settings are the owner's: a request cannot name directories for pip.
+    let err = factory.create(&request.with_env("PIP_FIND_LINKS", "/etc")).await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("PIP_FIND_LINKS"), "{err}");
 }
 
 #[tokio::test]
