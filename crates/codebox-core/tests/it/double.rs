@@ -114,6 +114,8 @@ impl PythonDouble {
             size: if meta.is_dir() { 0 } else { meta.len() },
             is_dir: meta.is_dir(),
             modified: meta.modified().ok(),
+            file_kind: None,
+            mode: None,
         })
     }
 }
@@ -136,6 +138,8 @@ impl CodeBox for PythonDouble {
         let mut caps = Capabilities::full(["python"]);
         caps.install = false;
         caps.commands = false;
+        // No stat, make_dir or rename: the suite checks they are refused loudly.
+        caps.file_ops = false;
         caps
     }
 
