@@ -188,6 +188,16 @@ pub struct ExecuteRequest {
     pub options: RunOptions,
 }
 
+/// `POST /v1/sessions/{id}/rename`: move a file or directory within the box.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    /// The path to move, relative to the box's working directory.
+    pub from: String,
+    /// Where it goes; its parent must exist, and a directory there is never overwritten.
+    pub to: String,
+}
+
 /// `POST /v1/sessions/{id}/install`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallRequest {

@@ -24,13 +24,16 @@ pub(crate) enum Route {
     PutFile,
     GetFile,
     DeleteFile,
+    StatFile,
+    MakeDir,
+    Rename,
     ListTemplates,
     PoolStats,
 }
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 19] = [
+    pub(crate) const ALL: [Route; 22] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -48,6 +51,9 @@ impl Route {
         Route::PutFile,
         Route::GetFile,
         Route::DeleteFile,
+        Route::StatFile,
+        Route::MakeDir,
+        Route::Rename,
         Route::ListTemplates,
         Route::PoolStats,
     ];
@@ -72,6 +78,9 @@ impl Route {
             Route::PutFile => (Method::PUT, "/v1/sessions/{id}/files/{path}"),
             Route::GetFile => (Method::GET, "/v1/sessions/{id}/files/{path}"),
             Route::DeleteFile => (Method::DELETE, "/v1/sessions/{id}/files/{path}"),
+            Route::StatFile => (Method::GET, "/v1/sessions/{id}/stat/{path}"),
+            Route::MakeDir => (Method::POST, "/v1/sessions/{id}/dirs/{path}"),
+            Route::Rename => (Method::POST, "/v1/sessions/{id}/rename"),
             Route::ListTemplates => (Method::GET, "/v1/templates"),
             Route::PoolStats => (Method::GET, "/v1/pool"),
         }
