@@ -1,4 +1,6 @@
 //! The JSON shapes of the native API (`/v1`), shared by client and server.
+//!
+//! Long file: every route's shapes stay in one place, so client and server read one contract.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

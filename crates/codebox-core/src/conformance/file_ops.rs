@@ -2,7 +2,7 @@
 //! `rename` and a listing with a depth. It uses files only, no code, so it holds for a box
 //! of any language.
 
-use super::{CheckOutcome, ensure, expect_kind};
+use super::{CheckOutcome, Checked, ensure, expect_kind};
 use crate::{CodeBox, CodeBoxExt, ErrorKind, FileInfo, FileKind, Result};
 
 /// `stat`, `make_dir`, `rename` and a listing with a depth, through files alone. A backend
@@ -14,6 +14,12 @@ pub(super) async fn file_ops(b: &dyn CodeBox) -> CheckOutcome {
         expect_kind(unit(b.stat("conformance").await), ErrorKind::Unsupported, "stat")?;
         expect_kind(unit(b.make_dir("conformance/ops").await), ErrorKind::Unsupported, "make_dir")?;
         expect_kind(unit(b.rename("a", "b").await), ErrorKind::Unsupported, "rename")?;
+        if b.capabilities().recursive_list {
+            // The trait's own list_dir, over a recursive listing.
+            b.upload_bytes("conformance/ops/x/b.txt", "abc").await.map_err(err_str)?;
+            b.upload_bytes("conformance/ops/x/w/z.txt", "z").await.map_err(err_str)?;
+            list_depths(b).await?;
+        }
         return Ok("unsupported, and refused".into());
     }
     b.upload_bytes("conformance/ops/a.txt", "abc").await.map_err(err_str)?;
@@ -57,6 +63,14 @@ pub(super) async fn file_ops(b: &dyn CodeBox) -> CheckOutcome {
     let z = b.stat("conformance/ops/x/w/z").await.map_err(err_str)?;
     ensure(z.kind() == FileKind::Dir, || format!("a renamed directory's child: {z:?}"))?;
 
+    list_depths(b).await?;
+    Ok(String::new())
+}
+
+/// `conformance/ops` holds `x/b.txt` and `x/w/`, with more below `x/w`: a listing goes as
+/// deep as asked, and a depth of 0 or past the maximum is refused.
+async fn list_depths(b: &dyn CodeBox) -> Checked<()> {
+    let err_str = |e: crate::CodeBoxError| e.to_string();
     let paths = |v: Vec<FileInfo>| {
         let mut p: Vec<String> = v.into_iter().map(|f| f.path).collect();
         p.sort();
@@ -71,5 +85,5 @@ pub(super) async fn file_ops(b: &dyn CodeBox) -> CheckOutcome {
         let listed = b.list_dir("conformance/ops", depth).await.map(|_| ());
         expect_kind(listed, ErrorKind::InvalidInput, &format!("list_dir depth {depth}"))?;
     }
-    Ok(String::new())
+    Ok(())
 }
