@@ -337,6 +337,9 @@ impl Root {
         let (from_rel, to_rel) = (normalize_box_path(from)?, normalize_box_path(to)?);
         refuse_reserved(from, &from_rel)?;
         refuse_reserved(to, &to_rel)?;
+        if to_rel != from_rel && to_rel.starts_with(&from_rel) {
+            return Err(CodeBoxError::invalid(format!("{from:?} cannot move into itself ({to:?})")));
+        }
         let (from_parent, from_name) = self.parent_of(from, false)?;
         let (to_parent, to_name) = self.parent_of(to, false)?;
         let st = rustix::fs::statat(&from_parent, from_name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
@@ -357,9 +360,6 @@ impl Root {
         match rustix::fs::renameat_with(&from_parent, from_name.as_slice(), &to_parent, to_name.as_slice(), flags) {
             Ok(()) => {}
             Err(Errno::ISDIR) => return Err(onto_dir()),
-            Err(Errno::INVAL) => {
-                return Err(CodeBoxError::invalid(format!("{from:?} cannot move into itself ({to:?})")));
-            }
             Err(e) => return Err(errno_to_error(to, e, "renaming to")),
         }
         let st = rustix::fs::statat(&to_parent, to_name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
