@@ -70,6 +70,46 @@ pub trait CodeBox: Send + Sync + Debug {
     /// Delete a file or an empty directory.
     async fn delete_file(&self, path: &str) -> Result<()>;
 
+    /// Metadata of one path: kind, size, mode, modified. A symbolic link is described, never
+    /// followed. A missing path is [`ErrorKind::NotFound`](crate::ErrorKind::NotFound): that
+    /// is how to ask whether a file exists.
+    async fn stat(&self, path: &str) -> Result<FileInfo> {
+        let _ = path;
+        Err(crate::CodeBoxError::unsupported("stat"))
+    }
+
+    /// Make a directory and any missing parents. An existing directory is fine; an existing
+    /// file (or link) on the way is an error. Returns the directory's metadata.
+    async fn make_dir(&self, path: &str) -> Result<FileInfo> {
+        let _ = path;
+        Err(crate::CodeBoxError::unsupported("make_dir"))
+    }
+
+    /// Move a file or directory within the box. A file at `to` is replaced; a directory at
+    /// `to` is never overwritten, and `to`'s parent must exist. Returns `to`'s metadata.
+    async fn rename(&self, from: &str, to: &str) -> Result<FileInfo> {
+        let _ = (from, to);
+        Err(crate::CodeBoxError::unsupported("rename"))
+    }
+
+    /// List a directory down to `depth` levels (1: its entries only; as E2B's
+    /// `files.list(path, depth)`). The default filters a recursive [`CodeBox::list_files`].
+    async fn list_dir(&self, dir: &str, depth: usize) -> Result<Vec<FileInfo>> {
+        check_list_depth(depth)?;
+        if depth == 1 {
+            return self.list_files(dir, false).await;
+        }
+        let base = match dir.trim_matches('/') {
+            "" | "." => 0,
+            d => crate::files::normalize_box_path(d)?.components().count(),
+        };
+        let all = self.list_files(dir, true).await?;
+        Ok(all
+            .into_iter()
+            .filter(|f| f.path.split('/').filter(|p| !p.is_empty()).count().saturating_sub(base) <= depth)
+            .collect())
+    }
+
     /// Install packages into the box's environment. Fails with the installer's output.
     async fn install(&self, packages: &[String]) -> Result<String>;
 
@@ -87,6 +127,19 @@ pub trait CodeBox: Send + Sync + Debug {
 
     /// Run a program with arguments (no shell) inside the box.
     async fn run_command(&self, command: CommandSpec) -> Result<CommandOutput>;
+}
+
+/// The deepest listing [`CodeBox::list_dir`] accepts (as deep as a recursive listing goes).
+pub const MAX_LIST_DEPTH: usize = 128;
+
+/// Refuse a listing depth of 0 or past [`MAX_LIST_DEPTH`].
+pub fn check_list_depth(depth: usize) -> Result<()> {
+    if depth == 0 || depth > MAX_LIST_DEPTH {
+        return Err(crate::CodeBoxError::invalid(format!(
+            "a listing depth must be between 1 and {MAX_LIST_DEPTH}, not {depth}"
+        )));
+    }
+    Ok(())
 }
 
 /// Conveniences over any [`CodeBox`].
@@ -191,6 +244,22 @@ macro_rules! forward_codebox {
 
             async fn delete_file(&self, path: &str) -> Result<()> {
                 (**self).delete_file(path).await
+            }
+
+            async fn stat(&self, path: &str) -> Result<FileInfo> {
+                (**self).stat(path).await
+            }
+
+            async fn make_dir(&self, path: &str) -> Result<FileInfo> {
+                (**self).make_dir(path).await
+            }
+
+            async fn rename(&self, from: &str, to: &str) -> Result<FileInfo> {
+                (**self).rename(from, to).await
+            }
+
+            async fn list_dir(&self, dir: &str, depth: usize) -> Result<Vec<FileInfo>> {
+                (**self).list_dir(dir, depth).await
             }
 
             async fn install(&self, packages: &[String]) -> Result<String> {
@@ -301,6 +370,22 @@ mod tests {
             self.record("delete_file")
         }
 
+        async fn stat(&self, _: &str) -> Result<FileInfo> {
+            self.record("stat")
+        }
+
+        async fn make_dir(&self, _: &str) -> Result<FileInfo> {
+            self.record("make_dir")
+        }
+
+        async fn rename(&self, _: &str, _: &str) -> Result<FileInfo> {
+            self.record("rename")
+        }
+
+        async fn list_dir(&self, _: &str, _: usize) -> Result<Vec<FileInfo>> {
+            self.record("list_dir")
+        }
+
         async fn install(&self, _: &[String]) -> Result<String> {
             self.record("install")
         }
@@ -322,7 +407,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 16] = [
+    const EVERY_METHOD: [&str; 20] = [
         "id",
         "capabilities",
         "start",
@@ -334,6 +419,10 @@ mod tests {
         "download",
         "list_files",
         "delete_file",
+        "stat",
+        "make_dir",
+        "rename",
+        "list_dir",
         "install",
         "packages",
         "restart",
@@ -360,6 +449,10 @@ mod tests {
             refused("download", b.download("f").await.err().unwrap());
             refused("list_files", b.list_files("", true).await.unwrap_err());
             refused("delete_file", b.delete_file("f").await.unwrap_err());
+            refused("stat", b.stat("f").await.unwrap_err());
+            refused("make_dir", b.make_dir("d").await.unwrap_err());
+            refused("rename", b.rename("f", "g").await.unwrap_err());
+            refused("list_dir", b.list_dir("", 2).await.unwrap_err());
             refused("install", b.install(&["p".to_owned()]).await.unwrap_err());
             refused("packages", b.packages().await.unwrap_err());
             refused("restart", b.restart().await.unwrap_err());

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{CodeBox, CodeBoxExt, ErrorKind, ExecEvent, Execution, Outcome, Result, RunOptions};
+use crate::{CodeBox, CodeBoxExt, ErrorKind, ExecEvent, Execution, FileInfo, FileKind, Outcome, Result, RunOptions};
 
 mod dialect;
+mod file_ops;
 
 pub use dialect::Dialect;
 
@@ -222,6 +223,7 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
     check!("file_round_trip", file_round_trip(b, options.large_file_bytes));
     check!("files_visible_to_code", files_visible_to_code(b, d));
     check!("list_and_delete", list_and_delete(b));
+    check!("file_ops", file_ops::file_ops(b));
     check!("unsafe_paths_refused", unsafe_paths_refused(b, d));
     check!("symlink_escape_refused", symlink_escape_refused(b, d));
     check!("timeout_keeps_box", timeout_keeps_box(b, d, options.timeout));
@@ -489,6 +491,14 @@ async fn unsafe_paths_refused(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
         expect_kind(up, ErrorKind::UnsafePath, &format!("upload {path:?}"))?;
         expect_kind(b.download(path).await.map(|_| ()), ErrorKind::UnsafePath, &format!("download {path:?}"))?;
         expect_kind(b.delete_file(path).await, ErrorKind::UnsafePath, &format!("delete {path:?}"))?;
+        if b.capabilities().file_ops {
+            let unsafe_path = |r: Result<FileInfo>, what: &str| expect_kind(r.map(|_| ()), ErrorKind::UnsafePath, what);
+            unsafe_path(b.stat(path).await, &format!("stat {path:?}"))?;
+            unsafe_path(b.make_dir(path).await, &format!("make_dir {path:?}"))?;
+            b.upload_bytes("conformance/inside.txt", "in").await.map_err(|e| e.to_string())?;
+            unsafe_path(b.rename("conformance/inside.txt", path).await, &format!("rename to {path:?}"))?;
+            unsafe_path(b.rename(path, "conformance/inside.txt").await, &format!("rename from {path:?}"))?;
+        }
     }
     expect_kind(b.list_files("..", false).await.map(|_| ()), ErrorKind::UnsafePath, "list ..")?;
     expect_kind(b.list_files("/", false).await.map(|_| ()), ErrorKind::UnsafePath, "list /")?;
@@ -512,6 +522,22 @@ async fn symlink_escape_refused(b: &dyn CodeBox, d: &Dialect) -> CheckOutcome {
         ErrorKind::UnsafePath,
         "upload onto a symlink",
     )?;
+    if b.capabilities().file_ops {
+        let link = b.stat("conformance/passwd-link").await.map_err(|e| e.to_string())?;
+        ensure(link.kind() == FileKind::Symlink, || format!("stat of a link is not the link: {link:?}"))?;
+        let refused = |r: Result<FileInfo>, what: &str| expect_kind(r.map(|_| ()), ErrorKind::UnsafePath, what);
+        refused(b.stat("conformance/etc-link/passwd").await, "stat through a symlinked directory")?;
+        refused(b.make_dir("conformance/etc-link/conformance-escape").await, "make_dir through a symlinked directory")?;
+        b.upload_bytes("conformance/inside.txt", "in").await.map_err(|e| e.to_string())?;
+        refused(
+            b.rename("conformance/inside.txt", "conformance/etc-link/conformance-escape").await,
+            "rename into a symlinked directory",
+        )?;
+        refused(
+            b.rename("conformance/etc-link/passwd", "conformance/stolen").await,
+            "rename out of a symlinked directory",
+        )?;
+    }
     let ex = exec(b, &d.print_etc_escape_exists).await?;
     ensure(ex.stdout().trim() == "False", || "an upload through a symlink wrote outside the box".into())?;
     Ok(String::new())

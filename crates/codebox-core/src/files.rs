@@ -21,6 +21,35 @@ pub struct FileInfo {
     /// Last modification time, when known. On the wire: seconds since the Unix epoch.
     #[serde(default, with = "unix_seconds")]
     pub modified: Option<SystemTime>,
+    /// What the entry is, when the backend says (a link is reported as a link, never
+    /// followed). Absent from older servers; [`FileInfo::kind`] then falls back on `is_dir`.
+    #[serde(default, rename = "kind", skip_serializing_if = "Option::is_none")]
+    pub file_kind: Option<FileKind>,
+    /// The permission bits (`0o644`, say), when the backend says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// What a [`FileInfo`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (its target is never followed).
+    Symlink,
+    /// Anything else: a FIFO, a socket, a device.
+    Other,
+}
+
+impl FileInfo {
+    /// What the entry is: the backend's word when it gave one, else a file or a directory
+    /// by `is_dir`.
+    pub fn kind(&self) -> FileKind {
+        self.file_kind.unwrap_or(if self.is_dir { FileKind::Dir } else { FileKind::File })
+    }
 }
 
 /// The longest name one path component may have, in bytes (Linux's NAME_MAX).
@@ -110,9 +139,20 @@ mod tests {
             size: 3,
             is_dir: false,
             modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            file_kind: Some(FileKind::File),
+            mode: Some(0o644),
         };
         let json = serde_json::to_value(&info).unwrap();
         assert_eq!(json["modified"], 1_700_000_000.0);
+        assert_eq!(json["kind"], "file");
+        assert_eq!(json["mode"], 0o644);
         assert_eq!(serde_json::from_value::<FileInfo>(json).unwrap(), info);
+    }
+
+    #[test]
+    fn an_older_servers_info_without_kind_or_mode_still_reads() {
+        let json = serde_json::json!({"path": "d", "name": "d", "size": 0, "is_dir": true});
+        let info: FileInfo = serde_json::from_value(json).unwrap();
+        assert_eq!((info.kind(), info.mode, info.file_kind), (FileKind::Dir, None, None));
     }
 }

@@ -24,12 +24,12 @@ mod status;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
-pub use crate::codebox::{ByteStream, CodeBox, CodeBoxExt, EventStream};
+pub use crate::codebox::{ByteStream, CodeBox, CodeBoxExt, EventStream, MAX_LIST_DEPTH, check_list_depth};
 pub use crate::error::{BoxedSource, CodeBoxError, ErrorKind, HttpError, KernelDeath, Result, TimeoutKind};
 pub use crate::event::{ErrorInfo, ExecEvent, MimeBundle, Outcome};
 pub use crate::execution::{Execution, Image};
 pub use crate::factory::{BoxFactory, BoxRequest, PoolStats, ResourceLimits, TemplateInfo, factory_fn};
-pub use crate::files::{FileInfo, normalize_box_path};
+pub use crate::files::{FileInfo, FileKind, normalize_box_path};
 pub use crate::options::{CommandOutput, CommandSpec, RunOptions};
 pub use crate::packages::PackageInfo;
 pub use crate::settings::{ApiKey, CodeBoxSettings};

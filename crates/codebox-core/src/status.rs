@@ -112,6 +112,9 @@ pub struct Capabilities {
     pub delete_file: bool,
     /// `list_files(.., recursive = true)` works.
     pub recursive_list: bool,
+    /// `stat()`, `make_dir()` and `rename()` work. Absent from older servers: then false.
+    #[serde(default)]
+    pub file_ops: bool,
     /// Languages or kernel names that `RunOptions::language` accepts.
     pub languages: Vec<String>,
     /// The largest upload accepted, in bytes, when there is a limit.
@@ -142,6 +145,7 @@ impl Capabilities {
             commands: true,
             delete_file: true,
             recursive_list: true,
+            file_ops: true,
             languages: languages.into_iter().map(Into::into).collect(),
             max_upload_bytes: None,
             unreported: Vec::new(),
@@ -159,6 +163,7 @@ impl Capabilities {
             commands: false,
             delete_file: false,
             recursive_list: false,
+            file_ops: false,
             languages: languages.into_iter().map(Into::into).collect(),
             max_upload_bytes: None,
             unreported: Vec::new(),

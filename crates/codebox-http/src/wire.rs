@@ -1,4 +1,6 @@
 //! The JSON shapes of the native API (`/v1`), shared by client and server.
+//!
+//! Long file: every route's shapes stay in one place, so client and server read one contract.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -186,6 +188,16 @@ pub struct ExecuteRequest {
     /// Per-execution options.
     #[serde(default)]
     pub options: RunOptions,
+}
+
+/// `POST /v1/sessions/{id}/rename`: move a file or directory within the box.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    /// The path to move, relative to the box's working directory.
+    pub from: String,
+    /// Where it goes; its parent must exist, and a directory there is never overwritten.
+    pub to: String,
 }
 
 /// `POST /v1/sessions/{id}/install`.

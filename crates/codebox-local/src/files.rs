@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
 
-use codebox_core::{ByteStream, CodeBoxError, FileInfo, Result, normalize_box_path};
+use codebox_core::{ByteStream, CodeBoxError, FileInfo, FileKind, Result, normalize_box_path};
 use futures::StreamExt;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -263,6 +263,18 @@ impl Root {
     /// List a directory, descending into subdirectories (never through links) on request,
     /// within [`MAX_LIST_ENTRIES`], [`MAX_LIST_DEPTH`] and [`MAX_LIST_PATH_BYTES`].
     pub(crate) fn list(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
+        self.list_to(dir, if recursive { None } else { Some(1) })
+    }
+
+    /// List a directory down to `depth` levels (1: its own entries), within the same caps.
+    pub(crate) fn list_depth(&self, dir: &str, depth: usize) -> Result<Vec<FileInfo>> {
+        codebox_core::check_list_depth(depth)?;
+        self.list_to(dir, Some(depth))
+    }
+
+    /// The walk behind [`Root::list`] and [`Root::list_depth`]: `depth` levels, or all
+    /// (up to the cap) when `None`.
+    fn list_to(&self, dir: &str, depth_limit: Option<usize>) -> Result<Vec<FileInfo>> {
         let rel = self.check_dir(dir)?;
         let mut out = Vec::new();
         let mut path_bytes = 0usize;
@@ -288,7 +300,7 @@ impl Root {
             }
             for fi in &out[before..] {
                 path_bytes += fi.path.len();
-                if recursive && fi.is_dir {
+                if fi.is_dir && depth_limit.is_none_or(|limit| depth + 1 < limit) {
                     todo.push((PathBuf::from(&fi.path), depth + 1));
                 }
             }
@@ -298,6 +310,61 @@ impl Root {
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
+    }
+
+    /// Describe one path without following a link at its end (a link on the way is refused).
+    pub(crate) fn stat(&self, path: &str) -> Result<FileInfo> {
+        let (parent, name) = self.parent_of(path, false)?;
+        let st = rustix::fs::statat(&parent, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| errno_to_error(path, e, "reading metadata of"))?;
+        Ok(info(&normalize_box_path(path)?, &st))
+    }
+
+    /// Make a directory and its missing parents, each given to the box's user. An existing
+    /// directory is fine; a file or link anywhere on the way is refused by the walk.
+    pub(crate) fn make_dir(&self, path: &str) -> Result<FileInfo> {
+        let rel = normalize_box_path(path)?;
+        refuse_reserved(path, &rel)?;
+        let parts: Vec<&OsStr> = rel.iter().collect();
+        let fd = self.walk(path, &parts, true)?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| errno_to_error(path, e, "reading metadata of"))?;
+        Ok(info(&rel, &st))
+    }
+
+    /// Move `from` to `to`, both beneath the root and both parents reached without links.
+    /// A file at `to` is replaced; a directory there never is.
+    pub(crate) fn rename(&self, from: &str, to: &str) -> Result<FileInfo> {
+        let (from_rel, to_rel) = (normalize_box_path(from)?, normalize_box_path(to)?);
+        refuse_reserved(from, &from_rel)?;
+        refuse_reserved(to, &to_rel)?;
+        if to_rel != from_rel && to_rel.starts_with(&from_rel) {
+            return Err(CodeBoxError::invalid(format!("{from:?} cannot move into itself ({to:?})")));
+        }
+        let (from_parent, from_name) = self.parent_of(from, false)?;
+        let (to_parent, to_name) = self.parent_of(to, false)?;
+        let st = rustix::fs::statat(&from_parent, from_name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| errno_to_error(from, e, "renaming"))?;
+        let onto_dir = || CodeBoxError::invalid(format!("{to:?} is a directory; rename never overwrites one"));
+        if let Ok(target) = rustix::fs::statat(&to_parent, to_name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+            && FileType::from_raw_mode(target.st_mode) == FileType::Directory
+        {
+            return Err(onto_dir());
+        }
+        // A directory moved with NOREPLACE cannot land on one made meanwhile; a file moved
+        // onto a directory fails with EISDIR by itself.
+        let flags = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            rustix::fs::RenameFlags::NOREPLACE
+        } else {
+            rustix::fs::RenameFlags::empty()
+        };
+        match rustix::fs::renameat_with(&from_parent, from_name.as_slice(), &to_parent, to_name.as_slice(), flags) {
+            Ok(()) => {}
+            Err(Errno::ISDIR) => return Err(onto_dir()),
+            Err(e) => return Err(errno_to_error(to, e, "renaming to")),
+        }
+        let st = rustix::fs::statat(&to_parent, to_name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| errno_to_error(to, e, "reading metadata of"))?;
+        Ok(info(&to_rel, &st))
     }
 
     /// Delete a file, a link (not its target) or an empty directory.
@@ -319,8 +386,23 @@ fn is_symlink(dir: &OwnedFd, name: &OsStr) -> bool {
         .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
 }
 
+/// Refuse moving or making the box's own state directory (installed packages live there).
+fn refuse_reserved(path: &str, rel: &Path) -> Result<()> {
+    if rel.iter().next().is_some_and(|first| first == RESERVED) {
+        return Err(CodeBoxError::invalid(format!("{path:?} is the box's own state ({RESERVED}/); leave it be")));
+    }
+    Ok(())
+}
+
 fn info(rel: &Path, st: &rustix::fs::Stat) -> FileInfo {
-    let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+    let file_type = FileType::from_raw_mode(st.st_mode);
+    let is_dir = file_type == FileType::Directory;
+    let kind = match file_type {
+        FileType::RegularFile => FileKind::File,
+        FileType::Directory => FileKind::Dir,
+        FileType::Symlink => FileKind::Symlink,
+        _ => FileKind::Other,
+    };
     let secs = st.st_mtime;
     let modified = (secs >= 0).then(|| UNIX_EPOCH + Duration::new(secs as u64, st.st_mtime_nsec as u32));
     FileInfo {
@@ -329,6 +411,8 @@ fn info(rel: &Path, st: &rustix::fs::Stat) -> FileInfo {
         size: if is_dir { 0 } else { st.st_size as u64 },
         is_dir,
         modified: modified.or(Some(SystemTime::UNIX_EPOCH)).filter(|_| secs >= 0),
+        file_kind: Some(kind),
+        mode: Some(st.st_mode & 0o7777),
     }
 }
 
@@ -364,6 +448,8 @@ fn read_dir_into(fd: OwnedFd, rel: &Path, out: &mut Vec<FileInfo>) -> rustix::io
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -396,6 +482,58 @@ mod tests {
         assert_eq!(root.download("link").await.err().unwrap().kind(), codebox_core::ErrorKind::UnsafePath);
         assert_eq!(root.download("sub").await.err().unwrap().kind(), codebox_core::ErrorKind::InvalidInput);
         assert_eq!(root.download("missing").await.err().unwrap().kind(), codebox_core::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn stat_make_dir_and_rename_keep_to_the_root() {
+        use codebox_core::ErrorKind;
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.txt"), "abc").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+        let root = Root::open(dir.path(), None).unwrap();
+
+        let f = root.stat("f.txt").unwrap();
+        assert_eq!((f.kind(), f.size, f.path.as_str()), (FileKind::File, 3, "f.txt"));
+        assert_eq!(f.mode, Some(std::fs::metadata(dir.path().join("f.txt")).unwrap().permissions().mode() & 0o7777));
+        assert_eq!(root.stat("out").unwrap().kind(), FileKind::Symlink, "a link is described, not followed");
+        assert_eq!(root.stat("missing").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(root.stat("out/x").unwrap_err().kind(), ErrorKind::UnsafePath);
+        assert_eq!(root.stat("../x").unwrap_err().kind(), ErrorKind::UnsafePath);
+
+        assert_eq!(root.make_dir("a/b/c").unwrap().kind(), FileKind::Dir);
+        assert_eq!(root.make_dir("a/b").unwrap().path, "a/b", "an existing directory is fine");
+        assert_eq!(root.make_dir("f.txt").unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(root.make_dir("out/made").unwrap_err().kind(), ErrorKind::UnsafePath);
+        assert_eq!(root.make_dir(".codebox/x").unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing was made outside");
+
+        assert_eq!(root.rename("f.txt", "a/b").unwrap_err().kind(), ErrorKind::InvalidInput, "onto a directory");
+        assert_eq!(root.rename("a", "a/b/c/d").unwrap_err().kind(), ErrorKind::InvalidInput, "into itself");
+        assert_eq!(root.rename("f.txt", "out/f.txt").unwrap_err().kind(), ErrorKind::UnsafePath);
+        assert_eq!(root.rename("f.txt", "nowhere/f.txt").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(root.rename("f.txt", ".codebox").unwrap_err().kind(), ErrorKind::InvalidInput);
+        std::fs::write(dir.path().join("g.txt"), "old").unwrap();
+        assert_eq!(root.rename("f.txt", "g.txt").unwrap().size, 3, "a file is replaced");
+        assert_eq!(std::fs::read(dir.path().join("g.txt")).unwrap(), b"abc");
+        assert_eq!(root.rename("a/b", "a/moved").unwrap().kind(), FileKind::Dir);
+        assert!(dir.path().join("a/moved/c").is_dir());
+    }
+
+    #[test]
+    fn a_listing_goes_as_deep_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("top")).unwrap();
+        chain(&dir.path().join("top"), 4);
+        let root = Root::open(dir.path(), None).unwrap();
+        let paths = |depth| root.list_depth("top", depth).unwrap().into_iter().map(|f| f.path).collect::<Vec<_>>();
+        assert_eq!(paths(1), ["top/a"]);
+        assert_eq!(paths(3), ["top/a", "top/a/a", "top/a/a/a"]);
+        assert_eq!(paths(MAX_LIST_DEPTH).len(), 4);
+        for depth in [0, MAX_LIST_DEPTH + 1] {
+            let err = root.list_depth("top", depth).unwrap_err();
+            assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput, "{err}");
+        }
     }
 
     /// A chain of `depth` directories named `a` beneath `base`.

@@ -288,6 +288,38 @@ impl CodeBox for LocalBox {
             .map_err(|e| CodeBoxError::io("deleting a file", std::io::Error::other(e.to_string())))?
     }
 
+    async fn stat(&self, path: &str) -> Result<FileInfo> {
+        let h = self.inner.handle().await?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || h.root.stat(&path))
+            .await
+            .map_err(|e| CodeBoxError::io("reading metadata", std::io::Error::other(e.to_string())))?
+    }
+
+    async fn make_dir(&self, path: &str) -> Result<FileInfo> {
+        let h = self.inner.handle().await?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || h.root.make_dir(&path))
+            .await
+            .map_err(|e| CodeBoxError::io("making a directory", std::io::Error::other(e.to_string())))?
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<FileInfo> {
+        let h = self.inner.handle().await?;
+        let (from, to) = (from.to_owned(), to.to_owned());
+        tokio::task::spawn_blocking(move || h.root.rename(&from, &to))
+            .await
+            .map_err(|e| CodeBoxError::io("renaming", std::io::Error::other(e.to_string())))?
+    }
+
+    async fn list_dir(&self, dir: &str, depth: usize) -> Result<Vec<FileInfo>> {
+        let h = self.inner.handle().await?;
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || h.root.list_depth(&dir, depth))
+            .await
+            .map_err(|e| CodeBoxError::io("listing files", std::io::Error::other(e.to_string())))?
+    }
+
     async fn install(&self, packages: &[String]) -> Result<String> {
         install::install(&self.inner, packages).await
     }

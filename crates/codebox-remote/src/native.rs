@@ -14,12 +14,13 @@ use codebox_core::{
 };
 use codebox_http::client::{Request, Retry};
 use codebox_http::wire::{
-    API_PREFIX, ExecuteRequest, InstallRequest, InstallResponse, PackagesResponse, SessionInfo, SetTimeout,
+    API_PREFIX, ExecuteRequest, InstallRequest, InstallResponse, PackagesResponse, RenameRequest, SessionInfo,
+    SetTimeout,
 };
 
 use crate::connection::Connection;
 use crate::ndjson;
-use crate::path::{checked_dir, encode_component, encode_file_path};
+use crate::path::{checked_dir, checked_path, encode_component, encode_file_path};
 use crate::request::{SessionRequest, whole_seconds};
 use crate::session::{Protocol, Session};
 
@@ -197,6 +198,45 @@ impl Session for NativeSession {
         self.conn.ensure_running()?;
         let req = self.conn.request(Method::DELETE, &format!("{}/files/{encoded}", self.session_url()))?;
         self.conn.http.send(req).await?.discard().await
+    }
+
+    async fn stat(&self, path: &str) -> Result<FileInfo> {
+        let encoded = encode_file_path(path)?;
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::GET, &format!("{}/stat/{encoded}", self.session_url()))?;
+        self.conn.http.send(req).await?.json().await
+    }
+
+    async fn make_dir(&self, path: &str) -> Result<FileInfo> {
+        let encoded = encode_file_path(path)?;
+        self.conn.ensure_running()?;
+        // Making a directory that exists is fine, so a retry after a lost answer is too.
+        let req = self
+            .conn
+            .request(Method::POST, &format!("{}/dirs/{encoded}", self.session_url()))?
+            .retry(Retry::Idempotent);
+        self.conn.http.send(req).await?.json().await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<FileInfo> {
+        // Checked here as the server would, so a bad path fails before any request.
+        let (from, to) = (checked_path(from)?, checked_path(to)?);
+        self.conn.ensure_running()?;
+        let body = RenameRequest { from, to };
+        let req = self
+            .conn
+            .request(Method::POST, &format!("{}/rename", self.session_url()))?
+            .json(&body)?
+            .retry(Retry::OnRefusal);
+        self.conn.http.send(req).await?.json().await
+    }
+
+    async fn list_dir(&self, dir: &str, depth: usize) -> Result<Vec<FileInfo>> {
+        codebox_core::check_list_depth(depth)?;
+        let dir = checked_dir(dir)?;
+        self.conn.ensure_running()?;
+        let url = format!("{}/files?dir={}&depth={depth}", self.session_url(), encode_component(&dir));
+        self.conn.http.send(self.conn.request(Method::GET, &url)?).await?.json().await
     }
 
     async fn install(&self, packages: &[String]) -> Result<String> {

@@ -10,6 +10,11 @@ pub(crate) fn encode_file_path(path: &str) -> Result<String> {
     Ok(text.split('/').map(encode_component).collect::<Vec<_>>().join("/"))
 }
 
+/// A file path for a JSON body (not a URL): checked with [`normalize_box_path`].
+pub(crate) fn checked_path(path: &str) -> Result<String> {
+    Ok(normalize_box_path(path)?.to_string_lossy().into_owned())
+}
+
 /// A directory for a listing: `""` and `"."` mean the working directory.
 pub(crate) fn checked_dir(dir: &str) -> Result<String> {
     let trimmed = dir.trim();

@@ -160,6 +160,22 @@ impl CodeBox for RemoteBox {
         self.session.delete_file(path).await
     }
 
+    async fn stat(&self, path: &str) -> Result<FileInfo> {
+        self.session.stat(path).await
+    }
+
+    async fn make_dir(&self, path: &str) -> Result<FileInfo> {
+        self.session.make_dir(path).await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<FileInfo> {
+        self.session.rename(from, to).await
+    }
+
+    async fn list_dir(&self, dir: &str, depth: usize) -> Result<Vec<FileInfo>> {
+        self.session.list_dir(dir, depth).await
+    }
+
     async fn install(&self, packages: &[String]) -> Result<String> {
         self.session.install(packages).await
     }

@@ -74,6 +74,22 @@ pub(crate) trait Session: Send + Sync {
 
     async fn delete_file(&self, path: &str) -> Result<()>;
 
+    async fn stat(&self, _path: &str) -> Result<FileInfo> {
+        Err(CodeBoxError::unsupported("stat"))
+    }
+
+    async fn make_dir(&self, _path: &str) -> Result<FileInfo> {
+        Err(CodeBoxError::unsupported("make_dir"))
+    }
+
+    async fn rename(&self, _from: &str, _to: &str) -> Result<FileInfo> {
+        Err(CodeBoxError::unsupported("rename"))
+    }
+
+    async fn list_dir(&self, _dir: &str, _depth: usize) -> Result<Vec<FileInfo>> {
+        Err(CodeBoxError::unsupported("list_dir"))
+    }
+
     async fn install(&self, packages: &[String]) -> Result<String>;
 
     /// The packages of the box's environment; only the native protocol can list them.

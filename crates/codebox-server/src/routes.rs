@@ -25,13 +25,16 @@ pub(crate) enum Route {
     PutFile,
     GetFile,
     DeleteFile,
+    StatFile,
+    MakeDir,
+    Rename,
     ListTemplates,
     PoolStats,
 }
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 20] = [
+    pub(crate) const ALL: [Route; 23] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -50,6 +53,9 @@ impl Route {
         Route::PutFile,
         Route::GetFile,
         Route::DeleteFile,
+        Route::StatFile,
+        Route::MakeDir,
+        Route::Rename,
         Route::ListTemplates,
         Route::PoolStats,
     ];
@@ -75,6 +81,9 @@ impl Route {
             Route::PutFile => (Method::PUT, "/v1/sessions/{id}/files/{path}"),
             Route::GetFile => (Method::GET, "/v1/sessions/{id}/files/{path}"),
             Route::DeleteFile => (Method::DELETE, "/v1/sessions/{id}/files/{path}"),
+            Route::StatFile => (Method::GET, "/v1/sessions/{id}/stat/{path}"),
+            Route::MakeDir => (Method::POST, "/v1/sessions/{id}/dirs/{path}"),
+            Route::Rename => (Method::POST, "/v1/sessions/{id}/rename"),
             Route::ListTemplates => (Method::GET, "/v1/templates"),
             Route::PoolStats => (Method::GET, "/v1/pool"),
         }

@@ -114,6 +114,8 @@ impl PythonDouble {
             size: if meta.is_dir() { 0 } else { meta.len() },
             is_dir: meta.is_dir(),
             modified: meta.modified().ok(),
+            file_kind: None,
+            mode: None,
         })
     }
 }
@@ -137,6 +139,8 @@ impl CodeBox for PythonDouble {
         caps.install = false;
         caps.packages = false;
         caps.commands = false;
+        // No stat, make_dir or rename: the suite checks they are refused loudly.
+        caps.file_ops = false;
         caps
     }
 

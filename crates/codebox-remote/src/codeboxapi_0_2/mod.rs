@@ -237,7 +237,15 @@ impl Session for CodeboxApiSession {
             .with_timeout(None);
         self.conn.http.send(req).await?.discard().await?;
         let name = path.rsplit('/').next().unwrap_or(path).to_owned();
-        Ok(FileInfo { path: path.to_owned(), name, size: size.load(Ordering::Relaxed), is_dir: false, modified: None })
+        Ok(FileInfo {
+            path: path.to_owned(),
+            name,
+            size: size.load(Ordering::Relaxed),
+            is_dir: false,
+            modified: None,
+            file_kind: None,
+            mode: None,
+        })
     }
 
     async fn download(&self, path: &str) -> Result<ByteStream> {

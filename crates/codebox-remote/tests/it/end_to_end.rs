@@ -211,6 +211,12 @@ async fn the_hosted_codebox_api_mode_works_against_the_servers_v2_routes() {
     let ex = b.run("echo from bash", RunOptions::new().with_language("bash")).await.unwrap();
     assert_eq!(ex.stdout(), "from bash\n");
     assert_eq!(b.restart().await.unwrap_err().kind(), ErrorKind::Unsupported);
+    // The 0.2 protocol has no routes for the rest of the file API: refused, and said so.
+    assert!(!b.capabilities().file_ops);
+    assert_eq!(b.stat("v2.bin").await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(b.make_dir("d").await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(b.rename("v2.bin", "v3.bin").await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(b.list_dir("", 2).await.unwrap_err().kind(), ErrorKind::Unsupported);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

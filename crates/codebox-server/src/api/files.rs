@@ -1,10 +1,12 @@
-//! File routes: list, streamed upload, streamed download, delete.
+//! File routes: list (recursive or to a depth), streamed upload, streamed download, delete,
+//! stat, make a directory, rename.
 
 use std::sync::{Arc, Mutex};
 
 use codebox_core::{CodeBoxError, ErrorKind, FileInfo, Result, normalize_box_path};
 use codebox_http::percent::DecodeError;
 use codebox_http::server::{ApiError, Body, json_response, stream_limited};
+use codebox_http::wire::RenameRequest;
 use futures::StreamExt;
 use http::{HeaderValue, header};
 use hyper::body::Incoming;
@@ -60,9 +62,16 @@ pub(super) async fn list(
     let session = session_for(state, owner, id)?;
     let mut dir = String::new();
     let mut recursive = false;
+    let mut depth = None;
     for (k, v) in query_pairs(req)? {
         match k.as_str() {
             "dir" => dir = v,
+            "depth" => {
+                let n: usize =
+                    v.parse().map_err(|_| CodeBoxError::invalid(format!("depth={v:?}: expected a number")))?;
+                codebox_core::check_list_depth(n)?;
+                depth = Some(n);
+            }
             "recursive" => {
                 recursive = match v.as_str() {
                     "true" | "1" | "" => true,
@@ -79,7 +88,13 @@ pub(super) async fn list(
     }
     let dir = if dir.is_empty() || dir == "." { String::new() } else { box_path_str(&dir)? };
     let _use = session.use_guard();
-    let files = session.codebox.list_files(&dir, recursive).await?;
+    let files = match depth {
+        Some(_) if recursive => {
+            return Err(CodeBoxError::invalid("give `depth` or `recursive`, not both").into());
+        }
+        Some(depth) => session.codebox.list_dir(&dir, depth).await?,
+        None => session.codebox.list_files(&dir, recursive).await?,
+    };
     Ok(json_response(StatusCode::OK, &files))
 }
 
@@ -242,6 +257,49 @@ pub(super) async fn delete(state: &Arc<AppState>, owner: Owner, id: &str, raw_pa
     let _use = session.use_guard();
     session.codebox.delete_file(&path).await?;
     Ok(no_content())
+}
+
+/// `GET /v1/sessions/{id}/stat/{path}`: one path's metadata; 404 when it does not exist.
+pub(super) async fn stat_route(
+    state: &Arc<AppState>,
+    owner: Owner,
+    id: &str,
+    raw_path: &str,
+) -> ApiResult<Response<Body>> {
+    let session = session_for(state, owner, id)?;
+    let path = box_path(raw_path)?;
+    let _use = session.use_guard();
+    let info = session.codebox.stat(&path).await?;
+    Ok(json_response(StatusCode::OK, &info))
+}
+
+/// `POST /v1/sessions/{id}/dirs/{path}`: make a directory with its parents.
+pub(super) async fn make_dir(
+    state: &Arc<AppState>,
+    owner: Owner,
+    id: &str,
+    raw_path: &str,
+) -> ApiResult<Response<Body>> {
+    let session = session_for(state, owner, id)?;
+    let path = box_path(raw_path)?;
+    let _use = session.use_guard();
+    let info = session.codebox.make_dir(&path).await?;
+    Ok(json_response(StatusCode::OK, &info))
+}
+
+/// `POST /v1/sessions/{id}/rename` with `{"from": .., "to": ..}`.
+pub(super) async fn rename(
+    state: &Arc<AppState>,
+    owner: Owner,
+    id: &str,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    let session = session_for(state, owner, id)?;
+    let body: RenameRequest = super::json_body(state, req).await?;
+    let (from, to) = (box_path_str(&body.from)?, box_path_str(&body.to)?);
+    let _use = session.use_guard();
+    let info = session.codebox.rename(&from, &to).await?;
+    Ok(json_response(StatusCode::OK, &info))
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ pub(crate) async fn dispatch(
         Route::PutFile => files::put(state, owner, id, params.path.unwrap_or_default(), req).await,
         Route::GetFile => files::get(state, owner, id, params.path.unwrap_or_default(), &req).await,
         Route::DeleteFile => files::delete(state, owner, id, params.path.unwrap_or_default()).await,
+        Route::StatFile => files::stat_route(state, owner, id, params.path.unwrap_or_default()).await,
+        Route::MakeDir => files::make_dir(state, owner, id, params.path.unwrap_or_default()).await,
+        Route::Rename => files::rename(state, owner, id, req).await,
         Route::ListTemplates => catalogue::templates(state),
         Route::PoolStats => catalogue::pool(state),
     }

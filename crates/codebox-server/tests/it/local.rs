@@ -188,6 +188,78 @@ async fn files_move_through_the_server_intact_and_over_limit_uploads_leave_nothi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_make_dir_rename_and_a_listing_depth_through_the_server() {
+    let server = LocalServer::start(test_config()).await;
+    let id = server.session().await;
+    let at = |rest: &str| format!("/v1/sessions/{id}/{rest}");
+    let put = server.send(Method::PUT, &at("files/a/f.txt"), None, Some(Bytes::from_static(b"abc"))).await;
+    assert_eq!(put.status, StatusCode::CREATED, "{}", put.text());
+
+    let stat = server.send(Method::GET, &at("stat/a/f.txt"), None, None).await;
+    assert_eq!(stat.status, StatusCode::OK, "{}", stat.text());
+    let info = stat.json();
+    assert_eq!((info["kind"].as_str(), info["size"].as_u64()), (Some("file"), Some(3)), "{info}");
+    assert!(info["mode"].is_u64() && info["modified"].is_f64(), "{info}");
+    assert_eq!(server.send(Method::GET, &at("stat/a"), None, None).await.json()["kind"], "dir");
+    let missing = server.send(Method::GET, &at("stat/a/missing"), None, None).await;
+    assert_eq!((missing.status, missing.error_kind()), (StatusCode::NOT_FOUND, "not_found".into()));
+
+    // HEAD answers what GET would, with no body.
+    let head = server.send(Method::HEAD, &at("files/a/f.txt"), None, None).await;
+    assert_eq!((head.status, head.headers["content-length"].to_str().unwrap()), (StatusCode::OK, "3"));
+    assert!(head.body.is_empty());
+    assert_eq!(server.send(Method::HEAD, &at("files/a/missing"), None, None).await.status, StatusCode::NOT_FOUND);
+
+    let made = server.send(Method::POST, &at("dirs/a/b/c"), None, None).await;
+    assert_eq!((made.status, made.json()["kind"].as_str()), (StatusCode::OK, Some("dir")), "{}", made.text());
+    assert_eq!(server.send(Method::POST, &at("dirs/a/b"), None, None).await.status, StatusCode::OK);
+    let over_file = server.send(Method::POST, &at("dirs/a/f.txt"), None, None).await;
+    assert_eq!((over_file.status, over_file.error_kind()), (StatusCode::BAD_REQUEST, "invalid_input".into()));
+
+    let rename = |from: &str, to: &str| json!({"from": from, "to": to});
+    let moved = server.send(Method::POST, &at("rename"), Some(rename("a/f.txt", "a/b/g.txt")), None).await;
+    assert_eq!((moved.status, moved.json()["path"].as_str()), (StatusCode::OK, Some("a/b/g.txt")), "{}", moved.text());
+    let onto_dir = server.send(Method::POST, &at("rename"), Some(rename("a/b/g.txt", "a/b/c")), None).await;
+    assert_eq!((onto_dir.status, onto_dir.error_kind()), (StatusCode::BAD_REQUEST, "invalid_input".into()));
+    let gone = server.send(Method::POST, &at("rename"), Some(rename("a/f.txt", "a/h.txt")), None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text());
+    for bad in [rename("../x", "a/y"), rename("a/b/g.txt", "/etc/x"), rename("a/b/g.txt", "a/../../x")] {
+        let reply = server.send(Method::POST, &at("rename"), Some(bad.clone()), None).await;
+        assert_eq!((reply.status, reply.error_kind()), (StatusCode::BAD_REQUEST, "unsafe_path".into()), "{bad}");
+    }
+    let extra = json!({"from": "a", "to": "b", "force": true});
+    let extra = server.send(Method::POST, &at("rename"), Some(extra), None).await;
+    assert_eq!(extra.status, StatusCode::BAD_REQUEST, "an unknown field is refused: {}", extra.text());
+    let malformed = server.send(Method::POST, &at("rename"), None, Some(Bytes::from_static(b"{"))).await;
+    assert_eq!(malformed.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", malformed.text());
+    for bad in ["stat/..%2Fetc%2Fpasswd", "dirs/%2Ftmp%2Fx", "stat/a/..%2F..%2Fx"] {
+        let method = if bad.starts_with("stat") { Method::GET } else { Method::POST };
+        let reply = server.send(method, &at(bad), None, None).await;
+        assert_eq!((reply.status, reply.error_kind()), (StatusCode::BAD_REQUEST, "unsafe_path".into()), "{bad}");
+    }
+    server.execute(&id, "import os\nos.symlink('/etc', 'outside')").await;
+    let through = server.send(Method::GET, &at("stat/outside/passwd"), None, None).await;
+    assert_eq!(through.error_kind(), "unsafe_path", "{}", through.text());
+    assert_eq!(server.send(Method::GET, &at("stat/outside"), None, None).await.json()["kind"], "symlink");
+
+    let list = |depth: &str| {
+        let path = at(&format!("files?dir=a&depth={depth}"));
+        let server = &server;
+        async move { server.send(Method::GET, &path, None, None).await }
+    };
+    let paths = |reply: Reply| -> Vec<String> {
+        reply.json().as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(paths(list("1").await), ["a/b"]);
+    assert_eq!(paths(list("2").await), ["a/b", "a/b/c", "a/b/g.txt"]);
+    for bad in ["0", "129", "two", "-1"] {
+        assert_eq!(list(bad).await.status, StatusCode::BAD_REQUEST, "depth={bad}");
+    }
+    let both = server.send(Method::GET, &at("files?dir=a&depth=1&recursive=true"), None, None).await;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST, "{}", both.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_leaves_no_kernel_behind() {
     let mut server = LocalServer::start(test_config()).await;
     let a = server.session().await;

@@ -216,7 +216,7 @@ fn async_stream(probe: Arc<Probe>) -> EventStream {
 
 fn file_info(path: &str, size: u64) -> FileInfo {
     let name = path.rsplit('/').next().unwrap_or(path).to_owned();
-    FileInfo { path: path.to_owned(), name, size, is_dir: false, modified: None }
+    FileInfo { path: path.to_owned(), name, size, is_dir: false, modified: None, file_kind: None, mode: None }
 }
 
 /// Makes scripted boxes and keeps their probes.
