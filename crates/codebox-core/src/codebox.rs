@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::event::ExecEvent;
 use crate::execution::Execution;
 use crate::files::FileInfo;
+use crate::history::{ExecutionRecord, ExecutionStats};
 use crate::options::{CommandOutput, CommandSpec, RunOptions};
 use crate::packages::PackageInfo;
 use crate::status::{BoxStatus, Capabilities};
@@ -117,6 +118,18 @@ pub trait CodeBox: Send + Sync + Debug {
     /// by the box's own interpreter, inside the box.
     async fn packages(&self) -> Result<Vec<PackageInfo>> {
         Err(crate::CodeBoxError::unsupported("packages"))
+    }
+
+    /// The box's newest `limit` executions, newest first. The box keeps a bounded number
+    /// of them, across kernel restarts, for as long as it lives.
+    async fn history(&self, limit: usize) -> Result<Vec<ExecutionRecord>> {
+        let _ = limit;
+        Err(crate::CodeBoxError::unsupported("history"))
+    }
+
+    /// Totals by outcome and duration statistics over the executions [`history`](Self::history) keeps.
+    async fn execution_stats(&self) -> Result<ExecutionStats> {
+        Err(crate::CodeBoxError::unsupported("execution_stats"))
     }
 
     /// Restart the kernel: variables are gone, files stay.
@@ -270,6 +283,14 @@ macro_rules! forward_codebox {
                 (**self).packages().await
             }
 
+            async fn history(&self, limit: usize) -> Result<Vec<ExecutionRecord>> {
+                (**self).history(limit).await
+            }
+
+            async fn execution_stats(&self) -> Result<ExecutionStats> {
+                (**self).execution_stats().await
+            }
+
             async fn restart(&self) -> Result<()> {
                 (**self).restart().await
             }
@@ -394,6 +415,14 @@ mod tests {
             self.record("packages")
         }
 
+        async fn history(&self, _limit: usize) -> Result<Vec<ExecutionRecord>> {
+            self.record("history")
+        }
+
+        async fn execution_stats(&self) -> Result<ExecutionStats> {
+            self.record("execution_stats")
+        }
+
         async fn restart(&self) -> Result<()> {
             self.record("restart")
         }
@@ -407,7 +436,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 20] = [
+    const EVERY_METHOD: [&str; 22] = [
         "id",
         "capabilities",
         "start",
@@ -425,6 +454,8 @@ mod tests {
         "list_dir",
         "install",
         "packages",
+        "history",
+        "execution_stats",
         "restart",
         "interrupt",
         "run_command",
@@ -455,6 +486,8 @@ mod tests {
             refused("list_dir", b.list_dir("", 2).await.unwrap_err());
             refused("install", b.install(&["p".to_owned()]).await.unwrap_err());
             refused("packages", b.packages().await.unwrap_err());
+            refused("history", b.history(10).await.unwrap_err());
+            refused("execution_stats", b.execution_stats().await.unwrap_err());
             refused("restart", b.restart().await.unwrap_err());
             refused("interrupt", b.interrupt().await.unwrap_err());
             refused("run_command", b.run_command(CommandSpec::new("true")).await.unwrap_err());

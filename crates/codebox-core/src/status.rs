@@ -106,6 +106,9 @@ pub struct Capabilities {
     /// `packages()` works. Absent from an older server's answer: `false`.
     #[serde(default)]
     pub packages: bool,
+    /// `history()` and `execution_stats()` work. Absent from an older server's answer: `false`.
+    #[serde(default)]
+    pub history: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -142,6 +145,7 @@ impl Capabilities {
             restart: true,
             install: true,
             packages: true,
+            history: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -160,6 +164,7 @@ impl Capabilities {
             restart: false,
             install: false,
             packages: false,
+            history: false,
             commands: false,
             delete_file: false,
             recursive_list: false,
