@@ -11,7 +11,7 @@ use std::time::Duration;
 use codebox_core::{CodeBoxError, CommandOutput, ErrorInfo, EventStream, ExecEvent, Outcome, Result};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
-use tokio::sync::{OwnedMutexGuard, mpsc};
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 use crate::output::OutputCap;
@@ -135,13 +135,18 @@ impl BoxProcess {
 
     /// Run `code` with `bash -c` (the program and arguments are replaced), streaming stdout
     /// and stderr as they come; `guard` is held until bash exits.
-    pub(crate) fn stream_bash(mut self, code: &str, guard: OwnedMutexGuard<()>) -> Result<EventStream> {
+    pub(crate) fn stream_bash(
+        mut self,
+        code: &str,
+        guard: OwnedMutexGuard<()>,
+        history: crate::history::SharedHistory,
+    ) -> Result<EventStream> {
         let started = Instant::now();
         self.program = "bash".to_owned();
         self.args = vec!["-c".to_owned(), code.to_owned()];
         let mut child = self.spawn(Start::Direct)?;
         let (timeout, limit) = (self.timeout, self.output_limit);
-        let (tx, rx) = mpsc::channel(32);
+        let (mut tx, rx) = crate::history::RecordingSender::channel(32, history, code);
         let mut stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         tokio::spawn(async move {

@@ -115,6 +115,7 @@ mod deno;
 mod exec;
 mod factory;
 mod files;
+mod history;
 mod kernel;
 mod kernelspec;
 mod localbox;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use codebox_core::{
     BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    EventStream, FileInfo, PackageInfo, Result, RunOptions,
+    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -183,6 +183,7 @@ impl CodeBox for LocalBox {
         // pip installs for the box's Python, which only a Python kernel imports from.
         capabilities.install = python;
         capabilities.packages = python;
+        capabilities.history = true;
         capabilities
     }
 
@@ -246,7 +247,7 @@ impl CodeBox for LocalBox {
             let mut bash = h.process(&self.inner.config, "bash", Vec::new(), dir);
             bash.timeout = limits.timeout;
             bash.extra_env = options.env;
-            return bash.stream_bash(code, guard);
+            return bash.stream_bash(code, guard, self.inner.history.clone());
         }
         // Known for sure once the box has started: Python code goes to a Python kernel only.
         if is_python(language) && language != self.inner.config.kernel {
@@ -257,7 +258,7 @@ impl CodeBox for LocalBox {
             self.require_python("a per-execution cwd or env")?;
         }
         let around = around.then(|| around_code(cwd.as_deref(), &options.env));
-        crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard).await
+        crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard, self.inner.history.clone()).await
     }
 
     async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
@@ -326,6 +327,14 @@ impl CodeBox for LocalBox {
 
     async fn packages(&self) -> Result<Vec<PackageInfo>> {
         packages::packages(&self.inner).await
+    }
+
+    async fn history(&self, limit: usize) -> Result<Vec<ExecutionRecord>> {
+        Ok(self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).newest(limit))
+    }
+
+    async fn execution_stats(&self) -> Result<ExecutionStats> {
+        Ok(self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).stats())
     }
 
     async fn restart(&self) -> Result<()> {

@@ -62,6 +62,8 @@ pub(super) struct Inner {
     pub(super) exec_lock: Arc<tokio::sync::Mutex<()>>,
     pub(super) state: tokio::sync::Mutex<State>,
     pub(super) snapshot: Mutex<Snapshot>,
+    /// The box's executions, kept across kernel restarts.
+    pub(super) history: crate::history::SharedHistory,
 }
 
 /// What a call needs from a running box.
@@ -126,6 +128,7 @@ impl Inner {
                 isolation: None,
                 language: None,
             }),
+            history: crate::history::new_history(),
         }
     }
 
