@@ -9,7 +9,7 @@ use codebox_core::{ExecEvent, ExecutionRecord, HistoryRing, Outcome, Result};
 use tokio::sync::mpsc;
 
 /// How many executions a box remembers; older ones are dropped first.
-pub(crate) const HISTORY_CAPACITY: usize = 1000;
+pub const HISTORY_CAPACITY: usize = 1000;
 
 /// The box's history, shared by its executions; it lives as long as the box, not its kernel.
 pub(crate) type SharedHistory = Arc<Mutex<HistoryRing>>;

@@ -135,6 +135,7 @@ mod workdir;
 
 pub use crate::deno::{DENO_VERSION, IntegrityError, managed_deno_dir, provision_deno_at, verify_integrity};
 pub use crate::factory::{LocalFactory, LocalFactoryBuilder};
+pub use crate::history::HISTORY_CAPACITY;
 pub use crate::kernelspec::{DENO_KERNEL, LEAN_KERNEL};
 pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
 pub use crate::pool::{KernelPool, KernelPoolStats};

@@ -141,6 +141,8 @@ impl CodeBox for PythonDouble {
         caps.commands = false;
         // No stat, make_dir or rename: the suite checks they are refused loudly.
         caps.file_ops = false;
+        // No execution history either: the suite checks history and stats are refused loudly.
+        caps.history = false;
         caps
     }
 

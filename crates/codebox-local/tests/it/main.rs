@@ -10,6 +10,7 @@ mod deno;
 mod factory;
 mod faults;
 mod files;
+mod history;
 mod lean;
 mod network;
 mod orphans;
