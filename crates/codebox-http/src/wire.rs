@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use codebox_core::{
-    BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, HttpError, KernelDeath, PackageInfo, ResourceLimits,
-    RunOptions, TimeoutKind,
+    BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, ExecutionRecord, HttpError, KernelDeath, PackageInfo,
+    ResourceLimits, RunOptions, TimeoutKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -220,6 +220,18 @@ pub struct PackagesResponse {
     /// The session's own installs first, then by name.
     pub packages: Vec<PackageInfo>,
 }
+
+/// The newest executions of a session, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    /// Newest first, at most the `limit` asked for.
+    pub executions: Vec<ExecutionRecord>,
+}
+
+/// How many executions `GET /v1/sessions/{id}/history` gives without a `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// The largest `limit` that `GET /v1/sessions/{id}/history` accepts.
+pub const MAX_HISTORY_LIMIT: usize = 10_000;
 
 /// One line of an execution stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,13 +9,13 @@ use http::Method;
 use tracing::debug;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ErrorKind, EventStream, FileInfo,
-    PackageInfo, Result, RunOptions,
+    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ErrorKind, EventStream,
+    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::{Request, Retry};
 use codebox_http::wire::{
-    API_PREFIX, ExecuteRequest, InstallRequest, InstallResponse, PackagesResponse, RenameRequest, SessionInfo,
-    SetTimeout,
+    API_PREFIX, ExecuteRequest, HistoryResponse, InstallRequest, InstallResponse, MAX_HISTORY_LIMIT, PackagesResponse,
+    RenameRequest, SessionInfo, SetTimeout,
 };
 
 use crate::connection::Connection;
@@ -261,6 +261,21 @@ impl Session for NativeSession {
         let req = self.conn.request(Method::GET, &format!("{}/packages", self.session_url()))?;
         let out: PackagesResponse = self.conn.http.send(req).await?.json().await?;
         Ok(out.packages)
+    }
+
+    async fn history(&self, limit: usize) -> Result<Vec<ExecutionRecord>> {
+        self.conn.ensure_running()?;
+        // The server refuses a limit past its maximum; a caller asking for everything gets that much.
+        let limit = limit.min(MAX_HISTORY_LIMIT);
+        let req = self.conn.request(Method::GET, &format!("{}/history?limit={limit}", self.session_url()))?;
+        let out: HistoryResponse = self.conn.http.send(req).await?.json().await?;
+        Ok(out.executions)
+    }
+
+    async fn execution_stats(&self) -> Result<ExecutionStats> {
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::GET, &format!("{}/stats", self.session_url()))?;
+        self.conn.http.send(req).await?.json().await
     }
 
     async fn restart(&self) -> Result<()> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxSettings, CommandOutput, CommandSpec, EventStream, FileInfo,
-    PackageInfo, Result, RunOptions,
+    BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxSettings, CommandOutput, CommandSpec, EventStream,
+    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::HttpClient;
 use codebox_http::wire::SessionInfo;
@@ -182,6 +182,14 @@ impl CodeBox for RemoteBox {
 
     async fn packages(&self) -> Result<Vec<PackageInfo>> {
         self.session.packages().await
+    }
+
+    async fn history(&self, limit: usize) -> Result<Vec<ExecutionRecord>> {
+        self.session.history(limit).await
+    }
+
+    async fn execution_stats(&self) -> Result<ExecutionStats> {
+        self.session.execution_stats().await
     }
 
     async fn restart(&self) -> Result<()> {

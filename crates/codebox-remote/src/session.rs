@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream, FileInfo, PackageInfo,
-    Result, RunOptions,
+    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream, ExecutionRecord,
+    ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::Request;
 use codebox_http::wire::SessionInfo;
@@ -95,6 +95,17 @@ pub(crate) trait Session: Send + Sync {
     /// The packages of the box's environment; only the native protocol can list them.
     async fn packages(&self) -> Result<Vec<PackageInfo>> {
         Err(CodeBoxError::unsupported("packages (only the native protocol lists a session's packages)"))
+    }
+
+    /// The box's newest executions; only the native protocol keeps a history.
+    async fn history(&self, limit: usize) -> Result<Vec<ExecutionRecord>> {
+        let _ = limit;
+        Err(CodeBoxError::unsupported("history (only the native protocol keeps a session's executions)"))
+    }
+
+    /// Statistics over the box's executions; only the native protocol keeps them.
+    async fn execution_stats(&self) -> Result<ExecutionStats> {
+        Err(CodeBoxError::unsupported("execution_stats (only the native protocol keeps a session's executions)"))
     }
 
     async fn restart(&self) -> Result<()>;

@@ -20,6 +20,8 @@ pub(crate) enum Route {
     Restart,
     Install,
     Packages,
+    History,
+    ExecutionStats,
     Commands,
     ListFiles,
     PutFile,
@@ -34,7 +36,7 @@ pub(crate) enum Route {
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 23] = [
+    pub(crate) const ALL: [Route; 25] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -48,6 +50,8 @@ impl Route {
         Route::Restart,
         Route::Install,
         Route::Packages,
+        Route::History,
+        Route::ExecutionStats,
         Route::Commands,
         Route::ListFiles,
         Route::PutFile,
@@ -76,6 +80,8 @@ impl Route {
             Route::Restart => (Method::POST, "/v1/sessions/{id}/restart"),
             Route::Install => (Method::POST, "/v1/sessions/{id}/install"),
             Route::Packages => (Method::GET, "/v1/sessions/{id}/packages"),
+            Route::History => (Method::GET, "/v1/sessions/{id}/history"),
+            Route::ExecutionStats => (Method::GET, "/v1/sessions/{id}/stats"),
             Route::Commands => (Method::POST, "/v1/sessions/{id}/commands"),
             Route::ListFiles => (Method::GET, "/v1/sessions/{id}/files"),
             Route::PutFile => (Method::PUT, "/v1/sessions/{id}/files/{path}"),

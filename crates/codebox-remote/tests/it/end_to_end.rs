@@ -291,3 +291,25 @@ async fn remote_install_of_a_wheel_the_test_builds_is_listed_as_the_boxs_own() {
     assert!(err.to_string().contains("No matching distribution"), "{err}");
     remote.stop().await.unwrap();
 }
+
+// The session's history through the server is the box's own: newest first, any limit up to
+// everything, the same records that stats count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_history_and_stats_are_the_sessions_own() {
+    let server = serve().await;
+    let remote = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    remote.start().await.unwrap();
+    assert!(remote.capabilities().history);
+    remote.exec("print('one')").await.unwrap();
+    remote.exec("1 / 0").await.unwrap();
+    remote.run("echo two", RunOptions::new().with_language("bash")).await.unwrap();
+    let all = remote.history(usize::MAX).await.unwrap();
+    let heads: Vec<&str> = all.iter().map(|r| r.code_head.as_str()).collect();
+    assert_eq!(heads, ["echo two", "1 / 0", "print('one')"]);
+    assert_eq!(all[1].error_name.as_deref(), Some("ZeroDivisionError"));
+    assert_eq!(remote.history(1).await.unwrap(), all[..1]);
+    let stats = remote.execution_stats().await.unwrap();
+    assert_eq!(stats.total, 3);
+    assert_eq!(stats.by_outcome.get(&codebox_core::Outcome::Error), Some(&1));
+    remote.stop().await.unwrap();
+}

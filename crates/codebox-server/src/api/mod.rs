@@ -3,6 +3,7 @@
 mod catalogue;
 mod execute;
 mod files;
+mod history;
 mod sessions;
 
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub(crate) async fn dispatch(
             let packages = session.codebox.packages().await?;
             Ok(json_response(StatusCode::OK, &PackagesResponse { packages }))
         }
+        Route::History => history::history(state, owner, id, &req).await,
+        Route::ExecutionStats => history::stats(state, owner, id).await,
         Route::Commands => {
             let session = state.registry.require(owner, id)?;
             let spec: CommandSpec = json_body(state, req).await?;

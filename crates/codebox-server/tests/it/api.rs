@@ -178,6 +178,32 @@ async fn packages_of_a_box_that_cannot_list_them_are_unsupported() {
     assert_eq!(server.get("/v1/sessions/no-such-session/packages").await.status, StatusCode::NOT_FOUND);
 }
 
+// A box without a history says so, and both routes answer 501; a bad `limit` is 400 before
+// the box is asked; an unknown session is 404.
+#[tokio::test]
+async fn history_of_a_box_without_one_is_unsupported_and_bad_limits_are_refused() {
+    let server = TestServer::start().await;
+    let id = server.session().await;
+    let session = server.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(session.json()["capabilities"]["history"], false, "{:?}", session.json());
+    for path in [
+        format!("/v1/sessions/{id}/history"),
+        format!("/v1/sessions/{id}/history?limit=5"),
+        format!("/v1/sessions/{id}/stats"),
+    ] {
+        let reply = server.get(&path).await;
+        assert_eq!(reply.status, StatusCode::NOT_IMPLEMENTED, "{path}");
+        assert_eq!(reply.error_kind(), "unsupported", "{path}");
+    }
+    for query in ["limit=10001", "limit=ten", "limit=-1", "since=1"] {
+        let reply = server.get(&format!("/v1/sessions/{id}/history?{query}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(reply.error_kind(), "invalid_input", "{query}");
+    }
+    assert_eq!(server.get("/v1/sessions/no-such-session/history").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(server.get("/v1/sessions/no-such-session/stats").await.status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn sessions_belong_to_their_key() {
     let server = TestServer::start().await;
@@ -188,6 +214,8 @@ async fn sessions_belong_to_their_key() {
         (Method::GET, format!("/v1/sessions/{id}/files/x")),
         (Method::POST, format!("/v1/sessions/{id}/interrupt")),
         (Method::GET, format!("/v1/sessions/{id}/packages")),
+        (Method::GET, format!("/v1/sessions/{id}/history")),
+        (Method::GET, format!("/v1/sessions/{id}/stats")),
     ] {
         let reply = server.send(method, &path, Some(OTHER_KEY), None, Bytes::new()).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");

@@ -96,9 +96,10 @@ impl CodeBox for ScriptedBox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // It lists no packages: `packages()` is the trait's refusal.
+        // It lists no packages and keeps no history: those are the trait's refusals.
         let mut capabilities = Capabilities::full(["script"]);
         capabilities.packages = false;
+        capabilities.history = false;
         capabilities
     }
 
