@@ -27,7 +27,7 @@ const FACADE: &str = "codebox";
 const CORE_CONFORMANCE_ONLY: &[&str] = &["tokio"];
 /// External dependencies codebox-core may have: none of them does I/O.
 const CORE_ALLOWED: &[&str] =
-    &["async-trait", "base64", "bytes", "futures", "serde", "serde_json", "thiserror", "tokio"];
+    &["async-trait", "base64", "bytes", "futures", "serde", "serde_json", "sha2", "thiserror", "tokio"];
 
 /// For each workspace crate, the workspace crates it may depend on (normal and build
 /// dependencies). `None`: any, for crates that are not part of the published graph.
