@@ -49,7 +49,7 @@ impl std::fmt::Display for Finding {
 /// Runs every check over the workspace and fails listing every finding.
 pub(crate) fn run() -> Result<()> {
     let root = root();
-    let files = tracked_rust_files(&root)?;
+    let files = tracked_files(&root, "*.rs")?;
     let mut findings = Vec::new();
     for path in &files {
         let text = std::fs::read_to_string(root.join(path)).with_context(|| format!("reading {}", path.display()))?;
@@ -67,12 +67,8 @@ pub(crate) fn run() -> Result<()> {
     bail!("{} tidy finding(s)", findings.len())
 }
 
-/// The `.rs` files git tracks (so target/ and scratch files are never read).
-fn tracked_rust_files(root: &Path) -> Result<Vec<PathBuf>> {
-    tracked_files(root, "*.rs")
-}
-
-/// The files git tracks whose names match `pattern`.
+/// The files git tracks whose names match `pattern` (so target/ and scratch files are never
+/// read).
 fn tracked_files(root: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
     let out = git(root).args(["ls-files", "-z", "--", pattern]).output().context("running git ls-files")?;
     if !out.status.success() {

@@ -151,6 +151,14 @@ impl SandboxSpec {
         env
     }
 
+    /// `program` run without bubblewrap (Landlock or no isolation): the box's environment
+    /// only, in the box's directory.
+    fn direct_command(&self, program: &str, args: &[String]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(args).env_clear().envs(self.kernel_env()).current_dir(self.cwd.as_ref().unwrap_or(&self.work_dir));
+        cmd
+    }
+
     /// The sandboxed command for `argv`, entering `cgroup` when given.
     pub(crate) fn prepare(&self, argv: &[String], cgroup: Option<&Entry>) -> Result<Prepared, SandboxError> {
         let (program, args) = argv.split_first().ok_or(SandboxError::EmptyCommand)?;
@@ -218,11 +226,7 @@ impl SandboxSpec {
                     filters.push(super::seccomp::stream_sockets_only()?);
                 }
                 let mut ruleset = Some(ruleset);
-                cmd = Command::new(program);
-                cmd.args(args)
-                    .env_clear()
-                    .envs(self.kernel_env())
-                    .current_dir(self.cwd.as_ref().unwrap_or(&self.work_dir));
+                cmd = self.direct_command(program, args);
                 // SAFETY: runs between fork and exec; the ruleset and filters were built
                 // before the fork. restrict_self and apply_filter make only open, prctl,
                 // landlock and seccomp system calls and allocate nothing on success.
@@ -241,13 +245,9 @@ impl SandboxSpec {
                 }
             }
             _ => {
-                cmd = Command::new(program);
                 // No sandbox, but not the server's environment either (API keys, operator
                 // secrets): the same environment as at the other levels.
-                cmd.args(args)
-                    .env_clear()
-                    .envs(self.kernel_env())
-                    .current_dir(self.cwd.as_ref().unwrap_or(&self.work_dir));
+                cmd = self.direct_command(program, args);
                 // SAFETY: as above: only system calls on pre-opened descriptors.
                 unsafe {
                     cmd.pre_exec(move || {
