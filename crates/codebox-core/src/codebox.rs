@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 
+use crate::context::ContextInfo;
 use crate::error::Result;
 use crate::event::ExecEvent;
 use crate::execution::Execution;
@@ -130,6 +131,40 @@ pub trait CodeBox: Send + Sync + Debug {
     /// Totals by outcome and duration statistics over the executions [`history`](Self::history) keeps.
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Err(crate::CodeBoxError::unsupported("execution_stats"))
+    }
+
+    /// Make a code context: a kernel of its own in this box (same working directory,
+    /// confinement and limits), whose variables no other context sees. `language` must be
+    /// one the box's kernel runs (`None`: the box's own); `cwd`, relative to the working
+    /// directory, is where its code starts. Run code in it with [`RunOptions::with_context`].
+    /// A box has a bounded number of contexts; past it this is an error.
+    async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
+        let _ = (language, cwd);
+        Err(crate::CodeBoxError::unsupported("create_context"))
+    }
+
+    /// The box's code contexts, the default one (the box's own kernel) first.
+    async fn contexts(&self) -> Result<Vec<ContextInfo>> {
+        Err(crate::CodeBoxError::unsupported("contexts"))
+    }
+
+    /// Restart the kernel of context `id`: its variables are gone, files stay. An unknown
+    /// id is [`ErrorKind::NotFound`](crate::ErrorKind::NotFound).
+    async fn restart_context(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(crate::CodeBoxError::unsupported("restart_context"))
+    }
+
+    /// End context `id` and its kernel. The default context cannot be deleted.
+    async fn delete_context(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(crate::CodeBoxError::unsupported("delete_context"))
+    }
+
+    /// Interrupt whatever context `id` is running; the other contexts run on.
+    async fn interrupt_context(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(crate::CodeBoxError::unsupported("interrupt_context"))
     }
 
     /// Restart the kernel: variables are gone, files stay.
@@ -291,6 +326,26 @@ macro_rules! forward_codebox {
                 (**self).execution_stats().await
             }
 
+            async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
+                (**self).create_context(language, cwd).await
+            }
+
+            async fn contexts(&self) -> Result<Vec<ContextInfo>> {
+                (**self).contexts().await
+            }
+
+            async fn restart_context(&self, id: &str) -> Result<()> {
+                (**self).restart_context(id).await
+            }
+
+            async fn delete_context(&self, id: &str) -> Result<()> {
+                (**self).delete_context(id).await
+            }
+
+            async fn interrupt_context(&self, id: &str) -> Result<()> {
+                (**self).interrupt_context(id).await
+            }
+
             async fn restart(&self) -> Result<()> {
                 (**self).restart().await
             }
@@ -423,6 +478,26 @@ mod tests {
             self.record("execution_stats")
         }
 
+        async fn create_context(&self, _: Option<&str>, _: Option<&str>) -> Result<ContextInfo> {
+            self.record("create_context")
+        }
+
+        async fn contexts(&self) -> Result<Vec<ContextInfo>> {
+            self.record("contexts")
+        }
+
+        async fn restart_context(&self, _: &str) -> Result<()> {
+            self.record("restart_context")
+        }
+
+        async fn delete_context(&self, _: &str) -> Result<()> {
+            self.record("delete_context")
+        }
+
+        async fn interrupt_context(&self, _: &str) -> Result<()> {
+            self.record("interrupt_context")
+        }
+
         async fn restart(&self) -> Result<()> {
             self.record("restart")
         }
@@ -436,7 +511,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 22] = [
+    const EVERY_METHOD: [&str; 27] = [
         "id",
         "capabilities",
         "start",
@@ -456,6 +531,11 @@ mod tests {
         "packages",
         "history",
         "execution_stats",
+        "create_context",
+        "contexts",
+        "restart_context",
+        "delete_context",
+        "interrupt_context",
         "restart",
         "interrupt",
         "run_command",
@@ -488,6 +568,11 @@ mod tests {
             refused("packages", b.packages().await.unwrap_err());
             refused("history", b.history(10).await.unwrap_err());
             refused("execution_stats", b.execution_stats().await.unwrap_err());
+            refused("create_context", b.create_context(None, None).await.unwrap_err());
+            refused("contexts", b.contexts().await.unwrap_err());
+            refused("restart_context", b.restart_context("c").await.unwrap_err());
+            refused("delete_context", b.delete_context("c").await.unwrap_err());
+            refused("interrupt_context", b.interrupt_context("c").await.unwrap_err());
             refused("restart", b.restart().await.unwrap_err());
             refused("interrupt", b.interrupt().await.unwrap_err());
             refused("run_command", b.run_command(CommandSpec::new("true")).await.unwrap_err());

@@ -10,6 +10,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod codebox;
+mod context;
 mod error;
 mod event;
 mod execution;
@@ -26,6 +27,7 @@ mod status;
 pub mod conformance;
 
 pub use crate::codebox::{ByteStream, CodeBox, CodeBoxExt, EventStream, MAX_LIST_DEPTH, check_list_depth};
+pub use crate::context::{ContextInfo, DEFAULT_CONTEXT, DEFAULT_MAX_CONTEXTS, default_context_kept, unknown_context};
 pub use crate::error::{BoxedSource, CodeBoxError, ErrorKind, HttpError, KernelDeath, Result, TimeoutKind};
 pub use crate::event::{ErrorInfo, ExecEvent, MimeBundle, Outcome};
 pub use crate::execution::{Execution, Image};

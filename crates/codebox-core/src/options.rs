@@ -22,6 +22,10 @@ pub struct RunOptions {
     /// `None` means the box's default kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
+    /// The code context to run in (see [`CodeBox::create_context`](crate::CodeBox::create_context));
+    /// `None` (or `"default"`) means the box's own kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
 impl RunOptions {
@@ -51,6 +55,12 @@ impl RunOptions {
     /// Run in this language or kernel.
     pub fn with_language(mut self, language: impl Into<String>) -> Self {
         self.language = Some(language.into());
+        self
+    }
+
+    /// Run in the code context `id`.
+    pub fn with_context(mut self, id: impl Into<String>) -> Self {
+        self.context = Some(id.into());
         self
     }
 }

@@ -109,6 +109,11 @@ pub struct Capabilities {
     /// `history()` and `execution_stats()` work. Absent from an older server's answer: `false`.
     #[serde(default)]
     pub history: bool,
+    /// Code contexts work: `create_context()`, `contexts()`, `restart_context()`,
+    /// `delete_context()`, `interrupt_context()` and `RunOptions::context`. Absent from an
+    /// older server's answer: `false`.
+    #[serde(default)]
+    pub contexts: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -146,6 +151,7 @@ impl Capabilities {
             install: true,
             packages: true,
             history: true,
+            contexts: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -165,6 +171,7 @@ impl Capabilities {
             install: false,
             packages: false,
             history: false,
+            contexts: false,
             commands: false,
             delete_file: false,
             recursive_list: false,

@@ -95,7 +95,9 @@ pub(crate) async fn run_silent(kernel: &Kernel, code: &str) -> Result<()> {
 }
 
 /// Start an execution on `kernel` and return its event stream. `guard` keeps other
-/// executions of the same box waiting until this one has completely finished.
+/// executions of the same box (or code context) waiting until this one has completely
+/// finished. It is recorded in `history` under `context` (`None`: the box's own kernel).
+#[expect(clippy::too_many_arguments, reason = "one call per kind of kernel execution; a struct would only rename them")]
 pub(crate) async fn execute(
     box_id: &str,
     kernel: Arc<Kernel>,
@@ -104,6 +106,7 @@ pub(crate) async fn execute(
     around: Option<(String, String)>,
     guard: OwnedMutexGuard<()>,
     history: SharedHistory,
+    context: Option<String>,
 ) -> Result<EventStream> {
     if let Some((before, _)) = &around {
         run_silent(&kernel, before).await?;
@@ -115,6 +118,7 @@ pub(crate) async fn execute(
     });
     let req = kernel.request(Channel::Shell, "execute_request", content, MESSAGE_BUFFER).await?;
     let (tx, rx) = RecordingSender::channel(EVENT_BUFFER, history, code);
+    let tx = tx.in_context(context);
     let span = tracing::debug_span!("execution", box_id, kernel = %kernel.name, execution_id = %req.id);
     tokio::spawn(tracing::Instrument::instrument(
         async move {

@@ -42,6 +42,14 @@ impl RecordingSender {
         (Self { tx, history, record: Some(record) }, rx)
     }
 
+    /// Record the execution as one of the code context `context` (`None`: the box's own kernel).
+    pub(crate) fn in_context(mut self, context: Option<String>) -> Self {
+        if let Some(record) = self.record.as_mut() {
+            record.context = context;
+        }
+        self
+    }
+
     /// Send an item to the caller, noting it first.
     pub(crate) async fn send(
         &mut self,

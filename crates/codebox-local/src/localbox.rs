@@ -7,7 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use codebox_core::{
     BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result,
+    RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -15,6 +16,7 @@ use crate::kernelspec::is_python;
 use codebox_sandbox::IsolationLevel;
 
 mod builder;
+mod contexts;
 
 pub(crate) use self::builder::Config;
 pub use self::builder::LocalBoxBuilder;
@@ -108,6 +110,15 @@ impl LocalBox {
         self.inner.state.lock().await.run.as_ref().map(|r| r.kernel.pid())
     }
 
+    /// The process id of code context `id`'s kernel, while it has one (`"default"`: the
+    /// box's own kernel).
+    pub async fn context_kernel_pid(&self, id: &str) -> Option<i32> {
+        if id == DEFAULT_CONTEXT {
+            return self.kernel_pid().await;
+        }
+        contexts::kernel_pid(&self.inner, id).await
+    }
+
     /// The Python the box's kernels and `install` use, once started.
     pub async fn python(&self) -> Option<PathBuf> {
         self.inner.state.lock().await.run.as_ref().map(|r| r.python.clone())
@@ -184,6 +195,7 @@ impl CodeBox for LocalBox {
         capabilities.install = python;
         capabilities.packages = python;
         capabilities.history = true;
+        capabilities.contexts = true;
         capabilities
     }
 
@@ -215,6 +227,12 @@ impl CodeBox for LocalBox {
     }
 
     async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
+        if let Some(context) = options.context.as_deref()
+            && context != DEFAULT_CONTEXT
+        {
+            let context = context.to_owned();
+            return contexts::run_stream(&self.inner, &context, code, options).await;
+        }
         // Unnamed, the language is the box's default (its template's), else the kernel's own.
         let default_language = self.inner.config.language.as_deref();
         let language = options.language.as_deref().or(default_language).unwrap_or(&self.inner.config.kernel);
@@ -258,7 +276,8 @@ impl CodeBox for LocalBox {
             self.require_python("a per-execution cwd or env")?;
         }
         let around = around.then(|| around_code(cwd.as_deref(), &options.env));
-        crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard, self.inner.history.clone()).await
+        crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard, self.inner.history.clone(), None)
+            .await
     }
 
     async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
@@ -335,6 +354,43 @@ impl CodeBox for LocalBox {
 
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Ok(self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).stats())
+    }
+
+    async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
+        contexts::create(&self.inner, language, cwd).await
+    }
+
+    async fn contexts(&self) -> Result<Vec<ContextInfo>> {
+        let language = self.inner.config.language.clone().or_else(|| self.inner.kernel_language());
+        let language = match language {
+            Some(l) if crate::kernelspec::is_python(&l) => "python".to_owned(),
+            Some(l) if !l.is_empty() => l,
+            _ => self.inner.config.kernel.clone(),
+        };
+        let mut all = vec![ContextInfo::default_context(language)];
+        all.extend(self.inner.contexts.list());
+        Ok(all)
+    }
+
+    async fn restart_context(&self, id: &str) -> Result<()> {
+        if id == DEFAULT_CONTEXT {
+            return self.inner.restart().await;
+        }
+        contexts::restart(&self.inner, id).await
+    }
+
+    async fn delete_context(&self, id: &str) -> Result<()> {
+        if id == DEFAULT_CONTEXT {
+            return Err(codebox_core::default_context_kept());
+        }
+        contexts::delete(&self.inner, id).await
+    }
+
+    async fn interrupt_context(&self, id: &str) -> Result<()> {
+        if id == DEFAULT_CONTEXT {
+            return self.interrupt().await;
+        }
+        contexts::interrupt(&self.inner, id).await
     }
 
     async fn restart(&self) -> Result<()> {

@@ -57,6 +57,8 @@ pub struct Dialect {
     pub set_gone: String,
     /// The error's name when code reads a name that is not defined.
     pub undefined_name_error: String,
+    /// Sets `conformance_ctx` to 7 (the code-context check reads it back as `conformance_ctx`).
+    pub set_context_value: String,
 }
 
 impl Default for Dialect {
@@ -99,6 +101,7 @@ impl Dialect {
             print_waiting_then_wait: "import time\nprint('waiting', flush=True)\ntime.sleep(60)".into(),
             set_gone: "conformance_gone = 1".into(),
             undefined_name_error: "NameError".into(),
+            set_context_value: "conformance_ctx = 7".into(),
         }
     }
 
@@ -155,6 +158,7 @@ impl Dialect {
             print_waiting_then_wait: busy("waiting"),
             set_gone: "var conformance_gone = 1".into(),
             undefined_name_error: "ReferenceError".into(),
+            set_context_value: "var conformance_ctx = 7".into(),
         }
     }
 
@@ -169,6 +173,7 @@ impl Dialect {
                     .into(),
             set_kept: "var conformance_kept: string = 'still here'".into(),
             set_gone: "var conformance_gone: number = 1".into(),
+            set_context_value: "var conformance_ctx: number = 7".into(),
             ..Self::javascript()
         }
     }

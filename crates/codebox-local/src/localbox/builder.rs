@@ -60,6 +60,8 @@ pub(crate) struct Config {
     pub(crate) template: Option<String>,
     /// A template name that is not a built-in: refused by `build`.
     pub(crate) unknown_template: Option<String>,
+    /// How many code contexts the box may have besides its own kernel.
+    pub(crate) max_contexts: usize,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             packages: Vec::new(),
             template: None,
             unknown_template: None,
+            max_contexts: codebox_core::DEFAULT_MAX_CONTEXTS,
         }
     }
 }
@@ -250,6 +253,14 @@ impl LocalBoxBuilder {
     /// Set an environment variable for the kernel and for commands.
     pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// How many code contexts ([`CodeBox::create_context`](codebox_core::CodeBox::create_context))
+    /// the box may have besides its own kernel (default 8). Each is a kernel process that
+    /// counts against the box's memory and process limits.
+    pub fn with_max_contexts(mut self, contexts: usize) -> Self {
+        self.config.max_contexts = contexts;
         self
     }
 

@@ -64,6 +64,8 @@ pub(super) struct Inner {
     pub(super) snapshot: Mutex<Snapshot>,
     /// The box's executions, kept across kernel restarts.
     pub(super) history: crate::history::SharedHistory,
+    /// The box's code contexts besides its own kernel.
+    pub(super) contexts: super::contexts::Contexts,
 }
 
 /// What a call needs from a running box.
@@ -99,8 +101,27 @@ impl Handle {
 
 /// Drop a replaced kernel off the async threads: its runtime directory goes with its last
 /// handle, and under Landlock that holds the box's TMPDIR, a tree of any shape.
-fn retire(kernel: Arc<Kernel>) {
+pub(super) fn retire(kernel: Arc<Kernel>) {
     drop(tokio::task::spawn_blocking(move || drop(kernel)));
+}
+
+/// Start a kernel exactly like the box's own: the same launch spec (kernel, Python,
+/// environment, sandbox policy) in the same confinement (isolation, uid, cgroup, working
+/// directory). Recovery, `restart` and code contexts all start their kernels here.
+pub(super) async fn start_kernel_like(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
+    Kernel::start(spec, confinement).await
+}
+
+/// Whether a kernel that died unexpectedly may be restarted now: at most `max` restarts
+/// within `window`. A restart allowed is counted in `times`.
+pub(super) fn restart_allowed(times: &mut VecDeque<Instant>, max: usize, window: Duration) -> bool {
+    let now = Instant::now();
+    times.retain(|t| now.duration_since(*t) < window);
+    if times.len() >= max {
+        return false;
+    }
+    times.push_back(now);
+    true
 }
 
 fn fresh_id() -> String {
@@ -129,6 +150,7 @@ impl Inner {
                 language: None,
             }),
             history: crate::history::new_history(),
+            contexts: super::contexts::Contexts::default(),
         }
     }
 
@@ -220,6 +242,7 @@ impl Inner {
         st.run = Some(Running { kernel, root, python, spec, confinement });
         st.workdir = Some(workdir);
         st.phase = Phase::Running;
+        self.contexts.open();
         tracing::debug!(box_id = %self.id, "box started");
         Ok(())
     }
@@ -248,7 +271,7 @@ impl Inner {
             return Err(CodeBoxError::not_running("the box has no kernel"));
         };
         let (spec, confinement) = (run.spec.clone(), run.confinement.clone());
-        match Kernel::start(&spec, confinement).await {
+        match start_kernel_like(&spec, confinement).await {
             Ok(kernel) => {
                 self.watch(&kernel);
                 if let Some(run) = st.run.as_mut() {
@@ -282,10 +305,8 @@ impl Inner {
             return;
         }
         if reason == ExitReason::Unexpected {
-            let now = Instant::now();
             let window = self.config.restart_window;
-            st.restart_times.retain(|t| now.duration_since(*t) < window);
-            if st.restart_times.len() >= self.config.max_restarts {
+            if !restart_allowed(&mut st.restart_times, self.config.max_restarts, window) {
                 let detail = format!(
                     "the kernel died {} times within {:?} (last: {}); call restart() to try again",
                     st.restart_times.len() + 1,
@@ -300,7 +321,6 @@ impl Inner {
                 });
                 return;
             }
-            st.restart_times.push_back(now);
             self.set_snapshot(|s| s.restarts += 1);
         }
         tracing::info!(box_id = %self.id, ?reason, "the kernel exited; restarting it");
@@ -339,6 +359,10 @@ impl Inner {
     /// Shut the kernel down, release the confinement and remove (or keep) the working
     /// directory. Stopping twice is fine.
     pub(super) async fn stop(&self) {
+        // Every context's kernel ends with the box, before its confinement is released; and
+        // before the state lock is taken, since a context restarting its kernel holds its
+        // own lock while it asks for the state.
+        self.contexts.close_all().await;
         let mut st = self.state.lock().await;
         if st.phase == Phase::Stopped {
             return;
@@ -404,6 +428,17 @@ impl Inner {
                 confinement: run.confinement.clone(),
                 scratch_dir: run.spec.scratch_dir.clone(),
             });
+        }
+    }
+
+    /// The handle of the box's kernel (starting the box on first use) and its launch spec:
+    /// what a kernel started like the box's own needs.
+    pub(super) async fn launch_recipe(self: &Arc<Self>) -> Result<(Handle, LaunchSpec)> {
+        let h = self.handle().await?;
+        let st = self.state.lock().await;
+        match st.run.as_ref() {
+            Some(run) if st.phase == Phase::Running => Ok((h, run.spec.clone())),
+            _ => Err(CodeBoxError::not_running("the box is not running")),
         }
     }
 
