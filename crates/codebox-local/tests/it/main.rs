@@ -6,6 +6,7 @@
 mod adversarial;
 mod basics;
 mod conformance;
+mod contexts;
 mod deno;
 mod factory;
 mod faults;
