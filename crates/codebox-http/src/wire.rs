@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use codebox_core::{
-    BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, ExecutionRecord, HttpError, KernelDeath, PackageInfo,
-    ResourceLimits, RunOptions, TimeoutKind,
+    BoxStatus, Capabilities, CodeBoxError, ContextInfo, ErrorKind, ExecEvent, ExecutionRecord, HttpError, KernelDeath,
+    PackageInfo, ResourceLimits, RunOptions, TimeoutKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -232,6 +232,26 @@ pub struct HistoryResponse {
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 /// The largest `limit` that `GET /v1/sessions/{id}/history` accepts.
 pub const MAX_HISTORY_LIMIT: usize = 10_000;
+
+/// `POST /v1/sessions/{id}/contexts`: make a code context (answered with 201 and its
+/// [`ContextInfo`]). Both fields may be left out; unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContext {
+    /// The language its kernel runs: one the session's kernel runs (unset: the session's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// Its starting directory, relative to the session's working directory (unset: that one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+/// `GET /v1/sessions/{id}/contexts`: the session's code contexts, the default one first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextsResponse {
+    /// The default context (the session's own kernel) first.
+    pub contexts: Vec<ContextInfo>,
+}
 
 /// One line of an execution stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -32,11 +32,16 @@ pub(crate) enum Route {
     Rename,
     ListTemplates,
     PoolStats,
+    CreateContext,
+    ListContexts,
+    RestartContext,
+    InterruptContext,
+    DeleteContext,
 }
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 25] = [
+    pub(crate) const ALL: [Route; 30] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -62,9 +67,15 @@ impl Route {
         Route::Rename,
         Route::ListTemplates,
         Route::PoolStats,
+        Route::CreateContext,
+        Route::ListContexts,
+        Route::RestartContext,
+        Route::InterruptContext,
+        Route::DeleteContext,
     ];
 
-    /// The method and the path template (`{id}` is one segment, `{path}` the rest).
+    /// The method and the path template (`{id}` and `{ctx}` are one segment each, `{path}`
+    /// the rest).
     pub(crate) fn spec(self) -> (Method, &'static str) {
         match self {
             Route::Health => (Method::GET, "/health"),
@@ -92,6 +103,11 @@ impl Route {
             Route::Rename => (Method::POST, "/v1/sessions/{id}/rename"),
             Route::ListTemplates => (Method::GET, "/v1/templates"),
             Route::PoolStats => (Method::GET, "/v1/pool"),
+            Route::CreateContext => (Method::POST, "/v1/sessions/{id}/contexts"),
+            Route::ListContexts => (Method::GET, "/v1/sessions/{id}/contexts"),
+            Route::RestartContext => (Method::POST, "/v1/sessions/{id}/contexts/{ctx}/restart"),
+            Route::InterruptContext => (Method::POST, "/v1/sessions/{id}/contexts/{ctx}/interrupt"),
+            Route::DeleteContext => (Method::DELETE, "/v1/sessions/{id}/contexts/{ctx}"),
         }
     }
 
@@ -108,6 +124,8 @@ pub(crate) struct Params<'a> {
     pub(crate) id: Option<&'a str>,
     /// `{path}`: the rest of the path, segments joined with `/`.
     pub(crate) path: Option<&'a str>,
+    /// `{ctx}`: a code context's id.
+    pub(crate) ctx: Option<&'a str>,
 }
 
 /// The result of matching a request against the table.
@@ -153,11 +171,15 @@ fn match_template<'a>(template: &str, path: &'a str) -> Option<Params<'a>> {
             Some((s, t)) => (s, Some(t)),
             None => (rest, None),
         };
-        if part == "{id}" {
+        if part == "{id}" || part == "{ctx}" {
             if segment.is_empty() {
                 return None;
             }
-            params.id = Some(segment);
+            if part == "{id}" {
+                params.id = Some(segment);
+            } else {
+                params.ctx = Some(segment);
+            }
         } else if part != segment {
             return None;
         }
@@ -186,6 +208,14 @@ mod tests {
         assert_eq!(find(&Method::GET, "/v1/templates"), Matched::Route(Route::ListTemplates, Params::default()));
         assert_eq!(find(&Method::GET, "/v1/pool"), Matched::Route(Route::PoolStats, Params::default()));
         assert_eq!(find(&Method::POST, "/v1/pool"), Matched::WrongMethod(vec![Method::GET]));
+        let Matched::Route(r, p) = find(&Method::POST, "/v1/sessions/abc/contexts/ctx-1/restart") else { panic!() };
+        assert_eq!((r, p.id, p.ctx), (Route::RestartContext, Some("abc"), Some("ctx-1")));
+        let Matched::Route(r, p) = find(&Method::DELETE, "/v1/sessions/abc/contexts/ctx-1") else { panic!() };
+        assert_eq!((r, p.ctx), (Route::DeleteContext, Some("ctx-1")));
+        let Matched::Route(r, _) = find(&Method::GET, "/v1/sessions/abc/contexts") else { panic!() };
+        assert_eq!(r, Route::ListContexts);
+        assert_eq!(find(&Method::POST, "/v1/sessions/abc/contexts/"), Matched::NotFound);
+        assert_eq!(find(&Method::GET, "/v1/sessions/abc/contexts/ctx-1"), Matched::WrongMethod(vec![Method::DELETE]));
     }
 
     #[test]

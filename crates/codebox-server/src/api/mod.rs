@@ -1,6 +1,7 @@
 //! The native API (`/v1`) handlers.
 
 mod catalogue;
+mod contexts;
 mod execute;
 mod files;
 mod history;
@@ -32,6 +33,8 @@ pub(crate) async fn dispatch(
 ) -> ApiResult<Response<Body>> {
     let id = params.id.map(percent_decode).transpose()?;
     let id = id.as_deref().unwrap_or_default();
+    let ctx = params.ctx.map(percent_decode).transpose()?;
+    let ctx = ctx.as_deref().unwrap_or_default();
     match route {
         Route::Health | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route").into()),
         Route::CreateSession => sessions::create(state, owner, req).await,
@@ -87,6 +90,11 @@ pub(crate) async fn dispatch(
         Route::Rename => files::rename(state, owner, id, req).await,
         Route::ListTemplates => catalogue::templates(state),
         Route::PoolStats => catalogue::pool(state),
+        Route::CreateContext => contexts::create(state, owner, id, req).await,
+        Route::ListContexts => contexts::list(state, owner, id).await,
+        Route::RestartContext => contexts::restart(state, owner, id, ctx).await,
+        Route::InterruptContext => contexts::interrupt(state, owner, id, ctx).await,
+        Route::DeleteContext => contexts::delete(state, owner, id, ctx).await,
     }
 }
 

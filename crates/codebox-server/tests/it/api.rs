@@ -204,6 +204,30 @@ async fn history_of_a_box_without_one_is_unsupported_and_bad_limits_are_refused(
     assert_eq!(server.get("/v1/sessions/no-such-session/stats").await.status, StatusCode::NOT_FOUND);
 }
 
+// A box without code contexts says so, and every context route answers 501; an unknown
+// session is 404 first.
+#[tokio::test]
+async fn contexts_of_a_box_without_them_are_unsupported() {
+    let server = TestServer::start().await;
+    let id = server.session().await;
+    let session = server.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(session.json()["capabilities"]["contexts"], false, "{:?}", session.json());
+    for (method, path) in [
+        (Method::POST, format!("/v1/sessions/{id}/contexts")),
+        (Method::GET, format!("/v1/sessions/{id}/contexts")),
+        (Method::POST, format!("/v1/sessions/{id}/contexts/c1/restart")),
+        (Method::POST, format!("/v1/sessions/{id}/contexts/c1/interrupt")),
+        (Method::DELETE, format!("/v1/sessions/{id}/contexts/c1")),
+    ] {
+        let reply = server.send(method, &path, Some(KEY), None, Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::NOT_IMPLEMENTED, "{path}");
+        assert_eq!(reply.error_kind(), "unsupported", "{path}");
+    }
+    let missing =
+        server.send(Method::GET, "/v1/sessions/no-such-session/contexts", Some(KEY), None, Bytes::new()).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn sessions_belong_to_their_key() {
     let server = TestServer::start().await;
@@ -216,6 +240,8 @@ async fn sessions_belong_to_their_key() {
         (Method::GET, format!("/v1/sessions/{id}/packages")),
         (Method::GET, format!("/v1/sessions/{id}/history")),
         (Method::GET, format!("/v1/sessions/{id}/stats")),
+        (Method::GET, format!("/v1/sessions/{id}/contexts")),
+        (Method::DELETE, format!("/v1/sessions/{id}/contexts/c1")),
     ] {
         let reply = server.send(method, &path, Some(OTHER_KEY), None, Bytes::new()).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");

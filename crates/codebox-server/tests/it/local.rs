@@ -284,3 +284,97 @@ async fn shutdown_leaves_no_kernel_behind() {
         .await;
     }
 }
+
+// Code contexts through the server: made with 201, listed default first, executions pick
+// one with `options.context`, variables stay in theirs; unknown contexts are 404 on every
+// route, bad bodies 400, the default context cannot be deleted, and deleting the session
+// ends every context's kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_contexts_through_the_server() {
+    let server = LocalServer::start(test_config()).await;
+    let id = server.session().await;
+    let at = |rest: &str| format!("/v1/sessions/{id}/{rest}");
+    let made = server.send(Method::POST, &at("contexts"), Some(json!({})), None).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text());
+    let ctx = made.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(made.json()["language"], "python");
+    assert_eq!(made.json()["default"], false);
+    // Without a body: the session's own language and directory.
+    let plain = server.send(Method::POST, &at("contexts"), None, None).await;
+    assert_eq!(plain.status, StatusCode::CREATED, "{}", plain.text());
+    let listed = server.send(Method::GET, &at("contexts"), None, None).await;
+    let listed = listed.json();
+    let ids: Vec<&str> = listed["contexts"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "{listed}");
+    assert_eq!(ids[0], "default");
+    assert!(ids.contains(&ctx.as_str()));
+
+    let execute_at = at("execute");
+    let run = |code: &str, context: &str| {
+        let body = json!({"code": code, "options": {"context": context}});
+        server.send(Method::POST, &execute_at, Some(body), None)
+    };
+    assert_eq!(run("v = 'in context'", &ctx).await.status, StatusCode::OK);
+    let lines = run("print(v)", &ctx).await.lines();
+    assert_eq!(stdout_of(&lines), "in context\n");
+    let lines = server.execute(&id, "print('v' in globals())").await;
+    assert_eq!(stdout_of(&lines), "False\n");
+
+    let unknown = run("1", "no-such-context").await;
+    assert_eq!((unknown.status, unknown.error_kind()), (StatusCode::NOT_FOUND, "not_found".to_owned()));
+    assert!(unknown.text().contains("no-such-context"), "{}", unknown.text());
+    for (method, rest) in [
+        (Method::POST, "contexts/no-such-context/restart"),
+        (Method::POST, "contexts/no-such-context/interrupt"),
+        (Method::DELETE, "contexts/no-such-context"),
+    ] {
+        let reply = server.send(method, &at(rest), None, None).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{rest}: {}", reply.text());
+    }
+    let default = server.send(Method::DELETE, &at("contexts/default"), None, None).await;
+    assert_eq!(default.status, StatusCode::BAD_REQUEST, "{}", default.text());
+    for bad in [json!({"language": "bash"}), json!({"lang": "python"}), json!({"cwd": "../out"}), json!({"cwd": 3})] {
+        let reply = server.send(Method::POST, &at("contexts"), Some(bad.clone()), None).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}: {}", reply.text());
+    }
+    let malformed = request(
+        &client(),
+        server.addr,
+        Method::POST,
+        &at("contexts"),
+        Some(KEY),
+        Some("application/json"),
+        Bytes::from_static(b"{"),
+    )
+    .await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST, "{}", malformed.text());
+    let other_key = request(
+        &client(),
+        server.addr,
+        Method::GET,
+        &at("contexts"),
+        Some(crate::support::OTHER_KEY),
+        None,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(other_key.status, StatusCode::NOT_FOUND);
+
+    let restarted = server.send(Method::POST, &at(&format!("contexts/{ctx}/restart")), None, None).await;
+    assert_eq!(restarted.status, StatusCode::NO_CONTENT, "{}", restarted.text());
+    let lines = run("print('v' in globals())", &ctx).await.lines();
+    assert_eq!(stdout_of(&lines), "False\n");
+    let interrupted = server.send(Method::POST, &at(&format!("contexts/{ctx}/interrupt")), None, None).await;
+    assert_eq!(interrupted.status, StatusCode::NO_CONTENT, "{}", interrupted.text());
+
+    let lb = server.boxes.lock().unwrap()[0].clone();
+    let pid = lb.context_kernel_pid(&ctx).await.expect("the context's kernel");
+    let deleted = server.send(Method::DELETE, &format!("/v1/sessions/{id}"), None, None).await;
+    assert!(deleted.status.is_success(), "{}", deleted.text());
+    crate::support::eventually("the context's kernel to exit", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+            .unwrap_or(true)
+    })
+    .await;
+}
