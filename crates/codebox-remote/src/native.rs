@@ -9,13 +9,13 @@ use http::Method;
 use tracing::debug;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ErrorKind, EventStream,
+    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo, ErrorKind, EventStream,
     ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::{Request, Retry};
 use codebox_http::wire::{
-    API_PREFIX, ExecuteRequest, HistoryResponse, InstallRequest, InstallResponse, MAX_HISTORY_LIMIT, PackagesResponse,
-    RenameRequest, SessionInfo, SetTimeout,
+    API_PREFIX, ContextsResponse, CreateContext, ExecuteRequest, HistoryResponse, InstallRequest, InstallResponse,
+    MAX_HISTORY_LIMIT, PackagesResponse, RenameRequest, SessionInfo, SetTimeout,
 };
 
 use crate::connection::Connection;
@@ -59,7 +59,13 @@ impl NativeSession {
         }
     }
 
-    /// `interrupt` and `restart`.
+    /// The URL of code context `id`.
+    fn context_url(&self, id: &str) -> String {
+        format!("{}/contexts/{}", self.session_url(), encode_component(id))
+    }
+
+    /// `interrupt` and `restart`, of the session or (`action` under `contexts/{id}/`) of a
+    /// code context.
     async fn post_empty(&self, action: &str) -> Result<()> {
         self.conn.ensure_running()?;
         let req = self.conn.request(Method::POST, &format!("{}/{action}", self.session_url()))?.retry(Retry::OnRefusal);
@@ -276,6 +282,39 @@ impl Session for NativeSession {
         self.conn.ensure_running()?;
         let req = self.conn.request(Method::GET, &format!("{}/stats", self.session_url()))?;
         self.conn.http.send(req).await?.json().await
+    }
+
+    async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
+        self.conn.ensure_running()?;
+        let body = CreateContext { language: language.map(str::to_owned), cwd: cwd.map(str::to_owned) };
+        // Each request makes a kernel: resent only when the server surely did not take it.
+        let req = self
+            .conn
+            .request(Method::POST, &format!("{}/contexts", self.session_url()))?
+            .json(&body)?
+            .retry(Retry::OnRefusal);
+        self.conn.http.send(req).await?.json().await
+    }
+
+    async fn contexts(&self) -> Result<Vec<ContextInfo>> {
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::GET, &format!("{}/contexts", self.session_url()))?;
+        let out: ContextsResponse = self.conn.http.send(req).await?.json().await?;
+        Ok(out.contexts)
+    }
+
+    async fn restart_context(&self, id: &str) -> Result<()> {
+        self.post_empty(&format!("contexts/{}/restart", encode_component(id))).await
+    }
+
+    async fn delete_context(&self, id: &str) -> Result<()> {
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::DELETE, &self.context_url(id))?.retry(Retry::OnRefusal);
+        self.conn.http.send(req).await?.discard().await
+    }
+
+    async fn interrupt_context(&self, id: &str) -> Result<()> {
+        self.post_empty(&format!("contexts/{}/interrupt", encode_component(id))).await
     }
 
     async fn restart(&self) -> Result<()> {

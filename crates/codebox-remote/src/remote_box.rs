@@ -7,8 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxSettings, CommandOutput, CommandSpec, EventStream,
-    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
+    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result,
+    RunOptions,
 };
 use codebox_http::client::HttpClient;
 use codebox_http::wire::SessionInfo;
@@ -140,6 +141,10 @@ impl CodeBox for RemoteBox {
     }
 
     async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
+        // A protocol without contexts would run the code in the box's own kernel: refused.
+        if options.context.as_deref().is_some_and(|c| c != DEFAULT_CONTEXT) && !self.capabilities().contexts {
+            return Err(CodeBoxError::unsupported(format!("code contexts ({:?} has none)", self.protocol())));
+        }
         let options = self.connection().with_default_timeout(options);
         self.session.run_stream(code, options).await
     }
@@ -190,6 +195,26 @@ impl CodeBox for RemoteBox {
 
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         self.session.execution_stats().await
+    }
+
+    async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
+        self.session.create_context(language, cwd).await
+    }
+
+    async fn contexts(&self) -> Result<Vec<ContextInfo>> {
+        self.session.contexts().await
+    }
+
+    async fn restart_context(&self, id: &str) -> Result<()> {
+        self.session.restart_context(id).await
+    }
+
+    async fn delete_context(&self, id: &str) -> Result<()> {
+        self.session.delete_context(id).await
+    }
+
+    async fn interrupt_context(&self, id: &str) -> Result<()> {
+        self.session.interrupt_context(id).await
     }
 
     async fn restart(&self) -> Result<()> {

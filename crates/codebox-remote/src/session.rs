@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream, ExecutionRecord,
-    ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo, EventStream,
+    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::Request;
 use codebox_http::wire::SessionInfo;
@@ -108,6 +108,35 @@ pub(crate) trait Session: Send + Sync {
         Err(CodeBoxError::unsupported("execution_stats (only the native protocol keeps a session's executions)"))
     }
 
+    /// Make a code context; only the native protocol has them.
+    async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
+        let _ = (language, cwd);
+        Err(contexts_unsupported("create_context"))
+    }
+
+    /// The session's code contexts.
+    async fn contexts(&self) -> Result<Vec<ContextInfo>> {
+        Err(contexts_unsupported("contexts"))
+    }
+
+    /// Restart a code context's kernel.
+    async fn restart_context(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(contexts_unsupported("restart_context"))
+    }
+
+    /// End a code context.
+    async fn delete_context(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(contexts_unsupported("delete_context"))
+    }
+
+    /// Interrupt a code context.
+    async fn interrupt_context(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(contexts_unsupported("interrupt_context"))
+    }
+
     async fn restart(&self) -> Result<()>;
 
     async fn interrupt(&self) -> Result<()>;
@@ -118,4 +147,9 @@ pub(crate) trait Session: Send + Sync {
     /// when nothing is to be ended (an attached session, or a protocol without sessions to
     /// delete).
     fn request_on_drop(&self) -> Option<Request>;
+}
+
+/// The refusal of a context operation by a protocol without code contexts.
+fn contexts_unsupported(operation: &str) -> CodeBoxError {
+    CodeBoxError::unsupported(format!("{operation} (only the native protocol has code contexts)"))
 }

@@ -68,6 +68,14 @@ async fn what_the_protocol_lacks_is_reported_and_unsupported() {
     assert!(!caps.history);
     assert_eq!(b.history(10).await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.execution_stats().await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert!(!caps.contexts);
+    assert_eq!(b.create_context(None, None).await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(b.contexts().await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(b.restart_context("c").await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(b.interrupt_context("c").await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(b.delete_context("c").await.unwrap_err().kind(), ErrorKind::Unsupported);
+    let in_context = codebox_core::RunOptions::new().with_context("c");
+    assert_eq!(b.run("1", in_context).await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.interrupt().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.restart().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.list_files("", false).await.unwrap_err().kind(), ErrorKind::Unsupported);

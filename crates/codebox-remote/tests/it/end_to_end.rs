@@ -313,3 +313,37 @@ async fn remote_history_and_stats_are_the_sessions_own() {
     assert_eq!(stats.by_outcome.get(&codebox_core::Outcome::Error), Some(&1));
     remote.stop().await.unwrap();
 }
+
+// Code contexts through the server are the session's own: made with a cwd and listed, run
+// side by side with the session's kernel, recorded in its history under their id; an id
+// that needs escaping reaches the server whole and is unknown there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_code_contexts_are_the_sessions_own() {
+    let server = serve().await;
+    let remote = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    remote.start().await.unwrap();
+    assert!(remote.capabilities().contexts);
+    remote.upload_bytes("work/note.txt", "from work").await.unwrap();
+    let made = remote.create_context(Some("python"), Some("work")).await.unwrap();
+    assert_eq!((made.language.as_str(), made.cwd.as_deref(), made.default), ("python", Some("work"), false));
+    let listed = remote.contexts().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed[0].default && listed[1] == made, "{listed:?}");
+
+    let in_made = RunOptions::new().with_context(&made.id);
+    let ex = remote.run("print(open('note.txt').read())", in_made.clone()).await.unwrap();
+    assert_eq!(ex.stdout(), "from work\n");
+    let records = remote.history(1).await.unwrap();
+    assert_eq!(records[0].context.as_deref(), Some(made.id.as_str()));
+
+    for odd in ["no/such ctx", "ctx?x=1", "%41"] {
+        let err = remote.run("1", RunOptions::new().with_context(odd)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{odd}: {err}");
+        assert!(err.to_string().contains(odd), "{odd}: {err}");
+        assert_eq!(remote.delete_context(odd).await.unwrap_err().kind(), ErrorKind::NotFound, "{odd}");
+        assert_eq!(remote.interrupt_context(odd).await.unwrap_err().kind(), ErrorKind::NotFound, "{odd}");
+    }
+    remote.delete_context(&made.id).await.unwrap();
+    assert_eq!(remote.run("1", in_made).await.unwrap_err().kind(), ErrorKind::NotFound);
+    remote.stop().await.unwrap();
+}
