@@ -109,7 +109,8 @@ impl KernelPool {
     }
 
     /// Give back a box from [`acquire`](Self::acquire): it is retired (stopped: its kernel,
-    /// processes, working directory and sandbox go), so nothing of its user reaches the next
+    /// its code contexts' kernels, processes, working directory and sandbox go; a box with
+    /// contexts is never handed on either), so nothing of its user reaches the next
     /// one, and the pool is refilled with a fresh kernel of its kind. A box of another pool,
     /// or of none, is refused.
     pub async fn release(&self, lb: crate::LocalBox) -> Result<()> {

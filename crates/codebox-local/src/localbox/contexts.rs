@@ -17,7 +17,7 @@ use std::time::Duration;
 use codebox_core::{CodeBoxError, ContextInfo, EventStream, Result, RunOptions, unknown_context};
 use tokio::time::Instant;
 
-use super::supervisor::{Handle, Inner, restart_allowed, retire, start_kernel_like};
+use super::supervisor::{BoxParts, Inner, restart_allowed, retire, start_kernel_like};
 use crate::exec::{around_code, check_env, run_silent};
 use crate::kernel::{ExitReason, Kernel};
 use crate::kernelspec::{DENO_KERNEL, DENO_LANGUAGES, LaunchSpec, is_python};
@@ -162,8 +162,8 @@ impl Context {
 
     /// A kernel started like the box's own, in the context's starting directory.
     async fn start_kernel(&self, inner: &Arc<Inner>) -> Result<Arc<Kernel>> {
-        let (h, spec) = inner.launch_recipe().await?;
-        start_in(&h, &spec, self.cwd.as_ref().map(|(_, dir)| dir.as_path())).await
+        let parts = inner.context_parts().await?;
+        start_in(&parts, self.cwd.as_ref().map(|(_, dir)| dir.as_path())).await
     }
 
     /// Shut the kernel down; the context is gone.
@@ -177,10 +177,10 @@ impl Context {
 }
 
 /// Start a kernel from the box's launch spec and confinement, and move it to `dir`.
-async fn start_in(h: &Handle, spec: &LaunchSpec, dir: Option<&Path>) -> Result<Arc<Kernel>> {
-    let kernel = start_kernel_like(spec, h.confinement.clone()).await?;
+async fn start_in(parts: &BoxParts, dir: Option<&Path>) -> Result<Arc<Kernel>> {
+    let kernel = start_kernel_like(&parts.spec, parts.confinement.clone()).await?;
     if let Some(dir) = dir {
-        let code = chdir_code(spec, dir).ok_or_else(|| cwd_unsupported(spec))?;
+        let code = chdir_code(&parts.spec, dir).ok_or_else(|| cwd_unsupported(&parts.spec))?;
         if let Err(e) = run_silent(&kernel, &code).await {
             kernel.kill(ExitReason::Requested);
             retire(kernel);
@@ -246,20 +246,20 @@ fn fresh_id() -> String {
 
 /// Make a context: a kernel like the box's own, in `cwd` (checked by the box's root).
 pub(super) async fn create(inner: &Arc<Inner>, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
-    let (h, spec) = inner.launch_recipe().await?;
-    let language = context_language(inner, &spec, language)?;
+    let parts = inner.context_parts().await?;
+    let language = context_language(inner, &parts.spec, language)?;
     let cwd = match cwd {
         Some(c) => {
-            let rel = h.root.check_dir(c)?;
-            (!rel.as_os_str().is_empty()).then(|| (rel.to_string_lossy().into_owned(), h.root.path().join(&rel)))
+            let rel = parts.root.check_dir(c)?;
+            (!rel.as_os_str().is_empty()).then(|| (rel.to_string_lossy().into_owned(), parts.root.path().join(&rel)))
         }
         None => None,
     };
     if let Some((_, dir)) = &cwd {
-        chdir_code(&spec, dir).ok_or_else(|| cwd_unsupported(&spec))?;
+        chdir_code(&parts.spec, dir).ok_or_else(|| cwd_unsupported(&parts.spec))?;
     }
     let _reserved = inner.contexts.reserve(inner.config.max_contexts)?;
-    let kernel = start_in(&h, &spec, cwd.as_ref().map(|(_, dir)| dir.as_path())).await?;
+    let kernel = start_in(&parts, cwd.as_ref().map(|(_, dir)| dir.as_path())).await?;
     let context = Arc::new(Context {
         id: fresh_id(),
         language,
@@ -303,10 +303,10 @@ pub(super) async fn run_stream(inner: &Arc<Inner>, id: &str, code: &str, options
     check_env(&options.env)?;
     let guard = context.exec_lock.clone().lock_owned().await;
     let kernel = context.live_kernel(inner).await?;
-    let h = inner.handle().await?;
-    h.confinement.note_kernel_alive(|| kernel.is_running());
+    let parts = inner.context_parts().await?;
+    parts.confinement.note_kernel_alive(|| kernel.is_running());
     let cwd = match options.cwd.as_deref() {
-        Some(c) => Some(h.root.path().join(h.root.check_dir(c)?)),
+        Some(c) => Some(parts.root.path().join(parts.root.check_dir(c)?)),
         None => None,
     };
     let around = cwd.is_some() || !options.env.is_empty();

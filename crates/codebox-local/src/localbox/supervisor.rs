@@ -68,6 +68,14 @@ pub(super) struct Inner {
     pub(super) contexts: super::contexts::Contexts,
 }
 
+/// What a code context needs of a box: where its files are, how its kernels are confined
+/// and how they start.
+pub(super) struct BoxParts {
+    pub(super) root: Arc<Root>,
+    pub(super) confinement: Arc<Confinement>,
+    pub(super) spec: LaunchSpec,
+}
+
 /// What a call needs from a running box.
 #[derive(Clone)]
 pub(super) struct Handle {
@@ -431,14 +439,29 @@ impl Inner {
         }
     }
 
-    /// The handle of the box's kernel (starting the box on first use) and its launch spec:
-    /// what a kernel started like the box's own needs.
-    pub(super) async fn launch_recipe(self: &Arc<Self>) -> Result<(Handle, LaunchSpec)> {
-        let h = self.handle().await?;
-        let st = self.state.lock().await;
-        match st.run.as_ref() {
-            Some(run) if st.phase == Phase::Running => Ok((h, run.spec.clone())),
-            _ => Err(CodeBoxError::not_running("the box is not running")),
+    /// What a code context needs of the box, starting it on first use: its root,
+    /// confinement and launch spec. The box's own kernel may be dead (even past its budget):
+    /// a context's kernel is its own, and runs on.
+    pub(super) async fn context_parts(self: &Arc<Self>) -> Result<BoxParts> {
+        loop {
+            let st = self.state.lock().await;
+            match st.phase {
+                Phase::NotStarted => {
+                    drop(st);
+                    self.start().await?;
+                    continue;
+                }
+                Phase::Stopped => return Err(CodeBoxError::not_running("the box was stopped")),
+                Phase::Running | Phase::Dead => {}
+            }
+            let Some(run) = st.run.as_ref() else {
+                return Err(CodeBoxError::not_running("the box has no kernel"));
+            };
+            return Ok(BoxParts {
+                root: run.root.clone(),
+                confinement: run.confinement.clone(),
+                spec: run.spec.clone(),
+            });
         }
     }
 

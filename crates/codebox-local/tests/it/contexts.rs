@@ -59,7 +59,8 @@ async fn the_death_of_one_contexts_kernel_leaves_the_others_running() {
 }
 
 // Past the restart budget a dying context reports itself dead, with what to do; the other
-// contexts are untouched, and `restart_context` brings it back.
+// contexts are untouched, and `restart_context` brings it back. A box whose own kernel dies
+// past the budget leaves its contexts running too.
 #[tokio::test]
 async fn a_context_dying_past_its_budget_is_reported_until_restarted() {
     let lb = crate::builder().with_restart_limit(1, Duration::from_secs(3600)).build().unwrap();
@@ -80,6 +81,15 @@ async fn a_context_dying_past_its_budget_is_reported_until_restarted() {
     assert_eq!(lb.exec("1 + 1").await.unwrap().text(), "2");
 
     lb.restart_context(&a.id).await.unwrap();
+    assert_eq!(value_in(&lb, &a.id, "2 + 2").await, "4");
+
+    // The box's own kernel past its budget: the box is dead, its contexts run on.
+    for _ in 0..2 {
+        let err = within("os._exit", lb.exec("import os; os._exit(7)")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::KernelDied, "{err}");
+    }
+    assert_eq!(within("a dead box", lb.exec("1")).await.unwrap_err().kind(), ErrorKind::NotRunning);
+    assert_eq!(value_in(&lb, &b.id, "kept").await, "'yes'");
     assert_eq!(value_in(&lb, &a.id, "2 + 2").await, "4");
     lb.stop().await.unwrap();
 }
