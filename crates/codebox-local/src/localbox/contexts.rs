@@ -98,8 +98,7 @@ impl Contexts {
         let mut registry = self.lock();
         if registry.by_id.len() + registry.starting >= max {
             return Err(CodeBoxError::invalid(format!(
-                "this box has {} code contexts besides its own kernel, its maximum: delete one first",
-                max
+                "this box has {max} code contexts besides its own kernel, its maximum: delete one first"
             )));
         }
         registry.starting += 1;
@@ -178,14 +177,17 @@ impl Context {
 
 /// Start a kernel from the box's launch spec and confinement, and move it to `dir`.
 async fn start_in(parts: &BoxParts, dir: Option<&Path>) -> Result<Arc<Kernel>> {
+    let chdir = match dir {
+        Some(dir) => Some(chdir_code(&parts.spec, dir).ok_or_else(|| cwd_unsupported(&parts.spec))?),
+        None => None,
+    };
     let kernel = start_kernel_like(&parts.spec, parts.confinement.clone()).await?;
-    if let Some(dir) = dir {
-        let code = chdir_code(&parts.spec, dir).ok_or_else(|| cwd_unsupported(&parts.spec))?;
-        if let Err(e) = run_silent(&kernel, &code).await {
-            kernel.kill(ExitReason::Requested);
-            retire(kernel);
-            return Err(e);
-        }
+    if let Some(code) = chdir
+        && let Err(e) = run_silent(&kernel, &code).await
+    {
+        kernel.kill(ExitReason::Requested);
+        retire(kernel);
+        return Err(e);
     }
     Ok(kernel)
 }
