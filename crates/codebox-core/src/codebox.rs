@@ -15,6 +15,7 @@ use crate::files::FileInfo;
 use crate::history::{ExecutionRecord, ExecutionStats};
 use crate::options::{CommandOutput, CommandSpec, RunOptions};
 use crate::packages::PackageInfo;
+use crate::ports::PortStream;
 use crate::status::{BoxStatus, Capabilities};
 
 /// A stream of execution events. It ends after [`ExecEvent::End`]; dropping it early
@@ -130,6 +131,22 @@ pub trait CodeBox: Send + Sync + Debug {
     /// Totals by outcome and duration statistics over the executions [`history`](Self::history) keeps.
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Err(crate::CodeBoxError::unsupported("execution_stats"))
+    }
+
+    /// Connect to TCP port `port` of the box, where a program in the box listens (on its own
+    /// loopback). The port must be in [`PORT_RANGE`](crate::PORT_RANGE) (else
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput)); nothing listening there is
+    /// [`Connection`](crate::ErrorKind::Connection), which a server answers with 502.
+    async fn connect_port(&self, port: u16) -> Result<PortStream> {
+        let _ = port;
+        Err(crate::CodeBoxError::unsupported("connect_port"))
+    }
+
+    /// The URL at which port `port` of the box is reached over HTTP (a server's
+    /// `/v1/sessions/{id}/ports/{port}/`), for a box that has one.
+    async fn port_url(&self, port: u16) -> Result<String> {
+        let _ = port;
+        Err(crate::CodeBoxError::unsupported("port_url"))
     }
 
     /// Restart the kernel: variables are gone, files stay.
@@ -291,6 +308,14 @@ macro_rules! forward_codebox {
                 (**self).execution_stats().await
             }
 
+            async fn connect_port(&self, port: u16) -> Result<PortStream> {
+                (**self).connect_port(port).await
+            }
+
+            async fn port_url(&self, port: u16) -> Result<String> {
+                (**self).port_url(port).await
+            }
+
             async fn restart(&self) -> Result<()> {
                 (**self).restart().await
             }
@@ -423,6 +448,14 @@ mod tests {
             self.record("execution_stats")
         }
 
+        async fn connect_port(&self, _: u16) -> Result<PortStream> {
+            self.record("connect_port")
+        }
+
+        async fn port_url(&self, _: u16) -> Result<String> {
+            self.record("port_url")
+        }
+
         async fn restart(&self) -> Result<()> {
             self.record("restart")
         }
@@ -436,7 +469,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 22] = [
+    const EVERY_METHOD: [&str; 24] = [
         "id",
         "capabilities",
         "start",
@@ -456,6 +489,8 @@ mod tests {
         "packages",
         "history",
         "execution_stats",
+        "connect_port",
+        "port_url",
         "restart",
         "interrupt",
         "run_command",
@@ -488,6 +523,8 @@ mod tests {
             refused("packages", b.packages().await.unwrap_err());
             refused("history", b.history(10).await.unwrap_err());
             refused("execution_stats", b.execution_stats().await.unwrap_err());
+            refused("connect_port", b.connect_port(8000).await.err().unwrap());
+            refused("port_url", b.port_url(8000).await.unwrap_err());
             refused("restart", b.restart().await.unwrap_err());
             refused("interrupt", b.interrupt().await.unwrap_err());
             refused("run_command", b.run_command(CommandSpec::new("true")).await.unwrap_err());
