@@ -138,14 +138,14 @@ pub trait CodeBox: Send + Sync + Debug {
     /// [`InvalidInput`](crate::ErrorKind::InvalidInput)); nothing listening there is
     /// [`Connection`](crate::ErrorKind::Connection), which a server answers with 502.
     async fn connect_port(&self, port: u16) -> Result<PortStream> {
-        let _ = port;
+        crate::check_port(port.into())?;
         Err(crate::CodeBoxError::unsupported("connect_port"))
     }
 
     /// The URL at which port `port` of the box is reached over HTTP (a server's
     /// `/v1/sessions/{id}/ports/{port}/`), for a box that has one.
     async fn port_url(&self, port: u16) -> Result<String> {
-        let _ = port;
+        crate::check_port(port.into())?;
         Err(crate::CodeBoxError::unsupported("port_url"))
     }
 

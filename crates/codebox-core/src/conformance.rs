@@ -28,6 +28,7 @@ use crate::{CodeBox, CodeBoxExt, ErrorKind, ExecEvent, Execution, FileInfo, File
 mod dialect;
 mod file_ops;
 mod history;
+mod ports;
 
 pub use dialect::Dialect;
 
@@ -229,6 +230,7 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
     check!("symlink_escape_refused", symlink_escape_refused(b, d));
     check!("timeout_keeps_box", timeout_keeps_box(b, d, options.timeout));
     check!("interrupt", interrupt(b, d));
+    check!("ports_reach_the_box", ports::ports_reach_the_box(b, d));
     check!("history_recorded", history::history_recorded(b, d));
     check!("restart_clears_state", restart_clears_state(b, d));
     check!("history_kept_after_restart", history::history_kept_after_restart(b, d));

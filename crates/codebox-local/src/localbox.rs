@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use codebox_core::{
     BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -21,6 +21,7 @@ pub use self::builder::LocalBoxBuilder;
 
 mod install;
 mod packages;
+mod ports;
 mod supervisor;
 
 use supervisor::Inner;
@@ -184,6 +185,7 @@ impl CodeBox for LocalBox {
         capabilities.install = python;
         capabilities.packages = python;
         capabilities.history = true;
+        capabilities.ports = ports::available(&self.inner);
         capabilities
     }
 
@@ -335,6 +337,20 @@ impl CodeBox for LocalBox {
 
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Ok(self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).stats())
+    }
+
+    async fn connect_port(&self, port: u16) -> Result<PortStream> {
+        ports::connect_port(&self.inner, port).await
+    }
+
+    async fn port_url(&self, port: u16) -> Result<String> {
+        codebox_core::check_port(port.into())?;
+        // No URL of its own: a LocalBox lives in this process, which serves nothing. A server
+        // hosting it gives `/v1/sessions/{id}/ports/{port}/`.
+        Err(CodeBoxError::unsupported(
+            "port_url: a LocalBox's ports have no URL of their own; reach them with connect_port, or through a \
+             server's /v1/sessions/{id}/ports/{port}/ route",
+        ))
     }
 
     async fn restart(&self) -> Result<()> {

@@ -57,6 +57,12 @@ pub struct Dialect {
     pub set_gone: String,
     /// The error's name when code reads a name that is not defined.
     pub undefined_name_error: String,
+    /// Starts, in the background (the cell returns at once), an HTTP server of the working
+    /// directory's files on `127.0.0.1:{port}` (`{port}` is replaced by the port), as
+    /// `conformance_server`, replacing one that runs already.
+    pub serve_files: String,
+    /// Stops the server [`serve_files`](Self::serve_files) started.
+    pub stop_serving: String,
 }
 
 impl Default for Dialect {
@@ -99,6 +105,12 @@ impl Dialect {
             print_waiting_then_wait: "import time\nprint('waiting', flush=True)\ntime.sleep(60)".into(),
             set_gone: "conformance_gone = 1".into(),
             undefined_name_error: "NameError".into(),
+            serve_files: "import subprocess, sys\n\
+                try:\n    conformance_server.kill()\nexcept NameError:\n    pass\n\
+                conformance_server = subprocess.Popen([sys.executable, '-m', 'http.server', '{port}', '--bind', '127.0.0.1'], \
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)"
+                .into(),
+            stop_serving: "conformance_server.kill()\nconformance_server.wait()".into(),
         }
     }
 
@@ -155,6 +167,11 @@ impl Dialect {
             print_waiting_then_wait: busy("waiting"),
             set_gone: "var conformance_gone = 1".into(),
             undefined_name_error: "ReferenceError".into(),
+            serve_files: "try { await conformance_server.shutdown(); } catch {}\n\
+                var conformance_server = Deno.serve({port: {port}, hostname: '127.0.0.1', onListen() {}}, \
+                async (req) => new Response(await Deno.readFile('.' + decodeURIComponent(new URL(req.url).pathname))))"
+                .into(),
+            stop_serving: "await conformance_server.shutdown()".into(),
         }
     }
 
