@@ -176,10 +176,11 @@ impl Server {
 }
 
 /// The routes of the native API and the operational endpoints, as method and path
-/// template (`{id}` is one segment, `{path}` the rest); the same set as the OpenAPI document.
-/// The compatibility routes under `/api/v1` and `/api/v2` are not included.
+/// template (`{id}` and `{port}` are one segment, `{path}` the rest, `{rest}` the rest or
+/// nothing); the same set as the OpenAPI document. The compatibility routes under `/api/v1`
+/// and `/api/v2` are not included.
 pub fn routes() -> Vec<(http::Method, &'static str)> {
-    routes::Route::ALL.iter().map(|r| r.spec()).collect()
+    routes::Route::all_specs()
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

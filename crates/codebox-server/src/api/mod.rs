@@ -4,6 +4,7 @@ mod catalogue;
 mod execute;
 mod files;
 mod history;
+mod ports;
 mod sessions;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::sessions::Session;
 use crate::state::{ApiResult, AppState};
 
 pub(crate) use files::percent_decode;
+pub(crate) use ports::Peer;
 
 /// Answer a native API request for an authenticated caller.
 pub(crate) async fn dispatch(
@@ -87,6 +89,10 @@ pub(crate) async fn dispatch(
         Route::Rename => files::rename(state, owner, id, req).await,
         Route::ListTemplates => catalogue::templates(state),
         Route::PoolStats => catalogue::pool(state),
+        Route::Port | Route::PortPath => {
+            let port = params.port.unwrap_or_default();
+            ports::proxy(state, owner, id, port, params.path, req).await
+        }
     }
 }
 
