@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use codebox_core::{
     BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxSettings, CommandOutput, CommandSpec, EventStream,
-    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions,
 };
 use codebox_http::client::HttpClient;
 use codebox_http::wire::SessionInfo;
@@ -190,6 +190,14 @@ impl CodeBox for RemoteBox {
 
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         self.session.execution_stats().await
+    }
+
+    async fn connect_port(&self, port: u16) -> Result<PortStream> {
+        self.session.connect_port(port).await
+    }
+
+    async fn port_url(&self, port: u16) -> Result<String> {
+        self.session.port_url(port).await
     }
 
     async fn restart(&self) -> Result<()> {

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use codebox_core::{
     BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream, ExecutionRecord,
-    ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions,
 };
 use codebox_http::client::Request;
 use codebox_http::wire::SessionInfo;
@@ -106,6 +106,18 @@ pub(crate) trait Session: Send + Sync {
     /// Statistics over the box's executions; only the native protocol keeps them.
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Err(CodeBoxError::unsupported("execution_stats (only the native protocol keeps a session's executions)"))
+    }
+
+    /// A connection to a port of the box; only the native protocol reaches ports.
+    async fn connect_port(&self, port: u16) -> Result<PortStream> {
+        codebox_core::check_port(port.into())?;
+        Err(CodeBoxError::unsupported("connect_port (only the native protocol reaches a box's ports)"))
+    }
+
+    /// The URL of a port of the box; only the native protocol has one.
+    async fn port_url(&self, port: u16) -> Result<String> {
+        codebox_core::check_port(port.into())?;
+        Err(CodeBoxError::unsupported("port_url (only the native protocol reaches a box's ports)"))
     }
 
     async fn restart(&self) -> Result<()>;
