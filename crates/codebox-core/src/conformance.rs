@@ -8,6 +8,9 @@
 //! kernel, and the Python-only checks, such as matplotlib's figures, run too), or
 //! [`Dialect::javascript`] and [`Dialect::typescript`] for a Deno kernel.
 //!
+//! Long file: the list of checks `run_all` runs and the core checks themselves; checks of a
+//! newer area each live in a submodule (`file_ops`, `history`, `ports`).
+//!
 //! ```no_run
 //! # async fn demo(b: &dyn codebox_core::CodeBox) {
 //! use codebox_core::conformance::{run_all, ConformanceOptions};
