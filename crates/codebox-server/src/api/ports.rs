@@ -65,11 +65,10 @@ pub(super) async fn proxy(
         .and_then(check_port)?;
     let session = session_for(state, owner, id)?;
     let upgrade = upgrade_protocol(req.headers());
+    let conn = session.codebox.connect_port(port).await?;
     if upgrade.as_deref().is_some_and(|p| p.eq_ignore_ascii_case(RAW_TCP_PROTOCOL)) {
-        let conn = session.codebox.connect_port(port).await?;
         return Ok(splice_raw(req, conn, session.use_guard()));
     }
-    let conn = session.codebox.connect_port(port).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn.compat()))
         .await
         .map_err(|e| bad_gateway(port, "did not speak HTTP/1.1", &e))?;
