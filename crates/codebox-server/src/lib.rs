@@ -98,7 +98,15 @@ impl Server {
         // descriptors each by default, so the rest stay for sessions and their kernels.
         let downloads =
             downloads::DownloadSlots::new(config.connections_cap(), config.api_keys.len() + config.operator_keys.len());
-        let state = Arc::new(AppState { config, keys, registry, metrics, body_budget, downloads, factory, rates });
+        // Upgraded connections to boxes' ports: as many as connections, shared by key alike.
+        let tunnels = downloads::DownloadSlots::named(
+            config.connections_cap(),
+            config.api_keys.len() + config.operator_keys.len(),
+            "connections upgraded through a box's port",
+            "close one before opening the next",
+        );
+        let state =
+            Arc::new(AppState { config, keys, registry, metrics, body_budget, downloads, factory, rates, tunnels });
         Ok(Self { listener, local_addr, state })
     }
 

@@ -25,6 +25,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::session_for;
 use crate::auth::Owner;
+use crate::downloads::DownloadSlot;
 use crate::sessions::SessionUse;
 use crate::state::{ApiResult, AppState};
 
@@ -65,9 +66,12 @@ pub(super) async fn proxy(
         .and_then(check_port)?;
     let session = session_for(state, owner, id)?;
     let upgrade = upgrade_protocol(req.headers());
+    // An upgraded connection leaves the server's connection cap: it takes a tunnel slot
+    // first (429 past the key's share, 503 when the server's are all taken).
+    let tunnel = upgrade.as_ref().map(|_| state.tunnels.take(owner)).transpose()?;
     let conn = session.codebox.connect_port(port).await?;
     if upgrade.as_deref().is_some_and(|p| p.eq_ignore_ascii_case(RAW_TCP_PROTOCOL)) {
-        return Ok(splice_raw(req, conn, session.use_guard()));
+        return Ok(splice_raw(req, conn, (session.use_guard(), tunnel)));
     }
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn.compat()))
         .await
@@ -94,7 +98,7 @@ pub(super) async fn proxy(
         };
         let box_upgrade = hyper::upgrade::on(&mut resp);
         // The session counts as in use while the connection lasts: the idle reaper waits.
-        let in_use = session.use_guard();
+        let in_use = (session.use_guard(), tunnel);
         tokio::spawn(async move {
             let _in_use = in_use;
             let (caller, boxed) = match tokio::try_join!(caller_upgrade, box_upgrade) {
@@ -214,8 +218,13 @@ fn drop_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Answer `Upgrade: codebox-tcp` with 101 and copy bytes between the caller's connection and
-/// the box's port until either side closes.
-fn splice_raw(mut req: Request<Incoming>, conn: PortStream, in_use: SessionUse) -> Response<Body> {
+/// the box's port until either side closes, holding `in_use` (the session's use and the
+/// tunnel slot) until then.
+fn splice_raw(
+    mut req: Request<Incoming>,
+    conn: PortStream,
+    in_use: (SessionUse, Option<DownloadSlot>),
+) -> Response<Body> {
     let caller_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let _in_use = in_use;

@@ -31,6 +31,10 @@ struct PortServer {
 
 impl PortServer {
     async fn start() -> Self {
+        Self::with_config(test_config()).await
+    }
+
+    async fn with_config(config: codebox_server::ServerConfig) -> Self {
         let boxes: Arc<Mutex<Vec<LocalBox>>> = Arc::default();
         let made = Arc::clone(&boxes);
         let factory = factory_fn(move |_request| {
@@ -41,7 +45,7 @@ impl PortServer {
                 Ok(Arc::new(lb) as Arc<dyn CodeBox>)
             }
         });
-        let server = Server::bind(test_config(), factory).await.unwrap();
+        let server = Server::bind(config, factory).await.unwrap();
         let addr = server.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(server.run_until(async {
@@ -215,6 +219,41 @@ async fn a_websocket_to_the_box_echoes_both_ways() {
         conn.read_exact(&mut echoed).await.unwrap();
         assert_eq!(echoed, message.as_bytes());
     }
+}
+
+/// Ask for a raw connection to `port` of session `id`; the head of the answer.
+async fn raw_upgrade(addr: SocketAddr, id: &str, port: u16) -> (TcpStream, String) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let upgrade = format!(
+        "GET /v1/sessions/{id}/ports/{port} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\n\
+         Connection: Upgrade\r\nUpgrade: codebox-tcp\r\n\r\n"
+    );
+    conn.write_all(upgrade.as_bytes()).await.unwrap();
+    let head = read_head(&mut conn).await;
+    (conn, head)
+}
+
+#[tokio::test]
+async fn upgraded_connections_are_bounded_per_key() {
+    // Two connections and two keys: one upgraded connection for each key at a time.
+    let server = PortServer::with_config(test_config().with_max_connections(2)).await;
+    let (id, _lb, port) = server.serving_session().await;
+    let (first, head) = raw_upgrade(server.addr, &id, port).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, head) = raw_upgrade(server.addr, &id, port).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "a second tunnel of the key: {head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after"), "{head}");
+    // Closing the first gives its slot back once both sides of it have ended.
+    drop(first);
+    for _ in 0..100 {
+        let (_, head) = raw_upgrade(server.addr, &id, port).await;
+        if head.starts_with("HTTP/1.1 101") {
+            return;
+        }
+        assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the closed tunnel's slot never came back");
 }
 
 #[tokio::test]
