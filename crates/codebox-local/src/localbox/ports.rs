@@ -2,7 +2,8 @@
 //! loopback.
 //!
 //! Where the box's loopback is depends on its confinement:
-//! - bubblewrap without host network: a private network namespace. codebox-sandbox's
+//! - bubblewrap without host network: a private network namespace, the kernel's (a `bash`
+//!   cell or a command runs in a sandbox of its own, and ends with its call). codebox-sandbox's
 //!   `BoxNamespace` enters it on a thread of its own and connects there.
 //! - the host network (the `none` level, or a box given network): the box's loopback is this
 //!   machine's, where the host's own services listen too. Only a listener owned by the box's
