@@ -16,6 +16,7 @@ use crate::files::FileInfo;
 use crate::history::{ExecutionRecord, ExecutionStats};
 use crate::options::{CommandOutput, CommandSpec, RunOptions};
 use crate::packages::PackageInfo;
+use crate::ports::PortStream;
 use crate::status::{BoxStatus, Capabilities};
 
 /// A stream of execution events. It ends after [`ExecEvent::End`]; dropping it early
@@ -165,6 +166,22 @@ pub trait CodeBox: Send + Sync + Debug {
     async fn interrupt_context(&self, id: &str) -> Result<()> {
         let _ = id;
         Err(crate::CodeBoxError::unsupported("interrupt_context"))
+    }
+
+    /// Connect to TCP port `port` of the box, where a program in the box listens (on its own
+    /// loopback). The port must be in [`PORT_RANGE`](crate::PORT_RANGE) (else
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput)); nothing listening there is
+    /// [`Connection`](crate::ErrorKind::Connection), which a server answers with 502.
+    async fn connect_port(&self, port: u16) -> Result<PortStream> {
+        crate::check_port(port.into())?;
+        Err(crate::CodeBoxError::unsupported("connect_port"))
+    }
+
+    /// The URL at which port `port` of the box is reached over HTTP (a server's
+    /// `/v1/sessions/{id}/ports/{port}/`), for a box that has one.
+    async fn port_url(&self, port: u16) -> Result<String> {
+        crate::check_port(port.into())?;
+        Err(crate::CodeBoxError::unsupported("port_url"))
     }
 
     /// Restart the kernel: variables are gone, files stay.
@@ -346,6 +363,14 @@ macro_rules! forward_codebox {
                 (**self).interrupt_context(id).await
             }
 
+            async fn connect_port(&self, port: u16) -> Result<PortStream> {
+                (**self).connect_port(port).await
+            }
+
+            async fn port_url(&self, port: u16) -> Result<String> {
+                (**self).port_url(port).await
+            }
+
             async fn restart(&self) -> Result<()> {
                 (**self).restart().await
             }
@@ -498,6 +523,14 @@ mod tests {
             self.record("interrupt_context")
         }
 
+        async fn connect_port(&self, _: u16) -> Result<PortStream> {
+            self.record("connect_port")
+        }
+
+        async fn port_url(&self, _: u16) -> Result<String> {
+            self.record("port_url")
+        }
+
         async fn restart(&self) -> Result<()> {
             self.record("restart")
         }
@@ -511,7 +544,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 27] = [
+    const EVERY_METHOD: [&str; 29] = [
         "id",
         "capabilities",
         "start",
@@ -536,6 +569,8 @@ mod tests {
         "restart_context",
         "delete_context",
         "interrupt_context",
+        "connect_port",
+        "port_url",
         "restart",
         "interrupt",
         "run_command",
@@ -573,6 +608,8 @@ mod tests {
             refused("restart_context", b.restart_context("c").await.unwrap_err());
             refused("delete_context", b.delete_context("c").await.unwrap_err());
             refused("interrupt_context", b.interrupt_context("c").await.unwrap_err());
+            refused("connect_port", b.connect_port(8000).await.err().unwrap());
+            refused("port_url", b.port_url(8000).await.unwrap_err());
             refused("restart", b.restart().await.unwrap_err());
             refused("interrupt", b.interrupt().await.unwrap_err());
             refused("run_command", b.run_command(CommandSpec::new("true")).await.unwrap_err());

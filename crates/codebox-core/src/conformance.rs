@@ -8,6 +8,9 @@
 //! kernel, and the Python-only checks, such as matplotlib's figures, run too), or
 //! [`Dialect::javascript`] and [`Dialect::typescript`] for a Deno kernel.
 //!
+//! Long file: the list of checks `run_all` runs and the core checks themselves; checks of a
+//! newer area each live in a submodule (`file_ops`, `history`, `ports`).
+//!
 //! ```no_run
 //! # async fn demo(b: &dyn codebox_core::CodeBox) {
 //! use codebox_core::conformance::{run_all, ConformanceOptions};
@@ -29,6 +32,7 @@ mod contexts;
 mod dialect;
 mod file_ops;
 mod history;
+mod ports;
 
 pub use dialect::Dialect;
 
@@ -230,6 +234,7 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
     check!("symlink_escape_refused", symlink_escape_refused(b, d));
     check!("timeout_keeps_box", timeout_keeps_box(b, d, options.timeout));
     check!("interrupt", interrupt(b, d));
+    check!("ports_reach_the_box", ports::ports_reach_the_box(b, d));
     check!("history_recorded", history::history_recorded(b, d));
     check!("contexts", contexts::contexts(b, d, options.timeout));
     check!("restart_clears_state", restart_clears_state(b, d));

@@ -19,6 +19,7 @@ mod files;
 mod history;
 mod options;
 mod packages;
+mod ports;
 mod settings;
 mod status;
 
@@ -36,5 +37,6 @@ pub use crate::files::{FileInfo, FileKind, normalize_box_path};
 pub use crate::history::{CODE_HEAD_CHARS, ExecutionRecord, ExecutionStats, HistoryRing, code_hash};
 pub use crate::options::{CommandOutput, CommandSpec, RunOptions};
 pub use crate::packages::PackageInfo;
+pub use crate::ports::{PORT_RANGE, PortIo, PortStream, check_port};
 pub use crate::settings::{ApiKey, CodeBoxSettings};
 pub use crate::status::{BoxState, BoxStatus, Capabilities};

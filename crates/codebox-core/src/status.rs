@@ -114,6 +114,10 @@ pub struct Capabilities {
     /// older server's answer: `false`.
     #[serde(default)]
     pub contexts: bool,
+    /// `connect_port()` works: programs in the box listening on TCP can be reached. Absent
+    /// from an older server's answer: `false`.
+    #[serde(default)]
+    pub ports: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -152,6 +156,7 @@ impl Capabilities {
             packages: true,
             history: true,
             contexts: true,
+            ports: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -172,6 +177,7 @@ impl Capabilities {
             packages: false,
             history: false,
             contexts: false,
+            ports: false,
             commands: false,
             delete_file: false,
             recursive_list: false,

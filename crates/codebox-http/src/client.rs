@@ -27,4 +27,4 @@ mod transport;
 pub use config::{ClientConfig, PemCertificates, RetryPolicy};
 pub use request::{Request, RequestBody, Retry};
 pub use response::Response;
-pub use transport::HttpClient;
+pub use transport::{HttpClient, Upgraded};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use codebox_core::{
     BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result,
-    RunOptions,
+    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream,
+    Result, RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -23,6 +23,7 @@ pub use self::builder::LocalBoxBuilder;
 
 mod install;
 mod packages;
+mod ports;
 mod supervisor;
 
 use supervisor::Inner;
@@ -196,6 +197,7 @@ impl CodeBox for LocalBox {
         capabilities.packages = python;
         capabilities.history = true;
         capabilities.contexts = true;
+        capabilities.ports = ports::available(&self.inner);
         capabilities
     }
 
@@ -391,6 +393,20 @@ impl CodeBox for LocalBox {
             return self.interrupt().await;
         }
         contexts::interrupt(&self.inner, id).await
+    }
+
+    async fn connect_port(&self, port: u16) -> Result<PortStream> {
+        ports::connect_port(&self.inner, port).await
+    }
+
+    async fn port_url(&self, port: u16) -> Result<String> {
+        codebox_core::check_port(port.into())?;
+        // No URL of its own: a LocalBox lives in this process, which serves nothing. A server
+        // hosting it gives `/v1/sessions/{id}/ports/{port}/`.
+        Err(CodeBoxError::unsupported(
+            "port_url: a LocalBox's ports have no URL of their own; reach them with connect_port, or through a \
+             server's /v1/sessions/{id}/ports/{port}/ route",
+        ))
     }
 
     async fn restart(&self) -> Result<()> {

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Method;
+use tokio_util::compat::TokioAsyncReadCompatExt;
 use tracing::debug;
 
 use codebox_core::{
     BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo, ErrorKind, EventStream,
-    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions, check_port,
 };
 use codebox_http::client::{Request, Retry};
 use codebox_http::wire::{
@@ -23,6 +24,9 @@ use crate::ndjson;
 use crate::path::{checked_dir, checked_path, encode_component, encode_file_path};
 use crate::request::{SessionRequest, whole_seconds};
 use crate::session::{Protocol, Session};
+
+/// The `Upgrade` protocol of the server's port route that splices raw TCP to a box's port.
+const PORT_PROTOCOL: &str = "codebox-tcp";
 
 /// How long an install or a command may stay silent before the client gives up.
 const LONG_OPERATION: Duration = Duration::from_secs(3600);
@@ -85,7 +89,11 @@ impl Session for NativeSession {
 
     fn capabilities(&self) -> Capabilities {
         // Before the server has answered, assume the full set it normally reports.
-        self.capabilities.lock().ok().and_then(|c| c.clone()).unwrap_or_else(|| Capabilities::full(["python"]))
+        let mut caps =
+            self.capabilities.lock().ok().and_then(|c| c.clone()).unwrap_or_else(|| Capabilities::full(["python"]));
+        // `connect_port` upgrades an HTTP/1.1 connection, which HTTP/2 prior knowledge rules out.
+        caps.ports &= !self.conn.http.config().http2_prior_knowledge;
+        caps
     }
 
     async fn start(&self) -> Result<()> {
@@ -315,6 +323,22 @@ impl Session for NativeSession {
 
     async fn interrupt_context(&self, id: &str) -> Result<()> {
         self.post_empty(&format!("contexts/{}/interrupt", encode_component(id))).await
+    }
+
+    /// `Upgrade: codebox-tcp` on the session's port route: the server answers 101 and the
+    /// connection carries the port's bytes from then on.
+    async fn connect_port(&self, port: u16) -> Result<PortStream> {
+        let port = check_port(port.into())?;
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::GET, &format!("{}/ports/{port}", self.session_url()))?;
+        let upgraded = self.conn.http.upgrade(req, PORT_PROTOCOL).await?;
+        Ok(Box::pin(upgraded.compat()))
+    }
+
+    async fn port_url(&self, port: u16) -> Result<String> {
+        let port = check_port(port.into())?;
+        self.conn.ensure_running()?;
+        Ok(format!("{}/ports/{port}/", self.session_url()))
     }
 
     async fn restart(&self) -> Result<()> {

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use codebox_core::{
     BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result,
-    RunOptions,
+    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream,
+    Result, RunOptions,
 };
 use codebox_http::client::HttpClient;
 use codebox_http::wire::SessionInfo;
@@ -215,6 +215,14 @@ impl CodeBox for RemoteBox {
 
     async fn interrupt_context(&self, id: &str) -> Result<()> {
         self.session.interrupt_context(id).await
+    }
+
+    async fn connect_port(&self, port: u16) -> Result<PortStream> {
+        self.session.connect_port(port).await
+    }
+
+    async fn port_url(&self, port: u16) -> Result<String> {
+        self.session.port_url(port).await
     }
 
     async fn restart(&self) -> Result<()> {

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use codebox_core::{
     BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo, EventStream,
-    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions,
 };
 use codebox_http::client::Request;
 use codebox_http::wire::SessionInfo;
@@ -135,6 +135,18 @@ pub(crate) trait Session: Send + Sync {
     async fn interrupt_context(&self, id: &str) -> Result<()> {
         let _ = id;
         Err(contexts_unsupported("interrupt_context"))
+    }
+
+    /// A connection to a port of the box; only the native protocol reaches ports.
+    async fn connect_port(&self, port: u16) -> Result<PortStream> {
+        codebox_core::check_port(port.into())?;
+        Err(CodeBoxError::unsupported("connect_port (only the native protocol reaches a box's ports)"))
+    }
+
+    /// The URL of a port of the box; only the native protocol has one.
+    async fn port_url(&self, port: u16) -> Result<String> {
+        codebox_core::check_port(port.into())?;
+        Err(CodeBoxError::unsupported("port_url (only the native protocol reaches a box's ports)"))
     }
 
     async fn restart(&self) -> Result<()>;

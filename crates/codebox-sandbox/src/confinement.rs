@@ -143,6 +143,13 @@ impl Confinement {
         NetProxy::start(&run_dir.join("net.sock"), self.network_allowlist.clone()).map(Some)
     }
 
+    /// Whether the box's kernels and commands share this machine's network: asked for, or the
+    /// `None` level, which cannot keep them off it. Otherwise they have a private network
+    /// namespace (bubblewrap) or no IP sockets at all (Landlock).
+    pub fn has_host_network(&self) -> bool {
+        self.network || self.level == IsolationLevel::None
+    }
+
     /// The session uid, if any.
     pub fn uid(&self) -> Option<u32> {
         self.uid.as_ref().map(SessionUid::uid)

@@ -17,12 +17,17 @@ use codebox_http::server::ApiError;
 
 use crate::auth::Owner;
 
-/// The download slots of a server.
+/// The download slots of a server (or, with [`DownloadSlots::named`], slots of another kind of
+/// long-lived holding: connections tunnelled to a box's port).
 #[derive(Debug)]
 pub(crate) struct DownloadSlots {
     total: usize,
     per_key: usize,
     held: Mutex<HashMap<Owner, usize>>,
+    /// What a slot holds, in the refusals: `downloads`.
+    what: &'static str,
+    /// What a key over its share should do.
+    hint: &'static str,
 }
 
 /// One open download; its slot is given back when it drops (with the response body).
@@ -35,8 +40,14 @@ pub(crate) struct DownloadSlot {
 impl DownloadSlots {
     /// `total` downloads at once, `total / keys` (at least one) for each key.
     pub(crate) fn new(total: usize, keys: usize) -> Arc<Self> {
+        Self::named(total, keys, "downloads", "finish reading one before the next")
+    }
+
+    /// Slots of `what`, with `hint` for a key over its share.
+    pub(crate) fn named(total: usize, keys: usize, what: &'static str, hint: &'static str) -> Arc<Self> {
         let total = total.max(1);
-        Arc::new(Self { total, per_key: (total / keys.max(1)).max(1), held: Mutex::new(HashMap::new()) })
+        let per_key = (total / keys.max(1)).max(1);
+        Arc::new(Self { total, per_key, held: Mutex::new(HashMap::new()), what, hint })
     }
 
     /// A slot for a download of `owner`'s, or the error that says why not.
@@ -48,13 +59,10 @@ impl DownloadSlots {
             ApiError::new(status, ErrorKind::RateLimited, message).with_retry_after(Duration::from_secs(1))
         };
         if mine >= self.per_key {
-            return Err(refuse(
-                429,
-                format!("this API key has {mine} downloads open, its limit; finish reading one before the next"),
-            ));
+            return Err(refuse(429, format!("this API key has {mine} {} open, its limit; {}", self.what, self.hint)));
         }
         if all >= self.total {
-            return Err(refuse(503, format!("the server has {all} downloads open, its limit; try again shortly")));
+            return Err(refuse(503, format!("the server has {all} {} open, its limit; try again shortly", self.what)));
         }
         *held.entry(owner).or_insert(0) += 1;
         Ok(DownloadSlot { slots: Arc::clone(self), owner })

@@ -98,7 +98,15 @@ impl Server {
         // descriptors each by default, so the rest stay for sessions and their kernels.
         let downloads =
             downloads::DownloadSlots::new(config.connections_cap(), config.api_keys.len() + config.operator_keys.len());
-        let state = Arc::new(AppState { config, keys, registry, metrics, body_budget, downloads, factory, rates });
+        // Upgraded connections to boxes' ports: as many as connections, shared by key alike.
+        let tunnels = downloads::DownloadSlots::named(
+            config.connections_cap(),
+            config.api_keys.len() + config.operator_keys.len(),
+            "connections upgraded through a box's port",
+            "close one before opening the next",
+        );
+        let state =
+            Arc::new(AppState { config, keys, registry, metrics, body_budget, downloads, factory, rates, tunnels });
         Ok(Self { listener, local_addr, state })
     }
 
@@ -176,10 +184,11 @@ impl Server {
 }
 
 /// The routes of the native API and the operational endpoints, as method and path
-/// template (`{id}` is one segment, `{path}` the rest); the same set as the OpenAPI document.
-/// The compatibility routes under `/api/v1` and `/api/v2` are not included.
+/// template (`{id}` and `{port}` are one segment, `{path}` the rest, `{rest}` the rest or
+/// nothing); the same set as the OpenAPI document. The compatibility routes under `/api/v1`
+/// and `/api/v2` are not included.
 pub fn routes() -> Vec<(http::Method, &'static str)> {
-    routes::Route::ALL.iter().map(|r| r.spec()).collect()
+    routes::Route::all_specs()
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -37,11 +37,15 @@ pub(crate) enum Route {
     RestartContext,
     InterruptContext,
     DeleteContext,
+    /// `/v1/sessions/{id}/ports/{port}`: any method, proxied to the box's port.
+    Port,
+    /// `/v1/sessions/{id}/ports/{port}/{rest}`: any method, proxied to the box's port.
+    PortPath,
 }
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 30] = [
+    pub(crate) const ALL: [Route; 32] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -72,7 +76,30 @@ impl Route {
         Route::RestartContext,
         Route::InterruptContext,
         Route::DeleteContext,
+        Route::Port,
+        Route::PortPath,
     ];
+
+    /// The methods the proxied port routes document (they take any method).
+    pub(crate) const PORT_METHODS: [Method; 7] =
+        [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS];
+
+    /// Whether the route takes any method (a box's port: its program decides).
+    pub(crate) fn any_method(self) -> bool {
+        matches!(self, Route::Port | Route::PortPath)
+    }
+
+    /// Every method and path template served, as the OpenAPI document lists them.
+    pub(crate) fn all_specs() -> Vec<(Method, &'static str)> {
+        Route::ALL
+            .iter()
+            .flat_map(|r| {
+                let (method, template) = r.spec();
+                let methods = if r.any_method() { Route::PORT_METHODS.to_vec() } else { vec![method] };
+                methods.into_iter().map(move |m| (m, template))
+            })
+            .collect()
+    }
 
     /// The method and the path template (`{id}` and `{ctx}` are one segment each, `{path}`
     /// the rest).
@@ -108,6 +135,8 @@ impl Route {
             Route::RestartContext => (Method::POST, "/v1/sessions/{id}/contexts/{ctx}/restart"),
             Route::InterruptContext => (Method::POST, "/v1/sessions/{id}/contexts/{ctx}/interrupt"),
             Route::DeleteContext => (Method::DELETE, "/v1/sessions/{id}/contexts/{ctx}"),
+            Route::Port => (Method::GET, "/v1/sessions/{id}/ports/{port}"),
+            Route::PortPath => (Method::GET, "/v1/sessions/{id}/ports/{port}/{rest}"),
         }
     }
 
@@ -122,10 +151,13 @@ impl Route {
 pub(crate) struct Params<'a> {
     /// `{id}`.
     pub(crate) id: Option<&'a str>,
-    /// `{path}`: the rest of the path, segments joined with `/`.
+    /// `{path}`: the rest of the path, segments joined with `/`; `{rest}` too, which may be
+    /// empty.
     pub(crate) path: Option<&'a str>,
     /// `{ctx}`: a code context's id.
     pub(crate) ctx: Option<&'a str>,
+    /// `{port}`.
+    pub(crate) port: Option<&'a str>,
 }
 
 /// The result of matching a request against the table.
@@ -145,7 +177,7 @@ pub(crate) fn find<'a>(method: &Method, path: &'a str) -> Matched<'a> {
     for route in Route::ALL {
         let (route_method, template) = route.spec();
         if let Some(params) = match_template(template, path) {
-            if route_method == method || (method == Method::HEAD && route_method == Method::GET) {
+            if route_method == method || route.any_method() || (method == Method::HEAD && route_method == Method::GET) {
                 return Matched::Route(route, params);
             }
             allowed.push(route_method);
@@ -167,6 +199,14 @@ fn match_template<'a>(template: &str, path: &'a str) -> Option<Params<'a>> {
             params.path = Some(rest);
             return Some(params);
         }
+        if part == "{rest}" {
+            // The rest of a port's path, which may be empty (`/ports/8000/`).
+            if parts.peek().is_some() {
+                return None;
+            }
+            params.path = Some(rest);
+            return Some(params);
+        }
         let (segment, tail) = match rest.split_once('/') {
             Some((s, t)) => (s, Some(t)),
             None => (rest, None),
@@ -180,6 +220,11 @@ fn match_template<'a>(template: &str, path: &'a str) -> Option<Params<'a>> {
             } else {
                 params.ctx = Some(segment);
             }
+        } else if part == "{port}" {
+            if segment.is_empty() {
+                return None;
+            }
+            params.port = Some(segment);
         } else if part != segment {
             return None;
         }
@@ -216,6 +261,14 @@ mod tests {
         assert_eq!(r, Route::ListContexts);
         assert_eq!(find(&Method::POST, "/v1/sessions/abc/contexts/"), Matched::NotFound);
         assert_eq!(find(&Method::GET, "/v1/sessions/abc/contexts/ctx-1"), Matched::WrongMethod(vec![Method::DELETE]));
+        let Matched::Route(r, p) = find(&Method::POST, "/v1/sessions/abc/ports/8000") else { panic!() };
+        assert_eq!((r, p.id, p.port, p.path), (Route::Port, Some("abc"), Some("8000"), None));
+        let Matched::Route(r, p) = find(&Method::PATCH, "/v1/sessions/abc/ports/8000/") else { panic!() };
+        assert_eq!((r, p.port, p.path), (Route::PortPath, Some("8000"), Some("")));
+        let method = Method::from_bytes(b"PROPFIND").unwrap();
+        let Matched::Route(r, p) = find(&method, "/v1/sessions/abc/ports/8000/a/b.css") else { panic!() };
+        assert_eq!((r, p.port, p.path), (Route::PortPath, Some("8000"), Some("a/b.css")));
+        assert_eq!(find(&Method::GET, "/v1/sessions/abc/ports/"), Matched::NotFound);
     }
 
     #[test]

@@ -22,7 +22,9 @@ use crate::state::AppState;
 pub(crate) const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Answer one request.
-pub(crate) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub(crate) async fn handle(state: Arc<AppState>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    // For the `X-Forwarded-For` of requests proxied to a box's port.
+    req.extensions_mut().insert(api::Peer(peer));
     let request_id = RequestId::from_headers(req.headers());
     let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
     async move {

@@ -41,6 +41,9 @@ pub(crate) struct AppState {
     pub(crate) factory: Arc<dyn BoxFactory>,
     /// Each key's request rate.
     pub(crate) rates: RequestRates,
+    /// Connections upgraded through a box's port (WebSocket, raw TCP), server-wide and per
+    /// key: once upgraded they leave the connection cap, so they are bounded here.
+    pub(crate) tunnels: Arc<crate::downloads::DownloadSlots>,
 }
 
 impl AppState {

@@ -59,6 +59,12 @@ pub struct Dialect {
     pub undefined_name_error: String,
     /// Sets `conformance_ctx` to 7 (the code-context check reads it back as `conformance_ctx`).
     pub set_context_value: String,
+    /// Starts, in the background (the cell returns at once), an HTTP server of the working
+    /// directory's files on `127.0.0.1:{port}` (`{port}` is replaced by the port), as
+    /// `conformance_server`, replacing one that runs already.
+    pub serve_files: String,
+    /// Stops the server [`serve_files`](Self::serve_files) started.
+    pub stop_serving: String,
 }
 
 impl Default for Dialect {
@@ -102,6 +108,12 @@ impl Dialect {
             set_gone: "conformance_gone = 1".into(),
             undefined_name_error: "NameError".into(),
             set_context_value: "conformance_ctx = 7".into(),
+            serve_files: "import subprocess, sys\n\
+                try:\n    conformance_server.kill()\nexcept NameError:\n    pass\n\
+                conformance_server = subprocess.Popen([sys.executable, '-m', 'http.server', '{port}', '--bind', '127.0.0.1'], \
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)"
+                .into(),
+            stop_serving: "conformance_server.kill()\nconformance_server.wait()".into(),
         }
     }
 
@@ -159,6 +171,11 @@ impl Dialect {
             set_gone: "var conformance_gone = 1".into(),
             undefined_name_error: "ReferenceError".into(),
             set_context_value: "var conformance_ctx = 7".into(),
+            serve_files: "try { await conformance_server.shutdown(); } catch {}\n\
+                var conformance_server = Deno.serve({port: {port}, hostname: '127.0.0.1', onListen() {}}, \
+                async (req) => new Response(await Deno.readFile('.' + decodeURIComponent(new URL(req.url).pathname))))"
+                .into(),
+            stop_serving: "await conformance_server.shutdown()".into(),
         }
     }
 

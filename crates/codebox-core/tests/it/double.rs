@@ -145,6 +145,8 @@ impl CodeBox for PythonDouble {
         caps.history = false;
         // One interpreter, no code contexts: the suite checks they are refused loudly.
         caps.contexts = false;
+        // No ports: the suite checks connect_port is refused loudly.
+        caps.ports = false;
         caps
     }
 

@@ -4,8 +4,9 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{debug, warn};
 
 use codebox_core::{CodeBoxError, Result, TimeoutKind};
@@ -15,6 +16,9 @@ use super::connector::{ConnectTimedOut, Connector};
 use super::request::{HyperBody, Request};
 use super::response::{Response, into_error};
 use super::retry::{Sent, delay, should_retry};
+
+/// A connection [`HttpClient::upgrade`] switched to another protocol, as Tokio I/O.
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
 /// A pooled HTTP/1.1 and HTTP/2 client with deadlines and retries. Cheap to clone: clones
 /// share the connection pool.
@@ -83,6 +87,47 @@ impl HttpClient {
             request = next;
             attempt += 1;
         }
+    }
+
+    /// Send `request` asking to switch its connection to `protocol` (`Connection: upgrade`,
+    /// `Upgrade: protocol`), and return the connection once the server answered 101: from
+    /// then on it carries whatever the protocol says, both ways. Never retried; a failure
+    /// status is the error [`send`](Self::send) would give; a 2xx answer is a protocol error
+    /// (the server did not switch). Needs HTTP/1.1: over HTTP/2 prior knowledge it is
+    /// `Unsupported`.
+    pub async fn upgrade(&self, request: Request, protocol: &str) -> Result<Upgraded> {
+        if self.config.http2_prior_knowledge {
+            return Err(CodeBoxError::unsupported(format!(
+                "upgrading a connection to {protocol} (it needs HTTP/1.1, and this client speaks HTTP/2 only)"
+            )));
+        }
+        let value = HeaderValue::from_str(protocol)
+            .map_err(|e| CodeBoxError::invalid(format!("{protocol:?} is not a protocol name: {e}")))?;
+        let mut request = request;
+        request.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        request.headers.insert(http::header::UPGRADE, value);
+        let request_timeout = request.timeout.unwrap_or(self.config.request_timeout);
+        let read_timeout = request.read_timeout.unwrap_or(self.config.read_timeout);
+        let (req, _, _) = request.into_hyper(&self.config.user_agent)?;
+        let deadline = request_timeout.map_or(read_timeout, |t| t.min(read_timeout));
+        let response = match tokio::time::timeout(deadline, self.inner.request(req)).await {
+            Err(_) => return Err(timeout(TimeoutKind::Read, deadline)),
+            Ok(Err(e)) => return Err(classify(&e).0),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status == http::StatusCode::SWITCHING_PROTOCOLS {
+            let upgraded = hyper::upgrade::on(response)
+                .await
+                .map_err(|e| CodeBoxError::connection(format!("switching the connection to {protocol}: {e}")))?;
+            return Ok(TokioIo::new(upgraded));
+        }
+        if status.is_success() {
+            return Err(CodeBoxError::protocol(format!(
+                "the server answered {status} instead of switching the connection to {protocol}"
+            )));
+        }
+        Err(into_error(response, read_timeout).await)
     }
 
     async fn send_once(&self, request: Request) -> std::result::Result<Response, (CodeBoxError, Sent)> {

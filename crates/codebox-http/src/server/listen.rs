@@ -351,7 +351,9 @@ where
             }
         });
         let io = TokioIo::new(TrackedStream { inner: stream, activity: Arc::clone(&activity) });
-        let conn = builder.serve_connection(io, service).into_owned();
+        // With upgrades: a request to a box's port may switch protocols (a WebSocket), and
+        // the connection is then handed to whoever answered it.
+        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
         let watched = graceful.watcher().watch(conn);
         connections.spawn(async move {
             let _slot = slot;

@@ -16,6 +16,7 @@ mod lean;
 mod network;
 mod orphans;
 mod pool;
+mod ports;
 mod tasks;
 mod templates;
 

@@ -4,6 +4,7 @@
 
 mod codeboxapi_0_2;
 mod end_to_end;
+mod ports;
 mod python_server;
 mod rate_limits;
 mod sessions;

@@ -5,6 +5,7 @@ mod contexts;
 mod execute;
 mod files;
 mod history;
+mod ports;
 mod sessions;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::sessions::Session;
 use crate::state::{ApiResult, AppState};
 
 pub(crate) use files::percent_decode;
+pub(crate) use ports::Peer;
 
 /// Answer a native API request for an authenticated caller.
 pub(crate) async fn dispatch(
@@ -95,6 +97,10 @@ pub(crate) async fn dispatch(
         Route::RestartContext => contexts::restart(state, owner, id, ctx).await,
         Route::InterruptContext => contexts::interrupt(state, owner, id, ctx).await,
         Route::DeleteContext => contexts::delete(state, owner, id, ctx).await,
+        Route::Port | Route::PortPath => {
+            let port = params.port.unwrap_or_default();
+            ports::proxy(state, owner, id, port, params.path, req).await
+        }
     }
 }
 

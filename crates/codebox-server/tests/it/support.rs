@@ -102,6 +102,7 @@ impl CodeBox for ScriptedBox {
         capabilities.packages = false;
         capabilities.history = false;
         capabilities.contexts = false;
+        capabilities.ports = false;
         capabilities
     }
 
