@@ -13,6 +13,7 @@ use crate::event::ExecEvent;
 use crate::execution::Execution;
 use crate::files::FileInfo;
 use crate::history::{ExecutionRecord, ExecutionStats};
+use crate::metrics::BoxMetrics;
 use crate::options::{CommandOutput, CommandSpec, RunOptions};
 use crate::packages::PackageInfo;
 use crate::status::{BoxStatus, Capabilities};
@@ -130,6 +131,12 @@ pub trait CodeBox: Send + Sync + Debug {
     /// Totals by outcome and duration statistics over the executions [`history`](Self::history) keeps.
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Err(crate::CodeBoxError::unsupported("execution_stats"))
+    }
+
+    /// What the box uses now: CPU, memory, disk, network and processes. Fields the box
+    /// cannot measure are `None` and named in [`BoxMetrics::unavailable`].
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        Err(crate::CodeBoxError::unsupported("metrics"))
     }
 
     /// Restart the kernel: variables are gone, files stay.
@@ -291,6 +298,10 @@ macro_rules! forward_codebox {
                 (**self).execution_stats().await
             }
 
+            async fn metrics(&self) -> Result<BoxMetrics> {
+                (**self).metrics().await
+            }
+
             async fn restart(&self) -> Result<()> {
                 (**self).restart().await
             }
@@ -423,6 +434,10 @@ mod tests {
             self.record("execution_stats")
         }
 
+        async fn metrics(&self) -> Result<BoxMetrics> {
+            self.record("metrics")
+        }
+
         async fn restart(&self) -> Result<()> {
             self.record("restart")
         }
@@ -436,7 +451,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 22] = [
+    const EVERY_METHOD: [&str; 23] = [
         "id",
         "capabilities",
         "start",
@@ -456,6 +471,7 @@ mod tests {
         "packages",
         "history",
         "execution_stats",
+        "metrics",
         "restart",
         "interrupt",
         "run_command",
@@ -488,6 +504,7 @@ mod tests {
             refused("packages", b.packages().await.unwrap_err());
             refused("history", b.history(10).await.unwrap_err());
             refused("execution_stats", b.execution_stats().await.unwrap_err());
+            refused("metrics", b.metrics().await.unwrap_err());
             refused("restart", b.restart().await.unwrap_err());
             refused("interrupt", b.interrupt().await.unwrap_err());
             refused("run_command", b.run_command(CommandSpec::new("true")).await.unwrap_err());

@@ -28,6 +28,7 @@ use crate::{CodeBox, CodeBoxExt, ErrorKind, ExecEvent, Execution, FileInfo, File
 mod dialect;
 mod file_ops;
 mod history;
+mod metrics;
 
 pub use dialect::Dialect;
 
@@ -230,6 +231,7 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
     check!("timeout_keeps_box", timeout_keeps_box(b, d, options.timeout));
     check!("interrupt", interrupt(b, d));
     check!("history_recorded", history::history_recorded(b, d));
+    check!("metrics_sane", metrics::metrics_sane(b));
     check!("restart_clears_state", restart_clears_state(b, d));
     check!("history_kept_after_restart", history::history_kept_after_restart(b, d));
     report

@@ -109,6 +109,9 @@ pub struct Capabilities {
     /// `history()` and `execution_stats()` work. Absent from an older server's answer: `false`.
     #[serde(default)]
     pub history: bool,
+    /// `metrics()` works. Absent from an older server's answer: `false`.
+    #[serde(default)]
+    pub metrics: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -146,6 +149,7 @@ impl Capabilities {
             install: true,
             packages: true,
             history: true,
+            metrics: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -165,6 +169,7 @@ impl Capabilities {
             install: false,
             packages: false,
             history: false,
+            metrics: false,
             commands: false,
             delete_file: false,
             recursive_list: false,

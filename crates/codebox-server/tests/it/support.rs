@@ -96,10 +96,11 @@ impl CodeBox for ScriptedBox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // It lists no packages and keeps no history: those are the trait's refusals.
+        // It lists no packages, keeps no history and measures nothing: those are the trait's refusals.
         let mut capabilities = Capabilities::full(["script"]);
         capabilities.packages = false;
         capabilities.history = false;
+        capabilities.metrics = false;
         capabilities
     }
 
