@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use codebox_core::{
-    BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    BoxMetrics, BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput,
+    CommandSpec, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -184,6 +184,7 @@ impl CodeBox for LocalBox {
         capabilities.install = python;
         capabilities.packages = python;
         capabilities.history = true;
+        capabilities.metrics = true;
         capabilities
     }
 
@@ -335,6 +336,24 @@ impl CodeBox for LocalBox {
 
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Ok(self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).stats())
+    }
+
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        let target = {
+            let st = self.inner.state.lock().await;
+            match (&st.run, &st.workdir) {
+                (Some(run), Some(workdir)) if !run.kernel.is_dead() => crate::metrics::Target {
+                    kernel_pid: run.kernel.pid(),
+                    confinement: run.confinement.clone(),
+                    work_dir: workdir.path().to_owned(),
+                },
+                _ => return Err(CodeBoxError::not_running("the box has no running kernel to measure")),
+            }
+        };
+        let baseline = self.inner.cpu_baseline.clone();
+        tokio::task::spawn_blocking(move || crate::metrics::sample(&target, &baseline))
+            .await
+            .map_err(|e| CodeBoxError::io("measuring the box", std::io::Error::other(e.to_string())))
     }
 
     async fn restart(&self) -> Result<()> {

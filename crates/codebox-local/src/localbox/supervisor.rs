@@ -64,6 +64,8 @@ pub(super) struct Inner {
     pub(super) snapshot: Mutex<Snapshot>,
     /// The box's executions, kept across kernel restarts.
     pub(super) history: crate::history::SharedHistory,
+    /// The CPU reading of the box's previous metrics sample.
+    pub(super) cpu_baseline: Arc<crate::metrics::CpuBaseline>,
 }
 
 /// What a call needs from a running box.
@@ -129,6 +131,7 @@ impl Inner {
                 language: None,
             }),
             history: crate::history::new_history(),
+            cpu_baseline: Arc::default(),
         }
     }
 

@@ -12,6 +12,7 @@ mod faults;
 mod files;
 mod history;
 mod lean;
+mod metrics;
 mod network;
 mod orphans;
 mod pool;
