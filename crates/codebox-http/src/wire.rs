@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use codebox_core::{
-    BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, ExecutionRecord, HttpError, KernelDeath, PackageInfo,
-    ResourceLimits, RunOptions, TimeoutKind,
+    BoxMetrics, BoxStatus, Capabilities, CodeBoxError, ErrorKind, ExecEvent, ExecutionRecord, HttpError, KernelDeath,
+    PackageInfo, ResourceLimits, RunOptions, TimeoutKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -232,6 +232,14 @@ pub struct HistoryResponse {
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 /// The largest `limit` that `GET /v1/sessions/{id}/history` accepts.
 pub const MAX_HISTORY_LIMIT: usize = 10_000;
+
+/// A session's live metrics samples newer than a moment (`GET /v1/sessions/{id}/metrics?since=`).
+/// Without `since` the route answers one [`BoxMetrics`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSeries {
+    /// Oldest first; the server keeps a bounded number per session.
+    pub samples: Vec<BoxMetrics>,
+}
 
 /// One line of an execution stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ pub(crate) enum Route {
     Packages,
     History,
     ExecutionStats,
+    SessionMetrics,
     Commands,
     ListFiles,
     PutFile,
@@ -36,7 +37,7 @@ pub(crate) enum Route {
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 25] = [
+    pub(crate) const ALL: [Route; 26] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -52,6 +53,7 @@ impl Route {
         Route::Packages,
         Route::History,
         Route::ExecutionStats,
+        Route::SessionMetrics,
         Route::Commands,
         Route::ListFiles,
         Route::PutFile,
@@ -82,6 +84,7 @@ impl Route {
             Route::Packages => (Method::GET, "/v1/sessions/{id}/packages"),
             Route::History => (Method::GET, "/v1/sessions/{id}/history"),
             Route::ExecutionStats => (Method::GET, "/v1/sessions/{id}/stats"),
+            Route::SessionMetrics => (Method::GET, "/v1/sessions/{id}/metrics"),
             Route::Commands => (Method::POST, "/v1/sessions/{id}/commands"),
             Route::ListFiles => (Method::GET, "/v1/sessions/{id}/files"),
             Route::PutFile => (Method::PUT, "/v1/sessions/{id}/files/{path}"),

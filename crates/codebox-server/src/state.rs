@@ -41,6 +41,8 @@ pub(crate) struct AppState {
     pub(crate) factory: Arc<dyn BoxFactory>,
     /// Each key's request rate.
     pub(crate) rates: RequestRates,
+    /// Each session's live metrics samples (not the server's own `metrics`).
+    pub(crate) metrics_rings: crate::sampler::MetricsRings,
 }
 
 impl AppState {

@@ -4,6 +4,7 @@ mod catalogue;
 mod execute;
 mod files;
 mod history;
+mod metrics;
 mod sessions;
 
 use std::sync::Arc;
@@ -68,6 +69,7 @@ pub(crate) async fn dispatch(
         }
         Route::History => history::history(state, owner, id, &req).await,
         Route::ExecutionStats => history::stats(state, owner, id).await,
+        Route::SessionMetrics => metrics::metrics(state, owner, id, &req).await,
         Route::Commands => {
             let session = state.registry.require(owner, id)?;
             let spec: CommandSpec = json_body(state, req).await?;
