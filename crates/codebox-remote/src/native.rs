@@ -9,13 +9,13 @@ use http::Method;
 use tracing::debug;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ErrorKind, EventStream,
+    BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ErrorKind, EventStream,
     ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::{Request, Retry};
 use codebox_http::wire::{
-    API_PREFIX, ExecuteRequest, HistoryResponse, InstallRequest, InstallResponse, MAX_HISTORY_LIMIT, PackagesResponse,
-    RenameRequest, SessionInfo, SetTimeout,
+    API_PREFIX, ExecuteRequest, HistoryResponse, InstallRequest, InstallResponse, MAX_HISTORY_LIMIT, MetricsSeries,
+    PackagesResponse, RenameRequest, SessionInfo, SetTimeout,
 };
 
 use crate::connection::Connection;
@@ -276,6 +276,20 @@ impl Session for NativeSession {
         self.conn.ensure_running()?;
         let req = self.conn.request(Method::GET, &format!("{}/stats", self.session_url()))?;
         self.conn.http.send(req).await?.json().await
+    }
+
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::GET, &format!("{}/metrics", self.session_url()))?.retry(Retry::Idempotent);
+        self.conn.http.send(req).await?.json().await
+    }
+
+    async fn metrics_since(&self, since_ms: u64) -> Result<Vec<BoxMetrics>> {
+        self.conn.ensure_running()?;
+        let url = format!("{}/metrics?since={since_ms}", self.session_url());
+        let req = self.conn.request(Method::GET, &url)?.retry(Retry::Idempotent);
+        let out: MetricsSeries = self.conn.http.send(req).await?.json().await?;
+        Ok(out.samples)
     }
 
     async fn restart(&self) -> Result<()> {

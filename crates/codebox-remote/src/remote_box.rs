@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxSettings, CommandOutput, CommandSpec, EventStream,
+    BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxSettings, CommandOutput, CommandSpec, EventStream,
     ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::HttpClient;
@@ -95,6 +95,14 @@ impl RemoteBox {
     /// `Unsupported`.
     pub async fn set_timeout(&self, timeout: Duration) -> Result<SessionInfo> {
         self.session.set_timeout(timeout).await
+    }
+
+    /// The session's live metrics samples taken after `since_ms` (Unix milliseconds),
+    /// oldest first: the series the server samples (every 5 s by default, the last 720 kept).
+    /// [`metrics`](CodeBox::metrics) gives the newest alone. The codebox-api protocols
+    /// answer [`Unsupported`](codebox_core::ErrorKind::Unsupported).
+    pub async fn metrics_since(&self, since_ms: u64) -> Result<Vec<BoxMetrics>> {
+        self.session.metrics_since(since_ms).await
     }
 }
 
@@ -190,6 +198,10 @@ impl CodeBox for RemoteBox {
 
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         self.session.execution_stats().await
+    }
+
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        self.session.metrics().await
     }
 
     async fn restart(&self) -> Result<()> {

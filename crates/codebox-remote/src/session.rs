@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream, ExecutionRecord,
-    ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
+    BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, EventStream,
+    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result, RunOptions,
 };
 use codebox_http::client::Request;
 use codebox_http::wire::SessionInfo;
@@ -106,6 +106,17 @@ pub(crate) trait Session: Send + Sync {
     /// Statistics over the box's executions; only the native protocol keeps them.
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Err(CodeBoxError::unsupported("execution_stats (only the native protocol keeps a session's executions)"))
+    }
+
+    /// The box's latest live metrics sample; only the native protocol measures a session.
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        Err(CodeBoxError::unsupported("metrics (only the native protocol measures a session)"))
+    }
+
+    /// The box's metrics samples taken after `since_ms` (Unix milliseconds), oldest first.
+    async fn metrics_since(&self, since_ms: u64) -> Result<Vec<BoxMetrics>> {
+        let _ = since_ms;
+        Err(CodeBoxError::unsupported("metrics_since (only the native protocol measures a session)"))
     }
 
     async fn restart(&self) -> Result<()>;
