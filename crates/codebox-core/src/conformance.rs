@@ -15,6 +15,9 @@
 //! report.assert_all_passed();
 //! # }
 //! ```
+//!
+//! Long file: the runner and the checks every backend has had from the start stay side by
+//! side; checks of later features live in their own modules.
 
 use std::fmt::Write as _;
 use std::future::Future;
