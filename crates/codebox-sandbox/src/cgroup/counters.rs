@@ -6,9 +6,9 @@ use std::path::Path;
 
 use super::keyed;
 
-/// What a session's cgroup counted, as [`SessionCgroup::counters`](super::SessionCgroup::counters)
-/// reads it. A counter the hierarchy does not keep (v1 without cpuacct, say) or could not be
-/// read is `None`.
+/// What a session's cgroup counted, as the `counters()` of a box's
+/// [`Confinement::cgroup`](crate::Confinement::cgroup) reads it. A counter the hierarchy does
+/// not keep (v1 without cpuacct, say) or could not be read is `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CgroupCounters {
