@@ -64,6 +64,11 @@ impl MetricsRings {
     /// Run `f` on `session`'s ring, made empty for a session seen for the first time.
     fn with_ring<T>(&self, session: &Arc<Session>, f: impl FnOnce(&mut Ring) -> T) -> T {
         let mut rings = self.lock();
+        if !rings.contains_key(&key(session)) {
+            // Rings only grow here: forget those of sessions that are gone, even when no
+            // sampler runs to prune them.
+            rings.retain(|_, r| r.session.strong_count() > 0);
+        }
         let ring = rings
             .entry(key(session))
             .or_insert_with(|| Ring { session: Arc::downgrade(session), samples: VecDeque::new() });
