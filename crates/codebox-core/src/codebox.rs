@@ -14,6 +14,7 @@ use crate::event::ExecEvent;
 use crate::execution::Execution;
 use crate::files::FileInfo;
 use crate::history::{ExecutionRecord, ExecutionStats};
+use crate::metrics::BoxMetrics;
 use crate::options::{CommandOutput, CommandSpec, RunOptions};
 use crate::packages::PackageInfo;
 use crate::ports::PortStream;
@@ -182,6 +183,12 @@ pub trait CodeBox: Send + Sync + Debug {
     async fn port_url(&self, port: u16) -> Result<String> {
         crate::check_port(port.into())?;
         Err(crate::CodeBoxError::unsupported("port_url"))
+    }
+
+    /// What the box uses now: CPU, memory, disk, network and processes. Fields the box
+    /// cannot measure are `None` and named in [`BoxMetrics::unavailable`].
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        Err(crate::CodeBoxError::unsupported("metrics"))
     }
 
     /// Restart the kernel: variables are gone, files stay.
@@ -371,6 +378,10 @@ macro_rules! forward_codebox {
                 (**self).port_url(port).await
             }
 
+            async fn metrics(&self) -> Result<BoxMetrics> {
+                (**self).metrics().await
+            }
+
             async fn restart(&self) -> Result<()> {
                 (**self).restart().await
             }
@@ -531,6 +542,10 @@ mod tests {
             self.record("port_url")
         }
 
+        async fn metrics(&self) -> Result<BoxMetrics> {
+            self.record("metrics")
+        }
+
         async fn restart(&self) -> Result<()> {
             self.record("restart")
         }
@@ -544,7 +559,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 29] = [
+    const EVERY_METHOD: [&str; 30] = [
         "id",
         "capabilities",
         "start",
@@ -571,6 +586,7 @@ mod tests {
         "interrupt_context",
         "connect_port",
         "port_url",
+        "metrics",
         "restart",
         "interrupt",
         "run_command",
@@ -610,6 +626,7 @@ mod tests {
             refused("interrupt_context", b.interrupt_context("c").await.unwrap_err());
             refused("connect_port", b.connect_port(8000).await.err().unwrap());
             refused("port_url", b.port_url(8000).await.unwrap_err());
+            refused("metrics", b.metrics().await.unwrap_err());
             refused("restart", b.restart().await.unwrap_err());
             refused("interrupt", b.interrupt().await.unwrap_err());
             refused("run_command", b.run_command(CommandSpec::new("true")).await.unwrap_err());

@@ -118,6 +118,9 @@ pub struct Capabilities {
     /// from an older server's answer: `false`.
     #[serde(default)]
     pub ports: bool,
+    /// `metrics()` works. Absent from an older server's answer: `false`.
+    #[serde(default)]
+    pub metrics: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -157,6 +160,7 @@ impl Capabilities {
             history: true,
             contexts: true,
             ports: true,
+            metrics: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -178,6 +182,7 @@ impl Capabilities {
             history: false,
             contexts: false,
             ports: false,
+            metrics: false,
             commands: false,
             delete_file: false,
             recursive_list: false,

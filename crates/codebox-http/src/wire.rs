@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use codebox_core::{
-    BoxStatus, Capabilities, CodeBoxError, ContextInfo, ErrorKind, ExecEvent, ExecutionRecord, HttpError, KernelDeath,
-    PackageInfo, ResourceLimits, RunOptions, TimeoutKind,
+    BoxMetrics, BoxStatus, Capabilities, CodeBoxError, ContextInfo, ErrorKind, ExecEvent, ExecutionRecord, HttpError,
+    KernelDeath, PackageInfo, ResourceLimits, RunOptions, TimeoutKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -251,6 +251,14 @@ pub struct CreateContext {
 pub struct ContextsResponse {
     /// The default context (the session's own kernel) first.
     pub contexts: Vec<ContextInfo>,
+}
+
+/// A session's live metrics samples newer than a moment (`GET /v1/sessions/{id}/metrics?since=`).
+/// Without `since` the route answers one [`BoxMetrics`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSeries {
+    /// Oldest first; the server keeps a bounded number per session.
+    pub samples: Vec<BoxMetrics>,
 }
 
 /// One line of an execution stream.

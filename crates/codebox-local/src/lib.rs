@@ -119,6 +119,7 @@ mod history;
 mod kernel;
 mod kernelspec;
 mod localbox;
+mod metrics;
 mod output;
 mod pip;
 mod pool;

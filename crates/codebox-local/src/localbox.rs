@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use codebox_core::{
-    BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream,
-    Result, RunOptions,
+    BoxMetrics, BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput,
+    CommandSpec, ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo,
+    PortStream, Result, RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -198,6 +198,7 @@ impl CodeBox for LocalBox {
         capabilities.history = true;
         capabilities.contexts = true;
         capabilities.ports = ports::available(&self.inner);
+        capabilities.metrics = true;
         capabilities
     }
 
@@ -407,6 +408,24 @@ impl CodeBox for LocalBox {
             "port_url: a LocalBox's ports have no URL of their own; reach them with connect_port, or through a \
              server's /v1/sessions/{id}/ports/{port}/ route",
         ))
+    }
+
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        let target = {
+            let st = self.inner.state.lock().await;
+            match (&st.run, &st.workdir) {
+                (Some(run), Some(workdir)) if !run.kernel.is_dead() => crate::metrics::Target {
+                    kernel_pid: run.kernel.pid(),
+                    confinement: run.confinement.clone(),
+                    work_dir: workdir.path().to_owned(),
+                },
+                _ => return Err(CodeBoxError::not_running("the box has no running kernel to measure")),
+            }
+        };
+        let baseline = self.inner.cpu_baseline.clone();
+        tokio::task::spawn_blocking(move || crate::metrics::sample(&target, &baseline))
+            .await
+            .map_err(|e| CodeBoxError::io("measuring the box", std::io::Error::other(e.to_string())))
     }
 
     async fn restart(&self) -> Result<()> {

@@ -10,13 +10,13 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use tracing::debug;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo, ErrorKind, EventStream,
-    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions, check_port,
+    BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo, ErrorKind,
+    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions, check_port,
 };
 use codebox_http::client::{Request, Retry};
 use codebox_http::wire::{
     API_PREFIX, ContextsResponse, CreateContext, ExecuteRequest, HistoryResponse, InstallRequest, InstallResponse,
-    MAX_HISTORY_LIMIT, PackagesResponse, RenameRequest, SessionInfo, SetTimeout,
+    MAX_HISTORY_LIMIT, MetricsSeries, PackagesResponse, RenameRequest, SessionInfo, SetTimeout,
 };
 
 use crate::connection::Connection;
@@ -339,6 +339,20 @@ impl Session for NativeSession {
         let port = check_port(port.into())?;
         self.conn.ensure_running()?;
         Ok(format!("{}/ports/{port}/", self.session_url()))
+    }
+
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::GET, &format!("{}/metrics", self.session_url()))?.retry(Retry::Idempotent);
+        self.conn.http.send(req).await?.json().await
+    }
+
+    async fn metrics_since(&self, since_ms: u64) -> Result<Vec<BoxMetrics>> {
+        self.conn.ensure_running()?;
+        let url = format!("{}/metrics?since={since_ms}", self.session_url());
+        let req = self.conn.request(Method::GET, &url)?.retry(Retry::Idempotent);
+        let out: MetricsSeries = self.conn.http.send(req).await?.json().await?;
+        Ok(out.samples)
     }
 
     async fn restart(&self) -> Result<()> {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream,
-    Result, RunOptions,
+    BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput,
+    CommandSpec, ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo,
+    PortStream, Result, RunOptions,
 };
 use codebox_http::client::HttpClient;
 use codebox_http::wire::SessionInfo;
@@ -96,6 +96,14 @@ impl RemoteBox {
     /// `Unsupported`.
     pub async fn set_timeout(&self, timeout: Duration) -> Result<SessionInfo> {
         self.session.set_timeout(timeout).await
+    }
+
+    /// The session's live metrics samples taken after `since_ms` (Unix milliseconds),
+    /// oldest first: the series the server samples (every 5 s by default, the last 720 kept).
+    /// [`metrics`](CodeBox::metrics) gives the newest alone. The codebox-api protocols
+    /// answer [`Unsupported`](codebox_core::ErrorKind::Unsupported).
+    pub async fn metrics_since(&self, since_ms: u64) -> Result<Vec<BoxMetrics>> {
+        self.session.metrics_since(since_ms).await
     }
 }
 
@@ -223,6 +231,10 @@ impl CodeBox for RemoteBox {
 
     async fn port_url(&self, port: u16) -> Result<String> {
         self.session.port_url(port).await
+    }
+
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        self.session.metrics().await
     }
 
     async fn restart(&self) -> Result<()> {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use codebox_core::{
-    BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo, EventStream,
-    ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions,
+    BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo,
+    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions,
 };
 use codebox_http::client::Request;
 use codebox_http::wire::SessionInfo;
@@ -147,6 +147,17 @@ pub(crate) trait Session: Send + Sync {
     async fn port_url(&self, port: u16) -> Result<String> {
         codebox_core::check_port(port.into())?;
         Err(CodeBoxError::unsupported("port_url (only the native protocol reaches a box's ports)"))
+    }
+
+    /// The box's latest live metrics sample; only the native protocol measures a session.
+    async fn metrics(&self) -> Result<BoxMetrics> {
+        Err(CodeBoxError::unsupported("metrics (only the native protocol measures a session)"))
+    }
+
+    /// The box's metrics samples taken after `since_ms` (Unix milliseconds), oldest first.
+    async fn metrics_since(&self, since_ms: u64) -> Result<Vec<BoxMetrics>> {
+        let _ = since_ms;
+        Err(CodeBoxError::unsupported("metrics_since (only the native protocol measures a session)"))
     }
 
     async fn restart(&self) -> Result<()>;

@@ -2,7 +2,9 @@
 //!
 //! Each session gets `<our cgroup>/codebox/<name>` in every controller it needs: memory (hard
 //! limit, OOM counter), pids (`pids.max`) and cpu (quota), plus the freezer on v1 so that a
-//! teardown can stop everything before killing it (a fork bomb cannot outrun the kill). The
+//! teardown can stop everything before killing it (a fork bomb cannot outrun the kill), and
+//! cpuacct on v1 where it is mounted, for the session's CPU time (v2's `cpu.stat` has it).
+//! [`SessionCgroup::counters`] reads what the controllers counted, for a box's metrics. The
 //! kernel enters its cgroup between fork and exec (it writes `0` to `cgroup.procs` through a
 //! descriptor opened beforehand), so nothing it starts escapes the limits.
 
@@ -14,6 +16,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::Limits;
+
+mod counters;
+
+pub use self::counters::CgroupCounters;
+use self::counters::{counters_v1, counters_v2};
 
 /// The cgroup hierarchy sessions live in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +35,8 @@ pub(crate) enum CgroupManager {
         cpu: PathBuf,
         /// `…/freezer/<ours>/codebox`, when mounted.
         freezer: Option<PathBuf>,
+        /// `…/cpuacct/<ours>/codebox`, when mounted (the session's CPU time).
+        cpuacct: Option<PathBuf>,
     },
     /// cgroup v2: one directory with the memory, pids and cpu controllers enabled.
     V2 {
@@ -120,11 +129,12 @@ impl CgroupManager {
             ));
         };
         let freezer = dir_of("freezer");
-        for d in [Some(&memory), Some(&pids), Some(&cpu), freezer.as_ref()].into_iter().flatten() {
+        let cpuacct = dir_of("cpuacct");
+        for d in [Some(&memory), Some(&pids), Some(&cpu), freezer.as_ref(), cpuacct.as_ref()].into_iter().flatten() {
             std::fs::create_dir_all(d)
                 .map_err(|e| io::Error::new(e.kind(), format!("creating cgroup {}: {e}", d.display())))?;
         }
-        Ok(Self::V1 { memory, pids, cpu, freezer })
+        Ok(Self::V1 { memory, pids, cpu, freezer, cpuacct })
     }
 
     /// `v1` or `v2`.
@@ -138,8 +148,12 @@ impl CgroupManager {
     /// The parent directories of session cgroups.
     pub(crate) fn bases(&self) -> Vec<PathBuf> {
         match self {
-            Self::V1 { memory, pids, cpu, freezer } => {
-                [Some(memory), Some(pids), Some(cpu), freezer.as_ref()].into_iter().flatten().cloned().collect()
+            Self::V1 { memory, pids, cpu, freezer, cpuacct } => {
+                [Some(memory), Some(pids), Some(cpu), freezer.as_ref(), cpuacct.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect()
             }
             Self::V2 { base } => vec![base.clone()],
         }
@@ -151,16 +165,24 @@ impl CgroupManager {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad cgroup name {name:?}")));
         }
         let cg = match self {
-            Self::V1 { memory, pids, cpu, freezer } => SessionCgroup {
+            Self::V1 { memory, pids, cpu, freezer, cpuacct } => SessionCgroup {
                 version: Version::V1,
                 memory: memory.join(name),
                 pids: pids.join(name),
                 cpu: cpu.join(name),
                 freezer: freezer.as_ref().map(|f| f.join(name)),
+                cpuacct: cpuacct.as_ref().map(|c| c.join(name)),
             },
             Self::V2 { base } => {
                 let dir = base.join(name);
-                SessionCgroup { version: Version::V2, memory: dir.clone(), pids: dir.clone(), cpu: dir, freezer: None }
+                SessionCgroup {
+                    version: Version::V2,
+                    memory: dir.clone(),
+                    pids: dir.clone(),
+                    cpu: dir,
+                    freezer: None,
+                    cpuacct: None,
+                }
             }
         };
         for d in cg.dirs() {
@@ -198,6 +220,7 @@ pub struct SessionCgroup {
     pids: PathBuf,
     cpu: PathBuf,
     freezer: Option<PathBuf>,
+    cpuacct: Option<PathBuf>,
 }
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
@@ -206,7 +229,7 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
 }
 
 /// A value from a flat-keyed cgroup file (`key value` lines).
-fn keyed(path: &Path, key: &str) -> Option<u64> {
+pub(super) fn keyed(path: &Path, key: &str) -> Option<u64> {
     std::fs::read_to_string(path)
         .ok()?
         .lines()
@@ -216,7 +239,8 @@ fn keyed(path: &Path, key: &str) -> Option<u64> {
 impl SessionCgroup {
     fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs = vec![self.memory.clone()];
-        for d in [Some(&self.pids), Some(&self.cpu), self.freezer.as_ref()].into_iter().flatten() {
+        for d in [Some(&self.pids), Some(&self.cpu), self.freezer.as_ref(), self.cpuacct.as_ref()].into_iter().flatten()
+        {
             if !dirs.contains(d) {
                 dirs.push(d.clone());
             }
@@ -360,6 +384,14 @@ impl SessionCgroup {
     /// The session's directories, one per controller.
     pub fn paths(&self) -> Vec<PathBuf> {
         self.dirs()
+    }
+
+    /// What the session's controllers have counted so far (see [`CgroupCounters`]).
+    pub fn counters(&self) -> CgroupCounters {
+        match self.version {
+            Version::V1 => counters_v1(&self.memory, &self.pids, &self.cpu, self.cpuacct.as_deref()),
+            Version::V2 => counters_v2(&self.memory),
+        }
     }
 }
 
@@ -506,6 +538,9 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9), "{status:?}");
         assert!(cg.oom_kills() >= 1);
+        let counted = cg.counters();
+        assert_eq!(counted.memory_limit, Some(64 << 20));
+        assert!(counted.cpu_usage_ns.is_some_and(|ns| ns > 0), "the hog's CPU time is counted: {counted:?}");
         cg.kill_all();
         assert!(cg.procs().is_empty());
         cg.remove().unwrap();

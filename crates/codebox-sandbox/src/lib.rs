@@ -55,7 +55,7 @@ mod uid;
 
 use std::fmt;
 
-pub use self::cgroup::{CgroupUnavailable, cgroup_version, session_cgroups_of};
+pub use self::cgroup::{CgroupCounters, CgroupUnavailable, cgroup_version, session_cgroups_of};
 pub use self::confinement::{Confinement, InstallerNetwork, PACKAGES_DIR};
 pub use self::error::{BwrapUnavailable, LandlockUnavailable};
 pub use self::launch::{Prepared, SpawnGuard};

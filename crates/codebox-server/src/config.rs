@@ -11,6 +11,10 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 << 20;
 /// The default of [`ServerConfig::max_session_timeout`]: a day.
 pub const DEFAULT_MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
+/// The shortest `metrics_interval` other than zero: sampling every box more often would be
+/// most of what the server does.
+pub const MIN_METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Everything a [`Server`](crate::Server) needs to know. Start from [`ServerConfig::new`]
 /// and change what you need with the `with_*` setters; [`Server::bind`](crate::Server::bind)
 /// validates it.
@@ -95,6 +99,10 @@ pub struct ServerConfig {
     /// The most a session may ask for; more is refused with 400 saying the maximum (each
     /// unset one: no maximum).
     pub max_limits: ResourceLimits,
+    /// How often every session's box is measured into its ring of live metrics (`GET
+    /// /v1/sessions/{id}/metrics`); zero turns sampling off, and each request then measures.
+    /// At least a second otherwise. Default 5 s.
+    pub metrics_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -127,6 +135,7 @@ impl Default for ServerConfig {
             expired_retention: Duration::from_secs(3600),
             default_limits: ResourceLimits::default(),
             max_limits: ResourceLimits::default(),
+            metrics_interval: Duration::from_secs(5),
         }
     }
 }
@@ -319,8 +328,20 @@ impl ServerConfig {
         self
     }
 
+    /// Measure every session's box this often; zero turns sampling off.
+    pub fn with_metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = interval;
+        self
+    }
+
     /// Check that the configuration makes sense.
     pub fn validate(&self) -> Result<()> {
+        if !self.metrics_interval.is_zero() && self.metrics_interval < MIN_METRICS_INTERVAL {
+            return Err(CodeBoxError::invalid(format!(
+                "metrics_interval {:?} is under the minimum of {MIN_METRICS_INTERVAL:?} (0 turns sampling off)",
+                self.metrics_interval
+            )));
+        }
         if self.no_auth {
             if !self.addr.ip().is_loopback() && !self.force_no_auth {
                 return Err(CodeBoxError::invalid(format!(

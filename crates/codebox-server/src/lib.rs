@@ -30,6 +30,7 @@ mod params;
 mod ratelimit;
 mod record;
 mod routes;
+mod sampler;
 mod service;
 mod sessions;
 mod state;
@@ -44,7 +45,7 @@ use codebox_http::server::{BodyBudget, ConnectionLimits, serve};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::{DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, ServerConfig};
+pub use crate::config::{DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, MIN_METRICS_INTERVAL, ServerConfig};
 pub use crate::factory::{BoxFactory, BoxRequest, factory_fn};
 
 use crate::auth::ApiKeys;
@@ -105,8 +106,18 @@ impl Server {
             "connections upgraded through a box's port",
             "close one before opening the next",
         );
-        let state =
-            Arc::new(AppState { config, keys, registry, metrics, body_budget, downloads, factory, rates, tunnels });
+        let state = Arc::new(AppState {
+            config,
+            keys,
+            registry,
+            metrics,
+            body_budget,
+            downloads,
+            factory,
+            rates,
+            tunnels,
+            metrics_rings: sampler::MetricsRings::default(),
+        });
         Ok(Self { listener, local_addr, state })
     }
 
@@ -126,6 +137,9 @@ impl Server {
         tracing::info!(addr = %local_addr, "serving");
         let reaper = tokio::spawn(reap_idle(Arc::clone(&state)));
         let expiry_reaper = tokio::spawn(sessions::reap_expired(Arc::clone(&state)));
+        // Live metrics of every session, unless sampling is off (then each request measures).
+        let interval = state.config.metrics_interval;
+        let sampler = (!interval.is_zero()).then(|| tokio::spawn(sampler::run(Arc::clone(&state), interval)));
         let (stopping_tx, stopping_rx) = watch::channel(false);
 
         let shutdown = {
@@ -171,6 +185,9 @@ impl Server {
 
         reaper.abort();
         expiry_reaper.abort();
+        if let Some(sampler) = sampler {
+            sampler.abort();
+        }
         let sessions = state.registry.len();
         state.registry.close().await;
         tracing::info!(sessions, "every box stopped; server down");

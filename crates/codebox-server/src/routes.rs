@@ -22,6 +22,7 @@ pub(crate) enum Route {
     Packages,
     History,
     ExecutionStats,
+    SessionMetrics,
     Commands,
     ListFiles,
     PutFile,
@@ -45,7 +46,7 @@ pub(crate) enum Route {
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 32] = [
+    pub(crate) const ALL: [Route; 33] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -61,6 +62,7 @@ impl Route {
         Route::Packages,
         Route::History,
         Route::ExecutionStats,
+        Route::SessionMetrics,
         Route::Commands,
         Route::ListFiles,
         Route::PutFile,
@@ -120,6 +122,7 @@ impl Route {
             Route::Packages => (Method::GET, "/v1/sessions/{id}/packages"),
             Route::History => (Method::GET, "/v1/sessions/{id}/history"),
             Route::ExecutionStats => (Method::GET, "/v1/sessions/{id}/stats"),
+            Route::SessionMetrics => (Method::GET, "/v1/sessions/{id}/metrics"),
             Route::Commands => (Method::POST, "/v1/sessions/{id}/commands"),
             Route::ListFiles => (Method::GET, "/v1/sessions/{id}/files"),
             Route::PutFile => (Method::PUT, "/v1/sessions/{id}/files/{path}"),

@@ -170,6 +170,13 @@ pub(super) struct ServeOptions {
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
     pub(super) shutdown_grace: Option<Duration>,
 
+    /// Measure every session's box (CPU, memory, disk, network, processes) this often into
+    /// its series, `GET /v1/sessions/{id}/metrics`; 0 turns sampling off (each request then
+    /// measures), otherwise at least 1s [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub(super) metrics_interval: Option<Duration>,
+
     /// Kernels kept started and ready for new sessions; 0 turns the pool off [default: 2].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -249,6 +249,9 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
     if let Some(d) = o.shutdown_grace {
         server = server.with_shutdown_grace(d);
     }
+    if let Some(d) = o.metrics_interval {
+        server = server.with_metrics_interval(d);
+    }
     let session_root = match &o.session_root {
         Some(dir) => std::path::absolute(dir).with_context(|| format!("the session root {}", dir.display()))?,
         None => default_session_root()?,
@@ -307,6 +310,24 @@ mod tests {
         assert_eq!(s.server.max_connections, Some(8));
         assert_eq!(s.server.connection_idle_timeout, Duration::from_secs(5));
         assert!(settings(parse(&["--api-key", "k", "--max-connections", "0"]), None).is_err());
+    }
+
+    #[test]
+    fn the_metrics_interval_comes_from_flags_and_the_file_and_is_checked() {
+        let defaults = settings(parse(&["--api-key", "k"]), None).unwrap();
+        assert_eq!(defaults.server.metrics_interval, Duration::from_secs(5));
+        let off = settings(parse(&["--api-key", "k", "--metrics-interval", "0"]), None).unwrap();
+        assert_eq!(off.server.metrics_interval, Duration::ZERO);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("serve.toml");
+        std::fs::write(&config, "no_auth = true\nmetrics_interval = \"30s\"\n").unwrap();
+        let s = settings(parse(&["--config", config.to_str().unwrap()]), None).unwrap();
+        assert_eq!(s.server.metrics_interval, Duration::from_secs(30));
+        let s = settings(parse(&["--config", config.to_str().unwrap(), "--metrics-interval", "2s"]), None).unwrap();
+        assert_eq!(s.server.metrics_interval, Duration::from_secs(2), "a flag wins over the file");
+        let err = settings(parse(&["--api-key", "k", "--metrics-interval", "100ms"]), None).unwrap_err().to_string();
+        assert!(err.contains("metrics_interval"), "{err}");
+        assert!(Cli::try_parse_from(["serve", "--api-key", "k", "--metrics-interval", "often"]).is_err());
     }
 
     #[test]

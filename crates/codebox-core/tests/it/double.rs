@@ -147,6 +147,8 @@ impl CodeBox for PythonDouble {
         caps.contexts = false;
         // No ports: the suite checks connect_port is refused loudly.
         caps.ports = false;
+        // Nor metrics: the suite checks they are refused loudly.
+        caps.metrics = false;
         caps
     }
 

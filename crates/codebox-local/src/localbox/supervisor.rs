@@ -66,6 +66,8 @@ pub(super) struct Inner {
     pub(super) history: crate::history::SharedHistory,
     /// The box's code contexts besides its own kernel.
     pub(super) contexts: super::contexts::Contexts,
+    /// The CPU reading of the box's previous metrics sample.
+    pub(super) cpu_baseline: Arc<crate::metrics::CpuBaseline>,
 }
 
 /// What a code context needs of a box: where its files are, how its kernels are confined
@@ -159,6 +161,7 @@ impl Inner {
             }),
             history: crate::history::new_history(),
             contexts: super::contexts::Contexts::default(),
+            cpu_baseline: Arc::default(),
         }
     }
 

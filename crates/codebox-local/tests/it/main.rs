@@ -13,6 +13,7 @@ mod faults;
 mod files;
 mod history;
 mod lean;
+mod metrics;
 mod network;
 mod orphans;
 mod pool;

@@ -76,6 +76,9 @@ async fn what_the_protocol_lacks_is_reported_and_unsupported() {
     assert_eq!(b.delete_context("c").await.unwrap_err().kind(), ErrorKind::Unsupported);
     let in_context = codebox_core::RunOptions::new().with_context("c");
     assert_eq!(b.run("1", in_context).await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert!(!caps.metrics);
+    assert_eq!(b.metrics().await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(b.metrics_since(0).await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.interrupt().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.restart().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.list_files("", false).await.unwrap_err().kind(), ErrorKind::Unsupported);

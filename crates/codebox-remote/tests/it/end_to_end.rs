@@ -347,3 +347,21 @@ async fn remote_code_contexts_are_the_sessions_own() {
     assert_eq!(remote.run("1", in_made).await.unwrap_err().kind(), ErrorKind::NotFound);
     remote.stop().await.unwrap();
 }
+
+// The session's live metrics through the server: the newest sample, the series since a
+// moment, and a refusal once the box is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_metrics_are_the_sessions_own_sample_and_series() {
+    let server = serve().await;
+    let remote = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    remote.start().await.unwrap();
+    assert!(remote.capabilities().metrics);
+    let latest = remote.metrics().await.unwrap();
+    assert!(!latest.final_sample && latest.processes.is_some_and(|p| p >= 1), "{latest:?}");
+    assert!(latest.memory_used_bytes.is_some_and(|m| m > 0), "{latest:?}");
+    let series = remote.metrics_since(0).await.unwrap();
+    assert!(series.last().is_some_and(|s| s.timestamp_ms >= latest.timestamp_ms), "{series:?}");
+    assert!(remote.metrics_since(u64::MAX).await.unwrap().is_empty());
+    remote.stop().await.unwrap();
+    assert_eq!(remote.metrics().await.unwrap_err().kind(), ErrorKind::NotRunning);
+}

@@ -5,6 +5,7 @@ mod contexts;
 mod execute;
 mod files;
 mod history;
+mod metrics;
 mod ports;
 mod sessions;
 
@@ -73,6 +74,7 @@ pub(crate) async fn dispatch(
         }
         Route::History => history::history(state, owner, id, &req).await,
         Route::ExecutionStats => history::stats(state, owner, id).await,
+        Route::SessionMetrics => metrics::metrics(state, owner, id, &req).await,
         Route::Commands => {
             let session = state.registry.require(owner, id)?;
             let spec: CommandSpec = json_body(state, req).await?;

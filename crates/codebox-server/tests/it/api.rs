@@ -228,6 +228,30 @@ async fn contexts_of_a_box_without_them_are_unsupported() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
+// A box that does not measure itself says so and its metrics route answers 501; a bad
+// `since` is 400 before the box is asked; another key's session and an unknown one are 404.
+#[tokio::test]
+async fn metrics_of_a_box_without_them_are_unsupported_and_bad_since_is_refused() {
+    let server = TestServer::start().await;
+    let id = server.session().await;
+    let session = server.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(session.json()["capabilities"]["metrics"], false, "{:?}", session.json());
+    for path in [format!("/v1/sessions/{id}/metrics"), format!("/v1/sessions/{id}/metrics?since=0")] {
+        let reply = server.get(&path).await;
+        assert_eq!(reply.status, StatusCode::NOT_IMPLEMENTED, "{path}");
+        assert_eq!(reply.error_kind(), "unsupported", "{path}");
+    }
+    for query in ["since=soon", "since=1.5", "since=-1", "since=", "limit=1"] {
+        let reply = server.get(&format!("/v1/sessions/{id}/metrics?{query}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(reply.error_kind(), "invalid_input", "{query}");
+    }
+    let path = format!("/v1/sessions/{id}/metrics");
+    let theirs = server.send(Method::GET, &path, Some(OTHER_KEY), None, Bytes::new()).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(server.get("/v1/sessions/no-such-session/metrics").await.status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn sessions_belong_to_their_key() {
     let server = TestServer::start().await;

@@ -378,3 +378,66 @@ async fn code_contexts_through_the_server() {
     })
     .await;
 }
+
+// A session's live metrics through the server: the newest sample, the sampler's series
+// after a moment, bad `since` refused, and once the box stops, its last sample marked final
+// for as long as the session is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_metrics_are_sampled_into_a_series_and_end_with_a_final_sample() {
+    let config = test_config().with_metrics_interval(codebox_server::MIN_METRICS_INTERVAL);
+    let server = LocalServer::start(config).await;
+    let id = server.session().await;
+    let path = format!("/v1/sessions/{id}/metrics");
+    let latest = server.send(Method::GET, &path, None, None).await;
+    assert_eq!(latest.status, StatusCode::OK, "{}", latest.text());
+    let first: codebox_core::BoxMetrics = serde_json::from_value(latest.json()).unwrap();
+    assert!(!first.final_sample && first.processes.is_some_and(|p| p >= 1), "{first:?}");
+    assert!(first.memory_used_bytes.is_some() && first.cpu_percent.is_some(), "{first:?}");
+
+    // The sampler adds to the series by itself.
+    let series = |since: u64| {
+        let path = format!("{path}?since={since}");
+        let server = &server;
+        async move {
+            let reply = server.send(Method::GET, &path, None, None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            serde_json::from_value::<codebox_http::wire::MetricsSeries>(reply.json()).unwrap().samples
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let samples = loop {
+        let samples = series(0).await;
+        if samples.len() >= 3 {
+            break samples;
+        }
+        assert!(std::time::Instant::now() < deadline, "the sampler added nothing: {samples:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(samples.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms), "oldest first");
+    let middle = samples[1].timestamp_ms;
+    assert!(series(middle).await.iter().all(|s| s.timestamp_ms > middle), "only samples after `since`");
+    assert!(series(u64::MAX).await.is_empty());
+
+    for bad in ["since=yesterday", "since=-5", "since=", "limit=3"] {
+        let reply = server.send(Method::GET, &format!("{path}?{bad}"), None, None).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}: {}", reply.text());
+        assert_eq!(reply.error_kind(), "invalid_input", "{bad}");
+    }
+    let reply = server.send(Method::GET, "/v1/sessions/nobody/metrics", None, None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+
+    // The box stops behind the session, which stays listed: its last sample, marked final.
+    let lb = server.boxes.lock().unwrap()[0].clone();
+    lb.stop().await.unwrap();
+    let last = server.send(Method::GET, &path, None, None).await;
+    assert_eq!(last.status, StatusCode::OK, "{}", last.text());
+    let last: codebox_core::BoxMetrics = serde_json::from_value(last.json()).unwrap();
+    assert!(last.final_sample, "{last:?}");
+    let newest = series(0).await;
+    assert_eq!(newest.last(), Some(&last), "the series ends with the final sample");
+    assert!(newest[..newest.len() - 1].iter().all(|s| !s.final_sample));
+
+    let deleted = server.send(Method::DELETE, &format!("/v1/sessions/{id}"), None, None).await;
+    assert!(deleted.status.is_success(), "{}", deleted.text());
+    assert_eq!(server.send(Method::GET, &path, None, None).await.status, StatusCode::NOT_FOUND);
+}

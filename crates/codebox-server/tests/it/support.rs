@@ -103,6 +103,11 @@ impl CodeBox for ScriptedBox {
         capabilities.history = false;
         capabilities.contexts = false;
         capabilities.ports = false;
+        // It lists no packages, keeps no history and measures nothing: those are the trait's refusals.
+        let mut capabilities = Capabilities::full(["script"]);
+        capabilities.packages = false;
+        capabilities.history = false;
+        capabilities.metrics = false;
         capabilities
     }
 
