@@ -109,6 +109,10 @@ pub struct Capabilities {
     /// `history()` and `execution_stats()` work. Absent from an older server's answer: `false`.
     #[serde(default)]
     pub history: bool,
+    /// Executions list the files they created or changed (`Execution::artifacts`) and
+    /// `RunOptions::save_images` works. Absent from an older server's answer: `false`.
+    #[serde(default)]
+    pub artifacts: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -146,6 +150,7 @@ impl Capabilities {
             install: true,
             packages: true,
             history: true,
+            artifacts: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -165,6 +170,7 @@ impl Capabilities {
             install: false,
             packages: false,
             history: false,
+            artifacts: false,
             commands: false,
             delete_file: false,
             recursive_list: false,

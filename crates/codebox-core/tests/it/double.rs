@@ -143,6 +143,8 @@ impl CodeBox for PythonDouble {
         caps.file_ops = false;
         // No execution history either: the suite checks history and stats are refused loudly.
         caps.history = false;
+        // Nor artifacts: the suite's artifact check is gated on the capability.
+        caps.artifacts = false;
         caps
     }
 

@@ -100,6 +100,7 @@ impl CodeBox for ScriptedBox {
         let mut capabilities = Capabilities::full(["script"]);
         capabilities.packages = false;
         capabilities.history = false;
+        capabilities.artifacts = false;
         capabilities
     }
 
