@@ -274,8 +274,7 @@ mod tests {
             serde_json::to_value(&end).unwrap(),
             serde_json::json!({"type": "end", "execution_count": 1, "duration_ms": 2.0, "outcome": "ok"})
         );
-        let older: ExecEvent =
-            serde_json::from_str(r#"{"type":"end","duration_ms":1.0,"outcome":"error"}"#).unwrap();
+        let older: ExecEvent = serde_json::from_str(r#"{"type":"end","duration_ms":1.0,"outcome":"error"}"#).unwrap();
         assert_eq!(older, ExecEvent::end(None, Duration::from_millis(1), Outcome::Error));
         let artifact = Artifact::new("a.txt", 1, None, crate::ArtifactChange::Created);
         let with = end.with_artifacts(vec![artifact.clone()], true);

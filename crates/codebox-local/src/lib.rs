@@ -109,6 +109,7 @@
 //! working directory.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod artifacts;
 mod boxprocess;
 mod confine;
 mod deno;

@@ -60,6 +60,8 @@ pub(crate) struct Config {
     pub(crate) template: Option<String>,
     /// A template name that is not a built-in: refused by `build`.
     pub(crate) unknown_template: Option<String>,
+    /// Whether executions are recorded in the history and list their artifacts.
+    pub(crate) execution_tracking: bool,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             packages: Vec::new(),
             template: None,
             unknown_template: None,
+            execution_tracking: true,
         }
     }
 }
@@ -315,6 +318,15 @@ impl LocalBoxBuilder {
     /// [`bash`](Template::builtins) template sets `bash`.
     pub fn with_default_language(mut self, language: impl Into<String>) -> Self {
         self.config.language = Some(language.into());
+        self
+    }
+
+    /// Whether the box keeps an execution history and lists each execution's artifacts
+    /// (default on). Off, `history` and `execution_stats` answer `Unsupported`, executions
+    /// list no artifacts, `save_images` saves nothing, and the capabilities say so: for a
+    /// box that wants the bare round trip.
+    pub fn with_execution_tracking(mut self, tracking: bool) -> Self {
+        self.config.execution_tracking = tracking;
         self
     }
 

@@ -64,6 +64,8 @@ pub(super) struct Inner {
     pub(super) snapshot: Mutex<Snapshot>,
     /// The box's executions, kept across kernel restarts.
     pub(super) history: crate::history::SharedHistory,
+    /// What the box's last execution listed as artifacts.
+    pub(super) last_artifacts: crate::artifacts::LastListed,
 }
 
 /// What a call needs from a running box.
@@ -129,6 +131,7 @@ impl Inner {
                 language: None,
             }),
             history: crate::history::new_history(),
+            last_artifacts: Default::default(),
         }
     }
 
