@@ -25,6 +25,7 @@ use futures::StreamExt;
 
 use crate::{CodeBox, CodeBoxExt, ErrorKind, ExecEvent, Execution, FileInfo, FileKind, Outcome, Result, RunOptions};
 
+mod artifacts;
 mod dialect;
 mod file_ops;
 mod history;
@@ -230,6 +231,7 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
     check!("timeout_keeps_box", timeout_keeps_box(b, d, options.timeout));
     check!("interrupt", interrupt(b, d));
     check!("history_recorded", history::history_recorded(b, d));
+    check!("artifacts_listed", artifacts::artifacts_listed(b, d));
     check!("restart_clears_state", restart_clears_state(b, d));
     check!("history_kept_after_restart", history::history_kept_after_restart(b, d));
     report

@@ -57,6 +57,11 @@ pub struct Dialect {
     pub set_gone: String,
     /// The error's name when code reads a name that is not defined.
     pub undefined_name_error: String,
+    /// Writes `first` to `conformance-artifact.txt` and `second` to
+    /// `conformance-artifacts/inner.txt`, making the directory.
+    pub write_two_artifacts: String,
+    /// Appends ` more` to `conformance-artifact.txt`.
+    pub append_artifact: String,
 }
 
 impl Default for Dialect {
@@ -99,6 +104,11 @@ impl Dialect {
             print_waiting_then_wait: "import time\nprint('waiting', flush=True)\ntime.sleep(60)".into(),
             set_gone: "conformance_gone = 1".into(),
             undefined_name_error: "NameError".into(),
+            write_two_artifacts: "import os\nopen('conformance-artifact.txt', 'w').write('first')\n\
+                os.makedirs('conformance-artifacts', exist_ok=True)\n\
+                open('conformance-artifacts/inner.txt', 'w').write('second')"
+                .into(),
+            append_artifact: "open('conformance-artifact.txt', 'a').write(' more')".into(),
         }
     }
 
@@ -155,6 +165,11 @@ impl Dialect {
             print_waiting_then_wait: busy("waiting"),
             set_gone: "var conformance_gone = 1".into(),
             undefined_name_error: "ReferenceError".into(),
+            write_two_artifacts: "Deno.writeTextFileSync('conformance-artifact.txt', 'first');\n\
+                Deno.mkdirSync('conformance-artifacts', {recursive: true});\n\
+                Deno.writeTextFileSync('conformance-artifacts/inner.txt', 'second')"
+                .into(),
+            append_artifact: "Deno.writeTextFileSync('conformance-artifact.txt', ' more', {append: true})".into(),
         }
     }
 
