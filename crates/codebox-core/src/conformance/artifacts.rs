@@ -55,21 +55,19 @@ async fn saved_figure(b: &dyn CodeBox) -> Checked<String> {
     if probe.stdout().trim() != "True" {
         return Ok("; matplotlib not installed: saved figures not checked".into());
     }
-    let code = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(2, 2))\nax.plot([1, 3, 2])\nplt.show()";
+    let code =
+        "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(2, 2))\nax.plot([1, 3, 2])\nplt.show()";
     let ex = b
         .run(code, RunOptions::new().with_save_images(true))
         .await
         .map_err(|e| format!("a figure with save_images failed: {e}"))?;
-    let pngs: Vec<&str> =
-        ex.artifacts().iter().filter(|a| a.path.ends_with(".png")).map(|a| a.path.as_str()).collect();
+    let pngs: Vec<&str> = ex.artifacts().iter().filter(|a| a.path.ends_with(".png")).map(|a| a.path.as_str()).collect();
     let [png] = pngs.as_slice() else {
         return Err(format!("a figure with save_images listed {:?}", listed(&ex)).into());
     };
     let bytes = b.download_bytes(png).await.map_err(|e| format!("downloading the saved figure {png}: {e}"))?;
     ensure(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), || format!("the saved figure {png} is not a PNG"))?;
     let quiet = exec(b, code).await?;
-    ensure(quiet.artifacts().is_empty(), || {
-        format!("a figure without save_images listed {:?}", quiet.artifacts())
-    })?;
+    ensure(quiet.artifacts().is_empty(), || format!("a figure without save_images listed {:?}", quiet.artifacts()))?;
     Ok(format!("; the figure saved as {png}"))
 }
