@@ -32,7 +32,7 @@
 //! The walk follows the rules of `files`: every directory is opened relative to its
 //! parent's descriptor with `O_NOFOLLOW`, links are never followed (nor listed), the box's
 //! own `.codebox/` is skipped, and the depth is capped, so the walk holds at most
-//! [`MAX_SCAN_DEPTH`] open directories.
+//! [`MAX_SCAN_DEPTH`] + 1 open directories.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -53,7 +53,8 @@ use crate::files::{RESERVED, Root, dir_flags};
 pub(crate) const MAX_SCAN_ENTRIES: usize = 20_000;
 /// Most directories one scan descends into.
 pub(crate) const MAX_SCAN_DIRS: usize = 2_000;
-/// How deep below the working directory a scan goes (and how many directories it holds open).
+/// How many directory levels below the working directory a scan descends (it holds one more
+/// directory open than this, the working directory's own).
 pub(crate) const MAX_SCAN_DEPTH: usize = 32;
 /// Most artifacts one execution lists; past it the list is marked truncated.
 pub(crate) const MAX_ARTIFACTS: usize = 1_000;
@@ -232,7 +233,12 @@ pub(crate) fn scan(
         }
         let level = stack.last().expect("the level just read");
         let name = OsStr::from_bytes(name);
-        let kind = entry.file_type();
+        let kind = match entry.file_type() {
+            // A filesystem that leaves types out of its entries: ask the entry itself.
+            FileType::Unknown => rustix::fs::statat(&level.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_or(FileType::Unknown, |st| FileType::from_raw_mode(st.st_mode)),
+            kind => kind,
+        };
         if kind == FileType::Directory {
             if stack.len() > MAX_SCAN_DEPTH || dirs >= MAX_SCAN_DIRS {
                 found.truncated = true;
@@ -248,7 +254,7 @@ pub(crate) fn scan(
             }
             continue;
         }
-        if kind != FileType::RegularFile && kind != FileType::Unknown {
+        if kind != FileType::RegularFile {
             continue;
         }
         let wanted = StatxFlags::TYPE | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::CTIME | StatxFlags::BTIME;
