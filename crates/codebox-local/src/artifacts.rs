@@ -34,15 +34,16 @@
 //! own `.codebox/` is skipped, and the depth is capped, so the walk holds at most
 //! [`MAX_SCAN_DEPTH`] + 1 open directories.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use codebox_core::{Artifact, ArtifactChange, ExecEvent, Image, MimeBundle};
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
 use rustix::io::Errno;
 
@@ -63,8 +64,35 @@ pub(crate) const IMAGES_DIR: &str = "images";
 /// How many other names a saved image tries when its own is taken by a user's file.
 const NAME_ATTEMPTS: usize = 100;
 
-/// What a box's last execution listed: each path with its ctime then.
-pub(crate) type LastListed = Arc<Mutex<HashMap<String, SystemTime>>>;
+/// A box's tracking of its working directory, kept across its executions.
+#[derive(Debug, Default)]
+pub(crate) struct BoxFiles {
+    /// What the last execution listed, path and ctime: a scan leaves those out when unchanged.
+    last: HashMap<String, SystemTime>,
+    watch: Watch,
+}
+
+/// How a box's working directory is being followed.
+#[derive(Debug, Default)]
+enum Watch {
+    /// Not yet: the first execution sets it up.
+    #[default]
+    Unstarted,
+    /// Every directory has an inotify watch.
+    Watching(Watcher),
+    /// The watches no longer match the tree (a directory moved, the queue overflowed): set up
+    /// again before the next execution.
+    Stale,
+    /// inotify is unavailable or the tree is too large to watch: every execution scans.
+    Scanning,
+}
+
+/// A box's [`BoxFiles`], shared by its executions.
+pub(crate) type SharedFiles = Arc<Mutex<BoxFiles>>;
+
+fn lock(files: &SharedFiles) -> std::sync::MutexGuard<'_, BoxFiles> {
+    files.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// What one execution's tracking of files needs: where to look, since when, and whether to
 /// save its images.
@@ -72,7 +100,7 @@ pub(crate) type LastListed = Arc<Mutex<HashMap<String, SystemTime>>>;
 pub(crate) struct ArtifactScan {
     root: Arc<Root>,
     since: SystemTime,
-    last: LastListed,
+    files: SharedFiles,
     save_images: bool,
     /// The images the execution displayed, kept only when they are to be saved.
     images: Vec<Image>,
@@ -96,10 +124,17 @@ fn timestamp(secs: i64, nanos: u32) -> Option<SystemTime> {
 }
 
 impl ArtifactScan {
-    /// Tracking for an execution starting now in `root`. Call it before the code is sent.
-    /// `last` is what the box's previous execution listed, replaced by this one's.
-    pub(crate) fn starting_now(root: Arc<Root>, save_images: bool, last: LastListed) -> Self {
-        Self { root, since: coarse_now(), last, save_images, images: Vec::new() }
+    /// Tracking for an execution about to start in `root`; call it before the code is sent.
+    /// What happened in the directory since the last execution is put aside here (on the
+    /// blocking pool only when watches must be set up or added).
+    pub(crate) async fn starting(root: Arc<Root>, save_images: bool, files: SharedFiles) -> Self {
+        let pending = lock(&files).drain_between_executions();
+        if let Some(pending) = pending {
+            let (files, root) = (files.clone(), root.clone());
+            // Should the task fail, the watches stay as they were and the execution is scanned.
+            let _ = tokio::task::spawn_blocking(move || lock(&files).prepare(&root, pending)).await;
+        }
+        Self { root, since: coarse_now(), files, save_images, images: Vec::new() }
     }
 
     /// Note an event the execution produced (its images, when they are to be saved).
@@ -121,17 +156,324 @@ impl ArtifactScan {
         }
     }
 
-    /// Save the noted images (named after `execution_count`) and scan for what the execution
-    /// created or changed. Blocking: run it on the blocking pool.
-    pub(crate) fn finish(self, execution_count: Option<u64>) -> Found {
+    /// Save the noted images (named after `execution_count`) and find what the execution
+    /// created or changed. A watched directory in which nothing happened answers at once,
+    /// without leaving the async thread; anything else is done on the blocking pool.
+    pub(crate) async fn finish(self, execution_count: Option<u64>) -> Found {
+        let mut pending = Vec::new();
+        if self.images.is_empty() {
+            let mut files = lock(&self.files);
+            if let Watch::Watching(watcher) = &files.watch {
+                match watcher.read() {
+                    Ok(events) if events.is_empty() => {
+                        files.last.clear();
+                        return Found::default();
+                    }
+                    Ok(events) => pending = events,
+                    Err(_) => files.watch = Watch::Stale,
+                }
+            }
+        }
+        tokio::task::spawn_blocking(move || self.finish_blocking(execution_count, pending))
+            .await
+            // A task that panicked found nothing certain: say the list is incomplete.
+            .unwrap_or_else(|_| Found { artifacts: Vec::new(), truncated: true })
+    }
+
+    fn finish_blocking(self, execution_count: Option<u64>, mut pending: Vec<Noted>) -> Found {
         if !self.images.is_empty() {
             save_images(&self.root, execution_count.unwrap_or(0), &self.images);
         }
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let (found, listed) = scan(&self.root, self.since, &last);
-        *last = listed;
+        let mut files = lock(&self.files);
+        let watched = match &mut files.watch {
+            Watch::Watching(watcher) => match watcher.read() {
+                Ok(more) => {
+                    pending.extend(more);
+                    watcher.collect(&self.root, pending, self.since)
+                }
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        let (found, listed) = match watched {
+            Some(found) => found,
+            None => {
+                if matches!(files.watch, Watch::Watching(_)) {
+                    files.watch = Watch::Stale;
+                }
+                scan(&self.root, self.since, &files.last)
+            }
+        };
+        files.last = listed;
         found
     }
+}
+
+impl BoxFiles {
+    /// Put aside what happened since the last execution; `Some` with what needs the blocking
+    /// pool (setting up watches, watching new directories).
+    fn drain_between_executions(&mut self) -> Option<Vec<Noted>> {
+        match &self.watch {
+            Watch::Unstarted | Watch::Stale => Some(Vec::new()),
+            Watch::Scanning => None,
+            Watch::Watching(watcher) => match watcher.read() {
+                Ok(events) => {
+                    let directories =
+                        events.iter().any(|e| e.mask.intersects(ReadFlags::ISDIR | ReadFlags::QUEUE_OVERFLOW));
+                    directories.then_some(events)
+                }
+                Err(_) => {
+                    self.watch = Watch::Stale;
+                    Some(Vec::new())
+                }
+            },
+        }
+    }
+
+    /// Set the watches up when there are none, or follow the directories made since the last
+    /// execution. Blocking.
+    fn prepare(&mut self, root: &Root, pending: Vec<Noted>) {
+        if let Watch::Watching(watcher) = &mut self.watch
+            && watcher.collect(root, pending, UNIX_EPOCH).is_some()
+        {
+            return;
+        }
+        self.watch = match Watcher::new(root) {
+            Ok(watcher) => Watch::Watching(watcher),
+            Err(why) => {
+                tracing::debug!("scanning for artifacts after every execution: {why}");
+                Watch::Scanning
+            }
+        };
+    }
+}
+
+/// Most directories one box watches; a larger tree is scanned instead (each watch counts
+/// against the user's `max_user_watches`, shared by every box of this process).
+pub(crate) const MAX_WATCHED_DIRS: usize = 8_192;
+/// Most entries read while setting watches up (once per box, not per execution).
+const MAX_SETUP_ENTRIES: usize = 4_000_000;
+/// What a watch reports: entries made, written, moved in or with changed metadata, and its
+/// own directory moved or deleted. Identical events in a row are merged by the kernel, so a
+/// loop of writes to one file is one event.
+fn watch_flags() -> WatchFlags {
+    WatchFlags::CREATE
+        | WatchFlags::MODIFY
+        | WatchFlags::CLOSE_WRITE
+        | WatchFlags::MOVED_TO
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::ATTRIB
+        | WatchFlags::MOVE_SELF
+        | WatchFlags::DELETE_SELF
+        | WatchFlags::EXCL_UNLINK
+        | WatchFlags::ONLYDIR
+}
+
+/// Why a box's directory cannot be watched.
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("inotify: {0}")]
+    Inotify(#[from] Errno),
+    #[error("the working directory is too large to watch")]
+    TooLarge,
+}
+
+/// One event read from a box's inotify descriptor.
+#[derive(Debug)]
+struct Noted {
+    wd: i32,
+    mask: ReadFlags,
+    name: Option<std::ffi::OsString>,
+}
+
+/// inotify watches on every directory of a box's working directory (but `.codebox/`).
+#[derive(Debug)]
+struct Watcher {
+    fd: OwnedFd,
+    /// Each watch's directory, relative to the working directory.
+    dirs: HashMap<i32, PathBuf>,
+}
+
+impl Watcher {
+    /// Watch every directory below `root`. Blocking.
+    fn new(root: &Root) -> std::result::Result<Self, WatchError> {
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+        let mut watcher = Self { fd, dirs: HashMap::new() };
+        watcher.watch_tree(root, Path::new(""), None)?;
+        Ok(watcher)
+    }
+
+    /// The events waiting, without waiting for any.
+    fn read(&self) -> rustix::io::Result<Vec<Noted>> {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
+        let mut reader = inotify::Reader::new(&self.fd, &mut buf);
+        let mut events = Vec::new();
+        loop {
+            match reader.next() {
+                Ok(event) => events.push(Noted {
+                    wd: event.wd(),
+                    mask: event.events(),
+                    name: event.file_name().map(|n| OsStr::from_bytes(n.to_bytes()).to_owned()),
+                }),
+                Err(Errno::AGAIN) => return Ok(events),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Watch the directory `rel` and every directory below it; its files go to `files` when
+    /// given. Blocking.
+    fn watch_tree(
+        &mut self,
+        root: &Root,
+        rel: &Path,
+        mut files: Option<&mut BTreeSet<PathBuf>>,
+    ) -> std::result::Result<(), WatchError> {
+        let parts: Vec<&OsStr> = rel.iter().collect();
+        let top = root.walk("", &parts, false).map_err(|_| Errno::NOENT)?;
+        self.add(&top, rel)?;
+        let Some(level) = open_level(top, rel.to_owned()) else { return Ok(()) };
+        let mut stack = vec![level];
+        let mut visited = 0usize;
+        while let Some(level) = stack.last_mut() {
+            let entry = match level.entries.next() {
+                None => {
+                    stack.pop();
+                    continue;
+                }
+                Some(entry) => entry?,
+            };
+            let name = entry.file_name().to_bytes();
+            let at_top = level.rel.as_os_str().is_empty();
+            if name == b"." || name == b".." || (at_top && name == RESERVED.as_bytes()) {
+                continue;
+            }
+            visited += 1;
+            if visited > MAX_SETUP_ENTRIES {
+                return Err(WatchError::TooLarge);
+            }
+            let name = OsStr::from_bytes(name);
+            let kind = match entry.file_type() {
+                FileType::Unknown => rustix::fs::statat(&level.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_or(FileType::Unknown, |st| FileType::from_raw_mode(st.st_mode)),
+                kind => kind,
+            };
+            let path = level.rel.join(name);
+            if kind == FileType::Directory {
+                if path.iter().count() > MAX_SCAN_DEPTH {
+                    return Err(WatchError::TooLarge);
+                }
+                if let Ok(fd) = rustix::fs::openat(&level.fd, name, dir_flags(), Mode::empty()) {
+                    self.add(&fd, &path)?;
+                    if let Some(next) = open_level(fd, path) {
+                        stack.push(next);
+                    }
+                }
+            } else if let Some(files) = files.as_deref_mut() {
+                files.insert(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Watch the open directory `fd`, at `rel`.
+    fn add(&mut self, fd: &OwnedFd, rel: &Path) -> std::result::Result<(), WatchError> {
+        if self.dirs.len() >= MAX_WATCHED_DIRS {
+            return Err(WatchError::TooLarge);
+        }
+        // The descriptor's own name: the very directory opened without following links.
+        let wd = inotify::add_watch(&self.fd, format!("/proc/self/fd/{}", fd.as_raw_fd()), watch_flags())?;
+        self.dirs.insert(wd, rel.to_owned());
+        Ok(())
+    }
+
+    /// The artifacts `events` point at (files touched at or after `since`), following the
+    /// directories made meanwhile; `None` when the watches no longer match the tree, and a
+    /// scan must answer instead. Blocking.
+    fn collect(
+        &mut self,
+        root: &Root,
+        events: Vec<Noted>,
+        since: SystemTime,
+    ) -> Option<(Found, HashMap<String, SystemTime>)> {
+        let mut touched = BTreeSet::new();
+        for event in events {
+            let mask = event.mask;
+            if mask.contains(ReadFlags::QUEUE_OVERFLOW) || mask.contains(ReadFlags::MOVE_SELF) {
+                return None;
+            }
+            if mask.contains(ReadFlags::IGNORED) {
+                self.dirs.remove(&event.wd);
+                continue;
+            }
+            let (Some(dir), Some(name)) = (self.dirs.get(&event.wd), event.name) else { continue };
+            if dir.as_os_str().is_empty() && name == RESERVED {
+                continue;
+            }
+            let path = dir.join(&name);
+            if mask.contains(ReadFlags::ISDIR) {
+                if mask.contains(ReadFlags::MOVED_FROM) {
+                    // Its watches now name a path it no longer has.
+                    return None;
+                }
+                if mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
+                    self.watch_tree(root, &path, Some(&mut touched)).ok()?;
+                }
+                continue;
+            }
+            if !mask.contains(ReadFlags::MOVED_FROM) {
+                touched.insert(path);
+            }
+        }
+        let mut found = Found::default();
+        let mut listed = HashMap::new();
+        for path in touched {
+            if found.artifacts.len() >= MAX_ARTIFACTS {
+                found.truncated = true;
+                break;
+            }
+            if let Some((artifact, ctime)) = describe(root, &path, since) {
+                listed.insert(artifact.path.clone(), ctime);
+                found.artifacts.push(artifact);
+            }
+        }
+        Some((found, listed))
+    }
+}
+
+/// `path` as an artifact, with its ctime, when it is a regular file (reached without
+/// following a link) touched at or after `since`.
+fn describe(root: &Root, path: &Path, since: SystemTime) -> Option<(Artifact, SystemTime)> {
+    let parts: Vec<&OsStr> = path.iter().collect();
+    let (name, dirs) = parts.split_last()?;
+    let parent = root.walk("", dirs, false).ok()?;
+    let st = rustix::fs::statx(&parent, *name, AtFlags::SYMLINK_NOFOLLOW, wanted_statx()).ok()?;
+    artifact_of(path, &st, since)
+}
+
+fn wanted_statx() -> StatxFlags {
+    StatxFlags::TYPE | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::CTIME | StatxFlags::BTIME
+}
+
+/// The artifact `st` describes at `path`, with its ctime, when it is a regular file whose
+/// mtime or ctime is at or after `since`. Born (statx birth time) at or after `since`, it
+/// was created; else changed. Without a birth time (a filesystem that keeps none) a file
+/// cannot be told new, and counts as changed.
+fn artifact_of(path: &Path, st: &rustix::fs::Statx, since: SystemTime) -> Option<(Artifact, SystemTime)> {
+    if FileType::from_raw_mode(u32::from(st.stx_mode)) != FileType::RegularFile {
+        return None;
+    }
+    let mtime = timestamp(st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec);
+    let ctime = timestamp(st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec);
+    if mtime.max(ctime).is_none_or(|t| t < since) {
+        return None;
+    }
+    let born = (st.stx_mask & StatxFlags::BTIME.bits() != 0)
+        .then(|| timestamp(st.stx_btime.tv_sec, st.stx_btime.tv_nsec))
+        .flatten();
+    let change = if born.is_some_and(|b| b >= since) { ArtifactChange::Created } else { ArtifactChange::Changed };
+    let artifact = Artifact::new(path.to_string_lossy().into_owned(), st.stx_size, mtime, change);
+    Some((artifact, ctime.unwrap_or(UNIX_EPOCH)))
 }
 
 /// Write `images` as new files under [`IMAGES_DIR`], `<count>-<n>.<ext>` (n from 1), given to
@@ -257,33 +599,19 @@ pub(crate) fn scan(
         if kind != FileType::RegularFile {
             continue;
         }
-        let wanted = StatxFlags::TYPE | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::CTIME | StatxFlags::BTIME;
-        let Ok(st) = rustix::fs::statx(&level.fd, name, AtFlags::SYMLINK_NOFOLLOW, wanted) else { continue };
-        if FileType::from_raw_mode(u32::from(st.stx_mode)) != FileType::RegularFile {
-            continue;
-        }
-        let mtime = timestamp(st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec);
-        let ctime = timestamp(st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec);
-        if mtime.max(ctime).is_none_or(|t| t < since) {
+        let Ok(st) = rustix::fs::statx(&level.fd, name, AtFlags::SYMLINK_NOFOLLOW, wanted_statx()) else { continue };
+        let path = level.rel.join(name);
+        let Some((artifact, ctime)) = artifact_of(&path, &st, since) else { continue };
+        if last.get(&artifact.path) == Some(&ctime) {
+            // Listed by the previous execution and untouched since.
             continue;
         }
         if found.artifacts.len() >= MAX_ARTIFACTS {
             found.truncated = true;
             break;
         }
-        let born = (st.stx_mask & StatxFlags::BTIME.bits() != 0)
-            .then(|| timestamp(st.stx_btime.tv_sec, st.stx_btime.tv_nsec))
-            .flatten();
-        // Without a birth time (a filesystem that keeps none) a file cannot be told new.
-        let change = if born.is_some_and(|b| b >= since) { ArtifactChange::Created } else { ArtifactChange::Changed };
-        let path = level.rel.join(name).to_string_lossy().into_owned();
-        let ctime = ctime.unwrap_or(UNIX_EPOCH);
-        if last.get(&path) == Some(&ctime) {
-            // Listed by the previous execution and untouched since.
-            continue;
-        }
-        listed.insert(path.clone(), ctime);
-        found.artifacts.push(Artifact::new(path, st.stx_size, mtime, change));
+        listed.insert(artifact.path.clone(), ctime);
+        found.artifacts.push(artifact);
     }
     found.artifacts.sort_by(|a, b| a.path.cmp(&b.path));
     (found, listed)
@@ -306,6 +634,85 @@ mod tests {
 
     fn paths(found: &Found) -> Vec<(&str, ArtifactChange)> {
         found.artifacts.iter().map(|a| (a.path.as_str(), a.change)).collect()
+    }
+
+    /// One execution's tracking around `work`, as a box runs it.
+    async fn tracked(root: &Arc<Root>, files: &SharedFiles, work: impl FnOnce()) -> Found {
+        let scan = ArtifactScan::starting(root.clone(), false, files.clone()).await;
+        work();
+        scan.finish(Some(1)).await
+    }
+
+    fn watching(files: &SharedFiles) -> bool {
+        matches!(lock(files).watch, Watch::Watching(_))
+    }
+
+    #[tokio::test]
+    async fn watched_executions_list_what_they_touched_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        std::fs::create_dir_all(d.join("old/deeper")).unwrap();
+        std::fs::write(d.join("old/deeper/kept.txt"), "k").unwrap();
+        std::fs::create_dir_all(d.join(".codebox/x")).unwrap();
+        let root = Arc::new(Root::open(&d, None).unwrap());
+        let files = SharedFiles::default();
+        let found = tracked(&root, &files, || {
+            std::fs::write(d.join("old/deeper/kept.txt"), "changed").unwrap();
+            std::fs::create_dir_all(d.join("new/inner")).unwrap();
+            std::fs::write(d.join("new/inner/made.csv"), "1,2").unwrap();
+            std::fs::write(d.join(".codebox/x/state"), "s").unwrap();
+        })
+        .await;
+        assert!(watching(&files), "{:?}", lock(&files).watch);
+        assert_eq!(
+            paths(&found),
+            [("new/inner/made.csv", ArtifactChange::Created), ("old/deeper/kept.txt", ArtifactChange::Changed)]
+        );
+        assert_eq!(tracked(&root, &files, || {}).await, Found::default(), "nothing written, nothing listed");
+        // The directory made in the last execution is watched now.
+        let found = tracked(&root, &files, || std::fs::write(d.join("new/inner/made.csv"), "3").unwrap()).await;
+        assert_eq!(paths(&found), [("new/inner/made.csv", ArtifactChange::Changed)]);
+        // Made between executions (an upload, say): watched from the next execution on.
+        std::fs::create_dir(d.join("between")).unwrap();
+        let found = tracked(&root, &files, || std::fs::write(d.join("between/b.txt"), "b").unwrap()).await;
+        assert_eq!(paths(&found), [("between/b.txt", ArtifactChange::Created)]);
+    }
+
+    #[tokio::test]
+    async fn a_moved_directory_is_scanned_then_watched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        std::fs::create_dir(d.join("a")).unwrap();
+        let root = Arc::new(Root::open(&d, None).unwrap());
+        let files = SharedFiles::default();
+        tracked(&root, &files, || {}).await;
+        let found = tracked(&root, &files, || {
+            std::fs::rename(d.join("a"), d.join("b")).unwrap();
+            std::fs::write(d.join("b/x.txt"), "x").unwrap();
+        })
+        .await;
+        assert_eq!(paths(&found), [("b/x.txt", ArtifactChange::Created)]);
+        assert!(matches!(lock(&files).watch, Watch::Stale), "{:?}", lock(&files).watch);
+        let found = tracked(&root, &files, || std::fs::write(d.join("b/y.txt"), "y").unwrap()).await;
+        assert_eq!(paths(&found), [("b/y.txt", ArtifactChange::Created)]);
+        assert!(watching(&files));
+    }
+
+    #[tokio::test]
+    async fn watches_never_follow_links_out() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        std::os::unix::fs::symlink(outside.path(), d.join("out")).unwrap();
+        let root = Arc::new(Root::open(&d, None).unwrap());
+        let files = SharedFiles::default();
+        let found = tracked(&root, &files, || {
+            std::fs::write(outside.path().join("secret"), "s").unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
+        })
+        .await;
+        assert!(watching(&files));
+        assert_eq!(found, Found::default());
     }
 
     #[test]

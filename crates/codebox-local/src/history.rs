@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use codebox_core::{CodeBoxError, ErrorKind, ExecEvent, ExecutionRecord, HistoryRing, Outcome, Result};
 use tokio::sync::mpsc;
 
-use crate::artifacts::{ArtifactScan, Found};
+use crate::artifacts::ArtifactScan;
 
 /// How many executions a box remembers; older ones are dropped first.
 pub const HISTORY_CAPACITY: usize = 1000;
@@ -74,11 +74,7 @@ impl RecordingSender {
         match &mut item {
             Ok(ExecEvent::End { execution_count, artifacts, artifacts_truncated, .. }) => {
                 if let Some(scan) = self.artifacts.take() {
-                    let count = *execution_count;
-                    // A scan that panicked found nothing certain: say the list is incomplete.
-                    let found = tokio::task::spawn_blocking(move || scan.finish(count))
-                        .await
-                        .unwrap_or_else(|_| Found { artifacts: Vec::new(), truncated: true });
+                    let found = scan.finish(*execution_count).await;
                     (*artifacts, *artifacts_truncated) = (found.artifacts, found.truncated);
                 }
             }

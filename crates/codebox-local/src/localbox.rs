@@ -257,14 +257,14 @@ impl CodeBox for LocalBox {
         };
         let limits = self.inner.limits(options.timeout);
         // Started before any of the code runs: the scan lists what changed since this moment.
-        let tracking = self.inner.config.execution_tracking.then(|| Tracking {
-            history: self.inner.history.clone(),
-            artifacts: Some(ArtifactScan::starting_now(
-                h.root.clone(),
-                options.save_images,
-                self.inner.last_artifacts.clone(),
-            )),
-        });
+        let tracking = match self.inner.config.execution_tracking {
+            true => {
+                let files = self.inner.tracked_files.clone();
+                let artifacts = ArtifactScan::starting(h.root.clone(), options.save_images, files).await;
+                Some(Tracking { history: self.inner.history.clone(), artifacts: Some(artifacts) })
+            }
+            false => None,
+        };
         if bash {
             let dir = cwd.unwrap_or_else(|| h.root.path().to_owned());
             let mut bash = h.process(&self.inner.config, "bash", Vec::new(), dir);

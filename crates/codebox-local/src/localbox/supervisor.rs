@@ -64,8 +64,8 @@ pub(super) struct Inner {
     pub(super) snapshot: Mutex<Snapshot>,
     /// The box's executions, kept across kernel restarts.
     pub(super) history: crate::history::SharedHistory,
-    /// What the box's last execution listed as artifacts.
-    pub(super) last_artifacts: crate::artifacts::LastListed,
+    /// How the box follows its working directory for artifacts, across executions.
+    pub(super) tracked_files: crate::artifacts::SharedFiles,
 }
 
 /// What a call needs from a running box.
@@ -131,7 +131,7 @@ impl Inner {
                 language: None,
             }),
             history: crate::history::new_history(),
-            last_artifacts: Default::default(),
+            tracked_files: Default::default(),
         }
     }
 
