@@ -1,38 +1,47 @@
 //! The files an execution created or changed in the box's working directory, and the images
 //! it displayed saved as files on request.
 //!
-//! How they are found: once the execution ends (before its `End` is sent and before the next
-//! execution may start), a scan on the blocking pool visits the working directory and keeps
-//! every regular file whose modification or status-change time is at or after the
-//! execution's start. The status-change time is what makes it trustworthy: the box's code can
-//! set a file's mtime back (`touch -d`, `os.utime`), but every write, rename or `utime` sets
-//! its ctime to now, which only the kernel sets. A file born (statx birth time) at or after
-//! the start was created, any other was changed. Timestamps come from the kernel's coarse
-//! clock, so the start is read from that same clock (`CLOCK_REALTIME_COARSE`): a file written
-//! a moment after the start never looks older than it. The price is that a file the previous
-//! execution wrote in the same clock tick as this one started looks new again; so each box
-//! remembers what its last execution listed (path and ctime), and a file unchanged since
-//! then is not listed twice. A later write of it still shows: the scan read its ctime, and
-//! the kernel gives the next change of a file whose ctime was read a fine-grained time.
+//! How they are found, decided by measurement (`cargo xtask bench`, binary `tracking`, on a
+//! 2-core VM shared with other builds; figures in the CHANGELOG's entry):
 //!
-//! Why a scan and not inotify or fanotify (measured with `cargo xtask bench`, binary
-//! `tracking`, on a 2-core VM): the scan costs about a
-//! microsecond per entry, nothing for a working directory of a few files (the common case,
-//! well under 1 % of a warm `1 + 1`), and it is bounded by [`MAX_SCAN_ENTRIES`] and
-//! [`MAX_SCAN_DIRS`], so a box of 100 000 or 1 000 000 files pays the same capped cost on
-//! every execution and its list says `artifacts_truncated`. inotify would cost nothing per
-//! execution even in a huge tree, but it needs a watch on every directory (made by walking
-//! the whole tree when the box starts, and again for every directory the code makes, racing
-//! the files made in it), its instances are capped per user (`max_user_instances`, 128 by
-//! default: one per box would bound a server's sessions) and its queue overflows on a busy
-//! box, which then needs this scan anyway. fanotify on the box's filesystem image needs
-//! CAP_SYS_ADMIN and exists only for boxes with a disk limit. The scan is the one path that
-//! works for every box; see ARCHITECTURE.md.
+//! - A scan at the end of each execution of the files whose mtime or ctime is at or after
+//!   its start costs about 2 µs an entry: 42 ms for 100 000 files and 88 ms for 1 000 000
+//!   even when capped at [`MAX_SCAN_ENTRIES`], on every execution; and even for a working
+//!   directory of ten files the hop to the blocking pool put 90 µs (11 %) on the lean
+//!   kernel's 0.8 ms `1 + 1`.
+//! - inotify watches on every directory (set up once per box, on the blocking pool: a walk
+//!   of the tree that reads entries but stats none) cost one non-blocking `read` of the
+//!   inotify descriptor per execution that wrote nothing, on the async thread, whatever the
+//!   tree's size; only an execution that touched files goes to the blocking pool, to stat
+//!   exactly those. This is the way a box normally follows its directory ([`Watch`]).
+//! - fanotify would need CAP_SYS_ADMIN and a filesystem of the box's own (only boxes with a
+//!   disk limit have one).
 //!
-//! The walk follows the rules of `files`: every directory is opened relative to its
-//! parent's descriptor with `O_NOFOLLOW`, links are never followed (nor listed), the box's
-//! own `.codebox/` is skipped, and the depth is capped, so the walk holds at most
-//! [`MAX_SCAN_DEPTH`] + 1 open directories.
+//! The scan stays as the fallback: when inotify is unavailable (its instances are capped per
+//! user, `max_user_instances`, 128 by default), when the tree has more than
+//! [`MAX_WATCHED_DIRS`] directories (watches count against `max_user_watches`, shared by
+//! every box), and for the one execution after which the watches no longer match the tree
+//! (the event queue overflowed, a watched directory moved); the watches are set up again
+//! before the next execution. Directories made during an execution are watched at its end
+//! and all their files listed; directories made between executions (an upload) before the
+//! next one starts.
+//!
+//! Either way a file is listed when its modification or status-change time is at or after
+//! the execution's start. The status-change time is what makes it trustworthy: the box's
+//! code can set a file's mtime back (`touch -d`, `os.utime`), but every write, rename or
+//! `utime` sets its ctime to now, which only the kernel sets. A file born (statx birth time)
+//! at or after the start was created, any other was changed. Timestamps come from the
+//! kernel's coarse clock, so the start is read from that same clock
+//! (`CLOCK_REALTIME_COARSE`): a file written a moment after the start never looks older than
+//! it. The price, for a scan, is that a file the previous execution wrote in the same clock
+//! tick as this one started looks new again; so each box remembers what its last execution
+//! listed (path and ctime), and a file unchanged since then is not listed twice.
+//!
+//! The walks (the scan's and the watches' set-up) follow the rules of `files`: every
+//! directory is opened relative to its parent's descriptor with `O_NOFOLLOW` (a watch is put
+//! on the descriptor's own `/proc/self/fd` name, the very directory opened), links are never
+//! followed (nor listed), the box's own `.codebox/` is skipped, and the depth is capped, so
+//! a walk holds at most [`MAX_SCAN_DEPTH`] + 1 open directories.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
@@ -49,8 +58,9 @@ use rustix::io::Errno;
 
 use crate::files::{RESERVED, Root, dir_flags};
 
-/// Most directory entries one scan visits; past it the list is marked truncated. At about a
-/// microsecond an entry, this bounds the cost an execution can be charged.
+/// Most directory entries one scan visits; past it the list is marked truncated. At about
+/// 2 µs an entry (more when the inodes are not cached), this bounds what a scan can add to an
+/// execution to some tens of milliseconds.
 pub(crate) const MAX_SCAN_ENTRIES: usize = 20_000;
 /// Most directories one scan descends into.
 pub(crate) const MAX_SCAN_DIRS: usize = 2_000;
