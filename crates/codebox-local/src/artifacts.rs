@@ -29,8 +29,9 @@
 //! Either way a file is listed when its modification or status-change time is at or after
 //! the execution's start. The status-change time is what makes it trustworthy: the box's
 //! code can set a file's mtime back (`touch -d`, `os.utime`), but every write, rename or
-//! `utime` sets its ctime to now, which only the kernel sets. A file born (statx birth time)
-//! at or after the start was created, any other was changed. Timestamps come from the
+//! `utime` sets its ctime to now, which only the kernel sets. A file the watches saw made
+//! or moved in was created, any other changed; a scan, which has no events, goes by the
+//! statx birth time (at or after the start: created) unless the last execution listed it. Timestamps come from the
 //! kernel's coarse clock, so the start is read from that same clock
 //! (`CLOCK_REALTIME_COARSE`): a file written a moment after the start never looks older than
 //! it. The price, for a scan, is that a file the previous execution wrote in the same clock
@@ -43,7 +44,7 @@
 //! followed (nor listed), the box's own `.codebox/` is skipped, and the depth is capped, so
 //! a walk holds at most [`MAX_SCAN_DEPTH`] + 1 open directories.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -260,7 +261,7 @@ impl BoxFiles {
 
 /// Most directories one box watches; a larger tree is scanned instead (each watch counts
 /// against the user's `max_user_watches`, shared by every box of this process).
-pub(crate) const MAX_WATCHED_DIRS: usize = 8_192;
+pub const MAX_WATCHED_DIRS: usize = 8_192;
 /// Most entries read while setting watches up (once per box, not per execution).
 const MAX_SETUP_ENTRIES: usize = 4_000_000;
 /// What a watch reports: entries made, written, moved in or with changed metadata, and its
@@ -337,7 +338,7 @@ impl Watcher {
         &mut self,
         root: &Root,
         rel: &Path,
-        mut files: Option<&mut BTreeSet<PathBuf>>,
+        mut files: Option<&mut BTreeMap<PathBuf, bool>>,
     ) -> std::result::Result<(), WatchError> {
         let parts: Vec<&OsStr> = rel.iter().collect();
         let top = root.walk("", &parts, false).map_err(|_| Errno::NOENT)?;
@@ -380,7 +381,7 @@ impl Watcher {
                     }
                 }
             } else if let Some(files) = files.as_deref_mut() {
-                files.insert(path);
+                files.insert(path, true);
             }
         }
         Ok(())
@@ -406,7 +407,8 @@ impl Watcher {
         events: Vec<Noted>,
         since: SystemTime,
     ) -> Option<(Found, HashMap<String, SystemTime>)> {
-        let mut touched = BTreeSet::new();
+        // Each path touched, and whether it was made (created or moved in) meanwhile.
+        let mut touched = BTreeMap::new();
         for event in events {
             let mask = event.mask;
             if mask.contains(ReadFlags::QUEUE_OVERFLOW) || mask.contains(ReadFlags::MOVE_SELF) {
@@ -432,17 +434,20 @@ impl Watcher {
                 continue;
             }
             if !mask.contains(ReadFlags::MOVED_FROM) {
-                touched.insert(path);
+                *touched.entry(path).or_insert(false) |= mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO);
             }
         }
         let mut found = Found::default();
         let mut listed = HashMap::new();
-        for path in touched {
+        for (path, made) in touched {
             if found.artifacts.len() >= MAX_ARTIFACTS {
                 found.truncated = true;
                 break;
             }
-            if let Some((artifact, ctime)) = describe(root, &path, since) {
+            if let Some((mut artifact, ctime)) = describe(root, &path, since) {
+                // The events say it exactly, where a birth time in the start's clock tick
+                // could belong to the execution before.
+                artifact.change = if made { ArtifactChange::Created } else { ArtifactChange::Changed };
                 listed.insert(artifact.path.clone(), ctime);
                 found.artifacts.push(artifact);
             }
@@ -611,10 +616,13 @@ pub(crate) fn scan(
         }
         let Ok(st) = rustix::fs::statx(&level.fd, name, AtFlags::SYMLINK_NOFOLLOW, wanted_statx()) else { continue };
         let path = level.rel.join(name);
-        let Some((artifact, ctime)) = artifact_of(&path, &st, since) else { continue };
-        if last.get(&artifact.path) == Some(&ctime) {
+        let Some((mut artifact, ctime)) = artifact_of(&path, &st, since) else { continue };
+        match last.get(&artifact.path) {
             // Listed by the previous execution and untouched since.
-            continue;
+            Some(before) if *before == ctime => continue,
+            // It existed then, whatever its birth time's clock tick says.
+            Some(_) => artifact.change = ArtifactChange::Changed,
+            None => {}
         }
         if found.artifacts.len() >= MAX_ARTIFACTS {
             found.truncated = true;
@@ -758,7 +766,8 @@ mod tests {
         // Past the tick, so the rewrite has a ctime of its own on any kernel.
         std::thread::sleep(Duration::from_millis(20));
         std::fs::write(dir.path().join("a.txt"), "b").unwrap();
-        assert_eq!(paths(&scan(&root, since, &listed).0), [("a.txt", ArtifactChange::Created)]);
+        // Its birth time is in the same tick as that start, but it existed before: changed.
+        assert_eq!(paths(&scan(&root, since, &listed).0), [("a.txt", ArtifactChange::Changed)]);
     }
 
     #[test]

@@ -134,6 +134,7 @@ mod workdir;
 
 // Trees a box's code may have shaped are removed by the sandbox crate's walk.
 
+pub use crate::artifacts::MAX_WATCHED_DIRS;
 pub use crate::deno::{DENO_VERSION, IntegrityError, managed_deno_dir, provision_deno_at, verify_integrity};
 pub use crate::factory::{LocalFactory, LocalFactoryBuilder};
 pub use crate::history::HISTORY_CAPACITY;

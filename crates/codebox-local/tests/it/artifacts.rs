@@ -1,7 +1,7 @@
 //! A LocalBox's artifacts: what kernel and bash executions created or changed, images saved
 //! on request, and the box's own state left out.
 
-use codebox_core::{ArtifactChange, CodeBox, CodeBoxExt, Execution, RunOptions};
+use codebox_core::{ArtifactChange, BoxFactory, CodeBox, CodeBoxExt, Execution, RunOptions};
 
 use crate::started;
 
@@ -47,5 +47,49 @@ async fn displayed_images_are_saved_only_on_request() {
     assert!(ex.artifacts().iter().all(|a| a.is_created()));
     let saved = lb.download_bytes(&names[0]).await.unwrap();
     assert!(saved.starts_with(b"\x89PNG\r\n\x1a\n"));
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_session_box_under_its_own_uid_on_a_sized_image_lists_its_artifacts() {
+    if !codebox_core::conformance::requires(
+        "root (session uids, a sized working directory)",
+        codebox_local::running_as_root(),
+    ) {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let factory = codebox_local::LocalFactory::builder(crate::builder())
+        .with_session_root(base.path().join("sessions"))
+        .with_session_uids(Some(344_000..344_004))
+        .build()
+        .unwrap();
+    let request =
+        codebox_core::BoxRequest::new().with_limits(codebox_core::ResourceLimits::new().with_disk_bytes(64 << 20));
+    let lb = factory.create(&request).await.unwrap();
+    lb.start().await.unwrap();
+    let ex =
+        lb.exec("import os\nos.makedirs('a/b')\nopen('a/b/c.txt', 'w').write('c')\nprint(os.getuid())").await.unwrap();
+    assert!(ex.stdout().trim().parse::<u32>().is_ok_and(|uid| (344_000..344_004).contains(&uid)), "{}", ex.stdout());
+    assert_eq!(listed(&ex), [("a/b/c.txt", ArtifactChange::Created)]);
+    let ex = lb.exec("open('a/b/c.txt', 'a').write('d')").await.unwrap();
+    assert_eq!(listed(&ex), [("a/b/c.txt", ArtifactChange::Changed)]);
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tree_too_large_to_watch_is_scanned_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    // More directories than a box watches: every execution is scanned, within its bounds.
+    for i in 0..=codebox_local::MAX_WATCHED_DIRS {
+        std::fs::create_dir(dir.path().join(format!("d{i}"))).unwrap();
+    }
+    let lb = crate::builder().with_working_dir(dir.path()).build().unwrap();
+    lb.start().await.unwrap();
+    let ex = lb.exec("open('made.txt', 'w').write('m')").await.unwrap();
+    assert_eq!(listed(&ex), [("made.txt", ArtifactChange::Created)]);
+    assert!(ex.artifacts_truncated, "a scan stops at its directory bound and says so");
+    let ex = lb.exec("open('made.txt', 'a').write('n')").await.unwrap();
+    assert_eq!(listed(&ex), [("made.txt", ArtifactChange::Changed)]);
     lb.stop().await.unwrap();
 }
