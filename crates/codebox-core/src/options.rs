@@ -193,6 +193,8 @@ mod tests {
         let saving = RunOptions::new().with_save_images(true);
         assert_eq!(serde_json::to_value(&saving).unwrap(), serde_json::json!({"save_images": true}));
         assert_eq!(serde_json::from_value::<RunOptions>(serde_json::json!({"save_images": true})).unwrap(), saving);
+        let err = serde_json::from_value::<RunOptions>(serde_json::json!({"save_images": "yes"})).unwrap_err();
+        assert!(err.to_string().contains("expected a boolean"), "{err}");
         assert!(serde_json::from_value::<RunOptions>(serde_json::json!({"timeout": -1})).is_err());
         for huge in [1e300, 1.9e19, 1.8e19, 1e10] {
             assert!(serde_json::from_value::<RunOptions>(serde_json::json!({ "timeout": huge })).is_err(), "{huge}");
