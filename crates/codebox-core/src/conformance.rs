@@ -8,6 +8,8 @@
 //! kernel, and the Python-only checks, such as matplotlib's figures, run too), or
 //! [`Dialect::javascript`] and [`Dialect::typescript`] for a Deno kernel.
 //!
+//! Long file: the list of checks and the oldest ones stay together; newer checks live in submodules.
+//!
 //! ```no_run
 //! # async fn demo(b: &dyn codebox_core::CodeBox) {
 //! use codebox_core::conformance::{run_all, ConformanceOptions};
