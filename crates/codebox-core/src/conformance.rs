@@ -9,7 +9,8 @@
 //! [`Dialect::javascript`] and [`Dialect::typescript`] for a Deno kernel.
 //!
 //! Long file: the list of checks `run_all` runs and the core checks themselves; checks of a
-//! newer area each live in a submodule (`file_ops`, `history`, `ports`).
+//! newer area each live in a submodule (`file_ops`, `history`, `ports`, `contexts`, `metrics`,
+//! `artifacts`).
 //!
 //! ```no_run
 //! # async fn demo(b: &dyn codebox_core::CodeBox) {
@@ -31,6 +32,7 @@ use futures::StreamExt;
 
 use crate::{CodeBox, CodeBoxExt, ErrorKind, ExecEvent, Execution, FileInfo, FileKind, Outcome, Result, RunOptions};
 
+mod artifacts;
 mod contexts;
 mod dialect;
 mod file_ops;
@@ -242,6 +244,7 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
     check!("history_recorded", history::history_recorded(b, d));
     check!("contexts", contexts::contexts(b, d, options.timeout));
     check!("metrics_sane", metrics::metrics_sane(b));
+    check!("artifacts_listed", artifacts::artifacts_listed(b, d));
     check!("restart_clears_state", restart_clears_state(b, d));
     check!("history_kept_after_restart", history::history_kept_after_restart(b, d));
     report

@@ -6,6 +6,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::Artifact;
+
 /// One thing an execution produced. Streams yield these as they happen; an execution's
 /// stream always ends with exactly one [`ExecEvent::End`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +68,14 @@ pub enum ExecEvent {
         duration_ms: f64,
         /// How it finished.
         outcome: Outcome,
+        /// The files of the working directory the execution created or changed, when the
+        /// backend tracks them (capability `artifacts`). Absent on the wire when empty, so
+        /// older readers and writers agree.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        artifacts: Vec<Artifact>,
+        /// Whether `artifacts` may be incomplete: the search for them stopped at its bounds.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        artifacts_truncated: bool,
     },
 }
 
@@ -82,7 +92,23 @@ impl ExecEvent {
 
     /// An end event.
     pub fn end(execution_count: Option<u64>, duration: Duration, outcome: Outcome) -> Self {
-        Self::End { execution_count, duration_ms: duration.as_secs_f64() * 1e3, outcome }
+        Self::End {
+            execution_count,
+            duration_ms: duration.as_secs_f64() * 1e3,
+            outcome,
+            artifacts: Vec::new(),
+            artifacts_truncated: false,
+        }
+    }
+
+    /// This event with `artifacts` (and whether they may be incomplete) when it is an `End`;
+    /// any other event is returned unchanged.
+    pub fn with_artifacts(mut self, found: Vec<Artifact>, truncated: bool) -> Self {
+        if let Self::End { artifacts, artifacts_truncated, .. } = &mut self {
+            *artifacts = found;
+            *artifacts_truncated = truncated;
+        }
+        self
     }
 
     /// Whether this is the final event of an execution.
@@ -239,6 +265,24 @@ mod tests {
         let end = ExecEvent::end(Some(3), Duration::from_millis(5), Outcome::TimedOut);
         let back: ExecEvent = serde_json::from_str(&serde_json::to_string(&end).unwrap()).unwrap();
         assert_eq!(back, end);
+    }
+
+    #[test]
+    fn an_end_without_artifacts_keeps_its_older_wire_form() {
+        let end = ExecEvent::end(Some(1), Duration::from_millis(2), Outcome::Ok);
+        assert_eq!(
+            serde_json::to_value(&end).unwrap(),
+            serde_json::json!({"type": "end", "execution_count": 1, "duration_ms": 2.0, "outcome": "ok"})
+        );
+        let older: ExecEvent = serde_json::from_str(r#"{"type":"end","duration_ms":1.0,"outcome":"error"}"#).unwrap();
+        assert_eq!(older, ExecEvent::end(None, Duration::from_millis(1), Outcome::Error));
+        let artifact = Artifact::new("a.txt", 1, None, crate::ArtifactChange::Created);
+        let with = end.with_artifacts(vec![artifact.clone()], true);
+        let json = serde_json::to_value(&with).unwrap();
+        assert_eq!(json["artifacts"][0]["path"], "a.txt");
+        assert_eq!(json["artifacts_truncated"], true);
+        assert_eq!(serde_json::from_value::<ExecEvent>(json).unwrap(), with);
+        assert_eq!(ExecEvent::stdout("x").with_artifacts(vec![artifact], false), ExecEvent::stdout("x"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::Artifact;
 use crate::error::{CodeBoxError, Result};
 use crate::event::{ErrorInfo, ExecEvent, MimeBundle, Outcome};
 
@@ -22,6 +23,13 @@ pub struct Execution {
     pub duration: Duration,
     /// How the execution finished.
     pub outcome: Outcome,
+    /// The files of the working directory it created or changed, when the backend tracks
+    /// them (capability `artifacts`); see [`Execution::artifacts`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+    /// Whether `artifacts` may be incomplete: the backend's search stopped at its bounds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub artifacts_truncated: bool,
 }
 
 /// A decoded image from a display.
@@ -57,12 +65,14 @@ impl Execution {
         let mut events = Vec::new();
         while let Some(event) = stream.next().await {
             match event? {
-                ExecEvent::End { execution_count, duration_ms, outcome } => {
+                ExecEvent::End { execution_count, duration_ms, outcome, artifacts, artifacts_truncated } => {
                     return Ok(Self {
                         events,
                         execution_count,
                         duration: Duration::from_secs_f64(duration_ms.max(0.0) / 1e3),
                         outcome,
+                        artifacts,
+                        artifacts_truncated,
                     });
                 }
                 other => events.push(other),
@@ -140,6 +150,13 @@ impl Execution {
             }
         }
         images
+    }
+
+    /// The files of the working directory this execution created or changed (images it
+    /// saved on request among them), ordered by path. Empty when the backend does not track
+    /// them (capability `artifacts`) or the execution wrote nothing.
+    pub fn artifacts(&self) -> &[Artifact] {
+        &self.artifacts
     }
 
     /// The exception the code raised, if it raised one.

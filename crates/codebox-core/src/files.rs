@@ -94,17 +94,18 @@ pub fn normalize_box_path(path: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-mod unix_seconds {
+pub(crate) mod unix_seconds {
+    //! An optional time as fractional Unix seconds (`null` when unknown).
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
             Some(d) => s.serialize_some(&d.as_secs_f64()),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         let secs = Option::<f64>::deserialize(d)?;
         Ok(secs.and_then(|s| Duration::try_from_secs_f64(s).ok()).and_then(|d| UNIX_EPOCH.checked_add(d)))
     }

@@ -9,6 +9,7 @@
 //! with name, value and traceback. An `Err(CodeBoxError)` means the box itself failed.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod artifact;
 mod codebox;
 mod context;
 mod error;
@@ -28,6 +29,7 @@ mod status;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
+pub use crate::artifact::{Artifact, ArtifactChange};
 pub use crate::codebox::{ByteStream, CodeBox, CodeBoxExt, EventStream, MAX_LIST_DEPTH, check_list_depth};
 pub use crate::context::{ContextInfo, DEFAULT_CONTEXT, DEFAULT_MAX_CONTEXTS, default_context_kept, unknown_context};
 pub use crate::error::{BoxedSource, CodeBoxError, ErrorKind, HttpError, KernelDeath, Result, TimeoutKind};

@@ -26,6 +26,12 @@ pub struct RunOptions {
     /// `None` (or `"default"`) means the box's own kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// Write each PNG, JPEG or SVG image the execution displays as a file of the working
+    /// directory (`images/<execution count>-<n>.<ext>`, never over an existing file) and
+    /// list it among the execution's artifacts. Off by default; a backend without the
+    /// `artifacts` capability ignores it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub save_images: bool,
 }
 
 impl RunOptions {
@@ -61,6 +67,12 @@ impl RunOptions {
     /// Run in the code context `id`.
     pub fn with_context(mut self, id: impl Into<String>) -> Self {
         self.context = Some(id.into());
+        self
+    }
+
+    /// Save the images the execution displays as files (see [`RunOptions::save_images`]).
+    pub fn with_save_images(mut self, save: bool) -> Self {
+        self.save_images = save;
         self
     }
 }
@@ -188,6 +200,11 @@ mod tests {
         let json = serde_json::to_value(&opts).unwrap();
         assert_eq!(json, serde_json::json!({"timeout": 1.5, "language": "bash"}));
         assert_eq!(serde_json::from_value::<RunOptions>(json).unwrap(), opts);
+        let saving = RunOptions::new().with_save_images(true);
+        assert_eq!(serde_json::to_value(&saving).unwrap(), serde_json::json!({"save_images": true}));
+        assert_eq!(serde_json::from_value::<RunOptions>(serde_json::json!({"save_images": true})).unwrap(), saving);
+        let err = serde_json::from_value::<RunOptions>(serde_json::json!({"save_images": "yes"})).unwrap_err();
+        assert!(err.to_string().contains("expected a boolean"), "{err}");
         assert!(serde_json::from_value::<RunOptions>(serde_json::json!({"timeout": -1})).is_err());
         for huge in [1e300, 1.9e19, 1.8e19, 1e10] {
             assert!(serde_json::from_value::<RunOptions>(serde_json::json!({ "timeout": huge })).is_err(), "{huge}");

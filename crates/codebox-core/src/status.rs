@@ -121,6 +121,10 @@ pub struct Capabilities {
     /// `metrics()` works. Absent from an older server's answer: `false`.
     #[serde(default)]
     pub metrics: bool,
+    /// Executions list the files they created or changed (`Execution::artifacts`) and
+    /// `RunOptions::save_images` works. Absent from an older server's answer: `false`.
+    #[serde(default)]
+    pub artifacts: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -161,6 +165,7 @@ impl Capabilities {
             contexts: true,
             ports: true,
             metrics: true,
+            artifacts: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -183,6 +188,7 @@ impl Capabilities {
             contexts: false,
             ports: false,
             metrics: false,
+            artifacts: false,
             commands: false,
             delete_file: false,
             recursive_list: false,

@@ -563,6 +563,32 @@ mod tests {
         assert_eq!(back, end);
     }
 
+    /// An end line with artifacts parses, and so does one without (an older server's); an
+    /// execute body carries `save_images` only when set.
+    #[test]
+    fn end_lines_carry_artifacts_and_execute_bodies_save_images() {
+        let line = r#"{"seq":2,"event":{"type":"end","duration_ms":1.0,"outcome":"ok",
+            "artifacts":[{"path":"out/a.csv","size":3,"modified":1.5,"change":"created"}],"artifacts_truncated":true}}"#;
+        let StreamLine::Event { event: ExecEvent::End { artifacts, artifacts_truncated, .. }, .. } =
+            serde_json::from_str(line).unwrap()
+        else {
+            panic!("not an end event")
+        };
+        assert_eq!((artifacts[0].path.as_str(), artifacts[0].size, artifacts_truncated), ("out/a.csv", 3, true));
+        let older = r#"{"seq":2,"event":{"type":"end","duration_ms":1.0,"outcome":"ok"}}"#;
+        let StreamLine::Event { event: ExecEvent::End { artifacts, .. }, .. } = serde_json::from_str(older).unwrap()
+        else {
+            panic!("not an end event")
+        };
+        assert!(artifacts.is_empty());
+        let plain = ExecuteRequest { code: "1".into(), options: RunOptions::new() };
+        assert_eq!(serde_json::to_value(&plain).unwrap(), serde_json::json!({"code": "1", "options": {}}));
+        let saving = ExecuteRequest { code: "1".into(), options: RunOptions::new().with_save_images(true) };
+        let json = serde_json::to_value(&saving).unwrap();
+        assert_eq!(json["options"]["save_images"], true);
+        assert_eq!(serde_json::from_value::<ExecuteRequest>(json).unwrap(), saving);
+    }
+
     /// What a box in this process gives, a client gets back from the wire: the body of a
     /// JSON error response turns back into the same variant, not into `Http`.
     #[test]

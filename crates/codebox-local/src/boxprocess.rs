@@ -139,14 +139,14 @@ impl BoxProcess {
         mut self,
         code: &str,
         guard: OwnedMutexGuard<()>,
-        history: crate::history::SharedHistory,
+        tracking: Option<crate::history::Tracking>,
     ) -> Result<EventStream> {
         let started = Instant::now();
         self.program = "bash".to_owned();
         self.args = vec!["-c".to_owned(), code.to_owned()];
         let mut child = self.spawn(Start::Direct)?;
         let (timeout, limit) = (self.timeout, self.output_limit);
-        let (mut tx, rx) = crate::history::RecordingSender::channel(32, history, code);
+        let (mut tx, rx) = crate::history::RecordingSender::channel(32, tracking, code);
         let mut stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         tokio::spawn(async move {

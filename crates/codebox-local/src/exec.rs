@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio::time::Instant;
 
-use crate::history::{RecordingSender, SharedHistory};
+use crate::history::{RecordingSender, Tracking};
 use crate::kernel::{Channel, ExitReason, Kernel, Routed};
 use crate::output::OutputCap;
 use crate::protocol::strip_ansi;
@@ -105,7 +105,7 @@ pub(crate) async fn execute(
     limits: ExecLimits,
     around: Option<(String, String)>,
     guard: OwnedMutexGuard<()>,
-    history: SharedHistory,
+    tracking: Option<Tracking>,
     context: Option<String>,
 ) -> Result<EventStream> {
     if let Some((before, _)) = &around {
@@ -117,7 +117,7 @@ pub(crate) async fn execute(
         "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
     });
     let req = kernel.request(Channel::Shell, "execute_request", content, MESSAGE_BUFFER).await?;
-    let (tx, rx) = RecordingSender::channel(EVENT_BUFFER, history, code);
+    let (tx, rx) = RecordingSender::channel(EVENT_BUFFER, tracking, code);
     let tx = tx.in_context(context);
     let span = tracing::debug_span!("execution", box_id, kernel = %kernel.name, execution_id = %req.id);
     tokio::spawn(tracing::Instrument::instrument(

@@ -74,7 +74,7 @@ fn errno_to_error(path: &str, e: Errno, what: &str) -> CodeBoxError {
     }
 }
 
-fn dir_flags() -> OFlags {
+pub(crate) fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
@@ -86,7 +86,7 @@ impl Root {
     }
 
     /// Give a file or directory made through `fd` to the box's uid.
-    fn give(&self, fd: &OwnedFd, shown: &str) -> Result<()> {
+    pub(crate) fn give(&self, fd: &OwnedFd, shown: &str) -> Result<()> {
         match self.owner {
             Some(uid) => {
                 rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(uid)))
@@ -102,7 +102,7 @@ impl Root {
     }
 
     /// Open the directory `components` beneath the root, creating missing ones when asked.
-    fn walk(&self, shown: &str, components: &[&OsStr], create: bool) -> Result<OwnedFd> {
+    pub(crate) fn walk(&self, shown: &str, components: &[&OsStr], create: bool) -> Result<OwnedFd> {
         let mut cur = rustix::fs::openat(&self.fd, ".", dir_flags(), Mode::empty())
             .map_err(|e| errno_to_error(shown, e, "opening"))?;
         for part in components {
@@ -417,7 +417,7 @@ fn info(rel: &Path, st: &rustix::fs::Stat) -> FileInfo {
 }
 
 /// The top-level directory of the box's own state, left out of listings.
-const RESERVED: &str = ".codebox";
+pub(crate) const RESERVED: &str = ".codebox";
 
 /// Append the entries of the directory `fd` (at `rel` below the root) to `out`.
 fn read_dir_into(fd: OwnedFd, rel: &Path, out: &mut Vec<FileInfo>) -> rustix::io::Result<()> {

@@ -109,6 +109,7 @@
 //! working directory.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod artifacts;
 mod boxprocess;
 mod confine;
 mod deno;
@@ -134,6 +135,7 @@ mod workdir;
 
 // Trees a box's code may have shaped are removed by the sandbox crate's walk.
 
+pub use crate::artifacts::MAX_WATCHED_DIRS;
 pub use crate::deno::{DENO_VERSION, IntegrityError, managed_deno_dir, provision_deno_at, verify_integrity};
 pub use crate::factory::{LocalFactory, LocalFactoryBuilder};
 pub use crate::history::HISTORY_CAPACITY;

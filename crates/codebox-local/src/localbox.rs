@@ -152,6 +152,15 @@ fn is_bash(language: &str) -> bool {
 }
 
 impl LocalBox {
+    /// Refuse what a box built without execution tracking does not keep.
+    fn require_tracking(&self, what: &str) -> Result<()> {
+        if self.inner.config.execution_tracking {
+            Ok(())
+        } else {
+            Err(CodeBoxError::unsupported(format!("{what} (this box was built without execution tracking)")))
+        }
+    }
+
     /// Refuse what only a Python kernel can do.
     fn require_python(&self, what: &str) -> Result<()> {
         if self.inner.runs_python() {
@@ -195,7 +204,10 @@ impl CodeBox for LocalBox {
         // pip installs for the box's Python, which only a Python kernel imports from.
         capabilities.install = python;
         capabilities.packages = python;
-        capabilities.history = true;
+        // Kernel and bash executions alike record history and list artifacts; `run_command`
+        // does neither.
+        capabilities.history = self.inner.config.execution_tracking;
+        capabilities.artifacts = self.inner.config.execution_tracking;
         capabilities.contexts = true;
         capabilities.ports = ports::available(&self.inner);
         capabilities.metrics = true;
@@ -263,12 +275,14 @@ impl CodeBox for LocalBox {
             None => None,
         };
         let limits = self.inner.limits(options.timeout);
+        // Started before any of the code runs: the scan lists what changed since this moment.
+        let tracking = self.inner.tracking(&h.root, options.save_images).await;
         if bash {
             let dir = cwd.unwrap_or_else(|| h.root.path().to_owned());
             let mut bash = h.process(&self.inner.config, "bash", Vec::new(), dir);
             bash.timeout = limits.timeout;
             bash.extra_env = options.env;
-            return bash.stream_bash(code, guard, self.inner.history.clone());
+            return bash.stream_bash(code, guard, tracking);
         }
         // Known for sure once the box has started: Python code goes to a Python kernel only.
         if is_python(language) && language != self.inner.config.kernel {
@@ -279,8 +293,7 @@ impl CodeBox for LocalBox {
             self.require_python("a per-execution cwd or env")?;
         }
         let around = around.then(|| around_code(cwd.as_deref(), &options.env));
-        crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard, self.inner.history.clone(), None)
-            .await
+        crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard, tracking, None).await
     }
 
     async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
@@ -352,10 +365,12 @@ impl CodeBox for LocalBox {
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<ExecutionRecord>> {
+        self.require_tracking("history")?;
         Ok(self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).newest(limit))
     }
 
     async fn execution_stats(&self) -> Result<ExecutionStats> {
+        self.require_tracking("execution_stats")?;
         Ok(self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).stats())
     }
 

@@ -65,6 +65,11 @@ pub struct Dialect {
     pub serve_files: String,
     /// Stops the server [`serve_files`](Self::serve_files) started.
     pub stop_serving: String,
+    /// Writes `first` to `conformance-artifact.txt` and `second` to
+    /// `conformance-artifacts/inner.txt`, making the directory.
+    pub write_two_artifacts: String,
+    /// Appends ` more` to `conformance-artifact.txt`.
+    pub append_artifact: String,
 }
 
 impl Default for Dialect {
@@ -114,6 +119,11 @@ impl Dialect {
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)"
                 .into(),
             stop_serving: "conformance_server.kill()\nconformance_server.wait()".into(),
+            write_two_artifacts: "import os\nopen('conformance-artifact.txt', 'w').write('first')\n\
+                os.makedirs('conformance-artifacts', exist_ok=True)\n\
+                open('conformance-artifacts/inner.txt', 'w').write('second')"
+                .into(),
+            append_artifact: "open('conformance-artifact.txt', 'a').write(' more')".into(),
         }
     }
 
@@ -176,6 +186,11 @@ impl Dialect {
                 async (req) => new Response(await Deno.readFile('.' + decodeURIComponent(new URL(req.url).pathname))))"
                 .into(),
             stop_serving: "await conformance_server.shutdown()".into(),
+            write_two_artifacts: "Deno.writeTextFileSync('conformance-artifact.txt', 'first');\n\
+                Deno.mkdirSync('conformance-artifacts', {recursive: true});\n\
+                Deno.writeTextFileSync('conformance-artifacts/inner.txt', 'second')"
+                .into(),
+            append_artifact: "Deno.writeTextFileSync('conformance-artifact.txt', ' more', {append: true})".into(),
         }
     }
 

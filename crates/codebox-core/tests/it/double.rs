@@ -149,6 +149,8 @@ impl CodeBox for PythonDouble {
         caps.ports = false;
         // Nor metrics: the suite checks they are refused loudly.
         caps.metrics = false;
+        // Nor artifacts: the suite's artifact check is gated on the capability.
+        caps.artifacts = false;
         caps
     }
 

@@ -62,6 +62,8 @@ pub(crate) struct Config {
     pub(crate) unknown_template: Option<String>,
     /// How many code contexts the box may have besides its own kernel.
     pub(crate) max_contexts: usize,
+    /// Whether executions are recorded in the history and list their artifacts.
+    pub(crate) execution_tracking: bool,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             template: None,
             unknown_template: None,
             max_contexts: codebox_core::DEFAULT_MAX_CONTEXTS,
+            execution_tracking: true,
         }
     }
 }
@@ -326,6 +329,15 @@ impl LocalBoxBuilder {
     /// [`bash`](Template::builtins) template sets `bash`.
     pub fn with_default_language(mut self, language: impl Into<String>) -> Self {
         self.config.language = Some(language.into());
+        self
+    }
+
+    /// Whether the box keeps an execution history and lists each execution's artifacts
+    /// (default on). Off, `history` and `execution_stats` answer `Unsupported`, executions
+    /// list no artifacts, `save_images` saves nothing, and the capabilities say so: for a
+    /// box that wants the bare round trip.
+    pub fn with_execution_tracking(mut self, tracking: bool) -> Self {
+        self.config.execution_tracking = tracking;
         self
     }
 

@@ -320,8 +320,8 @@ pub(super) async fn run_stream(inner: &Arc<Inner>, id: &str, code: &str, options
     }
     let around = around.then(|| around_code(cwd.as_deref(), &options.env));
     let limits = inner.limits(options.timeout);
-    let history = inner.history.clone();
-    crate::exec::execute(&inner.id, kernel, code, limits, around, guard, history, Some(context.id.clone())).await
+    let tracking = inner.tracking(&parts.root, options.save_images).await;
+    crate::exec::execute(&inner.id, kernel, code, limits, around, guard, tracking, Some(context.id.clone())).await
 }
 
 /// Interrupt what context `id` runs.

@@ -68,6 +68,8 @@ pub(super) struct Inner {
     pub(super) contexts: super::contexts::Contexts,
     /// The CPU reading of the box's previous metrics sample.
     pub(super) cpu_baseline: Arc<crate::metrics::CpuBaseline>,
+    /// How the box follows its working directory for artifacts, across executions.
+    pub(super) tracked_files: crate::artifacts::SharedFiles,
 }
 
 /// What a code context needs of a box: where its files are, how its kernels are confined
@@ -140,6 +142,19 @@ fn fresh_id() -> String {
 }
 
 impl Inner {
+    /// What an execution starting now keeps of itself: its record in the history and the
+    /// scan for its artifacts (started before any of its code runs, so that it lists what
+    /// changed from this moment), or nothing in a box built without execution tracking.
+    /// Executions of every code context share the box's history and working directory.
+    pub(super) async fn tracking(&self, root: &Arc<Root>, save_images: bool) -> Option<crate::history::Tracking> {
+        if !self.config.execution_tracking {
+            return None;
+        }
+        let files = self.tracked_files.clone();
+        let artifacts = crate::artifacts::ArtifactScan::starting(root.clone(), save_images, files).await;
+        Some(crate::history::Tracking { history: self.history.clone(), artifacts: Some(artifacts) })
+    }
+
     /// A box that has not started.
     pub(super) fn new(config: Config) -> Self {
         Self {
@@ -162,6 +177,7 @@ impl Inner {
             history: crate::history::new_history(),
             contexts: super::contexts::Contexts::default(),
             cpu_baseline: Arc::default(),
+            tracked_files: Default::default(),
         }
     }
 

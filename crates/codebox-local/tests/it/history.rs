@@ -74,3 +74,36 @@ async fn the_history_keeps_only_the_newest_executions() {
     assert_eq!(lb.execution_stats().await.unwrap().total, HISTORY_CAPACITY as u64);
     lb.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_execution_that_kills_its_kernel_is_recorded_with_its_outcome() {
+    let lb = started().await;
+    lb.exec("1").await.unwrap();
+    let err = lb.exec("import os; os._exit(1)").await.unwrap_err();
+    assert_eq!(err.kind(), codebox_core::ErrorKind::KernelDied, "{err}");
+    let records = lb.history(1).await.unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].code_head, "import os; os._exit(1)");
+    assert_eq!(records[0].outcome, Outcome::Error);
+    assert_eq!(records[0].error_name.as_deref(), Some("kernel_died"));
+    // The box comes back and keeps counting.
+    assert_eq!(lb.exec("2").await.unwrap().text(), "2");
+    let stats = lb.execution_stats().await.unwrap();
+    assert_eq!((stats.total, stats.by_outcome.get(&Outcome::Error)), (3, Some(&1)));
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_box_without_execution_tracking_keeps_no_history_and_says_so() {
+    let lb = crate::builder().with_execution_tracking(false).build().unwrap();
+    lb.start().await.unwrap();
+    let caps = lb.capabilities();
+    assert!(!caps.history && !caps.artifacts, "{caps:?}");
+    let ex = lb.run("open('made.txt', 'w').write('x')", RunOptions::new().with_save_images(true)).await.unwrap();
+    assert!(ex.artifacts().is_empty() && !ex.artifacts_truncated, "{ex:?}");
+    for err in [lb.history(5).await.unwrap_err(), lb.execution_stats().await.unwrap_err()] {
+        assert_eq!(err.kind(), codebox_core::ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("without execution tracking"), "{err}");
+    }
+    lb.stop().await.unwrap();
+}

@@ -4,6 +4,7 @@
 //! environment through the same code users run, so they work on a fresh machine.
 
 mod adversarial;
+mod artifacts;
 mod basics;
 mod conformance;
 mod contexts;

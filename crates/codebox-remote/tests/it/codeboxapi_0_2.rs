@@ -79,6 +79,7 @@ async fn what_the_protocol_lacks_is_reported_and_unsupported() {
     assert!(!caps.metrics);
     assert_eq!(b.metrics().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.metrics_since(0).await.unwrap_err().kind(), ErrorKind::Unsupported);
+    assert!(!caps.artifacts, "the protocol's executions carry no artifacts");
     assert_eq!(b.interrupt().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.restart().await.unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(b.list_files("", false).await.unwrap_err().kind(), ErrorKind::Unsupported);

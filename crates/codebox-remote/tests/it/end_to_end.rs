@@ -365,3 +365,31 @@ async fn remote_metrics_are_the_sessions_own_sample_and_series() {
     remote.stop().await.unwrap();
     assert_eq!(remote.metrics().await.unwrap_err().kind(), ErrorKind::NotRunning);
 }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_executions_carry_their_artifacts_and_save_images_on_request() {
+    let server = serve().await;
+    let remote = RemoteBox::from_settings(&settings(&server.base)).unwrap();
+    remote.start().await.unwrap();
+    assert!(remote.capabilities().artifacts);
+    let ex = remote
+        .exec("import os\nos.makedirs('out', exist_ok=True)\nopen('out/made.txt', 'w').write('abc')")
+        .await
+        .unwrap();
+    let listed: Vec<_> = ex.artifacts().iter().map(|a| (a.path.as_str(), a.size, a.is_created())).collect();
+    assert_eq!(listed, [("out/made.txt", 3, true)]);
+    let bash = RunOptions::new().with_language("bash");
+    let ex = remote.run("echo more >> out/made.txt", bash).await.unwrap();
+    assert_eq!(
+        ex.artifacts().iter().map(|a| (a.path.as_str(), a.is_created())).collect::<Vec<_>>(),
+        [("out/made.txt", false)]
+    );
+    // A 1x1 PNG, displayed; saved only because the options say so.
+    let show = "import base64\nfrom IPython.display import Image, display\n\
+                display(Image(data=base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==')))";
+    assert!(remote.exec(show).await.unwrap().artifacts().is_empty());
+    let ex = remote.run(show, RunOptions::new().with_save_images(true)).await.unwrap();
+    let [png] = ex.artifacts() else { panic!("{:?}", ex.artifacts()) };
+    assert_eq!(png.path, format!("images/{}-1.png", ex.execution_count.unwrap()));
+    assert!(remote.download_bytes(&png.path).await.unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
+    remote.stop().await.unwrap();
+}

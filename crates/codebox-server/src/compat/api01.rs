@@ -228,7 +228,14 @@ mod tests {
     use std::time::Duration;
 
     fn execution(events: Vec<ExecEvent>, outcome: Outcome) -> Execution {
-        Execution { events, execution_count: Some(1), duration: Duration::ZERO, outcome }
+        Execution {
+            events,
+            execution_count: Some(1),
+            duration: Duration::ZERO,
+            outcome,
+            artifacts: Vec::new(),
+            artifacts_truncated: false,
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::support::{KEY, ScriptedFactory, TestServer, eventually, test_config};
 async fn malformed_json_is_a_400() {
     let server = TestServer::start().await;
     let id = server.session().await;
-    for body in ["{", "[]", r#"{"code": 5}"#, "\u{0}"] {
+    let save_images_not_a_bool = r#"{"code": "1", "options": {"save_images": "yes"}}"#;
+    for body in ["{", "[]", r#"{"code": 5}"#, "\u{0}", save_images_not_a_bool] {
         let reply = server
             .send(Method::POST, &format!("/v1/sessions/{id}/execute"), Some(KEY), Some("application/json"), body)
             .await;

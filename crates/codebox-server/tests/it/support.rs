@@ -96,18 +96,15 @@ impl CodeBox for ScriptedBox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // It lists no packages, keeps no history and has no code contexts: those are the
-        // trait's refusals.
+        // It lists no packages, keeps no history, has no code contexts or ports, measures
+        // nothing and lists no artifacts: those are the trait's refusals.
         let mut capabilities = Capabilities::full(["script"]);
         capabilities.packages = false;
         capabilities.history = false;
         capabilities.contexts = false;
         capabilities.ports = false;
-        // It lists no packages, keeps no history and measures nothing: those are the trait's refusals.
-        let mut capabilities = Capabilities::full(["script"]);
-        capabilities.packages = false;
-        capabilities.history = false;
         capabilities.metrics = false;
+        capabilities.artifacts = false;
         capabilities
     }
 
