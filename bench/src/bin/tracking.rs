@@ -7,7 +7,11 @@
 //! - the same round trip with tracking in a working directory of `BENCH_TRACKING_TREES` files
 //!   (comma-separated counts, default `10,100000`; in directories of 1000), against a box
 //!   without tracking: what following a large working directory for artifacts costs an
-//!   execution that writes nothing, and its first execution, which sets the watches up.
+//!   execution that writes nothing, and its first execution, which sets the watches up;
+//! - the same round trip through two servers in this process, one as `codebox serve` runs by
+//!   default (history and artifacts on, every session's metrics sampled each 5 s) and one with
+//!   all three off (`with_execution_tracking(false)`, `metrics_interval` 0), alternately with
+//!   one RemoteBox each: what the three cost together on the path users take.
 #![allow(clippy::print_stdout, reason = "a benchmark prints its JSON report on stdout")]
 
 use std::path::Path;
@@ -16,6 +20,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use codebox_core::{CodeBox, CodeBoxExt};
 use codebox_local::{LEAN_KERNEL, LocalBox};
+use codebox_remote::RemoteBox;
+use codebox_server::{Server, ServerConfig, factory_fn};
 use serde_json::{Value, json};
 
 use codebox_bench::{env_usize, ms, ratio, summary};
@@ -33,7 +39,7 @@ async fn pair(kernel: &str, workdir: Option<&Path>) -> Result<(LocalBox, LocalBo
     Ok((on, off))
 }
 
-async fn once(lb: &LocalBox) -> Result<f64> {
+async fn once(lb: &dyn CodeBox) -> Result<f64> {
     let t0 = Instant::now();
     let ex = lb.exec("1 + 1").await?;
     let elapsed = ms(t0.elapsed());
@@ -44,7 +50,7 @@ async fn once(lb: &LocalBox) -> Result<f64> {
 }
 
 /// `runs` round trips of each box, alternating which goes first, after a warm-up.
-async fn alternate(on: &LocalBox, off: &LocalBox, runs: usize) -> Result<Value> {
+async fn alternate(on: &dyn CodeBox, off: &dyn CodeBox, runs: usize) -> Result<Value> {
     for _ in 0..50 {
         once(on).await?;
         once(off).await?;
@@ -62,6 +68,47 @@ async fn alternate(on: &LocalBox, off: &LocalBox, runs: usize) -> Result<Value> 
     let (with, without) = (summary(&with), summary(&without));
     let r = ratio(&with["p50"], &without["p50"]);
     Ok(json!({"tracking_on_ms": with, "tracking_off_ms": without, "ratio_on_over_off_p50": r}))
+}
+
+const KEY: &str = "bench-tracking-key";
+
+/// A server in this process whose sessions are LocalBoxes of the default kernel, with history,
+/// artifacts and metrics sampling all on (as `codebox serve` runs by default) or all off.
+/// Returns its base URL and the sender that stops it.
+async fn tracking_server(tracking: bool) -> Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let factory = factory_fn(move |_request| async move {
+        let b = LocalBox::builder().with_execution_tracking(tracking).build()?;
+        Ok(std::sync::Arc::new(b) as std::sync::Arc<dyn CodeBox>)
+    });
+    let mut config = ServerConfig::new().with_addr("127.0.0.1:0".parse()?).with_api_key(KEY);
+    if !tracking {
+        config = config.with_metrics_interval(std::time::Duration::ZERO);
+    }
+    let server = Server::bind(config, factory).await?;
+    let base = format!("http://{}", server.local_addr());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run_until(async {
+        let _ = stop_rx.await;
+    }));
+    Ok((base, stop_tx))
+}
+
+/// The warm `1 + 1` round trip through a server with everything on against one with
+/// everything off, alternating.
+async fn through_servers(runs: usize) -> Result<Value> {
+    let (on_url, stop_on) = tracking_server(true).await?;
+    let (off_url, stop_off) = tracking_server(false).await?;
+    let on = RemoteBox::builder().with_base_url(&on_url).with_api_key(KEY).build()?;
+    let off = RemoteBox::builder().with_base_url(&off_url).with_api_key(KEY).build()?;
+    on.start().await?;
+    off.start().await?;
+    let started = Instant::now();
+    let mut measured = alternate(&on, &off, runs).await?;
+    measured["wall_s"] = json!(started.elapsed().as_secs_f64());
+    on.stop().await?;
+    off.stop().await?;
+    let _ = (stop_on.send(()), stop_off.send(()));
+    Ok(measured)
 }
 
 /// A tree of `files` empty files in directories of 1000 below `dir`.
@@ -93,6 +140,9 @@ async fn main() -> Result<()> {
         off.stop().await?;
     }
 
+    // Through the server: history, artifacts and metrics sampling together.
+    let server = through_servers(runs).await?;
+
     let mut scans = serde_json::Map::new();
     for files in trees {
         let dir = tempfile_dir()?;
@@ -115,6 +165,7 @@ async fn main() -> Result<()> {
         "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         "warm_1plus1_pairs": runs,
         "warm_1plus1": kernels,
+        "warm_1plus1_through_server_history_artifacts_and_metrics_sampling": server,
         "tracking_in_a_working_directory_of": scans,
         "targets": {"ratio_on_over_off_p50_max": 1.03},
     });
