@@ -105,6 +105,18 @@ impl Contexts {
         Ok(Reservation(self))
     }
 
+    /// The process ids of the contexts' running kernels, by context id.
+    pub(super) async fn kernel_pids(&self) -> Vec<i32> {
+        let all: Vec<Arc<Context>> = self.lock().by_id.values().cloned().collect();
+        let mut pids = Vec::with_capacity(all.len());
+        for context in all {
+            if let Some(k) = context.kernel.lock().await.current.as_ref() {
+                pids.push(k.pid());
+            }
+        }
+        pids
+    }
+
     /// The contexts, by id.
     pub(super) fn list(&self) -> Vec<ContextInfo> {
         self.lock().by_id.values().map(|c| c.info()).collect()

@@ -2,9 +2,10 @@
 //! loopback.
 //!
 //! Where the box's loopback is depends on its confinement:
-//! - bubblewrap without host network: a private network namespace, the kernel's (a `bash`
-//!   cell or a command runs in a sandbox of its own, and ends with its call). codebox-sandbox's
-//!   `BoxNamespace` enters it on a thread of its own and connects there.
+//! - bubblewrap without host network: a private network namespace per kernel (a `bash` cell
+//!   or a command runs in a sandbox of its own, and ends with its call). The box's own kernel's
+//!   is tried first, then each code context's, and the first with a listener on the port is
+//!   used. codebox-sandbox's `BoxNamespace` enters one on a thread of its own and connects there.
 //! - the host network (the `none` level, or a box given network): the box's loopback is this
 //!   machine's, where the host's own services listen too. Only a listener owned by the box's
 //!   uid (its session uid, else the uid it runs as, ours) is connected to, so the route can
@@ -51,15 +52,9 @@ pub(super) async fn connect_port(inner: &Arc<Inner>, port: u16) -> Result<PortSt
         .await
         .map_err(|e| CodeBoxError::connection(format!("connecting to port {port} of the box: {e}")))?
     } else {
-        let pid = h.kernel.pid();
-        let namespace = tokio::task::spawn_blocking(move || BoxNamespace::of_process_tree(pid))
-            .await
-            .map_err(|e| CodeBoxError::connection(format!("finding the box's network namespace: {e}")))?
-            .map_err(|e| port_error(port, e))?
-            // A box without host network whose processes all share ours would make its
-            // "loopback" the host's: refuse rather than connect there.
-            .ok_or_else(|| port_error(port, PortConnectError::NoNamespace))?;
-        namespace.connect(port).await
+        let mut kernels = vec![h.kernel.pid()];
+        kernels.extend(inner.contexts.kernel_pids().await);
+        connect_in_kernels(kernels, port).await
     }
     .map_err(|e| port_error(port, e))?;
     stream.set_nonblocking(true).map_err(|e| CodeBoxError::io("making the port's socket non-blocking", e))?;
@@ -68,6 +63,31 @@ pub(super) async fn connect_port(inner: &Arc<Inner>, port: u16) -> Result<PortSt
     // Small writes (a WebSocket frame, a prompt) go out at once.
     let _ = stream.set_nodelay(true);
     Ok(Box::pin(stream.compat()))
+}
+
+/// Connect to `port` in the network namespace of the first of `kernels` (process ids of the
+/// box's kernels, its own first) where something listens on it.
+async fn connect_in_kernels(
+    kernels: Vec<i32>,
+    port: u16,
+) -> std::result::Result<std::net::TcpStream, PortConnectError> {
+    let mut not_listening = PortConnectError::NotListening { port };
+    for pid in kernels {
+        let namespace = tokio::task::spawn_blocking(move || BoxNamespace::of_process_tree(pid))
+            .await
+            .map_err(|e| PortConnectError::Io {
+                context: "finding the box's network namespace",
+                source: std::io::Error::other(e.to_string()),
+            })??
+            // A kernel without host network whose processes all share ours would make its
+            // "loopback" the host's: refuse rather than connect there.
+            .ok_or(PortConnectError::NoNamespace)?;
+        match namespace.connect(port).await {
+            Err(e @ PortConnectError::NotListening { .. }) => not_listening = e,
+            done => return done,
+        }
+    }
+    Err(not_listening)
 }
 
 /// A port failure as the box's error: nothing (of the box's) listening is `Connection`,

@@ -126,3 +126,31 @@ async fn a_landlock_box_without_network_has_no_ports_and_says_why() {
     assert!(err.to_string().contains("refuses IP sockets"), "{err}");
     lb.stop().await.unwrap();
 }
+
+// A program started from a code context's kernel listens in that kernel's namespace: it is
+// reached too, after the box's own kernel's, and stops being reachable with its context.
+#[tokio::test]
+async fn a_port_opened_from_a_code_context_is_reached() {
+    let lb = builder()
+        .with_sandbox(SandboxPolicy::default().with_isolation(Isolation::Bubblewrap).with_require_isolation(true))
+        .build()
+        .unwrap();
+    lb.start().await.unwrap();
+    lb.upload_bytes("page.html", "<h1>from a context</h1>").await.unwrap();
+    let context = lb.create_context(None, None).await.unwrap();
+    let port = free_port();
+    let code = format!(
+        "import subprocess, sys\nsrv = subprocess.Popen([sys.executable, '-m', 'http.server', '{port}', '--bind', \
+         '127.0.0.1'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)"
+    );
+    let ex = lb.run(&code, codebox_core::RunOptions::new().with_context(&context.id)).await.unwrap();
+    assert!(ex.error().is_none(), "{ex:?}");
+    let (status, body) = get(connect_when_listening(&lb, port).await, "page.html").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, b"<h1>from a context</h1>");
+
+    lb.delete_context(&context.id).await.unwrap();
+    let err = lb.connect_port(port).await.err().expect("the context's server ended with it");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    lb.stop().await.unwrap();
+}
