@@ -44,6 +44,8 @@ pub(crate) struct AppState {
     /// Connections upgraded through a box's port (WebSocket, raw TCP), server-wide and per
     /// key: once upgraded they leave the connection cap, so they are bounded here.
     pub(crate) tunnels: Arc<crate::downloads::DownloadSlots>,
+    /// The MCP service at `/mcp`.
+    pub(crate) mcp: crate::mcp::Endpoint,
 }
 
 impl AppState {
