@@ -175,12 +175,6 @@ impl SessionHost for OneBox {
                 (b, at)
             }
         };
-        Ok(Lease {
-            id: DEFAULT_SESSION.to_owned(),
-            codebox,
-            started_at,
-            details: serde_json::Value::Null,
-            guard: None,
-        })
+        Ok(Lease { id: DEFAULT_SESSION.to_owned(), codebox, started_at, details: serde_json::Value::Null, guard: None })
     }
 }

@@ -83,11 +83,7 @@ fn tool_list(sessions: bool) -> Vec<Tool> {
         .with_annotations(read_only()),
         tool("delete_file", "Delete a file of the box.", schema::<args::DeleteFile>())
             .with_annotations(ToolAnnotations::new().destructive(true)),
-        tool(
-            "install_packages",
-            "Install Python packages into the box with pip.",
-            schema::<args::InstallPackages>(),
-        ),
+        tool("install_packages", "Install Python packages into the box with pip.", schema::<args::InstallPackages>()),
         tool(
             "restart",
             "Restart the box's kernel: every variable and import is lost; files stay.",

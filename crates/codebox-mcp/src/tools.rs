@@ -136,7 +136,11 @@ pub(crate) async fn call(
                     let text = if sessions.is_empty() {
                         "no sessions".to_owned()
                     } else {
-                        sessions.iter().map(|s| format!("{} ({})", s.session_id, s.state)).collect::<Vec<_>>().join("\n")
+                        sessions
+                            .iter()
+                            .map(|s| format!("{} ({})", s.session_id, s.state))
+                            .collect::<Vec<_>>()
+                            .join("\n")
                     };
                     structured(&text, json!({"sessions": sessions}), false)
                 }
@@ -218,7 +222,8 @@ async fn execute(
             Some(Ok(event)) => {
                 if let (Some(token), ExecEvent::Stdout { text } | ExecEvent::Stderr { text }) = (&progress, &event) {
                     step += 1;
-                    let note = ProgressNotificationParam::new(token.clone(), f64::from(step)).with_message(text.clone());
+                    let note =
+                        ProgressNotificationParam::new(token.clone(), f64::from(step)).with_message(text.clone());
                     // A client that stopped listening for progress does not stop the execution.
                     let _ = context.peer.notify_progress(note).await;
                 }
@@ -335,7 +340,11 @@ fn sniff(path: &str, head: &[u8]) -> &'static str {
     }
 }
 
-async fn read_file(host: &dyn SessionHost, call: &CallContext<'_>, a: args::ReadFile) -> Result<CallToolResult, ErrorData> {
+async fn read_file(
+    host: &dyn SessionHost,
+    call: &CallContext<'_>,
+    a: args::ReadFile,
+) -> Result<CallToolResult, ErrorData> {
     let max = a.max_bytes.unwrap_or(DEFAULT_READ_BYTES);
     if max == 0 || max > MAX_READ_BYTES {
         return Err(ErrorData::invalid_params(
@@ -394,7 +403,11 @@ async fn read_file(host: &dyn SessionHost, call: &CallContext<'_>, a: args::Read
         let truncated = (info.size as usize) > text.len();
         let mut shown = text.to_owned();
         if truncated {
-            shown.push_str(&format!("\n[... cut: {} of {} bytes shown; raise max_bytes to see more]", text.len(), info.size));
+            shown.push_str(&format!(
+                "\n[... cut: {} of {} bytes shown; raise max_bytes to see more]",
+                text.len(),
+                info.size
+            ));
         }
         Ok(structured(
             &shown,
@@ -413,7 +426,11 @@ fn entry(f: &FileInfo) -> Value {
     json!({"path": f.path, "name": f.name, "size": f.size, "is_dir": f.is_dir, "modified": unix_secs(f.modified)})
 }
 
-async fn list_files(host: &dyn SessionHost, call: &CallContext<'_>, a: args::ListFiles) -> Result<CallToolResult, ErrorData> {
+async fn list_files(
+    host: &dyn SessionHost,
+    call: &CallContext<'_>,
+    a: args::ListFiles,
+) -> Result<CallToolResult, ErrorData> {
     let max = a.max_entries.unwrap_or(DEFAULT_LIST_ENTRIES);
     if max == 0 || max > MAX_LIST_ENTRIES {
         return Err(ErrorData::invalid_params(
@@ -434,7 +451,10 @@ async fn list_files(host: &dyn SessionHost, call: &CallContext<'_>, a: args::Lis
             .collect::<Vec<_>>()
             .join("\n");
         if truncated {
-            text.push_str(&format!("\n[{} of {total} entries shown; raise max_entries or list a subdirectory]", files.len()));
+            text.push_str(&format!(
+                "\n[{} of {total} entries shown; raise max_entries or list a subdirectory]",
+                files.len()
+            ));
         }
         let entries: Vec<Value> = files.iter().map(entry).collect();
         Ok(structured(&text, json!({"entries": entries, "total_entries": total, "truncated": truncated}), false))
@@ -478,7 +498,8 @@ async fn execution_info(lease: &Lease) -> Result<CallToolResult, CodeBoxError> {
                 && out.success()
             {
                 let first = format!("{}{}", out.stdout, out.stderr);
-                versions.insert(language.to_owned(), Value::String(first.lines().next().unwrap_or("").trim().to_owned()));
+                versions
+                    .insert(language.to_owned(), Value::String(first.lines().next().unwrap_or("").trim().to_owned()));
             }
         }
     }

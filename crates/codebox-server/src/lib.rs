@@ -107,8 +107,7 @@ impl Server {
             "connections upgraded through a box's port",
             "close one before opening the next",
         );
-        let state =
-            Arc::new(AppState {
+        let state = Arc::new(AppState {
             config,
             keys,
             registry,

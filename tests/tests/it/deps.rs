@@ -45,17 +45,15 @@ fn allowed_internal(name: &str) -> Option<Option<&'static [&'static str]>> {
         "codebox" => Some(&["codebox-core", "codebox-local", "codebox-remote", "codebox-server"]),
         // The application at the top of the graph may use any library crate directly, but the
         // sandbox only through codebox-local.
-        "codebox-cli" => {
-            Some(&[
-                "codebox",
-                "codebox-core",
-                "codebox-http",
-                "codebox-local",
-                "codebox-mcp",
-                "codebox-remote",
-                "codebox-server",
-            ])
-        }
+        "codebox-cli" => Some(&[
+            "codebox",
+            "codebox-core",
+            "codebox-http",
+            "codebox-local",
+            "codebox-mcp",
+            "codebox-remote",
+            "codebox-server",
+        ]),
         "xtask" => Some(&[]),
         // Not published; they exist to exercise everything.
         "codebox-examples" | "codebox-tests" | "codebox-bench" => None,
@@ -73,9 +71,7 @@ fn reason(from: &str, to: &str) -> &'static str {
         ("codebox-local", "codebox-remote") | ("codebox-remote", "codebox-local") => {
             "backends never depend on each other"
         }
-        ("codebox-server", _) => {
-            "the server knows only the CodeBox trait (codebox-core), codebox-http and codebox-mcp"
-        }
+        ("codebox-server", _) => "the server knows only the CodeBox trait (codebox-core), codebox-http and codebox-mcp",
         ("codebox-mcp", _) => "codebox-mcp knows boxes only through codebox-core's trait",
         ("codebox-http", _) => "codebox-http depends on no backend",
         ("codebox-core", _) => "codebox-core is the root of the graph",

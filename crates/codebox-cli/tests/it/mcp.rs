@@ -43,7 +43,12 @@ fn client_python() -> PathBuf {
     }
     let base = std::env::var("CODEBOX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let ok = quiet(Command::new(&base).args(["-m", "venv", "--clear"]).arg(&venv))
-        && quiet(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", MCP_CLIENT]));
+        && quiet(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            MCP_CLIENT,
+        ]));
     let _ = std::fs::remove_dir(&lock);
     assert!(ok, "creating the {MCP_CLIENT} virtualenv at {} failed (pip needs PyPI)", venv.display());
     python

@@ -166,7 +166,10 @@ async fn output_listings_and_images_are_capped_with_a_note() {
     assert!(text(&images).contains("2 image(s) not returned"), "{}", text(&images));
 
     let made = conn
-        .call("execute", json!({"code": "import os\nos.makedirs('many')\nfor i in range(1500): open(f'many/{i:04}', 'w')"}))
+        .call(
+            "execute",
+            json!({"code": "import os\nos.makedirs('many')\nfor i in range(1500): open(f'many/{i:04}', 'w')"}),
+        )
         .await;
     assert_eq!(made["result"]["isError"], false, "{made}");
     let listed = conn.call("list_files", json!({"path": "many"})).await;
@@ -180,7 +183,9 @@ async fn output_listings_and_images_are_capped_with_a_note() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_file_asked_as_text_is_refused_with_its_size_and_type() {
     let mut conn = Conn::open().await;
-    let wrote = conn.call("write_file", json!({"path": "doc.pdf", "content": "JVBERi0xLjQKAAECAw==", "encoding": "base64"})).await;
+    let wrote = conn
+        .call("write_file", json!({"path": "doc.pdf", "content": "JVBERi0xLjQKAAECAw==", "encoding": "base64"}))
+        .await;
     assert_eq!(wrote["result"]["structuredContent"]["size"], 13, "{wrote}");
     let read = conn.call("read_file", json!({"path": "doc.pdf"})).await;
     assert_eq!(read["result"]["isError"], true);
