@@ -1,13 +1,14 @@
 //! `codebox mcp` (stdio) and `/mcp` of `codebox serve` (Streamable HTTP) driven by the real
 //! Python `mcp` client (PyPI, pinned) in both of its negotiation modes, calling every tool;
-//! the client's script is `crates/codebox-mcp/tests/python/every_tool.py`. Plus `/mcp`'s
-//! answer to a request without a key.
+//! the client's script is `crates/codebox-mcp/tests/python/every_tool.py`. Also `codebox
+//! mcp` with a server behind it, two keys' sessions kept apart, and `/mcp`'s answer to a
+//! request without a key.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::hostile::{KEY_A, Level, Options, Serve};
+use crate::hostile::{KEY_A, KEY_B, Level, Options, Serve};
 
 /// The client, pinned: the tests check the protocol as this release speaks it.
 const MCP_CLIENT: &str = "mcp==2.3.0";
@@ -58,14 +59,17 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../codebox-mcp/tests/python/every_tool.py")
 }
 
-/// Run the client script with `args`; it prints `ok: N tools` when every check passed.
-fn run_client(args: &[&str]) {
-    // A stdio server picks a local box when no API key is set: the environment must not set one.
+/// Run the client script with `args` and the CODEBOX_* variables `env` (none else: a stdio
+/// server picks a local box when no API key is set); it prints `ok: ...` when every check
+/// passed.
+fn run_client(args: &[&str], env: &[(&str, &str)]) {
     let out = Command::new(client_python())
         .arg(script())
         .args(args)
         .env_remove("CODEBOX_API_KEY")
+        .env_remove("CODEBOX_BASE_URL")
         .env_remove("CODEBOX_SESSION_ID")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("running the Python mcp client");
@@ -80,7 +84,7 @@ fn run_client(args: &[&str]) {
 
 /// `codebox mcp` over a local box: no CODEBOX_API_KEY, so it is a local kernel.
 fn stdio(mode: &str) {
-    run_client(&["stdio", mode, env!("CARGO_BIN_EXE_codebox")]);
+    run_client(&["stdio", mode, env!("CARGO_BIN_EXE_codebox")], &[]);
 }
 
 #[test]
@@ -93,8 +97,10 @@ fn the_mcp_client_calls_every_tool_over_stdio_in_auto_mode() {
     stdio("auto");
 }
 
+/// Over HTTP, and over stdio with the server behind `codebox mcp`; each key sees only its own
+/// sessions.
 #[test]
-fn the_mcp_client_calls_every_tool_over_http_in_both_modes() {
+fn the_mcp_client_calls_every_tool_over_http_and_on_a_server_in_both_modes() {
     if !crate::hostile::can_run() {
         return;
     }
@@ -103,8 +109,12 @@ fn the_mcp_client_calls_every_tool_over_http_in_both_modes() {
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let serve = Serve::start_on(&base.path().join("sessions"), Options::new(Level::Bubblewrap), UIDS);
     let url = format!("http://{}/mcp", serve.addr);
+    let base_url = format!("http://{}", serve.addr);
+    let on_server = [("CODEBOX_API_KEY", KEY_A), ("CODEBOX_BASE_URL", base_url.as_str())];
     for mode in ["legacy", "auto"] {
-        run_client(&["http", mode, &url, KEY_A]);
+        run_client(&["http", mode, &url, KEY_A], &[]);
+        run_client(&["stdio", mode, env!("CARGO_BIN_EXE_codebox")], &on_server);
+        run_client(&["isolation", mode, &url, KEY_A, KEY_B], &[]);
     }
     // No key, or a wrong one: 401 with the challenge, as on every native route.
     for key in [None, Some("not-a-key")] {

@@ -1,13 +1,15 @@
 """The real Python `mcp` client against `codebox mcp` (stdio) or `/mcp` of `codebox serve`
 (Streamable HTTP), in one negotiation mode, calling every tool the server lists.
 
-Usage: every_tool.py stdio MODE CODEBOX_BINARY
+Usage: every_tool.py stdio MODE CODEBOX_BINARY      (a server behind it when CODEBOX_API_KEY is set)
        every_tool.py http MODE URL API_KEY
-Prints `ok: N tools` and exits 0 when every check passes; a failed check raises.
+       every_tool.py isolation MODE URL API_KEY OTHER_API_KEY
+Prints `ok: ...` and exits 0 when every check passes; a failed check raises.
 """
 
 import asyncio
 import base64
+import os
 import sys
 
 from mcp import Client
@@ -151,21 +153,51 @@ async def check(client, sessions):
     return len(tools)
 
 
+def http_client(url, key, mode):
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=300)
+    return Client(streamable_http_client(url, http_client=http), mode=mode, read_timeout_seconds=300)
+
+
+async def isolation(url, key, other_key, mode):
+    """A key's sessions are its own: another key neither lists nor uses them."""
+    async with http_client(url, key, mode) as a, http_client(url, other_key, mode) as b:
+        r = await a.call_tool("create_session", {})
+        sid = r.structured_content["session_id"]
+        r = await a.call_tool("execute", {"code": "secret = 'a'", "session_id": sid})
+        assert not r.is_error, text_of(r)
+        r = await b.call_tool("list_sessions", {})
+        assert sid not in {s["session_id"] for s in r.structured_content["sessions"]}, r.structured_content
+        r = await b.call_tool("execute", {"code": "print(secret)", "session_id": sid})
+        assert r.is_error and "not found" in text_of(r), text_of(r)
+        r = await b.call_tool("close_session", {"session_id": sid})
+        assert r.is_error, text_of(r)
+        # Each key's default box is its own too.
+        await a.call_tool("execute", {"code": "mine = 'a'"})
+        r = await b.call_tool("execute", {"code": "print('mine' in dir())"})
+        assert r.structured_content["stdout"] == "False\n", r.structured_content
+        r = await a.call_tool("close_session", {"session_id": sid})
+        assert not r.is_error, text_of(r)
+
+
 async def main():
     transport, mode = sys.argv[1], sys.argv[2]
     if transport == "stdio":
-        server = StdioServerParameters(command=sys.argv[3], args=["mcp"])
+        # The client hands a server only a few variables by default; this one needs the
+        # CODEBOX_* settings (the box's home, a server's key) as the test gives them.
+        server = StdioServerParameters(command=sys.argv[3], args=["mcp"], env=dict(os.environ))
         async with Client(server, mode=mode, read_timeout_seconds=300) as client:
-            n = await check(client, sessions=False)
-    else:
-        import httpx2
-        from mcp.client.streamable_http import streamable_http_client
-
-        url, key = sys.argv[3], sys.argv[4]
-        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=300)
-        async with Client(streamable_http_client(url, http_client=http), mode=mode, read_timeout_seconds=300) as client:
+            n = await check(client, sessions=bool(os.environ.get("CODEBOX_API_KEY")))
+        print(f"ok: {n} tools")
+    elif transport == "http":
+        async with http_client(sys.argv[3], sys.argv[4], mode) as client:
             n = await check(client, sessions=True)
-    print(f"ok: {n} tools")
+        print(f"ok: {n} tools")
+    else:
+        await isolation(sys.argv[3], sys.argv[4], sys.argv[5], mode)
+        print("ok: sessions kept apart")
 
 
 asyncio.run(main())
