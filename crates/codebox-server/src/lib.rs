@@ -146,6 +146,7 @@ impl Server {
                 shutdown.await;
                 tracing::info!("shutting down");
                 state.registry.refuse_new();
+                state.mcp.stop();
                 let _ = stopping_tx.send(true);
                 // Executions get the grace period; then they are interrupted.
                 tokio::spawn(async move {

@@ -17,6 +17,7 @@ use http::{HeaderValue, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::auth::{Caller, Owner};
@@ -30,8 +31,11 @@ pub(crate) const PATH: &str = "/mcp";
 const DEFAULT_SESSION: &str = "mcp-default";
 
 /// The MCP service this server mounts at [`PATH`].
-#[derive(Clone)]
-pub(crate) struct Endpoint(McpHttpService);
+pub(crate) struct Endpoint {
+    service: McpHttpService,
+    /// Cancelled when the server shuts down: ends the MCP sessions and their open streams.
+    stop: CancellationToken,
+}
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,8 +48,16 @@ pub(crate) fn service() -> Endpoint {
     // rmcp's `Host` check guards servers without authentication against DNS rebinding; every
     // request here carries an API key a rebinding page cannot have, and a server bound to a
     // public name would otherwise refuse its own clients.
-    let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
-    Endpoint(http_service::new(Arc::new(ServerHost), config))
+    let stop = CancellationToken::new();
+    let config = StreamableHttpServerConfig::default().disable_allowed_hosts().with_cancellation_token(stop.clone());
+    Endpoint { service: http_service::new(Arc::new(ServerHost), config), stop }
+}
+
+impl Endpoint {
+    /// End every MCP session and stream: the server is shutting down.
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
 }
 
 /// Whether `path` is the MCP endpoint.
@@ -66,7 +78,7 @@ pub(crate) async fn handle(state: &Arc<AppState>, caller: Caller, mut req: Reque
         return resp;
     };
     req.extensions_mut().insert(McpCaller { state: Arc::clone(state), owner });
-    let mut service = state.mcp.0.clone();
+    let mut service = state.mcp.service.clone();
     let resp = match service.call(req).await {
         Ok(resp) => resp,
         Err(never) => match never {},
