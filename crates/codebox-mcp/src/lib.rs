@@ -34,7 +34,7 @@ pub use crate::tools::{DEFAULT_LIST_ENTRIES, DEFAULT_READ_BYTES, MAX_LIST_ENTRIE
 pub enum McpError {
     /// The client's handshake failed or the transport closed before it.
     #[error("starting the MCP session: {0}")]
-    Start(String),
+    Start(#[source] Box<rmcp::service::ServerInitializeError>),
     /// The task serving the connection failed.
     #[error("serving MCP: {0}")]
     Serve(#[from] tokio::task::JoinError),
@@ -43,7 +43,7 @@ pub enum McpError {
 /// Serve `service` on this process's stdin and stdout until the client goes away.
 pub async fn serve_stdio(service: McpService) -> Result<(), McpError> {
     use rmcp::ServiceExt as _;
-    let running = service.serve(rmcp::transport::stdio()).await.map_err(|e| McpError::Start(e.to_string()))?;
+    let running = service.serve(rmcp::transport::stdio()).await.map_err(|e| McpError::Start(Box::new(e)))?;
     running.waiting().await?;
     Ok(())
 }
