@@ -1,8 +1,9 @@
-//! The `codebox` command: run code in a box (`codebox run`) or host a CodeBox server
-//! (`codebox serve`).
+//! The `codebox` command: run code in a box (`codebox run`), host a CodeBox server
+//! (`codebox serve`), or serve a box's tools to an MCP client over stdio (`codebox mcp`).
 
 use clap::{Parser, Subcommand};
 
+mod mcp;
 mod progress;
 mod run;
 mod serve;
@@ -21,6 +22,8 @@ enum Command {
     Run(run::RunArgs),
     /// Host a CodeBox server.
     Serve(serve::ServeArgs),
+    /// Serve a box's tools over MCP on stdin/stdout (the box chosen as for `run`).
+    Mcp(mcp::McpArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,5 +31,6 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Serve(args) => serve::main(args),
+        Command::Mcp(args) => mcp::main(args),
     }
 }

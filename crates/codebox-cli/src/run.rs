@@ -116,7 +116,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// CODEBOX_VERBOSE: the log of this command and of the codebox crates, at `debug`, on
 /// stderr (stdout stays the code's output). RUST_LOG, when set, picks the levels instead.
-fn log_to_stderr() {
+pub(crate) fn log_to_stderr() {
     const CODEBOX_DEBUG: &str =
         "warn,codebox=debug,codebox_core=debug,codebox_http=debug,codebox_local=debug,codebox_remote=debug";
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -3,7 +3,8 @@
 //!
 //! It speaks the native API described in `docs/native-api.md` under `/v1` (HTTP/1.1 and
 //! HTTP/2, JSON, NDJSON execution streams, streamed file bodies), the codebox-api
-//! compatibility routes under `/api/v1` and `/api/v2`, and serves `/health`, `/metrics`
+//! compatibility routes under `/api/v1` and `/api/v2`, MCP at `/mcp` (Streamable HTTP),
+//! and serves `/health`, `/metrics`
 //! (Prometheus text) and `/openapi.json`.
 //!
 //! ```no_run
@@ -25,6 +26,7 @@ mod config;
 mod downloads;
 mod factory;
 mod listing;
+mod mcp;
 mod metrics;
 mod params;
 mod ratelimit;
@@ -117,6 +119,7 @@ impl Server {
             rates,
             tunnels,
             metrics_rings: sampler::MetricsRings::default(),
+            mcp: mcp::service(),
         });
         Ok(Self { listener, local_addr, state })
     }
@@ -148,6 +151,7 @@ impl Server {
                 shutdown.await;
                 tracing::info!("shutting down");
                 state.registry.refuse_new();
+                state.mcp.stop();
                 let _ = stopping_tx.send(true);
                 // Executions get the grace period; then they are interrupted.
                 tokio::spawn(async move {

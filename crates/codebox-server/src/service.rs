@@ -60,6 +60,9 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
         state.metrics.request_rate_limited();
         return state.fail(&err);
     }
+    if crate::mcp::is_mcp(&path) {
+        return crate::mcp::handle(state, caller, req).await;
+    }
     if is_compat(&path) {
         return compat::handle(state, caller.owner(), req).await;
     }

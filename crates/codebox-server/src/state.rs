@@ -46,6 +46,8 @@ pub(crate) struct AppState {
     pub(crate) tunnels: Arc<crate::downloads::DownloadSlots>,
     /// Each session's live metrics samples (not the server's own `metrics`).
     pub(crate) metrics_rings: crate::sampler::MetricsRings,
+    /// The MCP service at `/mcp`.
+    pub(crate) mcp: crate::mcp::Endpoint,
 }
 
 impl AppState {

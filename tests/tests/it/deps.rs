@@ -6,8 +6,9 @@
 //! Rules:
 //! - every workspace crate is listed below with the workspace crates it may depend on: the
 //!   backends `codebox-local` and `codebox-remote` never depend on each other, the server knows
-//!   only `codebox-core` and `codebox-http` (never a backend), `codebox-http` depends on no
-//!   backend, and `xtask` on no workspace crate at all;
+//!   only `codebox-core`, `codebox-http` and `codebox-mcp` (never a backend), `codebox-mcp`
+//!   only `codebox-core`, `codebox-http` depends on no backend, and `xtask` on no workspace
+//!   crate at all;
 //! - `codebox-sandbox` depends on `codebox-core` alone, and only `codebox-local` depends on
 //!   it: everyone else (the facade, the CLI) reaches its policy types through
 //!   `codebox-local`'s re-exports, so the sandbox's launch side stays one backend's business;
@@ -38,13 +39,21 @@ fn allowed_internal(name: &str) -> Option<Option<&'static [&'static str]>> {
         "codebox-sandbox" => Some(&["codebox-core"]),
         "codebox-local" => Some(&["codebox-core", "codebox-sandbox"]),
         "codebox-remote" => Some(&["codebox-core", "codebox-http"]),
-        "codebox-server" => Some(&["codebox-core", "codebox-http"]),
+        // The MCP service knows boxes only through the trait and its own `SessionHost`.
+        "codebox-mcp" => Some(&["codebox-core"]),
+        "codebox-server" => Some(&["codebox-core", "codebox-http", "codebox-mcp"]),
         "codebox" => Some(&["codebox-core", "codebox-local", "codebox-remote", "codebox-server"]),
         // The application at the top of the graph may use any library crate directly, but the
         // sandbox only through codebox-local.
-        "codebox-cli" => {
-            Some(&["codebox", "codebox-core", "codebox-http", "codebox-local", "codebox-remote", "codebox-server"])
-        }
+        "codebox-cli" => Some(&[
+            "codebox",
+            "codebox-core",
+            "codebox-http",
+            "codebox-local",
+            "codebox-mcp",
+            "codebox-remote",
+            "codebox-server",
+        ]),
         "xtask" => Some(&[]),
         // Not published; they exist to exercise everything.
         "codebox-examples" | "codebox-tests" | "codebox-bench" => None,
@@ -62,7 +71,8 @@ fn reason(from: &str, to: &str) -> &'static str {
         ("codebox-local", "codebox-remote") | ("codebox-remote", "codebox-local") => {
             "backends never depend on each other"
         }
-        ("codebox-server", _) => "the server knows only the CodeBox trait (codebox-core) and codebox-http",
+        ("codebox-server", _) => "the server knows only the CodeBox trait (codebox-core), codebox-http and codebox-mcp",
+        ("codebox-mcp", _) => "codebox-mcp knows boxes only through codebox-core's trait",
         ("codebox-http", _) => "codebox-http depends on no backend",
         ("codebox-core", _) => "codebox-core is the root of the graph",
         ("xtask", _) => "xtask depends on no workspace crate, so it runs even when the workspace does not build",
@@ -125,9 +135,17 @@ fn violations(meta: &Value) -> Vec<String> {
             errors.extend(core_feature_violations(pkg));
         }
     }
-    for required in
-        [CORE, "codebox-http", "codebox-sandbox", "codebox-local", "codebox-remote", "codebox-server", FACADE, "xtask"]
-    {
+    for required in [
+        CORE,
+        "codebox-http",
+        "codebox-sandbox",
+        "codebox-local",
+        "codebox-remote",
+        "codebox-mcp",
+        "codebox-server",
+        FACADE,
+        "xtask",
+    ] {
         if !members.contains(required) {
             errors.push(format!("{required}: missing from the workspace"));
         }
@@ -213,6 +231,10 @@ fn each_forbidden_edge_is_reported_by_name() {
         (
             ("codebox-sandbox", "codebox-local", None, false),
             "codebox-sandbox -> codebox-local (normal): forbidden, codebox-sandbox depends on codebox-core alone",
+        ),
+        (
+            ("codebox-mcp", "codebox-local", None, false),
+            "codebox-mcp -> codebox-local (normal): forbidden, codebox-mcp knows boxes only through",
         ),
         (
             ("codebox", "codebox-server", None, false),
