@@ -80,7 +80,8 @@ async fn tracking_server(tracking: bool) -> Result<(String, tokio::sync::oneshot
         let b = LocalBox::builder().with_execution_tracking(tracking).build()?;
         Ok(std::sync::Arc::new(b) as std::sync::Arc<dyn CodeBox>)
     });
-    let mut config = ServerConfig::new().with_addr("127.0.0.1:0".parse()?).with_api_key(KEY);
+    // No request rate: a round trip refused for the key's rate would time the wait.
+    let mut config = ServerConfig::new().with_addr("127.0.0.1:0".parse()?).with_api_key(KEY).with_rate_limit(0, 0);
     if !tracking {
         config = config.with_metrics_interval(std::time::Duration::ZERO);
     }
