@@ -16,6 +16,7 @@ use crate::files::FileInfo;
 use crate::history::{ExecutionRecord, ExecutionStats};
 use crate::options::{CommandOutput, CommandSpec, RunOptions};
 use crate::packages::PackageInfo;
+use crate::pause::PauseReport;
 use crate::ports::PortStream;
 use crate::status::{BoxStatus, Capabilities};
 
@@ -132,6 +133,14 @@ pub trait CodeBox: Send + Sync + Debug {
     /// Totals by outcome and duration statistics over the executions [`history`](Self::history) keeps.
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Err(crate::CodeBoxError::unsupported("execution_stats"))
+    }
+
+    /// Write the box's state to disk (its files, installed packages, history and each
+    /// context's variables, as far as its [`SnapshotRung`](crate::SnapshotRung) goes), then
+    /// stop its kernels and give back what it held (uid, cgroup, memory). The report names
+    /// every variable that could not be kept.
+    async fn pause(&self) -> Result<PauseReport> {
+        Err(crate::CodeBoxError::unsupported("pause"))
     }
 
     /// Make a code context: a kernel of its own in this box (same working directory,
@@ -343,6 +352,10 @@ macro_rules! forward_codebox {
                 (**self).execution_stats().await
             }
 
+            async fn pause(&self) -> Result<PauseReport> {
+                (**self).pause().await
+            }
+
             async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
                 (**self).create_context(language, cwd).await
             }
@@ -503,6 +516,10 @@ mod tests {
             self.record("execution_stats")
         }
 
+        async fn pause(&self) -> Result<PauseReport> {
+            self.record("pause")
+        }
+
         async fn create_context(&self, _: Option<&str>, _: Option<&str>) -> Result<ContextInfo> {
             self.record("create_context")
         }
@@ -544,7 +561,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 29] = [
+    const EVERY_METHOD: [&str; 30] = [
         "id",
         "capabilities",
         "start",
@@ -564,6 +581,7 @@ mod tests {
         "packages",
         "history",
         "execution_stats",
+        "pause",
         "create_context",
         "contexts",
         "restart_context",
@@ -603,6 +621,7 @@ mod tests {
             refused("packages", b.packages().await.unwrap_err());
             refused("history", b.history(10).await.unwrap_err());
             refused("execution_stats", b.execution_stats().await.unwrap_err());
+            refused("pause", b.pause().await.unwrap_err());
             refused("create_context", b.create_context(None, None).await.unwrap_err());
             refused("contexts", b.contexts().await.unwrap_err());
             refused("restart_context", b.restart_context("c").await.unwrap_err());

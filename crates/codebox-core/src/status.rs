@@ -118,6 +118,10 @@ pub struct Capabilities {
     /// from an older server's answer: `false`.
     #[serde(default)]
     pub ports: bool,
+    /// `pause()` works: the box's state can be written to disk and resumed later. Absent
+    /// from an older server's answer: `false`.
+    #[serde(default)]
+    pub pause: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -157,6 +161,7 @@ impl Capabilities {
             history: true,
             contexts: true,
             ports: true,
+            pause: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -178,6 +183,7 @@ impl Capabilities {
             history: false,
             contexts: false,
             ports: false,
+            pause: false,
             commands: false,
             delete_file: false,
             recursive_list: false,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use codebox_core::{
     BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream,
-    Result, RunOptions,
+    ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PauseReport,
+    PortStream, Result, RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -23,6 +23,7 @@ pub use self::builder::LocalBoxBuilder;
 
 mod install;
 mod packages;
+mod pause;
 mod ports;
 mod supervisor;
 
@@ -69,6 +70,11 @@ impl LocalBox {
 
     fn from_config(config: Config) -> Self {
         Self { inner: Arc::new(Inner::new(config)) }
+    }
+
+    /// A box named `id` (a resumed box keeps its name).
+    fn from_config_named(config: Config, id: String) -> Self {
+        Self { inner: Arc::new(Inner::with_id(config, id)) }
     }
 
     /// Remove the working and kernel runtime directories of boxes whose owner process died
@@ -152,83 +158,8 @@ fn is_bash(language: &str) -> bool {
 }
 
 impl LocalBox {
-    /// Refuse what only a Python kernel can do.
-    fn require_python(&self, what: &str) -> Result<()> {
-        if self.inner.runs_python() {
-            return Ok(());
-        }
-        let language = self.inner.kernel_language().filter(|l| !l.is_empty());
-        Err(CodeBoxError::invalid(format!(
-            "{what} needs a Python kernel; this box's kernel {:?} runs {}",
-            self.inner.config.kernel,
-            language.map_or_else(|| "another language".to_owned(), |l| format!("{l:?}"))
-        )))
-    }
-}
-
-#[async_trait]
-impl CodeBox for LocalBox {
-    fn id(&self) -> &str {
-        &self.inner.id
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        let python = self.inner.runs_python();
-        let mut languages = Vec::new();
-        if python {
-            languages.push("python".to_owned());
-        }
-        languages.push("bash".to_owned());
-        match self.inner.config.kernel.as_str() {
-            "python3" | "python" => {}
-            crate::kernelspec::DENO_KERNEL => {
-                languages.extend(crate::kernelspec::DENO_LANGUAGES.iter().map(|l| (*l).to_owned()));
-            }
-            other => languages.push(other.to_owned()),
-        }
-        if let Some(default) = &self.inner.config.language
-            && !languages.contains(default)
-        {
-            languages.push(default.clone());
-        }
-        let mut capabilities = Capabilities::full(languages);
-        // pip installs for the box's Python, which only a Python kernel imports from.
-        capabilities.install = python;
-        capabilities.packages = python;
-        capabilities.history = true;
-        capabilities.contexts = true;
-        capabilities.ports = ports::available(&self.inner);
-        capabilities
-    }
-
-    async fn start(&self) -> Result<()> {
-        self.inner.start().await
-    }
-
-    async fn stop(&self) -> Result<()> {
-        self.inner.stop().await;
-        Ok(())
-    }
-
-    async fn status(&self) -> Result<BoxStatus> {
-        let snap = self.inner.snapshot();
-        let mut state = snap.state;
-        if state == BoxState::Idle && self.inner.exec_lock.try_lock().is_err() {
-            state = BoxState::Busy;
-        }
-        let level = snap.isolation.or_else(|| self.inner.config.sandbox.level().ok());
-        let mut status = BoxStatus::new(state)
-            .with_kernel(self.inner.config.kernel.clone())
-            .with_isolation(level.map_or("unavailable", IsolationLevel::as_str))
-            .with_isolation_gaps(level.map(IsolationLevel::gaps).unwrap_or_default().iter().copied())
-            .with_restarts(snap.restarts);
-        if let Some(d) = snap.detail {
-            status = status.with_detail(d);
-        }
-        Ok(status)
-    }
-
-    async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
+    /// An execution's stream, without what a resume has to say first.
+    async fn run_stream_plain(&self, code: &str, options: RunOptions) -> Result<EventStream> {
         if let Some(context) = options.context.as_deref()
             && context != DEFAULT_CONTEXT
         {
@@ -280,6 +211,88 @@ impl CodeBox for LocalBox {
         let around = around.then(|| around_code(cwd.as_deref(), &options.env));
         crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard, self.inner.history.clone(), None)
             .await
+    }
+
+    /// Refuse what only a Python kernel can do.
+    fn require_python(&self, what: &str) -> Result<()> {
+        if self.inner.runs_python() {
+            return Ok(());
+        }
+        let language = self.inner.kernel_language().filter(|l| !l.is_empty());
+        Err(CodeBoxError::invalid(format!(
+            "{what} needs a Python kernel; this box's kernel {:?} runs {}",
+            self.inner.config.kernel,
+            language.map_or_else(|| "another language".to_owned(), |l| format!("{l:?}"))
+        )))
+    }
+}
+
+#[async_trait]
+impl CodeBox for LocalBox {
+    fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let python = self.inner.runs_python();
+        let mut languages = Vec::new();
+        if python {
+            languages.push("python".to_owned());
+        }
+        languages.push("bash".to_owned());
+        match self.inner.config.kernel.as_str() {
+            "python3" | "python" => {}
+            crate::kernelspec::DENO_KERNEL => {
+                languages.extend(crate::kernelspec::DENO_LANGUAGES.iter().map(|l| (*l).to_owned()));
+            }
+            other => languages.push(other.to_owned()),
+        }
+        if let Some(default) = &self.inner.config.language
+            && !languages.contains(default)
+        {
+            languages.push(default.clone());
+        }
+        let mut capabilities = Capabilities::full(languages);
+        // pip installs for the box's Python, which only a Python kernel imports from.
+        capabilities.install = python;
+        capabilities.packages = python;
+        capabilities.history = true;
+        capabilities.contexts = true;
+        capabilities.ports = ports::available(&self.inner);
+        capabilities.pause = self.inner.config.state_dir.is_some();
+        capabilities
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.inner.start().await
+    }
+
+    async fn stop(&self) -> Result<()> {
+        self.inner.stop().await;
+        Ok(())
+    }
+
+    async fn status(&self) -> Result<BoxStatus> {
+        let snap = self.inner.snapshot();
+        let mut state = snap.state;
+        if state == BoxState::Idle && self.inner.exec_lock.try_lock().is_err() {
+            state = BoxState::Busy;
+        }
+        let level = snap.isolation.or_else(|| self.inner.config.sandbox.level().ok());
+        let mut status = BoxStatus::new(state)
+            .with_kernel(self.inner.config.kernel.clone())
+            .with_isolation(level.map_or("unavailable", IsolationLevel::as_str))
+            .with_isolation_gaps(level.map(IsolationLevel::gaps).unwrap_or_default().iter().copied())
+            .with_restarts(snap.restarts);
+        if let Some(d) = snap.detail {
+            status = status.with_detail(d);
+        }
+        Ok(status)
+    }
+
+    async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
+        let stream = self.run_stream_plain(code, options).await?;
+        Ok(pause::announce(&self.inner, stream))
     }
 
     async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
@@ -356,6 +369,10 @@ impl CodeBox for LocalBox {
 
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Ok(self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).stats())
+    }
+
+    async fn pause(&self) -> Result<PauseReport> {
+        pause::pause(&self.inner).await
     }
 
     async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {

@@ -39,8 +39,9 @@ impl PythonProfile {
     /// step, each, so a long build says where it is.
     fn package_groups(self) -> &'static [&'static [&'static str]] {
         match self {
-            Self::Data => &[&["ipykernel"], &["numpy", "pandas"], &["matplotlib"]],
-            Self::Minimal => &[&["ipykernel"]],
+            // dill: a paused box's namespace pickles with it (functions, lambdas, classes).
+            Self::Data => &[&["ipykernel", "dill"], &["numpy", "pandas"], &["matplotlib"]],
+            Self::Minimal => &[&["ipykernel", "dill"]],
         }
     }
 
@@ -241,10 +242,18 @@ fn resolve_with(
 }
 
 fn ready(dir: &Path, profile: PythonProfile) -> bool {
-    match std::fs::read_to_string(dir.join(MARKER)) {
+    let marked = match std::fs::read_to_string(dir.join(MARKER)) {
         Ok(m) => profile == PythonProfile::Minimal || m.trim() == PythonProfile::Data.name(),
         Err(_) => false,
-    }
+    };
+    // An environment made before dill was among its packages gets it on its next use.
+    marked && has_package(dir, "dill")
+}
+
+/// Whether the venv at `dir` has the importable package `name`.
+fn has_package(dir: &Path, name: &str) -> bool {
+    let Ok(versions) = std::fs::read_dir(dir.join("lib")) else { return false };
+    versions.filter_map(std::result::Result::ok).any(|v| v.path().join("site-packages").join(name).is_dir())
 }
 
 fn base_pythons() -> Vec<PathBuf> {
@@ -528,7 +537,7 @@ mod tests {
         let waiter = std::thread::spawn(move || provision_at(&target, PythonProfile::Minimal, Some(&hook)));
         assert_eq!(rx.recv().unwrap(), ProvisionEvent::Waiting { dir: dir.clone(), lock: lock_path });
         // The other build finishes: the waiter finds the environment ready and builds nothing.
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("lib/python3.11/site-packages/dill")).unwrap();
         std::fs::write(dir.join(MARKER), "minimal").unwrap();
         drop(held);
         waiter.join().unwrap().unwrap();
@@ -588,6 +597,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(!ready(dir.path(), PythonProfile::Minimal));
         std::fs::write(dir.path().join(MARKER), "minimal").unwrap();
+        assert!(!ready(dir.path(), PythonProfile::Minimal), "an environment without dill is completed");
+        std::fs::create_dir_all(dir.path().join("lib/python3.11/site-packages/dill")).unwrap();
         assert!(ready(dir.path(), PythonProfile::Minimal));
         assert!(!ready(dir.path(), PythonProfile::Data), "data needs more packages");
         std::fs::write(dir.path().join(MARKER), "data").unwrap();

@@ -66,6 +66,12 @@ pub(super) struct Inner {
     pub(super) history: crate::history::SharedHistory,
     /// The box's code contexts besides its own kernel.
     pub(super) contexts: super::contexts::Contexts,
+    /// The snapshot the box resumes from, until its first start has restored its files.
+    pub(super) resume_from: Mutex<Option<Arc<crate::snapshot::store::Snapshot>>>,
+    /// How many files that start restored.
+    pub(super) files_restored: std::sync::atomic::AtomicU64,
+    /// What the first execution after a resume says about what did not come back.
+    pub(super) resume_notice: Mutex<Option<codebox_core::ResumeReport>>,
 }
 
 /// What a code context needs of a box: where its files are, how its kernels are confined
@@ -140,8 +146,13 @@ fn fresh_id() -> String {
 impl Inner {
     /// A box that has not started.
     pub(super) fn new(config: Config) -> Self {
+        Self::with_id(config, fresh_id())
+    }
+
+    /// A box that has not started, named `id` (a resumed box keeps its name).
+    pub(super) fn with_id(config: Config, id: String) -> Self {
         Self {
-            id: fresh_id(),
+            id,
             config,
             exec_lock: Arc::new(tokio::sync::Mutex::new(())),
             state: tokio::sync::Mutex::new(State {
@@ -159,6 +170,9 @@ impl Inner {
             }),
             history: crate::history::new_history(),
             contexts: super::contexts::Contexts::default(),
+            resume_from: Mutex::new(None),
+            files_restored: std::sync::atomic::AtomicU64::new(0),
+            resume_notice: Mutex::new(None),
         }
     }
 
@@ -206,8 +220,10 @@ impl Inner {
             )));
         }
         let spec = self.config.spec_for(&python)?;
-        let warm = match (&self.config.pool, &self.config.working_dir) {
-            (Some(pool), None) => pool.take(&spec),
+        let resume_from = self.resume_from.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // A resumed box's files go in before its kernel starts: no warm kernel for it.
+        let warm = match (&self.config.pool, &self.config.working_dir, &resume_from) {
+            (Some(pool), None, None) => pool.take(&spec),
             _ => None,
         };
         let (kernel, workdir) = match warm {
@@ -221,6 +237,14 @@ impl Inner {
                     None => WorkDir::Temp(new_temp_workdir(&spec.scratch_dir)?),
                 };
                 let confinement = confine(&spec, workdir.path()).await?;
+                // After the confinement: a size-limited image is mounted on the directory.
+                if let Some(snapshot) = resume_from {
+                    if let Err(e) = super::pause::restore_files(self, &snapshot, workdir.path(), &confinement).await {
+                        release(confinement).await;
+                        return Err(e);
+                    }
+                    *self.resume_from.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
                 match Kernel::start(&spec, confinement.clone()).await {
                     Ok(kernel) => (kernel, workdir),
                     Err(e) => {

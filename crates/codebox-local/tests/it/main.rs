@@ -15,6 +15,7 @@ mod history;
 mod lean;
 mod network;
 mod orphans;
+mod pause;
 mod pool;
 mod ports;
 mod tasks;
