@@ -17,7 +17,7 @@ use futures::StreamExt;
 
 use super::supervisor::Inner;
 use super::{LocalBox, LocalBoxBuilder};
-use crate::snapshot::store::{self, Manifest, Snapshot, Writer};
+use crate::snapshot::store::{self, Manifest, SavedContext, Snapshot, Writer};
 use crate::snapshot::{PAUSE_DIR, SKIPPED, restore_namespace, save_namespace, stem};
 
 /// How long a pause waits for a running execution before interrupting it.
@@ -115,14 +115,32 @@ pub(super) async fn save(inner: &Arc<Inner>) -> Result<PauseReport> {
         });
         report.contexts.push(context);
     }
-    for other in inner.contexts.list() {
-        let mut context = ContextSnapshot::new(other.id, other.language, SnapshotRung::Files);
-        context.note = Some(
-            "a code context besides the default one keeps its files only: its variables are not saved, and it \
-             is not made again on resume"
-                .to_owned(),
-        );
-        report.contexts.push(context);
+    let held = super::contexts::hold_all(inner, inner.config.pause_wait).await?;
+    let mut saved_contexts = Vec::with_capacity(held.len());
+    for (index, context) in held.iter().enumerate() {
+        let info = &context.info;
+        report.interrupted |= context.interrupted;
+        let mut saved =
+            SavedContext { id: info.id.clone(), language: info.language.clone(), cwd: info.cwd.clone(), stem: None };
+        match &context.kernel {
+            Some(kernel) if crate::kernelspec::is_python(&info.language) => {
+                let name = stem(index + 1);
+                let (snapshot, lost) = save_namespace(kernel, &workdir, &info.id, &info.language, &name).await?;
+                report.contexts.push(snapshot);
+                report.unrestored.extend(lost);
+                saved.stem = Some(name);
+            }
+            kernel => {
+                let mut snapshot = ContextSnapshot::new(info.id.clone(), info.language.clone(), SnapshotRung::Files);
+                snapshot.note = Some(if kernel.is_none() {
+                    "the context had no live kernel: it is made again with no variables".to_owned()
+                } else {
+                    "a kernel that does not run Python keeps its files only: its variables are not saved".to_owned()
+                });
+                report.contexts.push(snapshot);
+            }
+        }
+        saved_contexts.push(saved);
     }
     report.rung = weakest(&report.contexts);
     let mut manifest = Manifest::new(&inner.id, &inner.config.kernel, report);
@@ -130,6 +148,7 @@ pub(super) async fn save(inner: &Arc<Inner>) -> Result<PauseReport> {
     manifest.language.clone_from(&inner.config.language);
     manifest.history = inner.history.lock().unwrap_or_else(|e| e.into_inner()).newest(usize::MAX);
     manifest.history.reverse();
+    manifest.contexts = saved_contexts;
     let copied_from = workdir.clone();
     let written = tokio::task::spawn_blocking(move || -> std::result::Result<PauseReport, store::SnapshotError> {
         let mut writer = Writer::begin(&state_dir)?;
@@ -146,6 +165,7 @@ pub(super) async fn save(inner: &Arc<Inner>) -> Result<PauseReport> {
     })
     .await
     .map_err(|e| blocking_failed("writing a snapshot", e))?;
+    drop(held);
     drop(guard);
     let mut report = written.map_err(|e| {
         let _ = std::fs::remove_dir_all(workdir.join(PAUSE_DIR));
@@ -186,6 +206,29 @@ pub(super) fn announce(inner: &Inner, stream: EventStream) -> EventStream {
     data.insert(RESUME_NOTICE_MIME, serde_json::to_value(&report.unrestored).unwrap_or_default());
     let notice = ExecEvent::Display { data, display_id: None };
     futures::stream::once(async move { Ok(notice) }).chain(stream).boxed()
+}
+
+/// Make code context `saved` of a resumed box again, under its name, and load its namespace.
+async fn resume_context(
+    inner: &Arc<Inner>,
+    manifest: &Manifest,
+    saved: &SavedContext,
+    workdir: &Path,
+) -> Result<(ContextSnapshot, Vec<codebox_core::Unrestored>)> {
+    let made = super::contexts::create_named(inner, Some(&saved.language), saved.cwd.as_deref(), saved.id.clone())
+        .await
+        .map_err(|e| {
+            CodeBoxError::invalid(format!("box {}: making code context {} again failed: {e}", inner.id, saved.id))
+        })?;
+    let paused = manifest.report.contexts.iter().find(|c| c.context == saved.id);
+    let (Some(name), Some(kernel)) = (&saved.stem, super::contexts::current_kernel(inner, &made.id).await) else {
+        let mut snapshot = ContextSnapshot::new(saved.id.clone(), saved.language.clone(), SnapshotRung::Files);
+        snapshot.note = paused.and_then(|c| c.note.clone());
+        return Ok((snapshot, Vec::new()));
+    };
+    let (mut snapshot, lost) = restore_namespace(&kernel, workdir, &saved.id, &saved.language, name).await?;
+    snapshot.note = paused.and_then(|c| c.note.clone());
+    Ok((snapshot, lost))
 }
 
 impl LocalBox {
@@ -259,7 +302,10 @@ impl LocalBoxBuilder {
         let mut report = ResumeReport::new(inner.id.clone(), SnapshotRung::Files);
         report.unrestored = manifest.report.unrestored.clone();
         for saved in &manifest.report.contexts {
-            if saved.context != DEFAULT_CONTEXT || saved.rung != SnapshotRung::Namespace {
+            if saved.context != DEFAULT_CONTEXT {
+                continue;
+            }
+            if saved.rung != SnapshotRung::Namespace {
                 report.contexts.push(saved.clone());
                 continue;
             }
@@ -276,6 +322,11 @@ impl LocalBoxBuilder {
                 restore_namespace(&h.kernel, &workdir, DEFAULT_CONTEXT, &saved.language, &stem(0)).await?;
             context.note.clone_from(&saved.note);
             report.contexts.push(context);
+            report.unrestored.extend(lost);
+        }
+        for context in &manifest.contexts {
+            let (snapshot, lost) = resume_context(inner, manifest, context, &workdir).await?;
+            report.contexts.push(snapshot);
             report.unrestored.extend(lost);
         }
         let _ = std::fs::remove_dir_all(workdir.join(PAUSE_DIR));

@@ -85,7 +85,23 @@ pub(crate) struct Manifest {
     pub(crate) report: PauseReport,
     /// The box's execution history, oldest first.
     pub(crate) history: Vec<ExecutionRecord>,
+    /// The code contexts besides the default one, made again on resume.
+    #[serde(default)]
+    pub(crate) contexts: Vec<SavedContext>,
     pub(crate) entries: Vec<Entry>,
+}
+
+/// A code context as a snapshot keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SavedContext {
+    pub(crate) id: String,
+    pub(crate) language: String,
+    /// Its starting directory, relative to the working directory.
+    #[serde(default)]
+    pub(crate) cwd: Option<String>,
+    /// The stem of its pickled namespace, when it has one.
+    #[serde(default)]
+    pub(crate) stem: Option<String>,
 }
 
 impl Manifest {
@@ -99,6 +115,7 @@ impl Manifest {
             language: None,
             report,
             history: Vec::new(),
+            contexts: Vec::new(),
             entries: Vec::new(),
         }
     }

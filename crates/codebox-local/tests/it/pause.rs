@@ -244,3 +244,28 @@ async fn the_lean_kernel_pauses_and_resumes_its_variables_too() {
     assert_eq!(back.exec("print(square(limit), math.pi > 3)").await.unwrap().stdout(), "49 True\n");
     back.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_code_context_comes_back_under_its_name_with_its_own_variables() {
+    let state = tempfile::tempdir().unwrap();
+    let lb = saving_box(state.path()).await;
+    lb.make_dir("sub").await.unwrap();
+    let made = lb.create_context(None, Some("sub")).await.unwrap();
+    let in_context = || RunOptions::new().with_context(made.id.clone());
+    lb.exec("who = 'default'").await.unwrap();
+    lb.run("import os\nwho = 'context'\nhandle = open('here.txt', 'w')", in_context()).await.unwrap();
+    let report = lb.pause().await.unwrap();
+    assert_eq!(report.contexts.len(), 2, "{report:?}");
+    assert_eq!(report.contexts[1].context, made.id);
+    assert_eq!(report.unrestored.len(), 1, "{report:?}");
+    assert_eq!(report.unrestored[0].context, made.id);
+
+    let (back, resumed) = LocalBox::resume(state.path()).await.unwrap();
+    assert_eq!(resumed.contexts.len(), 2, "{resumed:?}");
+    let ids: Vec<String> = back.contexts().await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(ids, ["default".to_owned(), made.id.clone()]);
+    let there = back.run("print(who, os.path.basename(os.getcwd()))", in_context()).await.unwrap();
+    assert_eq!(there.stdout(), "context sub\n", "{there:?}");
+    assert_eq!(back.exec("print(who)").await.unwrap().stdout(), "default\n");
+    back.stop().await.unwrap();
+}
