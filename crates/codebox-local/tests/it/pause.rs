@@ -269,3 +269,26 @@ async fn every_code_context_comes_back_under_its_name_with_its_own_variables() {
     assert_eq!(back.exec("print(who)").await.unwrap().stdout(), "default\n");
     back.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_factory_box_with_a_state_dir_pauses_and_the_factory_resumes_it_as_asked() {
+    use codebox_core::{BoxFactory, BoxRequest};
+    let root = tempfile::tempdir().unwrap();
+    let factory = codebox_local::LocalFactory::builder(crate::builder())
+        .with_session_root(root.path().join("sessions"))
+        .build()
+        .unwrap();
+    let state = root.path().join("paused/s1");
+    let request = BoxRequest::new().with_template("python-minimal").with_env("WHO", "me").with_state_dir(&state);
+    let made = factory.create(&request).await.unwrap();
+    made.start().await.unwrap();
+    assert!(made.capabilities().pause);
+    made.exec("import os\nwho = os.environ['WHO']").await.unwrap();
+    made.pause().await.unwrap();
+    let (back, report) = factory.resume(&request).await.unwrap();
+    assert_eq!(report.box_id, made.id());
+    assert_eq!(back.exec("print(who, os.environ['WHO'])").await.unwrap().stdout(), "me me\n");
+    back.stop().await.unwrap();
+    let err = factory.resume(&BoxRequest::new()).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+}
