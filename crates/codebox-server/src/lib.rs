@@ -27,6 +27,7 @@ mod factory;
 mod listing;
 mod metrics;
 mod params;
+mod paused;
 mod ratelimit;
 mod record;
 mod routes;

@@ -41,11 +41,13 @@ pub(crate) enum Route {
     Port,
     /// `/v1/sessions/{id}/ports/{port}/{rest}`: any method, proxied to the box's port.
     PortPath,
+    PauseSession,
+    ResumeSession,
 }
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 32] = [
+    pub(crate) const ALL: [Route; 34] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -78,6 +80,8 @@ impl Route {
         Route::DeleteContext,
         Route::Port,
         Route::PortPath,
+        Route::PauseSession,
+        Route::ResumeSession,
     ];
 
     /// The methods the proxied port routes document (they take any method).
@@ -137,6 +141,8 @@ impl Route {
             Route::DeleteContext => (Method::DELETE, "/v1/sessions/{id}/contexts/{ctx}"),
             Route::Port => (Method::GET, "/v1/sessions/{id}/ports/{port}"),
             Route::PortPath => (Method::GET, "/v1/sessions/{id}/ports/{port}/{rest}"),
+            Route::PauseSession => (Method::POST, "/v1/sessions/{id}/pause"),
+            Route::ResumeSession => (Method::POST, "/v1/sessions/{id}/resume"),
         }
     }
 

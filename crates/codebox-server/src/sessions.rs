@@ -43,6 +43,8 @@ pub(crate) struct Session {
     last_used_ms: AtomicU64,
     in_use: AtomicUsize,
     executions: AtomicUsize,
+    /// A paused session's size on disk (its box is then a [`PausedBox`](crate::paused::PausedBox)).
+    paused: Option<u64>,
 }
 
 impl std::fmt::Debug for Session {
@@ -81,7 +83,13 @@ impl Session {
             last_used_ms: AtomicU64::new(now_ms()),
             in_use: AtomicUsize::new(0),
             executions: AtomicUsize::new(0),
+            paused: None,
         }
+    }
+
+    /// Whether the session is paused.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.is_some()
     }
 
     /// Mark the session used now.
@@ -158,6 +166,7 @@ impl Session {
         capabilities.max_upload_bytes =
             Some(capabilities.max_upload_bytes.map_or(max_upload_bytes, |m| m.min(max_upload_bytes)));
         let state = match status.state {
+            _ if self.paused.is_some() => SessionState::Paused,
             BoxState::NotStarted | BoxState::Starting => SessionState::Starting,
             BoxState::Stopped => SessionState::Stopped,
             BoxState::Dead => SessionState::Error,
@@ -178,6 +187,7 @@ impl Session {
         info.timeout = lifetime.map(|l| l.timeout.as_secs());
         info.idle_timeout = self.spec.idle_timeout.as_secs();
         info.expires_at = lifetime.map(|l| unix_secs(l.expires_at));
+        info.disk_bytes = self.paused;
         info
     }
 }
@@ -266,6 +276,10 @@ pub(crate) struct Registry {
     closed: std::sync::atomic::AtomicBool,
     starts: Semaphore,
     record: SessionRecord,
+    /// Paused sessions on disk.
+    paused: crate::paused::PausedStore,
+    /// One resume at a time per server: a session resumed twice at once would start twice.
+    resumes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -302,7 +316,8 @@ impl Registry {
         metrics: Arc<Metrics>,
         record: SessionRecord,
     ) -> Self {
-        Self {
+        let paused = crate::paused::PausedStore::new(config.state_dir.as_deref());
+        let registry = Self {
             slots: Mutex::new(HashMap::new()),
             expired: Mutex::new(VecDeque::new()),
             expired_retention: config.expired_retention,
@@ -315,7 +330,11 @@ impl Registry {
             closed: Default::default(),
             starts: Semaphore::new(config.max_concurrent_starts.max(1)),
             record,
-        }
+            paused,
+            resumes: tokio::sync::Mutex::new(()),
+        };
+        registry.load_paused();
+        registry
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Slot>>> {
@@ -475,7 +494,10 @@ impl Registry {
             match slots.get(&key) {
                 Some(slot) => Arc::clone(slot),
                 None => {
-                    if slots.len() >= self.max_sessions {
+                    // A paused session holds no box: it takes no room but its disk.
+                    if slots.values().filter(|s| !s.cell.get().is_some_and(|s| s.is_paused())).count()
+                        >= self.max_sessions
+                    {
                         self.metrics.session_rejected();
                         let message =
                             format!("the server is at its limit of {} sessions; try again later", self.max_sessions);
@@ -512,7 +534,9 @@ impl Registry {
                     .acquire()
                     .await
                     .map_err(|_| ApiError::new(503, ErrorKind::Connection, "the server is shutting down"))?;
-                let codebox = self.factory.create(&spec.request).await.map_err(|e| self.full_if_out_of_room(e))?;
+                let mut request = spec.request.clone();
+                request.state_dir = self.paused.box_dir(self.record.owner_name(owner), &id);
+                let codebox = self.factory.create(&request).await.map_err(|e| self.full_if_out_of_room(e))?;
                 if let Err(e) = codebox.start().await {
                     let _ = codebox.stop().await;
                     return Err(self.full_if_out_of_room(e));
@@ -564,6 +588,7 @@ impl Registry {
             Some(session) => {
                 self.record.ended(owner, id);
                 stop_box(&session).await;
+                self.paused.remove(self.record.owner_name(owner), id);
                 true
             }
             None => false,
@@ -586,6 +611,7 @@ impl Registry {
         for session in &expired {
             self.expire(session);
             stop_box(session).await;
+            self.paused.remove(self.record.owner_name(session.owner), &session.id);
         }
         let mut remembered = self.lock_expired();
         while remembered.front().is_some_and(|e| e.remembered_at.elapsed() >= self.expired_retention) {
@@ -601,7 +627,9 @@ impl Registry {
             let keys: Vec<Key> = slots
                 .iter()
                 .filter(|(_, s)| {
-                    s.cell.get().is_some_and(|s| s.idle_for().is_some_and(|idle| idle > s.spec.idle_timeout))
+                    s.cell
+                        .get()
+                        .is_some_and(|s| !s.is_paused() && s.idle_for().is_some_and(|idle| idle > s.spec.idle_timeout))
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -611,6 +639,7 @@ impl Registry {
             tracing::info!(session = %session.id, owner = %session.owner, "stopping idle session");
             self.record.ended(session.owner, &session.id);
             stop_box(session).await;
+            self.paused.remove(self.record.owner_name(session.owner), &session.id);
             self.metrics.session_reaped();
         }
         expired.len()
@@ -653,4 +682,118 @@ pub(crate) async fn reap_expired(state: Arc<crate::state::AppState>) {
             tracing::info!(reaped, "sessions stopped at the end of their lifetime");
         }
     }
+}
+
+/// Pausing and resuming sessions: a paused session stays in the registry with a
+/// [`PausedBox`](crate::paused::PausedBox), and on disk (see [`crate::paused`]).
+impl Registry {
+    /// Register the paused sessions a state directory holds (a server starting).
+    fn load_paused(&self) {
+        let mut slots = self.lock();
+        for (owner_name, record, disk) in self.paused.load() {
+            let Some(owner) = self.record.owner_named(&owner_name) else {
+                tracing::warn!(session = %record.id, "a paused session of a key this server no longer has is left alone");
+                continue;
+            };
+            let session = paused_session(owner, &record, disk);
+            let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(session))) };
+            slots.insert(Key { owner, id: record.id.clone() }, Arc::new(slot));
+            tracing::info!(session = %record.id, %owner, "a paused session is back on the list");
+        }
+    }
+
+    /// Pause the owner's session `id`: its box writes its state to disk and stops, and the
+    /// session stays, paused, until it is resumed or deleted. Pausing a paused session
+    /// answers what its pause kept.
+    pub(crate) async fn pause(&self, owner: Owner, id: &str) -> ApiResult<codebox_core::PauseReport> {
+        let session = self.require(owner, id)?;
+        let owner_name = self.record.owner_name(owner).to_owned();
+        if !self.paused.enabled() {
+            return Err(CodeBoxError::unsupported(
+                "pause: this server keeps no state directory (codebox serve --state-dir) to pause sessions in",
+            )
+            .into());
+        }
+        if session.is_paused() {
+            let _turn = self.resumes.lock().await;
+            let record = self.paused.load_one(&owner_name, id);
+            return record.map(|r| r.report).ok_or_else(|| self.missing(owner, id));
+        }
+        let report = {
+            let _use = session.use_guard();
+            session.codebox.pause().await?
+        };
+        let lifetime = session.lifetime();
+        let record = crate::paused::PausedRecord {
+            id: id.to_owned(),
+            request: session.spec.request.clone(),
+            metadata: session.spec.metadata.clone(),
+            timeout_secs: lifetime.map(|l| l.timeout.as_secs()),
+            idle_timeout_secs: session.spec.idle_timeout.as_secs(),
+            created_at: unix_secs(session.created_at),
+            paused_at: unix_secs(SystemTime::now()),
+            report: report.clone(),
+        };
+        self.paused.write(&owner_name, &record)?;
+        let disk = self.paused.size(&owner_name, id);
+        let key = Key { owner, id: id.to_owned() };
+        let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(paused_session(owner, &record, disk)))) };
+        self.lock().insert(key, Arc::new(slot));
+        self.record.ended(owner, id);
+        tracing::info!(session = %id, %owner, rung = %report.rung, disk, "session paused");
+        Ok(report)
+    }
+
+    /// Resume the owner's paused session `id`: its box is made again from its snapshot and
+    /// started, and the session runs on. 404 when there is no such session, 409 when it is not paused.
+    pub(crate) async fn resume(&self, owner: Owner, id: &str) -> ApiResult<(Arc<Session>, codebox_core::ResumeReport)> {
+        let _turn = self.resumes.lock().await;
+        let session = self.require(owner, id)?;
+        if !session.is_paused() {
+            return Err(ApiError::new(409, ErrorKind::InvalidInput, format!("session {id} is not paused")));
+        }
+        let owner_name = self.record.owner_name(owner).to_owned();
+        let record = self.paused.load_one(&owner_name, id).ok_or_else(|| self.missing(owner, id))?;
+        let mut request = record.request.clone();
+        request.state_dir = self.paused.box_dir(&owner_name, id);
+        let (codebox, report) = {
+            let _start = self
+                .starts
+                .acquire()
+                .await
+                .map_err(|_| ApiError::new(503, ErrorKind::Connection, "the server is shutting down"))?;
+            self.factory.resume(&request).await.map_err(|e| self.full_if_out_of_room(e))?
+        };
+        let spec = SessionSpec {
+            request: record.request.clone(),
+            metadata: record.metadata.clone(),
+            timeout: record.timeout_secs.map(Duration::from_secs),
+            idle_timeout: Duration::from_secs(record.idle_timeout_secs),
+        };
+        let mut resumed = Session::new(id.to_owned(), owner, codebox, spec);
+        resumed.created_at = UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
+        let resumed = Arc::new(resumed);
+        let slot = Slot { cell: OnceCell::new_with(Some(Arc::clone(&resumed))) };
+        self.lock().insert(Key { owner, id: id.to_owned() }, Arc::new(slot));
+        self.paused.resumed(&owner_name, id);
+        self.record.started(owner, id);
+        tracing::info!(session = %id, %owner, rung = %report.rung, "session resumed");
+        Ok((resumed, report))
+    }
+}
+
+/// The registry's entry of a paused session: its box holds nothing, its lifetime is not
+/// running.
+fn paused_session(owner: Owner, record: &crate::paused::PausedRecord, disk: u64) -> Session {
+    let spec = SessionSpec {
+        request: record.request.clone(),
+        metadata: record.metadata.clone(),
+        timeout: None,
+        idle_timeout: Duration::from_secs(record.idle_timeout_secs),
+    };
+    let codebox: Arc<dyn CodeBox> = Arc::new(crate::paused::PausedBox::new(&record.id));
+    let mut session = Session::new(record.id.clone(), owner, codebox, spec);
+    session.created_at = UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
+    session.paused = Some(disk);
+    session
 }

@@ -1,6 +1,7 @@
 //! The `codebox` binary, run as a user would: real processes, real kernels.
 
 mod hostile;
+mod pause;
 mod run;
 mod run_env;
 mod serve;

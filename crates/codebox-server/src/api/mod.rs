@@ -37,6 +37,17 @@ pub(crate) async fn dispatch(
     let id = id.as_deref().unwrap_or_default();
     let ctx = params.ctx.map(percent_decode).transpose()?;
     let ctx = ctx.as_deref().unwrap_or_default();
+    // Any request to a paused session resumes it first (as E2B's `connect` does); deleting
+    // it, describing it and pausing or resuming it act on it as it is.
+    if !id.is_empty()
+        && !matches!(
+            route,
+            Route::GetSession | Route::DeleteSession | Route::PauseSession | Route::ResumeSession | Route::ListSessions
+        )
+        && state.registry.get(owner, id).is_some_and(|s| s.is_paused())
+    {
+        state.registry.resume(owner, id).await?;
+    }
     match route {
         Route::Health | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route").into()),
         Route::CreateSession => sessions::create(state, owner, req).await,
@@ -97,6 +108,8 @@ pub(crate) async fn dispatch(
         Route::RestartContext => contexts::restart(state, owner, id, ctx).await,
         Route::InterruptContext => contexts::interrupt(state, owner, id, ctx).await,
         Route::DeleteContext => contexts::delete(state, owner, id, ctx).await,
+        Route::PauseSession => sessions::pause(state, state.session_owner(owner, id)?, id).await,
+        Route::ResumeSession => sessions::resume(state, state.session_owner(owner, id)?, id).await,
         Route::Port | Route::PortPath => {
             let port = params.port.unwrap_or_default();
             ports::proxy(state, owner, id, port, params.path, req).await
