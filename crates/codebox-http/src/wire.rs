@@ -48,6 +48,10 @@ pub struct CreateSession {
     /// Seconds without use after which the session is stopped; at most the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u64>,
+    /// Pause the session when it idles out (`true`) or stop it (`false`), whatever the
+    /// server's `--on-idle` says; pausing needs a server with a state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause: Option<bool>,
 }
 
 /// `POST /v1/sessions/{id}/timeout`: the session now lives until `timeout` seconds from now.

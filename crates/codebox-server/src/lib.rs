@@ -45,7 +45,7 @@ use codebox_http::server::{BodyBudget, ConnectionLimits, serve};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::{DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, ServerConfig};
+pub use crate::config::{DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, OnIdle, ServerConfig};
 pub use crate::factory::{BoxFactory, BoxRequest, factory_fn};
 
 use crate::auth::ApiKeys;

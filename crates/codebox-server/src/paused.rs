@@ -42,6 +42,9 @@ pub(crate) struct PausedRecord {
     #[serde(default)]
     pub(crate) timeout_secs: Option<u64>,
     pub(crate) idle_timeout_secs: u64,
+    /// The session's own choice of pausing when it idles out.
+    #[serde(default)]
+    pub(crate) auto_pause: Option<bool>,
     /// When the session was made and paused, in Unix seconds.
     pub(crate) created_at: f64,
     pub(crate) paused_at: f64,
@@ -260,6 +263,7 @@ mod tests {
             metadata: BTreeMap::new(),
             timeout_secs: Some(60),
             idle_timeout_secs: 300,
+            auto_pause: None,
             created_at: 1.0,
             paused_at: 2.0,
             report: PauseReport::new(id, SnapshotRung::Namespace),

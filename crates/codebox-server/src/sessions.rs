@@ -43,8 +43,9 @@ pub(crate) struct Session {
     last_used_ms: AtomicU64,
     in_use: AtomicUsize,
     executions: AtomicUsize,
-    /// A paused session's size on disk (its box is then a [`PausedBox`](crate::paused::PausedBox)).
-    paused: Option<u64>,
+    /// A paused session's size on disk and when it was paused (its box is then a
+    /// [`PausedBox`](crate::paused::PausedBox)).
+    paused: Option<(u64, f64)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -187,7 +188,7 @@ impl Session {
         info.timeout = lifetime.map(|l| l.timeout.as_secs());
         info.idle_timeout = self.spec.idle_timeout.as_secs();
         info.expires_at = lifetime.map(|l| unix_secs(l.expires_at));
-        info.disk_bytes = self.paused;
+        info.disk_bytes = self.paused.map(|(disk, _)| disk);
         info
     }
 }
@@ -280,6 +281,10 @@ pub(crate) struct Registry {
     paused: crate::paused::PausedStore,
     /// One resume at a time per server: a session resumed twice at once would start twice.
     resumes: tokio::sync::Mutex<()>,
+    /// Whether idle sessions are paused rather than stopped (each may say otherwise).
+    pause_idle: bool,
+    /// The bytes paused sessions may take on disk, server-wide and per key.
+    paused_budget: (Option<u64>, Option<u64>),
 }
 
 impl std::fmt::Debug for Registry {
@@ -332,6 +337,8 @@ impl Registry {
             record,
             paused,
             resumes: tokio::sync::Mutex::new(()),
+            pause_idle: config.on_idle == crate::config::OnIdle::Pause,
+            paused_budget: (config.paused_disk_budget, config.paused_disk_per_key),
         };
         registry.load_paused();
         registry
@@ -507,7 +514,8 @@ impl Registry {
                     }
                     // One key must not take every slot and starve the others. Its own
                     // limit, so 429 (the caller can free sessions), not the 503 of a full server.
-                    if slots.keys().filter(|k| k.owner == owner).count() >= self.max_per_owner {
+                    let running = |s: &Arc<Slot>| !s.cell.get().is_some_and(|s| s.is_paused());
+                    if slots.iter().filter(|(k, s)| k.owner == owner && running(s)).count() >= self.max_per_owner {
                         self.metrics.session_rejected();
                         let message = format!(
                             "this API key holds its limit of {} sessions; delete one (or let one idle out) before \
@@ -620,29 +628,46 @@ impl Registry {
         expired.len()
     }
 
-    /// Stop every session that has been idle for longer than its idle timeout; returns how many.
+    /// Pause (or stop) every session that has been idle for longer than its idle timeout;
+    /// returns how many. A session is paused when it asks to be (`auto_pause`) or, asking
+    /// nothing, when the server pauses idle sessions; one that cannot be paused is stopped.
     pub(crate) async fn reap_idle(&self) -> usize {
-        let expired: Vec<Arc<Session>> = {
-            let mut slots = self.lock();
-            let keys: Vec<Key> = slots
-                .iter()
-                .filter(|(_, s)| {
-                    s.cell
-                        .get()
-                        .is_some_and(|s| !s.is_paused() && s.idle_for().is_some_and(|idle| idle > s.spec.idle_timeout))
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter().filter_map(|k| slots.remove(&k)).filter_map(|s| s.cell.get().cloned()).collect()
-        };
-        for session in &expired {
+        let is_idle = |s: &Session| !s.is_paused() && s.idle_for().is_some_and(|idle| idle > s.spec.idle_timeout);
+        let idle: Vec<Arc<Session>> =
+            self.lock().values().filter_map(|s| s.cell.get().cloned()).filter(|s| is_idle(s)).collect();
+        let mut reaped = 0;
+        for session in idle {
+            if session.spec.auto_pause.unwrap_or(self.pause_idle) && self.paused.enabled() {
+                match self.pause(session.owner, &session.id).await {
+                    Ok(_) => {
+                        tracing::info!(session = %session.id, owner = %session.owner, "idle session paused");
+                        reaped += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::info!(session = %session.id, error = %e, "an idle session could not be paused: stopping it");
+                    }
+                }
+            }
+            let removed = {
+                let mut slots = self.lock();
+                let key = Key { owner: session.owner, id: session.id.clone() };
+                // Still this session, and still idle: a request may have come meanwhile.
+                let current = slots.get(&key).and_then(|s| s.cell.get().cloned());
+                let still = current.is_some_and(|c| Arc::ptr_eq(&c, &session) && (is_idle(&c) || c.is_paused()));
+                still && slots.remove(&key).is_some()
+            };
+            if !removed {
+                continue;
+            }
             tracing::info!(session = %session.id, owner = %session.owner, "stopping idle session");
             self.record.ended(session.owner, &session.id);
-            stop_box(session).await;
+            stop_box(&session).await;
             self.paused.remove(self.record.owner_name(session.owner), &session.id);
             self.metrics.session_reaped();
+            reaped += 1;
         }
-        expired.len()
+        reaped
     }
 
     /// Refuse new sessions, remove every session and stop all their boxes. The record keeps
@@ -730,6 +755,7 @@ impl Registry {
             metadata: session.spec.metadata.clone(),
             timeout_secs: lifetime.map(|l| l.timeout.as_secs()),
             idle_timeout_secs: session.spec.idle_timeout.as_secs(),
+            auto_pause: session.spec.auto_pause,
             created_at: unix_secs(session.created_at),
             paused_at: unix_secs(SystemTime::now()),
             report: report.clone(),
@@ -738,9 +764,10 @@ impl Registry {
         let disk = self.paused.size(&owner_name, id);
         let key = Key { owner, id: id.to_owned() };
         let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(paused_session(owner, &record, disk)))) };
-        self.lock().insert(key, Arc::new(slot));
+        self.lock().insert(key.clone(), Arc::new(slot));
         self.record.ended(owner, id);
         tracing::info!(session = %id, %owner, rung = %report.rung, disk, "session paused");
+        self.keep_paused_budget(&key).await?;
         Ok(report)
     }
 
@@ -769,6 +796,7 @@ impl Registry {
             metadata: record.metadata.clone(),
             timeout: record.timeout_secs.map(Duration::from_secs),
             idle_timeout: Duration::from_secs(record.idle_timeout_secs),
+            auto_pause: record.auto_pause,
         };
         let mut resumed = Session::new(id.to_owned(), owner, codebox, spec);
         resumed.created_at = UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
@@ -782,6 +810,64 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Remove the sessions paused longest until the paused sessions fit the server's budget
+    /// and their key's; `just_paused` goes last, and if it alone is over a budget it is
+    /// removed too and the pause fails saying so.
+    async fn keep_paused_budget(&self, just_paused: &Key) -> ApiResult<()> {
+        let (server_budget, key_budget) = self.paused_budget;
+        if server_budget.is_none() && key_budget.is_none() {
+            return Ok(());
+        }
+        // Oldest pause first, the one just made last.
+        let mut paused: Vec<(Key, u64, f64)> = self
+            .lock()
+            .iter()
+            .filter_map(|(k, s)| s.cell.get().and_then(|s| s.paused).map(|(disk, at)| (k.clone(), disk, at)))
+            .collect();
+        paused.sort_by(|a, b| (&a.0 == just_paused).cmp(&(&b.0 == just_paused)).then(a.2.total_cmp(&b.2)));
+        let over = |paused: &[(Key, u64, f64)]| {
+            let total: u64 = paused.iter().map(|p| p.1).sum();
+            let of_key: u64 = paused.iter().filter(|p| p.0.owner == just_paused.owner).map(|p| p.1).sum();
+            server_budget.is_some_and(|b| total > b) || key_budget.is_some_and(|b| of_key > b)
+        };
+        while over(&paused) {
+            let key_over = key_budget.is_some_and(|b| {
+                paused.iter().filter(|p| p.0.owner == just_paused.owner).map(|p| p.1).sum::<u64>() > b
+            });
+            // Over the key's budget: that key's oldest goes; else the server's oldest.
+            let Some(index) = paused.iter().position(|p| !key_over || p.0.owner == just_paused.owner) else { break };
+            let (key, disk, _) = paused.remove(index);
+            let removed = self.lock().remove(&key).and_then(|s| s.cell.get().cloned());
+            if let Some(session) = removed {
+                self.expire(&session);
+            }
+            self.paused.remove(self.record.owner_name(key.owner), &key.id);
+            if &key == just_paused {
+                return Err(ApiError::new(
+                    507,
+                    ErrorKind::TooLarge,
+                    format!(
+                        "session {} took {disk} bytes paused, more than this server's budget for paused sessions \
+                         ({}); it was removed",
+                        key.id,
+                        [
+                            server_budget.map(|b| format!("{b} bytes in all")),
+                            key_budget.map(|b| format!("{b} bytes per key"))
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                    ),
+                ));
+            }
+            tracing::info!(session = %key.id, owner = %key.owner, disk, "a paused session was removed to keep the disk budget");
+        }
+        Ok(())
+    }
+}
+
 /// The registry's entry of a paused session: its box holds nothing, its lifetime is not
 /// running.
 fn paused_session(owner: Owner, record: &crate::paused::PausedRecord, disk: u64) -> Session {
@@ -790,10 +876,11 @@ fn paused_session(owner: Owner, record: &crate::paused::PausedRecord, disk: u64)
         metadata: record.metadata.clone(),
         timeout: None,
         idle_timeout: Duration::from_secs(record.idle_timeout_secs),
+        auto_pause: record.auto_pause,
     };
     let codebox: Arc<dyn CodeBox> = Arc::new(crate::paused::PausedBox::new(&record.id));
     let mut session = Session::new(record.id.clone(), owner, codebox, spec);
     session.created_at = UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
-    session.paused = Some(disk);
+    session.paused = Some((disk, record.paused_at));
     session
 }

@@ -170,3 +170,49 @@ fn walk_has(dir: &std::path::Path, name: &str) -> bool {
     }
     false
 }
+
+#[test]
+fn idle_sessions_are_paused_unless_they_ask_to_stop_and_the_disk_budget_removes_the_oldest_first() {
+    assert!(running_as_root(), "session uids need root: run the tests as root");
+    let (_base, root) = base_root();
+    let options =
+        Options::new(Level::Bubblewrap).arg("--idle-timeout").arg("2s").arg("--paused-disk-per-key").arg("5M");
+    let server = Serve::start_on(&root, options, 346_020..346_024);
+    let paused = server.new_session(KEY_A);
+    let reply = server.request(KEY_A, "POST", "/v1/sessions", Some(serde_json::json!({"auto_pause": false})));
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let stopped = reply.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(server.exec(KEY_A, &paused, "kept = 'after idling'\nprint(1)").ok(), "1\n");
+    assert_eq!(server.exec(KEY_A, &stopped, "print(2)").ok(), "2\n");
+    crate::hostile::wait_until("the idle sessions to be reaped", Duration::from_secs(30), || {
+        let sessions = listed(&server, KEY_A);
+        sessions.len() == 1 && sessions[0]["state"] == "paused"
+    });
+    assert_eq!(listed(&server, KEY_A)[0]["id"], paused.as_str());
+    assert_eq!(server.request(KEY_A, "GET", &format!("/v1/sessions/{stopped}"), None).status, 404);
+    assert_eq!(server.exec(KEY_A, &paused, "print(kept)").ok(), "after idling\n");
+    assert_eq!(server.request(KEY_A, "DELETE", &format!("/v1/sessions/{paused}"), None).status, 204);
+
+    // Two sessions of 3 MB each do not fit a 5 MB budget paused: the older pause goes.
+    let (older, newer) = (server.new_session(KEY_A), server.new_session(KEY_A));
+    for id in [&older, &newer] {
+        let out = server.exec(KEY_A, id, "open('data.bin', 'wb').write(b'x' * (3 << 20))\nprint('ok')");
+        assert_eq!(out.ok(), "ok\n");
+    }
+    for id in [&older, &newer] {
+        let reply = server.request(KEY_A, "POST", &format!("/v1/sessions/{id}/pause"), None);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let reply = server.request(KEY_A, "GET", &format!("/v1/sessions/{older}"), None);
+    assert_eq!(reply.status, 410, "the older pause was kept: {}", reply.text());
+    let reply = server.request(KEY_A, "GET", &format!("/v1/sessions/{newer}"), None);
+    assert_eq!(reply.json()["state"], "paused", "{}", reply.text());
+    // One session alone over the budget: its pause fails, saying so.
+    let big = server.new_session(KEY_A);
+    let out = server.exec(KEY_A, &big, "open('data.bin', 'wb').write(b'x' * (6 << 20))\nprint('ok')");
+    assert_eq!(out.ok(), "ok\n");
+    let reply = server.request(KEY_A, "POST", &format!("/v1/sessions/{big}/pause"), None);
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(reply.text().contains("budget"), "{}", reply.text());
+    server.stop();
+}
