@@ -263,7 +263,7 @@ impl Writer {
                         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
                     )
                     .map_err(|e| io(format!("opening {}", source.display()))(e.into()))?;
-                    let (size, sha256) = copy_file(File::from(file), &source, &target, None)?;
+                    let (size, sha256) = copy_file(File::from(file), &source, &target, None, true)?;
                     self.bytes += size;
                     self.files += 1;
                     let mtime_ns = meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec());
@@ -367,7 +367,8 @@ pub(crate) fn restore_tree(snapshot: &Snapshot, to: &Path, uid: Option<u32>) -> 
                     return Err(damaged(format!("{rel} is missing")));
                 }
                 let file = File::open(&source).map_err(io(format!("opening {}", source.display())))?;
-                let (got_size, got_hash) = copy_file(file, &source, &target, Some(*mode))?;
+                // Not synced: a working directory is scratch, rebuilt from the snapshot if lost.
+                let (got_size, got_hash) = copy_file(file, &source, &target, Some(*mode), false)?;
                 if got_size != *size {
                     return Err(damaged(format!("{rel} has {got_size} bytes, not the {size} written")));
                 }
@@ -391,8 +392,14 @@ pub(crate) fn restore_tree(snapshot: &Snapshot, to: &Path, uid: Option<u32>) -> 
 }
 
 /// Copy `source` (opened from `from`) to a new file `to` (replacing one there), hashing as it
-/// goes, and sync it. Returns its size and hex SHA-256.
-fn copy_file(mut source: File, from: &Path, to: &Path, mode: Option<u32>) -> Result<(u64, String), SnapshotError> {
+/// goes, and sync it when `sync`. Returns its size and hex SHA-256.
+fn copy_file(
+    mut source: File,
+    from: &Path,
+    to: &Path,
+    mode: Option<u32>,
+    sync: bool,
+) -> Result<(u64, String), SnapshotError> {
     let _ = std::fs::remove_file(to);
     let mut target =
         File::options().write(true).create_new(true).open(to).map_err(io(format!("creating {}", to.display())))?;
@@ -413,7 +420,9 @@ fn copy_file(mut source: File, from: &Path, to: &Path, mode: Option<u32>) -> Res
             .set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(io(format!("setting the mode of {}", to.display())))?;
     }
-    target.sync_all().map_err(io(format!("syncing {}", to.display())))?;
+    if sync {
+        target.sync_all().map_err(io(format!("syncing {}", to.display())))?;
+    }
     Ok((size, hex(&hasher.finalize())))
 }
 
