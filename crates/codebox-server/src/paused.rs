@@ -11,7 +11,9 @@
 //! at startup is what a running session or an unfinished pause left: it is removed.
 //!
 //! In the registry a paused session is a session whose box is a [`PausedBox`]: it holds
-//! nothing but the session's place, answers `status` as stopped, and refuses the rest.
+//! nothing but the session's place, answers `status` as stopped, lists and serves the files
+//! of its snapshot (so that they stay downloadable when the snapshot cannot be resumed), and
+//! refuses the rest.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -152,6 +154,16 @@ impl PausedStore {
     }
 }
 
+/// The copy of the working directory in the current snapshot of a box's state directory
+/// `box_dir`, as codebox-local's snapshot store lays it out (`CURRENT` names the snapshot).
+fn snapshot_files(box_dir: &Path) -> Option<PathBuf> {
+    let current = std::fs::read_to_string(box_dir.join("CURRENT")).ok()?;
+    let name = current.split_whitespace().next()?;
+    let valid = name.strip_prefix("snap-").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let files = box_dir.join(name).join("files");
+    (valid && files.is_dir()).then_some(files)
+}
+
 /// The bytes the files under `dir` take.
 fn size_on_disk(dir: &Path) -> u64 {
     let mut total = 0;
@@ -170,16 +182,40 @@ fn size_on_disk(dir: &Path) -> u64 {
     total
 }
 
-/// The box of a paused session: nothing runs, and every call but `status` and `stop` is
-/// refused (the native API resumes the session before it gets here).
+/// The box of a paused session: nothing runs; `status`, `stop`, and reading the files of
+/// its snapshot work, the rest is refused (the native API resumes the session before it
+/// gets here, and falls back to these files when the snapshot cannot be resumed).
 #[derive(Debug)]
 pub(crate) struct PausedBox {
     id: String,
+    /// The snapshot's copy of the working directory, when there is one.
+    files: Option<PathBuf>,
 }
 
 impl PausedBox {
-    pub(crate) fn new(id: &str) -> Self {
-        Self { id: id.to_owned() }
+    /// The paused box of session `id`, whose box kept its snapshots in `box_dir`.
+    pub(crate) fn new(id: &str, box_dir: Option<&Path>) -> Self {
+        Self { id: id.to_owned(), files: box_dir.and_then(snapshot_files) }
+    }
+
+    /// `path` inside the snapshot's files, checked one component at a time: no link is
+    /// followed (the box made them), and nothing outside is reached. Nothing changes the
+    /// snapshot meanwhile: no process of the box runs, and the directory is the server's.
+    fn resolve(&self, path: &str) -> Result<PathBuf> {
+        let root = self.files.as_ref().ok_or_else(|| self.refused())?;
+        let relative = codebox_core::normalize_box_path(path)?;
+        let mut at = root.clone();
+        for part in relative.components() {
+            at.push(part);
+            let meta = std::fs::symlink_metadata(&at).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => CodeBoxError::not_found(format!("file {path}")),
+                _ => CodeBoxError::io(format!("reading {path} of a paused session"), e),
+            })?;
+            if meta.file_type().is_symlink() {
+                return Err(CodeBoxError::unsafe_path(path, "it goes through a symbolic link"));
+            }
+        }
+        Ok(at)
     }
 
     fn refused(&self) -> CodeBoxError {
@@ -222,12 +258,73 @@ impl CodeBox for PausedBox {
         Err(self.refused())
     }
 
-    async fn download(&self, _: &str) -> Result<ByteStream> {
-        Err(self.refused())
+    async fn download(&self, path: &str) -> Result<ByteStream> {
+        use futures::StreamExt;
+        let at = self.resolve(path)?;
+        if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_file()) {
+            return Err(CodeBoxError::invalid(format!("{path} is not a regular file")));
+        }
+        let file = std::fs::File::open(&at).map_err(|e| CodeBoxError::io(format!("opening {path}"), e))?;
+        let file = std::sync::Arc::new(std::sync::Mutex::new(file));
+        // Read on the blocking pool, a chunk at a time.
+        let chunks = futures::stream::unfold(file, |file| async move {
+            let reading = file.clone();
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; 256 << 10];
+                let n = std::io::Read::read(&mut *reading.lock().unwrap_or_else(|e| e.into_inner()), &mut buf)?;
+                buf.truncate(n);
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            match chunk {
+                Ok(buf) if buf.is_empty() => None,
+                Ok(buf) => Some((Ok(bytes::Bytes::from(buf)), file)),
+                Err(e) => Some((Err(CodeBoxError::io("reading a paused session's file", e)), file)),
+            }
+        });
+        Ok(chunks.boxed())
     }
 
-    async fn list_files(&self, _: &str, _: bool) -> Result<Vec<FileInfo>> {
-        Err(self.refused())
+    async fn list_files(&self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>> {
+        if recursive {
+            return Err(self.refused());
+        }
+        let (at, relative) = if dir.is_empty() || dir == "." || dir == "/" {
+            (self.files.clone().ok_or_else(|| self.refused())?, PathBuf::new())
+        } else {
+            (self.resolve(dir)?, codebox_core::normalize_box_path(dir)?)
+        };
+        let children = std::fs::read_dir(&at).map_err(|e| CodeBoxError::io(format!("listing {dir}"), e))?;
+        let mut out = Vec::new();
+        for child in children.filter_map(std::result::Result::ok) {
+            let Some(name) = child.file_name().to_str().map(str::to_owned) else { continue };
+            // The box's own state is left out of listings, as a running box does.
+            if relative.as_os_str().is_empty() && name == ".codebox" {
+                continue;
+            }
+            let Ok(meta) = child.path().symlink_metadata() else { continue };
+            let kind = meta.file_type();
+            out.push(FileInfo {
+                path: relative.join(&name).to_string_lossy().into_owned(),
+                name,
+                size: meta.len(),
+                is_dir: kind.is_dir(),
+                modified: meta.modified().ok(),
+                file_kind: Some(if kind.is_symlink() {
+                    codebox_core::FileKind::Symlink
+                } else if kind.is_dir() {
+                    codebox_core::FileKind::Dir
+                } else if kind.is_file() {
+                    codebox_core::FileKind::File
+                } else {
+                    codebox_core::FileKind::Other
+                }),
+                mode: Some(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777),
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
     }
 
     async fn delete_file(&self, _: &str) -> Result<()> {

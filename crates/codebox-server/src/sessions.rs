@@ -720,7 +720,7 @@ impl Registry {
                 tracing::warn!(session = %record.id, "a paused session of a key this server no longer has is left alone");
                 continue;
             };
-            let session = paused_session(owner, &record, disk);
+            let session = paused_session(owner, &record, disk, self.paused.box_dir(&owner_name, &record.id));
             let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(session))) };
             slots.insert(Key { owner, id: record.id.clone() }, Arc::new(slot));
             tracing::info!(session = %record.id, %owner, "a paused session is back on the list");
@@ -763,7 +763,8 @@ impl Registry {
         self.paused.write(&owner_name, &record)?;
         let disk = self.paused.size(&owner_name, id);
         let key = Key { owner, id: id.to_owned() };
-        let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(paused_session(owner, &record, disk)))) };
+        let box_dir = self.paused.box_dir(&owner_name, id);
+        let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(paused_session(owner, &record, disk, box_dir)))) };
         self.lock().insert(key.clone(), Arc::new(slot));
         self.record.ended(owner, id);
         tracing::info!(session = %id, %owner, rung = %report.rung, disk, "session paused");
@@ -789,7 +790,12 @@ impl Registry {
                 .acquire()
                 .await
                 .map_err(|_| ApiError::new(503, ErrorKind::Connection, "the server is shutting down"))?;
-            self.factory.resume(&request).await.map_err(|e| self.full_if_out_of_room(e))?
+            self.factory.resume(&request).await.map_err(|e| {
+                // The box names itself by its own id; the caller knows the session's.
+                let mut err = self.full_if_out_of_room(e);
+                err.message = format!("session {id} cannot be resumed: {}", err.message);
+                err
+            })?
         };
         let spec = SessionSpec {
             request: record.request.clone(),
@@ -870,7 +876,12 @@ impl Registry {
 
 /// The registry's entry of a paused session: its box holds nothing, its lifetime is not
 /// running.
-fn paused_session(owner: Owner, record: &crate::paused::PausedRecord, disk: u64) -> Session {
+fn paused_session(
+    owner: Owner,
+    record: &crate::paused::PausedRecord,
+    disk: u64,
+    box_dir: Option<std::path::PathBuf>,
+) -> Session {
     let spec = SessionSpec {
         request: record.request.clone(),
         metadata: record.metadata.clone(),
@@ -878,7 +889,7 @@ fn paused_session(owner: Owner, record: &crate::paused::PausedRecord, disk: u64)
         idle_timeout: Duration::from_secs(record.idle_timeout_secs),
         auto_pause: record.auto_pause,
     };
-    let codebox: Arc<dyn CodeBox> = Arc::new(crate::paused::PausedBox::new(&record.id));
+    let codebox: Arc<dyn CodeBox> = Arc::new(crate::paused::PausedBox::new(&record.id, box_dir.as_deref()));
     let mut session = Session::new(record.id.clone(), owner, codebox, spec);
     session.created_at = UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
     session.paused = Some((disk, record.paused_at));

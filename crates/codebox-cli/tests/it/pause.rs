@@ -216,3 +216,51 @@ fn idle_sessions_are_paused_unless_they_ask_to_stop_and_the_disk_budget_removes_
     assert!(reply.text().contains("budget"), "{}", reply.text());
     server.stop();
 }
+
+#[test]
+fn a_damaged_snapshot_is_refused_naming_the_session_and_its_files_stay_downloadable() {
+    assert!(running_as_root(), "session uids need root: run the tests as root");
+    let (_base, root) = base_root();
+    let server = Serve::start_on(&root, Options::new(Level::Bubblewrap), 346_030..346_032);
+    let id = server.new_session(KEY_A);
+    let out = server.exec(KEY_A, &id, "n = 7\nopen('kept.txt', 'w').write('precious')\nprint('ok')");
+    assert_eq!(out.ok(), "ok\n");
+    let reply = server.request(KEY_A, "POST", &format!("/v1/sessions/{id}/pause"), None);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let pickle = find(&root.join("server/paused"), "ns0.pkl").expect("the pickled namespace in the snapshot");
+    let mut bytes = std::fs::read(&pickle).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&pickle, bytes).unwrap();
+
+    let reply =
+        server.request(KEY_A, "POST", &format!("/v1/sessions/{id}/execute"), Some(serde_json::json!({"code": "n"})));
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let text = reply.text();
+    assert!(text.contains(&format!("session {id}")) && text.contains("damaged"), "{text}");
+    let reply = server.request(KEY_A, "GET", &format!("/v1/sessions/{id}/files/kept.txt"), None);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "precious");
+    let listing = server.request(KEY_A, "GET", &format!("/v1/sessions/{id}/files"), None);
+    assert_eq!(listing.status, 200, "{}", listing.text());
+    let names: Vec<String> =
+        listing.json().as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, ["kept.txt"]);
+    assert_eq!(listed(&server, KEY_A)[0]["state"], "paused", "a failed resume leaves the session paused");
+    server.stop();
+}
+
+/// The path of a file named `name` somewhere under `dir`.
+fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        for child in std::fs::read_dir(&d).ok()?.flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(child.path());
+            } else if child.file_name() == name {
+                return Some(child.path());
+            }
+        }
+    }
+    None
+}

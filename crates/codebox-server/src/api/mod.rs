@@ -45,8 +45,15 @@ pub(crate) async fn dispatch(
             Route::GetSession | Route::DeleteSession | Route::PauseSession | Route::ResumeSession | Route::ListSessions
         )
         && state.registry.get(owner, id).is_some_and(|s| s.is_paused())
+        && let Err(e) = state.registry.resume(owner, id).await
     {
-        state.registry.resume(owner, id).await?;
+        // A snapshot that cannot be resumed still has its files: listing and downloading
+        // them read the snapshot itself.
+        let reads_files = matches!(route, Route::ListFiles | Route::GetFile);
+        if !(reads_files && e.kind == ErrorKind::InvalidInput) {
+            return Err(e);
+        }
+        tracing::info!(session = %id, error = %e, "serving a paused session's files from its snapshot");
     }
     match route {
         Route::Health | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route").into()),
