@@ -27,10 +27,10 @@ pub enum Provision {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PythonProfile {
-    /// ipykernel with matplotlib, numpy and pandas (the default).
+    /// ipykernel and dill with matplotlib, numpy and pandas (the default).
     #[default]
     Data,
-    /// ipykernel alone.
+    /// ipykernel and dill alone (dill pickles a paused box's variables).
     Minimal,
 }
 
