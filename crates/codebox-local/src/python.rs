@@ -241,19 +241,12 @@ fn resolve_with(
     Ok(venv_python(dir))
 }
 
+/// Marked ready for `profile`, with dill (an older environment gets it on its next use).
 fn ready(dir: &Path, profile: PythonProfile) -> bool {
-    let marked = match std::fs::read_to_string(dir.join(MARKER)) {
-        Ok(m) => profile == PythonProfile::Minimal || m.trim() == PythonProfile::Data.name(),
-        Err(_) => false,
-    };
-    // An environment made before dill was among its packages gets it on its next use.
-    marked && has_package(dir, "dill")
-}
-
-/// Whether the venv at `dir` has the importable package `name`.
-fn has_package(dir: &Path, name: &str) -> bool {
-    let Ok(versions) = std::fs::read_dir(dir.join("lib")) else { return false };
-    versions.filter_map(std::result::Result::ok).any(|v| v.path().join("site-packages").join(name).is_dir())
+    let marked = std::fs::read_to_string(dir.join(MARKER))
+        .is_ok_and(|m| profile == PythonProfile::Minimal || m.trim() == PythonProfile::Data.name());
+    let mut libs = std::fs::read_dir(dir.join("lib")).into_iter().flatten().filter_map(std::result::Result::ok);
+    marked && libs.any(|v| v.path().join("site-packages/dill").is_dir())
 }
 
 fn base_pythons() -> Vec<PathBuf> {
