@@ -17,6 +17,7 @@ use crate::history::{ExecutionRecord, ExecutionStats};
 use crate::metrics::BoxMetrics;
 use crate::options::{CommandOutput, CommandSpec, RunOptions};
 use crate::packages::PackageInfo;
+use crate::pause::PauseReport;
 use crate::ports::PortStream;
 use crate::status::{BoxStatus, Capabilities};
 
@@ -133,6 +134,14 @@ pub trait CodeBox: Send + Sync + Debug {
     /// Totals by outcome and duration statistics over the executions [`history`](Self::history) keeps.
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         Err(crate::CodeBoxError::unsupported("execution_stats"))
+    }
+
+    /// Write the box's state to disk (its files, installed packages, history and each
+    /// context's variables, as far as its [`SnapshotRung`](crate::SnapshotRung) goes), then
+    /// stop its kernels and give back what it held (uid, cgroup, memory). The report names
+    /// every variable that could not be kept.
+    async fn pause(&self) -> Result<PauseReport> {
+        Err(crate::CodeBoxError::unsupported("pause"))
     }
 
     /// Make a code context: a kernel of its own in this box (same working directory,
@@ -348,6 +357,10 @@ macro_rules! forward_codebox {
 
             async fn execution_stats(&self) -> Result<ExecutionStats> {
                 (**self).execution_stats().await
+            }
+
+            async fn pause(&self) -> Result<PauseReport> {
+                (**self).pause().await
             }
 
             async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {

@@ -96,6 +96,11 @@ pub struct BoxRequest {
     /// Resource limits, over the template's and the factory's defaults.
     #[serde(default, skip_serializing_if = "ResourceLimits::is_empty")]
     pub limits: ResourceLimits,
+    /// Where the box keeps its snapshots, so that it can be paused and resumed
+    /// ([`CodeBox::pause`], [`BoxFactory::resume`]); `None`: it cannot be. Chosen by the host
+    /// of the box (a server: under its state directory), never read from the wire.
+    #[serde(skip)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl BoxRequest {
@@ -131,6 +136,12 @@ impl BoxRequest {
     /// With these limits.
     pub fn with_limits(mut self, limits: ResourceLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Keeping its snapshots in `dir`.
+    pub fn with_state_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
         self
     }
 }
@@ -218,6 +229,13 @@ pub trait BoxFactory: Send + Sync + std::fmt::Debug {
     /// Its pools of ready boxes, one per template it keeps warm (empty: no pool).
     fn pool_stats(&self) -> Vec<PoolStats> {
         Vec::new()
+    }
+
+    /// The box `request` describes, brought back (started) from the snapshot in its
+    /// [`state_dir`](BoxRequest::state_dir), with what came back and what did not.
+    async fn resume(&self, request: &BoxRequest) -> Result<(Arc<dyn CodeBox>, crate::ResumeReport)> {
+        let _ = request;
+        Err(crate::CodeBoxError::unsupported("resume"))
     }
 }
 

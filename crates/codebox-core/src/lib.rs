@@ -21,6 +21,7 @@ mod history;
 mod metrics;
 mod options;
 mod packages;
+mod pause;
 mod ports;
 mod settings;
 mod status;
@@ -41,6 +42,7 @@ pub use crate::history::{CODE_HEAD_CHARS, ExecutionRecord, ExecutionStats, Histo
 pub use crate::metrics::{BoxMetrics, METRIC_FIELDS};
 pub use crate::options::{CommandOutput, CommandSpec, RunOptions};
 pub use crate::packages::PackageInfo;
+pub use crate::pause::{ContextSnapshot, PauseReport, RESUME_NOTICE_MIME, ResumeReport, SnapshotRung, Unrestored};
 pub use crate::ports::{PORT_RANGE, PortIo, PortStream, check_port};
 pub use crate::settings::{ApiKey, CodeBoxSettings};
 pub use crate::status::{BoxState, BoxStatus, Capabilities};

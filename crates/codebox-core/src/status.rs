@@ -125,6 +125,10 @@ pub struct Capabilities {
     /// `RunOptions::save_images` works. Absent from an older server's answer: `false`.
     #[serde(default)]
     pub artifacts: bool,
+    /// `pause()` works: the box's state can be written to disk and resumed later. Absent
+    /// from an older server's answer: `false`.
+    #[serde(default)]
+    pub pause: bool,
     /// `run_command()` works.
     pub commands: bool,
     /// `delete_file()` works.
@@ -166,6 +170,7 @@ impl Capabilities {
             ports: true,
             metrics: true,
             artifacts: true,
+            pause: true,
             commands: true,
             delete_file: true,
             recursive_list: true,
@@ -189,6 +194,7 @@ impl Capabilities {
             ports: false,
             metrics: false,
             artifacts: false,
+            pause: false,
             commands: false,
             delete_file: false,
             recursive_list: false,

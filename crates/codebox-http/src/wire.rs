@@ -48,6 +48,10 @@ pub struct CreateSession {
     /// Seconds without use after which the session is stopped; at most the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u64>,
+    /// Pause the session when it idles out (`true`) or stop it (`false`), whatever the
+    /// server's `--on-idle` says; pausing needs a server with a state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause: Option<bool>,
 }
 
 /// `POST /v1/sessions/{id}/timeout`: the session now lives until `timeout` seconds from now.
@@ -71,6 +75,9 @@ pub enum SessionState {
     Stopped,
     /// Its box failed and does not take requests.
     Error,
+    /// Its box's state is on the server's disk and nothing of it runs: any request to it
+    /// resumes it (or `POST /v1/sessions/{id}/resume`).
+    Paused,
     /// A state this client does not know, from a newer server.
     #[serde(other)]
     Unknown,
@@ -84,13 +91,16 @@ impl SessionState {
             Self::Running => "running",
             Self::Stopped => "stopped",
             Self::Error => "error",
+            Self::Paused => "paused",
             Self::Unknown => "unknown",
         }
     }
 
     /// The state named `name`, when it is one a caller may filter by.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Starting, Self::Running, Self::Stopped, Self::Error].into_iter().find(|s| s.as_str() == name)
+        [Self::Starting, Self::Running, Self::Stopped, Self::Error, Self::Paused]
+            .into_iter()
+            .find(|s| s.as_str() == name)
     }
 }
 
@@ -150,6 +160,9 @@ pub struct SessionInfo {
     /// When it will be stopped for its lifetime, in Unix seconds (`None`: no lifetime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<f64>,
+    /// A paused session's snapshot size on the server's disk, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 impl SessionInfo {
@@ -173,8 +186,19 @@ impl SessionInfo {
             timeout: None,
             idle_timeout: 0,
             expires_at: None,
+            disk_bytes: None,
         }
     }
+}
+
+/// The answer of `POST /v1/sessions/{id}/resume`: the session, running again, and what came
+/// back of it (what did not, by name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeResponse {
+    /// The session.
+    pub session: SessionInfo,
+    /// What came back.
+    pub report: codebox_core::ResumeReport,
 }
 
 /// The response header of `GET /v1/sessions` that carries the next page's token.
@@ -542,9 +566,12 @@ mod tests {
             .retain(|k, _| matches!(k.as_str(), "id" | "status" | "capabilities" | "created_at" | "last_used_at"));
         let info: SessionInfo = serde_json::from_value(old.clone()).unwrap();
         assert_eq!(info, full);
+        old["state"] = "hibernating".into();
+        let info: SessionInfo = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(info.state, SessionState::Unknown);
         old["state"] = "paused".into();
         let info: SessionInfo = serde_json::from_value(old).unwrap();
-        assert_eq!(info.state, SessionState::Unknown);
+        assert_eq!(info.state, SessionState::Paused);
         assert_eq!(SessionState::parse("stopped"), Some(SessionState::Stopped));
         assert_eq!(SessionState::parse("unknown"), None);
     }

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use codebox_core::{BoxFactory, BoxRequest, CodeBox, CodeBoxError, PoolStats, ResourceLimits, Result, TemplateInfo};
+use codebox_core::{
+    BoxFactory, BoxRequest, CodeBox, CodeBoxError, PoolStats, ResourceLimits, Result, ResumeReport, TemplateInfo,
+};
 use codebox_sandbox::{Limits, SessionRoot, Swept, UidAllocator};
 
 use crate::template::{DEFAULT_TEMPLATE, Template, TemplateCatalogue};
@@ -156,6 +158,42 @@ impl LocalFactory {
         }
     }
 
+    /// The builder of the box `request` asks for: its template, with the request's kernel,
+    /// environment, limits and state directory over it.
+    fn builder_for(&self, request: &BoxRequest) -> Result<LocalBoxBuilder> {
+        let template = self.template_for(request)?;
+        let mut builder = self.template_builder(template);
+        let changed = request.kernel.as_deref().is_some_and(|k| k != template.kernel())
+            || !request.env.is_empty()
+            || !request.limits.is_empty();
+        if let Some(kernel) = &request.kernel {
+            builder = builder.with_kernel(kernel);
+        }
+        for (key, value) in &request.env {
+            // `PIP_*` in a box's own environment are its owner's installer settings: the paths
+            // they name are opened to the sandboxed pip. A session's request is not the owner.
+            if key.starts_with("PIP_") {
+                return Err(CodeBoxError::invalid(format!(
+                    "environment variable {key}: `PIP_*` settings are the server's, not a session's"
+                )));
+            }
+            builder = builder.with_env(key, value);
+        }
+        if !request.limits.is_empty() {
+            let mut policy = builder.config().sandbox.clone();
+            policy.limits = sandbox_limits(&policy.limits, &request.limits);
+            builder = builder.with_sandbox(policy);
+        }
+        // A box unlike the template's would only set the pool warming kernels of its kind.
+        if !changed && let Some(pool) = self.pools.get(template.name()) {
+            builder = builder.with_pool(pool.clone());
+        }
+        if let Some(dir) = &request.state_dir {
+            builder = builder.with_state_dir(dir);
+        }
+        Ok(builder)
+    }
+
     /// Fill the kernel pools in the background, logging how that went (nothing without a
     /// pool). Call it inside a tokio runtime; outside one it only warns.
     pub fn prewarm_in_background(&self) {
@@ -215,34 +253,15 @@ pub(crate) fn sandbox_limits(base: &Limits, limits: &ResourceLimits) -> Limits {
 #[async_trait]
 impl BoxFactory for LocalFactory {
     async fn create(&self, request: &BoxRequest) -> Result<Arc<dyn CodeBox>> {
-        let template = self.template_for(request)?;
-        let mut builder = self.template_builder(template);
-        let changed = request.kernel.as_deref().is_some_and(|k| k != template.kernel())
-            || !request.env.is_empty()
-            || !request.limits.is_empty();
-        if let Some(kernel) = &request.kernel {
-            builder = builder.with_kernel(kernel);
+        Ok(Arc::new(self.builder_for(request)?.build()?))
+    }
+
+    async fn resume(&self, request: &BoxRequest) -> Result<(Arc<dyn CodeBox>, ResumeReport)> {
+        if request.state_dir.is_none() {
+            return Err(CodeBoxError::invalid("resuming a box needs the directory of its snapshot"));
         }
-        for (key, value) in &request.env {
-            // `PIP_*` in a box's own environment are its owner's installer settings: the paths
-            // they name are opened to the sandboxed pip. A session's request is not the owner.
-            if key.starts_with("PIP_") {
-                return Err(CodeBoxError::invalid(format!(
-                    "environment variable {key}: `PIP_*` settings are the server's, not a session's"
-                )));
-            }
-            builder = builder.with_env(key, value);
-        }
-        if !request.limits.is_empty() {
-            let mut policy = builder.config().sandbox.clone();
-            policy.limits = sandbox_limits(&policy.limits, &request.limits);
-            builder = builder.with_sandbox(policy);
-        }
-        // A box unlike the template's would only set the pool warming kernels of its kind.
-        if !changed && let Some(pool) = self.pools.get(template.name()) {
-            builder = builder.with_pool(pool.clone());
-        }
-        Ok(Arc::new(builder.build()?))
+        let (resumed, report) = self.builder_for(request)?.resume().await?;
+        Ok((Arc::new(resumed), report))
     }
 
     fn templates(&self) -> Vec<TemplateInfo> {

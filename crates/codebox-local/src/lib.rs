@@ -128,6 +128,7 @@ mod progress;
 mod protocol;
 mod python;
 mod relay;
+mod snapshot;
 mod spawn;
 mod template;
 mod util;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use codebox_core::{
     BoxMetrics, BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput,
     CommandSpec, ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo,
-    PortStream, Result, RunOptions,
+    PauseReport, PortStream, Result, RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -23,6 +23,7 @@ pub use self::builder::LocalBoxBuilder;
 
 mod install;
 mod packages;
+mod pause;
 mod ports;
 mod supervisor;
 
@@ -69,6 +70,11 @@ impl LocalBox {
 
     fn from_config(config: Config) -> Self {
         Self { inner: Arc::new(Inner::new(config)) }
+    }
+
+    /// A box named `id` (a resumed box keeps its name).
+    fn from_config_named(config: Config, id: String) -> Self {
+        Self { inner: Arc::new(Inner::with_id(config, id)) }
     }
 
     /// Remove the working and kernel runtime directories of boxes whose owner process died
@@ -152,6 +158,62 @@ fn is_bash(language: &str) -> bool {
 }
 
 impl LocalBox {
+    /// An execution's stream, without what a resume has to say first.
+    async fn run_stream_plain(&self, code: &str, options: RunOptions) -> Result<EventStream> {
+        if let Some(context) = options.context.as_deref()
+            && context != DEFAULT_CONTEXT
+        {
+            let context = context.to_owned();
+            return contexts::run_stream(&self.inner, &context, code, options).await;
+        }
+        // Unnamed, the language is the box's default (its template's), else the kernel's own.
+        let default_language = self.inner.config.language.as_deref();
+        let language = options.language.as_deref().or(default_language).unwrap_or(&self.inner.config.kernel);
+        let bash = is_bash(language);
+        let kernel_takes = |l: &str| {
+            l == self.inner.config.kernel
+                || Some(l) == default_language
+                || (self.inner.config.kernel == crate::kernelspec::DENO_KERNEL
+                    && crate::kernelspec::DENO_LANGUAGES.contains(&l))
+        };
+        if !bash && !is_python(language) && !kernel_takes(language) {
+            return Err(CodeBoxError::invalid(format!(
+                "language {language:?} is not available in this box; use one of: {}",
+                self.capabilities().languages.join(", ")
+            )));
+        }
+        check_env(&options.env)?;
+        let guard = self.inner.exec_lock.clone().lock_owned().await;
+        let h = self.inner.handle().await?;
+        // Each death is judged by what happened since the kernel was last seen alive.
+        let kernel = h.kernel.clone();
+        h.confinement.note_kernel_alive(|| kernel.is_running());
+        let cwd = match options.cwd.as_deref() {
+            Some(c) => Some(h.root.path().join(h.root.check_dir(c)?)),
+            None => None,
+        };
+        let limits = self.inner.limits(options.timeout);
+        // Started before any of the code runs: the scan lists what changed since this moment.
+        let tracking = self.inner.tracking(&h.root, options.save_images).await;
+        if bash {
+            let dir = cwd.unwrap_or_else(|| h.root.path().to_owned());
+            let mut bash = h.process(&self.inner.config, "bash", Vec::new(), dir);
+            bash.timeout = limits.timeout;
+            bash.extra_env = options.env;
+            return bash.stream_bash(code, guard, tracking);
+        }
+        // Known for sure once the box has started: Python code goes to a Python kernel only.
+        if is_python(language) && language != self.inner.config.kernel {
+            self.require_python(&format!("language {language:?}"))?;
+        }
+        let around = cwd.is_some() || !options.env.is_empty();
+        if around {
+            self.require_python("a per-execution cwd or env")?;
+        }
+        let around = around.then(|| around_code(cwd.as_deref(), &options.env));
+        crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard, tracking, None).await
+    }
+
     /// Refuse what a box built without execution tracking does not keep.
     fn require_tracking(&self, what: &str) -> Result<()> {
         if self.inner.config.execution_tracking {
@@ -211,6 +273,7 @@ impl CodeBox for LocalBox {
         capabilities.contexts = true;
         capabilities.ports = ports::available(&self.inner);
         capabilities.metrics = true;
+        capabilities.pause = self.inner.config.state_dir.is_some();
         capabilities
     }
 
@@ -242,58 +305,8 @@ impl CodeBox for LocalBox {
     }
 
     async fn run_stream(&self, code: &str, options: RunOptions) -> Result<EventStream> {
-        if let Some(context) = options.context.as_deref()
-            && context != DEFAULT_CONTEXT
-        {
-            let context = context.to_owned();
-            return contexts::run_stream(&self.inner, &context, code, options).await;
-        }
-        // Unnamed, the language is the box's default (its template's), else the kernel's own.
-        let default_language = self.inner.config.language.as_deref();
-        let language = options.language.as_deref().or(default_language).unwrap_or(&self.inner.config.kernel);
-        let bash = is_bash(language);
-        let kernel_takes = |l: &str| {
-            l == self.inner.config.kernel
-                || Some(l) == default_language
-                || (self.inner.config.kernel == crate::kernelspec::DENO_KERNEL
-                    && crate::kernelspec::DENO_LANGUAGES.contains(&l))
-        };
-        if !bash && !is_python(language) && !kernel_takes(language) {
-            return Err(CodeBoxError::invalid(format!(
-                "language {language:?} is not available in this box; use one of: {}",
-                self.capabilities().languages.join(", ")
-            )));
-        }
-        check_env(&options.env)?;
-        let guard = self.inner.exec_lock.clone().lock_owned().await;
-        let h = self.inner.handle().await?;
-        // Each death is judged by what happened since the kernel was last seen alive.
-        let kernel = h.kernel.clone();
-        h.confinement.note_kernel_alive(|| kernel.is_running());
-        let cwd = match options.cwd.as_deref() {
-            Some(c) => Some(h.root.path().join(h.root.check_dir(c)?)),
-            None => None,
-        };
-        let limits = self.inner.limits(options.timeout);
-        // Started before any of the code runs: the scan lists what changed since this moment.
-        let tracking = self.inner.tracking(&h.root, options.save_images).await;
-        if bash {
-            let dir = cwd.unwrap_or_else(|| h.root.path().to_owned());
-            let mut bash = h.process(&self.inner.config, "bash", Vec::new(), dir);
-            bash.timeout = limits.timeout;
-            bash.extra_env = options.env;
-            return bash.stream_bash(code, guard, tracking);
-        }
-        // Known for sure once the box has started: Python code goes to a Python kernel only.
-        if is_python(language) && language != self.inner.config.kernel {
-            self.require_python(&format!("language {language:?}"))?;
-        }
-        let around = cwd.is_some() || !options.env.is_empty();
-        if around {
-            self.require_python("a per-execution cwd or env")?;
-        }
-        let around = around.then(|| around_code(cwd.as_deref(), &options.env));
-        crate::exec::execute(&self.inner.id, h.kernel, code, limits, around, guard, tracking, None).await
+        let stream = self.run_stream_plain(code, options).await?;
+        Ok(pause::announce(&self.inner, stream))
     }
 
     async fn upload(&self, path: &str, content: ByteStream) -> Result<FileInfo> {
@@ -372,6 +385,10 @@ impl CodeBox for LocalBox {
     async fn execution_stats(&self) -> Result<ExecutionStats> {
         self.require_tracking("execution_stats")?;
         Ok(self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).stats())
+    }
+
+    async fn pause(&self) -> Result<PauseReport> {
+        pause::pause(&self.inner).await
     }
 
     async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {

@@ -27,10 +27,10 @@ pub enum Provision {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PythonProfile {
-    /// ipykernel with matplotlib, numpy and pandas (the default).
+    /// ipykernel and dill with matplotlib, numpy and pandas (the default).
     #[default]
     Data,
-    /// ipykernel alone.
+    /// ipykernel and dill alone (dill pickles a paused box's variables).
     Minimal,
 }
 
@@ -39,8 +39,9 @@ impl PythonProfile {
     /// step, each, so a long build says where it is.
     fn package_groups(self) -> &'static [&'static [&'static str]] {
         match self {
-            Self::Data => &[&["ipykernel"], &["numpy", "pandas"], &["matplotlib"]],
-            Self::Minimal => &[&["ipykernel"]],
+            // dill: a paused box's namespace pickles with it (functions, lambdas, classes).
+            Self::Data => &[&["ipykernel", "dill"], &["numpy", "pandas"], &["matplotlib"]],
+            Self::Minimal => &[&["ipykernel", "dill"]],
         }
     }
 
@@ -240,11 +241,12 @@ fn resolve_with(
     Ok(venv_python(dir))
 }
 
+/// Marked ready for `profile`, with dill (an older environment gets it on its next use).
 fn ready(dir: &Path, profile: PythonProfile) -> bool {
-    match std::fs::read_to_string(dir.join(MARKER)) {
-        Ok(m) => profile == PythonProfile::Minimal || m.trim() == PythonProfile::Data.name(),
-        Err(_) => false,
-    }
+    let marked = std::fs::read_to_string(dir.join(MARKER))
+        .is_ok_and(|m| profile == PythonProfile::Minimal || m.trim() == PythonProfile::Data.name());
+    let mut libs = std::fs::read_dir(dir.join("lib")).into_iter().flatten().filter_map(std::result::Result::ok);
+    marked && libs.any(|v| v.path().join("site-packages/dill").is_dir())
 }
 
 fn base_pythons() -> Vec<PathBuf> {
@@ -528,7 +530,7 @@ mod tests {
         let waiter = std::thread::spawn(move || provision_at(&target, PythonProfile::Minimal, Some(&hook)));
         assert_eq!(rx.recv().unwrap(), ProvisionEvent::Waiting { dir: dir.clone(), lock: lock_path });
         // The other build finishes: the waiter finds the environment ready and builds nothing.
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("lib/python3.11/site-packages/dill")).unwrap();
         std::fs::write(dir.join(MARKER), "minimal").unwrap();
         drop(held);
         waiter.join().unwrap().unwrap();
@@ -588,6 +590,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(!ready(dir.path(), PythonProfile::Minimal));
         std::fs::write(dir.path().join(MARKER), "minimal").unwrap();
+        assert!(!ready(dir.path(), PythonProfile::Minimal), "an environment without dill is completed");
+        std::fs::create_dir_all(dir.path().join("lib/python3.11/site-packages/dill")).unwrap();
         assert!(ready(dir.path(), PythonProfile::Minimal));
         assert!(!ready(dir.path(), PythonProfile::Data), "data needs more packages");
         std::fs::write(dir.path().join(MARKER), "data").unwrap();

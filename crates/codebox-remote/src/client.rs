@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use http::Method;
 
-use codebox_core::{CodeBox, CodeBoxError, CodeBoxSettings, PoolStats, Result, TemplateInfo};
+use codebox_core::{CodeBox, CodeBoxError, CodeBoxSettings, PoolStats, Result, ResumeReport, TemplateInfo};
 use codebox_http::client::{ClientConfig, HttpClient, Request, Retry};
-use codebox_http::wire::{API_PREFIX, NEXT_TOKEN_HEADER, SessionInfo};
+use codebox_http::wire::{API_PREFIX, NEXT_TOKEN_HEADER, ResumeResponse, SessionInfo};
 
 use crate::builder::RemoteBoxBuilder;
 use crate::remote_box::RemoteBox;
@@ -123,6 +123,17 @@ impl Client {
             }
         }
         Err(CodeBoxError::protocol(format!("the server's listing went on for more than {MAX_PAGES} pages")))
+    }
+
+    /// Resume the key's paused session `id` (`POST /v1/sessions/{id}/resume`) and attach to
+    /// it, with what came back of it and what did not, by name. Any request to a paused
+    /// session resumes it too; this one says what the resume brought back.
+    pub async fn resume(&self, id: &str) -> Result<(RemoteBox, ResumeReport)> {
+        self.native_only("resuming sessions")?;
+        let path = format!("/sessions/{}/resume", crate::path::encode_component(id));
+        let answer: ResumeResponse = self.http.send(self.request(Method::POST, &path)?).await?.json().await?;
+        let resumed = self.get(id).await?;
+        Ok((resumed, answer.report))
     }
 
     /// The templates the server makes sessions from (`GET /v1/templates`).

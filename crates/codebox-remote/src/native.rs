@@ -292,6 +292,13 @@ impl Session for NativeSession {
         self.conn.http.send(req).await?.json().await
     }
 
+    async fn pause(&self) -> Result<codebox_core::PauseReport> {
+        self.conn.ensure_running()?;
+        // Pausing a paused session answers its report again: safe to resend.
+        let req = self.conn.request(Method::POST, &format!("{}/pause", self.session_url()))?.retry(Retry::Idempotent);
+        self.conn.http.send(req).await?.json().await
+    }
+
     async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
         self.conn.ensure_running()?;
         let body = CreateContext { language: language.map(str::to_owned), cwd: cwd.map(str::to_owned) };

@@ -205,6 +205,10 @@ impl CodeBox for RemoteBox {
         self.session.execution_stats().await
     }
 
+    async fn pause(&self) -> Result<codebox_core::PauseReport> {
+        self.session.pause().await
+    }
+
     async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
         self.session.create_context(language, cwd).await
     }

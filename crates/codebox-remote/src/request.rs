@@ -40,6 +40,8 @@ pub struct SessionRequest {
     pub timeout: Option<Duration>,
     /// Idle time after which the server stops it (whole seconds, rounded up).
     pub idle_timeout: Option<Duration>,
+    /// Pause it when it idles out (`true`) or stop it (`false`); `None`: as the server says.
+    pub auto_pause: Option<bool>,
 }
 
 impl SessionRequest {
@@ -96,6 +98,12 @@ impl SessionRequest {
         self
     }
 
+    /// Pause the session when it idles out (`true`), or stop it (`false`).
+    pub fn with_auto_pause(mut self, auto_pause: bool) -> Self {
+        self.auto_pause = Some(auto_pause);
+        self
+    }
+
     /// The body that creates session `id` with these parameters.
     pub(crate) fn to_wire(&self, id: &str) -> CreateSession {
         CreateSession {
@@ -108,6 +116,7 @@ impl SessionRequest {
             limits: self.limits.clone(),
             timeout: self.timeout.map(whole_seconds),
             idle_timeout: self.idle_timeout.map(whole_seconds),
+            auto_pause: self.auto_pause,
         }
     }
 }

@@ -108,6 +108,10 @@ pub(crate) trait Session: Send + Sync {
         Err(CodeBoxError::unsupported("execution_stats (only the native protocol keeps a session's executions)"))
     }
 
+    async fn pause(&self) -> Result<codebox_core::PauseReport> {
+        Err(CodeBoxError::unsupported("pause (only the native protocol of `codebox serve` pauses sessions)"))
+    }
+
     /// Make a code context; only the native protocol has them.
     async fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
         let _ = (language, cwd);

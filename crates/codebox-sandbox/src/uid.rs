@@ -116,12 +116,19 @@ pub fn unreachable_for_others(path: &Path) -> Option<PathBuf> {
     None
 }
 
-/// The real uids of every process on the machine.
+/// The real uids of every live process on the machine. A zombie is left out: it runs
+/// nothing and holds nothing, and a box that just stopped leaves its kernel's until the
+/// process that started it reaps it, which must not keep the uid from the next box (a
+/// paused box resuming, say).
 pub(crate) fn uids_with_processes() -> BTreeSet<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
     rd.flatten()
         .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
         .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|s| {
+            let state = s.lines().find(|l| l.starts_with("State:")).and_then(|l| l.split_whitespace().nth(1));
+            !matches!(state, Some("Z" | "X"))
+        })
         .filter_map(|s| {
             s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })

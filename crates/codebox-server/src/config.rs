@@ -103,6 +103,27 @@ pub struct ServerConfig {
     /// /v1/sessions/{id}/metrics`); zero turns sampling off, and each request then measures.
     /// At least a second otherwise. Default 5 s.
     pub metrics_interval: Duration,
+    /// What happens to a session that idles out: paused (the default; only with a state
+    /// directory, and stopped when its box cannot be paused) or stopped. A session's own
+    /// `auto_pause` overrides it.
+    pub on_idle: OnIdle,
+    /// The most bytes paused sessions may take on disk, server-wide; past it the sessions
+    /// paused longest are removed first. `None`: no bound.
+    pub paused_disk_budget: Option<u64>,
+    /// The most bytes one key's paused sessions may take on disk; past it that key's
+    /// sessions paused longest are removed first. `None`: no bound.
+    pub paused_disk_per_key: Option<u64>,
+}
+
+/// What the server does with a session that idles out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnIdle {
+    /// Pause it: its state goes to disk and it resumes on its next request.
+    #[default]
+    Pause,
+    /// Stop it: its kernel, variables and files are gone.
+    Stop,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +157,9 @@ impl Default for ServerConfig {
             default_limits: ResourceLimits::default(),
             max_limits: ResourceLimits::default(),
             metrics_interval: Duration::from_secs(5),
+            on_idle: OnIdle::default(),
+            paused_disk_budget: None,
+            paused_disk_per_key: None,
         }
     }
 }
@@ -174,6 +198,20 @@ impl ServerConfig {
     /// Allow at most `max` sessions at once.
     pub fn with_max_sessions(mut self, max: usize) -> Self {
         self.max_sessions = max;
+        self
+    }
+
+    /// Pause (or stop) sessions that idle out.
+    pub fn with_on_idle(mut self, on_idle: OnIdle) -> Self {
+        self.on_idle = on_idle;
+        self
+    }
+
+    /// Keep paused sessions within `bytes` on disk, server-wide, and within `per_key` for
+    /// each key (the sessions paused longest go first).
+    pub fn with_paused_disk_budget(mut self, bytes: Option<u64>, per_key: Option<u64>) -> Self {
+        self.paused_disk_budget = bytes;
+        self.paused_disk_per_key = per_key;
         self
     }
 

@@ -29,6 +29,7 @@ mod listing;
 mod mcp;
 mod metrics;
 mod params;
+mod paused;
 mod ratelimit;
 mod record;
 mod routes;
@@ -47,7 +48,9 @@ use codebox_http::server::{BodyBudget, ConnectionLimits, serve};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::{DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, MIN_METRICS_INTERVAL, ServerConfig};
+pub use crate::config::{
+    DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, MIN_METRICS_INTERVAL, OnIdle, ServerConfig,
+};
 pub use crate::factory::{BoxFactory, BoxRequest, factory_fn};
 
 use crate::auth::ApiKeys;

@@ -76,7 +76,7 @@ impl ListQuery {
                 "state" => {
                     out.state = Some(SessionState::parse(&value).ok_or_else(|| {
                         CodeBoxError::invalid(format!(
-                            "`state` {value:?} is not a session state (starting, running, stopped or error)"
+                            "`state` {value:?} is not a session state (starting, running, stopped, error or paused)"
                         ))
                     })?)
                 }

@@ -40,6 +40,8 @@ pub(crate) struct SessionSpec {
     pub(crate) timeout: Option<Duration>,
     /// Idle time after which it is stopped.
     pub(crate) idle_timeout: Duration,
+    /// Whether it is paused rather than stopped when it idles out (`None`: as the server says).
+    pub(crate) auto_pause: Option<bool>,
 }
 
 impl SessionSpec {
@@ -51,6 +53,7 @@ impl SessionSpec {
             metadata: BTreeMap::new(),
             timeout: config.default_session_timeout,
             idle_timeout: config.idle_timeout,
+            auto_pause: None,
         }
     }
 
@@ -84,7 +87,7 @@ impl SessionSpec {
         request.kernel = body.kernel.clone();
         request.language = body.language.clone();
         request.env = body.env.clone();
-        Ok(Self { request, metadata: body.metadata.clone(), timeout, idle_timeout })
+        Ok(Self { request, metadata: body.metadata.clone(), timeout, idle_timeout, auto_pause: body.auto_pause })
     }
 }
 

@@ -181,12 +181,20 @@ impl SessionRecord {
     }
 
     /// The owner part of `owner`'s entries.
-    fn owner_name(&self, owner: Owner) -> &str {
+    pub(crate) fn owner_name(&self, owner: Owner) -> &str {
         if owner == Owner::ANONYMOUS {
             return ANONYMOUS;
         }
         // Every known owner has a fingerprint; without a record there is nothing to name.
         self.owners.get(&owner).map_or("", String::as_str)
+    }
+
+    /// The owner whose entries are named `name` (a paused session's directory is named so).
+    pub(crate) fn owner_named(&self, name: &str) -> Option<Owner> {
+        if name == ANONYMOUS {
+            return Some(Owner::ANONYMOUS);
+        }
+        self.owners.iter().find(|(_, n)| n.as_str() == name).map(|(o, _)| *o)
     }
 
     fn entry_name(&self, owner: Owner, id: &str) -> String {

@@ -42,11 +42,13 @@ pub(crate) enum Route {
     Port,
     /// `/v1/sessions/{id}/ports/{port}/{rest}`: any method, proxied to the box's port.
     PortPath,
+    PauseSession,
+    ResumeSession,
 }
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 33] = [
+    pub(crate) const ALL: [Route; 35] = [
         Route::Health,
         Route::Metrics,
         Route::OpenApi,
@@ -80,6 +82,8 @@ impl Route {
         Route::DeleteContext,
         Route::Port,
         Route::PortPath,
+        Route::PauseSession,
+        Route::ResumeSession,
     ];
 
     /// The methods the proxied port routes document (they take any method).
@@ -140,6 +144,8 @@ impl Route {
             Route::DeleteContext => (Method::DELETE, "/v1/sessions/{id}/contexts/{ctx}"),
             Route::Port => (Method::GET, "/v1/sessions/{id}/ports/{port}"),
             Route::PortPath => (Method::GET, "/v1/sessions/{id}/ports/{port}/{rest}"),
+            Route::PauseSession => (Method::POST, "/v1/sessions/{id}/pause"),
+            Route::ResumeSession => (Method::POST, "/v1/sessions/{id}/resume"),
         }
     }
 

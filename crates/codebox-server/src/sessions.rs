@@ -43,6 +43,9 @@ pub(crate) struct Session {
     last_used_ms: AtomicU64,
     in_use: AtomicUsize,
     executions: AtomicUsize,
+    /// A paused session's size on disk and when it was paused (its box is then a
+    /// [`PausedBox`](crate::paused::PausedBox)).
+    paused: Option<(u64, f64)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -81,7 +84,13 @@ impl Session {
             last_used_ms: AtomicU64::new(now_ms()),
             in_use: AtomicUsize::new(0),
             executions: AtomicUsize::new(0),
+            paused: None,
         }
+    }
+
+    /// Whether the session is paused.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.is_some()
     }
 
     /// Mark the session used now.
@@ -158,6 +167,7 @@ impl Session {
         capabilities.max_upload_bytes =
             Some(capabilities.max_upload_bytes.map_or(max_upload_bytes, |m| m.min(max_upload_bytes)));
         let state = match status.state {
+            _ if self.paused.is_some() => SessionState::Paused,
             BoxState::NotStarted | BoxState::Starting => SessionState::Starting,
             BoxState::Stopped => SessionState::Stopped,
             BoxState::Dead => SessionState::Error,
@@ -178,6 +188,7 @@ impl Session {
         info.timeout = lifetime.map(|l| l.timeout.as_secs());
         info.idle_timeout = self.spec.idle_timeout.as_secs();
         info.expires_at = lifetime.map(|l| unix_secs(l.expires_at));
+        info.disk_bytes = self.paused.map(|(disk, _)| disk);
         info
     }
 }
@@ -266,6 +277,14 @@ pub(crate) struct Registry {
     closed: std::sync::atomic::AtomicBool,
     starts: Semaphore,
     record: SessionRecord,
+    /// Paused sessions on disk.
+    paused: crate::paused::PausedStore,
+    /// One resume at a time per server: a session resumed twice at once would start twice.
+    resumes: tokio::sync::Mutex<()>,
+    /// Whether idle sessions are paused rather than stopped (each may say otherwise).
+    pause_idle: bool,
+    /// The bytes paused sessions may take on disk, server-wide and per key.
+    paused_budget: (Option<u64>, Option<u64>),
 }
 
 impl std::fmt::Debug for Registry {
@@ -302,7 +321,8 @@ impl Registry {
         metrics: Arc<Metrics>,
         record: SessionRecord,
     ) -> Self {
-        Self {
+        let paused = crate::paused::PausedStore::new(config.state_dir.as_deref());
+        let registry = Self {
             slots: Mutex::new(HashMap::new()),
             expired: Mutex::new(VecDeque::new()),
             expired_retention: config.expired_retention,
@@ -315,7 +335,13 @@ impl Registry {
             closed: Default::default(),
             starts: Semaphore::new(config.max_concurrent_starts.max(1)),
             record,
-        }
+            paused,
+            resumes: tokio::sync::Mutex::new(()),
+            pause_idle: config.on_idle == crate::config::OnIdle::Pause,
+            paused_budget: (config.paused_disk_budget, config.paused_disk_per_key),
+        };
+        registry.load_paused();
+        registry
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Slot>>> {
@@ -475,7 +501,10 @@ impl Registry {
             match slots.get(&key) {
                 Some(slot) => Arc::clone(slot),
                 None => {
-                    if slots.len() >= self.max_sessions {
+                    // A paused session holds no box: it takes no room but its disk.
+                    if slots.values().filter(|s| !s.cell.get().is_some_and(|s| s.is_paused())).count()
+                        >= self.max_sessions
+                    {
                         self.metrics.session_rejected();
                         let message =
                             format!("the server is at its limit of {} sessions; try again later", self.max_sessions);
@@ -485,7 +514,8 @@ impl Registry {
                     }
                     // One key must not take every slot and starve the others. Its own
                     // limit, so 429 (the caller can free sessions), not the 503 of a full server.
-                    if slots.keys().filter(|k| k.owner == owner).count() >= self.max_per_owner {
+                    let running = |s: &Arc<Slot>| !s.cell.get().is_some_and(|s| s.is_paused());
+                    if slots.iter().filter(|(k, s)| k.owner == owner && running(s)).count() >= self.max_per_owner {
                         self.metrics.session_rejected();
                         let message = format!(
                             "this API key holds its limit of {} sessions; delete one (or let one idle out) before \
@@ -512,7 +542,9 @@ impl Registry {
                     .acquire()
                     .await
                     .map_err(|_| ApiError::new(503, ErrorKind::Connection, "the server is shutting down"))?;
-                let codebox = self.factory.create(&spec.request).await.map_err(|e| self.full_if_out_of_room(e))?;
+                let mut request = spec.request.clone();
+                request.state_dir = self.paused.box_dir(self.record.owner_name(owner), &id);
+                let codebox = self.factory.create(&request).await.map_err(|e| self.full_if_out_of_room(e))?;
                 if let Err(e) = codebox.start().await {
                     let _ = codebox.stop().await;
                     return Err(self.full_if_out_of_room(e));
@@ -564,6 +596,7 @@ impl Registry {
             Some(session) => {
                 self.record.ended(owner, id);
                 stop_box(&session).await;
+                self.paused.remove(self.record.owner_name(owner), id);
                 true
             }
             None => false,
@@ -586,6 +619,7 @@ impl Registry {
         for session in &expired {
             self.expire(session);
             stop_box(session).await;
+            self.paused.remove(self.record.owner_name(session.owner), &session.id);
         }
         let mut remembered = self.lock_expired();
         while remembered.front().is_some_and(|e| e.remembered_at.elapsed() >= self.expired_retention) {
@@ -594,26 +628,46 @@ impl Registry {
         expired.len()
     }
 
-    /// Stop every session that has been idle for longer than its idle timeout; returns how many.
+    /// Pause (or stop) every session that has been idle for longer than its idle timeout;
+    /// returns how many. A session is paused when it asks to be (`auto_pause`) or, asking
+    /// nothing, when the server pauses idle sessions; one that cannot be paused is stopped.
     pub(crate) async fn reap_idle(&self) -> usize {
-        let expired: Vec<Arc<Session>> = {
-            let mut slots = self.lock();
-            let keys: Vec<Key> = slots
-                .iter()
-                .filter(|(_, s)| {
-                    s.cell.get().is_some_and(|s| s.idle_for().is_some_and(|idle| idle > s.spec.idle_timeout))
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter().filter_map(|k| slots.remove(&k)).filter_map(|s| s.cell.get().cloned()).collect()
-        };
-        for session in &expired {
+        let is_idle = |s: &Session| !s.is_paused() && s.idle_for().is_some_and(|idle| idle > s.spec.idle_timeout);
+        let idle: Vec<Arc<Session>> =
+            self.lock().values().filter_map(|s| s.cell.get().cloned()).filter(|s| is_idle(s)).collect();
+        let mut reaped = 0;
+        for session in idle {
+            if session.spec.auto_pause.unwrap_or(self.pause_idle) && self.paused.enabled() {
+                match self.pause(session.owner, &session.id).await {
+                    Ok(_) => {
+                        tracing::info!(session = %session.id, owner = %session.owner, "idle session paused");
+                        reaped += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::info!(session = %session.id, error = %e, "an idle session could not be paused: stopping it");
+                    }
+                }
+            }
+            let removed = {
+                let mut slots = self.lock();
+                let key = Key { owner: session.owner, id: session.id.clone() };
+                // Still this session, and still idle: a request may have come meanwhile.
+                let current = slots.get(&key).and_then(|s| s.cell.get().cloned());
+                let still = current.is_some_and(|c| Arc::ptr_eq(&c, &session) && (is_idle(&c) || c.is_paused()));
+                still && slots.remove(&key).is_some()
+            };
+            if !removed {
+                continue;
+            }
             tracing::info!(session = %session.id, owner = %session.owner, "stopping idle session");
             self.record.ended(session.owner, &session.id);
-            stop_box(session).await;
+            stop_box(&session).await;
+            self.paused.remove(self.record.owner_name(session.owner), &session.id);
             self.metrics.session_reaped();
+            reaped += 1;
         }
-        expired.len()
+        reaped
     }
 
     /// Refuse new sessions, remove every session and stop all their boxes. The record keeps
@@ -653,4 +707,191 @@ pub(crate) async fn reap_expired(state: Arc<crate::state::AppState>) {
             tracing::info!(reaped, "sessions stopped at the end of their lifetime");
         }
     }
+}
+
+/// Pausing and resuming sessions: a paused session stays in the registry with a
+/// [`PausedBox`](crate::paused::PausedBox), and on disk (see [`crate::paused`]).
+impl Registry {
+    /// Register the paused sessions a state directory holds (a server starting).
+    fn load_paused(&self) {
+        let mut slots = self.lock();
+        for (owner_name, record, disk) in self.paused.load() {
+            let Some(owner) = self.record.owner_named(&owner_name) else {
+                tracing::warn!(session = %record.id, "a paused session of a key this server no longer has is left alone");
+                continue;
+            };
+            let session = paused_session(owner, &record, disk, self.paused.box_dir(&owner_name, &record.id));
+            let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(session))) };
+            slots.insert(Key { owner, id: record.id.clone() }, Arc::new(slot));
+            tracing::info!(session = %record.id, %owner, "a paused session is back on the list");
+        }
+    }
+
+    /// Pause the owner's session `id`: its box writes its state to disk and stops, and the
+    /// session stays, paused, until it is resumed or deleted. Pausing a paused session
+    /// answers what its pause kept.
+    pub(crate) async fn pause(&self, owner: Owner, id: &str) -> ApiResult<codebox_core::PauseReport> {
+        let session = self.require(owner, id)?;
+        let owner_name = self.record.owner_name(owner).to_owned();
+        if !self.paused.enabled() {
+            return Err(CodeBoxError::unsupported(
+                "pause: this server keeps no state directory (codebox serve --state-dir) to pause sessions in",
+            )
+            .into());
+        }
+        if session.is_paused() {
+            let _turn = self.resumes.lock().await;
+            let record = self.paused.load_one(&owner_name, id);
+            return record.map(|r| r.report).ok_or_else(|| self.missing(owner, id));
+        }
+        let report = {
+            let _use = session.use_guard();
+            session.codebox.pause().await?
+        };
+        let lifetime = session.lifetime();
+        let record = crate::paused::PausedRecord {
+            id: id.to_owned(),
+            request: session.spec.request.clone(),
+            metadata: session.spec.metadata.clone(),
+            timeout_secs: lifetime.map(|l| l.timeout.as_secs()),
+            idle_timeout_secs: session.spec.idle_timeout.as_secs(),
+            auto_pause: session.spec.auto_pause,
+            created_at: unix_secs(session.created_at),
+            paused_at: unix_secs(SystemTime::now()),
+            report: report.clone(),
+        };
+        self.paused.write(&owner_name, &record)?;
+        let disk = self.paused.size(&owner_name, id);
+        let key = Key { owner, id: id.to_owned() };
+        let box_dir = self.paused.box_dir(&owner_name, id);
+        let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(paused_session(owner, &record, disk, box_dir)))) };
+        self.lock().insert(key.clone(), Arc::new(slot));
+        self.record.ended(owner, id);
+        tracing::info!(session = %id, %owner, rung = %report.rung, disk, "session paused");
+        self.keep_paused_budget(&key).await?;
+        Ok(report)
+    }
+
+    /// Resume the owner's paused session `id`: its box is made again from its snapshot and
+    /// started, and the session runs on. 404 when there is no such session, 409 when it is not paused.
+    pub(crate) async fn resume(&self, owner: Owner, id: &str) -> ApiResult<(Arc<Session>, codebox_core::ResumeReport)> {
+        let _turn = self.resumes.lock().await;
+        let session = self.require(owner, id)?;
+        if !session.is_paused() {
+            return Err(ApiError::new(409, ErrorKind::InvalidInput, format!("session {id} is not paused")));
+        }
+        let owner_name = self.record.owner_name(owner).to_owned();
+        let record = self.paused.load_one(&owner_name, id).ok_or_else(|| self.missing(owner, id))?;
+        let mut request = record.request.clone();
+        request.state_dir = self.paused.box_dir(&owner_name, id);
+        let (codebox, report) = {
+            let _start = self
+                .starts
+                .acquire()
+                .await
+                .map_err(|_| ApiError::new(503, ErrorKind::Connection, "the server is shutting down"))?;
+            self.factory.resume(&request).await.map_err(|e| {
+                // The box names itself by its own id; the caller knows the session's.
+                let mut err = self.full_if_out_of_room(e);
+                err.message = format!("session {id} cannot be resumed: {}", err.message);
+                err
+            })?
+        };
+        let spec = SessionSpec {
+            request: record.request.clone(),
+            metadata: record.metadata.clone(),
+            timeout: record.timeout_secs.map(Duration::from_secs),
+            idle_timeout: Duration::from_secs(record.idle_timeout_secs),
+            auto_pause: record.auto_pause,
+        };
+        let mut resumed = Session::new(id.to_owned(), owner, codebox, spec);
+        resumed.created_at = UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
+        let resumed = Arc::new(resumed);
+        let slot = Slot { cell: OnceCell::new_with(Some(Arc::clone(&resumed))) };
+        self.lock().insert(Key { owner, id: id.to_owned() }, Arc::new(slot));
+        self.paused.resumed(&owner_name, id);
+        self.record.started(owner, id);
+        tracing::info!(session = %id, %owner, rung = %report.rung, "session resumed");
+        Ok((resumed, report))
+    }
+}
+
+impl Registry {
+    /// Remove the sessions paused longest until the paused sessions fit the server's budget
+    /// and their key's; `just_paused` goes last, and if it alone is over a budget it is
+    /// removed too and the pause fails saying so.
+    async fn keep_paused_budget(&self, just_paused: &Key) -> ApiResult<()> {
+        let (server_budget, key_budget) = self.paused_budget;
+        if server_budget.is_none() && key_budget.is_none() {
+            return Ok(());
+        }
+        // Oldest pause first, the one just made last.
+        let mut paused: Vec<(Key, u64, f64)> = self
+            .lock()
+            .iter()
+            .filter_map(|(k, s)| s.cell.get().and_then(|s| s.paused).map(|(disk, at)| (k.clone(), disk, at)))
+            .collect();
+        paused.sort_by(|a, b| (&a.0 == just_paused).cmp(&(&b.0 == just_paused)).then(a.2.total_cmp(&b.2)));
+        let over = |paused: &[(Key, u64, f64)]| {
+            let total: u64 = paused.iter().map(|p| p.1).sum();
+            let of_key: u64 = paused.iter().filter(|p| p.0.owner == just_paused.owner).map(|p| p.1).sum();
+            server_budget.is_some_and(|b| total > b) || key_budget.is_some_and(|b| of_key > b)
+        };
+        while over(&paused) {
+            let key_over = key_budget.is_some_and(|b| {
+                paused.iter().filter(|p| p.0.owner == just_paused.owner).map(|p| p.1).sum::<u64>() > b
+            });
+            // Over the key's budget: that key's oldest goes; else the server's oldest.
+            let Some(index) = paused.iter().position(|p| !key_over || p.0.owner == just_paused.owner) else { break };
+            let (key, disk, _) = paused.remove(index);
+            let removed = self.lock().remove(&key).and_then(|s| s.cell.get().cloned());
+            if let Some(session) = removed {
+                self.expire(&session);
+            }
+            self.paused.remove(self.record.owner_name(key.owner), &key.id);
+            if &key == just_paused {
+                return Err(ApiError::new(
+                    507,
+                    ErrorKind::TooLarge,
+                    format!(
+                        "session {} took {disk} bytes paused, more than this server's budget for paused sessions \
+                         ({}); it was removed",
+                        key.id,
+                        [
+                            server_budget.map(|b| format!("{b} bytes in all")),
+                            key_budget.map(|b| format!("{b} bytes per key"))
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                    ),
+                ));
+            }
+            tracing::info!(session = %key.id, owner = %key.owner, disk, "a paused session was removed to keep the disk budget");
+        }
+        Ok(())
+    }
+}
+
+/// The registry's entry of a paused session: its box holds nothing, its lifetime is not
+/// running.
+fn paused_session(
+    owner: Owner,
+    record: &crate::paused::PausedRecord,
+    disk: u64,
+    box_dir: Option<std::path::PathBuf>,
+) -> Session {
+    let spec = SessionSpec {
+        request: record.request.clone(),
+        metadata: record.metadata.clone(),
+        timeout: None,
+        idle_timeout: Duration::from_secs(record.idle_timeout_secs),
+        auto_pause: record.auto_pause,
+    };
+    let codebox: Arc<dyn CodeBox> = Arc::new(crate::paused::PausedBox::new(&record.id, box_dir.as_deref()));
+    let mut session = Session::new(record.id.clone(), owner, codebox, spec);
+    session.created_at = UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
+    session.paused = Some((disk, record.paused_at));
+    session
 }

@@ -128,6 +128,26 @@ pub(super) struct ServeOptions {
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
     pub(super) idle_timeout: Option<Duration>,
 
+    /// What happens to a session that idles out: `pause` (its files, packages, history and
+    /// variables go to the session root's disk, and it resumes on its next request; a box
+    /// that cannot be paused is stopped) or `stop` [default: pause]. A session's own
+    /// `auto_pause` overrides it.
+    #[arg(long, value_name = "WHAT", value_parser = ["pause", "stop"])]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) on_idle: Option<String>,
+
+    /// The most disk paused sessions may take together, e.g. `20G`; past it the sessions
+    /// paused longest are removed first [default: no bound].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub(super) paused_disk_budget: Option<u64>,
+
+    /// The most disk one key's paused sessions may take, e.g. `2G`; past it that key's
+    /// sessions paused longest are removed first [default: no bound].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub(super) paused_disk_per_key: Option<u64>,
+
     /// The longest lifetime (`timeout`) a session may ask for, at creation or by extending
     /// it [default: 24h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

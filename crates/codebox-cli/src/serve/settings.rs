@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use codebox_core::{ApiKey, ResourceLimits};
 use codebox_local::{Allowlist, Isolation, Limits, PythonProfile, Template, TemplateCatalogue};
-use codebox_server::ServerConfig;
+use codebox_server::{OnIdle, ServerConfig};
 
 use super::options::{ServeArgs, ServeOptions, TemplateOptions, layered};
 
@@ -216,6 +216,12 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
     }
     if let Some(d) = o.idle_timeout {
         server = server.with_idle_timeout(d);
+    }
+    if let Some(on_idle) = &o.on_idle {
+        server = server.with_on_idle(if on_idle == "stop" { OnIdle::Stop } else { OnIdle::Pause });
+    }
+    if o.paused_disk_budget.is_some() || o.paused_disk_per_key.is_some() {
+        server = server.with_paused_disk_budget(o.paused_disk_budget, o.paused_disk_per_key);
     }
     if let Some(d) = o.max_session_timeout {
         server = server.with_max_session_timeout(d);

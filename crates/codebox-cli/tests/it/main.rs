@@ -2,6 +2,7 @@
 
 mod hostile;
 mod mcp;
+mod pause;
 mod run;
 mod run_env;
 mod serve;

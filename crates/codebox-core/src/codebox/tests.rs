@@ -112,6 +112,10 @@ impl CodeBox for Recorder {
         self.record("execution_stats")
     }
 
+    async fn pause(&self) -> Result<PauseReport> {
+        self.record("pause")
+    }
+
     async fn create_context(&self, _: Option<&str>, _: Option<&str>) -> Result<ContextInfo> {
         self.record("create_context")
     }
@@ -157,7 +161,7 @@ impl CodeBox for Recorder {
     }
 }
 
-const EVERY_METHOD: [&str; 30] = [
+const EVERY_METHOD: [&str; 31] = [
     "id",
     "capabilities",
     "start",
@@ -177,6 +181,7 @@ const EVERY_METHOD: [&str; 30] = [
     "packages",
     "history",
     "execution_stats",
+    "pause",
     "create_context",
     "contexts",
     "restart_context",
@@ -217,6 +222,7 @@ fn call_every_method(b: impl CodeBox) {
         refused("packages", b.packages().await.unwrap_err());
         refused("history", b.history(10).await.unwrap_err());
         refused("execution_stats", b.execution_stats().await.unwrap_err());
+        refused("pause", b.pause().await.unwrap_err());
         refused("create_context", b.create_context(None, None).await.unwrap_err());
         refused("contexts", b.contexts().await.unwrap_err());
         refused("restart_context", b.restart_context("c").await.unwrap_err());

@@ -64,6 +64,10 @@ pub(crate) struct Config {
     pub(crate) max_contexts: usize,
     /// Whether executions are recorded in the history and list their artifacts.
     pub(crate) execution_tracking: bool,
+    /// Where `save` and `pause` write the box's snapshot, and `resume` reads it.
+    pub(crate) state_dir: Option<PathBuf>,
+    /// How long a pause waits for a running execution before interrupting it.
+    pub(crate) pause_wait: Duration,
 }
 
 impl Default for Config {
@@ -92,6 +96,8 @@ impl Default for Config {
             unknown_template: None,
             max_contexts: codebox_core::DEFAULT_MAX_CONTEXTS,
             execution_tracking: true,
+            state_dir: None,
+            pause_wait: super::pause::DEFAULT_PAUSE_WAIT,
         }
     }
 }
@@ -341,6 +347,22 @@ impl LocalBoxBuilder {
         self
     }
 
+    /// Keep the box's snapshots in `dir` (made when missing): [`LocalBox::save`] and
+    /// [`pause`](codebox_core::CodeBox::pause) write there, atomically (a crash mid-save
+    /// leaves the previous snapshot or none), and [`LocalBoxBuilder::resume`] or
+    /// [`LocalBox::resume`] bring the box back from there, in this process or a later one.
+    pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state_dir = Some(dir.into());
+        self
+    }
+
+    /// How long a pause waits for a running execution to finish before it interrupts it
+    /// (default 10 s); the report says when it did.
+    pub fn with_pause_wait(mut self, wait: Duration) -> Self {
+        self.config.pause_wait = wait;
+        self
+    }
+
     /// Take kernels from `pool`, or from none.
     pub(crate) fn set_pool(mut self, pool: Option<KernelPool>) -> Self {
         self.config.pool = pool;
@@ -355,6 +377,17 @@ impl LocalBoxBuilder {
     /// [`CodeBox::start`](codebox_core::CodeBox::start) (or the first call that needs the
     /// kernel).
     pub fn build(self) -> Result<LocalBox> {
+        self.check()?;
+        Ok(LocalBox::from_config(self.config))
+    }
+
+    /// Check the settings and make the box under the name `id`.
+    pub(super) fn build_named(self, id: String) -> Result<LocalBox> {
+        self.check()?;
+        Ok(LocalBox::from_config_named(self.config, id))
+    }
+
+    fn check(&self) -> Result<()> {
         let c = &self.config;
         if let Some(name) = &c.unknown_template {
             // Fails for the name `with_template` could not find, saying which there are.
@@ -382,7 +415,7 @@ impl LocalBoxBuilder {
         if c.sandbox.require || c.sandbox.isolation != Isolation::Auto || !c.sandbox.network_allowlist.is_empty() {
             c.sandbox.level()?;
         }
-        Ok(LocalBox::from_config(self.config))
+        Ok(())
     }
 }
 

@@ -260,6 +260,16 @@ fn fresh_id() -> String {
 
 /// Make a context: a kernel like the box's own, in `cwd` (checked by the box's root).
 pub(super) async fn create(inner: &Arc<Inner>, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
+    create_named(inner, language, cwd, fresh_id()).await
+}
+
+/// Make a context named `id` (a resumed box's contexts keep their names).
+pub(super) async fn create_named(
+    inner: &Arc<Inner>,
+    language: Option<&str>,
+    cwd: Option<&str>,
+    id: String,
+) -> Result<ContextInfo> {
     let parts = inner.context_parts().await?;
     let language = context_language(inner, &parts.spec, language)?;
     let cwd = match cwd {
@@ -275,7 +285,7 @@ pub(super) async fn create(inner: &Arc<Inner>, language: Option<&str>, cwd: Opti
     let _reserved = inner.contexts.reserve(inner.config.max_contexts)?;
     let kernel = start_in(&parts, cwd.as_ref().map(|(_, dir)| dir.as_path())).await?;
     let context = Arc::new(Context {
-        id: fresh_id(),
+        id,
         language,
         cwd,
         exec_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -377,6 +387,52 @@ pub(super) async fn delete(inner: &Arc<Inner>, id: &str) -> Result<()> {
 }
 
 /// The process id of context `id`'s kernel, while it has one.
+/// A context held still for a pause: its executions wait behind `_guard`.
+pub(super) struct Held {
+    pub(super) info: ContextInfo,
+    /// Its kernel, when it has a live one.
+    pub(super) kernel: Option<Arc<Kernel>>,
+    /// Whether a running execution had to be interrupted.
+    pub(super) interrupted: bool,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Hold every context still for a pause: wait for each one's running execution up to
+/// `wait`, then interrupt it (and wait its grace again), and keep its lock.
+pub(super) async fn hold_all(inner: &Arc<Inner>, wait: Duration) -> Result<Vec<Held>> {
+    let all: Vec<Arc<Context>> = inner.contexts.lock().by_id.values().cloned().collect();
+    let mut held = Vec::with_capacity(all.len());
+    for context in all {
+        let lock = || context.exec_lock.clone().lock_owned();
+        let (guard, interrupted) = match tokio::time::timeout(wait, lock()).await {
+            Ok(guard) => (guard, false),
+            Err(_) => {
+                if let Some(kernel) = context.kernel.lock().await.current.clone() {
+                    let _ = kernel.interrupt().await;
+                }
+                let bound = inner.config.interrupt_grace + SHUTDOWN_GRACE + wait;
+                let guard = tokio::time::timeout(bound, lock()).await.map_err(|_| {
+                    CodeBoxError::invalid(format!(
+                        "box {}: the execution in context {} did not end within {bound:?} of its interrupt; nothing \
+                         was saved",
+                        inner.id, context.id
+                    ))
+                })?;
+                (guard, true)
+            }
+        };
+        let kernel = context.kernel.lock().await.current.clone().filter(|k| !k.is_dead());
+        held.push(Held { info: context.info(), kernel, interrupted, _guard: guard });
+    }
+    Ok(held)
+}
+
+/// Context `id`'s kernel, while it has one.
+pub(super) async fn current_kernel(inner: &Inner, id: &str) -> Option<Arc<Kernel>> {
+    let context = inner.contexts.get(id).ok()?;
+    context.kernel.lock().await.current.clone()
+}
+
 pub(super) async fn kernel_pid(inner: &Inner, id: &str) -> Option<i32> {
     let context = inner.contexts.get(id).ok()?;
     context.kernel.lock().await.current.as_ref().map(|k| k.pid())

@@ -70,6 +70,12 @@ pub(super) struct Inner {
     pub(super) cpu_baseline: Arc<crate::metrics::CpuBaseline>,
     /// How the box follows its working directory for artifacts, across executions.
     pub(super) tracked_files: crate::artifacts::SharedFiles,
+    /// The snapshot the box resumes from, until its first start has restored its files.
+    pub(super) resume_from: Mutex<Option<Arc<crate::snapshot::store::Snapshot>>>,
+    /// How many files that start restored.
+    pub(super) files_restored: std::sync::atomic::AtomicU64,
+    /// What the first execution after a resume says about what did not come back.
+    pub(super) resume_notice: Mutex<Option<codebox_core::ResumeReport>>,
 }
 
 /// What a code context needs of a box: where its files are, how its kernels are confined
@@ -157,8 +163,13 @@ impl Inner {
 
     /// A box that has not started.
     pub(super) fn new(config: Config) -> Self {
+        Self::with_id(config, fresh_id())
+    }
+
+    /// A box that has not started, named `id` (a resumed box keeps its name).
+    pub(super) fn with_id(config: Config, id: String) -> Self {
         Self {
-            id: fresh_id(),
+            id,
             config,
             exec_lock: Arc::new(tokio::sync::Mutex::new(())),
             state: tokio::sync::Mutex::new(State {
@@ -178,6 +189,9 @@ impl Inner {
             contexts: super::contexts::Contexts::default(),
             cpu_baseline: Arc::default(),
             tracked_files: Default::default(),
+            resume_from: Mutex::new(None),
+            files_restored: std::sync::atomic::AtomicU64::new(0),
+            resume_notice: Mutex::new(None),
         }
     }
 
@@ -225,8 +239,10 @@ impl Inner {
             )));
         }
         let spec = self.config.spec_for(&python)?;
-        let warm = match (&self.config.pool, &self.config.working_dir) {
-            (Some(pool), None) => pool.take(&spec),
+        let resume_from = self.resume_from.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // A resumed box's files go in before its kernel starts: no warm kernel for it.
+        let warm = match (&self.config.pool, &self.config.working_dir, &resume_from) {
+            (Some(pool), None, None) => pool.take(&spec),
             _ => None,
         };
         let (kernel, workdir) = match warm {
@@ -240,6 +256,14 @@ impl Inner {
                     None => WorkDir::Temp(new_temp_workdir(&spec.scratch_dir)?),
                 };
                 let confinement = confine(&spec, workdir.path()).await?;
+                // After the confinement: a size-limited image is mounted on the directory.
+                if let Some(snapshot) = resume_from {
+                    if let Err(e) = super::pause::restore_files(self, &snapshot, workdir.path(), &confinement).await {
+                        release(confinement).await;
+                        return Err(e);
+                    }
+                    *self.resume_from.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
                 match Kernel::start(&spec, confinement.clone()).await {
                     Ok(kernel) => (kernel, workdir),
                     Err(e) => {

@@ -17,6 +17,7 @@ mod lean;
 mod metrics;
 mod network;
 mod orphans;
+mod pause;
 mod pool;
 mod ports;
 mod tasks;

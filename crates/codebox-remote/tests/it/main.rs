@@ -4,6 +4,7 @@
 
 mod codeboxapi_0_2;
 mod end_to_end;
+mod pause;
 mod ports;
 mod python_server;
 mod rate_limits;

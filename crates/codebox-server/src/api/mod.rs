@@ -38,6 +38,24 @@ pub(crate) async fn dispatch(
     let id = id.as_deref().unwrap_or_default();
     let ctx = params.ctx.map(percent_decode).transpose()?;
     let ctx = ctx.as_deref().unwrap_or_default();
+    // Any request to a paused session resumes it first (as E2B's `connect` does); deleting
+    // it, describing it and pausing or resuming it act on it as it is.
+    if !id.is_empty()
+        && !matches!(
+            route,
+            Route::GetSession | Route::DeleteSession | Route::PauseSession | Route::ResumeSession | Route::ListSessions
+        )
+        && state.registry.get(owner, id).is_some_and(|s| s.is_paused())
+        && let Err(e) = state.registry.resume(owner, id).await
+    {
+        // A snapshot that cannot be resumed still has its files: listing and downloading
+        // them read the snapshot itself.
+        let reads_files = matches!(route, Route::ListFiles | Route::GetFile);
+        if !(reads_files && e.kind == ErrorKind::InvalidInput) {
+            return Err(e);
+        }
+        tracing::info!(session = %id, error = %e, "serving a paused session's files from its snapshot");
+    }
     match route {
         Route::Health | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route").into()),
         Route::CreateSession => sessions::create(state, owner, req).await,
@@ -99,6 +117,8 @@ pub(crate) async fn dispatch(
         Route::RestartContext => contexts::restart(state, owner, id, ctx).await,
         Route::InterruptContext => contexts::interrupt(state, owner, id, ctx).await,
         Route::DeleteContext => contexts::delete(state, owner, id, ctx).await,
+        Route::PauseSession => sessions::pause(state, state.session_owner(owner, id)?, id).await,
+        Route::ResumeSession => sessions::resume(state, state.session_owner(owner, id)?, id).await,
         Route::Port | Route::PortPath => {
             let port = params.port.unwrap_or_default();
             ports::proxy(state, owner, id, port, params.path, req).await

@@ -75,3 +75,16 @@ pub(super) async fn delete(state: &Arc<AppState>, owner: Owner, id: &str) -> Api
         Err(state.registry.missing(owner, id))
     }
 }
+
+/// `POST /v1/sessions/{id}/pause`: the session's state goes to disk and its box stops.
+pub(super) async fn pause(state: &Arc<AppState>, owner: Owner, id: &str) -> ApiResult<Response<Body>> {
+    let report = state.registry.pause(owner, id).await?;
+    Ok(json_response(StatusCode::OK, &report))
+}
+
+/// `POST /v1/sessions/{id}/resume`: a paused session runs again.
+pub(super) async fn resume(state: &Arc<AppState>, owner: Owner, id: &str) -> ApiResult<Response<Body>> {
+    let (session, report) = state.registry.resume(owner, id).await?;
+    let session = session.info(state.config.max_upload_bytes).await;
+    Ok(json_response(StatusCode::OK, &codebox_http::wire::ResumeResponse { session, report }))
+}
