@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod api;
+mod assets;
 mod progress;
 mod run;
 mod serve;
@@ -40,6 +41,9 @@ enum Command {
     History(api::info::HistoryArgs),
     /// A session's code contexts.
     Contexts(api::info::ContextsArgs),
+    /// Write shell completions and man pages into a directory (`cargo xtask dist-assets`).
+    #[command(hide = true)]
+    DistAssets(assets::AssetsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,5 +60,6 @@ fn main() -> std::process::ExitCode {
         Command::Metrics(args) => api::finish(args.conn.json, api::info::metrics(args)),
         Command::History(args) => api::finish(args.conn.json, api::info::history(args)),
         Command::Contexts(args) => api::finish(args.conn.json, api::info::contexts(args)),
+        Command::DistAssets(args) => assets::main(args),
     }
 }

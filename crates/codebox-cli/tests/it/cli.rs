@@ -297,3 +297,28 @@ fn install_templates_metrics_history_and_contexts() {
     s.run(&["install", "no-such-session", "tabulate"]).exit(2);
     s.serve.stop();
 }
+
+#[test]
+fn dist_assets_writes_completions_and_man_pages_of_every_command() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_codebox"))
+        .arg("dist-assets")
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .status()
+        .expect("run codebox");
+    assert!(status.success());
+    let bash = std::fs::read_to_string(out.path().join("completions/codebox.bash")).unwrap();
+    for word in ["sessions", "set-timeout", "exec", "files", "mkdir", "--json", "--api-key"] {
+        assert!(bash.contains(word), "bash completions lack {word}");
+    }
+    for shell in ["_codebox", "codebox.fish", "codebox.elv", "_codebox.ps1"] {
+        assert!(out.path().join("completions").join(shell).is_file(), "{shell}");
+    }
+    let exec = std::fs::read_to_string(out.path().join("man/codebox-exec.1")).unwrap();
+    assert!(exec.contains("SESSION") && exec.contains("CODEBOX_API_KEY"), "{exec}");
+    for page in ["codebox.1", "codebox-sessions-create.1", "codebox-files-put.1", "codebox-sh.1", "codebox-history.1"] {
+        assert!(out.path().join("man").join(page).is_file(), "{page}");
+    }
+    assert!(!out.path().join("man/codebox-dist-assets.1").exists(), "the hidden command has no page");
+}
