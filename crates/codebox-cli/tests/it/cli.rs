@@ -322,3 +322,48 @@ fn dist_assets_writes_completions_and_man_pages_of_every_command() {
     }
     assert!(!out.path().join("man/codebox-dist-assets.1").exists(), "the hidden command has no page");
 }
+
+/// `codebox::blocking` against the same real server the commands use: a program that is
+/// not async creates, uses and drops a session.
+#[test]
+fn the_blocking_client_creates_uses_and_on_drop_deletes_a_session() {
+    use codebox::blocking::Client;
+    use codebox::{ErrorKind, ExecEvent, SessionFilter, SessionRequest};
+
+    if !can_run() {
+        return;
+    }
+    let s = Server::start();
+    let client =
+        Client::builder().with_base_url(format!("http://{}", s.serve.addr)).with_api_key(KEY_A).build().unwrap();
+    let b = client.create(SessionRequest::new().with_metadata("from", "blocking")).unwrap();
+    assert_eq!(b.info().unwrap().metadata["from"], "blocking");
+    let events: Vec<ExecEvent> =
+        b.run_stream("for i in range(3): print(i)", Default::default()).unwrap().map(Result::unwrap).collect();
+    let printed: String = events
+        .iter()
+        .filter_map(|e| if let ExecEvent::Stdout { text } = e { Some(text.as_str()) } else { None })
+        .collect();
+    assert_eq!(printed, "0\n1\n2\n");
+    assert!(matches!(events.last(), Some(ExecEvent::End { .. })), "{events:?}");
+
+    let content: Vec<u8> = (0..(5 * 1024 * 1024 + 3)).map(|i: u32| (i % 251) as u8).collect();
+    assert_eq!(b.upload("blob.bin", std::io::Cursor::new(content.clone())).unwrap().size, content.len() as u64);
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut b.download("blob.bin").unwrap(), &mut back).unwrap();
+    assert!(back == content, "the file came back changed ({} bytes)", back.len());
+    assert_eq!(b.download("absent.bin").unwrap_err().kind(), ErrorKind::NotFound);
+
+    let attached = client.get(b.id()).unwrap();
+    drop(attached);
+    let listed = client.list(SessionFilter::new()).unwrap();
+    assert_eq!(listed.len(), 1, "dropping an attached box leaves the session: {listed:?}");
+    assert_eq!(client.get("no-such-session").unwrap_err().kind(), ErrorKind::NotFound);
+
+    // A created box deletes its session when dropped, as an async one does.
+    drop(b);
+    crate::hostile::wait_until("the dropped box's session is deleted", std::time::Duration::from_secs(30), || {
+        client.list(SessionFilter::new()).unwrap().is_empty()
+    });
+    s.serve.stop();
+}
