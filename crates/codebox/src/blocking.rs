@@ -21,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Port streams ([`CodeBox::connect_port`](crate::CodeBox::connect_port)) have no blocking
+//! Port streams ([`CodeBox::connect_port`]) have no blocking
 //! form; [`BlockingBox::port_url`] names the URL of a server session's port.
 
 use std::future::Future;
