@@ -10,6 +10,7 @@ use super::{Conn, EXIT_FAILED, EXIT_OK, Failure, Outcome, seconds};
 
 /// Arguments of `codebox exec`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_STATUS_HELP)]
 pub(crate) struct ExecArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,
@@ -112,6 +113,7 @@ fn show_bundle(out: &mut impl Write, data: &MimeBundle) -> std::io::Result<()> {
 
 /// Arguments of `codebox sh`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_STATUS_HELP)]
 pub(crate) struct ShArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,

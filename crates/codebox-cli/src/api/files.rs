@@ -13,6 +13,7 @@ use super::{Conn, EXIT_OK, Failure, Outcome};
 
 /// Arguments of `codebox files`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_STATUS_HELP)]
 pub(crate) struct FilesArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,
@@ -23,6 +24,7 @@ pub(crate) struct FilesArgs {
 #[derive(Debug, clap::Subcommand)]
 enum FilesCommand {
     /// List a directory of the session (its working directory by default).
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     Ls {
         /// The session's id.
         session: String,
@@ -34,6 +36,7 @@ enum FilesCommand {
         recursive: bool,
     },
     /// Upload a local file (`-`: stdin) into the session.
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     Put {
         /// The session's id.
         session: String,
@@ -43,6 +46,7 @@ enum FilesCommand {
         remote: Option<String>,
     },
     /// Download a file of the session (to stdout with `-`).
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     Get {
         /// The session's id.
         session: String,
@@ -52,6 +56,7 @@ enum FilesCommand {
         local: Option<PathBuf>,
     },
     /// Delete a file or an empty directory of the session.
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     Rm {
         /// The session's id.
         session: String,
@@ -59,6 +64,7 @@ enum FilesCommand {
         path: String,
     },
     /// Make a directory (and its missing parents) in the session.
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     Mkdir {
         /// The session's id.
         session: String,

@@ -5,6 +5,7 @@ use super::{Conn, Outcome, unix_time};
 
 /// Arguments of `codebox install`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_STATUS_HELP)]
 pub(crate) struct InstallArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,
@@ -24,6 +25,7 @@ pub(crate) fn install(args: InstallArgs) -> Outcome {
 
 /// Arguments of `codebox templates`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_STATUS_HELP)]
 pub(crate) struct TemplatesArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,
@@ -42,6 +44,7 @@ pub(crate) fn templates(args: TemplatesArgs) -> Outcome {
 
 /// Arguments of `codebox metrics`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_STATUS_HELP)]
 pub(crate) struct MetricsArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,
@@ -64,6 +67,7 @@ pub(crate) fn metrics(args: MetricsArgs) -> Outcome {
 
 /// Arguments of `codebox history`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_STATUS_HELP)]
 pub(crate) struct HistoryArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,
@@ -90,6 +94,7 @@ pub(crate) fn history(args: HistoryArgs) -> Outcome {
 
 /// Arguments of `codebox contexts`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_STATUS_HELP)]
 pub(crate) struct ContextsArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,

@@ -30,6 +30,10 @@ pub(crate) const EXIT_FAILED: u8 = 1;
 /// Usage, connection or authentication errors, and unknown sessions.
 pub(crate) const EXIT_USAGE: u8 = 2;
 
+/// The exit statuses, at the end of every API command's `--help` and man page.
+pub(crate) const EXIT_STATUS_HELP: &str = "Exit status: 0 ok; 1 the code raised or timed out, the program failed, or the \
+command failed; 2 usage, no key, the server unreachable, the key refused, or an unknown session.";
+
 /// The variable naming the server, as the CLI's documentation calls it.
 const URL_VAR: &str = "CODEBOX_API_URL";
 

@@ -9,6 +9,7 @@ use super::{Conn, Outcome, key_value, seconds, unix_time};
 
 /// Arguments of `codebox sessions`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_STATUS_HELP)]
 pub(crate) struct SessionsArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,
@@ -19,6 +20,7 @@ pub(crate) struct SessionsArgs {
 #[derive(Debug, clap::Subcommand)]
 enum SessionsCommand {
     /// Create a session, started and left running; prints its id.
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     Create {
         /// The template to make it from (see `codebox templates`).
         #[arg(long)]
@@ -37,22 +39,26 @@ enum SessionsCommand {
         env: Vec<(String, String)>,
     },
     /// List the key's sessions, oldest first.
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     List {
         /// Only the sessions with this metadata entry; repeatable.
         #[arg(long, value_name = "KEY=VALUE", value_parser = key_value)]
         metadata: Vec<(String, String)>,
     },
     /// Describe a session: template, state, metadata, limits, lifetime, isolation.
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     Info {
         /// The session's id.
         session: String,
     },
     /// End a session and everything running in it.
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     Kill {
         /// The session's id.
         session: String,
     },
     /// Make a session end this many seconds from now (it may shorten the lifetime too).
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
     SetTimeout {
         /// The session's id.
         session: String,

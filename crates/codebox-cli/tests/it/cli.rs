@@ -317,6 +317,10 @@ fn dist_assets_writes_completions_and_man_pages_of_every_command() {
     }
     let exec = std::fs::read_to_string(out.path().join("man/codebox-exec.1")).unwrap();
     assert!(exec.contains("SESSION") && exec.contains("CODEBOX_API_KEY"), "{exec}");
+    for page in ["codebox-exec.1", "codebox-sessions-kill.1", "codebox-files-get.1", "codebox-templates.1"] {
+        let text = std::fs::read_to_string(out.path().join("man").join(page)).unwrap();
+        assert!(text.contains("Exit status: 0 ok; 1 the code raised"), "{page} documents the exit statuses");
+    }
     for page in ["codebox.1", "codebox-sessions-create.1", "codebox-files-put.1", "codebox-sh.1", "codebox-history.1"] {
         assert!(out.path().join("man").join(page).is_file(), "{page}");
     }
