@@ -5,7 +5,7 @@
 //! [`crate::tidy`]), `clippy`, `test` (then the tests that said they were skipped: listed
 //! loudly, and a failure under `CI=true`), `leaks` (nothing the tests' boxes
 //! had is left on the machine: see [`crate::leaks`]), `doc`, `features` (every distinct
-//! combination of the facade's `local`, `remote`, `server` and `rustls` features, with
+//! combination of the facade's `local`, `remote`, `server`, `rustls` and `blocking` features, with
 //! `cargo check`).
 
 use std::process::Command;
@@ -20,7 +20,7 @@ pub(crate) const STEPS: [&str; 8] = ["setup", "fmt", "tidy", "clippy", "test", "
 
 /// The facade's optional features; the matrix checks every distinct subset of them.
 const FACADE: &str = "codebox";
-const FACADE_FEATURES: [&str; 4] = ["local", "remote", "server", "rustls"];
+const FACADE_FEATURES: [&str; 5] = ["local", "remote", "server", "rustls", "blocking"];
 /// Features that turn on another (`rustls` implies `remote`): a subset with the first and not
 /// the second builds exactly what the subset with both builds, so the matrix leaves it out.
 const FACADE_IMPLIES: [(&str, &str); 1] = [("rustls", "remote")];
@@ -248,14 +248,26 @@ mod tests {
                 vec!["local"],
                 vec!["remote"],
                 vec!["server"],
+                vec!["blocking"],
                 vec!["local", "remote"],
                 vec!["local", "server"],
                 vec!["remote", "server"],
                 vec!["remote", "rustls"],
+                vec!["local", "blocking"],
+                vec!["remote", "blocking"],
+                vec!["server", "blocking"],
                 vec!["local", "remote", "server"],
                 vec!["local", "remote", "rustls"],
                 vec!["remote", "server", "rustls"],
+                vec!["local", "remote", "blocking"],
+                vec!["local", "server", "blocking"],
+                vec!["remote", "server", "blocking"],
+                vec!["remote", "rustls", "blocking"],
                 vec!["local", "remote", "server", "rustls"],
+                vec!["local", "remote", "server", "blocking"],
+                vec!["local", "remote", "rustls", "blocking"],
+                vec!["remote", "server", "rustls", "blocking"],
+                vec!["local", "remote", "server", "rustls", "blocking"],
             ]
         );
     }
@@ -298,10 +310,10 @@ mod tests {
         );
         assert_eq!(shown[8], "cargo check --package codebox --locked --no-default-features");
         assert_eq!(
-            shown[19],
-            "cargo check --package codebox --locked --no-default-features --features local,remote,server,rustls"
+            shown[31],
+            "cargo check --package codebox --locked --no-default-features --features local,remote,server,rustls,blocking"
         );
-        assert_eq!(shown.len(), 20);
+        assert_eq!(shown.len(), 32);
         let steps: Vec<&str> = plan.iter().map(|j| j.step).collect();
         assert!(
             steps.windows(2).all(|w| STEPS.iter().position(|s| *s == w[0]) <= STEPS.iter().position(|s| *s == w[1]))

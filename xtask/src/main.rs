@@ -6,7 +6,8 @@
 //! - `bench`: builds and runs the benchmark binaries of `codebox-bench`, one JSON report;
 //! - `release VERSION`: bumps every crate and internal pin together, moves the changelog's
 //!   Unreleased section under the version, checks that every publishable crate packages;
-//! - `publish`: publishes the crates in dependency order, resuming after a failure.
+//! - `publish`: publishes the crates in dependency order, resuming after a failure;
+//! - `dist-assets`: the `codebox` command's shell completions and man pages.
 //!
 //! xtask depends on no workspace crate, so it works while the workspace does not build.
 
@@ -17,6 +18,7 @@ mod bench;
 mod changelog;
 mod ci;
 mod date;
+mod dist_assets;
 mod leaks;
 mod prereqs;
 mod publish;
@@ -88,6 +90,12 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write the `codebox` command's shell completions and man pages (for packagers).
+    DistAssets {
+        /// The directory to write `completions/` and `man/` in [default: target/dist-assets].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +115,7 @@ fn main() -> ExitCode {
             release::run(&release::Options { version, commit, no_verify, date })
         }
         Cmd::Publish { dry_run } => publish::run(&publish::Options { dry_run }),
+        Cmd::DistAssets { out } => dist_assets::run_dist_assets(&dist_assets::Options { out }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 //! | `remote` | yes | [`RemoteBox`]: sessions on a CodeBox server |
 //! | `server` | no | [`server`]: the CodeBox server as a library |
 //! | `rustls` | no | TLS for [`RemoteBox`] (`https://` base URLs) through rustls; implies `remote` |
+//! | `blocking` | no | [`blocking`]: the same API for code that is not async |
 //!
 //! Everything in `codebox-core` (the [`CodeBox`] trait, events, results, errors, settings) is
 //! re-exported at the top level whatever the features.
@@ -16,6 +17,10 @@
 use std::sync::Arc;
 
 mod env_file;
+
+#[cfg(feature = "blocking")]
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
+pub mod blocking;
 
 pub use env_file::settings_from_env_and_file;
 

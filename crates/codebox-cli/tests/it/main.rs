@@ -1,5 +1,6 @@
 //! The `codebox` binary, run as a user would: real processes, real kernels.
 
+mod cli;
 mod hostile;
 mod mcp;
 mod pause;
