@@ -337,6 +337,11 @@ impl<B: CodeBox + ?Sized + 'static> BlockingBox<B> {
         self.call(|b| async move { b.execution_stats().await })
     }
 
+    /// [`CodeBox::pause`].
+    pub fn pause(&self) -> Result<crate::PauseReport> {
+        self.call(|b| async move { b.pause().await })
+    }
+
     /// [`CodeBox::create_context`].
     pub fn create_context(&self, language: Option<&str>, cwd: Option<&str>) -> Result<ContextInfo> {
         let (language, cwd) = (language.map(str::to_owned), cwd.map(str::to_owned));

@@ -1,4 +1,5 @@
-//! `codebox sessions create|list|info|kill|set-timeout`: the key's sessions on a server.
+//! `codebox sessions create|list|info|kill|set-timeout|pause|resume`: the key's sessions on a
+//! server.
 
 use std::io::Write;
 use std::time::Duration;
@@ -54,6 +55,20 @@ enum SessionsCommand {
     /// End a session and everything running in it.
     #[command(after_long_help = super::EXIT_STATUS_HELP)]
     Kill {
+        /// The session's id.
+        session: String,
+    },
+    /// Pause a session: its files, packages, history and variables go to the server's disk,
+    /// its kernels stop; prints what could not be kept.
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
+    Pause {
+        /// The session's id.
+        session: String,
+    },
+    /// Resume a paused session (any request to it resumes it too); prints what did not come
+    /// back.
+    #[command(after_long_help = super::EXIT_STATUS_HELP)]
+    Resume {
         /// The session's id.
         session: String,
     },
@@ -124,6 +139,34 @@ pub(crate) fn main(args: SessionsArgs) -> Outcome {
             let (_, b) = conn.session(&session)?;
             b.stop()?;
             conn.show(&serde_json::json!({ "id": session, "killed": true }), |out| writeln!(out, "killed {session}"))
+        }
+        SessionsCommand::Pause { session } => {
+            let (_, b) = conn.session(&session)?;
+            let report = b.pause()?;
+            conn.show(&report, |out| {
+                writeln!(out, "paused {session}")?;
+                for lost in &report.unrestored {
+                    writeln!(out, "not kept: {} ({}) in {}: {}", lost.name, lost.type_name, lost.context, lost.reason)?;
+                }
+                Ok(())
+            })
+        }
+        SessionsCommand::Resume { session } => {
+            // An unknown session is a usage error, as for every command that names one.
+            let (_, report) = conn.client()?.resume(&session).map_err(|e| {
+                let failure = super::Failure::from(e);
+                match failure.kind {
+                    Some(codebox::ErrorKind::NotFound) => super::Failure { exit: super::EXIT_USAGE, ..failure },
+                    _ => failure,
+                }
+            })?;
+            conn.show(&report, |out| {
+                writeln!(out, "resumed {session}")?;
+                for lost in &report.unrestored {
+                    writeln!(out, "not restored: {} ({}) in {}: {}", lost.name, lost.type_name, lost.context, lost.reason)?;
+                }
+                Ok(())
+            })
         }
         SessionsCommand::SetTimeout { session, seconds } => {
             let (_, b) = conn.session(&session)?;

@@ -371,3 +371,32 @@ fn the_blocking_client_creates_uses_and_on_drop_deletes_a_session() {
     });
     s.serve.stop();
 }
+
+#[test]
+fn sessions_are_paused_and_resumed_with_their_variables() {
+    if !can_run() {
+        return;
+    }
+    let s = Server::start();
+    let id = s.run(&["sessions", "create"]).ok().trim().to_owned();
+    assert_eq!(s.run(&["exec", &id, "kept = 6 * 7\nhandle = open('f.txt', 'w')"]).ok(), "");
+
+    let paused = s.run(&["sessions", "pause", "--json", &id]).json();
+    let lost: Vec<&str> = paused["unrestored"].as_array().unwrap().iter().filter_map(|u| u["name"].as_str()).collect();
+    assert_eq!(lost, ["handle"], "{paused}");
+    let listed = s.run(&["sessions", "list", "--json"]).json();
+    assert_eq!(listed[0]["state"], "paused", "{listed}");
+
+    let resumed = s.run(&["sessions", "resume", &id]).ok();
+    assert!(resumed.starts_with(&format!("resumed {id}\n")), "{resumed}");
+    assert!(resumed.contains("not restored: handle"), "{resumed}");
+    assert_eq!(s.run(&["exec", &id, "print(kept)"]).ok(), "42\n");
+
+    // Text output; an unknown session is exit 2.
+    assert_eq!(s.run(&["sessions", "pause", &id]).ok().lines().next(), Some(format!("paused {id}").as_str()));
+    let gone = s.run(&["sessions", "resume", "no-such-session"]);
+    gone.exit(2);
+    assert!(gone.stderr().contains("no-such-session"), "{}", gone.stderr());
+    s.run(&["sessions", "pause", "no-such-session"]).exit(2);
+    s.run(&["sessions", "kill", &id]).ok();
+}

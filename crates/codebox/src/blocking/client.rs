@@ -79,6 +79,13 @@ mod remote {
             wait(async move { c.list(filter).await })
         }
 
+        /// [`crate::Client::resume`]: resume the key's paused session `id` and attach to it,
+        /// with the report of what came back of it.
+        pub fn resume(&self, id: &str) -> Result<(RemoteBox, crate::ResumeReport)> {
+            let (c, id) = (self.inner.clone(), id.to_owned());
+            wait(async move { c.resume(&id).await }).map(|(b, report)| (RemoteBox::new(b), report))
+        }
+
         /// [`crate::Client::templates`].
         pub fn templates(&self) -> Result<Vec<TemplateInfo>> {
             let c = self.inner.clone();
