@@ -772,6 +772,23 @@ impl Registry {
         Ok(report)
     }
 
+    /// The owner's session `id` ready for its box to be used: resumed first when it is
+    /// paused (as any request to a paused session does), else as [`require`](Self::require).
+    pub(crate) async fn require_live(&self, owner: Owner, id: &str) -> ApiResult<Arc<Session>> {
+        let session = self.require(owner, id)?;
+        if !session.is_paused() {
+            return Ok(session);
+        }
+        match self.resume(owner, id).await {
+            Ok((session, _)) => Ok(session),
+            // Another request resumed it meanwhile: use it as it is now.
+            Err(e) => match self.require(owner, id) {
+                Ok(now) if !now.is_paused() => Ok(now),
+                _ => Err(e),
+            },
+        }
+    }
+
     /// Resume the owner's paused session `id`: its box is made again from its snapshot and
     /// started, and the session runs on. 404 when there is no such session, 409 when it is not paused.
     pub(crate) async fn resume(&self, owner: Owner, id: &str) -> ApiResult<(Arc<Session>, codebox_core::ResumeReport)> {

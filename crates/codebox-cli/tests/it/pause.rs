@@ -264,3 +264,23 @@ fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+// The codebox-api routes resume a paused session like the native ones: a 0.2 client's next
+// execution finds its variables.
+#[test]
+fn a_codebox_api_request_resumes_a_paused_session() {
+    assert!(running_as_root(), "session uids need root: run the tests as root");
+    let (_base, root) = base_root();
+    let server = Serve::start_on(&root, Options::new(Level::None), 346_040..346_044);
+    let id = server.new_session(KEY_A);
+    assert_eq!(server.exec(KEY_A, &id, "kept = 41\nprint('set')").ok(), "set\n");
+    let reply = server.request(KEY_A, "POST", &format!("/v1/sessions/{id}/pause"), None);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(listed(&server, KEY_A)[0]["state"], "paused");
+
+    let body = serde_json::json!({"code": "print(kept + 1)"});
+    let reply = server.request(KEY_A, "POST", &format!("/api/v2/codebox/{id}/exec"), Some(body));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.text().contains("42"), "{}", reply.text());
+    assert_ne!(listed(&server, KEY_A)[0]["state"], "paused");
+}

@@ -82,7 +82,7 @@ where
     }
     match op {
         "" => {
-            let session = scope.get(id)?;
+            let session = scope.get(id).await?;
             let _in_use = session.use_guard();
             let state = session.codebox.status().await?.state;
             status(match state {
@@ -94,7 +94,7 @@ where
         }
         "run" => {
             let body: RunBody = required(scope.read_json(req).await?)?;
-            let session = scope.get(id)?;
+            let session = scope.get(id).await?;
             let _running = session.execution_guard();
             let mut counted = ExecutionMetrics::start(scope.state);
             let execution = match session.codebox.run(&body.code, RunOptions::default()).await {
@@ -111,7 +111,7 @@ where
             ok_json(&RunOutput { r#type: kind, content })
         }
         "upload" => {
-            let session = scope.get(id)?;
+            let session = scope.get(id).await?;
             let _in_use = session.use_guard();
             let (name, info) = scope.upload(&session, req).await?;
             tracing::debug!(path = %info.path, size = info.size, "uploaded through the 0.1 protocol");
@@ -123,7 +123,7 @@ where
                 Some(name) => name,
                 None => required::<DownloadBody>(scope.read_json(req).await?)?.file_name,
             };
-            let session = scope.get(id)?;
+            let session = scope.get(id).await?;
             scope.download(&session, &name, &name).await
         }
         "install" => {
@@ -132,19 +132,19 @@ where
             if packages.is_empty() {
                 return Err(CodeBoxError::invalid("package_name is empty").into());
             }
-            let session = scope.get(id)?;
+            let session = scope.get(id).await?;
             let _in_use = session.use_guard();
             session.codebox.install(&packages).await?;
             status(format!("{} installed successfully", body.package_name))
         }
         "files" => {
-            let session = scope.get(id)?;
+            let session = scope.get(id).await?;
             let _in_use = session.use_guard();
             let files = session.codebox.list_files("", false).await?.into_iter().map(|f| f.name).collect();
             ok_json(&Files { files })
         }
         "restart" => {
-            let session = scope.get(id)?;
+            let session = scope.get(id).await?;
             let _in_use = session.use_guard();
             session.codebox.restart().await?;
             status("restarted")

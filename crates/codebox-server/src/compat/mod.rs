@@ -169,15 +169,19 @@ struct Scope<'a> {
 }
 
 impl Scope<'_> {
-    /// The caller's session `id`, created (and started) when it has none by that id.
+    /// The caller's session `id`, created (and started) when it has none by that id, and
+    /// resumed when it is paused.
     async fn open(&self, id: &str) -> ApiResult<Arc<Session>> {
         let (session, _) = self.state.registry.get_or_create(self.owner, Some(id), None).await?;
+        if session.is_paused() {
+            return self.state.registry.require_live(self.owner, id).await;
+        }
         Ok(session)
     }
 
-    /// The caller's existing session `id`.
-    fn get(&self, id: &str) -> ApiResult<Arc<Session>> {
-        self.state.registry.require(self.owner, id)
+    /// The caller's existing session `id`, resumed when it is paused.
+    async fn get(&self, id: &str) -> ApiResult<Arc<Session>> {
+        self.state.registry.require_live(self.owner, id).await
     }
 
     /// Stop and forget the caller's session `id`.
