@@ -4,11 +4,12 @@
 //!
 //! `store` is the directory's layout and its atomic writes and checked reads. How much of a
 //! kernel comes back is a ladder (`SnapshotRung`): a CRIU checkpoint where `criu` works for
-//! a confined kernel (see [`criu_note`]), else a namespace snapshot taken inside a Python
-//! kernel by `save_namespace.py` (dill when the kernel's Python has it, else pickle) and
-//! loaded by `restore_namespace.py`, else files only (JavaScript, TypeScript and other
-//! kernels). The pickled namespaces are written into the working directory's
-//! [`PAUSE_DIR`], so the files copy carries them and their hashes check them.
+//! a confined kernel (it does not on the kernels measured; [`criu::note`] says why, by name),
+//! else a namespace snapshot taken inside a Python kernel by `save_namespace.py` (dill when
+//! the kernel's Python has it, else pickle) and loaded by `restore_namespace.py`, else files
+//! only (JavaScript, TypeScript and other kernels). The pickled namespaces are written into
+//! the working directory's [`PAUSE_DIR`], so the files copy carries them and their hashes
+//! check them.
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ use serde::Deserialize;
 
 use crate::kernel::Kernel;
 
+pub(crate) mod criu;
 pub(crate) mod store;
 
 /// Where kernels write their namespaces at a pause, relative to the working directory.
@@ -26,23 +28,6 @@ pub(crate) const SKIPPED: &[&str] = &[".codebox/tmp"];
 
 const SAVE_NAMESPACE: &str = include_str!("snapshot/save_namespace.py");
 const RESTORE_NAMESPACE: &str = include_str!("snapshot/restore_namespace.py");
-
-/// Why a CRIU checkpoint is not the rung used on this machine, in plain words.
-pub(crate) fn criu_note() -> String {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("criu")).find(|c| c.is_file()))
-        .unwrap_or_default();
-    match found {
-        None => "criu is not installed: the namespace was saved with a pickler".to_owned(),
-        // A confined kernel holds ZeroMQ sockets to this process and lives in bubblewrap's
-        // namespaces; a checkpoint of it alone cannot reconnect, so it is not attempted.
-        Some(criu) => format!(
-            "{} is installed, but a kernel's checkpoint would not carry its sockets to this process: \
-             the namespace was saved with a pickler",
-            criu.display()
-        ),
-    }
-}
 
 /// The file-name stem of context `index`'s namespace (0: the box's own kernel). Context
 /// ids are the box's to choose; stems are ours.
@@ -100,7 +85,7 @@ pub(crate) async fn save_namespace(
     let mut snapshot = ContextSnapshot::new(context, language, SnapshotRung::Namespace);
     snapshot.variables = saved.variables;
     snapshot.imports = saved.imports.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut note = criu_note();
+    let mut note = criu::note().await;
     if saved.pickler != "dill" {
         note.push_str(&format!(" ({}; dill is not in this kernel's Python)", saved.pickler));
     }

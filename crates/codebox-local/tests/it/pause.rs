@@ -292,3 +292,40 @@ async fn a_factory_box_with_a_state_dir_pauses_and_the_factory_resumes_it_as_ask
     let err = factory.resume(&BoxRequest::new()).await.err().unwrap();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
 }
+
+/// The first of criu's own reasons in a failed `criu check`'s output (module probes left out).
+fn first_criu_reason(output: &str) -> String {
+    output
+        .lines()
+        .filter_map(|l| l.split_once("): ").map(|(_, message)| message.trim().to_owned()))
+        .find(|m| !m.starts_with("exited, status="))
+        .unwrap_or_default()
+}
+
+/// The ladder's top rung, a CRIU checkpoint, is not taken; the pause says why by name: not
+/// installed, or criu's own reason when it cannot work on this kernel (criu 3.17.1 on Linux
+/// 6.18: its vDSO layout), or why a confined kernel is not checkpointed where it could.
+#[tokio::test]
+async fn a_pause_says_by_name_why_the_kernel_was_not_checkpointed_with_criu() {
+    let state = tempfile::tempdir().unwrap();
+    let lb = saving_box(state.path()).await;
+    assert!(lb.exec("x = 1").await.unwrap().error().is_none());
+    let report = lb.pause().await.unwrap();
+    assert_eq!(report.rung, SnapshotRung::Namespace, "{report:?}");
+    let note = report.contexts[0].note.clone().unwrap_or_default();
+    assert!(note.contains("the namespace was saved with a pickler"), "{note}");
+    match std::process::Command::new("criu").arg("check").output() {
+        Err(e) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+            assert!(note.starts_with("criu is not installed"), "{note}");
+        }
+        Ok(out) if out.status.success() => assert!(note.contains("`criu check` passes"), "{note}"),
+        Ok(out) => {
+            let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let reason = first_criu_reason(&output);
+            assert!(!reason.is_empty(), "{output}");
+            assert!(note.contains("cannot checkpoint any process on this kernel"), "{note}");
+            assert!(note.contains(&reason), "{reason} not in {note}");
+        }
+    }
+}
