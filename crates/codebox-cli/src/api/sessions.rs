@@ -163,7 +163,11 @@ pub(crate) fn main(args: SessionsArgs) -> Outcome {
             conn.show(&report, |out| {
                 writeln!(out, "resumed {session}")?;
                 for lost in &report.unrestored {
-                    writeln!(out, "not restored: {} ({}) in {}: {}", lost.name, lost.type_name, lost.context, lost.reason)?;
+                    writeln!(
+                        out,
+                        "not restored: {} ({}) in {}: {}",
+                        lost.name, lost.type_name, lost.context, lost.reason
+                    )?;
                 }
                 Ok(())
             })

@@ -390,6 +390,9 @@ fn sessions_are_paused_and_resumed_with_their_variables() {
     let resumed = s.run(&["sessions", "resume", &id]).ok();
     assert!(resumed.starts_with(&format!("resumed {id}\n")), "{resumed}");
     assert!(resumed.contains("not restored: handle"), "{resumed}");
+    // The first execution after a resume says too what did not come back.
+    let first = s.run(&["exec", &id, "print(kept)"]).ok();
+    assert!(first.ends_with("42\n") && first.contains("handle"), "{first}");
     assert_eq!(s.run(&["exec", &id, "print(kept)"]).ok(), "42\n");
 
     // Text output; an unknown session is exit 2.

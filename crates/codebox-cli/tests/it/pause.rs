@@ -36,6 +36,11 @@ fn a_paused_session_outlives_a_killed_server_and_the_next_one_resumes_it_on_its_
                  open('kept.txt', 'w').write('data')\n\
                  handle = open('kept.txt')\n\
                  sock = socket.socket()\n\
+                 import importlib, os\n\
+                 os.makedirs('.codebox/site-packages/keptpkg', exist_ok=True)\n\
+                 open('.codebox/site-packages/keptpkg/__init__.py', 'w').write('VALUE = 5')\n\
+                 importlib.invalidate_caches()\n\
+                 import keptpkg\n\
                  print('set')";
     assert_eq!(first.exec(KEY_A, &id, setup).ok(), "set\n");
 
@@ -69,11 +74,14 @@ fn a_paused_session_outlives_a_killed_server_and_the_next_one_resumes_it_on_its_
         KEY_A,
         "POST",
         &format!("/v1/sessions/{id}/execute"),
-        Some(serde_json::json!({"code": "print(sum(rows), square(12), math.floor(2.5), open('kept.txt').read())"})),
+        Some(serde_json::json!({
+            "code": "print(sum(rows), square(12), math.floor(2.5), open('kept.txt').read(), keptpkg.VALUE)"
+        })),
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     let text = reply.text();
-    assert!(text.contains("328350 144 2 data"), "{text}");
+    // keptpkg: a package the box installed into its own site-packages, imported again.
+    assert!(text.contains("328350 144 2 data 5"), "{text}");
     assert!(text.contains("application/vnd.codebox.resume+json") && text.contains("handle"), "{text}");
     let history = second.request(KEY_A, "GET", &format!("/v1/sessions/{id}/history"), None).json();
     let heads: Vec<String> =
