@@ -237,6 +237,15 @@ pub trait BoxFactory: Send + Sync + std::fmt::Debug {
         let _ = request;
         Err(crate::CodeBoxError::unsupported("resume"))
     }
+
+    /// Where the copy of the working directory in the current snapshot in `state_dir` is,
+    /// readable without resuming the box (a server lists and serves a paused session's files
+    /// from there, and falls back to them when the snapshot cannot be resumed). `None`: there
+    /// is none, or the factory does not say. The snapshot's layout is the factory's to know.
+    fn snapshot_files(&self, state_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+        let _ = state_dir;
+        None
+    }
 }
 
 /// A factory from a closure that gets the request and returns a box, for embedding the server

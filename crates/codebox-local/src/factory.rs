@@ -264,6 +264,10 @@ impl BoxFactory for LocalFactory {
         Ok((Arc::new(resumed), report))
     }
 
+    fn snapshot_files(&self, state_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+        crate::snapshot::store::current_files(state_dir)
+    }
+
     fn templates(&self) -> Vec<TemplateInfo> {
         self.catalogue.templates().iter().map(|t| t.info(crate::python::template_ready(t))).collect()
     }

@@ -154,16 +154,6 @@ impl PausedStore {
     }
 }
 
-/// The copy of the working directory in the current snapshot of a box's state directory
-/// `box_dir`, as codebox-local's snapshot store lays it out (`CURRENT` names the snapshot).
-fn snapshot_files(box_dir: &Path) -> Option<PathBuf> {
-    let current = std::fs::read_to_string(box_dir.join("CURRENT")).ok()?;
-    let name = current.split_whitespace().next()?;
-    let valid = name.strip_prefix("snap-").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
-    let files = box_dir.join(name).join("files");
-    (valid && files.is_dir()).then_some(files)
-}
-
 /// The bytes the files under `dir` take.
 fn size_on_disk(dir: &Path) -> u64 {
     let mut total = 0;
@@ -193,9 +183,10 @@ pub(crate) struct PausedBox {
 }
 
 impl PausedBox {
-    /// The paused box of session `id`, whose box kept its snapshots in `box_dir`.
-    pub(crate) fn new(id: &str, box_dir: Option<&Path>) -> Self {
-        Self { id: id.to_owned(), files: box_dir.and_then(snapshot_files) }
+    /// The paused box of session `id`, whose snapshot's copy of the working directory is
+    /// `files` (as its factory says).
+    pub(crate) fn new(id: &str, files: Option<PathBuf>) -> Self {
+        Self { id: id.to_owned(), files }
     }
 
     /// `path` inside the snapshot's files, checked one component at a time: no link is

@@ -712,6 +712,12 @@ pub(crate) async fn reap_expired(state: Arc<crate::state::AppState>) {
 /// Pausing and resuming sessions: a paused session stays in the registry with a
 /// [`PausedBox`](crate::paused::PausedBox), and on disk (see [`crate::paused`]).
 impl Registry {
+    /// The copy of the working directory in the snapshot of `owner_name`'s paused session
+    /// `id`, where its factory says it is.
+    fn paused_files(&self, owner_name: &str, id: &str) -> Option<std::path::PathBuf> {
+        self.paused.box_dir(owner_name, id).and_then(|dir| self.factory.snapshot_files(&dir))
+    }
+
     /// Register the paused sessions a state directory holds (a server starting).
     fn load_paused(&self) {
         let mut slots = self.lock();
@@ -720,7 +726,8 @@ impl Registry {
                 tracing::warn!(session = %record.id, "a paused session of a key this server no longer has is left alone");
                 continue;
             };
-            let session = paused_session(owner, &record, disk, self.paused.box_dir(&owner_name, &record.id));
+            let files = self.paused_files(&owner_name, &record.id);
+            let session = paused_session(owner, &record, disk, files);
             let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(session))) };
             slots.insert(Key { owner, id: record.id.clone() }, Arc::new(slot));
             tracing::info!(session = %record.id, %owner, "a paused session is back on the list");
@@ -763,8 +770,8 @@ impl Registry {
         self.paused.write(&owner_name, &record)?;
         let disk = self.paused.size(&owner_name, id);
         let key = Key { owner, id: id.to_owned() };
-        let box_dir = self.paused.box_dir(&owner_name, id);
-        let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(paused_session(owner, &record, disk, box_dir)))) };
+        let files = self.paused_files(&owner_name, id);
+        let slot = Slot { cell: OnceCell::new_with(Some(Arc::new(paused_session(owner, &record, disk, files)))) };
         self.lock().insert(key.clone(), Arc::new(slot));
         self.record.ended(owner, id);
         tracing::info!(session = %id, %owner, rung = %report.rung, disk, "session paused");
@@ -897,7 +904,7 @@ fn paused_session(
     owner: Owner,
     record: &crate::paused::PausedRecord,
     disk: u64,
-    box_dir: Option<std::path::PathBuf>,
+    files: Option<std::path::PathBuf>,
 ) -> Session {
     let spec = SessionSpec {
         request: record.request.clone(),
@@ -906,7 +913,7 @@ fn paused_session(
         idle_timeout: Duration::from_secs(record.idle_timeout_secs),
         auto_pause: record.auto_pause,
     };
-    let codebox: Arc<dyn CodeBox> = Arc::new(crate::paused::PausedBox::new(&record.id, box_dir.as_deref()));
+    let codebox: Arc<dyn CodeBox> = Arc::new(crate::paused::PausedBox::new(&record.id, files));
     let mut session = Session::new(record.id.clone(), owner, codebox, spec);
     session.created_at = UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
     session.paused = Some((disk, record.paused_at));

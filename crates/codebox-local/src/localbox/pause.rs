@@ -253,7 +253,7 @@ impl LocalBox {
             .map_err(|e| blocking_failed("reading a snapshot", e))?;
         let snapshot = snapshot.map_err(|e| {
             let id = store::current_box_id(&state_dir).unwrap_or_else(|| "?".to_owned());
-            cannot_resume(&id, store::current_dir(&state_dir).map(|d| d.join(store::FILES)).as_deref(), e)
+            cannot_resume(&id, store::current_files(&state_dir).as_deref(), e)
         })?;
         let m = &snapshot.manifest;
         let mut builder = match m.template.as_deref().filter(|t| crate::Template::builtin(t).is_ok()) {
@@ -283,7 +283,7 @@ impl LocalBoxBuilder {
             .map_err(|e| blocking_failed("reading a snapshot", e))?;
         let snapshot = Arc::new(snapshot.map_err(|e| {
             let id = store::current_box_id(&state_dir).unwrap_or_else(|| "?".to_owned());
-            cannot_resume(&id, store::current_dir(&state_dir).map(|d| d.join(store::FILES)).as_deref(), e)
+            cannot_resume(&id, store::current_files(&state_dir).as_deref(), e)
         })?);
         let manifest = &snapshot.manifest;
         let lb = self.build_named(manifest.box_id.clone())?;

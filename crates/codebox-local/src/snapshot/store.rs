@@ -151,6 +151,11 @@ pub(crate) fn current_dir(state_dir: &Path) -> Option<PathBuf> {
     is_snapshot_name(name).then(|| state_dir.join(name))
 }
 
+/// The copy of the working directory in the current snapshot of `state_dir`, when there is one.
+pub(crate) fn current_files(state_dir: &Path) -> Option<PathBuf> {
+    current_dir(state_dir).map(|d| d.join(FILES)).filter(|f| f.is_dir())
+}
+
 fn is_snapshot_name(name: &str) -> bool {
     name.strip_prefix("snap-").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
