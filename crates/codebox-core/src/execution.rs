@@ -53,6 +53,23 @@ impl Image {
 }
 
 impl Execution {
+    /// The execution that produced `events` and finished with `end`; `None` when `end` is
+    /// not an [`ExecEvent::End`]. For a caller that reads the stream itself (to pass events
+    /// on as they come) and then wants what [`collect`](Self::collect) gives.
+    pub fn finished(events: Vec<ExecEvent>, end: ExecEvent) -> Option<Self> {
+        match end {
+            ExecEvent::End { execution_count, duration_ms, outcome, artifacts, artifacts_truncated } => Some(Self {
+                events,
+                execution_count,
+                duration: Duration::from_secs_f64(duration_ms.max(0.0) / 1e3),
+                outcome,
+                artifacts,
+                artifacts_truncated,
+            }),
+            _ => None,
+        }
+    }
+
     /// Collect a stream of events into an `Execution`.
     ///
     /// Fails with the stream's first error, or with a protocol error when the stream ends
@@ -64,19 +81,12 @@ impl Execution {
         let mut stream = std::pin::pin!(stream);
         let mut events = Vec::new();
         while let Some(event) = stream.next().await {
-            match event? {
-                ExecEvent::End { execution_count, duration_ms, outcome, artifacts, artifacts_truncated } => {
-                    return Ok(Self {
-                        events,
-                        execution_count,
-                        duration: Duration::from_secs_f64(duration_ms.max(0.0) / 1e3),
-                        outcome,
-                        artifacts,
-                        artifacts_truncated,
-                    });
-                }
-                other => events.push(other),
+            let event = event?;
+            if event.is_end() {
+                return Self::finished(events, event)
+                    .ok_or_else(|| CodeBoxError::protocol("the execution stream's end event was not one"));
             }
+            events.push(event);
         }
         Err(CodeBoxError::protocol("the execution stream ended without an end event"))
     }

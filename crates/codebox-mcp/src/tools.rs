@@ -235,16 +235,8 @@ async fn execute(
             }
         }
     }
-    let Some(ExecEvent::End { execution_count, duration_ms, outcome, artifacts, artifacts_truncated }) = end else {
+    let Some(ex) = end.and_then(|end| Execution::finished(events, end)) else {
         return Ok(failure("the box ended the execution's stream without saying how it ended"));
-    };
-    let ex = Execution {
-        events,
-        execution_count,
-        duration: std::time::Duration::from_secs_f64(duration_ms.max(0.0) / 1e3),
-        outcome,
-        artifacts,
-        artifacts_truncated,
     };
     Ok(output::execution_result(&lease.id, &ex))
 }
