@@ -19,6 +19,7 @@ use crate::options::{CommandOutput, CommandSpec, RunOptions};
 use crate::packages::PackageInfo;
 use crate::pause::PauseReport;
 use crate::ports::PortStream;
+use crate::process::{ProcessId, ProcessInfo, ProcessSignal, ProcessSpec, ProcessStream};
 use crate::status::{BoxStatus, Capabilities};
 
 /// A stream of execution events. It ends after [`ExecEvent::End`]; dropping it early
@@ -198,6 +199,47 @@ pub trait CodeBox: Send + Sync + Debug {
     /// cannot measure are `None` and named in [`BoxMetrics::unavailable`].
     async fn metrics(&self) -> Result<BoxMetrics> {
         Err(crate::CodeBoxError::unsupported("metrics"))
+    }
+
+    /// Start a process in the box (its confinement, uid, limits and working directory, as
+    /// [`run_command`](Self::run_command)) and stream what it does: the stream's first event
+    /// is [`ProcessEvent::Start`](crate::ProcessEvent::Start) with its id, its last
+    /// [`ProcessEvent::End`](crate::ProcessEvent::End). The process runs on when the stream
+    /// is dropped; it ends with the box. A box runs a bounded number at once.
+    async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessStream> {
+        let _ = spec;
+        Err(crate::CodeBoxError::unsupported("start_process"))
+    }
+
+    /// Follow process `pid` again: output from now on, then its end. An unknown or ended
+    /// pid is [`ErrorKind::NotFound`](crate::ErrorKind::NotFound).
+    async fn connect_process(&self, pid: ProcessId) -> Result<ProcessStream> {
+        let _ = pid;
+        Err(crate::CodeBoxError::unsupported("connect_process"))
+    }
+
+    /// The processes running in the box that [`start_process`](Self::start_process) started.
+    async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        Err(crate::CodeBoxError::unsupported("processes"))
+    }
+
+    /// Write `data` to process `pid`'s standard input (started with
+    /// [`ProcessSpec::stdin`]; else [`InvalidInput`](crate::ErrorKind::InvalidInput)).
+    async fn process_input(&self, pid: ProcessId, data: Bytes) -> Result<()> {
+        let _ = (pid, data);
+        Err(crate::CodeBoxError::unsupported("process_input"))
+    }
+
+    /// Close process `pid`'s standard input: it reads end-of-file.
+    async fn close_process_input(&self, pid: ProcessId) -> Result<()> {
+        let _ = pid;
+        Err(crate::CodeBoxError::unsupported("close_process_input"))
+    }
+
+    /// Send `signal` to process `pid` (and the processes it started).
+    async fn signal_process(&self, pid: ProcessId, signal: ProcessSignal) -> Result<()> {
+        let _ = (pid, signal);
+        Err(crate::CodeBoxError::unsupported("signal_process"))
     }
 
     /// Restart the kernel: variables are gone, files stay.
@@ -395,6 +437,24 @@ macro_rules! forward_codebox {
                 (**self).metrics().await
             }
 
+            async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessStream> {
+                (**self).start_process(spec).await
+            }
+            async fn connect_process(&self, pid: ProcessId) -> Result<ProcessStream> {
+                (**self).connect_process(pid).await
+            }
+            async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+                (**self).processes().await
+            }
+            async fn process_input(&self, pid: ProcessId, data: Bytes) -> Result<()> {
+                (**self).process_input(pid, data).await
+            }
+            async fn close_process_input(&self, pid: ProcessId) -> Result<()> {
+                (**self).close_process_input(pid).await
+            }
+            async fn signal_process(&self, pid: ProcessId, signal: ProcessSignal) -> Result<()> {
+                (**self).signal_process(pid, signal).await
+            }
             async fn restart(&self) -> Result<()> {
                 (**self).restart().await
             }

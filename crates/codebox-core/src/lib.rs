@@ -23,6 +23,7 @@ mod options;
 mod packages;
 mod pause;
 mod ports;
+mod process;
 mod settings;
 mod status;
 
@@ -44,5 +45,8 @@ pub use crate::options::{CommandOutput, CommandSpec, RunOptions};
 pub use crate::packages::PackageInfo;
 pub use crate::pause::{ContextSnapshot, PauseReport, RESUME_NOTICE_MIME, ResumeReport, SnapshotRung, Unrestored};
 pub use crate::ports::{PORT_RANGE, PortIo, PortStream, check_port};
+pub use crate::process::{
+    ProcessEvent, ProcessExit, ProcessId, ProcessInfo, ProcessSignal, ProcessSpec, ProcessStream,
+};
 pub use crate::settings::{ApiKey, CodeBoxSettings};
 pub use crate::status::{BoxState, BoxStatus, Capabilities};

@@ -131,6 +131,11 @@ pub struct Capabilities {
     pub pause: bool,
     /// `run_command()` works.
     pub commands: bool,
+    /// Background processes work: `start_process()`, `connect_process()`, `processes()`,
+    /// `process_input()`, `close_process_input()` and `signal_process()`. Absent from an
+    /// older server's answer: `false`.
+    #[serde(default)]
+    pub processes: bool,
     /// `delete_file()` works.
     pub delete_file: bool,
     /// `list_files(.., recursive = true)` works.
@@ -172,6 +177,7 @@ impl Capabilities {
             artifacts: true,
             pause: true,
             commands: true,
+            processes: true,
             delete_file: true,
             recursive_list: true,
             file_ops: true,
@@ -196,6 +202,7 @@ impl Capabilities {
             artifacts: false,
             pause: false,
             commands: false,
+            processes: false,
             delete_file: false,
             recursive_list: false,
             file_ops: false,

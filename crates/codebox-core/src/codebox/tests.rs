@@ -148,6 +148,24 @@ impl CodeBox for Recorder {
         self.record("metrics")
     }
 
+    async fn start_process(&self, _: ProcessSpec) -> Result<ProcessStream> {
+        self.record("start_process")
+    }
+    async fn connect_process(&self, _: ProcessId) -> Result<ProcessStream> {
+        self.record("connect_process")
+    }
+    async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        self.record("processes")
+    }
+    async fn process_input(&self, _: ProcessId, _: Bytes) -> Result<()> {
+        self.record("process_input")
+    }
+    async fn close_process_input(&self, _: ProcessId) -> Result<()> {
+        self.record("close_process_input")
+    }
+    async fn signal_process(&self, _: ProcessId, _: ProcessSignal) -> Result<()> {
+        self.record("signal_process")
+    }
     async fn restart(&self) -> Result<()> {
         self.record("restart")
     }
@@ -161,7 +179,7 @@ impl CodeBox for Recorder {
     }
 }
 
-const EVERY_METHOD: [&str; 31] = [
+const EVERY_METHOD: [&str; 37] = [
     "id",
     "capabilities",
     "start",
@@ -190,6 +208,12 @@ const EVERY_METHOD: [&str; 31] = [
     "connect_port",
     "port_url",
     "metrics",
+    "start_process",
+    "connect_process",
+    "processes",
+    "process_input",
+    "close_process_input",
+    "signal_process",
     "restart",
     "interrupt",
     "run_command",
@@ -231,6 +255,12 @@ fn call_every_method(b: impl CodeBox) {
         refused("connect_port", b.connect_port(8000).await.err().unwrap());
         refused("port_url", b.port_url(8000).await.unwrap_err());
         refused("metrics", b.metrics().await.unwrap_err());
+        refused("start_process", b.start_process(ProcessSpec::new(CommandSpec::new("true"))).await.err().unwrap());
+        refused("connect_process", b.connect_process(1).await.err().unwrap());
+        refused("processes", b.processes().await.unwrap_err());
+        refused("process_input", b.process_input(1, Bytes::from_static(b"x")).await.unwrap_err());
+        refused("close_process_input", b.close_process_input(1).await.unwrap_err());
+        refused("signal_process", b.signal_process(1, ProcessSignal::Sigterm).await.unwrap_err());
         refused("restart", b.restart().await.unwrap_err());
         refused("interrupt", b.interrupt().await.unwrap_err());
         refused("run_command", b.run_command(CommandSpec::new("true")).await.unwrap_err());

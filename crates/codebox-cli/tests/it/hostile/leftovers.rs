@@ -148,10 +148,17 @@ fn host_leftovers(uids: &std::ops::Range<u32>) -> Vec<String> {
     all
 }
 
+/// The tag in the names of the files A's session leaves: the server's own, since the none
+/// level's boxes all see the host's `/tmp`, where other tests' servers leave theirs at the
+/// same time.
+fn tag_of(serve: &Serve) -> String {
+    format!("a{}", serve.uids.start)
+}
+
 /// Make A's objects in a new session and check they are where the level lets them be.
 fn make_objects(serve: &Serve, level: Level) -> (String, Made) {
     let a = serve.new_session(KEY_A);
-    let made = parse_made(serve.exec(KEY_A, &a, &leave_behind("a")).ok());
+    let made = parse_made(serve.exec(KEY_A, &a, &leave_behind(&tag_of(serve))).ok());
     match level {
         // Its own IPC namespace and a /tmp of its own: nothing reaches the host.
         Level::Bubblewrap => assert!(host_leftovers(&serve.uids).is_empty(), "{:?}", host_leftovers(&serve.uids)),
@@ -208,10 +215,11 @@ buf = ctypes.create_string_buffer(64)
 if libc.msgrcv({msg}, buf, 32, 0, 0o4000) >= 0:
     found.append("msg")
 for d in {dirs:?}:
-    found += glob.glob(os.path.join(d, "codebox-leftover-*a-*"))
+    found += glob.glob(os.path.join(d, "codebox-leftover-*{tag}-*"))
 print(os.getuid() == {uid}, found)
 "#,
         uid = made.uid,
+        tag = tag_of(&serve),
         dirs = HOST_DIRS,
     );
     let seen = serve.exec(KEY_B, &b, &probe);
