@@ -22,7 +22,7 @@ use anyhow::{Result, bail};
 
 /// Session uids: codebox-sandbox's default range, and the ranges the tests allocate from
 /// (300 000 to 350 000; see the tests of codebox-local, codebox-server and codebox-cli).
-pub(crate) const SESSION_UIDS: [Range<u32>; 2] = [200_000..265_536, 300_000..350_000];
+pub(crate) const SESSION_UIDS: [Range<u32>; 2] = [200_000..265_536, 300_000..360_000];
 
 /// The name of the directory that holds session cgroups (`BASE_NAME` in codebox-sandbox's
 /// `cgroup.rs`).

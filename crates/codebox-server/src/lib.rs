@@ -24,6 +24,7 @@ mod auth;
 mod compat;
 mod config;
 mod downloads;
+mod e2b;
 mod factory;
 mod listing;
 mod mcp;
