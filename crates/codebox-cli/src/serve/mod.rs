@@ -205,8 +205,11 @@ async fn serve(mut settings: Settings, factory: LocalFactory) -> anyhow::Result<
     }
     factory.prewarm_in_background();
     let server = Server::bind(settings.server, Arc::new(factory)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The signal handlers go in before the line that tells a supervisor the server is up:
+    // a SIGTERM sent as soon as it reads that line must stop the server gracefully.
+    let stop = codebox_server::shutdown_signal();
     tracing::info!(addr = %server.local_addr(), pool = settings.pool_size, "codebox serve listening");
-    server.run().await.map_err(|e| anyhow::anyhow!("{e}"))
+    server.run_until(stop).await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 #[cfg(test)]
