@@ -387,7 +387,11 @@ impl Follow {
             self.entry.exit.send_replace(Some(exit.clone()));
             let _ = self.entry.events.send(ProcessEvent::End(exit));
         }
-        self.entry.stdin.lock().await.take();
+        // A write blocked on a pipe nobody reads fails now that the process is gone, and
+        // drops the input itself; never wait for it here.
+        if let Ok(mut stdin) = self.entry.stdin.try_lock() {
+            stdin.take();
+        }
         tokio::time::sleep(ENDED_GRACE).await;
         if let Some(table) = self.table.upgrade() {
             lock(&table).by_pid.remove(&self.pid);
