@@ -366,6 +366,10 @@ impl Follow {
             signal_group(&self.child.0, signal);
             return;
         }
+        // Never a walk from pid 0 (the whole machine): only below a child we know.
+        if self.group_id <= 1 {
+            return;
+        }
         for pid in descendants(self.group_id) {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(pid, signal);
