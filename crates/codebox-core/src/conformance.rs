@@ -1,7 +1,7 @@
 //! The behaviour every backend must share, as a runnable suite.
 //!
 //! Every backend's tests call [`run_all`] on a started box and assert that the report
-//! passed; so LocalBox, RemoteBox against a real server, and anything added later are held
+//! passed (then [`processes_end_with_the_box`], which stops the box); so LocalBox, RemoteBox against a real server, and anything added later are held
 //! to the same contract. The checks that are not about Python (state across cells, streams,
 //! errors as data, rich display, files, timeouts, interrupts, restarts) run the snippets of a
 //! [`Dialect`]: Python's by default (the box's default kernel must then be a Python (IPython)
@@ -10,7 +10,7 @@
 //!
 //! Long file: the list of checks `run_all` runs and the core checks themselves; checks of a
 //! newer area each live in a submodule (`file_ops`, `history`, `ports`, `contexts`, `metrics`,
-//! `artifacts`).
+//! `artifacts`, `processes`).
 //!
 //! ```no_run
 //! # async fn demo(b: &dyn codebox_core::CodeBox) {
@@ -39,8 +39,10 @@ mod file_ops;
 mod history;
 mod metrics;
 mod ports;
+mod processes;
 
 pub use dialect::Dialect;
+pub use processes::{check_processes, processes_end_with_the_box};
 
 /// The environment variable naming the file where [`requires`] records a skipped test
 /// (`cargo xtask ci` sets it and reports every line after the tests).
@@ -244,6 +246,7 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
     check!("history_recorded", history::history_recorded(b, d));
     check!("contexts", contexts::contexts(b, d, options.timeout));
     check!("metrics_sane", metrics::metrics_sane(b));
+    check!("processes", processes::check_processes(b));
     check!("artifacts_listed", artifacts::artifacts_listed(b, d));
     check!("restart_clears_state", restart_clears_state(b, d));
     check!("history_kept_after_restart", history::history_kept_after_restart(b, d));

@@ -6,6 +6,7 @@ mod api;
 mod bad_input;
 mod local;
 mod ports;
+mod processes;
 mod props;
 mod quotas;
 mod sessions;
