@@ -63,31 +63,59 @@ pub(crate) fn boundary(content_type: &str) -> Result<String> {
 /// fields before it, and return that part with its content as a stream. The stream ends at the
 /// part's closing boundary; a body that ends before it is an error of the stream.
 pub(crate) async fn first_file_part(body: ByteStream, boundary: &str) -> Result<FilePart> {
-    let held = Arc::new(AtomicU64::new(0));
-    let paced = Paced { body, held: Arc::clone(&held), yielded: false };
-    let mut form = multer::Multipart::new(paced, boundary);
-    loop {
-        let field = form.next_field().await.map_err(|e| form_error(e, Reading::Form))?;
-        let Some(field) = field else {
-            return Err(CodeBoxError::invalid("the multipart body has no file part named `file`"));
-        };
-        let disposition = field
-            .headers()
-            .get(http::header::CONTENT_DISPOSITION)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .ok_or_else(|| CodeBoxError::invalid("a multipart part has no Content-Disposition header"))?;
-        let (name, file_name) = parse_disposition(&disposition)?;
-        // A plain field is skipped: multer reads past it at the next call.
-        let Some(file_name) = file_name else { continue };
-        let content = field
-            .map(move |chunk| {
-                let chunk = chunk.map_err(|e| form_error(e, Reading::File))?;
-                held.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
-                Ok(chunk)
-            })
-            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
-            .boxed();
-        return Ok(FilePart { field: name, file_name, content });
+    FileParts::new(body, boundary)
+        .next()
+        .await?
+        .ok_or_else(|| CodeBoxError::invalid("the multipart body has no file part named `file`"))
+}
+
+/// Every part of a form that carries a file, in order (E2B's `write_files` sends several).
+/// Plain fields are skipped. Each part's content must be read to its end, or dropped, before
+/// the next part is asked for.
+pub(crate) struct FileParts {
+    form: multer::Multipart<'static>,
+    /// Bytes multer holds that it has not handed on as file content (see [`Paced`]).
+    held: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for FileParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileParts").field("held", &self.held).finish_non_exhaustive()
+    }
+}
+
+impl FileParts {
+    /// The file parts of the form `body`, delimited by `boundary`.
+    pub(crate) fn new(body: ByteStream, boundary: &str) -> Self {
+        let held = Arc::new(AtomicU64::new(0));
+        let paced = Paced { body, held: Arc::clone(&held), yielded: false };
+        Self { form: multer::Multipart::new(paced, boundary), held }
+    }
+
+    /// The next part that carries a file, `None` after the last.
+    pub(crate) async fn next(&mut self) -> Result<Option<FilePart>> {
+        loop {
+            let field = self.form.next_field().await.map_err(|e| form_error(e, Reading::Form))?;
+            let Some(field) = field else { return Ok(None) };
+            let disposition = field
+                .headers()
+                .get(http::header::CONTENT_DISPOSITION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .ok_or_else(|| CodeBoxError::invalid("a multipart part has no Content-Disposition header"))?;
+            let (name, file_name) = parse_disposition(&disposition)?;
+            // A plain field is skipped: multer reads past it at the next call.
+            let Some(file_name) = file_name else { continue };
+            let held = Arc::clone(&self.held);
+            let content = field
+                .map(move |chunk| {
+                    let chunk = chunk.map_err(|e| form_error(e, Reading::File))?;
+                    held.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                    Ok(chunk)
+                })
+                .filter(|chunk| std::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
+                .boxed();
+            return Ok(Some(FilePart { field: name, file_name, content }));
+        }
     }
 }
 
