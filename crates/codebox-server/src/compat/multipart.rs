@@ -296,6 +296,25 @@ Content-Disposition: form-data; name=\"file\"; filename=\"x.txt\"; filename*=utf
     }
 
     #[tokio::test]
+    async fn every_file_part_comes_in_order() {
+        let raw: &'static [u8] =
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/a/1\"\r\n\r\none\r\n\
+--b\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nskipped\r\n\
+--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"2\"\r\n\r\n\r\n--b--\r\n";
+        for cut in 1..raw.len() {
+            let (a, b) = raw.split_at(cut);
+            let mut parts = FileParts::new(body(vec![a, b]), "b");
+            let first = parts.next().await.unwrap().unwrap();
+            assert_eq!(first.file_name, "/a/1");
+            assert_eq!(read(first).await.unwrap(), b"one", "cut at {cut}");
+            let second = parts.next().await.unwrap().unwrap();
+            assert_eq!((second.field.as_str(), second.file_name.as_str()), ("file", "2"));
+            assert_eq!(read(second).await.unwrap(), b"", "cut at {cut}");
+            assert!(parts.next().await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
     async fn malformed_forms_are_clear_errors() {
         let no_file: &'static [u8] = b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv\r\n--b--\r\n";
         let err = first_file_part(body(vec![no_file]), "b").await.unwrap_err();

@@ -38,15 +38,26 @@ struct Envd {
 
 impl Envd {
     async fn start() -> Self {
+        Self::with_sandbox(None).await
+    }
+
+    /// envd for a box confined by `policy` (a plain LocalBox without one).
+    async fn with_sandbox(policy: Option<codebox_local::SandboxPolicy>) -> Self {
         let config = ServerConfig::new()
             .with_addr("127.0.0.1:0".parse().unwrap())
             .with_api_key("envd-test-key")
             .with_max_upload_bytes(UPLOAD_LIMIT)
             .with_max_json_bytes(JSON_LIMIT)
             .with_keepalive_interval(Duration::from_millis(200));
-        let factory = factory_fn(|_request| async move {
-            let lb = codebox_local::LocalBox::builder().build()?;
-            Ok(Arc::new(lb) as Arc<dyn CodeBox>)
+        let factory = factory_fn(move |_request| {
+            let policy = policy.clone();
+            async move {
+                let mut builder = codebox_local::LocalBox::builder();
+                if let Some(policy) = policy {
+                    builder = builder.with_sandbox(policy);
+                }
+                Ok(Arc::new(builder.build()?) as Arc<dyn CodeBox>)
+            }
         });
         let server = Server::bind(config, factory).await.unwrap();
         let state = Arc::clone(&server.state);
@@ -467,7 +478,178 @@ async fn connect_protocol_errors_are_connect_errors() {
             .to_bytes(),
     );
     assert_eq!(stream.error_code(), Some("resource_exhausted"));
+    envd.shutdown().await;
+}
+
+/// A stream read envelope by envelope as it comes.
+struct Following {
+    body: hyper::body::Incoming,
+    buf: BytesMut,
+}
+
+impl Following {
+    async fn open(envd: &Envd, method: &str, message: Value) -> Self {
+        let resp = envd.stream_open(method, envelope(0, message.to_string().as_bytes()), None).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        Self { body: resp.into_body(), buf: BytesMut::new() }
+    }
+
+    /// The next envelope: its flags and message.
+    async fn next(&mut self) -> (u8, Value) {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if self.buf.len() >= 5 + len {
+                    let flags = self.buf[0];
+                    let message = serde_json::from_slice(&self.buf[5..5 + len]).unwrap();
+                    self.buf.advance(5 + len);
+                    return (flags, message);
+                }
+            }
+            let frame = self.body.frame().await.expect("the stream ended early").unwrap();
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// The next event that is not a keepalive.
+    async fn event(&mut self) -> Value {
+        loop {
+            let (flags, message) = self.next().await;
+            assert_eq!(flags, 0, "an event, not the end: {message}");
+            if message["event"].get("keepalive").is_none() {
+                return message["event"].clone();
+            }
+        }
+    }
+
+    /// The end event and the end of the stream after it.
+    async fn end(&mut self) -> Value {
+        let end = self.event().await;
+        let (flags, last) = self.next().await;
+        assert_eq!((flags, last), (2, json!({})));
+        end["end"].clone()
+    }
+}
+
+fn bash(cmd: &str) -> Value {
+    json!({
+        "process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd], "envs": {"GREETING": "hi there"}, "cwd": "/home/user"},
+        "stdin": false
+    })
+}
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// `commands.run`: start first, output, the end with the exit code; in a subdirectory too.
+async fn commands_run(envd: &Envd) {
+    let run = envd.stream("process.Process/Start", bash("echo $GREETING; echo oops >&2; exit 3"), Some(60_000)).await;
+    let events = run.events();
+    assert!(events[0]["start"]["pid"].as_u64().is_some(), "{run:?}");
+    assert_eq!(run.output("stdout"), "hi there\n");
+    assert_eq!(run.output("stderr"), "oops\n");
+    assert_eq!(events.last().unwrap()["end"], json!({"exitCode": 3, "exited": true, "status": "exit status 3"}));
+    assert_eq!(run.end, json!({}));
+
+    envd.unary("filesystem.Filesystem/MakeDir", json!({"path": "/home/user/sub"})).await;
+    let mut in_sub = bash("basename \"$PWD\"; cat ../note.txt");
+    in_sub["process"]["cwd"] = json!("/home/user/sub");
+    envd.write_files(None, &[("note.txt", b"noted")]).await;
+    let run = envd.stream("process.Process/Start", in_sub, None).await;
+    assert_eq!(run.output("stdout"), "sub\nnoted");
+    assert_eq!(run.events().last().unwrap()["end"]["exitCode"], 0);
+    let mut outside = bash("pwd");
+    outside["process"]["cwd"] = json!("/etc");
+    assert_eq!(envd.stream("process.Process/Start", outside, None).await.error_code(), Some("invalid_argument"));
+}
+
+#[tokio::test]
+async fn commands_run_streams_output_and_the_exit_code() {
+    let envd = Envd::start().await;
+    commands_run(&envd).await;
+    envd.shutdown().await;
+}
+
+#[tokio::test]
+async fn commands_run_in_a_confined_box() {
+    assert!(codebox_local::running_as_root(), "the confined case needs root (CI runs as root)");
+    let policy = codebox_local::SandboxPolicy::default()
+        .with_isolation(codebox_local::Isolation::Bubblewrap)
+        .with_require_isolation(true)
+        .with_session_uids(Some(codebox_local::UidAllocator::new(353_000..353_010).unwrap()));
+    let envd = Envd::with_sandbox(Some(policy)).await;
+    commands_run(&envd).await;
+    let whoami = envd.stream("process.Process/Start", bash("id -u"), None).await;
+    assert!(whoami.output("stdout").starts_with("3530"), "{whoami:?}");
+    envd.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deadline_kills_the_command_and_ends_the_stream() {
+    let envd = Envd::start().await;
+    let run = envd.stream("process.Process/Start", bash("echo started; exec sleep 600"), Some(300)).await;
+    assert_eq!(run.error_code(), Some("deadline_exceeded"), "{run:?}");
+    assert!(run.events().iter().all(|e| e.get("end").is_none()), "no end event: {run:?}");
+    let pid = run.events()[0]["start"]["pid"].as_u64().unwrap();
+    // The process is gone: signalling it finds nothing.
+    let listed = envd.unary("process.Process/List", json!({})).await.json();
+    let pids: Vec<u64> = listed["processes"].as_array().unwrap().iter().filter_map(|p| p["pid"].as_u64()).collect();
+    assert!(!pids.contains(&pid), "{listed}");
+    envd.shutdown().await;
+}
+
+#[tokio::test]
+async fn background_processes_take_input_and_signals_and_are_listed() {
+    let envd = Envd::start().await;
+    let mut cat = bash("cat");
+    cat["stdin"] = json!(true);
+    cat["tag"] = json!("the-cat");
+    let mut started = Following::open(&envd, "process.Process/Start", cat).await;
+    let pid = started.event().await["start"]["pid"].as_u64().unwrap();
+
+    let listed = envd.unary("process.Process/List", json!({})).await.json();
+    let entry = listed["processes"].as_array().unwrap().iter().find(|p| p["pid"] == pid).unwrap().clone();
+    assert_eq!(entry["tag"], "the-cat");
+    assert_eq!(entry["config"]["cmd"], "/bin/bash");
+    assert_eq!(entry["config"]["args"], json!(["-l", "-c", "cat"]));
+    assert_eq!(entry["config"]["cwd"], "/home/user");
+
+    let input = json!({"process": {"pid": pid}, "input": {"stdin": b64(b"ping\n")}});
+    let sent = envd.unary("process.Process/SendInput", input).await;
+    assert_eq!((sent.status, sent.json()), (StatusCode::OK, json!({})), "{}", sent.text());
+    assert_eq!(started.event().await["data"]["stdout"], b64(b"ping\n"));
+    // Followed again: the start event, then what comes.
+    let mut followed = Following::open(&envd, "process.Process/Connect", json!({"process": {"tag": "the-cat"}})).await;
+    assert_eq!(followed.event().await["start"]["pid"], pid);
+    let closed = envd.unary("process.Process/CloseStdin", json!({"process": {"pid": pid}})).await;
+    assert_eq!(closed.status, StatusCode::OK, "{}", closed.text());
+    assert_eq!(started.end().await, json!({"exitCode": 0, "exited": true, "status": "exit status 0"}));
+    assert_eq!(followed.end().await["exitCode"], 0);
+
+    // `commands.kill`: SIGKILL by pid ends the stream with the signal.
+    let mut sleeper = Following::open(&envd, "process.Process/Start", bash("exec sleep 600")).await;
+    let pid = sleeper.event().await["start"]["pid"].as_u64().unwrap();
+    let signal = json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"});
+    assert_eq!(envd.unary("process.Process/SendSignal", signal).await.status, StatusCode::OK);
+    assert_eq!(sleeper.end().await, json!({"exitCode": -1, "exited": false, "status": "signal: killed"}));
+
+    let gone = json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGTERM"});
+    envd.unary("process.Process/SendSignal", gone).await.assert_error(404, "not_found");
+    let unknown = json!({"process": {"pid": 4_000_000}, "input": {"stdin": b64(b"x")}});
+    envd.unary("process.Process/SendInput", unknown).await.assert_error(404, "not_found");
+    envd.unary("process.Process/CloseStdin", json!({"process": {"tag": "nobody"}}))
+        .await
+        .assert_error(404, "not_found");
+    let unspecified = json!({"process": {"pid": pid}, "signal": "SIGNAL_UNSPECIFIED"});
+    envd.unary("process.Process/SendSignal", unspecified).await.assert_error(400, "invalid_argument");
+    envd.unary("process.Process/SendSignal", json!({"signal": 9})).await.assert_error(400, "invalid_argument");
     let stream = envd.stream("process.Process/Connect", json!({"process": {"pid": 4_000_000}}), None).await;
-    assert!(matches!(stream.error_code(), Some("not_found" | "unimplemented")), "{stream:?}");
+    assert_eq!(stream.error_code(), Some("not_found"), "{stream:?}");
+    let pty = json!({"process": {"cmd": "/bin/bash"}, "pty": {"size": {"cols": 80, "rows": 24}}});
+    assert_eq!(envd.stream("process.Process/Start", pty, None).await.error_code(), Some("unimplemented"));
     envd.shutdown().await;
 }
