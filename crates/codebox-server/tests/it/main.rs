@@ -5,6 +5,7 @@ mod adversarial;
 mod api;
 mod bad_input;
 mod e2b;
+mod e2b_envd;
 mod local;
 mod ports;
 mod props;
