@@ -377,6 +377,11 @@ async fn filesystem_calls_answer_as_envd_does() {
         .await
         .assert_error(404, "not_found");
     envd.unary("filesystem.Filesystem/Stat", json!({"path": "/etc/passwd"})).await.assert_error(404, "not_found");
+    let home = envd.unary("filesystem.Filesystem/Stat", json!({"path": "/home/user"})).await.json();
+    assert_eq!(
+        (home["entry"]["type"].as_str(), home["entry"]["path"].as_str()),
+        (Some("FILE_TYPE_DIRECTORY"), Some("/home/user"))
+    );
 
     let listed = envd.unary("filesystem.Filesystem/ListDir", json!({"path": "/home/user/proj", "depth": 1})).await;
     let mut names: Vec<String> =
