@@ -8,6 +8,7 @@ mod e2b;
 mod e2b_envd;
 mod local;
 mod ports;
+mod processes;
 mod props;
 mod quotas;
 mod sessions;
