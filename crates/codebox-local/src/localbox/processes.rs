@@ -325,10 +325,10 @@ impl Follow {
                 s = self.child.0.wait(), if status.is_none() => {
                     // What it left in its group still holds its pipes: those go with it
                     // (while they live, the group's id cannot be reused).
-                    if out_open || err_open {
-                        if let Some(group) = rustix::process::Pid::from_raw(self.group_id) {
-                            let _ = rustix::process::kill_process_group(group, Signal::KILL);
-                        }
+                    if (out_open || err_open)
+                        && let Some(group) = rustix::process::Pid::from_raw(self.group_id)
+                    {
+                        let _ = rustix::process::kill_process_group(group, Signal::KILL);
                     }
                     status = Some(s);
                     drain_until = Instant::now() + DRAIN_AFTER_EXIT;
