@@ -4,9 +4,11 @@ against `codebox serve`, sync and async, and print `N passed, N failed`.
 Usage: e2b_compat.py full|debug
 
 - full: E2B_API_URL and E2B_SANDBOX_URL point at the server (both the same URL, which may
-  carry a path prefix), E2B_API_KEY is one of its keys.
+  carry a path prefix), E2B_API_KEY is one of its keys; the server keeps a state directory
+  (pause).
 - debug: E2B_DEBUG=true and E2B_SANDBOX_URL; no key, no control plane (the SDK itself skips
-  connect, kill, set_timeout and get_metrics, and list needs the control plane: it is left out).
+  connect, kill, set_timeout and get_metrics; list and pause need the control plane: they are
+  left out).
 
 Every operation is run and reported on its own line (`ok NAME` or `FAILED NAME: why`), so one
 failure does not hide the rest. The exit status is non-zero when anything failed.
@@ -221,6 +223,15 @@ def sync_suite(tag):
 
     if not DEBUG:
 
+        def pause_connect():
+            sbx.run_code("kept_across_pause = 41")
+            check(sbx.pause(), "pause")
+            check(Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED, "state paused")
+            check(not sbx.pause(), "pausing a paused sandbox is False")
+            resumed = Sandbox.connect(sbx.sandbox_id)
+            check(resumed.run_code("kept_across_pause + 1").text == "42", "variables kept across the pause")
+            check(sbx.get_info().state == SandboxState.RUNNING, "state running")
+
         def listing():
             query = SandboxQuery(metadata=metadata, state=[SandboxState.RUNNING])
             items = Sandbox.list(query=query).next_items()
@@ -230,6 +241,7 @@ def sync_suite(tag):
             check(sbx.kill(), "kill")
             check(not Sandbox.kill(sbx.sandbox_id), "a second kill finds nothing")
 
+        record(f"{tag}pause_connect", pause_connect)
         record(f"{tag}list", listing)
         record(f"{tag}kill", kill)
 
