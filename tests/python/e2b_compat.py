@@ -22,7 +22,7 @@ import time
 import traceback
 import uuid
 
-from e2b import CommandExitException, SandboxQuery, SandboxState
+from e2b import CommandExitException, SandboxQuery, SandboxState, TimeoutException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "full"
@@ -138,6 +138,20 @@ def sync_suite(tag):
         execution = sbx.run_code("echo from-bash", language="bash")
         check("".join(execution.logs.stdout) == "from-bash\n", f"bash: {execution.logs} {execution.error}")
 
+    def run_code_timeout():
+        # The client gives up after 2 s and closes its connection: the server interrupts the
+        # code, so the marker is never written (the next execution would wait for it).
+        marker = f"not-interrupted-{uuid.uuid4().hex[:6]}"
+        slow = f"import time\ntime.sleep(20)\nopen('{marker}', 'w').write('x')"
+        try:
+            sbx.run_code(slow, timeout=2)
+        except TimeoutException:
+            pass
+        else:
+            raise AssertionError("run_code past its timeout did not raise")
+        after = sbx.run_code(f"import os\nos.path.exists('{marker}')")
+        check(after.text == "False", f"the code ran on after the client went: {after.text} {after.error}")
+
     def contexts():
         context = sbx.create_code_context(cwd=HOME)
         check(context.language == "python", f"context {context}")
@@ -156,6 +170,7 @@ def sync_suite(tag):
         ("run_code_error", run_code_error),
         ("run_code_envs", run_code_env),
         ("run_code_bash", run_code_bash),
+        ("run_code_timeout", run_code_timeout),
         ("contexts", contexts),
     ]:
         record(f"{tag}{name}", fn)

@@ -105,13 +105,13 @@ fn the_e2b_sdk_runs_every_operation_sync_and_async_in_full_and_debug_mode() {
     let serve = Serve::start_on(&base.path().join("sessions"), options, UIDS);
     let root = format!("http://{}", serve.addr);
     let full = [("E2B_API_URL", root.as_str()), ("E2B_SANDBOX_URL", root.as_str()), ("E2B_API_KEY", KEY_A)];
-    // create, run_code (text, image, error, envs, bash), contexts, files, commands,
-    // set_timeout, get_metrics, pause and connect, list, kill: sync (14), then async without
-    // envs, bash and pause (11).
-    assert_eq!(run_client("full", &full), 14 + 11);
+    // create, run_code (text, image, error, envs, bash, a client that gives up), contexts,
+    // files, commands, set_timeout, get_metrics, pause and connect, list, kill: sync (15),
+    // then async without envs, bash, giving up and pause (11).
+    assert_eq!(run_client("full", &full), 15 + 11);
     let prefixed = format!("{root}/e2b");
     let debug = [("E2B_DEBUG", "true"), ("E2B_SANDBOX_URL", prefixed.as_str())];
     // The same without pause, list and kill, which debug mode has no control plane for.
-    assert_eq!(run_client("debug", &debug), 11 + 9);
+    assert_eq!(run_client("debug", &debug), 12 + 9);
     serve.stop();
 }
