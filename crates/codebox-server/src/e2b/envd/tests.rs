@@ -574,6 +574,11 @@ async fn commands_run(envd: &Envd) {
 async fn commands_run_streams_output_and_the_exit_code() {
     let envd = Envd::start().await;
     commands_run(&envd).await;
+    // A silence longer than the client's keepalive interval (1 s here) carries keepalives.
+    let quiet = envd.stream("process.Process/Start", bash("sleep 2; echo after"), None).await;
+    let first_output = quiet.messages.iter().position(|m| m["event"].get("data").is_some()).unwrap();
+    assert!(quiet.messages[..first_output].iter().any(|m| m["event"] == json!({"keepalive": {}})), "{quiet:?}");
+    assert_eq!(quiet.output("stdout"), "after\n");
     envd.shutdown().await;
 }
 
