@@ -34,7 +34,7 @@ pub struct ProcessSpec {
     /// [`CodeBox::process_input`]: crate::CodeBox::process_input
     #[serde(default)]
     pub stdin: bool,
-    /// A name of the caller's choosing, shown in [`ProcessInfo::tag`].
+    /// A name of the caller's choosing, listed with the process (in [`ProcessInfo::spec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
 }

@@ -366,6 +366,10 @@ impl Follow {
             signal_group(&self.child.0, signal);
             return;
         }
+        // Never a walk from pid 0 (the whole machine): only below a child we know.
+        if self.group_id <= 1 {
+            return;
+        }
         for pid in descendants(self.group_id) {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(pid, signal);
@@ -387,7 +391,11 @@ impl Follow {
             self.entry.exit.send_replace(Some(exit.clone()));
             let _ = self.entry.events.send(ProcessEvent::End(exit));
         }
-        self.entry.stdin.lock().await.take();
+        // A write blocked on a pipe nobody reads fails now that the process is gone, and
+        // drops the input itself; never wait for it here.
+        if let Ok(mut stdin) = self.entry.stdin.try_lock() {
+            stdin.take();
+        }
         tokio::time::sleep(ENDED_GRACE).await;
         if let Some(table) = self.table.upgrade() {
             lock(&table).by_pid.remove(&self.pid);

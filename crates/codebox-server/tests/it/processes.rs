@@ -46,6 +46,50 @@ impl LocalServer {
     }
 }
 
+/// Send a request on a connection of its own and read the answer's head: the connection,
+/// to read the body's lines from as they come, and the status line.
+async fn raw_stream(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    json_body: &str,
+) -> (tokio::io::BufReader<tokio::net::TcpStream>, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let content_type = if json_body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\n\
+         {content_type}Content-Length: {}\r\n\r\n{json_body}",
+        json_body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut reader = tokio::io::BufReader::new(conn);
+    let mut status = String::new();
+    reader.read_line(&mut status).await.unwrap();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).await.unwrap();
+        if header.trim().is_empty() {
+            return (reader, status);
+        }
+    }
+}
+
+/// The next JSON line of a chunked NDJSON body (chunk sizes and keepalives skipped), or
+/// `None` at its end.
+async fn next_json_line(reader: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> Option<Value> {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.unwrap() == 0 {
+            return None;
+        }
+        if line.starts_with('{') && !line.contains("keepalive") {
+            return Some(serde_json::from_str(line.trim()).unwrap());
+        }
+    }
+}
+
 /// The lines of an NDJSON reply, keepalives left out.
 fn lines(reply: &Reply) -> Vec<Value> {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -87,29 +131,13 @@ async fn a_process_streams_its_events_as_ndjson_and_is_followed_written_to_and_s
 
     // A `cat` reading its input; its first stream is read only up to its start line, by a
     // client that then goes away: the process runs on.
-    let cat = json!({"program": "cat", "stdin": true, "tag": "echo"});
-    let started = server.addr;
+    // A `cat` reading its input; its first stream is read only up to its start line, by a
+    // client that then goes away: the process runs on.
+    let cat = json!({"program": "cat", "stdin": true, "tag": "echo"}).to_string();
     let pid = {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let mut conn = tokio::net::TcpStream::connect(started).await.unwrap();
-        let body = cat.to_string();
-        let head = format!(
-            "POST {base} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        conn.write_all(head.as_bytes()).await.unwrap();
-        let mut reader = BufReader::new(conn);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).await.unwrap();
-            if line.contains("\"start\"") {
-                break;
-            }
-        }
-        let start_at = line.find('{').unwrap();
-        let start: Value = serde_json::from_str(line[start_at..].trim()).unwrap();
+        let (mut first, _) = raw_stream(server.addr, "POST", &base, &cat).await;
+        let start = next_json_line(&mut first).await.expect("a start line");
+        assert_eq!(start["event"]["type"], "start", "{start}");
         start["event"]["pid"].as_u64().unwrap()
     };
     let listed = server.send(Method::GET, &base, KEY, None, Bytes::new()).await;
@@ -118,28 +146,23 @@ async fn a_process_streams_its_events_as_ndjson_and_is_followed_written_to_and_s
     let found = listed["processes"].as_array().unwrap().iter().find(|p| p["pid"].as_u64() == Some(pid));
     assert_eq!(found.map(|p| p["spec"]["tag"].clone()), Some(json!("echo")), "{listed}");
 
+    // Followed again: the answer's head comes once the follower is subscribed, so what is
+    // written after it reaches this follower.
+    let (mut follower, status) = raw_stream(server.addr, "GET", &format!("{base}/{pid}"), "").await;
+    assert!(status.contains(" 200 "), "{status}");
     let input = format!("{base}/{pid}/input");
     let written = server.send(Method::POST, &input, KEY, None, Bytes::from_static(b"\x00bytes as they are\n")).await;
     assert_eq!(written.status, StatusCode::NO_CONTENT, "{}", written.text());
-    let follow = {
-        let server_addr = server.addr;
-        let path = format!("{base}/{pid}");
-        tokio::spawn(
-            async move { request(&client(), server_addr, Method::GET, &path, Some(KEY), None, Bytes::new()).await },
-        )
-    };
-    // Written after the follower may or may not have connected: the end comes either way.
     let closed = server.send(Method::POST, &format!("{base}/{pid}/close-input"), KEY, None, Bytes::new()).await;
     assert_eq!(closed.status, StatusCode::NO_CONTENT, "{}", closed.text());
-    let followed = follow.await.unwrap();
-    if followed.status == StatusCode::OK {
-        let events = lines(&followed);
-        assert_eq!(events.last().unwrap()["event"]["type"], "end", "{events:?}");
-        assert_ne!(events[0]["event"]["type"], "start", "following again has no start event");
-    } else {
-        // It ended (and left the table) before the follower came.
-        assert_eq!(followed.status, StatusCode::NOT_FOUND, "{}", followed.text());
+    let mut events = Vec::new();
+    while let Some(line) = next_json_line(&mut follower).await {
+        events.push(line);
     }
+    assert_ne!(events[0]["event"]["type"], "start", "following again has no start event: {events:?}");
+    assert_eq!(stdout_of(&events), "\0bytes as they are\n", "{events:?}");
+    let end = &events.last().unwrap()["event"];
+    assert_eq!((end["type"].as_str(), end["exit_code"].as_i64()), (Some("end"), Some(0)), "{events:?}");
 
     // A sleeper, signalled.
     let sleeper = server.addr;
