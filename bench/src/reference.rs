@@ -149,3 +149,29 @@ pub fn e2b_round_trips(python: &Path, url: &str, key: &str, rounds: usize, warmu
     let samples = json["samples_ms"].as_array().context("no samples_ms in the E2B script's output")?;
     Ok(samples.iter().filter_map(serde_json::Value::as_f64).collect())
 }
+
+/// One block of `1 + 1` round trips (ms) through E2B's `/execute` and through the native
+/// execute route of the server at `url`, by one plain Python HTTP client: (E2B, native).
+pub fn e2b_wire_round_trips(
+    python: &Path,
+    url: &str,
+    key: &str,
+    rounds: usize,
+    warmup: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/e2b_wire_ref.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args([url.to_owned(), key.to_owned(), rounds.to_string(), warmup.to_string()])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("the E2B wire script failed");
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let samples = |name: &str| -> Result<Vec<f64>> {
+        let list = json[name].as_array().with_context(|| format!("no {name} in the wire script's output"))?;
+        Ok(list.iter().filter_map(serde_json::Value::as_f64).collect())
+    };
+    Ok((samples("e2b_ms")?, samples("native_ms")?))
+}

@@ -8,14 +8,17 @@
 //! - the codebox-api 0.2 Python client against its own server, the nearest equivalent a
 //!   codebox-api user had (`bench/reference/codeboxapi_v2_ref.py`, as the `remote` bench).
 //!
-//! The target: the SDK through the server no slower than the native API plus 0.5 ms.
+//! The target: the SDK through the server no slower than the native API plus 0.5 ms. The
+//! SDK is a Python client and RemoteBox a Rust one, so the server's own share is measured
+//! apart too: `1 + 1` through E2B's `/execute` and through the native execute route by one
+//! plain Python HTTP client (`bench/reference/e2b_wire_ref.py`).
 //! `BENCH_ROUNDS` (default 200) sets the number of timed executions per setup.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use codebox_bench::reference::{PythonServer, e2b_python, e2b_round_trips};
+use codebox_bench::reference::{PythonServer, e2b_python, e2b_round_trips, e2b_wire_round_trips};
 use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings};
 use codebox_local::{LocalBox, LocalFactory};
 use codebox_remote::RemoteBox;
@@ -71,6 +74,7 @@ async fn main() -> Result<()> {
 
     // Blocks of each setup in turn, so that a change of machine load hits all three alike.
     let (mut e2b_ms, mut native_ms, mut python_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut wire_e2b_ms, mut wire_native_ms) = (Vec::new(), Vec::new());
     for block in 0..BLOCKS {
         let warmup = if block == 0 { WARMUP } else { 2 };
         let per_block = rounds.div_ceil(BLOCKS);
@@ -83,8 +87,14 @@ async fn main() -> Result<()> {
         );
         let py = Arc::clone(&python);
         python_ms.extend(tokio::task::spawn_blocking(move || py.round_trips(per_block, warmup)).await??);
+        let (sdk, url) = (Arc::clone(&e2b), base.clone());
+        let (wire_e2b, wire_native) =
+            tokio::task::spawn_blocking(move || e2b_wire_round_trips(&sdk, &url, KEY, per_block, sdk_warmup)).await??;
+        wire_e2b_ms.extend(wire_e2b);
+        wire_native_ms.extend(wire_native);
     }
     let (e2b_p50, native_p50, python_p50) = (p50(e2b_ms), p50(native_ms), p50(python_ms));
+    let (wire_e2b_p50, wire_native_p50) = (p50(wire_e2b_ms), p50(wire_native_ms));
     drop(python);
     remote.stop().await?;
     let _ = stop.send(());
@@ -102,6 +112,12 @@ async fn main() -> Result<()> {
         "ratio_e2b_sdk_to_native_api": e2b_p50 / native_p50,
         "ratio_e2b_sdk_to_python_codeboxapi_0_2": e2b_p50 / python_p50,
         "overhead_e2b_sdk_over_native_api_ms": e2b_p50 - native_p50,
+        "one_python_http_client_p50_ms": {
+            "e2b_execute": wire_e2b_p50,
+            "native_execute": wire_native_p50,
+        },
+        "overhead_e2b_execute_over_native_execute_same_client_ms": wire_e2b_p50 - wire_native_p50,
+        "ratio_e2b_execute_to_native_execute_same_client": wire_e2b_p50 / wire_native_p50,
         "target_overhead_e2b_sdk_over_native_api_ms_max": TARGET_OVERHEAD_MS,
     });
     #[allow(clippy::print_stdout, reason = "the JSON report goes to stdout")]
