@@ -4,6 +4,8 @@
 mod adversarial;
 mod api;
 mod bad_input;
+mod e2b;
+mod e2b_envd;
 mod local;
 mod ports;
 mod processes;
