@@ -5,6 +5,7 @@ mod adversarial;
 mod api;
 mod bad_input;
 mod local;
+mod nodes;
 mod ports;
 mod props;
 mod quotas;
