@@ -10,7 +10,7 @@
 //!
 //! Long file: the list of checks `run_all` runs and the core checks themselves; checks of a
 //! newer area each live in a submodule (`file_ops`, `history`, `ports`, `contexts`, `metrics`,
-//! `artifacts`).
+//! `artifacts`, `processes`).
 //!
 //! ```no_run
 //! # async fn demo(b: &dyn codebox_core::CodeBox) {
@@ -39,8 +39,10 @@ mod file_ops;
 mod history;
 mod metrics;
 mod ports;
+mod processes;
 
 pub use dialect::Dialect;
+pub use processes::{check_processes, processes_end_with_the_box};
 
 /// The environment variable naming the file where [`requires`] records a skipped test
 /// (`cargo xtask ci` sets it and reports every line after the tests).
@@ -244,6 +246,7 @@ pub async fn run_all(b: &dyn CodeBox, options: &ConformanceOptions) -> Conforman
     check!("history_recorded", history::history_recorded(b, d));
     check!("contexts", contexts::contexts(b, d, options.timeout));
     check!("metrics_sane", metrics::metrics_sane(b));
+    check!("processes", processes::check_processes(b));
     check!("artifacts_listed", artifacts::artifacts_listed(b, d));
     check!("restart_clears_state", restart_clears_state(b, d));
     check!("history_kept_after_restart", history::history_kept_after_restart(b, d));

@@ -87,7 +87,7 @@ fn check_command_input(program: &str, args: &[String]) -> Result<()> {
 }
 
 impl BoxProcess {
-    fn spawn(&self, start: Start) -> Result<Child> {
+    fn spawn(&self, start: Start, stdin: bool) -> Result<Child> {
         let (program, args) = (&self.program, &self.args);
         check_command_input(program, args)?;
         let (mut cmd, guard) = match self.placement {
@@ -112,7 +112,8 @@ impl BoxProcess {
                 (cmd, None)
             }
         };
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+        let stdin = if stdin { Stdio::piped() } else { Stdio::null() };
+        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
         let spawned = cmd.spawn();
         drop(guard);
         spawned.map_err(|e| match e.kind() {
@@ -125,12 +126,20 @@ impl BoxProcess {
     /// the box, the program is looked up there.
     pub(crate) async fn run(&self) -> Result<CommandOutput> {
         let start = if self.placement == Placement::InBox { Start::Resolved } else { Start::Direct };
-        let child = self.spawn(start)?;
+        let child = self.spawn(start, false)?;
         let out = collect(child, &self.program, self.timeout, self.output_limit).await?;
         if start == Start::Resolved && out.exit_code == Some(EXEC_FAILED.1) && out.stderr == EXEC_FAILED.0 {
             return Err(cannot_run(&self.program));
         }
         Ok(out)
+    }
+
+    /// Start the program in the background, looked up in the box like [`run`](Self::run)
+    /// does, its own process group's leader; its standard input a pipe when `stdin`. What
+    /// it writes to stderr when it cannot be run is [`is_exec_failure`].
+    pub(crate) fn spawn_background(&self, stdin: bool) -> Result<Child> {
+        let start = if self.placement == Placement::InBox { Start::Resolved } else { Start::Direct };
+        self.spawn(start, stdin)
     }
 
     /// Run `code` with `bash -c` (the program and arguments are replaced), streaming stdout
@@ -144,7 +153,7 @@ impl BoxProcess {
         let started = Instant::now();
         self.program = "bash".to_owned();
         self.args = vec!["-c".to_owned(), code.to_owned()];
-        let mut child = self.spawn(Start::Direct)?;
+        let mut child = self.spawn(Start::Direct, false)?;
         let (timeout, limit) = (self.timeout, self.output_limit);
         let (mut tx, rx) = crate::history::RecordingSender::channel(32, tracking, code);
         let mut stdout = child.stdout.take().expect("piped");
@@ -209,9 +218,26 @@ impl BoxProcess {
 }
 
 fn kill_group(child: &Child) {
+    signal_group(child, rustix::process::Signal::KILL);
+}
+
+/// Send `signal` to the process group `child` leads. Only while `child` is not yet reaped
+/// (`id()` is `None` after): its pid, and so its group's id, cannot have been reused.
+pub(crate) fn signal_group(child: &Child, signal: rustix::process::Signal) {
     if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        let _ = rustix::process::kill_process_group(pid, signal);
     }
+}
+
+/// Whether `stderr` is what the box's exec wrapper writes when the program cannot be run.
+pub(crate) fn is_exec_failure(stderr: &[u8]) -> bool {
+    stderr == EXEC_FAILED.0.as_bytes()
+}
+
+/// What a background process's stderr says instead of [`EXEC_FAILED`]'s marker: the same
+/// words `run_command`'s error has, whatever the reason.
+pub(crate) fn exec_failure_text(program: &str) -> String {
+    format!("codebox: {}\n", cannot_run(program))
 }
 
 /// Read at most `limit` bytes, then keep draining (and discarding) so the child never blocks.

@@ -141,7 +141,7 @@ pub use crate::deno::{DENO_VERSION, IntegrityError, managed_deno_dir, provision_
 pub use crate::factory::{LocalFactory, LocalFactoryBuilder};
 pub use crate::history::HISTORY_CAPACITY;
 pub use crate::kernelspec::{DENO_KERNEL, LEAN_KERNEL};
-pub use crate::localbox::{DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
+pub use crate::localbox::{DEFAULT_MAX_PROCESSES, DEFAULT_OUTPUT_LIMIT, LocalBox, LocalBoxBuilder};
 pub use crate::pool::{KernelPool, KernelPoolStats};
 pub use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep};
 pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at, template_python_dir};

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use codebox_core::{
     BoxMetrics, BoxState, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput,
     CommandSpec, ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo,
-    PauseReport, PortStream, Result, RunOptions,
+    PauseReport, PortStream, ProcessId, ProcessInfo, ProcessSignal, ProcessSpec, ProcessStream, Result, RunOptions,
 };
 
 use crate::exec::{around_code, check_env};
@@ -25,6 +25,9 @@ mod install;
 mod packages;
 mod pause;
 mod ports;
+mod processes;
+
+pub use self::processes::DEFAULT_MAX_PROCESSES;
 mod supervisor;
 
 use supervisor::Inner;
@@ -274,6 +277,8 @@ impl CodeBox for LocalBox {
         capabilities.ports = ports::available(&self.inner);
         capabilities.metrics = true;
         capabilities.pause = self.inner.config.state_dir.is_some();
+        // Every kernel's box runs programs (`run_command`), so background ones too.
+        capabilities.processes = true;
         capabilities
     }
 
@@ -458,6 +463,44 @@ impl CodeBox for LocalBox {
         tokio::task::spawn_blocking(move || crate::metrics::sample(&target, &baseline))
             .await
             .map_err(|e| CodeBoxError::io("measuring the box", std::io::Error::other(e.to_string())))
+    }
+
+    async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessStream> {
+        let command = &spec.command;
+        if command.program.trim().is_empty() {
+            return Err(CodeBoxError::invalid("the process has no program"));
+        }
+        check_env(&command.env)?;
+        let h = self.inner.handle().await?;
+        let cwd = match command.cwd.as_deref() {
+            Some(c) => h.root.path().join(h.root.check_dir(c)?),
+            None => h.root.path().to_owned(),
+        };
+        let mut process = h.process(&self.inner.config, &command.program, command.args.clone(), cwd);
+        // Only its own timeout: a background process is meant to outlive an execution's.
+        process.timeout = command.timeout;
+        process.extra_env = command.env.clone();
+        self.inner.processes.start(process, spec, self.inner.config.max_processes).await
+    }
+
+    async fn connect_process(&self, pid: ProcessId) -> Result<ProcessStream> {
+        self.inner.processes.connect(pid)
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        Ok(self.inner.processes.list())
+    }
+
+    async fn process_input(&self, pid: ProcessId, data: bytes::Bytes) -> Result<()> {
+        self.inner.processes.input(pid, data).await
+    }
+
+    async fn close_process_input(&self, pid: ProcessId) -> Result<()> {
+        self.inner.processes.close_input(pid).await
+    }
+
+    async fn signal_process(&self, pid: ProcessId, signal: ProcessSignal) -> Result<()> {
+        self.inner.processes.signal(pid, signal)
     }
 
     async fn restart(&self) -> Result<()> {

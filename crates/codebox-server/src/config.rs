@@ -123,6 +123,11 @@ pub struct ServerConfig {
     /// (readiness fails, new sessions are refused, idle sessions are paused) before it shuts
     /// down. Default zero: shut down at once.
     pub drain_period: Duration,
+    /// The key E2B debug-mode traffic (no key, sandbox id `debug_sandbox_id`) acts as, named
+    /// by its fingerprint (the first 12 hexadecimal digits of its SHA-256; `anonymous` with
+    /// authentication off). `None` (the default) refuses debug mode; it is accepted from
+    /// loopback peers only.
+    pub e2b_debug_as: Option<String>,
 }
 
 /// What the server does with a session that idles out.
@@ -172,6 +177,7 @@ impl Default for ServerConfig {
             paused_disk_per_key: None,
             node_id: None,
             drain_period: Duration::ZERO,
+            e2b_debug_as: None,
         }
     }
 }
@@ -224,6 +230,13 @@ impl ServerConfig {
     pub fn with_paused_disk_budget(mut self, bytes: Option<u64>, per_key: Option<u64>) -> Self {
         self.paused_disk_budget = bytes;
         self.paused_disk_per_key = per_key;
+        self
+    }
+
+    /// Accept E2B debug-mode traffic from loopback as the key of fingerprint `fingerprint`
+    /// (see [`e2b_debug_as`](Self::e2b_debug_as)).
+    pub fn with_e2b_debug_as(mut self, fingerprint: impl Into<String>) -> Self {
+        self.e2b_debug_as = Some(fingerprint.into());
         self
     }
 

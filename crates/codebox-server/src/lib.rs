@@ -101,6 +101,14 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::new(Arc::clone(&factory), &config, Arc::clone(&metrics), record);
         let keys = ApiKeys::new(&config.api_keys, &config.operator_keys, config.no_auth);
+        if let Some(named) = &config.e2b_debug_as
+            && !keys.owners().any(|owner| keys.fingerprint(owner) == *named)
+        {
+            return Err(CodeBoxError::invalid(format!(
+                "e2b_debug_as {named:?} is not the fingerprint of any key of this server (the first 12 hexadecimal \
+                 digits of `printf %s \"$KEY\" | sha256sum`, or `anonymous` with authentication off)"
+            )));
+        }
         let rates = ratelimit::RequestRates::new(config.rate_limit, config.rate_burst, keys.owners());
         let body_budget = BodyBudget::new(config.max_buffered_bytes, BODY_BUDGET_WAIT);
         // As many open downloads as connections: with the connection cap, a quarter of the
@@ -126,6 +134,7 @@ impl Server {
             tunnels,
             metrics_rings: sampler::MetricsRings::default(),
             mcp: mcp::service(),
+            e2b: e2b::E2bState::default(),
         });
         Ok(Self { listener, local_addr, state })
     }

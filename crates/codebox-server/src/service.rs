@@ -29,7 +29,11 @@ pub(crate) async fn handle(state: Arc<AppState>, mut req: Request<Incoming>, pee
     let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
     async move {
         let started = Instant::now();
-        let mut resp = route(&state, req).await;
+        let mut resp = if crate::e2b::is_e2b(&req) {
+            crate::e2b::handle(&state, req, peer).await
+        } else {
+            route(&state, req).await
+        };
         let status = resp.status().as_u16();
         state.metrics.response(status);
         if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {

@@ -48,6 +48,8 @@ pub(crate) struct AppState {
     pub(crate) metrics_rings: crate::sampler::MetricsRings,
     /// The MCP service at `/mcp`.
     pub(crate) mcp: crate::mcp::Endpoint,
+    /// E2B's sandbox tokens and execution counts.
+    pub(crate) e2b: crate::e2b::E2bState,
 }
 
 impl AppState {

@@ -148,6 +148,14 @@ pub(super) struct ServeOptions {
     #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
     pub(super) paused_disk_per_key: Option<u64>,
 
+    /// Accept the E2B SDK's debug mode (`E2B_DEBUG=true`: no key, the fixed sandbox
+    /// `debug_sandbox_id`) from this machine only, acting as the key of this fingerprint (the
+    /// first 12 hexadecimal digits of `printf %s "$KEY" | sha256sum`; `anonymous` with
+    /// --no-auth) [default: debug mode is refused].
+    #[arg(long, value_name = "FINGERPRINT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) e2b_debug_as: Option<String>,
+
     /// The longest lifetime (`timeout`) a session may ask for, at creation or by extending
     /// it [default: 24h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -223,6 +223,9 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
     if o.paused_disk_budget.is_some() || o.paused_disk_per_key.is_some() {
         server = server.with_paused_disk_budget(o.paused_disk_budget, o.paused_disk_per_key);
     }
+    if let Some(fingerprint) = &o.e2b_debug_as {
+        server = server.with_e2b_debug_as(fingerprint.clone());
+    }
     if let Some(d) = o.max_session_timeout {
         server = server.with_max_session_timeout(d);
     }

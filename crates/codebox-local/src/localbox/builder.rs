@@ -62,6 +62,8 @@ pub(crate) struct Config {
     pub(crate) unknown_template: Option<String>,
     /// How many code contexts the box may have besides its own kernel.
     pub(crate) max_contexts: usize,
+    /// How many background processes the box may run at once.
+    pub(crate) max_processes: usize,
     /// Whether executions are recorded in the history and list their artifacts.
     pub(crate) execution_tracking: bool,
     /// Where `save` and `pause` write the box's snapshot, and `resume` reads it.
@@ -95,6 +97,7 @@ impl Default for Config {
             template: None,
             unknown_template: None,
             max_contexts: codebox_core::DEFAULT_MAX_CONTEXTS,
+            max_processes: super::processes::DEFAULT_MAX_PROCESSES,
             execution_tracking: true,
             state_dir: None,
             pause_wait: super::pause::DEFAULT_PAUSE_WAIT,
@@ -270,6 +273,15 @@ impl LocalBoxBuilder {
     /// counts against the box's memory and process limits.
     pub fn with_max_contexts(mut self, contexts: usize) -> Self {
         self.config.max_contexts = contexts;
+        self
+    }
+
+    /// How many background processes ([`CodeBox::start_process`](codebox_core::CodeBox::start_process))
+    /// the box may run at once (default 32); one more is refused with
+    /// [`InvalidInput`](codebox_core::ErrorKind::InvalidInput) until one ends. They count
+    /// against the box's memory and process limits too.
+    pub fn with_max_processes(mut self, processes: usize) -> Self {
+        self.config.max_processes = processes;
         self
     }
 

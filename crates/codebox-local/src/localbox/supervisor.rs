@@ -76,6 +76,8 @@ pub(super) struct Inner {
     pub(super) files_restored: std::sync::atomic::AtomicU64,
     /// What the first execution after a resume says about what did not come back.
     pub(super) resume_notice: Mutex<Option<codebox_core::ResumeReport>>,
+    /// The box's background processes.
+    pub(super) processes: super::processes::Processes,
 }
 
 /// What a code context needs of a box: where its files are, how its kernels are confined
@@ -192,6 +194,7 @@ impl Inner {
             resume_from: Mutex::new(None),
             files_restored: std::sync::atomic::AtomicU64::new(0),
             resume_notice: Mutex::new(None),
+            processes: super::processes::Processes::default(),
         }
     }
 
@@ -410,6 +413,8 @@ impl Inner {
     /// Shut the kernel down, release the confinement and remove (or keep) the working
     /// directory. Stopping twice is fine.
     pub(super) async fn stop(&self) {
+        // Background processes end first: they run in the confinement released below.
+        self.processes.close_all().await;
         // Every context's kernel ends with the box, before its confinement is released; and
         // before the state lock is taken, since a context restarting its kernel holds its
         // own lock while it asks for the state.

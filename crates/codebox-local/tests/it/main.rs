@@ -20,6 +20,7 @@ mod orphans;
 mod pause;
 mod pool;
 mod ports;
+mod processes;
 mod tasks;
 mod templates;
 

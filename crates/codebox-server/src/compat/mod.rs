@@ -73,7 +73,7 @@
 
 mod api01;
 mod api02;
-mod multipart;
+pub(crate) mod multipart;
 
 use std::sync::Arc;
 use std::time::Duration;

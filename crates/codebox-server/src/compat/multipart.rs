@@ -63,31 +63,59 @@ pub(crate) fn boundary(content_type: &str) -> Result<String> {
 /// fields before it, and return that part with its content as a stream. The stream ends at the
 /// part's closing boundary; a body that ends before it is an error of the stream.
 pub(crate) async fn first_file_part(body: ByteStream, boundary: &str) -> Result<FilePart> {
-    let held = Arc::new(AtomicU64::new(0));
-    let paced = Paced { body, held: Arc::clone(&held), yielded: false };
-    let mut form = multer::Multipart::new(paced, boundary);
-    loop {
-        let field = form.next_field().await.map_err(|e| form_error(e, Reading::Form))?;
-        let Some(field) = field else {
-            return Err(CodeBoxError::invalid("the multipart body has no file part named `file`"));
-        };
-        let disposition = field
-            .headers()
-            .get(http::header::CONTENT_DISPOSITION)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .ok_or_else(|| CodeBoxError::invalid("a multipart part has no Content-Disposition header"))?;
-        let (name, file_name) = parse_disposition(&disposition)?;
-        // A plain field is skipped: multer reads past it at the next call.
-        let Some(file_name) = file_name else { continue };
-        let content = field
-            .map(move |chunk| {
-                let chunk = chunk.map_err(|e| form_error(e, Reading::File))?;
-                held.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
-                Ok(chunk)
-            })
-            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
-            .boxed();
-        return Ok(FilePart { field: name, file_name, content });
+    FileParts::new(body, boundary)
+        .next()
+        .await?
+        .ok_or_else(|| CodeBoxError::invalid("the multipart body has no file part named `file`"))
+}
+
+/// Every part of a form that carries a file, in order (E2B's `write_files` sends several).
+/// Plain fields are skipped. Each part's content must be read to its end, or dropped, before
+/// the next part is asked for.
+pub(crate) struct FileParts {
+    form: multer::Multipart<'static>,
+    /// Bytes multer holds that it has not handed on as file content (see [`Paced`]).
+    held: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for FileParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileParts").field("held", &self.held).finish_non_exhaustive()
+    }
+}
+
+impl FileParts {
+    /// The file parts of the form `body`, delimited by `boundary`.
+    pub(crate) fn new(body: ByteStream, boundary: &str) -> Self {
+        let held = Arc::new(AtomicU64::new(0));
+        let paced = Paced { body, held: Arc::clone(&held), yielded: false };
+        Self { form: multer::Multipart::new(paced, boundary), held }
+    }
+
+    /// The next part that carries a file, `None` after the last.
+    pub(crate) async fn next(&mut self) -> Result<Option<FilePart>> {
+        loop {
+            let field = self.form.next_field().await.map_err(|e| form_error(e, Reading::Form))?;
+            let Some(field) = field else { return Ok(None) };
+            let disposition = field
+                .headers()
+                .get(http::header::CONTENT_DISPOSITION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .ok_or_else(|| CodeBoxError::invalid("a multipart part has no Content-Disposition header"))?;
+            let (name, file_name) = parse_disposition(&disposition)?;
+            // A plain field is skipped: multer reads past it at the next call.
+            let Some(file_name) = file_name else { continue };
+            let held = Arc::clone(&self.held);
+            let content = field
+                .map(move |chunk| {
+                    let chunk = chunk.map_err(|e| form_error(e, Reading::File))?;
+                    held.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                    Ok(chunk)
+                })
+                .filter(|chunk| std::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
+                .boxed();
+            return Ok(Some(FilePart { field: name, file_name, content }));
+        }
     }
 }
 
@@ -265,6 +293,25 @@ Content-Disposition: form-data; name=\"file\"; filename=\"x.txt\"; filename*=utf
         let part = first_file_part(body(vec![raw]), "b").await.unwrap();
         assert_eq!(part.file_name, "naïve.txt");
         assert_eq!(read(part).await.unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn every_file_part_comes_in_order() {
+        let raw: &'static [u8] =
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/a/1\"\r\n\r\none\r\n\
+--b\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nskipped\r\n\
+--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"2\"\r\n\r\n\r\n--b--\r\n";
+        for cut in 1..raw.len() {
+            let (a, b) = raw.split_at(cut);
+            let mut parts = FileParts::new(body(vec![a, b]), "b");
+            let first = parts.next().await.unwrap().unwrap();
+            assert_eq!(first.file_name, "/a/1");
+            assert_eq!(read(first).await.unwrap(), b"one", "cut at {cut}");
+            let second = parts.next().await.unwrap().unwrap();
+            assert_eq!((second.field.as_str(), second.file_name.as_str()), ("file", "2"));
+            assert_eq!(read(second).await.unwrap(), b"", "cut at {cut}");
+            assert!(parts.next().await.unwrap().is_none());
+        }
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 mod adversarial;
 mod api;
 mod bad_input;
+mod e2b;
 mod local;
 mod nodes;
 mod ports;
