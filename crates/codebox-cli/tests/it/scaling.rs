@@ -1,8 +1,8 @@
 //! Past one machine, on one machine: three `codebox serve` processes with distinct node ids
 //! behind a real nginx running the shipped routing (`deploy/nginx/codebox.conf`, with the
 //! pods of `deploy/nginx/backends-kubernetes.conf` as local upstreams), driven by every
-//! client: RemoteBox (native API), the codebox-api 0.1 and 0.2 Python clients and the MCP
-//! client over Streamable HTTP. Sessions spread over the servers; nginx's access log shows
+//! client: RemoteBox (native API), the codebox-api 0.1 and 0.2 Python clients, the E2B SDK
+//! and the MCP client over Streamable HTTP. Sessions spread over the servers; nginx's access log shows
 //! every request that names a session reaching the server that owns it; a client that
 //! disconnects through the proxy interrupts its code; a restarted proxy loses nothing; a
 //! server that goes away gives 503 with `Retry-After` for its sessions and nothing else.
@@ -26,6 +26,8 @@ const NODES: usize = 3;
 /// The Python clients, pinned as the compatibility tests pin them.
 const API01_CLIENT: &str = "codeboxapi==0.1.19";
 const API02_CLIENT: &str = "codeboxapi==0.2.6";
+/// The E2B SDK, as `tests/python/e2b_compat.py` pins it.
+const E2B_CLIENT: [&str; 2] = ["e2b-code-interpreter==2.11.5", "e2b<3"];
 
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
@@ -46,14 +48,15 @@ fn node_of(id: &str) -> String {
     format!("codebox-{}", id[1..5].parse::<u32>().unwrap())
 }
 
-/// The Python of a virtualenv under target/ with `requirement` installed, made on first use.
-fn client_python(requirement: &str, module: &str) -> PathBuf {
-    let venv = target_dir().join(format!("{}-venv", requirement.replace("==", "-")));
+/// The Python of a virtualenv under target/ with `requirements` installed (the first one
+/// pinned with `==`, importable as `module`), made on first use.
+fn client_python(requirements: &[&str], module: &str) -> PathBuf {
+    let (dist, version) = requirements[0].split_once("==").expect("the first requirement is pinned");
+    let venv = target_dir().join(format!("{dist}-{version}-venv"));
     let python = venv.join("bin/python");
     let quiet = |cmd: &mut Command| cmd.stdout(Stdio::null()).status().is_ok_and(|s| s.success());
     let probe = |p: &Path| {
-        let version = requirement.split("==").nth(1).unwrap();
-        let check = format!("import {module}, importlib.metadata as m; assert m.version('{module}') == '{version}'");
+        let check = format!("import {module}, importlib.metadata as m; assert m.version('{dist}') == '{version}'");
         quiet(Command::new(p).args(["-c", &check]).stderr(Stdio::null()))
     };
     if probe(&python) {
@@ -69,16 +72,13 @@ fn client_python(requirement: &str, module: &str) -> PathBuf {
     }
     let base = std::env::var("CODEBOX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let ok = quiet(Command::new(&base).args(["-m", "venv", "--clear"]).arg(&venv))
-        && quiet(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            requirement,
-        ]));
+        && quiet(
+            Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(requirements),
+        );
     let _ = std::fs::remove_dir(&lock);
-    assert!(ok, "creating the {requirement} virtualenv at {} failed (pip needs PyPI)", venv.display());
+    assert!(ok, "creating the {requirements:?} virtualenv at {} failed (pip needs PyPI)", venv.display());
     python
 }
 
@@ -346,11 +346,11 @@ fn three_servers_behind_nginx_route_every_client_to_the_owner() {
 
     // The codebox-api clients, unchanged: 0.1 ids carry the pod's ordinal, 0.2 ids are the
     // client's own and are routed by their hash.
-    let api01 = run_python(&client_python(API01_CLIENT, "codeboxapi"), API01_SCRIPT, &format!("{url}/api/v1"));
+    let api01 = run_python(&client_python(&[API01_CLIENT], "codeboxapi"), API01_SCRIPT, &format!("{url}/api/v1"));
     let api01: Vec<String> = serde_json::from_value(api01).unwrap();
     let api01_nodes: BTreeSet<String> = api01.iter().map(|id| node_of(id)).collect();
     assert_eq!(api01_nodes, backends.keys().cloned().collect(), "0.1 sessions spread: {api01:?}");
-    let api02 = run_python(&client_python(API02_CLIENT, "codeboxapi"), API02_SCRIPT, &format!("{url}/api/v2"));
+    let api02 = run_python(&client_python(&[API02_CLIENT], "codeboxapi"), API02_SCRIPT, &format!("{url}/api/v2"));
     let api02: Vec<String> = serde_json::from_value(api02).unwrap();
     // Each 0.2 session lives on exactly one server, the one its id hashes to.
     for id in &api02 {
@@ -378,6 +378,33 @@ fn three_servers_behind_nginx_route_every_client_to_the_owner() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The E2B SDK, unchanged, with the proxy as its API and sandbox URL: sandbox ids are
+    // session ids minted by a node, sandbox traffic names its sandbox in `E2b-Sandbox-Id`.
+    // Every operation that reaches a sandbox must pass, sync and async. (Listing goes to any
+    // one server and lists that server's sandboxes only: no fan-out. The script's contexts
+    // and files checks depend on the kernels' room under this suite's limits, on one server
+    // as behind the proxy, and are not what this test is about.)
+    let out = Command::new(client_python(&E2B_CLIENT, "e2b_code_interpreter"))
+        .arg(repo_file("tests/python/e2b_compat.py"))
+        .arg("full")
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .env("E2B_API_KEY", KEY_A)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the E2B SDK");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for suite in ["sync", "async"] {
+        for operation in ["create", "run_code", "run_code_error", "set_timeout", "get_metrics", "kill"] {
+            assert!(
+                stdout.lines().any(|l| l == format!("ok {suite}:{operation}")),
+                "the E2B SDK through nginx: {suite}:{operation} did not pass:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 
     // A client that goes away mid-execution, through the proxy, interrupts its code: the
     // session answers the next execution instead of sleeping on.
