@@ -484,3 +484,84 @@ fn three_servers_behind_nginx_route_every_client_to_the_owner() {
         server.stop();
     }
 }
+
+/// A pod going away: on SIGTERM the server drains. Readiness fails and new sessions are
+/// refused at once; an idle session is paused and says so honestly (503, `Retry-After`)
+/// while the server is still there; an executing one keeps being served until its code ends,
+/// then is paused too, and the drain ends early. The server that comes back on the same
+/// session root (the pod's volume) resumes both.
+#[test]
+fn a_draining_server_pauses_its_sessions_and_the_next_one_on_its_volume_resumes_them() {
+    let base = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = base.path().join("codebox-0");
+    let uids = FIRST_UID + 200..FIRST_UID + 232;
+    let options = || Options::new(Level::Bubblewrap).arg("--node-id").arg("codebox-0").arg("--drain-period").arg("10m");
+    let mut first = Serve::start_on(&root, options(), uids.clone());
+    let ready = first.request_with(None, "GET", "/ready", &[], b"", Duration::from_secs(30)).unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let idle = first.new_session(KEY_A);
+    let busy = first.new_session(KEY_A);
+    assert_eq!(first.exec(KEY_A, &idle, "x = 7\nprint('set')").ok(), "set\n");
+    assert_eq!(first.exec(KEY_A, &busy, "y = 8\nprint('set')").ok(), "set\n");
+
+    std::thread::scope(|scope| {
+        // The busy session runs until the test lets it finish (a file in its working
+        // directory), so the drain cannot end before the checks below.
+        let running = scope.spawn(|| {
+            first.exec(
+                KEY_A,
+                &busy,
+                "import os, time\nprint('waiting', flush=True)\nwhile not os.path.exists('go'):\n    time.sleep(0.05)\nprint('done')",
+            )
+        });
+        wait_until("the busy session's code to start", Duration::from_secs(60), || {
+            let info = first.request(KEY_A, "GET", &format!("/v1/sessions/{busy}"), None).json();
+            info["status"]["state"] == "busy"
+        });
+
+        let term = Command::new("kill").args(["-TERM", &first.child.id().to_string()]).status().unwrap();
+        assert!(term.success());
+        wait_until("readiness to fail", Duration::from_secs(60), || {
+            first.request_with(None, "GET", "/ready", &[], b"", Duration::from_secs(30)).is_ok_and(|r| r.status == 503)
+        });
+        let refused = first.request(KEY_A, "POST", "/v1/sessions", Some(serde_json::json!({})));
+        assert_eq!(refused.status, 503, "{}", refused.text());
+        assert!(refused.header("retry-after").is_some(), "{}", refused.head);
+        wait_until("the idle session to be paused", Duration::from_secs(120), || {
+            first.request(KEY_A, "GET", &format!("/v1/sessions/{idle}"), None).json()["state"] == "paused"
+        });
+        let asked = first.request(
+            KEY_A,
+            "POST",
+            &format!("/v1/sessions/{idle}/execute"),
+            Some(serde_json::json!({"code": "x"})),
+        );
+        assert_eq!(asked.status, 503, "a paused session while the server goes away: {}", asked.text());
+        assert!(asked.header("retry-after").is_some(), "{}", asked.head);
+        assert!(asked.text().contains("going away"), "{}", asked.text());
+
+        // The executing session is still served: its file arrives, its code ends.
+        let put = first.request_with(
+            Some(KEY_A),
+            "PUT",
+            &format!("/v1/sessions/{busy}/files/go"),
+            &[("Content-Type", "application/octet-stream")],
+            b"go",
+            Duration::from_secs(60),
+        );
+        assert!(put.as_ref().is_ok_and(|r| r.status == 200 || r.status == 201), "{put:?}");
+        let execution = running.join().unwrap();
+        assert_eq!(execution.ok(), "waiting\ndone\n");
+    });
+    // Every session paused: the drain ends early and the server exits by itself.
+    let status = first.child.wait().unwrap();
+    assert!(status.success(), "codebox serve exited with {status}");
+    drop(first);
+
+    let second = Serve::start_on(&root, options(), uids);
+    assert_eq!(second.exec(KEY_A, &idle, "print(x)").ok(), "7\n");
+    assert_eq!(second.exec(KEY_A, &busy, "print(y)").ok(), "8\n");
+    second.stop();
+}
