@@ -314,7 +314,10 @@ fn new_session_id(node: Option<&crate::node::NodeId>) -> String {
         bytes[8..].copy_from_slice(&FALLBACK.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     }
     let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    node.map_or(random.clone(), |node| node.session_id(&random))
+    match node {
+        Some(node) => node.session_id(&random),
+        None => random,
+    }
 }
 
 impl Registry {
