@@ -111,8 +111,12 @@ async fn round_trips(b: &RemoteBox, rounds: usize, warmup: usize, into: &mut Vec
 #[tokio::main]
 async fn main() -> Result<()> {
     let rounds = env_usize("BENCH_ROUNDS", 400);
-    let config =
-        ServerConfig::new().with_addr("127.0.0.1:0".parse()?).with_api_key(KEY).with_node_id(NodeId::new("codebox-0")?);
+    // A benchmark sends requests back to back, past a key's default rate: no limit.
+    let config = ServerConfig::new()
+        .with_addr("127.0.0.1:0".parse()?)
+        .with_api_key(KEY)
+        .with_rate_limit(0, 0)
+        .with_node_id(NodeId::new("codebox-0")?);
     let factory = LocalFactory::builder(LocalBox::builder()).build()?;
     let server = Server::bind(config, Arc::new(factory)).await?;
     let direct_url = format!("http://{}", server.local_addr());
@@ -123,7 +127,8 @@ async fn main() -> Result<()> {
         let _ = stopped.await;
     }));
 
-    // The session is made through nginx (its id names codebox-0); the direct box attaches.
+    // The session is made through nginx (under an id RemoteBox chooses, which nginx hashes to
+    // the only pod); the direct box attaches to it.
     let proxied = RemoteBox::builder().with_base_url(&proxied_url).with_api_key(KEY).build()?;
     proxied.start().await?;
     let direct =
