@@ -1,5 +1,7 @@
 //! Shared helpers for the benchmark binaries in `src/bin/`.
 
+pub mod reference;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

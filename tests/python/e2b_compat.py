@@ -4,9 +4,11 @@ against `codebox serve`, sync and async, and print `N passed, N failed`.
 Usage: e2b_compat.py full|debug
 
 - full: E2B_API_URL and E2B_SANDBOX_URL point at the server (both the same URL, which may
-  carry a path prefix), E2B_API_KEY is one of its keys.
+  carry a path prefix), E2B_API_KEY is one of its keys; the server keeps a state directory
+  (pause).
 - debug: E2B_DEBUG=true and E2B_SANDBOX_URL; no key, no control plane (the SDK itself skips
-  connect, kill, set_timeout and get_metrics, and list needs the control plane: it is left out).
+  connect, kill, set_timeout and get_metrics; list and pause need the control plane: they are
+  left out).
 
 Every operation is run and reported on its own line (`ok NAME` or `FAILED NAME: why`), so one
 failure does not hide the rest. The exit status is non-zero when anything failed.
@@ -20,7 +22,7 @@ import time
 import traceback
 import uuid
 
-from e2b import CommandExitException, SandboxQuery, SandboxState
+from e2b import CommandExitException, SandboxQuery, SandboxState, TimeoutException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "full"
@@ -136,6 +138,20 @@ def sync_suite(tag):
         execution = sbx.run_code("echo from-bash", language="bash")
         check("".join(execution.logs.stdout) == "from-bash\n", f"bash: {execution.logs} {execution.error}")
 
+    def run_code_timeout():
+        # The client gives up after 2 s and closes its connection: the server interrupts the
+        # code, so the marker is never written (the next execution would wait for it).
+        marker = f"not-interrupted-{uuid.uuid4().hex[:6]}"
+        slow = f"import time\ntime.sleep(20)\nopen('{marker}', 'w').write('x')"
+        try:
+            sbx.run_code(slow, timeout=2)
+        except TimeoutException:
+            pass
+        else:
+            raise AssertionError("run_code past its timeout did not raise")
+        after = sbx.run_code(f"import os\nos.path.exists('{marker}')")
+        check(after.text == "False", f"the code ran on after the client went: {after.text} {after.error}")
+
     def contexts():
         context = sbx.create_code_context(cwd=HOME)
         check(context.language == "python", f"context {context}")
@@ -154,6 +170,7 @@ def sync_suite(tag):
         ("run_code_error", run_code_error),
         ("run_code_envs", run_code_env),
         ("run_code_bash", run_code_bash),
+        ("run_code_timeout", run_code_timeout),
         ("contexts", contexts),
     ]:
         record(f"{tag}{name}", fn)
@@ -175,8 +192,10 @@ def sync_suite(tag):
         check(not sbx.files.exists(f"{d}/a.txt") and sbx.files.exists(f"{d}/c.txt"), "rename")
         sbx.files.remove(f"{d}/c.txt")
         check(not sbx.files.exists(f"{d}/c.txt"), "remove")
-        seen = sbx.run_code(f"open('{d}/b.bin', 'rb').read() == open('{d}/b.bin', 'rb').read()")
-        check(seen.error is None, f"the kernel sees the files: {seen.error}")
+        # /home/user is the kernel's working directory.
+        relative = d[len(HOME) + 1 :]
+        seen = sbx.run_code(f"len(open('{relative}/b.bin', 'rb').read())")
+        check(seen.text == str(len(blob)), f"the kernel sees the files: {seen.text} {seen.error}")
 
     def commands():
         result = sbx.commands.run("echo out; echo err >&2")
@@ -219,6 +238,15 @@ def sync_suite(tag):
 
     if not DEBUG:
 
+        def pause_connect():
+            sbx.run_code("kept_across_pause = 41")
+            check(sbx.pause(), "pause")
+            check(Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED, "state paused")
+            check(not sbx.pause(), "pausing a paused sandbox is False")
+            resumed = Sandbox.connect(sbx.sandbox_id)
+            check(resumed.run_code("kept_across_pause + 1").text == "42", "variables kept across the pause")
+            check(sbx.get_info().state == SandboxState.RUNNING, "state running")
+
         def listing():
             query = SandboxQuery(metadata=metadata, state=[SandboxState.RUNNING])
             items = Sandbox.list(query=query).next_items()
@@ -228,6 +256,7 @@ def sync_suite(tag):
             check(sbx.kill(), "kill")
             check(not Sandbox.kill(sbx.sandbox_id), "a second kill finds nothing")
 
+        record(f"{tag}pause_connect", pause_connect)
         record(f"{tag}list", listing)
         record(f"{tag}kill", kill)
 

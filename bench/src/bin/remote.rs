@@ -9,12 +9,12 @@
 //!
 //! `BENCH_ROUNDS` (default 200) sets the number of timed executions per setup.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use codebox_bench::reference::{PythonServer, tempfile_dir};
 use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings};
 use codebox_local::{LEAN_KERNEL, LocalBox, LocalFactory};
 use codebox_remote::RemoteBox;
@@ -89,99 +89,6 @@ async fn download_to_file(b: &RemoteBox, path: &str, dest: &Path) -> Result<(u64
     let secs = start.elapsed().as_secs_f64();
     peak = peak.max(rss_bytes());
     Ok((total, secs, peak.saturating_sub(before)))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-/// The venv with codeboxapi 0.2.6 and its server, created when missing.
-fn codeboxapi_python() -> Result<PathBuf> {
-    let venv = target_dir().join("codeboxapi-venv");
-    let python = venv.join("bin/python");
-    let probe = "import codeboxapi, fastapi, uvicorn, multipart, IPython, matplotlib, aiofiles, httpx";
-    let ready =
-        |p: &Path| Command::new(p).args(["-c", probe]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    if ready(&python) {
-        return Ok(python);
-    }
-    let base = std::env::var("CODEBOX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let ok = Command::new(&base).args(["-m", "venv", "--clear"]).arg(&venv).status()?.success()
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "codeboxapi==0.2.6", "fastapi", "uvicorn"])
-            .args(["python-multipart", "ipython", "matplotlib", "aiofiles"])
-            .status()?
-            .success();
-    if !ok || !ready(&python) {
-        bail!("creating {} failed", venv.display());
-    }
-    Ok(python)
-}
-
-/// `uvicorn codeboxapi.api:app` on a free loopback port, killed on drop.
-struct PythonServer {
-    python: PathBuf,
-    port: u16,
-    child: std::process::Child,
-    dir: PathBuf,
-}
-
-impl Drop for PythonServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl PythonServer {
-    fn start() -> Result<Self> {
-        let python = codeboxapi_python()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = tempfile_dir()?.join("codeboxapi");
-        std::fs::create_dir_all(&dir)?;
-        let child = Command::new(&python)
-            .args(["-m", "uvicorn", "codeboxapi.api:app", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--log-level", "warning"])
-            .current_dir(&dir)
-            .env("CODEBOX_TIMEOUT", "none")
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting uvicorn")?;
-        let server = Self { python, port, child, dir };
-        let up = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if up.elapsed() > Duration::from_secs(60) {
-                bail!("uvicorn did not start");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(server)
-    }
-
-    /// One block of the Python client's round trips (ms), after `warmup` untimed ones.
-    fn round_trips(&self, rounds: usize, warmup: usize) -> Result<Vec<f64>> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/codeboxapi_v2_ref.py");
-        let out = Command::new(&self.python)
-            .arg(script)
-            .args([self.port.to_string(), rounds.to_string(), warmup.to_string()])
-            .stderr(Stdio::inherit())
-            .output()?;
-        if !out.status.success() {
-            bail!("the reference script failed");
-        }
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let samples = json["samples_ms"].as_array().context("no samples_ms in the reference output")?;
-        Ok(samples.iter().filter_map(serde_json::Value::as_f64).collect())
-    }
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("codebox-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 #[tokio::main]

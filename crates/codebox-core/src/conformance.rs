@@ -1,7 +1,7 @@
 //! The behaviour every backend must share, as a runnable suite.
 //!
 //! Every backend's tests call [`run_all`] on a started box and assert that the report
-//! passed; so LocalBox, RemoteBox against a real server, and anything added later are held
+//! passed (then [`processes_end_with_the_box`], which stops the box); so LocalBox, RemoteBox against a real server, and anything added later are held
 //! to the same contract. The checks that are not about Python (state across cells, streams,
 //! errors as data, rich display, files, timeouts, interrupts, restarts) run the snippets of a
 //! [`Dialect`]: Python's by default (the box's default kernel must then be a Python (IPython)

@@ -34,7 +34,7 @@ pub struct ProcessSpec {
     /// [`CodeBox::process_input`]: crate::CodeBox::process_input
     #[serde(default)]
     pub stdin: bool,
-    /// A name of the caller's choosing, shown in [`ProcessInfo::tag`].
+    /// A name of the caller's choosing, listed with the process (in [`ProcessInfo::spec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
 }
@@ -152,6 +152,9 @@ pub enum ProcessEvent {
 /// A process's events: [`ProcessEvent::Start`] first (from `start_process`), output as it
 /// comes, [`ProcessEvent::End`] last. Dropping the stream does not stop the process: it
 /// runs on until it ends or is signalled, and [`CodeBox::connect_process`] follows it again.
+/// A box keeps a bounded backlog of output for each reader: one that reads slower than the
+/// process writes loses the oldest output it has not read (never the end), rather than the
+/// box buffering without bound.
 ///
 /// [`CodeBox::connect_process`]: crate::CodeBox::connect_process
 pub type ProcessStream = Pin<Box<dyn Stream<Item = Result<ProcessEvent>> + Send + 'static>>;

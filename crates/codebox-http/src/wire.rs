@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use codebox_core::{
     BoxMetrics, BoxStatus, Capabilities, CodeBoxError, ContextInfo, ErrorKind, ExecEvent, ExecutionRecord, HttpError,
-    KernelDeath, PackageInfo, ResourceLimits, RunOptions, TimeoutKind,
+    KernelDeath, PackageInfo, ProcessEvent, ProcessInfo, ProcessSignal, ResourceLimits, RunOptions, TimeoutKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -308,6 +308,46 @@ pub enum StreamLine {
         /// Always true.
         keepalive: bool,
     },
+}
+
+/// One line of a background process's stream (`POST /v1/sessions/{id}/processes`, and
+/// `GET /v1/sessions/{id}/processes/{pid}` to follow it again): framed like [`StreamLine`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProcessLine {
+    /// A process event with its sequence number.
+    Event {
+        /// Counts from 0 with no gaps, in each stream.
+        seq: u64,
+        /// The event.
+        event: ProcessEvent,
+    },
+    /// The box failed; the stream ends after this line.
+    Error {
+        /// Continues the event numbering.
+        seq: u64,
+        /// What failed.
+        error: ErrorBody,
+    },
+    /// Sent during silence; carries nothing.
+    Keepalive {
+        /// Always true.
+        keepalive: bool,
+    },
+}
+
+/// `GET /v1/sessions/{id}/processes`: the background processes the session runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessesResponse {
+    /// Each running process, by id.
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// `POST /v1/sessions/{id}/processes/{pid}/signal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalRequest {
+    /// `SIGTERM`, `SIGKILL` or `SIGINT`.
+    pub signal: ProcessSignal,
 }
 
 /// The `error` object of every JSON error response and of a stream's error line.

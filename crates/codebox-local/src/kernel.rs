@@ -128,6 +128,21 @@ impl Kernel {
     /// under Landlock it always speaks IPC too (a kernel without network may not make IP
     /// sockets there).
     pub(crate) async fn start(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
+        Self::start_with(spec, confinement, true).await
+    }
+
+    /// Like [`start`](Self::start), for a kernel that shares its confinement with the box's
+    /// own kernel (a code context's): when it dies, only its own process group goes with it,
+    /// not everything else in the confinement (the box's kernel and its other contexts).
+    pub(crate) async fn start_sharing(spec: &LaunchSpec, confinement: Arc<Confinement>) -> Result<Arc<Kernel>> {
+        Self::start_with(spec, confinement, false).await
+    }
+
+    async fn start_with(
+        spec: &LaunchSpec,
+        confinement: Arc<Confinement>,
+        owns_confinement: bool,
+    ) -> Result<Arc<Kernel>> {
         let started = Instant::now();
         // Deno's kernel speaks only TCP, and under Landlock a box without network may make
         // no IP socket, not even on loopback.
@@ -157,7 +172,7 @@ impl Kernel {
         let max_message = spec.sandbox.limits.max_message;
         let oversize = Arc::new(Oversize::default());
         let link_lost = Arc::new(AtomicBool::new(false));
-        let why = Cause { oversize: oversize.clone(), max_message, link_lost: link_lost.clone() };
+        let why = Cause { oversize: oversize.clone(), max_message, link_lost: link_lost.clone(), owns_confinement };
         let Watched { process, death, stderr_tail, mut tasks } = Watched::start(child, confinement.clone(), why)?;
 
         let deadline = started + spec.start_timeout;

@@ -11,12 +11,14 @@ use tracing::debug;
 
 use codebox_core::{
     BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo, ErrorKind,
-    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions, check_port,
+    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, ProcessId, ProcessInfo,
+    ProcessSignal, ProcessSpec, ProcessStream, Result, RunOptions, check_port,
 };
 use codebox_http::client::{Request, Retry};
 use codebox_http::wire::{
     API_PREFIX, ContextsResponse, CreateContext, ExecuteRequest, HistoryResponse, InstallRequest, InstallResponse,
-    MAX_HISTORY_LIMIT, MetricsSeries, PackagesResponse, RenameRequest, SessionInfo, SetTimeout,
+    MAX_HISTORY_LIMIT, MetricsSeries, PackagesResponse, ProcessesResponse, RenameRequest, SessionInfo, SetTimeout,
+    SignalRequest,
 };
 
 use crate::connection::Connection;
@@ -68,6 +70,19 @@ impl NativeSession {
     /// The URL of code context `id`.
     fn context_url(&self, id: &str) -> String {
         format!("{}/contexts/{}", self.session_url(), encode_component(id))
+    }
+
+    /// The URL of background process `pid`.
+    fn process_url(&self, pid: ProcessId) -> String {
+        format!("{}/processes/{pid}", self.session_url())
+    }
+
+    /// A process's stream: no deadline for its head or between its lines (the server sends
+    /// keepalives during silence; a process may run for as long as its session).
+    async fn process_stream(&self, req: Request) -> Result<ProcessStream> {
+        let req = req.with_timeout(None).with_read_timeout(LONG_OPERATION).without_head_deadline();
+        let response = self.conn.http.send(req).await?;
+        Ok(ndjson::decode_process(response.into_stream()))
     }
 
     /// `interrupt` and `restart`, of the session or (`action` under `contexts/{id}/`) of a
@@ -368,6 +383,54 @@ impl Session for NativeSession {
         let req = self.conn.request(Method::GET, &url)?.retry(Retry::Idempotent);
         let out: MetricsSeries = self.conn.http.send(req).await?.json().await?;
         Ok(out.samples)
+    }
+
+    async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessStream> {
+        if spec.command.program.is_empty() {
+            return Err(CodeBoxError::invalid("the process has no program"));
+        }
+        self.conn.ensure_running()?;
+        // Starting a process twice is never safe: no retry.
+        let url = format!("{}/processes", self.session_url());
+        let req = self.conn.request(Method::POST, &url)?.json(&spec)?.retry(Retry::Never);
+        self.process_stream(req).await
+    }
+
+    async fn connect_process(&self, pid: ProcessId) -> Result<ProcessStream> {
+        self.conn.ensure_running()?;
+        let req = self.conn.request(Method::GET, &self.process_url(pid))?.retry(Retry::Idempotent);
+        self.process_stream(req).await
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        self.conn.ensure_running()?;
+        let url = format!("{}/processes", self.session_url());
+        let req = self.conn.request(Method::GET, &url)?.retry(Retry::Idempotent);
+        let out: ProcessesResponse = self.conn.http.send(req).await?.json().await?;
+        Ok(out.processes)
+    }
+
+    async fn process_input(&self, pid: ProcessId, data: bytes::Bytes) -> Result<()> {
+        self.conn.ensure_running()?;
+        let url = format!("{}/input", self.process_url(pid));
+        // Written twice would be read twice: resent only when the server surely did not take it.
+        let req =
+            self.conn.request(Method::POST, &url)?.bytes("application/octet-stream", data).retry(Retry::OnRefusal);
+        self.conn.http.send(req).await?.discard().await
+    }
+
+    async fn close_process_input(&self, pid: ProcessId) -> Result<()> {
+        self.conn.ensure_running()?;
+        let url = format!("{}/close-input", self.process_url(pid));
+        let req = self.conn.request(Method::POST, &url)?.retry(Retry::Idempotent);
+        self.conn.http.send(req).await?.discard().await
+    }
+
+    async fn signal_process(&self, pid: ProcessId, signal: ProcessSignal) -> Result<()> {
+        self.conn.ensure_running()?;
+        let url = format!("{}/signal", self.process_url(pid));
+        let req = self.conn.request(Method::POST, &url)?.json(&SignalRequest { signal })?.retry(Retry::OnRefusal);
+        self.conn.http.send(req).await?.discard().await
     }
 
     async fn restart(&self) -> Result<()> {

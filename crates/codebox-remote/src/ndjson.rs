@@ -1,16 +1,18 @@
-//! The execution stream of the native API: NDJSON lines to execution events.
+//! The streams of the native API: NDJSON lines to execution events, and to the events of a
+//! background process (framed alike).
 //!
 //! Lines are parsed as they arrive. Sequence numbers must count from 0 without gaps,
 //! keepalive lines are skipped, an error line ends the stream with that error, and a stream
 //! that ends without an `end` event is a protocol error.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::{StreamExt, stream};
 
-use codebox_core::{ByteStream, CodeBoxError, EventStream, ExecEvent, Result};
-use codebox_http::wire::{ErrorBody, ErrorResponse, StreamLine, error_from_response, status_for_kind};
+use codebox_core::{ByteStream, CodeBoxError, EventStream, ExecEvent, ProcessEvent, ProcessStream, Result};
+use codebox_http::wire::{ErrorBody, ErrorResponse, ProcessLine, StreamLine, error_from_response, status_for_kind};
 
 /// The longest line accepted (one event with a large image can be tens of MiB).
 const MAX_LINE: usize = 256 << 20;
@@ -19,23 +21,92 @@ const MAX_LINE: usize = 256 << 20;
 /// be reused. A server that keeps the body open longer loses the connection instead.
 const DRAIN_AFTER_END: Duration = Duration::from_secs(2);
 
-struct Decoder {
+/// What one line of a stream is.
+enum Part<E> {
+    Keepalive,
+    Event(u64, E),
+    Error(u64, ErrorBody),
+}
+
+/// A kind of line the server streams: an execution's or a background process's.
+trait Line: Sized + 'static {
+    type Event: Send + 'static;
+    /// What the stream is called in errors.
+    const NAME: &'static str;
+    fn parse(line: &[u8]) -> serde_json::Result<Self>;
+    fn part(self) -> Part<Self::Event>;
+    fn is_end(event: &Self::Event) -> bool;
+}
+
+impl Line for StreamLine {
+    type Event = ExecEvent;
+    const NAME: &'static str = "execution stream";
+
+    fn parse(line: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(line)
+    }
+
+    fn part(self) -> Part<ExecEvent> {
+        match self {
+            StreamLine::Keepalive { .. } => Part::Keepalive,
+            StreamLine::Event { seq, event } => Part::Event(seq, event),
+            StreamLine::Error { seq, error } => Part::Error(seq, error),
+        }
+    }
+
+    fn is_end(event: &ExecEvent) -> bool {
+        event.is_end()
+    }
+}
+
+impl Line for ProcessLine {
+    type Event = ProcessEvent;
+    const NAME: &'static str = "process stream";
+
+    fn parse(line: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(line)
+    }
+
+    fn part(self) -> Part<ProcessEvent> {
+        match self {
+            ProcessLine::Keepalive { .. } => Part::Keepalive,
+            ProcessLine::Event { seq, event } => Part::Event(seq, event),
+            ProcessLine::Error { seq, error } => Part::Error(seq, error),
+        }
+    }
+
+    fn is_end(event: &ProcessEvent) -> bool {
+        matches!(event, ProcessEvent::End(_))
+    }
+}
+
+struct Decoder<L> {
     body: ByteStream,
     buf: BytesMut,
     next_seq: u64,
     finished: bool,
+    lines: PhantomData<fn() -> L>,
 }
 
 /// Decode an execution response body into events.
 pub(crate) fn decode(body: ByteStream) -> EventStream {
-    let decoder = Decoder { body, buf: BytesMut::new(), next_seq: 0, finished: false };
-    Box::pin(stream::unfold(decoder, |mut d| async move {
+    Box::pin(decode_lines::<StreamLine>(body))
+}
+
+/// Decode a background process's response body into its events.
+pub(crate) fn decode_process(body: ByteStream) -> ProcessStream {
+    Box::pin(decode_lines::<ProcessLine>(body))
+}
+
+fn decode_lines<L: Line>(body: ByteStream) -> impl futures::Stream<Item = Result<L::Event>> + Send + 'static {
+    let decoder = Decoder::<L> { body, buf: BytesMut::new(), next_seq: 0, finished: false, lines: PhantomData };
+    stream::unfold(decoder, |mut d| async move {
         if d.finished {
             return None;
         }
         match d.next_event().await {
             Ok(Some(event)) => {
-                if event.is_end() {
+                if L::is_end(&event) {
                     d.finished = true;
                     d.drain().await;
                 }
@@ -47,11 +118,11 @@ pub(crate) fn decode(body: ByteStream) -> EventStream {
                 Some((Err(e), d))
             }
         }
-    }))
+    })
 }
 
-impl Decoder {
-    async fn next_event(&mut self) -> Result<Option<ExecEvent>> {
+impl<L: Line> Decoder<L> {
+    async fn next_event(&mut self) -> Result<Option<L::Event>> {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line = self.buf.split_to(pos + 1);
@@ -61,9 +132,7 @@ impl Decoder {
                 continue;
             }
             if self.buf.len() > MAX_LINE {
-                return Err(CodeBoxError::protocol(format!(
-                    "an execution stream line is longer than {MAX_LINE} bytes"
-                )));
+                return Err(CodeBoxError::protocol(format!("an {} line is longer than {MAX_LINE} bytes", L::NAME)));
             }
             match self.body.next().await {
                 Some(chunk) => self.buf.extend_from_slice(&chunk?),
@@ -73,31 +142,32 @@ impl Decoder {
                     if let Some(event) = self.line(&rest)? {
                         return Ok(Some(event));
                     }
-                    return Err(CodeBoxError::protocol(
-                        "the execution stream ended without an end event (the connection was cut or the server failed)",
-                    ));
+                    return Err(CodeBoxError::protocol(format!(
+                        "the {} ended without an end event (the connection was cut or the server failed)",
+                        L::NAME
+                    )));
                 }
             }
         }
     }
 
     /// One line: an event, or `None` for a keepalive or a blank line.
-    fn line(&mut self, line: &[u8]) -> Result<Option<ExecEvent>> {
+    fn line(&mut self, line: &[u8]) -> Result<Option<L::Event>> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        let parsed: StreamLine = serde_json::from_slice(line).map_err(|e| {
+        let parsed = L::parse(line).map_err(|e| {
             let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
-            CodeBoxError::protocol(format!("malformed execution stream line ({e}): {shown}"))
+            CodeBoxError::protocol(format!("malformed {} line ({e}): {shown}", L::NAME))
         })?;
-        match parsed {
-            StreamLine::Keepalive { .. } => Ok(None),
-            StreamLine::Event { seq, event } => {
+        match parsed.part() {
+            Part::Keepalive => Ok(None),
+            Part::Event(seq, event) => {
                 self.check_seq(seq)?;
                 Ok(Some(event))
             }
-            StreamLine::Error { seq, error } => {
+            Part::Error(seq, error) => {
                 self.check_seq(seq)?;
                 Err(error_from_line(error))
             }
@@ -107,7 +177,8 @@ impl Decoder {
     fn check_seq(&mut self, seq: u64) -> Result<()> {
         if seq != self.next_seq {
             return Err(CodeBoxError::protocol(format!(
-                "execution stream out of order: expected event {}, got {seq}",
+                "{} out of order: expected event {}, got {seq}",
+                L::NAME,
                 self.next_seq
             )));
         }
@@ -206,6 +277,26 @@ mod tests {
             }
             other => panic!("expected an execution timeout, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn process_lines_decode_to_process_events() {
+        let b = body(&[
+            "{\"seq\":0,\"event\":{\"type\":\"start\",\"pid\":3}}\n{\"keepalive\":true}\n",
+            "{\"seq\":1,\"event\":{\"type\":\"stdout\",\"data\":\"aGk=\"}}\n",
+            "{\"seq\":2,\"event\":{\"type\":\"end\",\"exit_code\":0,\"timed_out\":false}}\n",
+        ]);
+        let events: Vec<ProcessEvent> = decode_process(b).map(|e| e.unwrap()).collect().await;
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0], ProcessEvent::Start { pid: 3 });
+        assert_eq!(events[1], ProcessEvent::Stdout { data: Bytes::from_static(b"hi") });
+        assert!(matches!(&events[2], ProcessEvent::End(exit) if exit.success()));
+        let cut = body(&["{\"seq\":0,\"event\":{\"type\":\"start\",\"pid\":3}}\n"]);
+        let last = decode_process(cut).collect::<Vec<_>>().await.pop().unwrap();
+        assert_eq!(last.unwrap_err().kind(), ErrorKind::Protocol);
+        let gone = body(&["{\"seq\":0,\"error\":{\"kind\":\"not_found\",\"message\":\"process 9\"}}\n"]);
+        let first = decode_process(gone).collect::<Vec<_>>().await.remove(0);
+        assert_eq!(first.unwrap_err().kind(), ErrorKind::NotFound);
     }
 
     #[tokio::test]

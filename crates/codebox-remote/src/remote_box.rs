@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use codebox_core::{
     BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput,
     CommandSpec, ContextInfo, DEFAULT_CONTEXT, EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo,
-    PortStream, Result, RunOptions,
+    PortStream, ProcessId, ProcessInfo, ProcessSignal, ProcessSpec, ProcessStream, Result, RunOptions,
 };
 use codebox_http::client::HttpClient;
 use codebox_http::wire::SessionInfo;
@@ -239,6 +239,30 @@ impl CodeBox for RemoteBox {
 
     async fn metrics(&self) -> Result<BoxMetrics> {
         self.session.metrics().await
+    }
+
+    async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessStream> {
+        self.session.start_process(spec).await
+    }
+
+    async fn connect_process(&self, pid: ProcessId) -> Result<ProcessStream> {
+        self.session.connect_process(pid).await
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        self.session.processes().await
+    }
+
+    async fn process_input(&self, pid: ProcessId, data: bytes::Bytes) -> Result<()> {
+        self.session.process_input(pid, data).await
+    }
+
+    async fn close_process_input(&self, pid: ProcessId) -> Result<()> {
+        self.session.close_process_input(pid).await
+    }
+
+    async fn signal_process(&self, pid: ProcessId, signal: ProcessSignal) -> Result<()> {
+        self.session.signal_process(pid, signal).await
     }
 
     async fn restart(&self) -> Result<()> {

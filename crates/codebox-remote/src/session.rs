@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use bytes::Bytes;
 use codebox_core::{
     BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBoxError, CommandOutput, CommandSpec, ContextInfo,
-    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, Result, RunOptions,
+    EventStream, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, PortStream, ProcessId, ProcessInfo,
+    ProcessSignal, ProcessSpec, ProcessStream, Result, RunOptions,
 };
 use codebox_http::client::Request;
 use codebox_http::wire::SessionInfo;
@@ -164,6 +166,41 @@ pub(crate) trait Session: Send + Sync {
         Err(CodeBoxError::unsupported("metrics_since (only the native protocol measures a session)"))
     }
 
+    /// Start a background process; only the native protocol runs them.
+    async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessStream> {
+        let _ = spec;
+        Err(processes_unsupported("start_process"))
+    }
+
+    /// Follow a background process again.
+    async fn connect_process(&self, pid: ProcessId) -> Result<ProcessStream> {
+        let _ = pid;
+        Err(processes_unsupported("connect_process"))
+    }
+
+    /// The background processes running in the box.
+    async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        Err(processes_unsupported("processes"))
+    }
+
+    /// Write to a background process's standard input.
+    async fn process_input(&self, pid: ProcessId, data: Bytes) -> Result<()> {
+        let _ = (pid, data);
+        Err(processes_unsupported("process_input"))
+    }
+
+    /// Close a background process's standard input.
+    async fn close_process_input(&self, pid: ProcessId) -> Result<()> {
+        let _ = pid;
+        Err(processes_unsupported("close_process_input"))
+    }
+
+    /// Signal a background process.
+    async fn signal_process(&self, pid: ProcessId, signal: ProcessSignal) -> Result<()> {
+        let _ = (pid, signal);
+        Err(processes_unsupported("signal_process"))
+    }
+
     async fn restart(&self) -> Result<()>;
 
     async fn interrupt(&self) -> Result<()>;
@@ -174,6 +211,11 @@ pub(crate) trait Session: Send + Sync {
     /// when nothing is to be ended (an attached session, or a protocol without sessions to
     /// delete).
     fn request_on_drop(&self) -> Option<Request>;
+}
+
+/// The refusal of a process operation by a protocol without background processes.
+fn processes_unsupported(operation: &str) -> CodeBoxError {
+    CodeBoxError::unsupported(format!("{operation} (only the native protocol runs background processes)"))
 }
 
 /// The refusal of a context operation by a protocol without code contexts.

@@ -46,11 +46,17 @@ pub(crate) enum Route {
     PortPath,
     PauseSession,
     ResumeSession,
+    StartProcess,
+    ListProcesses,
+    ConnectProcess,
+    ProcessInput,
+    CloseProcessInput,
+    SignalProcess,
 }
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 36] = [
+    pub(crate) const ALL: [Route; 42] = [
         Route::Health,
         Route::Ready,
         Route::Metrics,
@@ -87,6 +93,12 @@ impl Route {
         Route::PortPath,
         Route::PauseSession,
         Route::ResumeSession,
+        Route::StartProcess,
+        Route::ListProcesses,
+        Route::ConnectProcess,
+        Route::ProcessInput,
+        Route::CloseProcessInput,
+        Route::SignalProcess,
     ];
 
     /// The methods the proxied port routes document (they take any method).
@@ -110,8 +122,8 @@ impl Route {
             .collect()
     }
 
-    /// The method and the path template (`{id}` and `{ctx}` are one segment each, `{path}`
-    /// the rest).
+    /// The method and the path template (`{id}`, `{ctx}` and `{pid}` are one segment each,
+    /// `{path}` the rest).
     pub(crate) fn spec(self) -> (Method, &'static str) {
         match self {
             Route::Health => (Method::GET, "/health"),
@@ -150,6 +162,12 @@ impl Route {
             Route::PortPath => (Method::GET, "/v1/sessions/{id}/ports/{port}/{rest}"),
             Route::PauseSession => (Method::POST, "/v1/sessions/{id}/pause"),
             Route::ResumeSession => (Method::POST, "/v1/sessions/{id}/resume"),
+            Route::StartProcess => (Method::POST, "/v1/sessions/{id}/processes"),
+            Route::ListProcesses => (Method::GET, "/v1/sessions/{id}/processes"),
+            Route::ConnectProcess => (Method::GET, "/v1/sessions/{id}/processes/{pid}"),
+            Route::ProcessInput => (Method::POST, "/v1/sessions/{id}/processes/{pid}/input"),
+            Route::CloseProcessInput => (Method::POST, "/v1/sessions/{id}/processes/{pid}/close-input"),
+            Route::SignalProcess => (Method::POST, "/v1/sessions/{id}/processes/{pid}/signal"),
         }
     }
 
@@ -171,6 +189,8 @@ pub(crate) struct Params<'a> {
     pub(crate) ctx: Option<&'a str>,
     /// `{port}`.
     pub(crate) port: Option<&'a str>,
+    /// `{pid}`: a background process's id.
+    pub(crate) pid: Option<&'a str>,
 }
 
 /// The result of matching a request against the table.
@@ -233,11 +253,15 @@ fn match_template<'a>(template: &str, path: &'a str) -> Option<Params<'a>> {
             } else {
                 params.ctx = Some(segment);
             }
-        } else if part == "{port}" {
+        } else if part == "{port}" || part == "{pid}" {
             if segment.is_empty() {
                 return None;
             }
-            params.port = Some(segment);
+            if part == "{port}" {
+                params.port = Some(segment);
+            } else {
+                params.pid = Some(segment);
+            }
         } else if part != segment {
             return None;
         }
@@ -282,6 +306,14 @@ mod tests {
         let Matched::Route(r, p) = find(&method, "/v1/sessions/abc/ports/8000/a/b.css") else { panic!() };
         assert_eq!((r, p.port, p.path), (Route::PortPath, Some("8000"), Some("a/b.css")));
         assert_eq!(find(&Method::GET, "/v1/sessions/abc/ports/"), Matched::NotFound);
+        let Matched::Route(r, p) = find(&Method::GET, "/v1/sessions/abc/processes/7") else { panic!() };
+        assert_eq!((r, p.id, p.pid), (Route::ConnectProcess, Some("abc"), Some("7")));
+        let Matched::Route(r, p) = find(&Method::POST, "/v1/sessions/abc/processes/7/close-input") else { panic!() };
+        assert_eq!((r, p.pid), (Route::CloseProcessInput, Some("7")));
+        let Matched::Route(r, _) = find(&Method::POST, "/v1/sessions/abc/processes") else { panic!() };
+        assert_eq!(r, Route::StartProcess);
+        assert_eq!(find(&Method::GET, "/v1/sessions/abc/processes/"), Matched::NotFound);
+        assert_eq!(find(&Method::GET, "/v1/sessions/abc/processes/7/signal"), Matched::WrongMethod(vec![Method::POST]));
     }
 
     #[test]

@@ -83,6 +83,8 @@ impl CodeBox for ThroughBlocking {
     fn capabilities(&self) -> Capabilities {
         let mut caps = self.0.capabilities();
         caps.ports = false;
+        // The blocking API has no background processes: the suite checks they are refused.
+        caps.processes = false;
         caps
     }
 

@@ -1,6 +1,7 @@
 //! The `codebox` binary, run as a user would: real processes, real kernels.
 
 mod cli;
+mod e2b;
 mod hostile;
 mod mcp;
 mod pause;

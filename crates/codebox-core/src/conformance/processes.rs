@@ -119,16 +119,27 @@ async fn same_confinement_as_commands(b: &dyn CodeBox) -> Checked<()> {
     })
 }
 
-/// SIGTERM ends a process that would run for ten minutes, and its end says so.
+/// SIGTERM reaches the process itself: its handler runs and decides how it ends. SIGKILL
+/// ends one that would run for ten minutes, and its end says so.
 async fn signal_ends_a_background_process(b: &dyn CodeBox) -> Checked<()> {
-    let (pid, mut stream) = start(b, sh("echo ready; exec sleep 600")).await?;
+    let script = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 1; done";
+    let (pid, mut stream) = start(b, sh(script)).await?;
     follow(&mut stream, Some("ready")).await?;
     b.signal_process(pid, ProcessSignal::Sigterm).await.map_err(|e| format!("signal_process({pid}): {e}"))?;
     let seen = follow(&mut stream, None).await?;
     let exit = exit_of(&seen)?;
-    // A signal ends it; a sandbox's init between the box and the process may report that
-    // as the shell convention 128 + the signal.
-    ensure(exit.signal == Some(15) || exit.exit_code == Some(128 + 15), || format!("after SIGTERM it ended {exit:?}"))
+    ensure(exit.exit_code == Some(7) && seen.stdout().contains("got-term"), || {
+        format!("after SIGTERM its handler should have exited with 7: it ended {exit:?}, stdout {:?}", seen.stdout())
+    })?;
+
+    let (pid, mut stream) = start(b, sh("echo ready; exec sleep 600")).await?;
+    follow(&mut stream, Some("ready")).await?;
+    b.signal_process(pid, ProcessSignal::Sigkill).await.map_err(|e| format!("signal_process({pid}): {e}"))?;
+    let seen = follow(&mut stream, None).await?;
+    let exit = exit_of(&seen)?;
+    // A sandbox's init between the box and the process may report the signal as the shell
+    // convention 128 + the signal.
+    ensure(exit.signal == Some(9) || exit.exit_code == Some(128 + 9), || format!("after SIGKILL it ended {exit:?}"))
 }
 
 /// What is written to a process's standard input reaches it, and closing it ends `cat`.

@@ -151,6 +151,8 @@ impl CodeBox for PythonDouble {
         caps.metrics = false;
         // Nor artifacts: the suite's artifact check is gated on the capability.
         caps.artifacts = false;
+        // Nor background processes: the suite checks they are refused loudly.
+        caps.processes = false;
         caps
     }
 

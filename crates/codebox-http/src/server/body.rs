@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::time::{Instant, Sleep};
 
 use super::ApiError;
-use crate::wire::{NDJSON, StreamLine};
+use crate::wire::NDJSON;
 
 /// The line sent during an execution's silence.
 pub const KEEPALIVE_LINE: &[u8] = b"{\"keepalive\":true}\n";
@@ -146,19 +146,25 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Re
     }
 }
 
-/// Turn a stream of [`StreamLine`]s into NDJSON chunks, adding a keepalive line whenever
-/// nothing was sent for `keepalive`.
-pub fn ndjson_body<S>(lines: S, keepalive: Duration) -> Body
+/// Turn a stream of lines ([`StreamLine`]s of an execution, [`ProcessLine`]s of a
+/// background process) into NDJSON chunks, adding a keepalive line whenever nothing was
+/// sent for `keepalive`.
+///
+/// [`StreamLine`]: crate::wire::StreamLine
+/// [`ProcessLine`]: crate::wire::ProcessLine
+pub fn ndjson_body<S, L>(lines: S, keepalive: Duration) -> Body
 where
-    S: Stream<Item = StreamLine> + Send + 'static,
+    S: Stream<Item = L> + Send + 'static,
+    L: Serialize + Send + 'static,
 {
     Body::from_stream(Keepalive::new(Box::pin(lines), keepalive))
 }
 
 /// A 200 `application/x-ndjson` response streaming `lines` (see [`ndjson_body`]).
-pub fn ndjson_response<S>(lines: S, keepalive: Duration) -> Response<Body>
+pub fn ndjson_response<S, L>(lines: S, keepalive: Duration) -> Response<Body>
 where
-    S: Stream<Item = StreamLine> + Send + 'static,
+    S: Stream<Item = L> + Send + 'static,
+    L: Serialize + Send + 'static,
 {
     let mut resp = Response::new(ndjson_body(lines, keepalive));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
@@ -166,19 +172,19 @@ where
     resp
 }
 
-struct Keepalive {
-    lines: Pin<Box<dyn Stream<Item = StreamLine> + Send>>,
+struct Keepalive<L> {
+    lines: Pin<Box<dyn Stream<Item = L> + Send>>,
     sleep: Pin<Box<Sleep>>,
     period: Duration,
 }
 
-impl Keepalive {
-    fn new(lines: Pin<Box<dyn Stream<Item = StreamLine> + Send>>, period: Duration) -> Self {
+impl<L> Keepalive<L> {
+    fn new(lines: Pin<Box<dyn Stream<Item = L> + Send>>, period: Duration) -> Self {
         Self { lines, sleep: Box::pin(tokio::time::sleep(period)), period }
     }
 }
 
-impl Stream for Keepalive {
+impl<L: Serialize> Stream for Keepalive<L> {
     type Item = Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -213,6 +219,7 @@ impl Stream for Keepalive {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::StreamLine;
     use codebox_core::ExecEvent;
     use futures::stream;
     use http_body_util::BodyExt;

@@ -108,6 +108,9 @@ pub(super) struct Cause {
     pub(super) max_message: u64,
     /// A channel closed while the kernel ran, and the links supervisor killed it.
     pub(super) link_lost: Arc<AtomicBool>,
+    /// Whether the confinement is the kernel's alone, so that what is left in it dies with
+    /// the kernel (a code context's kernel shares the box's).
+    pub(super) owns_confinement: bool,
 }
 
 async fn watch_process(
@@ -145,8 +148,10 @@ async fn watch_process(
     });
     // What the kernel left in its cgroup or under its uid dies with it, before anyone
     // hears of the death (and starts a replacement).
-    let c = confinement.clone();
-    let _ = tokio::task::spawn_blocking(move || c.kill_all()).await;
+    if why.owns_confinement {
+        let c = confinement.clone();
+        let _ = tokio::task::spawn_blocking(move || c.kill_all()).await;
+    }
     tracing::debug!(pid = process.pid.as_raw_nonzero().get(), %cause, "kernel exited");
     let _ = death.send(Some(cause));
 }

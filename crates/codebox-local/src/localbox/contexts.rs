@@ -2,9 +2,10 @@
 //! context), each with its own variables and its own execution lock, so that executions in
 //! different contexts run at the same time.
 //!
-//! A context's kernel is started exactly like the box's (`supervisor::start_kernel_like`:
-//! the same launch spec in the same confinement, so the same uid, cgroup, limits, working
-//! directory and environment), then moved to the context's starting directory. A context's
+//! A context's kernel is started like the box's (the same launch spec in the same
+//! confinement, so the same uid, cgroup, limits, working directory and environment; but
+//! `Kernel::start_sharing`: its death takes only its own process group along, never the box's
+//! kernel), then moved to the context's starting directory. A context's
 //! kernel that died is replaced on its next use, within the box's restart budget; past it the
 //! context reports itself dead until `restart_context`. Stopping the box ends every context's
 //! kernel; dropping it kills them (each `Kernel` kills its process group when dropped).
@@ -17,7 +18,7 @@ use std::time::Duration;
 use codebox_core::{CodeBoxError, ContextInfo, EventStream, Result, RunOptions, unknown_context};
 use tokio::time::Instant;
 
-use super::supervisor::{BoxParts, Inner, restart_allowed, retire, start_kernel_like};
+use super::supervisor::{BoxParts, Inner, restart_allowed, retire};
 use crate::exec::{around_code, check_env, run_silent};
 use crate::kernel::{ExitReason, Kernel};
 use crate::kernelspec::{DENO_KERNEL, DENO_LANGUAGES, LaunchSpec, is_python};
@@ -193,7 +194,8 @@ async fn start_in(parts: &BoxParts, dir: Option<&Path>) -> Result<Arc<Kernel>> {
         Some(dir) => Some(chdir_code(&parts.spec, dir).ok_or_else(|| cwd_unsupported(&parts.spec))?),
         None => None,
     };
-    let kernel = start_kernel_like(&parts.spec, parts.confinement.clone()).await?;
+    // The box's kernel shares the confinement: this kernel's death must not take it along.
+    let kernel = Kernel::start_sharing(&parts.spec, parts.confinement.clone()).await?;
     if let Some(code) = chdir
         && let Err(e) = run_silent(&kernel, &code).await
     {

@@ -116,6 +116,10 @@ impl Processes {
                 )));
             }
         }
+        // Under bubblewrap the child is bwrap, whose program runs in a session of its own
+        // inside: a signal other than SIGKILL must reach that program, not bwrap.
+        let behind_init = process.placement == crate::boxprocess::Placement::InBox
+            && process.confinement.level() == codebox_sandbox::IsolationLevel::Bubblewrap;
         let mut child = process.spawn_background(spec.stdin)?;
         let stdin = child.stdin.take();
         let (events, first_reader) = broadcast::channel(BACKLOG);
@@ -139,6 +143,7 @@ impl Processes {
             table.by_pid.insert(pid, entry.clone());
             let group_id = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
             let follow = Follow {
+                behind_init,
                 group_id,
                 entry,
                 child: GroupGuard(child),
@@ -284,6 +289,8 @@ struct Follow {
     /// The id of the process group the child leads (its host pid), kept for after it was
     /// reaped.
     group_id: i32,
+    /// The child is a sandbox (bubblewrap) that runs the program in a session of its own.
+    behind_init: bool,
 }
 
 impl Follow {
@@ -318,10 +325,10 @@ impl Follow {
                 s = self.child.0.wait(), if status.is_none() => {
                     // What it left in its group still holds its pipes: those go with it
                     // (while they live, the group's id cannot be reused).
-                    if out_open || err_open {
-                        if let Some(group) = rustix::process::Pid::from_raw(self.group_id) {
-                            let _ = rustix::process::kill_process_group(group, Signal::KILL);
-                        }
+                    if (out_open || err_open)
+                        && let Some(group) = rustix::process::Pid::from_raw(self.group_id)
+                    {
+                        let _ = rustix::process::kill_process_group(group, Signal::KILL);
                     }
                     status = Some(s);
                     drain_until = Instant::now() + DRAIN_AFTER_EXIT;
@@ -331,7 +338,7 @@ impl Follow {
                     timed_out = true;
                     signal_group(&self.child.0, Signal::KILL);
                 }
-                Some(signal) = self.signals.recv(), if status.is_none() => signal_group(&self.child.0, signal),
+                Some(signal) = self.signals.recv(), if status.is_none() => self.send(signal),
                 _ = self.shutdown.changed(), if !shutting_down => {
                     // Told to stop, or the box is gone (the channel closed).
                     shutting_down = true;
@@ -350,6 +357,26 @@ impl Follow {
         self.finish(exit).await;
     }
 
+    /// Send `signal` to the process and what it started. SIGKILL goes to the child's group
+    /// (bubblewrap takes its sandbox down with it); another signal, under bubblewrap, to
+    /// every process below bwrap, so that the program's handler runs rather than bwrap dying
+    /// and its sandbox being killed. Called only while the child is unreaped.
+    fn send(&self, signal: Signal) {
+        if !self.behind_init || signal == Signal::KILL {
+            signal_group(&self.child.0, signal);
+            return;
+        }
+        // Never a walk from pid 0 (the whole machine): only below a child we know.
+        if self.group_id <= 1 {
+            return;
+        }
+        for pid in descendants(self.group_id) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    }
+
     fn emit(&self, event: ProcessEvent) {
         // No reader is fine: the process runs on, and a later reader follows from then.
         let _ = self.entry.events.send(event);
@@ -364,12 +391,40 @@ impl Follow {
             self.entry.exit.send_replace(Some(exit.clone()));
             let _ = self.entry.events.send(ProcessEvent::End(exit));
         }
-        self.entry.stdin.lock().await.take();
+        // A write blocked on a pipe nobody reads fails now that the process is gone, and
+        // drops the input itself; never wait for it here.
+        if let Ok(mut stdin) = self.entry.stdin.try_lock() {
+            stdin.take();
+        }
         tokio::time::sleep(ENDED_GRACE).await;
         if let Some(table) = self.table.upgrade() {
             lock(&table).by_pid.remove(&self.pid);
         }
     }
+}
+
+/// The processes below `ancestor` (not itself), from `/proc`: children before their own.
+fn descendants(ancestor: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut children: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut next = vec![ancestor];
+    while let Some(pid) = next.pop() {
+        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
+            found.push(child);
+            next.push(child);
+        }
+    }
+    found
 }
 
 /// How a process that exited with `status` ended.

@@ -120,7 +120,7 @@ async fn stopping_or_dropping_the_box_ends_every_contexts_kernel() {
 }
 
 // A context's kernel is in the box's cgroup, so it counts against the box's memory and
-// processes; and it runs under the box's uid.
+// processes; and it runs under the box's uid. Ending it leaves the box's kernel alone.
 #[tokio::test]
 async fn a_contexts_kernel_is_in_the_boxs_cgroup_and_runs_as_its_uid() {
     if !codebox_core::conformance::requires("root (session uids and cgroups)", codebox_local::running_as_root()) {
@@ -144,6 +144,15 @@ async fn a_contexts_kernel_is_in_the_boxs_cgroup_and_runs_as_its_uid() {
         assert!(procs.lines().any(|l| l.trim() == pid.to_string()), "{pid} not in {}: {procs}", dir.display());
     }
     assert_eq!(value_in(&lb, &made.id, "import os; os.getuid()").await, uid.to_string());
+    // Restarting and deleting the context end its kernel, and only its kernel: the box's,
+    // in the same confinement, keeps running with its variables.
+    value_in(&lb, DEFAULT_CONTEXT, "kept = 1").await;
+    let box_pid = pid_of(&lb, DEFAULT_CONTEXT).await;
+    lb.restart_context(&made.id).await.unwrap();
+    assert_eq!(value_in(&lb, &made.id, "1 + 1").await, "2");
+    lb.delete_context(&made.id).await.unwrap();
+    assert_eq!(value_in(&lb, DEFAULT_CONTEXT, "kept").await, "1");
+    assert_eq!(pid_of(&lb, DEFAULT_CONTEXT).await, box_pid, "the box's kernel was not restarted");
     lb.stop().await.unwrap();
 }
 

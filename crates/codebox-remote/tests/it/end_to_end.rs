@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use codebox_core::conformance::{ConformanceOptions, run_all};
+use codebox_core::conformance::{ConformanceOptions, processes_end_with_the_box, run_all};
 use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings, ErrorKind, ExecEvent, Execution, RunOptions};
 use codebox_local::{LocalBox, LocalBoxBuilder, LocalFactory};
 use codebox_remote::RemoteBox;
@@ -47,8 +47,13 @@ async fn remote_box_passes_the_conformance_suite_against_a_real_server() {
     let server = serve().await;
     let remote = RemoteBox::from_settings(&settings(&server.base)).unwrap();
     let report = run_all(&remote, &ConformanceOptions::default().with_require_matplotlib(true)).await;
+    // The server's boxes run background processes, so the suite's process checks ran.
+    assert!(remote.capabilities().processes, "{:?}", remote.capabilities());
+    // Stops the box: last.
+    let ended = processes_end_with_the_box(&remote).await;
     remote.stop().await.unwrap();
     report.assert_all_passed();
+    ended.unwrap();
 }
 
 /// The comparable part of an execution: its events without timings.

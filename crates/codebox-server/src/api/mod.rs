@@ -7,6 +7,7 @@ mod files;
 mod history;
 mod metrics;
 mod ports;
+mod processes;
 mod sessions;
 
 use std::sync::Arc;
@@ -119,6 +120,12 @@ pub(crate) async fn dispatch(
         Route::DeleteContext => contexts::delete(state, owner, id, ctx).await,
         Route::PauseSession => sessions::pause(state, state.session_owner(owner, id)?, id).await,
         Route::ResumeSession => sessions::resume(state, state.session_owner(owner, id)?, id).await,
+        Route::StartProcess => processes::start(state, owner, id, req).await,
+        Route::ListProcesses => processes::list(state, owner, id).await,
+        Route::ConnectProcess => processes::connect(state, owner, id, params.pid.unwrap_or_default()).await,
+        Route::ProcessInput => processes::input(state, owner, id, params.pid.unwrap_or_default(), req).await,
+        Route::CloseProcessInput => processes::close_input(state, owner, id, params.pid.unwrap_or_default()).await,
+        Route::SignalProcess => processes::signal(state, owner, id, params.pid.unwrap_or_default(), req).await,
         Route::Port | Route::PortPath => {
             let port = params.port.unwrap_or_default();
             ports::proxy(state, owner, id, port, params.path, req).await

@@ -448,15 +448,13 @@ async fn metrics(state: &Arc<AppState>, owner: Owner, id: &str, query: Option<&s
     Ok(json_response(StatusCode::OK, &samples))
 }
 
-/// What [`ListQuery::parse`] refuses, for the tests.
-#[cfg(test)]
-fn refuses(query: &str) -> bool {
-    ListQuery::parse(Some(query)).is_err()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refuses(query: &str) -> bool {
+        ListQuery::parse(Some(query)).is_err()
+    }
 
     #[test]
     fn list_queries_read_the_sdks_double_encoded_metadata() {

@@ -127,7 +127,7 @@ async fn options_for(session: &Arc<Session>, language: Option<&str>) -> ApiResul
     let mut options = RunOptions::new();
     let Some(language) = language else { return Ok(options) };
     let language = normalize_language(Some(language));
-    if session.codebox.capabilities().languages.iter().any(|l| *l == language) {
+    if session.codebox.capabilities().languages.contains(&language) {
         options.language = Some(language);
         return Ok(options);
     }

@@ -171,10 +171,7 @@ fn control_owner(state: &AppState, headers: &HeaderMap) -> ApiResult<Owner> {
 
 /// Count a request against `owner`'s rate.
 fn rate(state: &AppState, owner: Owner) -> ApiResult<()> {
-    state.rates.check(owner).map_err(|err| {
-        state.metrics.request_rate_limited();
-        err
-    })
+    state.rates.check(owner).inspect_err(|_| state.metrics.request_rate_limited())
 }
 
 /// The key debug-mode traffic acts as, when the operator allowed debug mode.

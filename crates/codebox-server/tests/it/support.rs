@@ -96,8 +96,8 @@ impl CodeBox for ScriptedBox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // It lists no packages, keeps no history, has no code contexts or ports, measures
-        // nothing and lists no artifacts: those are the trait's refusals.
+        // It lists no packages, keeps no history, has no code contexts, ports or background
+        // processes, measures nothing and lists no artifacts: those are the trait's refusals.
         let mut capabilities = Capabilities::full(["script"]);
         capabilities.packages = false;
         capabilities.history = false;
@@ -105,6 +105,7 @@ impl CodeBox for ScriptedBox {
         capabilities.ports = false;
         capabilities.metrics = false;
         capabilities.artifacts = false;
+        capabilities.processes = false;
         capabilities
     }
 

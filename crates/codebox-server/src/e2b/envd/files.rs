@@ -25,7 +25,8 @@ use crate::state::AppState;
 const INFLATE_PIECE: usize = 4096;
 
 /// A failed file request, as envd answers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
 pub(super) struct FileError {
     status: StatusCode,
     message: String,

@@ -157,6 +157,19 @@ async fn stat(session: &Arc<Session>, req: PathRequest) -> ConnectResult<serde_j
     // `files.exists` asks with any path: one outside the box does not exist in it.
     let path = paths::box_path(&req.path)
         .map_err(|e| ConnectError::new(Code::NotFound, format!("{:?}: no such file in the box ({e})", req.path)))?;
+    if path.is_empty() {
+        // The working directory itself, which a box describes only through what is in it.
+        let home = FileInfo {
+            path: String::new(),
+            name: "user".to_owned(),
+            size: 0,
+            is_dir: true,
+            modified: None,
+            file_kind: Some(FileKind::Dir),
+            mode: Some(0o755),
+        };
+        return answer(&serde_json::json!({ "entry": EntryInfo::of(&home) }));
+    }
     let _use = session.use_guard();
     let info = session.codebox.stat(&path).await.map_err(|e| not_found_as(e, &req.path))?;
     answer(&serde_json::json!({ "entry": EntryInfo::of(&info) }))

@@ -256,8 +256,10 @@ pub(super) async fn connect(session: Arc<Session>, message: serde_json::Value, f
 }
 
 /// The answer streaming `events`. `started` is the pid when the stream must open with a
-/// start event of its own (`Connect`: the box's stream starts with output). `kill_at_deadline`:
-/// the call's deadline ends the process, not only the stream.
+/// start event of its own (`Connect`: the box's stream starts with output). `kill_at_deadline`
+/// (`Start`, whose deadline is also the process's timeout): the call's deadline ends the
+/// process, not only the stream, and a process the box stopped at it ends the call with
+/// `deadline_exceeded` rather than an end event.
 fn stream(
     session: Arc<Session>,
     mut events: ProcessStream,
@@ -304,7 +306,8 @@ fn stream(
                         Some(Ok(ProcessEvent::Stderr { data })) => {
                             json!({ "event": { "data": { "stderr": protojson::base64(&data) } } })
                         }
-                        Some(Ok(ProcessEvent::End(exit))) if exit.timed_out => {
+                        // The box's own deadline for a `Start` (the same as the call's).
+                        Some(Ok(ProcessEvent::End(exit))) if exit.timed_out && kill_at_deadline => {
                             return Err(deadline_exceeded(follow.timeout));
                         }
                         Some(Ok(ProcessEvent::End(exit))) => {

@@ -18,7 +18,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use crate::sessions::Session;
 use crate::state::AppState;
 use crate::{Server, ServerConfig, factory_fn};
 
@@ -31,7 +30,6 @@ const JSON_LIMIT: u64 = 64 * 1024;
 struct Envd {
     addr: SocketAddr,
     state: Arc<AppState>,
-    session: Arc<Session>,
     client: Client<HttpConnector, Full<Bytes>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -86,7 +84,7 @@ impl Envd {
             std::future::ready(()),
         ));
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { addr, state, session, client, stop: Some(stop) }
+        Self { addr, state, client, stop: Some(stop) }
     }
 
     async fn shutdown(mut self) {
@@ -379,6 +377,11 @@ async fn filesystem_calls_answer_as_envd_does() {
         .await
         .assert_error(404, "not_found");
     envd.unary("filesystem.Filesystem/Stat", json!({"path": "/etc/passwd"})).await.assert_error(404, "not_found");
+    let home = envd.unary("filesystem.Filesystem/Stat", json!({"path": "/home/user"})).await.json();
+    assert_eq!(
+        (home["entry"]["type"].as_str(), home["entry"]["path"].as_str()),
+        (Some("FILE_TYPE_DIRECTORY"), Some("/home/user"))
+    );
 
     let listed = envd.unary("filesystem.Filesystem/ListDir", json!({"path": "/home/user/proj", "depth": 1})).await;
     let mut names: Vec<String> =
@@ -571,6 +574,11 @@ async fn commands_run(envd: &Envd) {
 async fn commands_run_streams_output_and_the_exit_code() {
     let envd = Envd::start().await;
     commands_run(&envd).await;
+    // A silence longer than the client's keepalive interval (1 s here) carries keepalives.
+    let quiet = envd.stream("process.Process/Start", bash("sleep 2; echo after"), None).await;
+    let first_output = quiet.messages.iter().position(|m| m["event"].get("data").is_some()).unwrap();
+    assert!(quiet.messages[..first_output].iter().any(|m| m["event"] == json!({"keepalive": {}})), "{quiet:?}");
+    assert_eq!(quiet.output("stdout"), "after\n");
     envd.shutdown().await;
 }
 
@@ -595,10 +603,12 @@ async fn a_deadline_kills_the_command_and_ends_the_stream() {
     assert_eq!(run.error_code(), Some("deadline_exceeded"), "{run:?}");
     assert!(run.events().iter().all(|e| e.get("end").is_none()), "no end event: {run:?}");
     let pid = run.events()[0]["start"]["pid"].as_u64().unwrap();
-    // The process is gone: signalling it finds nothing.
-    let listed = envd.unary("process.Process/List", json!({})).await.json();
-    let pids: Vec<u64> = listed["processes"].as_array().unwrap().iter().filter_map(|p| p["pid"].as_u64()).collect();
-    assert!(!pids.contains(&pid), "{listed}");
+    // The process was killed: followed again, it is gone or ends killed.
+    let followed = envd.stream("process.Process/Connect", json!({"process": {"pid": pid}}), None).await;
+    match followed.error_code() {
+        Some(code) => assert_eq!(code, "not_found", "{followed:?}"),
+        None => assert_eq!(followed.events().last().unwrap()["end"]["status"], "signal: killed", "{followed:?}"),
+    }
     envd.shutdown().await;
 }
 
