@@ -26,8 +26,6 @@ const NODES: usize = 3;
 /// The Python clients, pinned as the compatibility tests pin them.
 const API01_CLIENT: &str = "codeboxapi==0.1.19";
 const API02_CLIENT: &str = "codeboxapi==0.2.6";
-/// The E2B SDK, as `tests/python/e2b_compat.py` pins it.
-const E2B_CLIENT: [&str; 2] = ["e2b-code-interpreter==2.11.5", "e2b<3"];
 
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
@@ -381,11 +379,9 @@ fn three_servers_behind_nginx_route_every_client_to_the_owner() {
 
     // The E2B SDK, unchanged, with the proxy as its API and sandbox URL: sandbox ids are
     // session ids minted by a node, sandbox traffic names its sandbox in `E2b-Sandbox-Id`.
-    // Every operation that reaches a sandbox must pass, sync and async. (Listing goes to any
-    // one server and lists that server's sandboxes only: no fan-out. The script's contexts
-    // and files checks depend on the kernels' room under this suite's limits, on one server
-    // as behind the proxy, and are not what this test is about.)
-    let out = Command::new(client_python(&E2B_CLIENT, "e2b_code_interpreter"))
+    // Every operation passes, sync and async, but listing: it goes to any one server and
+    // lists that server's sandboxes only (no fan-out), so it may miss the run's sandbox.
+    let out = Command::new(crate::e2b::client_python())
         .arg(repo_file("tests/python/e2b_compat.py"))
         .arg("full")
         .env("E2B_API_URL", &url)
@@ -396,15 +392,18 @@ fn three_servers_behind_nginx_route_every_client_to_the_owner() {
         .output()
         .expect("running the E2B SDK");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for suite in ["sync", "async"] {
-        for operation in ["create", "run_code", "run_code_error", "set_timeout", "get_metrics", "kill"] {
-            assert!(
-                stdout.lines().any(|l| l == format!("ok {suite}:{operation}")),
-                "the E2B SDK through nginx: {suite}:{operation} did not pass:\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
+    // `FAILED sync:list: why`: the operation's name is up to the first ": ".
+    let unexpected: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("FAILED "))
+        .filter(|l| !l.split(": ").next().unwrap_or_default().ends_with(":list"))
+        .collect();
+    let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert!(
+        unexpected.is_empty() && passed >= 20,
+        "the E2B SDK through nginx ({passed} passed):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A client that goes away mid-execution, through the proxy, interrupts its code: the
     // session answers the next execution instead of sleeping on.
