@@ -319,7 +319,8 @@ mod tests {
             shown[31],
             "cargo check --package codebox --locked --no-default-features --features local,remote,server,rustls,blocking"
         );
-        assert_eq!(shown.len(), 32);
+        assert_eq!(shown[32], "deploy (nginx -t, kubectl kustomize, kubernetes-validate)");
+        assert_eq!(shown.len(), 33);
         let steps: Vec<&str> = plan.iter().map(|j| j.step).collect();
         assert!(
             steps.windows(2).all(|w| STEPS.iter().position(|s| *s == w[0]) <= STEPS.iter().position(|s| *s == w[1]))
@@ -342,7 +343,7 @@ mod tests {
         let err = run(&Options { skip: vec!["lint".into()] }).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown step `lint` (steps: setup, fmt, tidy, clippy, test, leaks, doc, features)"
+            "unknown step `lint` (steps: setup, fmt, tidy, clippy, test, leaks, doc, features, deploy)"
         );
     }
 
