@@ -6,7 +6,7 @@
 //! loudly, and a failure under `CI=true`), `leaks` (nothing the tests' boxes
 //! had is left on the machine: see [`crate::leaks`]), `doc`, `features` (every distinct
 //! combination of the facade's `local`, `remote`, `server`, `rustls` and `blocking` features, with
-//! `cargo check`).
+//! `cargo check`), `deploy` (the files under `deploy/`: see [`crate::deploy`]).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::workspace::{cargo, display};
 
 /// The steps, in the order they run.
-pub(crate) const STEPS: [&str; 8] = ["setup", "fmt", "tidy", "clippy", "test", "leaks", "doc", "features"];
+pub(crate) const STEPS: [&str; 9] = ["setup", "fmt", "tidy", "clippy", "test", "leaks", "doc", "features", "deploy"];
 
 /// The facade's optional features; the matrix checks every distinct subset of them.
 const FACADE: &str = "codebox";
@@ -53,6 +53,8 @@ enum Action {
     Skips,
     /// The house rules (see [`crate::tidy`]).
     Tidy,
+    /// The deployment files (see [`crate::deploy`]).
+    Deploy,
 }
 
 impl Job {
@@ -63,6 +65,7 @@ impl Job {
             Action::Setup => "system prerequisites (bubblewrap, python3-venv, build tools, ...)".to_owned(),
             Action::Skips => format!("tests that were skipped ({})", skip_log().display()),
             Action::Tidy => "tidy (module comments, allow reasons, typed errors, file length, unused deps)".to_owned(),
+            Action::Deploy => "deploy (nginx -t, kubectl kustomize, kubernetes-validate)".to_owned(),
         }
     }
 }
@@ -107,6 +110,8 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             Action::Setup => crate::prereqs::ensure().with_context(|| format!("step `{}` failed", job.label)),
             Action::Skips => skips_reported(&skip_log(), in_ci),
             Action::Tidy => crate::tidy::run().with_context(|| format!("step `{}` failed", job.label)),
+            Action::Deploy => crate::deploy::run(&crate::deploy::Options::default())
+                .with_context(|| format!("step `{}` failed", job.label)),
         };
         timings.push((job.label.clone(), t.elapsed()));
         if let Err(e) = outcome {
@@ -217,6 +222,7 @@ fn plan() -> Vec<Job> {
         let label = if features.is_empty() { "none".to_owned() } else { list.clone() };
         jobs.push(job("features", format!("features: {label}"), &args));
     }
+    jobs.push(Job { step: "deploy", label: "deploy".into(), action: Action::Deploy });
     jobs
 }
 
@@ -313,7 +319,8 @@ mod tests {
             shown[31],
             "cargo check --package codebox --locked --no-default-features --features local,remote,server,rustls,blocking"
         );
-        assert_eq!(shown.len(), 32);
+        assert_eq!(shown[32], "deploy (nginx -t, kubectl kustomize, kubernetes-validate)");
+        assert_eq!(shown.len(), 33);
         let steps: Vec<&str> = plan.iter().map(|j| j.step).collect();
         assert!(
             steps.windows(2).all(|w| STEPS.iter().position(|s| *s == w[0]) <= STEPS.iter().position(|s| *s == w[1]))
@@ -336,7 +343,7 @@ mod tests {
         let err = run(&Options { skip: vec!["lint".into()] }).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown step `lint` (steps: setup, fmt, tidy, clippy, test, leaks, doc, features)"
+            "unknown step `lint` (steps: setup, fmt, tidy, clippy, test, leaks, doc, features, deploy)"
         );
     }
 

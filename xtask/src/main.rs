@@ -7,7 +7,9 @@
 //! - `release VERSION`: bumps every crate and internal pin together, moves the changelog's
 //!   Unreleased section under the version, checks that every publishable crate packages;
 //! - `publish`: publishes the crates in dependency order, resuming after a failure;
-//! - `dist-assets`: the `codebox` command's shell completions and man pages.
+//! - `dist-assets`: the `codebox` command's shell completions and man pages;
+//! - `deploy`: the nginx configuration and Kubernetes manifests under `deploy/` are
+//!   consistent, accepted by nginx, render with kustomize and validate against the schemas.
 //!
 //! xtask depends on no workspace crate, so it works while the workspace does not build.
 
@@ -18,6 +20,7 @@ mod bench;
 mod changelog;
 mod ci;
 mod date;
+mod deploy;
 mod dist_assets;
 mod leaks;
 mod prereqs;
@@ -45,12 +48,19 @@ enum Cmd {
     /// Everything CI checks: fmt, tidy, clippy, test, a leak check, doc, and every feature
     /// combination of the facade.
     Ci {
-        /// Skip a step (setup, fmt, tidy, clippy, test, leaks, doc, features); repeatable.
+        /// Skip a step (setup, fmt, tidy, deploy, clippy, test, leaks, doc, features); repeatable.
         #[arg(long, value_name = "STEP")]
         skip: Vec<String>,
         /// Same as `--skip test --skip leaks`.
         #[arg(long)]
         skip_tests: bool,
+    },
+    /// Check deploy/: the nginx ConfigMap is generated from deploy/nginx/, nginx accepts the
+    /// configuration, and the Kubernetes manifests render and validate offline.
+    Deploy {
+        /// Regenerate deploy/kubernetes/base/nginx-config.yaml instead of checking it.
+        #[arg(long)]
+        write: bool,
     },
     /// The house rules rustc and clippy do not check: module comments, reasons for `allow`,
     /// typed errors in libraries, file length, unused dependencies.
@@ -108,6 +118,7 @@ fn main() -> ExitCode {
             ci::run(&ci::Options { skip })
         }
         Cmd::Tidy => tidy::run(),
+        Cmd::Deploy { write } => deploy::run(&deploy::Options { write }),
         Cmd::Bench { only, out, timeout, args } => {
             bench::run(&bench::Options { only, out, timeout: Duration::from_secs(timeout), args })
         }

@@ -35,6 +35,11 @@ const PREREQS: &[Prereq] = &[
     Prereq { package: "git", program: "git", why: "the release tooling's tests" },
     Prereq { package: "ca-certificates", program: "update-ca-certificates", why: "TLS to the package index" },
     Prereq { package: "procps", program: "ps", why: "process checks (no kernel outlives its owner)" },
+    Prereq {
+        package: "nginx",
+        program: "nginx",
+        why: "the proxy of the several-servers test and `cargo xtask deploy`'s check of deploy/nginx/",
+    },
 ];
 
 /// Check the prerequisites and install what is missing where that can be done unattended.

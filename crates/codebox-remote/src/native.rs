@@ -29,6 +29,8 @@ use crate::session::{Protocol, Session};
 
 /// The `Upgrade` protocol of the server's port route that splices raw TCP to a box's port.
 const PORT_PROTOCOL: &str = "codebox-tcp";
+/// The header that repeats the id of a session being created (nginx routes by it).
+const SESSION_ID_HEADER: &str = "codebox-session-id";
 
 /// How long an install or a command may stay silent before the client gives up.
 const LONG_OPERATION: Duration = Duration::from_secs(3600);
@@ -121,7 +123,13 @@ impl Session for NativeSession {
         } else {
             let body = self.create.to_wire(&conn.id);
             // Creating with an explicit id is idempotent: the server attaches when it exists.
-            let req = conn.request(Method::POST, &self.sessions_url())?.json(&body)?.retry(Retry::Idempotent);
+            // The id goes in a header too, so that a proxy in front of several servers sends
+            // the creation where the session's later requests go (docs/scaling.md).
+            let req = conn
+                .request(Method::POST, &self.sessions_url())?
+                .header(http::HeaderName::from_static(SESSION_ID_HEADER), &conn.id)?
+                .json(&body)?
+                .retry(Retry::Idempotent);
             let info: SessionInfo = conn.http.send(req).await?.json().await?;
             if info.id != conn.id {
                 return Err(CodeBoxError::protocol(format!(

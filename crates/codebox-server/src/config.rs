@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use codebox_core::{ApiKey, CodeBoxError, ResourceLimits, Result};
 
+use crate::node::NodeId;
+
 /// The default of [`ServerConfig::max_upload_bytes`].
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 << 20;
 
@@ -113,6 +115,14 @@ pub struct ServerConfig {
     /// The most bytes one key's paused sessions may take on disk; past it that key's
     /// sessions paused longest are removed first. `None`: no bound.
     pub paused_disk_per_key: Option<u64>,
+    /// The node this server runs as: every session id it mints starts with it, so a proxy
+    /// in front of several servers routes by the id alone (see [`NodeId`]). `None`: ids
+    /// carry no node (one server).
+    pub node_id: Option<NodeId>,
+    /// On SIGTERM/SIGINT, how long the server keeps serving its sessions while it drains
+    /// (readiness fails, new sessions are refused, idle sessions are paused) before it shuts
+    /// down. Default zero: shut down at once.
+    pub drain_period: Duration,
     /// The key E2B debug-mode traffic (no key, sandbox id `debug_sandbox_id`) acts as, named
     /// by its fingerprint (the first 12 hexadecimal digits of its SHA-256; `anonymous` with
     /// authentication off). `None` (the default) refuses debug mode; it is accepted from
@@ -165,6 +175,8 @@ impl Default for ServerConfig {
             on_idle: OnIdle::default(),
             paused_disk_budget: None,
             paused_disk_per_key: None,
+            node_id: None,
+            drain_period: Duration::ZERO,
             e2b_debug_as: None,
         }
     }
@@ -307,6 +319,18 @@ impl ServerConfig {
     /// Let running executions finish for `grace` on shutdown before interrupting them.
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Run as node `node`: minted session ids carry it.
+    pub fn with_node_id(mut self, node: NodeId) -> Self {
+        self.node_id = Some(node);
+        self
+    }
+
+    /// Keep serving for `period` after SIGTERM/SIGINT while draining, before shutting down.
+    pub fn with_drain_period(mut self, period: Duration) -> Self {
+        self.drain_period = period;
         self
     }
 

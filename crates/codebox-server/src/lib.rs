@@ -29,6 +29,7 @@ mod factory;
 mod listing;
 mod mcp;
 mod metrics;
+mod node;
 mod params;
 mod paused;
 mod ratelimit;
@@ -53,6 +54,7 @@ pub use crate::config::{
     DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, MIN_METRICS_INTERVAL, OnIdle, ServerConfig,
 };
 pub use crate::factory::{BoxFactory, BoxRequest, factory_fn};
+pub use crate::node::{NODE_SEPARATOR, NodeId};
 
 use crate::auth::ApiKeys;
 use crate::metrics::Metrics;
@@ -162,6 +164,7 @@ impl Server {
             let state = Arc::clone(&state);
             async move {
                 shutdown.await;
+                drain(&state).await;
                 tracing::info!("shutting down");
                 state.registry.refuse_new();
                 state.mcp.stop();
@@ -259,6 +262,52 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
         async {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Drain before shutting down, for at most `drain_period`: readiness fails and new sessions
+/// are refused, so a load balancer sends them elsewhere, while the sessions the server has
+/// keep being served. Sessions that are not executing are paused when the server keeps a state
+/// directory (the server that comes back on it resumes them; until then they answer 503), and
+/// executing ones once they finish. Draining ends early once every session is paused.
+async fn drain(state: &AppState) {
+    let period = state.config.drain_period;
+    if period.is_zero() {
+        return;
+    }
+    tracing::info!(?period, "draining: no new sessions");
+    state.registry.refuse_new();
+    let deadline = tokio::time::Instant::now() + period;
+    let can_pause = state.config.state_dir.is_some();
+    // Sessions whose box cannot be paused are not asked again.
+    let mut unpausable = std::collections::HashSet::new();
+    loop {
+        let mut unpaused = 0;
+        for session in state.registry.all() {
+            if session.is_paused() {
+                continue;
+            }
+            unpaused += 1;
+            if !can_pause || session.is_executing() || unpausable.contains(&session.id) {
+                continue;
+            }
+            match state.registry.pause(session.owner, &session.id).await {
+                Ok(_) => {
+                    unpaused -= 1;
+                    tracing::info!(session = %session.id, "paused while draining");
+                }
+                Err(e) => {
+                    tracing::info!(session = %session.id, error = %e, "cannot be paused: served until shutdown");
+                    unpausable.insert(session.id.clone());
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if unpaused == 0 || now >= deadline {
+            tracing::info!(unpaused, "drained");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250).min(deadline - now)).await;
     }
 }
 

@@ -8,6 +8,8 @@ use http::Method;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
     Health,
+    /// `/ready`: readiness, failing once the server drains.
+    Ready,
     Metrics,
     OpenApi,
     CreateSession,
@@ -54,8 +56,9 @@ pub(crate) enum Route {
 
 impl Route {
     /// Every route.
-    pub(crate) const ALL: [Route; 41] = [
+    pub(crate) const ALL: [Route; 42] = [
         Route::Health,
+        Route::Ready,
         Route::Metrics,
         Route::OpenApi,
         Route::CreateSession,
@@ -124,6 +127,7 @@ impl Route {
     pub(crate) fn spec(self) -> (Method, &'static str) {
         match self {
             Route::Health => (Method::GET, "/health"),
+            Route::Ready => (Method::GET, "/ready"),
             Route::Metrics => (Method::GET, "/metrics"),
             Route::OpenApi => (Method::GET, "/openapi.json"),
             Route::CreateSession => (Method::POST, "/v1/sessions"),
@@ -169,7 +173,7 @@ impl Route {
 
     /// Whether the route needs an API key.
     pub(crate) fn needs_auth(self) -> bool {
-        self != Route::Health
+        !matches!(self, Route::Health | Route::Ready)
     }
 }
 

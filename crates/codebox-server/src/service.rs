@@ -56,9 +56,11 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
     let caller = state.keys.identify(req.headers());
     let path = req.uri().path().to_owned();
     // Before anything else is done for the request: a key over its rate costs the server no
-    // more than this. `/health` is for probes, which must not be refused for a busy key.
+    // more than this. `/health` and `/ready` are for probes, which must not be refused for a
+    // busy key.
     if let Some(owner) = caller.owner()
         && path != "/health"
+        && path != "/ready"
         && let Err(err) = state.rates.check(owner)
     {
         state.metrics.request_rate_limited();
@@ -89,6 +91,12 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
     };
     match route {
         Route::Health => return json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        // A load balancer sends new sessions only to ready servers; a draining one still
+        // serves the sessions it has, so it stays live (`/health`) while it is not ready.
+        Route::Ready if state.registry.refuses_new() => {
+            return json_response(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "draining"}));
+        }
+        Route::Ready => return json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         Route::OpenApi if caller.owner().is_some() => {
             let mut resp = Response::new(Body::full(OPENAPI));
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -285,6 +285,8 @@ pub(crate) struct Registry {
     pause_idle: bool,
     /// The bytes paused sessions may take on disk, server-wide and per key.
     paused_budget: (Option<u64>, Option<u64>),
+    /// The node minted ids carry.
+    node: Option<crate::node::NodeId>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -302,7 +304,8 @@ pub(crate) fn valid_session_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn new_session_id() -> String {
+/// A fresh session id: 32 random hex digits, after `node` and `--` when the server has a node.
+fn new_session_id(node: Option<&crate::node::NodeId>) -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
         // No OS randomness: ids stay unique (counter) if not unpredictable; ownership still guards them.
@@ -310,7 +313,11 @@ fn new_session_id() -> String {
         bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
         bytes[8..].copy_from_slice(&FALLBACK.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match node {
+        Some(node) => node.session_id(&random),
+        None => random,
+    }
 }
 
 impl Registry {
@@ -339,6 +346,7 @@ impl Registry {
             resumes: tokio::sync::Mutex::new(()),
             pause_idle: config.on_idle == crate::config::OnIdle::Pause,
             paused_budget: (config.paused_disk_budget, config.paused_disk_per_key),
+            node: config.node_id.clone(),
         };
         registry.load_paused();
         registry
@@ -490,16 +498,18 @@ impl Registry {
                 .into());
             }
             Some(id) => id.to_owned(),
-            None => new_session_id(),
+            None => new_session_id(self.node.as_ref()),
         };
         let key = Key { owner, id: id.clone() };
         let slot = {
             let mut slots = self.lock();
-            if self.closed.load(Ordering::Acquire) {
-                return Err(ApiError::new(503, ErrorKind::Connection, "the server is shutting down"));
-            }
             match slots.get(&key) {
                 Some(slot) => Arc::clone(slot),
+                // A draining server still serves the sessions it has, but starts no more.
+                None if self.closed.load(Ordering::Acquire) => {
+                    return Err(ApiError::new(503, ErrorKind::Connection, "the server is shutting down")
+                        .with_retry_after(self.retry_after));
+                }
                 None => {
                     // A paused session holds no box: it takes no room but its disk.
                     if slots.values().filter(|s| !s.cell.get().is_some_and(|s| s.is_paused())).count()
@@ -687,6 +697,16 @@ impl Registry {
         let _slots = self.lock();
         self.closed.store(true, Ordering::Release);
     }
+
+    /// Whether new sessions are refused (the server is draining or shutting down).
+    pub(crate) fn refuses_new(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The node minted session ids carry.
+    pub(crate) fn node(&self) -> Option<&crate::node::NodeId> {
+        self.node.as_ref()
+    }
 }
 
 async fn stop_box(session: &Session) {
@@ -803,6 +823,15 @@ impl Registry {
         let session = self.require(owner, id)?;
         if !session.is_paused() {
             return Err(ApiError::new(409, ErrorKind::InvalidInput, format!("session {id} is not paused")));
+        }
+        if self.refuses_new() {
+            // Its state stays on disk: the server that comes back on this state directory has it.
+            return Err(ApiError::new(
+                503,
+                ErrorKind::Connection,
+                format!("session {id} is paused and this server is going away; it resumes once the server is back"),
+            )
+            .with_retry_after(self.retry_after));
         }
         let owner_name = self.record.owner_name(owner).to_owned();
         let record = self.paused.load_one(&owner_name, id).ok_or_else(|| self.missing(owner, id))?;

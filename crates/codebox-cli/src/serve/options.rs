@@ -198,6 +198,21 @@ pub(super) struct ServeOptions {
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
     pub(super) shutdown_grace: Option<Duration>,
 
+    /// On SIGTERM/SIGINT, drain for up to this long before shutting down: readiness
+    /// (`/ready`) fails and new sessions are refused, the sessions the server has keep being
+    /// served, and those not executing are paused (to the state directory, for the server
+    /// that comes back on it) [default: 0s, no draining].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub(super) drain_period: Option<Duration>,
+
+    /// The node this server runs as, put in every session id it mints (`<node>--<random>`)
+    /// so that a proxy in front of several servers routes by the id alone; letters, digits
+    /// and `-` [default: the host name's first label, e.g. a StatefulSet pod's name].
+    #[arg(long, value_name = "NAME")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) node_id: Option<String>,
+
     /// Measure every session's box (CPU, memory, disk, network, processes) this often into
     /// its series, `GET /v1/sessions/{id}/metrics`; 0 turns sampling off (each request then
     /// measures), otherwise at least 1s [default: 5s].

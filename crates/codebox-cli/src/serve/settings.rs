@@ -258,6 +258,17 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
     if let Some(d) = o.shutdown_grace {
         server = server.with_shutdown_grace(d);
     }
+    if let Some(d) = o.drain_period {
+        server = server.with_drain_period(d);
+    }
+    match &o.node_id {
+        Some(node) => server = server.with_node_id(codebox_server::NodeId::new(node.as_str())?),
+        None => {
+            if let Some(node) = hostname().as_deref().and_then(codebox_server::NodeId::from_hostname) {
+                server = server.with_node_id(node);
+            }
+        }
+    }
     if let Some(d) = o.metrics_interval {
         server = server.with_metrics_interval(d);
     }
@@ -293,6 +304,15 @@ fn session_limits(limits: &Limits) -> codebox_core::ResourceLimits {
     out.processes = limits.pids;
     out.disk_bytes = limits.workdir_size;
     out
+}
+
+/// This machine's host name (a pod's name, in Kubernetes), where the system tells it.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 #[cfg(test)]
@@ -474,6 +494,18 @@ op-from-file
             settings(parse(&["--no-auth", "--max-session-timeout", "1m", "--default-session-timeout", "2m"]), None)
                 .unwrap_err();
         assert!(err.to_string().contains("above max_session_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_node_id_comes_from_the_flag_or_the_host_name_and_is_checked() {
+        let s = settings(parse(&["--no-auth", "--node-id", "codebox-2", "--drain-period", "20s"]), None).unwrap();
+        assert_eq!(s.server.node_id.as_ref().map(codebox_server::NodeId::as_str), Some("codebox-2"));
+        assert_eq!(s.server.drain_period, Duration::from_secs(20));
+        let s = settings(parse(&["--no-auth"]), None).unwrap();
+        let from_host = hostname().as_deref().and_then(codebox_server::NodeId::from_hostname);
+        assert_eq!(s.server.node_id, from_host);
+        let err = settings(parse(&["--no-auth", "--node-id", "a--b"]), None).unwrap_err();
+        assert!(err.to_string().contains("node id \"a--b\""), "{err}");
     }
 
     #[test]

@@ -7,5 +7,6 @@ mod mcp;
 mod pause;
 mod run;
 mod run_env;
+mod scaling;
 mod serve;
 mod serve_options;

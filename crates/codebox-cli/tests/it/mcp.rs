@@ -27,7 +27,7 @@ fn quiet(cmd: &mut Command) -> bool {
 
 /// The Python of a virtualenv with the `mcp` client, made under target/ on first use (the
 /// same way as the codebox-api clients' virtualenv of codebox-remote's tests).
-fn client_python() -> PathBuf {
+pub(crate) fn client_python() -> PathBuf {
     let venv = target_dir().join("mcp-venv");
     let python = venv.join("bin/python");
     let probe = |p: &Path| quiet(Command::new(p).args(["-c", "import mcp, httpx2; from mcp import Client"]));
@@ -55,7 +55,7 @@ fn client_python() -> PathBuf {
     python
 }
 
-fn script() -> PathBuf {
+pub(crate) fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../codebox-mcp/tests/python/every_tool.py")
 }
 

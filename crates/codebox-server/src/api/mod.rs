@@ -58,7 +58,7 @@ pub(crate) async fn dispatch(
         tracing::info!(session = %id, error = %e, "serving a paused session's files from its snapshot");
     }
     match route {
-        Route::Health | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route").into()),
+        Route::Health | Route::Ready | Route::Metrics | Route::OpenApi => Err(CodeBoxError::not_found("route").into()),
         Route::CreateSession => sessions::create(state, owner, req).await,
         Route::ListSessions => sessions::list(state, owner, &req).await,
         Route::GetSession => sessions::get(state, owner, id).await,

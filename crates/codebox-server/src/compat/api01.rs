@@ -159,7 +159,7 @@ where
 
 /// `GET /codebox/start`: a new session under a fresh integer id.
 async fn start(scope: &Scope<'_>) -> ApiResult<Response<Body>> {
-    let id = random_id()?;
+    let id = crate::node::NodeId::api01_id(scope.state.registry.node(), random_id()?);
     scope.open(&id.to_string()).await?;
     ok_json(&Started { id })
 }

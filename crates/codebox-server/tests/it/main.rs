@@ -7,6 +7,7 @@ mod bad_input;
 mod e2b;
 mod e2b_envd;
 mod local;
+mod nodes;
 mod ports;
 mod processes;
 mod props;

@@ -298,6 +298,12 @@ impl TestServer {
         Self { addr, factory, stop: Some(stop), task: Some(task), client: client() }
     }
 
+    /// The sender of the server's shutdown signal, for a test that watches it shut down;
+    /// [`shutdown`](Self::shutdown) then waits for the end.
+    pub(crate) fn stop_signal(&mut self) -> oneshot::Sender<()> {
+        self.stop.take().expect("the server's shutdown signal was taken already")
+    }
+
     /// Shut the server down and wait until it is down.
     pub(crate) async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -380,6 +386,21 @@ impl Reply {
 pub(crate) async fn eventually(what: &str, cond: impl Fn() -> bool) {
     for _ in 0..1000 {
         if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Wait until the async `cond` holds, polling; panics after 10 s.
+pub(crate) async fn eventually_async<F, Fut>(what: &str, cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1000 {
+        if cond().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
