@@ -17,28 +17,49 @@ struct Prereq {
     /// A program on PATH that the package provides (checked where there is no dpkg).
     program: &'static str,
     why: &'static str,
+    /// Whether any program of that name on PATH will do (a newer one installed otherwise than
+    /// from this package must not be replaced, nor conflict with it).
+    any_program: bool,
 }
 
 /// Everything the workspace's tests need from the system. The one list: `.ci/run` keeps only
 /// the Rust toolchain's own parts.
 const PREREQS: &[Prereq] = &[
-    Prereq { package: "python3", program: "python3", why: "kernels and the Python client tests" },
+    Prereq { package: "python3", program: "python3", why: "kernels and the Python client tests", any_program: false },
     Prereq {
         package: "python3-venv",
         program: "python3",
         why: "LocalBox's managed environment and the client tests' virtualenvs (`python3 -m venv`)",
+        any_program: false,
     },
-    Prereq { package: "python3-pip", program: "python3", why: "installs into those virtualenvs" },
-    Prereq { package: "bubblewrap", program: "bwrap", why: "the sandboxed kernels" },
-    Prereq { package: "build-essential", program: "cc", why: "C code in dependencies (ring)" },
-    Prereq { package: "pkg-config", program: "pkg-config", why: "C dependencies' build scripts" },
-    Prereq { package: "git", program: "git", why: "the release tooling's tests" },
-    Prereq { package: "ca-certificates", program: "update-ca-certificates", why: "TLS to the package index" },
-    Prereq { package: "procps", program: "ps", why: "process checks (no kernel outlives its owner)" },
+    Prereq { package: "python3-pip", program: "python3", why: "installs into those virtualenvs", any_program: false },
+    Prereq { package: "bubblewrap", program: "bwrap", why: "the sandboxed kernels", any_program: false },
+    Prereq { package: "build-essential", program: "cc", why: "C code in dependencies (ring)", any_program: false },
+    Prereq { package: "pkg-config", program: "pkg-config", why: "C dependencies' build scripts", any_program: false },
+    Prereq { package: "git", program: "git", why: "the release tooling's tests", any_program: false },
+    Prereq {
+        package: "ca-certificates",
+        program: "update-ca-certificates",
+        why: "TLS to the package index",
+        any_program: false,
+    },
+    Prereq {
+        package: "procps",
+        program: "ps",
+        why: "process checks (no kernel outlives its owner)",
+        any_program: false,
+    },
     Prereq {
         package: "nginx",
         program: "nginx",
         why: "the proxy of the several-servers test and `cargo xtask deploy`'s check of deploy/nginx/",
+        any_program: false,
+    },
+    Prereq {
+        package: "kubernetes-client",
+        program: "kubectl",
+        why: "`cargo xtask deploy` renders deploy/kubernetes with `kubectl kustomize`",
+        any_program: true,
     },
 ];
 
@@ -57,7 +78,11 @@ pub(crate) fn ensure() -> Result<()> {
             missing.iter().map(|p| p.package).collect::<Vec<_>>().join(" ")
         );
     }
-    let missing: Vec<&str> = PREREQS.iter().filter(|p| !installed(p.package)).map(|p| p.package).collect();
+    let missing: Vec<&str> = PREREQS
+        .iter()
+        .filter(|p| !installed(p.package) && !(p.any_program && has(p.program)))
+        .map(|p| p.package)
+        .collect();
     if missing.is_empty() {
         eprintln!("    every prerequisite package is installed");
     } else {

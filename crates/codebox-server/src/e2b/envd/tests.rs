@@ -1,3 +1,4 @@
+//! Long file: every envd method and its error cases through one real server and box, which one file sets up once.
 //! envd over real HTTP in front of a real LocalBox: a listener on 127.0.0.1 whose every
 //! request goes to [`handle`](super::handle) for one session of the server's registry, and a
 //! client that speaks the wire by hand (multipart, gzip, Connect envelopes), as E2B's SDK
