@@ -80,7 +80,7 @@ pub(crate) fn ensure() -> Result<()> {
     }
     let missing: Vec<&str> = PREREQS
         .iter()
-        .filter(|p| !installed(p.package) && !(p.any_program && has(p.program)))
+        .filter(|p| !(installed(p.package) || (p.any_program && has(p.program))))
         .map(|p| p.package)
         .collect();
     if missing.is_empty() {
