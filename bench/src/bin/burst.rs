@@ -86,7 +86,8 @@ impl Client {
     /// Create a session and run `1 + 1` in it; checks the answer.
     async fn session_with_one_cell(&self) -> Result<Answered> {
         let started = Instant::now();
-        let req = Request::new(Method::POST, &format!("{}/v1/sessions", self.base))?.bearer(&self.key)?.json(&json!({}))?;
+        let req =
+            Request::new(Method::POST, &format!("{}/v1/sessions", self.base))?.bearer(&self.key)?.json(&json!({}))?;
         let info: Value = self.http.send(req).await?.json().await?;
         let create = started.elapsed();
         let id = info["id"].as_str().with_context(|| format!("no session id in {info}"))?.to_owned();
@@ -194,7 +195,8 @@ async fn idle_density(client: &Client, n: usize) -> Result<Value> {
     for id in &ids {
         client.delete(id).await?;
     }
-    let per = |before: u64, after: u64| (after.saturating_sub(before) as f64 / 1024.0 / n as f64 * 100.0).round() / 100.0;
+    let per =
+        |before: u64, after: u64| (after.saturating_sub(before) as f64 / 1024.0 / n as f64 * 100.0).round() / 100.0;
     Ok(json!({
         "sessions": n,
         "pss_mib_per_session": per(pss_before, pss_after),
