@@ -50,7 +50,7 @@ impl fmt::Display for ApiKey {
 /// | `CODEBOX_VERBOSE` | `verbose` | false |
 /// | `CODEBOX_SESSION_ID` | `session_id` | none: a new session |
 /// | `CODEBOX_PYTHON` | `python` | discovered or provisioned |
-/// | `CODEBOX_KERNEL` | `kernel` | `python3` |
+/// | `CODEBOX_KERNEL` | `kernel` | `python3-lean` |
 /// | `CODEBOX_FACTORY_ID` | `factory_id` | none |
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

@@ -70,7 +70,7 @@
 //!
 //! A [`Template`] names a kernel, the language of cells that name none, packages, variables
 //! and default limits; [`with_template`](LocalBoxBuilder::with_template) takes a built-in
-//! (`python`, `python-minimal`, `bash`, `javascript`, `typescript`) and
+//! (`python`, `python-ipykernel`, `python-minimal`, `bash`, `javascript`, `typescript`) and
 //! [`with_template_def`](LocalBoxBuilder::with_template_def) any. A template with packages
 //! runs on a Python environment of its own ([`template_python_dir`]), built on first use
 //! under a lock (reported as [`ProvisionEvent`]s), cached by the hash of its profile and

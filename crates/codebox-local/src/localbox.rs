@@ -55,7 +55,7 @@ impl std::fmt::Debug for LocalBox {
 }
 
 impl LocalBox {
-    /// A builder with the defaults: kernel `python3`, Python from `CODEBOX_PYTHON` or the
+    /// A builder with the defaults: kernel `python3-lean`, Python from `CODEBOX_PYTHON` or the
     /// managed environment, a temporary working directory, 10 MiB output per execution.
     pub fn builder() -> LocalBoxBuilder {
         LocalBoxBuilder { config: Config::default() }
@@ -254,7 +254,7 @@ impl CodeBox for LocalBox {
         }
         languages.push("bash".to_owned());
         match self.inner.config.kernel.as_str() {
-            "python3" | "python" => {}
+            "python3" | "python" | crate::LEAN_KERNEL => {}
             crate::kernelspec::DENO_KERNEL => {
                 languages.extend(crate::kernelspec::DENO_LANGUAGES.iter().map(|l| (*l).to_owned()));
             }

@@ -149,17 +149,24 @@ impl Template {
     pub fn builtins() -> Vec<Template> {
         let builtin = |t: Template| Template { builtin: true, ..t };
         vec![
+            // The Python templates run the lean kernel (IPython without ipykernel): a cell's
+            // round trip costs a fraction of ipykernel's; ARCHITECTURE.md has the figures.
             builtin(
-                Template::new(DEFAULT_TEMPLATE, "python3", "python")
+                Template::new(DEFAULT_TEMPLATE, LEAN_KERNEL, "python")
                     .with_profile(PythonProfile::Data)
                     .with_description("Python with numpy, pandas and matplotlib (the default)"),
             ),
             builtin(
-                Template::new("python-minimal", "python3", "python")
+                Template::new("python-ipykernel", "python3", "python")
+                    .with_profile(PythonProfile::Data)
+                    .with_description("The default's packages under ipykernel: widgets (comms) and the debugger"),
+            ),
+            builtin(
+                Template::new("python-minimal", LEAN_KERNEL, "python")
                     .with_description("Python with no data packages: the leanest environment"),
             ),
             builtin(
-                Template::new("bash", "python3", "bash")
+                Template::new("bash", LEAN_KERNEL, "bash")
                     .with_description("A box whose code runs in bash (Python is there too)"),
             ),
             builtin(
@@ -296,7 +303,7 @@ mod tests {
     #[test]
     fn the_builtins_are_there_and_python_comes_first() {
         let c = TemplateCatalogue::new();
-        assert_eq!(c.names(), ["python", "python-minimal", "bash", "javascript", "typescript"]);
+        assert_eq!(c.names(), ["python", "python-ipykernel", "python-minimal", "bash", "javascript", "typescript"]);
         assert_eq!(c.default_template().profile(), PythonProfile::Data);
         assert_eq!(c.get("typescript").unwrap().kernel(), DENO_KERNEL);
         assert_eq!(c.for_language("javascript").unwrap().name(), "javascript");
@@ -308,7 +315,10 @@ mod tests {
         let c = TemplateCatalogue::new();
         let err = c.get("ruby").unwrap_err();
         assert_eq!(err.kind(), codebox_core::ErrorKind::InvalidInput);
-        assert!(err.to_string().contains("python, python-minimal, bash, javascript, typescript"), "{err}");
+        assert!(
+            err.to_string().contains("python, python-ipykernel, python-minimal, bash, javascript, typescript"),
+            "{err}"
+        );
         let err = c.for_language("cobol").unwrap_err().to_string();
         assert!(err.contains("python, bash, javascript, typescript"), "{err}");
     }

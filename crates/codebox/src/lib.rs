@@ -63,7 +63,7 @@ pub use codebox_server as server;
 ///
 /// No `CODEBOX_API_KEY`, or the key `local`, gives a [`LocalBox`]; any other key gives a
 /// [`RemoteBox`] at `CODEBOX_BASE_URL`. The box is made from the template `CODEBOX_TEMPLATE`
-/// names when it is set (`python`, `python-minimal`, `bash`, `javascript`, `typescript`, or
+/// names when it is set (`python`, `python-ipykernel`, `python-minimal`, `bash`, `javascript`, `typescript`, or
 /// one of the server's own): a local box with `CODEBOX_KERNEL` and `CODEBOX_PYTHON` over it,
 /// a remote one by asking the server for a session of that template.
 pub fn from_env() -> Result<Arc<dyn CodeBox>> {
@@ -170,7 +170,7 @@ mod tests {
         assert!(b.capabilities().languages.contains(&"bash".to_owned()), "{b:?}");
         let err = from_settings_and_template(&settings(None), Some("cobol")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        assert!(err.to_string().contains("python, python-minimal, bash"), "{err}");
+        assert!(err.to_string().contains("python, python-ipykernel, python-minimal, bash"), "{err}");
         assert!(from_settings_and_template(&settings(None), Some("")).is_ok(), "empty: no template");
     }
 

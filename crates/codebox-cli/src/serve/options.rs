@@ -231,7 +231,7 @@ pub(super) struct ServeOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) max_concurrent_starts: Option<usize>,
 
-    /// The kernel new sessions run when they do not ask for one [default: python3].
+    /// The kernel new sessions run when they do not ask for one [default: python3-lean].
     #[arg(long, value_name = "NAME")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) kernel: Option<String>,
@@ -343,9 +343,9 @@ pub(super) struct ServeOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) log_format: Option<String>,
 
-    /// Templates sessions may ask for, beside the built-ins (`python`, `python-minimal`,
+    /// Templates sessions may ask for, beside the built-ins (`python`, `python-ipykernel`, `python-minimal`,
     /// `bash`, `javascript`, `typescript`): config file tables `[templates.NAME]` with
-    /// `description`, `kernel` (default python3), `language` (default python for a Python
+    /// `description`, `kernel` (default python3-lean), `language` (default python for a Python
     /// kernel), `profile` (`data` or `minimal`, default minimal), `packages`, `env`,
     /// `limits` (`memory`, `cpus`, `processes`, `disk`) and `pool` (kernels kept ready). A
     /// table of a built-in's name with only `pool` keeps that built-in warm; with more, it

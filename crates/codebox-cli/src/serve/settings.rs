@@ -138,7 +138,7 @@ fn template_settings(
             }
             continue;
         }
-        let kernel = t.kernel.clone().unwrap_or_else(|| "python3".to_owned());
+        let kernel = t.kernel.clone().unwrap_or_else(|| codebox_local::LEAN_KERNEL.to_owned());
         let language = match &t.language {
             Some(language) => language.clone(),
             None if matches!(kernel.as_str(), "python3" | "python" | codebox_local::LEAN_KERNEL) => "python".to_owned(),
@@ -653,7 +653,7 @@ pool = 2
         let s = settings(parse(&["--config", config.to_str().unwrap()]), None).unwrap();
         assert_eq!(s.templates.len(), 1, "a built-in's pool alone defines nothing");
         let stats = &s.templates[0];
-        assert_eq!((stats.name(), stats.kernel(), stats.language()), ("stats", "python3", "python"));
+        assert_eq!((stats.name(), stats.kernel(), stats.language()), ("stats", codebox_local::LEAN_KERNEL, "python"));
         assert_eq!(stats.profile(), PythonProfile::Data);
         assert_eq!(stats.packages(), ["scipy", "statsmodels==0.14.1"]);
         assert_eq!(stats.env()["MPLBACKEND"], "Agg");

@@ -79,7 +79,7 @@ impl Default for Config {
             provision: Provision::Auto,
             profile: PythonProfile::Data,
             progress: None,
-            kernel: "python3".into(),
+            kernel: crate::LEAN_KERNEL.into(),
             timeout: None,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             interrupt_grace: Duration::from_secs(5),
@@ -205,9 +205,9 @@ impl LocalBoxBuilder {
         self
     }
 
-    /// The kernel to run: `python3` (the default, ipykernel over the box's Python),
-    /// [`LEAN_KERNEL`](crate::LEAN_KERNEL) (IPython over the box's Python without ipykernel:
-    /// shorter round trips and starts, no widgets or debugger), [`DENO_KERNEL`](crate::DENO_KERNEL)
+    /// The kernel to run: [`LEAN_KERNEL`](crate::LEAN_KERNEL) (the default: IPython over the
+    /// box's Python without ipykernel: shorter round trips and starts, no widgets or
+    /// debugger), `python3` (ipykernel over the box's Python), [`DENO_KERNEL`](crate::DENO_KERNEL)
     /// (JavaScript and TypeScript through `deno jupyter`; Deno is `CODEBOX_DENO` or fetched
     /// on first use, see [`managed_deno_dir`](crate::managed_deno_dir)), or the name of an
     /// installed kernelspec.

@@ -308,6 +308,13 @@ def _no_stdin(*args, **kwargs):
     raise StdinNotImplementedError("input() was called, but this box does not support input requests.")
 
 
+def _no_comms(*args, **kwargs):
+    raise NotImplementedError(
+        "widgets (Jupyter comms) are not supported by this box's kernel; "
+        "use the python-ipykernel template for them"
+    )
+
+
 class Kernel:
     def __init__(self, connection):
         self.session = Session(connection.get("key", ""), connection.get("signature_scheme", "hmac-sha256"))
@@ -328,7 +335,13 @@ class Kernel:
         self.control_socket.bind(url("control"))
         self.stdin_socket = self.context.socket(zmq.ROUTER)
         self.stdin_socket.bind(url("stdin"))
-        self.iopub_socket = self.context.socket(zmq.PUB)
+        # XPUB without drops: past the high-water mark a send waits for the reader instead
+        # of dropping the message (a plain PUB socket drops, and a cell that floods output
+        # faster than codebox reads it lost output and, worse, its final `idle` status,
+        # which left the execution waiting for good). A flooding cell runs at the reader's
+        # pace; what codebox keeps of it is capped on its side.
+        self.iopub_socket = self.context.socket(zmq.XPUB)
+        self.iopub_socket.setsockopt(zmq.XPUB_NODROP, 1)
         self.iopub_socket.linger = 1000
         self.iopub_socket.bind(url("iopub"))
         hb = self.context.socket(zmq.ROUTER)
@@ -346,6 +359,13 @@ class Kernel:
         self.shell = LeanShell.instance(config=config, colors="nocolor")
         self.shell.codebox_kernel = self
         builtins.input = _no_stdin
+        # ipywidgets and other comm users get a clear error rather than a silent dummy.
+        try:
+            import comm
+
+            comm.create_comm = _no_comms
+        except ImportError:
+            pass
         import getpass
 
         getpass.getpass = _no_stdin

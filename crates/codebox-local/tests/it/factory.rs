@@ -91,7 +91,10 @@ async fn unknown_templates_and_languages_are_refused_naming_those_there_are() {
     let factory = factory_with(vec![codebox_local::Template::new("stats", "python3", "python")]);
     let err = factory.create(&BoxRequest::new().with_template("ruby")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert!(err.to_string().contains("python, python-minimal, bash, javascript, typescript, stats"), "{err}");
+    assert!(
+        err.to_string().contains("python, python-ipykernel, python-minimal, bash, javascript, typescript, stats"),
+        "{err}"
+    );
     let err = factory.create(&BoxRequest::new().with_language("cobol")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("python, bash, javascript, typescript"), "{err}");
@@ -164,7 +167,7 @@ async fn the_catalogue_lists_builtins_and_configured_templates() {
         .with_env("SECRET_TOKEN", "s3cret");
     let infos = factory_with(vec![stats]).templates();
     let names: Vec<&str> = infos.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["python", "python-minimal", "bash", "javascript", "typescript", "stats"]);
+    assert_eq!(names, ["python", "python-ipykernel", "python-minimal", "bash", "javascript", "typescript", "stats"]);
     let python = &infos[0];
     assert!(python.builtin && python.ready, "the default environment is built for these tests: {python:?}");
     let stats = infos.last().unwrap();

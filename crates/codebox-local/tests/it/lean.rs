@@ -1,5 +1,6 @@
-//! The lean kernel (`python3-lean`): IPython behind the Jupyter protocol without ipykernel.
-//! It must behave like the default kernel wherever codebox promises something.
+//! The lean kernel (`python3-lean`, the default): IPython behind the Jupyter protocol without
+//! ipykernel. It must do what users of the Python templates rely on, and behave like
+//! ipykernel (one template away, `python-ipykernel`) wherever codebox promises something.
 
 use std::time::Duration;
 
@@ -111,5 +112,59 @@ async fn a_dying_lean_kernel_is_reported_and_replaced() {
     assert_eq!(within("the next call", lb.exec("1+1")).await.unwrap().text(), "2");
     lb.restart().await.unwrap();
     assert_eq!(lb.exec("2+2").await.unwrap().text(), "4");
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_default_kernel_is_the_lean_one() {
+    let lb = builder().build().unwrap();
+    lb.start().await.unwrap();
+    assert_eq!(lb.status().await.unwrap().kernel.as_deref(), Some(LEAN_KERNEL));
+    lb.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ipykernel_still_passes_the_conformance_suite() {
+    let lb = builder().with_kernel("python3").build().unwrap();
+    let report = run_all(&lb, &ConformanceOptions::default().with_require_matplotlib(true)).await;
+    lb.stop().await.unwrap();
+    report.assert_all_passed();
+}
+
+#[tokio::test]
+async fn magics_await_displays_and_dataframes_work_and_widgets_say_where_they_work() {
+    let lb = lean().await;
+    let ex = lb.exec("%pip --version").await.unwrap();
+    assert!(ex.is_ok() && ex.stdout().contains("pip "), "{ex:?}");
+    let ex = lb.exec("!echo from-bang\n%time x = 1").await.unwrap();
+    assert!(ex.stdout().contains("from-bang") && ex.stdout().contains("Wall time"), "{ex:?}");
+
+    let ex = lb.exec("import asyncio\nawait asyncio.sleep(0.01)\n'awaited'").await.unwrap();
+    assert_eq!(ex.text(), "'awaited'", "top-level await: {ex:?}");
+
+    let code = "from IPython.display import HTML, display\nh = display(HTML('<b>1</b>'), display_id=True)\n\
+                h.update(HTML('<b>2</b>'))";
+    let ex = lb.exec(code).await.unwrap();
+    let ids: Vec<_> = ex
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ExecEvent::Display { display_id, .. } => Some(("display", display_id.clone())),
+            ExecEvent::UpdateDisplay { display_id, .. } => Some(("update", Some(display_id.clone()))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{:?}", ex.events);
+    assert_eq!(ids[0].1, ids[1].1, "the update names the display: {ids:?}");
+
+    let ex = lb.exec("import pandas as pd\npd.DataFrame({'a': [1, 2]})").await.unwrap();
+    let html = ex.result().and_then(|r| r.get("text/html")).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    assert!(html.contains("<table"), "a DataFrame renders as HTML: {ex:?}");
+
+    // ipywidgets reach comms through `comm.create_comm`.
+    let ex = lb.exec("import comm\ncomm.create_comm(target_name='jupyter.widget')").await.unwrap();
+    let err = ex.error().expect("a widget is refused");
+    assert_eq!(err.name, "NotImplementedError");
+    assert!(err.value.contains("python-ipykernel"), "the error says where widgets work: {err:?}");
     lb.stop().await.unwrap();
 }

@@ -27,7 +27,11 @@ fn an_unknown_template_is_refused_naming_those_there_are() {
     let err = LocalBox::builder().with_template("cobol").build().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     let msg = err.to_string();
-    assert!(msg.contains("\"cobol\"") && msg.contains("python, python-minimal, bash, javascript, typescript"), "{msg}");
+    assert!(
+        msg.contains("\"cobol\"")
+            && msg.contains("python, python-ipykernel, python-minimal, bash, javascript, typescript"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

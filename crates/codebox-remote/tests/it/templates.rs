@@ -53,7 +53,7 @@ async fn the_catalogue_and_the_pool_are_listed_and_an_unknown_template_is_refuse
     let client = client(&server.base);
     let templates = client.templates().await.unwrap();
     let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
-    for name in ["python", "python-minimal", "bash", "javascript", "typescript"] {
+    for name in ["python", "python-ipykernel", "python-minimal", "bash", "javascript", "typescript"] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
     let js = templates.iter().find(|t| t.name == "javascript").unwrap();
