@@ -1,8 +1,8 @@
 //! RemoteBox benchmark; prints one JSON object.
 //!
 //! - p50 execution round trip of a tiny cell: RemoteBox against an in-process `codebox
-//!   serve` (LocalBox sessions), LocalBox direct, each with the default ipykernel kernel and
-//!   with the lean kernel (`python3-lean`), and the Python codeboxapi 0.2 client against
+//!   serve` (LocalBox sessions), LocalBox direct, each with the default kernel (the lean
+//!   `python3-lean`) and with ipykernel (`python3`), and the Python codeboxapi 0.2 client against
 //!   its own server (`bench/reference/codeboxapi_v2_ref.py`, run as a subprocess against
 //!   `uvicorn codeboxapi.api:app` from the venv cached in `target/codeboxapi-venv`);
 //! - a 1 GiB download through RemoteBox to a file, with the client's RSS growth.
@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use codebox_bench::reference::{PythonServer, tempfile_dir};
 use codebox_core::{CodeBox, CodeBoxExt, CodeBoxSettings};
-use codebox_local::{LEAN_KERNEL, LocalBox, LocalFactory};
+use codebox_local::{LocalBox, LocalFactory};
 use codebox_remote::RemoteBox;
 use codebox_server::{Server, ServerConfig};
 use futures::StreamExt;
@@ -25,6 +25,8 @@ use tokio::io::AsyncWriteExt;
 const KEY: &str = "bench-key";
 const WARMUP: usize = 20;
 const BLOCKS: usize = 5;
+/// ipykernel's kernel name.
+const IPYKERNEL: &str = "python3";
 
 fn p50(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -110,21 +112,22 @@ async fn main() -> Result<()> {
     remote.start().await?;
     let local = LocalBox::builder().build()?;
     local.start().await?;
-    let remote_lean = codebox_remote::RemoteBoxBuilder::from_settings(&settings).with_kernel(LEAN_KERNEL).build()?;
-    remote_lean.start().await?;
-    let local_lean = LocalBox::builder().with_kernel(LEAN_KERNEL).build()?;
-    local_lean.start().await?;
+    // ipykernel, the `python-ipykernel` template's kernel, beside the default.
+    let remote_ipykernel = codebox_remote::RemoteBoxBuilder::from_settings(&settings).with_kernel(IPYKERNEL).build()?;
+    remote_ipykernel.start().await?;
+    let local_ipykernel = LocalBox::builder().with_kernel(IPYKERNEL).build()?;
+    local_ipykernel.start().await?;
     let python = Arc::new(tokio::task::spawn_blocking(PythonServer::start).await??);
     let load_before = load_average();
     // Blocks of each setup in turn, so that a change of machine load hits all three alike.
     let (mut remote_ms, mut local_ms, mut python_ms) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut remote_lean_ms, mut local_lean_ms) = (Vec::new(), Vec::new());
+    let (mut remote_ipykernel_ms, mut local_ipykernel_ms) = (Vec::new(), Vec::new());
     for block in 0..BLOCKS {
         let warmup = if block == 0 { WARMUP } else { 2 };
         let per_block = rounds.div_ceil(BLOCKS);
-        let mut rust = round_trips(&[&remote, &local, &remote_lean, &local_lean], per_block, warmup).await?;
-        local_lean_ms.append(&mut rust[3]);
-        remote_lean_ms.append(&mut rust[2]);
+        let mut rust = round_trips(&[&remote, &local, &remote_ipykernel, &local_ipykernel], per_block, warmup).await?;
+        local_ipykernel_ms.append(&mut rust[3]);
+        remote_ipykernel_ms.append(&mut rust[2]);
         local_ms.append(&mut rust[1]);
         remote_ms.append(&mut rust[0]);
         let py = Arc::clone(&python);
@@ -132,11 +135,11 @@ async fn main() -> Result<()> {
     }
     let load_after = load_average();
     let (remote_p50, local_p50, python_p50) = (p50(remote_ms), p50(local_ms), p50(python_ms));
-    let (remote_lean_p50, local_lean_p50) = (p50(remote_lean_ms), p50(local_lean_ms));
+    let (remote_ipykernel_p50, local_ipykernel_p50) = (p50(remote_ipykernel_ms), p50(local_ipykernel_ms));
     drop(python);
     local.stop().await?;
-    local_lean.stop().await?;
-    remote_lean.stop().await?;
+    local_ipykernel.stop().await?;
+    remote_ipykernel.stop().await?;
 
     // 1 GiB download: the file is made by code in the box, then streamed to a local file.
     remote.exec("with open('big.bin', 'wb') as f:\n    f.truncate(1 << 30)").await?;
@@ -157,13 +160,13 @@ async fn main() -> Result<()> {
             "remote_box_codebox_serve": remote_p50,
             "local_box_direct": local_p50,
             "python_codeboxapi_0_2": python_p50,
-            "remote_box_codebox_serve_lean_kernel": remote_lean_p50,
-            "local_box_direct_lean_kernel": local_lean_p50,
+            "remote_box_codebox_serve_ipykernel": remote_ipykernel_p50,
+            "local_box_direct_ipykernel": local_ipykernel_p50,
         },
         "ratio_remote_to_python": remote_p50 / python_p50,
         "ratio_remote_to_local": remote_p50 / local_p50,
-        "ratio_remote_lean_kernel_to_python": remote_lean_p50 / python_p50,
-        "ratio_remote_lean_kernel_to_local_lean_kernel": remote_lean_p50 / local_lean_p50,
+        "ratio_remote_ipykernel_to_python": remote_ipykernel_p50 / python_p50,
+        "ratio_remote_ipykernel_to_local_ipykernel": remote_ipykernel_p50 / local_ipykernel_p50,
         "target_ratio_remote_to_python_max": 0.5,
         "download_1gib": {
             "bytes": bytes,
