@@ -97,7 +97,8 @@ async fn download_to_file(b: &RemoteBox, path: &str, dest: &Path) -> Result<(u64
 async fn main() -> Result<()> {
     let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
 
-    let config = ServerConfig::new().with_addr("127.0.0.1:0".parse()?).with_api_key(KEY);
+    // No request rate: the timed loop runs past the default rate, and a refusal is no sample.
+    let config = ServerConfig::new().with_addr("127.0.0.1:0".parse()?).with_api_key(KEY).with_rate_limit(0, 0);
     // Every session gets its own LocalBox.
     let factory = LocalFactory::builder(LocalBox::builder()).build()?;
     let server = Server::bind(config, Arc::new(factory)).await?;
