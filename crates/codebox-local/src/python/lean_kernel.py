@@ -321,6 +321,11 @@ class Kernel:
         self.context = zmq.Context()
         self.parent = b"{}"
         self.executing = False
+        # Which execution an interrupt was meant for: a SIGINT reaches the main thread only
+        # at its next bytecode, possibly once that execution has ended and the next begun,
+        # which must not be the one interrupted.
+        self.executions = 0
+        self.interrupt_for = None
         self.last_traceback = []
         self.execution_count = 0
 
@@ -410,6 +415,7 @@ class Kernel:
         # kernel has exactly one client, which sent the code.
         self.last_traceback = []
         count = self.shell.execution_count
+        self.executions += 1
         self.executing = True
         try:
             result = self.shell.run_cell(code, store_history=store_history, silent=silent)
@@ -457,6 +463,7 @@ class Kernel:
             msg_type = msg["header"]["msg_type"]
             if msg_type == "interrupt_request":
                 if self.executing:
+                    self.interrupt_for = self.executions
                     os.kill(os.getpid(), signal.SIGINT)
                 self.session.send(self.control_socket, "interrupt_reply", {"status": "ok"}, parent, idents)
             elif msg_type == "shutdown_request":
@@ -492,8 +499,11 @@ def main(argv):
     sys.stdout, sys.stderr = kernel.stdout, kernel.stderr
 
     def on_sigint(signum, frame):
-        # Interrupts stop user code only; one that lands between cells is dropped.
-        if kernel.executing:
+        # An interrupt request stops the execution it was sent for only: one that lands
+        # between cells, or after its execution ended, is dropped. A SIGINT from elsewhere
+        # (the cell's own `os.kill`) stops the running cell, as in Python.
+        meant_for, kernel.interrupt_for = kernel.interrupt_for, None
+        if kernel.executing and meant_for in (None, kernel.executions):
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
