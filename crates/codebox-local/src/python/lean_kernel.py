@@ -304,6 +304,13 @@ class LeanShell(InteractiveShell):
         pass
 
 
+def _sent_before(interrupt_date, running_date):
+    """Whether an interrupt was sent before the running request, by their header dates,
+    compared only when both are UTC timestamps of one fixed format (codebox's)."""
+    same_format = len(interrupt_date) == len(running_date) and interrupt_date.endswith("Z") and running_date.endswith("Z")
+    return same_format and interrupt_date < running_date
+
+
 def _no_stdin(*args, **kwargs):
     raise StdinNotImplementedError("input() was called, but this box does not support input requests.")
 
@@ -326,6 +333,10 @@ class Kernel:
         # which must not be the one interrupted.
         self.executions = 0
         self.interrupt_for = None
+        # The header date of the request running now: an interrupt sent before it was
+        # meant for an earlier execution (the client does not wait for the interrupt's
+        # reply before it sends the next cell).
+        self.running_sent = ""
         self.last_traceback = []
         self.execution_count = 0
 
@@ -416,6 +427,7 @@ class Kernel:
         self.last_traceback = []
         count = self.shell.execution_count
         self.executions += 1
+        self.running_sent = msg["header"].get("date", "")
         self.executing = True
         try:
             result = self.shell.run_cell(code, store_history=store_history, silent=silent)
@@ -462,7 +474,7 @@ class Kernel:
             idents, parent, msg = got
             msg_type = msg["header"]["msg_type"]
             if msg_type == "interrupt_request":
-                if self.executing:
+                if self.executing and not _sent_before(msg["header"].get("date", ""), self.running_sent):
                     self.interrupt_for = self.executions
                     os.kill(os.getpid(), signal.SIGINT)
                 self.session.send(self.control_socket, "interrupt_reply", {"status": "ok"}, parent, idents)
