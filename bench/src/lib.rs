@@ -68,3 +68,36 @@ pub fn ratio(ours: &Value, theirs: &Value) -> Value {
         _ => Value::Null,
     }
 }
+
+/// A LocalBox builder with `CODEBOX_PYTHON` applied when it is set.
+pub fn local_builder() -> codebox_local::LocalBoxBuilder {
+    let mut builder = codebox_local::LocalBox::builder();
+    if let Ok(python) = std::env::var("CODEBOX_PYTHON") {
+        builder = builder.with_python(python);
+    }
+    builder
+}
+
+/// A server in this process on 127.0.0.1:0; it stops when dropped.
+#[derive(Debug)]
+pub struct InProcessServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl InProcessServer {
+    /// Serve `factory` with `config` (its address is replaced by 127.0.0.1:0).
+    pub async fn start(
+        config: codebox_server::ServerConfig,
+        factory: std::sync::Arc<dyn codebox_core::BoxFactory>,
+    ) -> Result<Self> {
+        let server = codebox_server::Server::bind(config.with_addr("127.0.0.1:0".parse()?), factory).await?;
+        let base = format!("http://{}", server.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { base, _stop: stop })
+    }
+}

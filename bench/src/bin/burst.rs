@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use codebox_bench::{env_usize, jupyter_client_reference, ms, ratio, summary};
+use codebox_bench::{InProcessServer, env_usize, jupyter_client_reference, local_builder, ms, ratio, summary};
 use codebox_core::{ApiKey, CodeBox};
 use codebox_http::client::{ClientConfig, HttpClient, Request, RetryPolicy};
-use codebox_local::{LocalBox, LocalBoxBuilder, LocalFactory};
-use codebox_server::{Server, ServerConfig};
+use codebox_local::LocalFactory;
+use codebox_server::ServerConfig;
 use http::Method;
 use serde_json::{Value, json};
 
@@ -32,34 +32,11 @@ const KEY: &str = "bench-key";
 /// `codebox serve`'s default pool size.
 const DEFAULT_POOL: usize = 2;
 
-fn local_builder() -> LocalBoxBuilder {
-    let mut builder = LocalBox::builder();
-    if let Ok(python) = std::env::var("CODEBOX_PYTHON") {
-        builder = builder.with_python(python);
-    }
-    builder
-}
-
 /// A server in this process on 127.0.0.1:0; stops when dropped.
-struct Running {
-    base: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn serve(factory: Arc<LocalFactory>, max_sessions: usize) -> Result<Running> {
+async fn serve(factory: Arc<LocalFactory>, max_sessions: usize) -> Result<InProcessServer> {
     // No request rate and room for the largest burst: a refusal would time the wait.
-    let config = ServerConfig::new()
-        .with_addr("127.0.0.1:0".parse()?)
-        .with_api_key(KEY)
-        .with_rate_limit(0, 0)
-        .with_max_sessions(max_sessions);
-    let server = Server::bind(config, factory).await?;
-    let base = format!("http://{}", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run_until(async {
-        let _ = stopped.await;
-    }));
-    Ok(Running { base, _stop: stop })
+    let config = ServerConfig::new().with_api_key(KEY).with_rate_limit(0, 0).with_max_sessions(max_sessions);
+    InProcessServer::start(config, factory).await
 }
 
 /// Sessions of one server, through its native API.

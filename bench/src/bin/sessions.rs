@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use codebox_bench::{env_usize, jupyter_client_reference, ms, ratio, summary};
+use codebox_bench::{InProcessServer, env_usize, jupyter_client_reference, local_builder, ms, ratio, summary};
 use codebox_core::{ApiKey, BoxFactory, CodeBox};
 use codebox_http::client::{ClientConfig, HttpClient, Request, RetryPolicy};
-use codebox_local::{LocalBox, LocalBoxBuilder, LocalFactory};
-use codebox_server::{Server, ServerConfig};
+use codebox_local::LocalFactory;
+use codebox_server::ServerConfig;
 use http::Method;
 use serde_json::{Value, json};
 
@@ -34,30 +34,10 @@ const BASELINE: &str = "python";
 /// How long the pool may take to have a ready kernel again before a pooled creation is timed.
 const POOL_REFILL_WAIT: Duration = Duration::from_secs(60);
 
-fn local_builder() -> LocalBoxBuilder {
-    let mut builder = LocalBox::builder();
-    if let Ok(python) = std::env::var("CODEBOX_PYTHON") {
-        builder = builder.with_python(python);
-    }
-    builder
-}
-
 /// A server in this process on 127.0.0.1:0 in front of `factory`; stops when dropped.
-struct Running {
-    base: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn serve(factory: Arc<LocalFactory>) -> Result<Running> {
+async fn serve(factory: Arc<LocalFactory>) -> Result<InProcessServer> {
     // No request rate here: a creation refused for the key's rate would time the wait.
-    let config = ServerConfig::new().with_addr("127.0.0.1:0".parse()?).with_api_key(KEY).with_rate_limit(0, 0);
-    let server = Server::bind(config, factory).await?;
-    let base = format!("http://{}", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run_until(async {
-        let _ = stopped.await;
-    }));
-    Ok(Running { base, _stop: stop })
+    InProcessServer::start(ServerConfig::new().with_api_key(KEY).with_rate_limit(0, 0), factory).await
 }
 
 /// Creates and deletes sessions of one server.
