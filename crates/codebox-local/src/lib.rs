@@ -147,6 +147,6 @@ pub use crate::progress::{ProgressFn, ProvisionEvent, ProvisionStep};
 pub use crate::python::{Provision, PythonProfile, managed_python_dir, provision_at, template_python_dir};
 pub use crate::template::{DEFAULT_TEMPLATE, Template, TemplateCatalogue};
 pub use codebox_sandbox::{
-    Allowlist, BwrapUnavailable, DEFAULT_UID_RANGE, Isolation, IsolationLevel, LandlockUnavailable, Limits,
-    PACKAGES_DIR, Probe, SandboxPolicy, UidAllocator, choose, probe, running_as_root,
+    Allowlist, BwrapUnavailable, DEFAULT_UID_RANGE, HostMemory, Isolation, IsolationLevel, LandlockUnavailable, Limits,
+    PACKAGES_DIR, Probe, SandboxPolicy, UidAllocator, choose, host_memory, probe, running_as_root,
 };

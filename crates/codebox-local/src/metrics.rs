@@ -77,7 +77,7 @@ pub(crate) fn sample(target: &Target, baseline: &CpuBaseline) -> BoxMetrics {
 
     // Memory: the cgroup's usage (less reclaimable cache), else the tree's resident sets
     // (pages shared between them counted once per process).
-    let machine_memory = machine_memory();
+    let machine_memory = codebox_sandbox::machine_memory();
     m.memory_used_bytes = counted.memory_used.or_else(|| sum(procs.iter().map(|(_, c)| c.rss_bytes)));
     m.memory_limit_bytes = counted.memory_limit.or(machine_memory);
 
@@ -171,12 +171,6 @@ fn max_of(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 /// Clock ticks per second, the unit of `/proc/<pid>/stat`'s CPU times.
 fn clock_ticks() -> u64 {
     rustix::param::clock_ticks_per_second().max(1)
-}
-
-/// The machine's memory, from `/proc/meminfo`.
-fn machine_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    kib_field(&info, "MemTotal:")
 }
 
 /// A `Key:   123 kB` line's value in bytes.

@@ -51,7 +51,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::config::{
-    DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, MIN_METRICS_INTERVAL, OnIdle, ServerConfig,
+    DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, MIN_METRICS_INTERVAL, OnIdle, SESSION_MEMORY_ALLOWANCE,
+    ServerConfig, max_sessions_for_memory,
 };
 pub use crate::factory::{BoxFactory, BoxRequest, factory_fn};
 pub use crate::node::{NODE_SEPARATOR, NodeId};

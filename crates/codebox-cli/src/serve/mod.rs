@@ -189,6 +189,15 @@ fn local_factory(settings: &Settings) -> anyhow::Result<LocalFactory> {
 }
 
 async fn serve(mut settings: Settings, factory: LocalFactory) -> anyhow::Result<()> {
+    if let Some(memory) = settings.memory {
+        tracing::info!(
+            max_sessions = settings.server.max_sessions,
+            memory_bytes = memory.available(),
+            cgroup_limit_bytes = memory.cgroup_limit,
+            per_session_bytes = codebox_server::SESSION_MEMORY_ALLOWANCE,
+            "session cap derived from the host's memory (set --max-sessions to choose it)"
+        );
+    }
     if let Some(cap) = factory.session_cap()
         && settings.server.max_sessions > cap
     {

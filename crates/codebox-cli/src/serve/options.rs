@@ -104,7 +104,9 @@ pub(super) struct ServeOptions {
 
     /// The most sessions alive at once; more are refused with 503 and Retry-After. With
     /// session uids it is at most the uids less --pool-size (each session and each pooled
-    /// kernel holds one) [default: 64].
+    /// kernel holds one) [default: from the host's memory, or its cgroup's limit in a
+    /// container: one session per 64 MiB after a reserve of an eighth (at least 1 GiB, or
+    /// half of a smaller host), so 336 on 24 GiB and 16 in a 2 GiB pod].
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) max_sessions: Option<usize>,

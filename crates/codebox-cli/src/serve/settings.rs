@@ -115,6 +115,8 @@ pub(super) struct Settings {
     pub(super) templates: Vec<Template>,
     /// Kernels kept ready per template, by name (over `pool_size` for the default).
     pub(super) template_pools: BTreeMap<String, usize>,
+    /// The host's memory, when the session cap was derived from it.
+    pub(super) memory: Option<codebox_local::HostMemory>,
 }
 
 /// The templates and pools of the config file's `[templates.NAME]` tables, checked.
@@ -202,8 +204,13 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
     if let Some(addr) = o.addr {
         server = server.with_addr(addr);
     }
+    // Without a cap of the operator's, the host's memory (its cgroup's limit in a
+    // container) sets one.
+    let memory = if o.max_sessions.is_none() { codebox_local::host_memory() } else { None };
     if let Some(n) = o.max_sessions {
         server = server.with_max_sessions(n);
+    } else if let Some(memory) = memory {
+        server = server.with_max_sessions(codebox_server::max_sessions_for_memory(memory.available()));
     }
     if let Some(n) = o.max_sessions_per_key {
         server = server.with_max_sessions_per_key(n);
@@ -293,6 +300,7 @@ pub(super) fn settings(args: ServeArgs, env_keys: Option<String>) -> anyhow::Res
         sandbox,
         templates,
         template_pools,
+        memory,
     })
 }
 
@@ -406,6 +414,16 @@ op-from-file
         assert_eq!(off.server.rate_limit, 0);
         assert!(settings(parse(&["--api-key", "k", "--rate-burst", "0"]), None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_session_cap_follows_memory_unless_the_operator_sets_one() {
+        let derived = settings(parse(&["--api-key", "k"]), None).unwrap();
+        let memory = derived.memory.expect("the host's memory is read when no cap is given");
+        assert_eq!(derived.server.max_sessions, codebox_server::max_sessions_for_memory(memory.available()));
+        let chosen = settings(parse(&["--api-key", "k", "--max-sessions", "7"]), None).unwrap();
+        assert_eq!(chosen.server.max_sessions, 7);
+        assert!(chosen.memory.is_none());
     }
 
     #[test]
