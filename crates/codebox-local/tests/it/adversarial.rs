@@ -926,3 +926,82 @@ async fn landlock_confines_a_real_kernel() {
     assert!(f["file"].starts_with(&*packages.to_string_lossy()), "{f:?}");
     t.finish().await;
 }
+
+/// The `(device, inode)` of every writable mapping of `pid` that is shared (`rw?s`): memory a
+/// write of one process would show to another mapping the same object.
+fn writable_shared_mappings(pid: i32) -> std::collections::BTreeSet<(String, u64)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let perms = f.get(1)?.as_bytes();
+            (perms.get(1) == Some(&b'w') && perms.get(3) == Some(&b's'))
+                .then(|| (f[3].to_owned(), f[4].parse().unwrap_or(0)))
+        })
+        .collect()
+}
+
+// 26. Two kernels share no secrets and no writable memory: each has its own signing key
+//     (which the other cannot read), hash seed, random state and address layout, and no
+//     writable shared mapping of one is mapped by the other.
+#[tokio::test]
+async fn case26_two_kernels_share_no_secrets_and_no_writable_memory() {
+    let a = Tracked::start(server_box!(Limits::server())).await;
+    let b = Tracked::start(server_box!(Limits::server())).await;
+    share_nothing(a, b).await;
+    // Kernels started ahead of time by a pool, as a server's are, are no different.
+    let pool = codebox_local::KernelPool::new(2);
+    let pooled = server_box!(Limits::server()).with_pool(pool.clone());
+    within("prewarm", pool.prewarm(&pooled)).await.unwrap();
+    let (a, b) = (Tracked::start(pooled.clone()).await, Tracked::start(pooled).await);
+    assert_eq!(pool.stats().hits, 2, "both boxes took a pooled kernel: {:?}", pool.stats());
+    share_nothing(a, b).await;
+}
+
+/// Check case 26 on two started boxes, then stop them and check them for leaks.
+async fn share_nothing(a: Tracked, b: Tracked) {
+    let key_of = |dir: PathBuf| -> String {
+        let conn: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("connection.json")).unwrap()).unwrap();
+        conn["key"].as_str().unwrap().to_owned()
+    };
+    let (dir_a, dir_b) = (a.lb.runtime_dir().await.unwrap(), b.lb.runtime_dir().await.unwrap());
+    let (key_a, key_b) = (key_of(dir_a.clone()), key_of(dir_b.clone()));
+    assert!(key_a.len() >= 32 && key_b.len() >= 32, "signing keys are long: {key_a:?} {key_b:?}");
+    assert_ne!(key_a, key_b, "two kernels never share a signing key");
+
+    let probe = |other_dir: &PathBuf| {
+        format!(
+            "{ERR}\nimport random\nlibc = ctypes.CDLL('libc.so.6')\n\
+             print('hash=%d' % hash('codebox-probe'))\n\
+             print('random=%d' % random.getrandbits(64))\n\
+             print('libc=%d' % ctypes.cast(libc.malloc, ctypes.c_void_p).value)\n\
+             print('heap=%d' % id(object()))\n\
+             print('stack=%d' % ctypes.addressof(ctypes.c_int()))\n\
+             print('other_key=' + err(lambda: open({other:?}).read()))",
+            other = other_dir.join("connection.json").to_string_lossy(),
+        )
+    };
+    let (fa, fb) = (facts(&a.lb, &probe(&dir_b)).await, facts(&b.lb, &probe(&dir_a)).await);
+    for fact in ["hash", "random", "libc", "heap"] {
+        assert_ne!(fa[fact], fb[fact], "{fact} is the same in both kernels: {fa:?} {fb:?}");
+    }
+    for f in [&fa, &fb] {
+        assert_ne!(f["other_key"], "ok", "a kernel read the other's connection file: {f:?}");
+    }
+
+    let (pid_a, pid_b) = (a.lb.kernel_pid().await.unwrap(), b.lb.kernel_pid().await.unwrap());
+    let (shared_a, shared_b) = (writable_shared_mappings(pid_a), writable_shared_mappings(pid_b));
+    let common: Vec<_> = shared_a.intersection(&shared_b).collect();
+    assert!(common.is_empty(), "writable memory mapped by both kernels: {common:?}");
+    // Nor does either kernel's secret appear in the other's process: its environment and
+    // command line hold no key (the key lives only in its own connection file).
+    for (pid, key) in [(pid_a, &key_b), (pid_b, &key_a), (pid_a, &key_a), (pid_b, &key_b)] {
+        for what in ["cmdline", "environ"] {
+            let text = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+            assert!(!String::from_utf8_lossy(&text).contains(key.as_str()), "a signing key is in {pid}'s {what}");
+        }
+    }
+    b.finish().await;
+    a.finish().await;
+}
