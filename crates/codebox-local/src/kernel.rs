@@ -36,6 +36,7 @@ use codebox_sandbox::{Confinement, IsolationLevel};
 use codebox_sandbox::{NetProxy, proxy_env};
 
 mod channels;
+mod forked;
 mod process;
 
 pub(crate) use channels::{Channel, Request, Routed};
@@ -95,6 +96,8 @@ pub(crate) struct Kernel {
     _net_proxy: Option<NetProxy>,
     /// Removed without recursion: under Landlock the box's TMPDIR and HOME are in it.
     runtime_dir: codebox_sandbox::rmtree::OwnedDir,
+    /// Forked from the fork server rather than executed.
+    forked: bool,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -167,13 +170,17 @@ impl Kernel {
         }
         let key = random_hex(32);
         let (endpoints, conn_file) = write_connection_file(spec, runtime_dir.path(), &key)?;
-        let child = spawn_process(spec, &conn_file, &env, &confinement, runtime_dir.path()).await?;
+        let spawned = spawn_kernel(spec, &conn_file, &env, &confinement, runtime_dir.path()).await?;
+        let forked = matches!(spawned, Spawned::Forked(_));
 
         let max_message = spec.sandbox.limits.max_message;
         let oversize = Arc::new(Oversize::default());
         let link_lost = Arc::new(AtomicBool::new(false));
         let why = Cause { oversize: oversize.clone(), max_message, link_lost: link_lost.clone(), owns_confinement };
-        let Watched { process, death, stderr_tail, mut tasks } = Watched::start(child, confinement.clone(), why)?;
+        let Watched { process, death, stderr_tail, mut tasks } = match spawned {
+            Spawned::Executed(child) => Watched::start(child, confinement.clone(), why)?,
+            Spawned::Forked(f) => Watched::start_forked(f, confinement.clone(), why)?,
+        };
 
         let deadline = started + spec.start_timeout;
         let guard = RelayGuard { limit: max_message, oversize, process: process.clone() };
@@ -211,6 +218,7 @@ impl Kernel {
             confinement,
             _net_proxy: net_proxy,
             runtime_dir,
+            forked,
         };
         match kernel.wait_ready(deadline, spec.start_timeout).await {
             Ok(()) => {
@@ -406,6 +414,11 @@ impl Kernel {
         self.process.pid.as_raw_nonzero().get()
     }
 
+    /// Whether the kernel was forked from the fork server rather than executed.
+    pub(crate) fn forked(&self) -> bool {
+        self.forked
+    }
+
     /// The directory of the kernel's sockets and connection file.
     pub(crate) fn runtime_dir(&self) -> &Path {
         self.runtime_dir.path()
@@ -460,6 +473,42 @@ fn write_connection_file(spec: &LaunchSpec, runtime_dir: &Path, key: &str) -> Re
     std::fs::write(&conn_file, serde_json::to_vec(&conn).expect("JSON serializes"))
         .map_err(|e| CodeBoxError::io("writing the connection file", e))?;
     Ok((Endpoints { transport: spec.transport, ip, ports }, conn_file))
+}
+
+/// A started kernel process.
+enum Spawned {
+    Executed(std::process::Child),
+    Forked(forked::Forked),
+}
+
+/// Fork the kernel into its box where it can be, else execute it.
+async fn spawn_kernel(
+    spec: &LaunchSpec,
+    conn_file: &Path,
+    env: &[(String, String)],
+    confinement: &Arc<Confinement>,
+    runtime_dir: &Path,
+) -> Result<Spawned> {
+    if let Some(python) = forked::forkable(spec, confinement, env) {
+        let (python, spec, conn_file, env, confinement, runtime_dir) = (
+            python.to_owned(),
+            spec.clone(),
+            conn_file.to_owned(),
+            env.to_vec(),
+            confinement.clone(),
+            runtime_dir.to_owned(),
+        );
+        let started = tokio::task::spawn_blocking(move || {
+            forked::start(&python, &spec, &conn_file, &env, &confinement, &runtime_dir)
+        })
+        .await
+        .map_err(|e| start_error(format!("the fork task failed: {e}")))?;
+        match started {
+            Ok(f) => return Ok(Spawned::Forked(f)),
+            Err(e) => tracing::warn!(error = %e, "the kernel could not be forked; starting a Python for it instead"),
+        }
+    }
+    spawn_process(spec, conn_file, env, confinement, runtime_dir).await.map(Spawned::Executed)
 }
 
 /// Spawn the kernel's command line, confined, from the spawner thread.

@@ -44,6 +44,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) sandbox: Arc<SandboxPolicy>,
     /// Where the kernel's runtime directory (and a box's temporary working directory) go.
     pub(crate) scratch_dir: PathBuf,
+    /// Fork the kernel from a fork server where it can be (`kernel::forked`).
+    pub(crate) fork: bool,
 }
 
 /// Whether Unix sockets can be made where kernels' IPC sockets go under `scratch_dir`
@@ -79,7 +81,7 @@ pub(crate) const NET_FORWARDER: &str = include_str!("python/net_forwarder.py");
 
 /// The program of the built-in lean kernel ([`LEAN_KERNEL`]): IPython's shell behind the
 /// Jupyter protocol without ipykernel, for the shortest round trips.
-const LEAN_KERNEL_PROGRAM: &str = include_str!("python/lean_kernel.py");
+pub(crate) const LEAN_KERNEL_PROGRAM: &str = include_str!("python/lean_kernel.py");
 
 /// The name of the built-in lean kernel: IPython without ipykernel. It runs a one-line cell
 /// in a fraction of ipykernel's round trip and starts faster, but offers no comms
@@ -189,6 +191,7 @@ pub(crate) fn launch_spec(
             start_timeout,
             sandbox: Default::default(),
             scratch_dir,
+            fork: true,
         });
     }
     if name == DENO_KERNEL {
@@ -230,6 +233,7 @@ pub(crate) fn launch_spec(
             start_timeout,
             sandbox: Default::default(),
             scratch_dir,
+            fork: true,
         });
     }
     Err(CodeBoxError::invalid(format!("unknown kernel {name:?}; available kernels: {}", available(python).join(", "))))
@@ -269,5 +273,6 @@ fn deno_spec(
         start_timeout,
         sandbox: Default::default(),
         scratch_dir,
+        fork: false,
     }
 }

@@ -120,6 +120,12 @@ impl LocalBox {
         self.inner.state.lock().await.run.as_ref().map(|r| r.kernel.pid())
     }
 
+    /// Whether the running kernel was forked from the fork server (see
+    /// [`LocalBoxBuilder::with_fork_server`]) rather than started as a Python of its own.
+    pub async fn kernel_forked(&self) -> Option<bool> {
+        self.inner.state.lock().await.run.as_ref().map(|r| r.kernel.forked())
+    }
+
     /// The process id of code context `id`'s kernel, while it has one (`"default"`: the
     /// box's own kernel).
     pub async fn context_kernel_pid(&self, id: &str) -> Option<i32> {

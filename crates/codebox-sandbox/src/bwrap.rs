@@ -58,6 +58,8 @@ pub(crate) struct BwrapConfig {
     pub env: Vec<(String, String)>,
     /// Descriptors holding seccomp programs, inherited by bwrap.
     pub seccomp_fds: Vec<RawFd>,
+    /// Where bubblewrap writes what it made (`{"child-pid": N}`: the box's init, on the host).
+    pub info_fd: Option<RawFd>,
     /// The current directory inside (default: the working directory).
     pub chdir: Option<PathBuf>,
 }
@@ -171,6 +173,10 @@ impl BwrapConfig {
             a.push("--add-seccomp-fd".into());
             a.push(fd.to_string().into());
         }
+        if let Some(fd) = self.info_fd {
+            a.push("--info-fd".into());
+            a.push(fd.to_string().into());
+        }
         push(&mut a, ["--clearenv"]);
         for (k, v) in &self.env {
             a.push("--setenv".into());
@@ -219,6 +225,7 @@ mod tests {
             limits: Limits::default(),
             env: sandbox_env("/opt/venv/bin:/usr/bin", SANDBOX_HOME, &[("SECRET_FREE".into(), "1".into())]),
             seccomp_fds: vec![7, 8],
+            info_fd: None,
             chdir: None,
         }
     }

@@ -407,6 +407,11 @@ impl Entry {
         self.fds.iter().map(AsRawFd::as_raw_fd).collect()
     }
 
+    /// The descriptors, for a process that enters the session by itself.
+    pub fn into_fds(self) -> Vec<OwnedFd> {
+        self.fds
+    }
+
     /// Move the calling process into the session.
     pub fn enter(&self) -> io::Result<()> {
         for fd in &self.fds {

@@ -1,5 +1,6 @@
 //! The confinement of one kernel: its level, its uid and its cgroup, from start to teardown.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,6 +80,46 @@ pub enum InstallerNetwork<'a> {
     /// Landlock: no TCP but connections to this port (the proxy's, on host loopback), and
     /// stream sockets only.
     ProxyPort(u16),
+}
+
+/// What waits in a box made for a forked kernel, with the argument `infinity`: it only
+/// holds the box's namespaces.
+pub const FORK_PLACEHOLDER: &str = "/usr/bin/sleep";
+
+/// A box made for a forked kernel ([`Confinement::prepare_fork_target`]).
+#[derive(Debug)]
+pub struct ForkTarget {
+    /// Bubblewrap running the placeholder; spawn it, then drop `info_write`.
+    pub prepared: Prepared,
+    /// Bubblewrap's `--info-fd` output: `{"child-pid": N}`, the host pid of the box's init,
+    /// whose first child (pid 2 in the box) is the placeholder.
+    pub info: OwnedFd,
+    /// The write end of `info`: close it once bubblewrap is spawned, so that a bubblewrap
+    /// that fails gives end of file rather than a wait.
+    pub info_write: OwnedFd,
+    /// What the forked kernel must do to itself.
+    pub plan: ForkPlan,
+}
+
+/// What a kernel forked into a box must take on, in the box's namespaces, before any code
+/// of the box runs: what bubblewrap does to a kernel it executes.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ForkPlan {
+    /// The uid and gid to take (the box's, as bubblewrap maps them in the box).
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// The working directory.
+    pub cwd: PathBuf,
+    /// The whole environment.
+    pub env: Vec<(String, String)>,
+    /// `(RLIMIT_*, value)`: set as both soft and hard limits (never raised).
+    pub rlimits: Vec<(i32, u64)>,
+    /// Seccomp programs (arrays of `struct sock_filter`) in memory files, in order.
+    pub seccomp: Vec<OwnedFd>,
+    /// The session cgroup's `cgroup.procs` files, opened here: write `0` to each to enter it.
+    pub cgroup: Vec<OwnedFd>,
 }
 
 /// The directory of a confined box's installed packages, relative to its working directory.
@@ -198,6 +239,65 @@ impl Confinement {
         self.prepare_with(argv, env, python, cwd, run_dir, self.network, None, &[])
     }
 
+    /// A box for a kernel that a fork server forks into it, rather than a command to run:
+    /// bubblewrap holding the box's namespaces with a placeholder that only waits (its
+    /// command writes the host pid of the box's init to `info`'s other end), and the
+    /// [`ForkPlan`] the forked kernel must take on itself, which is what bubblewrap would
+    /// have done to an executed kernel. Bubblewrap level only; `python` is the kernel's
+    /// interpreter, readable in the box.
+    pub fn prepare_fork_target(
+        &self,
+        env: &[(String, String)],
+        python: &Path,
+        run_dir: &Path,
+    ) -> Result<ForkTarget> {
+        if self.level != IsolationLevel::Bubblewrap {
+            return Err(CodeBoxError::unsupported("kernels are forked into boxes at the bubblewrap level only"));
+        }
+        let (info_read, info_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| CodeBoxError::io("making bubblewrap's info pipe", e.into()))?;
+        let argv = [FORK_PLACEHOLDER.to_owned(), "infinity".to_owned()];
+        let (prepared, spec) = self.prepare_spec(
+            &argv,
+            env,
+            Some(python),
+            None,
+            Some(run_dir),
+            self.network,
+            None,
+            &[],
+            Some(info_write.as_raw_fd()),
+        )?;
+        let programs = crate::seccomp::deny_list(crate::seccomp::Network::Allowed)
+            .map_err(|e| CodeBoxError::kernel_start(format!("compiling the box's seccomp filters: {e}")))?;
+        let seccomp = programs
+            .iter()
+            .map(crate::seccomp::memfd)
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| CodeBoxError::io("writing the box's seccomp filters", e))?;
+        let cgroup = match &self.cgroup {
+            Some(cg) => cg.entry().map_err(|e| CodeBoxError::io("opening the session cgroup", e))?.into_fds(),
+            None => Vec::new(),
+        };
+        let (uid, gid) = match spec.uid {
+            Some(uid) => (uid, uid),
+            None => (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()),
+        };
+        let plan = ForkPlan {
+            uid,
+            gid,
+            cwd: spec.cwd.clone().unwrap_or_else(|| spec.work_dir.clone()),
+            env: spec.kernel_env(),
+            rlimits: crate::rlimits::RlimitSet::from_limits(&spec.limits)
+                .entries()
+                .map(|(resource, value)| (resource as i32, value))
+                .collect(),
+            seccomp,
+            cgroup,
+        };
+        Ok(ForkTarget { prepared, info: info_read, info_write, plan })
+    }
+
     /// The sandboxed `pip` (or any installer) command for `argv`: like [`Confinement::prepare`]
     /// for a command in the working directory, with `read_only` (say a local wheel directory)
     /// readable, and the network `network` (which must fit the box's level: see
@@ -252,6 +352,24 @@ impl Confinement {
         proxy_port: Option<u16>,
         extra_read_only: &[PathBuf],
     ) -> Result<Prepared> {
+        self.prepare_spec(argv, env, python, cwd, run_dir, network, proxy_port, extra_read_only, None)
+            .map(|(prepared, _)| prepared)
+    }
+
+    /// [`prepare_with`](Self::prepare_with), also giving the sandbox it prepared.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_spec(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        python: Option<&Path>,
+        cwd: Option<&Path>,
+        run_dir: Option<&Path>,
+        network: bool,
+        proxy_port: Option<u16>,
+        extra_read_only: &[PathBuf],
+        info_fd: Option<std::os::fd::RawFd>,
+    ) -> Result<(Prepared, SandboxSpec)> {
         if self.released.load(Ordering::Acquire) {
             return Err(CodeBoxError::not_running("the box's sandbox was released"));
         }
@@ -289,6 +407,7 @@ impl Confinement {
             uid: self.uid(),
             cwd: cwd.map(Path::to_path_buf),
             proxy_port,
+            info_fd,
         };
         let entry = match &self.cgroup {
             Some(cg) => Some(cg.entry().map_err(|e| CodeBoxError::io("opening the session cgroup", e))?),
@@ -300,7 +419,7 @@ impl Confinement {
         let prepared =
             spec.prepare(argv, entry.as_ref()).map_err(|e| CodeBoxError::kernel_start(e.to_string()).with_source(e))?;
         // The cgroup descriptors must stay open until the spawn: keep them with the guard.
-        Ok(Prepared { command: prepared.command, guard: prepared.guard.with_entry(entry) })
+        Ok((Prepared { command: prepared.command, guard: prepared.guard.with_entry(entry) }, spec))
     }
 
     /// Whether the OOM killer struck in the box since the last baseline (the kernel's start,

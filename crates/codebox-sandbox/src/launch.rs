@@ -61,6 +61,8 @@ pub(crate) struct SandboxSpec {
     /// Landlock level without `network`: the port of host loopback where an install's proxy
     /// listens. TCP connections to it stay allowed, and only stream sockets can be made.
     pub proxy_port: Option<u16>,
+    /// Bubblewrap level: give bubblewrap this descriptor for `--info-fd`.
+    pub info_fd: Option<RawFd>,
 }
 
 /// A command ready to spawn, and the descriptors it needs until it has been spawned.
@@ -180,6 +182,7 @@ impl SandboxSpec {
                     .collect::<std::io::Result<Vec<_>>>()
                     .map_err(SandboxError::SeccompMemfd)?;
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                let inherited: Vec<RawFd> = raw.iter().copied().chain(self.info_fd).collect();
                 let config = BwrapConfig {
                     bwrap: bwrap.clone(),
                     work_dir: self.work_dir.clone(),
@@ -189,6 +192,7 @@ impl SandboxSpec {
                     limits: self.limits.clone(),
                     env: self.kernel_env(),
                     seccomp_fds: raw.clone(),
+                    info_fd: self.info_fd,
                     chdir: self.cwd.clone(),
                 };
                 config.validate()?;
@@ -202,7 +206,7 @@ impl SandboxSpec {
                     cmd.pre_exec(move || {
                         enter_raw(&cgroup_fds)?;
                         rlimits.apply()?;
-                        clear_cloexec(&raw)
+                        clear_cloexec(&inherited)
                     });
                 }
             }
@@ -363,6 +367,7 @@ except OSError as e:
             uid: None,
             cwd: None,
             proxy_port: None,
+            info_fd: None,
         }
     }
 

@@ -57,7 +57,7 @@ mod uid;
 use std::fmt;
 
 pub use self::cgroup::{CgroupCounters, CgroupUnavailable, cgroup_version, session_cgroups_of};
-pub use self::confinement::{Confinement, InstallerNetwork, PACKAGES_DIR};
+pub use self::confinement::{Confinement, FORK_PLACEHOLDER, ForkPlan, ForkTarget, InstallerNetwork, PACKAGES_DIR};
 pub use self::error::{BwrapUnavailable, LandlockUnavailable};
 pub use self::launch::{Prepared, SpawnGuard};
 pub use self::limits::Limits;

@@ -33,8 +33,15 @@ pub(crate) enum ExitReason {
 
 /// The kernel process, the leader of its own process group.
 pub(super) struct Process {
+    /// What we spawned: the kernel (or the bubblewrap that runs it), or for a forked kernel
+    /// the bubblewrap that holds its box.
     pub(super) child: Mutex<Option<Child>>,
+    /// The kernel (for an executed kernel, the spawned child).
     pub(super) pid: rustix::process::Pid,
+    /// A forked kernel's box: the spawned bubblewrap, which leads its own process group.
+    pub(super) holder: Option<rustix::process::Pid>,
+    /// The kernel's pid may be reused: it has been reaped (for a forked kernel, its keeper
+    /// was told it may reap it).
     pub(super) reaped: AtomicBool,
 }
 
@@ -43,6 +50,11 @@ impl Process {
         // While the leader is unreaped its pid (and so its group id) cannot be reused.
         if !self.reaped.load(Ordering::Acquire) {
             let _ = rustix::process::kill_process_group(self.pid, signal);
+        }
+        if let Some(holder) = self.holder
+            && self.child.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        {
+            let _ = rustix::process::kill_process_group(holder, signal);
         }
     }
 
@@ -65,11 +77,40 @@ pub(super) struct Watched {
 }
 
 impl Watched {
+    /// Watch a forked kernel through its keeper and drain its stderr.
+    pub(super) fn start_forked(forked: super::forked::Forked, confinement: Arc<Confinement>, why: Cause) -> Result<Self> {
+        let holder = rustix::process::Pid::from_raw(forked.holder.id() as i32);
+        let pid = rustix::process::Pid::from_raw(forked.pid)
+            .ok_or_else(|| CodeBoxError::kernel_start(format!("the fork server named pid {}", forked.pid)))?;
+        let process = Arc::new(Process {
+            child: Mutex::new(Some(forked.holder)),
+            pid,
+            holder,
+            reaped: AtomicBool::new(false),
+        });
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let (death_tx, death) = watch::channel(None);
+        let keeper = forked.keeper;
+        let keeper = match keeper.set_nonblocking(true).and_then(|()| tokio::net::UnixStream::from_std(keeper)) {
+            Ok(k) => k,
+            Err(e) => {
+                process.kill_and_reap();
+                return Err(CodeBoxError::kernel_start(format!("watching the forked kernel failed: {e}")));
+            }
+        };
+        let tasks = vec![
+            tokio::spawn(watch_keeper(keeper, process.clone(), confinement, why, death_tx)),
+            tokio::spawn(drain_stderr(std::process::ChildStderr::from(forked.stderr), stderr_tail.clone())),
+        ];
+        Ok(Self { process, death, stderr_tail, tasks })
+    }
+
     /// Watch `child` through a pidfd and drain its stderr. On failure the process is killed.
     pub(super) fn start(mut child: Child, confinement: Arc<Confinement>, why: Cause) -> Result<Self> {
         let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a positive pid");
         let stderr = child.stderr.take();
-        let process = Arc::new(Process { child: Mutex::new(Some(child)), pid, reaped: AtomicBool::new(false) });
+        let process =
+            Arc::new(Process { child: Mutex::new(Some(child)), pid, holder: None, reaped: AtomicBool::new(false) });
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let (death_tx, death) = watch::channel(None);
         let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
@@ -138,6 +179,53 @@ async fn watch_process(
         }
         status
     };
+    report(cause, status, &process, &confinement, &why, &death).await;
+}
+
+/// Watch a forked kernel: its keeper says how it ended (or, gone, that it did). The box's
+/// bubblewrap goes with it, then the keeper may reap it.
+async fn watch_keeper(
+    keeper: tokio::net::UnixStream,
+    process: Arc<Process>,
+    confinement: Arc<Confinement>,
+    why: Cause,
+    death: watch::Sender<Option<KernelDeath>>,
+) {
+    use std::os::unix::process::ExitStatusExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut keeper = tokio::io::BufReader::new(keeper);
+    let mut line = String::new();
+    let _ = keeper.read_line(&mut line).await;
+    let said: Option<serde_json::Value> = serde_json::from_str(line.trim()).ok();
+    let status = said.as_ref().and_then(|v| match (v["exited"].as_i64(), v["signal"].as_i64()) {
+        (Some(code), _) => Some(std::process::ExitStatus::from_raw(((code & 0xff) << 8) as i32)),
+        (None, Some(signal)) => Some(std::process::ExitStatus::from_raw(signal as i32)),
+        _ => None,
+    });
+    // The kernel is a zombie until its keeper hears from us: its group id is still its own.
+    let _ = rustix::process::kill_process_group(process.pid, rustix::process::Signal::KILL);
+    if let Some(holder) = process.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(pid) = process.holder {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        crate::spawn::reap(holder);
+    }
+    process.reaped.store(true, Ordering::Release);
+    let _ = keeper.get_mut().write_all(b"k").await;
+    drop(keeper);
+    let cause = status.is_none().then(|| KernelDeath::Unknown { detail: "its keeper is gone".into() });
+    report(cause, status, &process, &confinement, &why, &death).await;
+}
+
+/// Judge a kernel's death and announce it, once what it left in its box is dead too.
+async fn report(
+    cause: Option<KernelDeath>,
+    status: Option<std::process::ExitStatus>,
+    process: &Process,
+    confinement: &Arc<Confinement>,
+    why: &Cause,
+    death: &watch::Sender<Option<KernelDeath>>,
+) {
     let cause = cause.unwrap_or_else(|| match (why.oversize.get(), status) {
         (Some(size), _) => KernelDeath::OutputLimitExceeded { size, limit: why.max_message },
         (None, _) if why.link_lost.load(Ordering::Acquire) => {
@@ -149,7 +237,7 @@ async fn watch_process(
     // What the kernel left in its cgroup or under its uid dies with it, before anyone
     // hears of the death (and starts a replacement).
     if why.owns_confinement {
-        let c = confinement.clone();
+        let c = Arc::clone(confinement);
         let _ = tokio::task::spawn_blocking(move || c.kill_all()).await;
     }
     tracing::debug!(pid = process.pid.as_raw_nonzero().get(), %cause, "kernel exited");

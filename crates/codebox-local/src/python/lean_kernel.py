@@ -525,4 +525,6 @@ def main(argv):
     kernel.serve()
 
 
-main(sys.argv[1:])
+# Under the fork server (forkserver.py) this module is loaded once and each kernel is a fork.
+if not globals().get("_CODEBOX_FORKSERVER"):
+    main(sys.argv[1:])

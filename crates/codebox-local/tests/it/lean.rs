@@ -168,3 +168,25 @@ async fn magics_await_displays_and_dataframes_work_and_widgets_say_where_they_wo
     assert!(err.value.contains("python-ipykernel"), "the error says where widgets work: {err:?}");
     lb.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn under_bubblewrap_the_lean_kernel_is_forked_from_the_fork_server() {
+    let policy = codebox_local::SandboxPolicy::default()
+        .with_isolation(codebox_local::Isolation::Bubblewrap)
+        .with_require_isolation(true);
+    let lb = builder().with_kernel(LEAN_KERNEL).with_sandbox(policy.clone()).build().unwrap();
+    within("start", lb.start()).await.unwrap();
+    assert_eq!(lb.kernel_forked().await, Some(true));
+    let ex = within("exec", lb.exec("import os\nprint(os.getpid(), os.getcwd())\n1 + 1")).await.unwrap();
+    assert!(ex.is_ok(), "{ex:?}");
+    assert!(ex.text().ends_with('2'), "{ex:?}");
+    // In the box's own pid namespace (its init, the placeholder, the kernel), in its directory.
+    let workdir = lb.working_dir().await.unwrap();
+    assert_eq!(ex.stdout().trim(), format!("3 {}", workdir.display()));
+    lb.stop().await.unwrap();
+    // Executed as before when asked.
+    let lb = builder().with_kernel(LEAN_KERNEL).with_sandbox(policy).with_fork_server(false).build().unwrap();
+    within("start", lb.start()).await.unwrap();
+    assert_eq!(lb.kernel_forked().await, Some(false));
+    lb.stop().await.unwrap();
+}
