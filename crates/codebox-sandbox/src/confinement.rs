@@ -245,12 +245,7 @@ impl Confinement {
     /// [`ForkPlan`] the forked kernel must take on itself, which is what bubblewrap would
     /// have done to an executed kernel. Bubblewrap level only; `python` is the kernel's
     /// interpreter, readable in the box.
-    pub fn prepare_fork_target(
-        &self,
-        env: &[(String, String)],
-        python: &Path,
-        run_dir: &Path,
-    ) -> Result<ForkTarget> {
+    pub fn prepare_fork_target(&self, env: &[(String, String)], python: &Path, run_dir: &Path) -> Result<ForkTarget> {
         if self.level != IsolationLevel::Bubblewrap {
             return Err(CodeBoxError::unsupported("kernels are forked into boxes at the bubblewrap level only"));
         }

@@ -91,7 +91,8 @@ pub(super) fn start(
     let (stderr_read, stderr_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| CodeBoxError::io("making the kernel's stderr pipe", e.into()))?;
     let devnull = std::fs::File::open("/dev/null").map_err(|e| CodeBoxError::io("opening /dev/null", e))?;
-    let (keeper, pid) = server.fork(&target.plan, &namespaces, devnull.as_fd(), stderr_write.as_fd(), conn_file, deadline)?;
+    let (keeper, pid) =
+        server.fork(&target.plan, &namespaces, devnull.as_fd(), stderr_write.as_fd(), conn_file, deadline)?;
     drop(stderr_write);
     let holder = holder.0.take().expect("the holder is still ours");
     Ok(Forked { holder, pid, keeper, stderr: stderr_read })
@@ -274,12 +275,14 @@ impl ForkServer {
         let length = u32::try_from(body.len()).map_err(|_| start_error("the kernel's environment is too large"))?;
         send_with_fds(&keeper, &length.to_le_bytes(), &fds).map_err(|e| io("sending the request", e))?;
         (&keeper).write_all(&body).map_err(|e| io("sending the request", e))?;
-        let _ = keeper.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
+        let _ = keeper
+            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
         let mut line = String::new();
         BufReader::new(&keeper).read_line(&mut line).map_err(|e| io("waiting for the kernel's pid", e))?;
         let _ = keeper.set_read_timeout(None);
-        let answer: Value = serde_json::from_str(line.trim())
-            .map_err(|_| start_error(format!("the kernel fork server ({}) answered {line:?}", self.python.display())))?;
+        let answer: Value = serde_json::from_str(line.trim()).map_err(|_| {
+            start_error(format!("the kernel fork server ({}) answered {line:?}", self.python.display()))
+        })?;
         if let Some(error) = answer["error"].as_str() {
             return Err(start_error(format!("the kernel could not be forked into its box: {error}")));
         }

@@ -43,6 +43,10 @@ pub(super) struct Process {
     /// The kernel's pid may be reused: it has been reaped (for a forked kernel, its keeper
     /// was told it may reap it).
     pub(super) reaped: AtomicBool,
+    /// A forked kernel's keeper kills it when its socket closes: this copy closes with the
+    /// process (the kernel's owner), not with the task watching it, which ends with its
+    /// runtime.
+    pub(super) keeper: Option<OwnedFd>,
 }
 
 impl Process {
@@ -78,15 +82,24 @@ pub(super) struct Watched {
 
 impl Watched {
     /// Watch a forked kernel through its keeper and drain its stderr.
-    pub(super) fn start_forked(forked: super::forked::Forked, confinement: Arc<Confinement>, why: Cause) -> Result<Self> {
+    pub(super) fn start_forked(
+        forked: super::forked::Forked,
+        confinement: Arc<Confinement>,
+        why: Cause,
+    ) -> Result<Self> {
         let holder = rustix::process::Pid::from_raw(forked.holder.id() as i32);
         let pid = rustix::process::Pid::from_raw(forked.pid)
             .ok_or_else(|| CodeBoxError::kernel_start(format!("the fork server named pid {}", forked.pid)))?;
+        let hold = forked
+            .keeper
+            .try_clone()
+            .map_err(|e| CodeBoxError::kernel_start(format!("holding the forked kernel's keeper: {e}")))?;
         let process = Arc::new(Process {
             child: Mutex::new(Some(forked.holder)),
             pid,
             holder,
             reaped: AtomicBool::new(false),
+            keeper: Some(OwnedFd::from(hold)),
         });
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let (death_tx, death) = watch::channel(None);
@@ -109,8 +122,13 @@ impl Watched {
     pub(super) fn start(mut child: Child, confinement: Arc<Confinement>, why: Cause) -> Result<Self> {
         let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a positive pid");
         let stderr = child.stderr.take();
-        let process =
-            Arc::new(Process { child: Mutex::new(Some(child)), pid, holder: None, reaped: AtomicBool::new(false) });
+        let process = Arc::new(Process {
+            child: Mutex::new(Some(child)),
+            pid,
+            holder: None,
+            reaped: AtomicBool::new(false),
+            keeper: None,
+        });
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let (death_tx, death) = watch::channel(None);
         let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {

@@ -22,8 +22,8 @@
 # too), sets no-new-privileges, the box's rlimits and seccomp filters, closes every other
 # descriptor, takes the box's environment, working directory and Python path, reseeds
 # `random`, and reads its own connection file (so its signing key never passes through here).
-import array
 import ctypes
+import importlib.machinery
 import os
 import random
 import resource
@@ -160,6 +160,14 @@ def _kernel(request, fds, net_forwarder):
     # What the interpreter would have read from the environment at start.
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[1:1] = extra
+    # ... and the `sitecustomize` it would have run from there (this process ran the
+    # system's, if any, before the box existed).
+    if extra and importlib.machinery.PathFinder.find_spec("sitecustomize", extra) is not None:
+        sys.modules.pop("sitecustomize", None)
+        try:
+            import sitecustomize  # noqa: F401
+        except Exception as e:
+            sys.stderr.write(f"Error in sitecustomize; set PYTHONVERBOSE for traceback:\n{type(e).__name__}: {e}\n")
     random.seed()
     sys.argv = ["-c", "-f", request["connection_file"]]
     exec(compile(net_forwarder, "<codebox-network>", "exec"), {"__name__": "__codebox_network__"})
