@@ -135,11 +135,8 @@ async fn runtime_and_working_dirs_are_private() {
     let wd = lb.working_dir().await.unwrap();
     assert_eq!(std::fs::metadata(&wd).unwrap().permissions().mode() & 0o777, 0o700);
     // The kernel's connection file (with the signing key) sits in a 0700 directory.
-    let pid = lb.kernel_pid().await.unwrap();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let conn =
-        cmdline.split(|b| *b == 0).map(String::from_utf8_lossy).find(|a| a.ends_with("connection.json")).unwrap();
-    let dir = std::path::Path::new(conn.as_ref()).parent().unwrap().to_owned();
+    let dir = lb.runtime_dir().await.unwrap();
+    assert!(dir.join("connection.json").is_file());
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     lb.stop().await.unwrap();
     assert!(!dir.exists(), "the runtime directory is removed with the kernel");
