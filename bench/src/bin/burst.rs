@@ -8,7 +8,11 @@
 //!   cold kernel start in the same run;
 //! - **idle density**: the proportional set size (PSS, `/proc/<pid>/smaps_rollup`, so pages
 //!   shared between kernels are split among them) of every process the idle sessions added,
-//!   per session (target ≤ 15 MiB), with RSS per session beside it.
+//!   per session (target ≤ 15 MiB), with RSS per session beside it; the fork server's own
+//!   share is counted, since it is a descendant too.
+//!
+//! Cold first session and idle density are measured twice: with lean kernels forked from the
+//! fork server (the default) and with each kernel a Python of its own (`--no-fork-server`).
 //!
 //! The server runs in this process with the `codebox serve` defaults for the pool (2 kernels)
 //! and the factory built as `codebox serve` builds it, without session uids (this binary may
@@ -227,10 +231,28 @@ async fn main() -> Result<()> {
     let density = idle_density(&cold_client, idle_sessions).await?;
     drop(cold_server);
 
+    // The same with every kernel started as a Python of its own (`--no-fork-server`), the
+    // reference for what forking from the fork server saves.
+    let executed_factory =
+        Arc::new(LocalFactory::builder(local_builder().with_fork_server(false)).with_pool_size(0).build()?);
+    let executed_server = serve(executed_factory, largest).await?;
+    let executed_client = Client::new(&executed_server.base)?;
+    let mut executed_cold = Vec::with_capacity(cold_runs);
+    for _ in 0..cold_runs {
+        let a = executed_client.session_with_one_cell().await?;
+        executed_cold.push(ms(a.create + a.cell));
+        executed_client.delete(&a.id).await?;
+    }
+    let executed_density = idle_density(&executed_client, idle_sessions).await?;
+    drop(executed_server);
+
     let reference = jupyter_client_reference(&python, cold_runs, 1, 1, 1)?;
     let cold = summary(&cold);
+    let executed_cold = summary(&executed_cold);
     let ratios = json!({
         "cold_first_session_p50_over_reference_cold_start": ratio(&cold["p50"], &reference["cold_start_ms"]["p50"]),
+        "cold_first_session_p50_forked_over_executed": ratio(&cold["p50"], &executed_cold["p50"]),
+        "idle_pss_forked_over_executed": ratio(&density["pss_mib_per_session"], &executed_density["pss_mib_per_session"]),
         "burst_16_all_answered_over_target": ratio(&burst_results.get("16").map_or(Value::Null, |b| b["all_answered_ms"].clone()), &json!(1500.0)),
     });
     let out = json!({
@@ -242,6 +264,11 @@ async fn main() -> Result<()> {
         "burst": burst_results,
         "cold_first_session_ms": cold,
         "idle": density,
+        "executed_kernels": {
+            "what": "the same server with --no-fork-server: every kernel a Python of its own",
+            "cold_first_session_ms": executed_cold,
+            "idle": executed_density,
+        },
         "jupyter_client_reference": reference,
         "ratios": ratios,
         "targets": {

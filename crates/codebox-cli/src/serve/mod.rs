@@ -169,7 +169,7 @@ fn local_factory(settings: &Settings) -> anyhow::Result<LocalFactory> {
         .with_network(sb.network)
         .with_network_allowlist(sb.allowlist.clone())
         .with_limits(sb.limits.clone());
-    let mut boxes = LocalBox::builder().with_sandbox(policy);
+    let mut boxes = LocalBox::builder().with_sandbox(policy).with_fork_server(sb.fork_server);
     if let Some(python) = &settings.python {
         boxes = boxes.with_python(python);
     }

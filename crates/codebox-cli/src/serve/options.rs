@@ -331,6 +331,13 @@ pub(super) struct ServeOptions {
     #[serde(default, skip_serializing_if = "is_false")]
     pub(super) no_cgroups: bool,
 
+    /// Start a Python for every lean kernel instead of forking it from the fork server.
+    /// Forked kernels start faster and share their imported modules' memory, and share the
+    /// fork server's address layout and string hash seed with each other (docs/security.md).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub(super) no_fork_server: bool,
+
     /// This server's own directory for session working directories and its record of live
     /// sessions. At start, whatever an earlier server left there (and under the session
     /// uids, and in session cgroups) is swept away; one server per directory [default:

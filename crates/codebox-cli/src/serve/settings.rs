@@ -27,6 +27,8 @@ pub(super) struct SandboxSettings {
     pub(super) uids: Option<Range<u32>>,
     /// Session cgroups (root only).
     pub(super) cgroups: bool,
+    /// Fork lean kernels from the fork server.
+    pub(super) fork_server: bool,
 }
 
 fn sandbox_settings(o: &ServeOptions) -> anyhow::Result<SandboxSettings> {
@@ -76,6 +78,7 @@ fn sandbox_settings(o: &ServeOptions) -> anyhow::Result<SandboxSettings> {
         limits,
         uids,
         cgroups: !o.no_cgroups,
+        fork_server: !o.no_fork_server,
     })
 }
 

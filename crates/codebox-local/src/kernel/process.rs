@@ -46,7 +46,7 @@ pub(super) struct Process {
     /// A forked kernel's keeper kills it when its socket closes: this copy closes with the
     /// process (the kernel's owner), not with the task watching it, which ends with its
     /// runtime.
-    pub(super) keeper: Option<OwnedFd>,
+    pub(super) _keeper: Option<OwnedFd>,
 }
 
 impl Process {
@@ -99,7 +99,7 @@ impl Watched {
             pid,
             holder,
             reaped: AtomicBool::new(false),
-            keeper: Some(OwnedFd::from(hold)),
+            _keeper: Some(OwnedFd::from(hold)),
         });
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let (death_tx, death) = watch::channel(None);
@@ -127,7 +127,7 @@ impl Watched {
             pid,
             holder: None,
             reaped: AtomicBool::new(false),
-            keeper: None,
+            _keeper: None,
         });
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let (death_tx, death) = watch::channel(None);
