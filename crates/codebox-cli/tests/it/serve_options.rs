@@ -44,7 +44,7 @@ fn help_documents_the_defaults() {
     let help = String::from_utf8_lossy(&out.stdout);
     for default in [
         "[default: 127.0.0.1:8069]",
-        "[default: 64]",
+        "[default: from the host's memory",
         "[default: 15m]",
         "[default: 512M, or half of --workdir-size when that is smaller]",
         "both ends included [default: 200000-265535 when running as root]",
