@@ -9,7 +9,8 @@
 //! - files owned by session uids under the temporary directory and `/var/lib/codebox`;
 //! - codebox temporary directories (`codebox-*` working directories, `cbk-*` kernel runtime
 //!   directories) and working-directory images still mounted;
-//! - stray kernels: `bwrap` or ipykernel processes whose parent is gone (adopted by pid 1).
+//! - stray kernels: `bwrap`, ipykernel or fork server processes (the fork server, its
+//!   keepers, forked kernels) whose parent is gone (adopted by pid 1).
 //!
 //! Every source is a path, so the unit tests point it at fake trees.
 
@@ -165,6 +166,8 @@ fn kernel_like(p: &Proc) -> bool {
         || p.cmdline.contains("ipykernel")
         || p.cmdline.contains("kernel_launcher")
         || p.cmdline.contains("/cbk-")
+        // The kernel fork server, a keeper, or a kernel forked from it.
+        || p.cmdline.contains("_CODEBOX_FORKSERVER")
 }
 
 fn describe(p: &Proc) -> String {
@@ -334,6 +337,7 @@ mod tests {
         fake_proc(&host.proc, 11, 1, 0, "bwrap", "bwrap --unshare-all -- python");
         fake_proc(&host.proc, 12, 999, 0, "python", "python -m ipykernel_launcher -f /tmp/cbk-x/connection.json");
         fake_proc(&host.proc, 13, 1, 1000, "sleep", "sleep 60");
+        fake_proc(&host.proc, 14, 1, 0, "python", "python -c _CODEBOX_FORKSERVER = True");
         std::fs::create_dir_all(host.cgroup.join("pids/ci/codebox/4242-0")).unwrap();
         std::fs::create_dir_all(host.cgroup.join("unified/codebox/4242-1")).unwrap();
         let work = host.temp[0].join("codebox-abc");
@@ -351,7 +355,7 @@ mod tests {
         assert_eq!(uid_procs.len(), 1);
         assert!(uid_procs[0].starts_with("pid 10 uid 310004"), "{uid_procs:?}");
         let stray: Vec<String> = leaks.of("stray kernel processes").iter().map(|s| s[..7].to_owned()).collect();
-        assert_eq!(stray, ["pid 11 ", "pid 12 "], "a parent that is gone counts like pid 1");
+        assert_eq!(stray, ["pid 11 ", "pid 12 ", "pid 14 "], "a parent that is gone counts like pid 1");
         assert_eq!(leaks.of("session cgroups").len(), 2);
         assert_eq!(leaks.of("codebox temporary directories").len(), 2);
         assert_eq!(leaks.of("mounted working-directory images"), [work.display().to_string()]);
