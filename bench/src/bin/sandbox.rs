@@ -11,6 +11,10 @@
 //! - the raw cost of the sandbox itself: spawning `true` directly and under the same bwrap
 //!   command line, p50 over 50 runs;
 //! - the overheads against the targets (warm p50 at most +5 %, cold start at most +15 ms).
+//!
+//! Both sides execute their kernel (`with_fork_server(false)`), so the difference is what
+//! bubblewrap costs; the cold start of a bubblewrap box whose lean kernel is forked from the
+//! fork server (the default there) is measured beside them, interleaved too.
 #![allow(clippy::print_stdout, reason = "a benchmark prints its JSON report on stdout")]
 
 use std::time::Instant;
@@ -22,15 +26,15 @@ use serde_json::json;
 
 use codebox_bench::{env_usize, ms, pct, summary};
 
-fn boxed(isolation: Isolation) -> Result<LocalBox> {
+fn boxed(isolation: Isolation, fork: bool) -> Result<LocalBox> {
     let policy =
         SandboxPolicy::default().with_isolation(isolation).with_require_isolation(isolation != Isolation::None);
-    Ok(LocalBox::builder().with_sandbox(policy).build()?)
+    Ok(LocalBox::builder().with_sandbox(policy).with_fork_server(fork).build()?)
 }
 
-async fn cold_once(isolation: Isolation) -> Result<f64> {
+async fn cold_once(isolation: Isolation, fork: bool) -> Result<f64> {
     let t0 = Instant::now();
-    let lb = boxed(isolation)?;
+    let lb = boxed(isolation, fork)?;
     lb.start().await?;
     let ex = lb.exec("1+1").await?;
     let elapsed = ms(t0.elapsed());
@@ -49,8 +53,8 @@ async fn cold_once(isolation: Isolation) -> Result<f64> {
 /// Warm `1+1` round trips on two live boxes, one without and one with the sandbox,
 /// alternating so that load on the machine hits both alike.
 async fn warm(runs: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    let plain = boxed(Isolation::None)?;
-    let sandboxed = boxed(Isolation::Bubblewrap)?;
+    let plain = boxed(Isolation::None, false)?;
+    let sandboxed = boxed(Isolation::Bubblewrap, false)?;
     plain.start().await?;
     sandboxed.start().await?;
     for _ in 0..50 {
@@ -98,12 +102,14 @@ async fn main() -> Result<()> {
     let cold_runs = env_usize("BENCH_COLD_RUNS", 20);
     let warm_runs = env_usize("BENCH_WARM_RUNS", 500);
     // The managed environment is provisioned (untimed) by a first start.
-    cold_once(Isolation::None).await?;
-    cold_once(Isolation::Bubblewrap).await?;
-    let (mut cold_none, mut cold_bwrap) = (Vec::new(), Vec::new());
+    cold_once(Isolation::None, false).await?;
+    cold_once(Isolation::Bubblewrap, false).await?;
+    cold_once(Isolation::Bubblewrap, true).await?;
+    let (mut cold_none, mut cold_bwrap, mut cold_forked) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..cold_runs {
-        cold_none.push(cold_once(Isolation::None).await?);
-        cold_bwrap.push(cold_once(Isolation::Bubblewrap).await?);
+        cold_none.push(cold_once(Isolation::None, false).await?);
+        cold_bwrap.push(cold_once(Isolation::Bubblewrap, false).await?);
+        cold_forked.push(cold_once(Isolation::Bubblewrap, true).await?);
     }
     let (warm_none, warm_bwrap) = warm(warm_runs).await?;
     let (spawn_direct, spawn_bwrap) = raw_spawn(50)?;
@@ -114,7 +120,11 @@ async fn main() -> Result<()> {
     let spawn_delta = pct(&spawn_bwrap, 0.5) - pct(&spawn_direct, 0.5);
     let report = json!({
         "bench": "sandbox",
-        "cold_start_ms": {"none": summary(&cold_none), "bubblewrap": summary(&cold_bwrap)},
+        "cold_start_ms": {
+            "none": summary(&cold_none),
+            "bubblewrap": summary(&cold_bwrap),
+            "bubblewrap_forked_from_the_fork_server": summary(&cold_forked),
+        },
         "warm_exec_ms": {"none": summary(&warm_none), "bubblewrap": summary(&warm_bwrap)},
         "spawn_true_ms": {"direct": summary(&spawn_direct), "bubblewrap": summary(&spawn_bwrap)},
         "overhead": {
@@ -122,6 +132,7 @@ async fn main() -> Result<()> {
             "cold_start_p50_delta_ms": cold_delta,
             "cold_start_paired_delta_p50_ms": paired_delta,
             "spawn_p50_delta_ms": spawn_delta,
+            "cold_start_p50_forked_over_executed_bubblewrap": pct(&cold_forked, 0.5) / pct(&cold_bwrap, 0.5),
         },
         "targets": {
             "warm_p50_ratio_max": 1.05,

@@ -263,6 +263,9 @@ async fn main() -> Result<()> {
     let config = ServerConfig::new()
         .with_addr("127.0.0.1:0".parse()?)
         .with_api_key(KEY)
+        // No request rate: the measured loops run past `codebox serve`'s default of 50 a
+        // second, and a refusal would end the run.
+        .with_rate_limit(0, 0)
         .with_max_sessions(plan.sessions.max(plan.wide_sessions) + 8)
         .with_max_upload_bytes(2 << 30);
     let server = Server::bind(config, factory).await?;
