@@ -352,7 +352,7 @@ impl Confinement {
     }
 
     /// [`prepare_with`](Self::prepare_with), also giving the sandbox it prepared.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "prepare_with's arguments and the info descriptor")]
     fn prepare_spec(
         &self,
         argv: &[String],

@@ -30,8 +30,11 @@
 //! directory into a [`Confinement`] (the box's uid, cgroup and disk image), whose
 //! [`prepare`](Confinement::prepare) turns a command line into a [`Prepared`] command to
 //! spawn. [`NetProxy`] and [`LoopbackProxy`] carry an allowlisted box's traffic, and
-//! [`rmtree`] removes trees a box may have shaped. Everything else (bubblewrap arguments,
-//! Landlock rules, seccomp programs, rlimits, cgroup files) stays inside this crate.
+//! [`rmtree`] removes trees a box may have shaped. [`Confinement::prepare_fork_target`] makes
+//! a box for a kernel forked into it rather than executed, with the [`ForkPlan`] that kernel
+//! applies to itself, and [`host_memory`] says what memory this process may count on.
+//! Everything else (bubblewrap arguments, Landlock rules, seccomp programs, rlimits, cgroup
+//! files) stays inside this crate.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bwrap;

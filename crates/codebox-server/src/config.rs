@@ -33,7 +33,7 @@ pub struct ServerConfig {
     pub force_no_auth: bool,
     /// The most sessions alive at once; more get 503 with `Retry-After`. Default 64 here;
     /// `codebox serve` derives its default from the host's memory
-    /// ([`max_sessions_for_memory`]).
+    /// ([`max_sessions_for_memory`](crate::max_sessions_for_memory)).
     pub max_sessions: usize,
     /// A session unused for this long is stopped. Default 15 minutes.
     pub idle_timeout: Duration,
@@ -141,21 +141,6 @@ pub enum OnIdle {
     Pause,
     /// Stop it: its kernel, variables and files are gone.
     Stop,
-}
-
-/// Memory counted for each session when the session cap follows from a host's memory
-/// ([`max_sessions_for_memory`]). An idle session of the default template holds about 18 MiB
-/// (PSS, every process of it: `cargo xtask bench --only burst`); the rest is headroom for
-/// the sessions working at any moment, which may each grow to their own memory limit.
-pub const SESSION_MEMORY_ALLOWANCE: u64 = 64 << 20;
-
-/// The session cap for a host with `bytes` of memory: what is left after a reserve for the
-/// server itself and the page cache (an eighth of the memory, and at least the smaller of
-/// 1 GiB and half of it), divided by [`SESSION_MEMORY_ALLOWANCE`]; at least 1. For example
-/// 336 sessions on 24 GiB, 16 in a 2 GiB container, 4 in 512 MiB.
-pub fn max_sessions_for_memory(bytes: u64) -> usize {
-    let reserve = (bytes / 8).max((1u64 << 30).min(bytes / 2));
-    usize::try_from(bytes.saturating_sub(reserve) / SESSION_MEMORY_ALLOWANCE).unwrap_or(usize::MAX).max(1)
 }
 
 impl Default for ServerConfig {
@@ -536,16 +521,6 @@ mod tests {
         assert!(ServerConfig::new().with_api_key("k").validate().is_ok());
         assert!(ServerConfig::new().with_api_key("has space").validate().is_err());
         assert!(ServerConfig::new().with_api_key("").validate().is_err());
-    }
-
-    #[test]
-    fn the_session_cap_follows_memory() {
-        assert_eq!(max_sessions_for_memory(24 << 30), 336);
-        assert_eq!(max_sessions_for_memory(2 << 30), 16);
-        assert_eq!(max_sessions_for_memory(512 << 20), 4);
-        assert_eq!(max_sessions_for_memory(64 << 20), 1, "a tiny host still serves one session");
-        assert_eq!(max_sessions_for_memory(0), 1);
-        assert!(max_sessions_for_memory(256 << 30) > max_sessions_for_memory(24 << 30));
     }
 
     #[test]

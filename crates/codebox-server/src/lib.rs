@@ -21,6 +21,7 @@
 
 mod api;
 mod auth;
+mod capacity;
 mod compat;
 mod config;
 mod downloads;
@@ -50,9 +51,9 @@ use codebox_http::server::{BodyBudget, ConnectionLimits, serve};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::capacity::{SESSION_MEMORY_ALLOWANCE, max_sessions_for_memory};
 pub use crate::config::{
-    DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, MIN_METRICS_INTERVAL, OnIdle, SESSION_MEMORY_ALLOWANCE,
-    ServerConfig, max_sessions_for_memory,
+    DEFAULT_MAX_SESSION_TIMEOUT, DEFAULT_MAX_UPLOAD_BYTES, MIN_METRICS_INTERVAL, OnIdle, ServerConfig,
 };
 pub use crate::factory::{BoxFactory, BoxRequest, factory_fn};
 pub use crate::node::{NODE_SEPARATOR, NodeId};
