@@ -78,7 +78,7 @@ pub(super) fn start(
     runtime_dir: &Path,
 ) -> Result<Forked> {
     let deadline = Instant::now() + spec.start_timeout;
-    let server = server_for(python)?;
+    server_for(python)?;
     let target = confinement.prepare_fork_target(env, python, runtime_dir)?;
     let mut cmd = target.prepared.command;
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -91,8 +91,15 @@ pub(super) fn start(
     let (stderr_read, stderr_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| CodeBoxError::io("making the kernel's stderr pipe", e.into()))?;
     let devnull = std::fs::File::open("/dev/null").map_err(|e| CodeBoxError::io("opening /dev/null", e))?;
-    let (keeper, pid) =
-        server.fork(&target.plan, &namespaces, devnull.as_fd(), stderr_write.as_fd(), conn_file, deadline)?;
+    let fork = |server: &ForkServer| {
+        server.fork(&target.plan, &namespaces, devnull.as_fd(), stderr_write.as_fd(), conn_file, deadline)
+    };
+    let server = server_for(python)?;
+    // A fork server that died since (it is replaced; its kernels live on) is asked once more.
+    let (keeper, pid) = match fork(&server) {
+        Err(_) if server.lost() => fork(&*server_for(python)?)?,
+        forked => forked?,
+    };
     drop(stderr_write);
     let holder = holder.0.take().expect("the holder is still ours");
     Ok(Forked { holder, pid, keeper, stderr: stderr_read })
@@ -168,6 +175,8 @@ struct ForkServer {
     python: PathBuf,
     control: Mutex<UnixStream>,
     process: Mutex<Child>,
+    /// Its socket failed: it is gone, whether or not it has been reaped yet.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl ForkServer {
@@ -225,11 +234,20 @@ impl ForkServer {
         }
         let _ = ours.set_read_timeout(None);
         tracing::debug!(python = %python.display(), pid = process.id(), "kernel fork server ready");
-        Ok(Self { python: python.to_owned(), control: Mutex::new(ours), process: Mutex::new(process) })
+        Ok(Self {
+            python: python.to_owned(),
+            control: Mutex::new(ours),
+            process: Mutex::new(process),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     fn alive(&self) -> bool {
-        matches!(self.process.lock().unwrap_or_else(|e| e.into_inner()).try_wait(), Ok(None))
+        !self.lost() && matches!(self.process.lock().unwrap_or_else(|e| e.into_inner()).try_wait(), Ok(None))
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Fork a kernel into the box of `namespaces`; its keeper's socket and its host pid.
@@ -246,7 +264,10 @@ impl ForkServer {
         let (keeper, theirs) = UnixStream::pair().map_err(|e| io("making a keeper's socket", e))?;
         {
             let control = self.control.lock().unwrap_or_else(|e| e.into_inner());
-            send_with_fds(&control, b"F", &[theirs.as_fd()]).map_err(|e| io("asking for a fork", e))?;
+            send_with_fds(&control, b"F", &[theirs.as_fd()]).map_err(|e| {
+                self.lost.store(true, std::sync::atomic::Ordering::Release);
+                io("asking for a fork", e)
+            })?;
         }
         drop(theirs);
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();

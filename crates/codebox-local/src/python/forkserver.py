@@ -15,7 +15,8 @@
 #   placeholder there that holds them), its user namespace's parent first;
 # - forks the kernel into the box's pid namespace and waits for it, telling codebox its pid
 #   and, when it exits, its wait status (unreaped until codebox has heard it, so the pid is
-#   not reused while codebox may still signal it); codebox closing the socket kills it.
+#   not reused while codebox may still signal it); codebox closing the socket kills it, and
+#   nothing else does: the kernels of a fork server that dies live on.
 #
 # The kernel, before any code of the box runs: enters the box's cgroup, joins the other
 # namespaces, takes the box's uid and gid, drops every capability (bounding and ambient sets
@@ -175,9 +176,11 @@ def _kernel(request, fds, net_forwarder):
 
 
 def _keeper(conn, net_forwarder):
-    """In the fork that keeps one kernel: join the box, fork the kernel, report on it."""
+    """In the fork that keeps one kernel: join the box, fork the kernel, report on it.
+
+    It lives as long as codebox's end of its socket, not as long as the fork server: a fork
+    server that dies takes no running kernel with it."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="tying the keeper to the fork server")
     try:
         request, fds = _recv_request(conn)
         user = fds[request["fds"]["user"]]

@@ -190,3 +190,68 @@ async fn under_bubblewrap_the_lean_kernel_is_forked_from_the_fork_server() {
     assert_eq!(lb.kernel_forked().await, Some(false));
     lb.stop().await.unwrap();
 }
+
+/// Set in the process that `a_fork_server_that_dies_takes_no_kernel_with_it` runs itself in.
+const FORK_SERVER_ROLE: &str = "CODEBOX_TEST_FORK_SERVER_DIES";
+
+#[test]
+fn a_fork_server_that_dies_takes_no_kernel_with_it() {
+    // Killing the fork server would disturb the other tests of this process, which share it:
+    // the case runs in a process of its own (this test binary again).
+    if std::env::var_os(FORK_SERVER_ROLE).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "lean::a_fork_server_that_dies_takes_no_kernel_with_it", "--nocapture"])
+            .env(FORK_SERVER_ROLE, "1")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("FORK_SERVER_CASE_DONE"), "{text}");
+        return;
+    }
+    let parent_of = |pid: i32| -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let policy = codebox_local::SandboxPolicy::default()
+            .with_isolation(codebox_local::Isolation::Bubblewrap)
+            .with_require_isolation(true);
+        let boxed = || builder().with_kernel(LEAN_KERNEL).with_sandbox(policy.clone()).build().unwrap();
+        let first = boxed();
+        within("start", first.start()).await.unwrap();
+        assert_eq!(first.kernel_forked().await, Some(true));
+        within("exec", first.exec("x = 41")).await.unwrap();
+        let kernel = first.kernel_pid().await.unwrap();
+        let server = parent_of(parent_of(kernel));
+        let cmdline = std::fs::read(format!("/proc/{server}/cmdline")).unwrap();
+        assert!(String::from_utf8_lossy(&cmdline).contains("_CODEBOX_FORKSERVER"));
+        rustix::process::kill_process(rustix::process::Pid::from_raw(server).unwrap(), rustix::process::Signal::KILL)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The running kernel lives on, state and all.
+        let ex = within("exec after", first.exec("x + 1")).await.unwrap();
+        assert_eq!(ex.text(), "42", "{ex:?}");
+        assert_eq!(first.kernel_pid().await, Some(kernel));
+        // A new box is forked from a new fork server.
+        let second = boxed();
+        within("start again", second.start()).await.unwrap();
+        assert_eq!(second.kernel_forked().await, Some(true));
+        let again = parent_of(parent_of(second.kernel_pid().await.unwrap()));
+        assert_ne!(again, server);
+        assert_eq!(within("exec", second.exec("1 + 1")).await.unwrap().text(), "2");
+        first.stop().await.unwrap();
+        second.stop().await.unwrap();
+        // Stopping the box still ends its kernel, whose keeper outlived the fork server.
+        let gone = async {
+            while std::path::Path::new(&format!("/proc/{kernel}")).exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        within("the first kernel's end", gone).await;
+    });
+    #[allow(clippy::print_stdout, reason = "the parent process reads this line")]
+    {
+        println!("FORK_SERVER_CASE_DONE");
+    }
+}
