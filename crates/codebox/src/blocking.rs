@@ -34,8 +34,8 @@ use tokio::runtime::Runtime;
 
 use crate::{
     BoxMetrics, BoxStatus, Capabilities, CodeBox, CodeBoxError, CodeBoxSettings, CommandOutput, CommandSpec,
-    ContextInfo, EventStream, ExecEvent, Execution, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo, Result,
-    RunOptions,
+    ContextInfo, EventStream, ExecEvent, Execution, ExecutionRecord, ExecutionStats, FileInfo, PackageInfo,
+    ProcessEvent, ProcessId, ProcessInfo, ProcessSignal, ProcessSpec, ProcessStream, Result, RunOptions,
 };
 
 mod client;
@@ -381,6 +381,40 @@ impl<B: CodeBox + ?Sized + 'static> BlockingBox<B> {
         self.call(|b| async move { b.metrics().await })
     }
 
+    /// [`CodeBox::start_process`]: the process's events as an iterator, [`ProcessEvent::Start`]
+    /// first and [`ProcessEvent::End`] last. Dropping it does not stop the process.
+    pub fn start_process(&self, spec: ProcessSpec) -> Result<ProcessEvents> {
+        let stream = self.call(|b| async move { b.start_process(spec).await })?;
+        ProcessEvents::pump(stream)
+    }
+
+    /// [`CodeBox::connect_process`]: follow a running process again.
+    pub fn connect_process(&self, pid: ProcessId) -> Result<ProcessEvents> {
+        let stream = self.call(move |b| async move { b.connect_process(pid).await })?;
+        ProcessEvents::pump(stream)
+    }
+
+    /// [`CodeBox::processes`].
+    pub fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        self.call(|b| async move { b.processes().await })
+    }
+
+    /// [`CodeBox::process_input`].
+    pub fn process_input(&self, pid: ProcessId, data: impl Into<Bytes>) -> Result<()> {
+        let data = data.into();
+        self.call(move |b| async move { b.process_input(pid, data).await })
+    }
+
+    /// [`CodeBox::close_process_input`].
+    pub fn close_process_input(&self, pid: ProcessId) -> Result<()> {
+        self.call(move |b| async move { b.close_process_input(pid).await })
+    }
+
+    /// [`CodeBox::signal_process`].
+    pub fn signal_process(&self, pid: ProcessId, signal: ProcessSignal) -> Result<()> {
+        self.call(move |b| async move { b.signal_process(pid, signal).await })
+    }
+
     /// [`CodeBox::restart`].
     pub fn restart(&self) -> Result<()> {
         self.call(|b| async move { b.restart().await })
@@ -500,6 +534,32 @@ impl Events {
 
 impl Iterator for Events {
     type Item = Result<ExecEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.pump.next_item()
+    }
+}
+
+/// A background process's events, as they happen: the iterator of
+/// [`BlockingBox::start_process`] and [`BlockingBox::connect_process`].
+pub struct ProcessEvents {
+    pump: Pump<ProcessEvent>,
+}
+
+impl std::fmt::Debug for ProcessEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessEvents").finish_non_exhaustive()
+    }
+}
+
+impl ProcessEvents {
+    fn pump(stream: ProcessStream) -> Result<Self> {
+        Ok(Self { pump: Pump::start(stream)? })
+    }
+}
+
+impl Iterator for ProcessEvents {
+    type Item = Result<ProcessEvent>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.pump.next_item()

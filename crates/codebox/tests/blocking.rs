@@ -4,9 +4,9 @@
 //! blocking box: every method makes its blocking call on a plain thread (no runtime there,
 //! as in a program that is not async) and awaits the answer. Streams go the other way: an
 //! execution's events and a download's chunks are read from the blocking iterators on such
-//! a thread, and an upload's chunks are read from the suite's stream there. Port streams
-//! have no blocking form, so this box says it has no ports and the suite's port check
-//! reports that it skipped them.
+//! a thread, and an upload's chunks are read from the suite's stream there; so are a
+//! background process's events. Port streams have no blocking form, so this box says it has
+//! no ports and the suite's port check reports that it skipped them.
 
 use std::sync::Arc;
 
@@ -18,7 +18,8 @@ use codebox::blocking::{self, BlockingBox};
 use codebox::conformance::{ConformanceOptions, run_all};
 use codebox::{
     BoxMetrics, BoxStatus, ByteStream, Capabilities, CodeBox, CommandOutput, CommandSpec, ContextInfo, ErrorKind,
-    EventStream, Execution, ExecutionRecord, ExecutionStats, FileInfo, LocalBox, PackageInfo, Result, RunOptions,
+    EventStream, Execution, ExecutionRecord, ExecutionStats, FileInfo, LocalBox, PackageInfo, ProcessId, ProcessInfo,
+    ProcessSignal, ProcessSpec, ProcessStream, Result, RunOptions,
 };
 
 #[derive(Debug, Clone)]
@@ -83,8 +84,6 @@ impl CodeBox for ThroughBlocking {
     fn capabilities(&self) -> Capabilities {
         let mut caps = self.0.capabilities();
         caps.ports = false;
-        // The blocking API has no background processes: the suite checks they are refused.
-        caps.processes = false;
         caps
     }
 
@@ -202,6 +201,32 @@ impl CodeBox for ThroughBlocking {
         self.on_thread(|b| b.metrics()).await
     }
 
+    async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessStream> {
+        let events = self.on_thread(move |b| b.start_process(spec)).await?;
+        Ok(stream_of(events))
+    }
+
+    async fn connect_process(&self, pid: ProcessId) -> Result<ProcessStream> {
+        let events = self.on_thread(move |b| b.connect_process(pid)).await?;
+        Ok(stream_of(events))
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        self.on_thread(|b| b.processes()).await
+    }
+
+    async fn process_input(&self, pid: ProcessId, data: Bytes) -> Result<()> {
+        self.on_thread(move |b| b.process_input(pid, data)).await
+    }
+
+    async fn close_process_input(&self, pid: ProcessId) -> Result<()> {
+        self.on_thread(move |b| b.close_process_input(pid)).await
+    }
+
+    async fn signal_process(&self, pid: ProcessId, signal: ProcessSignal) -> Result<()> {
+        self.on_thread(move |b| b.signal_process(pid, signal)).await
+    }
+
     async fn restart(&self) -> Result<()> {
         self.on_thread(|b| b.restart()).await
     }
@@ -223,6 +248,9 @@ async fn a_local_box_passes_the_conformance_suite_through_the_blocking_api() {
     let report = run_all(&b, &ConformanceOptions::default()).await;
     b.stop().await.unwrap();
     report.assert_all_passed();
+    // Background processes went through the blocking API, not around it.
+    let processes = report.checks.iter().find(|c| c.name == "processes").expect("a processes check");
+    assert_eq!(processes.outcome.as_deref().ok(), Some(""), "{}", report.summary());
 }
 
 #[test]
