@@ -1,0 +1,145 @@
+//! The iterators of the blocking API: async streams pumped by a task on its runtime to a
+//! reader that blocks.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{QUEUE_DEPTH, check_not_async, runtime};
+use crate::{EventStream, ExecEvent, Execution, ProcessEvent, ProcessStream, Result};
+
+/// Items of an async stream, forwarded by a task on the runtime to a blocking reader. The
+/// task ends, dropping the stream (which cancels an execution), when the reader is dropped.
+pub(super) struct Pump<T> {
+    rx: tokio::sync::mpsc::Receiver<Result<T>>,
+}
+
+impl<T: Send + 'static> Pump<T> {
+    fn start(mut stream: std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>) -> Result<Self> {
+        check_not_async()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
+        runtime()?.spawn(async move {
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        Some(item) => if tx.send(item).await.is_err() { return },
+                        None => return,
+                    },
+                    // The reader went away while the stream was quiet.
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Self { rx })
+    }
+
+    fn next_item(&mut self) -> Option<Result<T>> {
+        if let Err(e) = check_not_async() {
+            return Some(Err(e));
+        }
+        self.rx.blocking_recv()
+    }
+}
+
+/// The events of an execution, as they happen: [`BlockingBox::run_stream`]'s iterator.
+pub struct Events {
+    pump: Pump<ExecEvent>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    pub(super) fn pump(stream: EventStream) -> Result<Self> {
+        Ok(Self { pump: Pump::start(stream)? })
+    }
+
+    /// Read the rest of the events into an [`Execution`], as [`BlockingBox::run`] does.
+    pub fn collect_execution(self) -> Result<Execution> {
+        let events = futures::stream::iter(self);
+        futures::executor::block_on(Execution::collect(Box::pin(events)))
+    }
+}
+
+impl Iterator for Events {
+    type Item = Result<ExecEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.pump.next_item()
+    }
+}
+
+/// A background process's events, as they happen: the iterator of
+/// [`BlockingBox::start_process`] and [`BlockingBox::connect_process`].
+pub struct ProcessEvents {
+    pump: Pump<ProcessEvent>,
+}
+
+impl std::fmt::Debug for ProcessEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessEvents").finish_non_exhaustive()
+    }
+}
+
+impl ProcessEvents {
+    pub(super) fn pump(stream: ProcessStream) -> Result<Self> {
+        Ok(Self { pump: Pump::start(stream)? })
+    }
+}
+
+impl Iterator for ProcessEvents {
+    type Item = Result<ProcessEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.pump.next_item()
+    }
+}
+
+/// A file's content in chunks: [`BlockingBox::download`]'s iterator, also a reader.
+pub struct Download {
+    pump: Pump<Bytes>,
+    /// What is left of the chunk a `read` did not take whole.
+    pending: Bytes,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download").field("pending", &self.pending.len()).finish_non_exhaustive()
+    }
+}
+
+impl Download {
+    pub(super) fn pump(stream: crate::ByteStream) -> Result<Self> {
+        Ok(Self { pump: Pump::start(stream)?, pending: Bytes::new() })
+    }
+}
+
+impl Iterator for Download {
+    type Item = Result<Bytes>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.pending.is_empty() {
+            return Some(Ok(std::mem::take(&mut self.pending)));
+        }
+        self.pump.next_item()
+    }
+}
+
+impl Read for Download {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pending.is_empty() {
+            match self.pump.next_item() {
+                None => return Ok(0),
+                Some(Ok(chunk)) => self.pending = chunk,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
+    }
+}
