@@ -207,7 +207,7 @@ impl<B: CodeBox + ?Sized + 'static> BlockingBox<B> {
     }
 
     /// [`CodeBox::run_stream`]: the events as an iterator, which ends after
-    /// [`ExecEvent::End`]. Dropping it early cancels the execution.
+    /// [`ExecEvent::End`](crate::ExecEvent::End). Dropping it early cancels the execution.
     pub fn run_stream(&self, code: &str, options: RunOptions) -> Result<Events> {
         let code = code.to_owned();
         let stream = self.call(|b| async move { b.run_stream(&code, options).await })?;
@@ -383,8 +383,10 @@ impl<B: CodeBox + ?Sized + 'static> BlockingBox<B> {
         self.call(|b| async move { b.metrics().await })
     }
 
-    /// [`CodeBox::start_process`]: the process's events as an iterator, [`ProcessEvent::Start`]
-    /// first and [`ProcessEvent::End`] last. Dropping it does not stop the process.
+    /// [`CodeBox::start_process`]: the process's events as an iterator,
+    /// [`ProcessEvent::Start`](crate::ProcessEvent::Start) first and
+    /// [`ProcessEvent::End`](crate::ProcessEvent::End) last. Dropping it does not stop the
+    /// process.
     pub fn start_process(&self, spec: ProcessSpec) -> Result<ProcessEvents> {
         let stream = self.call(|b| async move { b.start_process(spec).await })?;
         ProcessEvents::pump(stream)

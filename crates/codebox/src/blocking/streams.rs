@@ -42,7 +42,8 @@ impl<T: Send + 'static> Pump<T> {
     }
 }
 
-/// The events of an execution, as they happen: [`BlockingBox::run_stream`]'s iterator.
+/// The events of an execution, as they happen: the iterator of
+/// [`BlockingBox::run_stream`](super::BlockingBox::run_stream).
 pub struct Events {
     pump: Pump<ExecEvent>,
 }
@@ -58,7 +59,8 @@ impl Events {
         Ok(Self { pump: Pump::start(stream)? })
     }
 
-    /// Read the rest of the events into an [`Execution`], as [`BlockingBox::run`] does.
+    /// Read the rest of the events into an [`Execution`], as
+    /// [`BlockingBox::run`](super::BlockingBox::run) does.
     pub fn collect_execution(self) -> Result<Execution> {
         let events = futures::stream::iter(self);
         futures::executor::block_on(Execution::collect(Box::pin(events)))
@@ -74,7 +76,8 @@ impl Iterator for Events {
 }
 
 /// A background process's events, as they happen: the iterator of
-/// [`BlockingBox::start_process`] and [`BlockingBox::connect_process`].
+/// [`BlockingBox::start_process`](super::BlockingBox::start_process) and
+/// [`BlockingBox::connect_process`](super::BlockingBox::connect_process).
 pub struct ProcessEvents {
     pump: Pump<ProcessEvent>,
 }
@@ -99,7 +102,8 @@ impl Iterator for ProcessEvents {
     }
 }
 
-/// A file's content in chunks: [`BlockingBox::download`]'s iterator, also a reader.
+/// A file's content in chunks, also a reader: the iterator of
+/// [`BlockingBox::download`](super::BlockingBox::download).
 pub struct Download {
     pump: Pump<Bytes>,
     /// What is left of the chunk a `read` did not take whole.
