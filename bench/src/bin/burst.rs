@@ -186,6 +186,27 @@ async fn idle_density(client: &Client, n: usize) -> Result<Value> {
     }))
 }
 
+/// On a server of `boxes` with no pool (room for `max_sessions`): the cold first session's
+/// times (`runs` of them, each session deleted after) and the PSS of `idle` idle sessions.
+async fn cold_and_idle(
+    boxes: codebox_local::LocalBoxBuilder,
+    max_sessions: usize,
+    runs: usize,
+    idle: usize,
+) -> Result<(Value, Value)> {
+    let factory = Arc::new(LocalFactory::builder(boxes).with_pool_size(0).build()?);
+    let server = serve(factory, max_sessions).await?;
+    let client = Client::new(&server.base)?;
+    let mut cold = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let a = client.session_with_one_cell().await?;
+        cold.push(ms(a.create + a.cell));
+        client.delete(&a.id).await?;
+    }
+    let density = idle_density(&client, idle).await?;
+    Ok((summary(&cold), density))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -218,37 +239,13 @@ async fn main() -> Result<()> {
     }
     drop(server);
 
-    // Cold first session and idle density: no pool.
-    let cold_factory = Arc::new(LocalFactory::builder(local_builder()).with_pool_size(0).build()?);
-    let cold_server = serve(Arc::clone(&cold_factory), largest).await?;
-    let cold_client = Client::new(&cold_server.base)?;
-    let mut cold = Vec::with_capacity(cold_runs);
-    for _ in 0..cold_runs {
-        let a = cold_client.session_with_one_cell().await?;
-        cold.push(ms(a.create + a.cell));
-        cold_client.delete(&a.id).await?;
-    }
-    let density = idle_density(&cold_client, idle_sessions).await?;
-    drop(cold_server);
-
-    // The same with every kernel started as a Python of its own (`--no-fork-server`), the
-    // reference for what forking from the fork server saves.
-    let executed_factory =
-        Arc::new(LocalFactory::builder(local_builder().with_fork_server(false)).with_pool_size(0).build()?);
-    let executed_server = serve(executed_factory, largest).await?;
-    let executed_client = Client::new(&executed_server.base)?;
-    let mut executed_cold = Vec::with_capacity(cold_runs);
-    for _ in 0..cold_runs {
-        let a = executed_client.session_with_one_cell().await?;
-        executed_cold.push(ms(a.create + a.cell));
-        executed_client.delete(&a.id).await?;
-    }
-    let executed_density = idle_density(&executed_client, idle_sessions).await?;
-    drop(executed_server);
+    // Cold first session and idle density: no pool; then the same with every kernel started
+    // as a Python of its own (`--no-fork-server`), the reference for what forking saves.
+    let (cold, density) = cold_and_idle(local_builder(), largest, cold_runs, idle_sessions).await?;
+    let (executed_cold, executed_density) =
+        cold_and_idle(local_builder().with_fork_server(false), largest, cold_runs, idle_sessions).await?;
 
     let reference = jupyter_client_reference(&python, cold_runs, 1, 1, 1)?;
-    let cold = summary(&cold);
-    let executed_cold = summary(&executed_cold);
     let ratios = json!({
         "cold_first_session_p50_over_reference_cold_start": ratio(&cold["p50"], &reference["cold_start_ms"]["p50"]),
         "cold_first_session_p50_forked_over_executed": ratio(&cold["p50"], &executed_cold["p50"]),

@@ -65,15 +65,19 @@ pub fn session_cgroups_of(pid: u32) -> io::Result<Vec<PathBuf>> {
 }
 
 fn own_cgroups() -> io::Result<Vec<(String, String)>> {
-    // Lines are `id:controllers:path`; v2 is `0::path`.
-    Ok(std::fs::read_to_string("/proc/self/cgroup")?
-        .lines()
+    Ok(parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup")?))
+}
+
+/// The `(controllers, path)` of each line of a `/proc/<pid>/cgroup`: lines are
+/// `id:controllers:path`, and v2's is `0::path` (no controllers).
+pub(crate) fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
+    text.lines()
         .filter_map(|l| {
             let mut it = l.splitn(3, ':');
             let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
             Some((ctrls.to_owned(), path.to_owned()))
         })
-        .collect())
+        .collect()
 }
 
 fn join(root: &Path, cgroup_path: &str) -> PathBuf {

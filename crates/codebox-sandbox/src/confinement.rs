@@ -236,7 +236,7 @@ impl Confinement {
         cwd: Option<&Path>,
         run_dir: Option<&Path>,
     ) -> Result<Prepared> {
-        self.prepare_with(argv, env, python, cwd, run_dir, self.network, None, &[])
+        self.prepare_with(argv, env, python, cwd, run_dir, self.network, None, &[], None).map(|(prepared, _)| prepared)
     }
 
     /// A box for a kernel that a fork server forks into it, rather than a command to run:
@@ -252,7 +252,7 @@ impl Confinement {
         let (info_read, info_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| CodeBoxError::io("making bubblewrap's info pipe", e.into()))?;
         let argv = [FORK_PLACEHOLDER.to_owned(), "infinity".to_owned()];
-        let (prepared, spec) = self.prepare_spec(
+        let (prepared, spec) = self.prepare_with(
             &argv,
             env,
             Some(python),
@@ -263,13 +263,8 @@ impl Confinement {
             &[],
             Some(info_write.as_raw_fd()),
         )?;
-        let programs = crate::seccomp::deny_list(crate::seccomp::Network::Allowed)
-            .map_err(|e| CodeBoxError::kernel_start(format!("compiling the box's seccomp filters: {e}")))?;
-        let seccomp = programs
-            .iter()
-            .map(crate::seccomp::memfd)
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| CodeBoxError::io("writing the box's seccomp filters", e))?;
+        let seccomp = crate::seccomp::bubblewrap_filters()
+            .map_err(|e| CodeBoxError::kernel_start(format!("the box's seccomp filters: {e}")))?;
         let cgroup = match &self.cgroup {
             Some(cg) => cg.entry().map_err(|e| CodeBoxError::io("opening the session cgroup", e))?.into_fds(),
             None => Vec::new(),
@@ -327,7 +322,8 @@ impl Confinement {
                 )));
             }
         };
-        self.prepare_with(argv, env, Some(python), None, run_dir, host_network, proxy_port, read_only)
+        self.prepare_with(argv, env, Some(python), None, run_dir, host_network, proxy_port, read_only, None)
+            .map(|(prepared, _)| prepared)
     }
 
     /// Whether the box may reach only the hosts of a network allowlist.
@@ -335,25 +331,9 @@ impl Confinement {
         !self.network_allowlist.is_empty()
     }
 
-    #[allow(clippy::too_many_arguments)] // the two public entry points above name them
+    /// The command for `argv` in this box, and the sandbox it was prepared for.
+    #[allow(clippy::too_many_arguments, reason = "the three public entry points above name them")]
     fn prepare_with(
-        &self,
-        argv: &[String],
-        env: &[(String, String)],
-        python: Option<&Path>,
-        cwd: Option<&Path>,
-        run_dir: Option<&Path>,
-        network: bool,
-        proxy_port: Option<u16>,
-        extra_read_only: &[PathBuf],
-    ) -> Result<Prepared> {
-        self.prepare_spec(argv, env, python, cwd, run_dir, network, proxy_port, extra_read_only, None)
-            .map(|(prepared, _)| prepared)
-    }
-
-    /// [`prepare_with`](Self::prepare_with), also giving the sandbox it prepared.
-    #[allow(clippy::too_many_arguments, reason = "prepare_with's arguments and the info descriptor")]
-    fn prepare_spec(
         &self,
         argv: &[String],
         env: &[(String, String)],

@@ -176,11 +176,7 @@ impl SandboxSpec {
                 let bwrap = self.bwrap.clone().ok_or(SandboxError::NoBwrap)?;
                 // The private network namespace keeps IP sockets off the host, and code in the
                 // box may use its own loopback.
-                let fds = super::seccomp::deny_list(Network::Allowed)?
-                    .iter()
-                    .map(super::seccomp::memfd)
-                    .collect::<std::io::Result<Vec<_>>>()
-                    .map_err(SandboxError::SeccompMemfd)?;
+                let fds = super::seccomp::bubblewrap_filters()?;
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
                 let inherited: Vec<RawFd> = raw.iter().copied().chain(self.info_fd).collect();
                 let config = BwrapConfig {

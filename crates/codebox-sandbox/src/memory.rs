@@ -41,17 +41,10 @@ pub fn machine_memory() -> Option<u64> {
 /// memory controller, else v1's `memory.limit_in_bytes` (whose "no limit" is a huge number,
 /// left out by comparing with the largest page-aligned value it reports).
 fn cgroup_memory_limit(root: &Path, proc_cgroup: &str) -> Option<u64> {
-    let mut v2_path = None;
-    let mut v1_path = None;
-    for line in proc_cgroup.lines() {
-        let mut it = line.splitn(3, ':');
-        let (_, controllers, path) = (it.next()?, it.next()?, it.next()?);
-        if controllers.is_empty() {
-            v2_path = Some(path);
-        } else if controllers.split(',').any(|c| c == "memory") {
-            v1_path = Some(path);
-        }
-    }
+    let own = crate::cgroup::parse_proc_cgroup(proc_cgroup);
+    let v2_path = own.iter().find(|(controllers, _)| controllers.is_empty()).map(|(_, p)| p.as_str());
+    let v1_path =
+        own.iter().find(|(controllers, _)| controllers.split(',').any(|c| c == "memory")).map(|(_, p)| p.as_str());
     let v2_has_memory = std::fs::read_to_string(root.join("cgroup.controllers"))
         .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
     let (mount, path, file) = match (v2_path, v1_path) {

@@ -195,6 +195,17 @@ pub(crate) fn to_bytes(program: &BpfProgram) -> Vec<u8> {
     out
 }
 
+/// The filters of a bubblewrap box (the deny-list with the network allowed: the box's own
+/// namespace keeps IP sockets off the host), each in a memory file: what bubblewrap loads
+/// for an executed kernel and a forked kernel loads itself.
+pub(crate) fn bubblewrap_filters() -> Result<Vec<OwnedFd>, SandboxError> {
+    deny_list(Network::Allowed)?
+        .iter()
+        .map(memfd)
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(SandboxError::SeccompMemfd)
+}
+
 /// A sealed-in-practice memory file holding `program`, positioned at its start, close-on-exec
 /// (the spawn clears that flag in the child only).
 pub(crate) fn memfd(program: &BpfProgram) -> std::io::Result<OwnedFd> {

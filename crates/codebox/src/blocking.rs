@@ -40,7 +40,7 @@ use crate::{
 mod client;
 mod streams;
 
-pub use streams::{Download, Events, ProcessEvents};
+pub use streams::{Download, Events, ProcessEvents, StreamIter};
 
 #[cfg(feature = "remote")]
 #[cfg_attr(docsrs, doc(cfg(feature = "remote")))]

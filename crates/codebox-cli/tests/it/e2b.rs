@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::hostile::{KEY_A, Level, Options, Serve};
 
@@ -18,54 +17,15 @@ const UIDS: std::ops::Range<u32> = 352_000..352_032;
 /// traffic acts as that key.
 const KEY_A_FINGERPRINT: &str = "741526f653d9";
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).status().is_ok_and(|s| s.success())
-}
-
-/// The Python of a virtualenv with the E2B SDK, made under target/ on first use (as the
-/// MCP client's). The SDK needs Python 3.11 or newer: `CODEBOX_PYTHON` names one when
-/// `python3` is older.
+/// The Python of a virtualenv with the E2B SDK, made under target/ on first use. The SDK
+/// needs Python 3.11 or newer: `CODEBOX_PYTHON` names one when `python3` is older.
 pub(crate) fn client_python() -> PathBuf {
-    let venv = target_dir().join("e2b-venv");
-    let python = venv.join("bin/python");
-    let probe = |p: &Path| {
-        quiet(Command::new(p).args([
-            "-c",
-            "from importlib.metadata import version; import e2b_code_interpreter; \
-             assert version('e2b-code-interpreter') == '2.11.5'",
-        ]))
-    };
-    if probe(&python) {
-        return python;
-    }
-    let lock = target_dir().join("e2b-venv.lock");
-    std::fs::create_dir_all(target_dir()).unwrap();
-    while std::fs::create_dir(&lock).is_err() {
-        std::thread::sleep(Duration::from_millis(500));
-        if probe(&python) {
-            return python;
-        }
-    }
-    let base = std::env::var("CODEBOX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let ok = quiet(Command::new(&base).args(["-m", "venv", "--clear"]).arg(&venv))
-        && quiet(
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "--disable-pip-version-check"])
-                .args(E2B_CLIENT),
-        );
-    let _ = std::fs::remove_dir(&lock);
-    assert!(
-        ok,
-        "creating the {E2B_CLIENT:?} virtualenv at {} failed (pip needs PyPI, the SDK Python >= 3.11)",
-        venv.display()
-    );
-    python
+    crate::venv::python_with(
+        "e2b-venv",
+        &E2B_CLIENT,
+        "from importlib.metadata import version; import e2b_code_interpreter; \
+         assert version('e2b-code-interpreter') == '2.11.5'",
+    )
 }
 
 fn script() -> PathBuf {

@@ -10,3 +10,4 @@ mod run_env;
 mod scaling;
 mod serve;
 mod serve_options;
+mod venv;

@@ -15,44 +15,9 @@ const MCP_CLIENT: &str = "mcp==2.3.0";
 /// The session uids of this file's servers.
 const UIDS: std::ops::Range<u32> = 345_000..345_020;
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).status().is_ok_and(|s| s.success())
-}
-
-/// The Python of a virtualenv with the `mcp` client, made under target/ on first use (the
-/// same way as the codebox-api clients' virtualenv of codebox-remote's tests).
+/// The Python of a virtualenv with the `mcp` client, made under target/ on first use.
 pub(crate) fn client_python() -> PathBuf {
-    let venv = target_dir().join("mcp-venv");
-    let python = venv.join("bin/python");
-    let probe = |p: &Path| quiet(Command::new(p).args(["-c", "import mcp, httpx2; from mcp import Client"]));
-    if probe(&python) {
-        return python;
-    }
-    let lock = target_dir().join("mcp-venv.lock");
-    std::fs::create_dir_all(target_dir()).unwrap();
-    while std::fs::create_dir(&lock).is_err() {
-        std::thread::sleep(Duration::from_millis(500));
-        if probe(&python) {
-            return python;
-        }
-    }
-    let base = std::env::var("CODEBOX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let ok = quiet(Command::new(&base).args(["-m", "venv", "--clear"]).arg(&venv))
-        && quiet(Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            MCP_CLIENT,
-        ]));
-    let _ = std::fs::remove_dir(&lock);
-    assert!(ok, "creating the {MCP_CLIENT} virtualenv at {} failed (pip needs PyPI)", venv.display());
-    python
+    crate::venv::python_with("mcp-venv", &[MCP_CLIENT], "import mcp, httpx2; from mcp import Client")
 }
 
 pub(crate) fn script() -> PathBuf {

@@ -31,12 +31,6 @@ fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
 /// The node a session id names, the way the shipped nginx configuration reads it.
 fn node_of(id: &str) -> String {
     if let Some((node, _)) = id.rsplit_once("--") {
@@ -50,34 +44,8 @@ fn node_of(id: &str) -> String {
 /// pinned with `==`, importable as `module`), made on first use.
 fn client_python(requirements: &[&str], module: &str) -> PathBuf {
     let (dist, version) = requirements[0].split_once("==").expect("the first requirement is pinned");
-    let venv = target_dir().join(format!("{dist}-{version}-venv"));
-    let python = venv.join("bin/python");
-    let quiet = |cmd: &mut Command| cmd.stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    let probe = |p: &Path| {
-        let check = format!("import {module}, importlib.metadata as m; assert m.version('{dist}') == '{version}'");
-        quiet(Command::new(p).args(["-c", &check]).stderr(Stdio::null()))
-    };
-    if probe(&python) {
-        return python;
-    }
-    let lock = venv.with_extension("lock");
-    std::fs::create_dir_all(target_dir()).unwrap();
-    while std::fs::create_dir(&lock).is_err() {
-        std::thread::sleep(Duration::from_millis(500));
-        if probe(&python) {
-            return python;
-        }
-    }
-    let base = std::env::var("CODEBOX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let ok = quiet(Command::new(&base).args(["-m", "venv", "--clear"]).arg(&venv))
-        && quiet(
-            Command::new(&python)
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-                .args(requirements),
-        );
-    let _ = std::fs::remove_dir(&lock);
-    assert!(ok, "creating the {requirements:?} virtualenv at {} failed (pip needs PyPI)", venv.display());
-    python
+    let probe = format!("import {module}, importlib.metadata as m; assert m.version('{dist}') == '{version}'");
+    crate::venv::python_with(&format!("{dist}-{version}-venv"), requirements, &probe)
 }
 
 /// Run a client script with `python` against `base_url`; it prints one JSON line last.

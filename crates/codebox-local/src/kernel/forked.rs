@@ -51,9 +51,10 @@ pub(super) fn forkable<'a>(
     env: &[(String, String)],
 ) -> Option<&'a Path> {
     let startup_env = env.iter().any(|(k, _)| k.starts_with("PYTHON") && !FORKABLE_PYTHON_VARS.contains(&k.as_str()));
-    (spec.fork && spec.name == LEAN_KERNEL && confinement.level() == IsolationLevel::Bubblewrap && !startup_env)
-        .then(|| spec.argv.first().map(Path::new))
-        .flatten()
+    if !spec.fork || spec.name != LEAN_KERNEL || confinement.level() != IsolationLevel::Bubblewrap || startup_env {
+        return None;
+    }
+    spec.argv.first().map(Path::new)
 }
 
 /// A kernel forked into its box.
@@ -78,7 +79,8 @@ pub(super) fn start(
     runtime_dir: &Path,
 ) -> Result<Forked> {
     let deadline = Instant::now() + spec.start_timeout;
-    server_for(python)?;
+    // Before the box: a fork server that cannot start leaves nothing to undo.
+    let server = server_for(python)?;
     let target = confinement.prepare_fork_target(env, python, runtime_dir)?;
     let mut cmd = target.prepared.command;
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -94,7 +96,6 @@ pub(super) fn start(
     let fork = |server: &ForkServer| {
         server.fork(&target.plan, &namespaces, devnull.as_fd(), stderr_write.as_fd(), conn_file, deadline)
     };
-    let server = server_for(python)?;
     // A fork server that died since (it is replaced; its kernels live on) is asked once more.
     let (keeper, pid) = match fork(&server) {
         Err(_) if server.lost() => fork(&*server_for(python)?)?,

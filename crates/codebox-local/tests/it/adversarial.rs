@@ -982,7 +982,7 @@ fn python_of(pid: i32) -> i32 {
 }
 
 /// The parent of process `pid`.
-fn parent_of(pid: i32) -> i32 {
+pub(crate) fn parent_of(pid: i32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap()
 }

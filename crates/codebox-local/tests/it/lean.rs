@@ -208,10 +208,7 @@ fn a_fork_server_that_dies_takes_no_kernel_with_it() {
         assert!(out.status.success() && text.contains("FORK_SERVER_CASE_DONE"), "{text}");
         return;
     }
-    let parent_of = |pid: i32| -> i32 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
+    use crate::adversarial::parent_of;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let policy = codebox_local::SandboxPolicy::default()

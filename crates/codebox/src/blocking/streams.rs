@@ -7,16 +7,32 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{QUEUE_DEPTH, check_not_async, runtime};
-use crate::{EventStream, ExecEvent, Execution, ProcessEvent, ProcessStream, Result};
+use crate::{ExecEvent, Execution, ProcessEvent, Result};
 
-/// Items of an async stream, forwarded by a task on the runtime to a blocking reader. The
-/// task ends, dropping the stream (which cancels an execution), when the reader is dropped.
-pub(super) struct Pump<T> {
+/// The items of an async stream as a blocking iterator, forwarded by a task on the blocking
+/// API's runtime. The task ends, dropping the stream (which cancels an execution), when the
+/// iterator is dropped.
+pub struct StreamIter<T> {
     rx: tokio::sync::mpsc::Receiver<Result<T>>,
 }
 
-impl<T: Send + 'static> Pump<T> {
-    fn start(mut stream: std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>) -> Result<Self> {
+/// The events of an execution, as they happen: the iterator of
+/// [`BlockingBox::run_stream`](super::BlockingBox::run_stream).
+pub type Events = StreamIter<ExecEvent>;
+
+/// A background process's events, as they happen: the iterator of
+/// [`BlockingBox::start_process`](super::BlockingBox::start_process) and
+/// [`BlockingBox::connect_process`](super::BlockingBox::connect_process).
+pub type ProcessEvents = StreamIter<ProcessEvent>;
+
+impl<T> std::fmt::Debug for StreamIter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamIter").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> StreamIter<T> {
+    pub(super) fn pump(mut stream: std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>) -> Result<Self> {
         check_not_async()?;
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
         runtime()?.spawn(async move {
@@ -33,8 +49,12 @@ impl<T: Send + 'static> Pump<T> {
         });
         Ok(Self { rx })
     }
+}
 
-    fn next_item(&mut self) -> Option<Result<T>> {
+impl<T> Iterator for StreamIter<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Self::Item> {
         if let Err(e) = check_not_async() {
             return Some(Err(e));
         }
@@ -42,23 +62,7 @@ impl<T: Send + 'static> Pump<T> {
     }
 }
 
-/// The events of an execution, as they happen: the iterator of
-/// [`BlockingBox::run_stream`](super::BlockingBox::run_stream).
-pub struct Events {
-    pump: Pump<ExecEvent>,
-}
-
-impl std::fmt::Debug for Events {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Events").finish_non_exhaustive()
-    }
-}
-
-impl Events {
-    pub(super) fn pump(stream: EventStream) -> Result<Self> {
-        Ok(Self { pump: Pump::start(stream)? })
-    }
-
+impl StreamIter<ExecEvent> {
     /// Read the rest of the events into an [`Execution`], as
     /// [`BlockingBox::run`](super::BlockingBox::run) does.
     pub fn collect_execution(self) -> Result<Execution> {
@@ -67,45 +71,10 @@ impl Events {
     }
 }
 
-impl Iterator for Events {
-    type Item = Result<ExecEvent>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.pump.next_item()
-    }
-}
-
-/// A background process's events, as they happen: the iterator of
-/// [`BlockingBox::start_process`](super::BlockingBox::start_process) and
-/// [`BlockingBox::connect_process`](super::BlockingBox::connect_process).
-pub struct ProcessEvents {
-    pump: Pump<ProcessEvent>,
-}
-
-impl std::fmt::Debug for ProcessEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessEvents").finish_non_exhaustive()
-    }
-}
-
-impl ProcessEvents {
-    pub(super) fn pump(stream: ProcessStream) -> Result<Self> {
-        Ok(Self { pump: Pump::start(stream)? })
-    }
-}
-
-impl Iterator for ProcessEvents {
-    type Item = Result<ProcessEvent>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.pump.next_item()
-    }
-}
-
 /// A file's content in chunks, also a reader: the iterator of
 /// [`BlockingBox::download`](super::BlockingBox::download).
 pub struct Download {
-    pump: Pump<Bytes>,
+    chunks: StreamIter<Bytes>,
     /// What is left of the chunk a `read` did not take whole.
     pending: Bytes,
 }
@@ -118,7 +87,7 @@ impl std::fmt::Debug for Download {
 
 impl Download {
     pub(super) fn pump(stream: crate::ByteStream) -> Result<Self> {
-        Ok(Self { pump: Pump::start(stream)?, pending: Bytes::new() })
+        Ok(Self { chunks: StreamIter::pump(stream)?, pending: Bytes::new() })
     }
 }
 
@@ -129,14 +98,14 @@ impl Iterator for Download {
         if !self.pending.is_empty() {
             return Some(Ok(std::mem::take(&mut self.pending)));
         }
-        self.pump.next_item()
+        self.chunks.next()
     }
 }
 
 impl Read for Download {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.pending.is_empty() {
-            match self.pump.next_item() {
+            match self.chunks.next() {
                 None => return Ok(0),
                 Some(Ok(chunk)) => self.pending = chunk,
                 Some(Err(e)) => return Err(std::io::Error::other(e)),
