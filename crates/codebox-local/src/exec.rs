@@ -37,6 +37,13 @@ const FLUSH_CODE: &str =
     "await new Promise((resolve) => setTimeout(resolve, 0)); Deno.jupyter.broadcast(\"codebox_flush\", {})";
 
 /// Events buffered between the driver and the caller's stream.
+/// How often an execution that was interrupted (for its timeout, or because its caller left)
+/// and still runs is interrupted again, while its grace lasts. A SIGINT that lands just before
+/// the kernel's main thread blocks does not wake it; the lean kernel repeats its own signal
+/// until it is taken, other kernels (ipykernel) do not, and the end of the grace is a kill
+/// that loses the kernel's state.
+const INTERRUPT_AGAIN: Duration = Duration::from_secs(1);
+
 const EVENT_BUFFER: usize = 32;
 /// Kernel messages buffered between the socket readers and the driver.
 const MESSAGE_BUFFER: usize = 64;
@@ -163,6 +170,7 @@ impl Driver {
         let mut timed_out = false;
         let mut cancelled = false;
         let mut grace_until: Option<Instant> = None;
+        let mut again_at: Option<Instant> = None;
         while progress.reply.is_none() || !progress.idle {
             tokio::select! {
                 biased;
@@ -188,12 +196,19 @@ impl Driver {
                     timed_out = true;
                     let _ = self.kernel.interrupt().await;
                     grace_until = Some(Instant::now() + self.limits.interrupt_grace);
+                    again_at = Some(Instant::now() + INTERRUPT_AGAIN);
+                }
+                _ = tokio::time::sleep_until(again_at.unwrap_or(far)), if again_at.is_some() => {
+                    tracing::debug!("the execution still runs; interrupting it again");
+                    let _ = self.kernel.interrupt().await;
+                    again_at = Some(Instant::now() + INTERRUPT_AGAIN);
                 }
                 _ = tokio::time::sleep_until(grace_until.unwrap_or(far)), if grace_until.is_some() => {
                     // The kernel ignores the interrupt (C code holding the GIL): only a kill helps.
                     tracing::warn!(pid = self.kernel.pid(), "the kernel ignored the interrupt; killing it");
                     self.kernel.kill(ExitReason::TimeoutKill);
                     grace_until = None;
+                    again_at = None;
                     // The death arm reports it.
                 }
                 _ = self.tx.closed(), if !cancelled => {
@@ -202,6 +217,7 @@ impl Driver {
                     if !timed_out {
                         let _ = self.kernel.interrupt().await;
                         grace_until = Some(Instant::now() + self.limits.interrupt_grace);
+                        again_at = Some(Instant::now() + INTERRUPT_AGAIN);
                     }
                 }
             }

@@ -235,7 +235,8 @@ impl LocalBoxBuilder {
     }
 
     /// How long a timed-out execution may take to honour its interrupt before the kernel is
-    /// killed and restarted (default 5 s).
+    /// killed and restarted (default 5 s). It is interrupted again each second of the grace,
+    /// as is an execution whose caller dropped its stream.
     pub fn with_interrupt_grace(mut self, grace: Duration) -> Self {
         self.config.interrupt_grace = grace;
         self

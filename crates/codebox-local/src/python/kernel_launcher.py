@@ -5,10 +5,16 @@
 # Hiding debugpy while the kernel initializes makes ipykernel skip it, and the entry is
 # removed again before any user code runs, so `import debugpy` still works in a cell.
 #
+# Every thread ipykernel starts while it initializes (control, shell channel, IOPub,
+# heartbeat, output watchers) starts with SIGINT blocked, which it inherits: the interrupt
+# it sends to its own process must be taken by the main thread, which runs the cells. A
+# thread that took it instead would leave a cell that sleeps asleep.
+#
 # The collector is also paused while ipykernel loads: the import creates many objects
 # that all live for the whole session, so collecting during it only costs time. They
 # are then frozen out of later collections, which user code's collections skip too.
 import gc
+import signal
 import sys
 
 gc.disable()
@@ -26,7 +32,9 @@ if _hidden:
 from ipykernel.kernelapp import IPKernelApp
 
 app = IPKernelApp.instance()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 app.initialize(sys.argv[1:])
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 if _hidden:
     del sys.modules["debugpy"]
 del _hidden

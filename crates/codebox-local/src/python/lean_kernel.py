@@ -333,6 +333,10 @@ class Kernel:
         # which must not be the one interrupted.
         self.executions = 0
         self.interrupt_for = None
+        # Taken by the SIGINT handler (in the main thread, so reentrant) and by the thread
+        # that delivers an interrupt (see `deliver_interrupt`).
+        self.interrupt_lock = threading.RLock()
+        self.sigint_handler = None  # `main`'s, once installed
         # The header date of the request running now: an interrupt sent before it was
         # meant for an earlier execution (the client does not wait for the interrupt's
         # reply before it sends the next cell).
@@ -465,6 +469,30 @@ class Kernel:
         finally:
             self.status("idle", self.parent)
 
+    def deliver_interrupt(self, execution):
+        """SIGINT the main thread until its handler took the interrupt meant for `execution`,
+        or that execution ended.
+
+        Once is not always enough: a signal that lands after the main thread let go of the
+        GIL to block (time.sleep) but before it entered the system call trips the handler
+        without interrupting the call, which then sleeps its full length. That moment is
+        just when this thread, which needs the GIL, gets to run. The lock makes a signal
+        sent here and the handler taking the interrupt exclusive, so a cell is never
+        interrupted twice for one request. A cell that set a SIGINT handler of its own gets
+        one signal, as in Python; a cell in C code that never looks at signals, about a
+        second of them."""
+        main = threading.main_thread().ident
+        delay = 0.005
+        for _ in range(10):
+            with self.interrupt_lock:
+                if self.interrupt_for != execution or not self.executing or self.executions != execution:
+                    return
+                signal.pthread_kill(main, signal.SIGINT)
+                if signal.getsignal(signal.SIGINT) is not self.sigint_handler:
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
     def serve_control(self):
         """The control channel, in its own thread so that it answers while a cell runs."""
         while True:
@@ -475,8 +503,9 @@ class Kernel:
             msg_type = msg["header"]["msg_type"]
             if msg_type == "interrupt_request":
                 if self.executing and not _sent_before(msg["header"].get("date", ""), self.running_sent):
-                    self.interrupt_for = self.executions
-                    os.kill(os.getpid(), signal.SIGINT)
+                    with self.interrupt_lock:
+                        self.interrupt_for = self.executions
+                    threading.Thread(target=self.deliver_interrupt, args=(self.executions,), daemon=True).start()
                 self.session.send(self.control_socket, "interrupt_reply", {"status": "ok"}, parent, idents)
             elif msg_type == "shutdown_request":
                 restart = bool(msg["content"].get("restart", False))
@@ -492,6 +521,9 @@ class Kernel:
     def serve(self):
         threading.Thread(target=self.serve_control, name="codebox-control", daemon=True).start()
         self.flusher.start()
+        # Every thread of the kernel's own is started, with SIGINT blocked (see `main`):
+        # a SIGINT sent to the process now finds the main thread, the one that runs cells.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         while True:
             got = self.session.recv(self.shell_socket)
             if got is not None:
@@ -507,6 +539,9 @@ def main(argv):
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # The kernel's threads inherit this mask, so that none of them takes a SIGINT meant for
+    # the cell; `serve` unblocks it in the main thread once they are all started.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     kernel = Kernel(connection)
     sys.stdout, sys.stderr = kernel.stdout, kernel.stderr
 
@@ -514,11 +549,13 @@ def main(argv):
         # An interrupt request stops the execution it was sent for only: one that lands
         # between cells, or after its execution ended, is dropped. A SIGINT from elsewhere
         # (the cell's own `os.kill`) stops the running cell, as in Python.
-        meant_for, kernel.interrupt_for = kernel.interrupt_for, None
+        with kernel.interrupt_lock:
+            meant_for, kernel.interrupt_for = kernel.interrupt_for, None
         if kernel.executing and meant_for in (None, kernel.executions):
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
+    kernel.sigint_handler = on_sigint
     sys.path.insert(0, "")
     gc.freeze()
     gc.enable()

@@ -4,6 +4,7 @@
 # 127.0.0.1:3128 inside the box, where HTTP_PROXY and HTTPS_PROXY point.
 def _codebox_forward_network():
     import os
+    import signal
     import socket
     import threading
 
@@ -34,6 +35,8 @@ def _codebox_forward_network():
         dst.close()
 
     def serve():
+        # Its threads leave a SIGINT sent to the kernel to the thread that runs cells.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         while True:
             try:
                 client, _ = listener.accept()

@@ -101,6 +101,61 @@ async fn errors_input_and_interrupts_behave_like_the_default_kernel() {
     lb.stop().await.unwrap();
 }
 
+/// A cell that prints whether the thread running it is the only one of the kernel's threads
+/// that leaves SIGINT unblocked, then those threads and its own id.
+const SIGINT_TAKERS: &str = "import os, threading\ntakers = []\n\
+    for t in os.listdir('/proc/self/task'):\n    \
+        with open(f'/proc/self/task/{t}/status') as f:\n        \
+            blocked = int(next(l for l in f if l.startswith('SigBlk:')).split()[1], 16)\n    \
+        if not blocked & 2:\n        takers.append(int(t))\n\
+    print(takers == [threading.get_native_id()], takers, threading.get_native_id())";
+
+#[tokio::test]
+async fn only_the_thread_that_runs_cells_takes_an_interrupt() {
+    // An interrupt is a SIGINT the kernel sends itself. Taken by another of its threads, it
+    // would not wake a cell that sleeps, and the execution would be killed at the end of its
+    // grace, its state lost. So every thread the kernel starts for itself blocks it.
+    let forked = builder().with_kernel(LEAN_KERNEL);
+    let executed = builder().with_kernel(LEAN_KERNEL).with_fork_server(false);
+    let ipykernel = builder().with_kernel("python3");
+    for (name, builder) in [("forked lean", forked), ("executed lean", executed), ("ipykernel", ipykernel)] {
+        let lb = builder.build().unwrap();
+        let ex = within(name, lb.exec(SIGINT_TAKERS)).await.unwrap();
+        assert!(ex.stdout().starts_with("True "), "{name}: {ex:?}");
+        lb.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_execution_that_outlives_its_first_interrupt_is_interrupted_again_before_the_kill() {
+    // A cell that shrugs off the first SIGINT (as a signal that lands just before the kernel
+    // blocks is shrugged off) and takes the second: within the grace, the timeout interrupts
+    // it again, and the kernel keeps its state instead of being killed.
+    let code = "import signal, time\nhits = []\nold = signal.getsignal(signal.SIGINT)\n\
+                def once(signum, frame):\n    hits.append(signum)\n    if len(hits) > 1:\n        \
+                signal.signal(signal.SIGINT, old)\n        raise KeyboardInterrupt\n\
+                signal.signal(signal.SIGINT, once)\ntime.sleep(30)";
+    let lean = builder().with_kernel(LEAN_KERNEL);
+    let ipykernel = builder().with_kernel("python3");
+    for (name, builder) in [("lean", lean), ("ipykernel", ipykernel)] {
+        let lb = builder.with_interrupt_grace(Duration::from_secs(20)).build().unwrap();
+        lb.exec("kept = 'yes'").await.unwrap();
+        let options = RunOptions::new().with_timeout(Duration::from_millis(300));
+        let ex = within(name, lb.run(code, options)).await.unwrap();
+        assert_eq!(ex.outcome, Outcome::TimedOut, "{name}: {ex:?}");
+        assert_eq!(lb.exec("len(hits), kept").await.unwrap().text(), "(2, 'yes')", "{name}");
+        // The kernel's own handler is back: a plain interrupt still works.
+        let ex = within(
+            name,
+            lb.run("import time\ntime.sleep(30)", RunOptions::new().with_timeout(Duration::from_millis(300))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ex.outcome, Outcome::TimedOut, "{name}: {ex:?}");
+        lb.stop().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_dying_lean_kernel_is_reported_and_replaced() {
     let lb = lean().await;
