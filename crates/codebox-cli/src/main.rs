@@ -32,6 +32,8 @@ enum Command {
     Exec(api::exec::ExecArgs),
     /// Run a program in a session: codebox sh SESSION -- CMD ARGS…
     Sh(api::exec::ShArgs),
+    /// A session's background processes: ls, start, logs, input, kill.
+    Processes(api::processes::ProcessesArgs),
     /// A session's files: ls, put, get, rm, mkdir.
     Files(api::files::FilesArgs),
     /// Install packages into a session.
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Sessions(args) => api::finish(args.conn.json, api::sessions::main(args)),
         Command::Exec(args) => api::finish(args.conn.json, api::exec::exec(args)),
         Command::Sh(args) => api::finish(args.conn.json, api::exec::sh(args)),
+        Command::Processes(args) => api::finish(args.conn.json, api::processes::main(args)),
         Command::Files(args) => api::finish(args.conn.json, api::files::main(args)),
         Command::Install(args) => api::finish(args.conn.json, api::info::install(args)),
         Command::Templates(args) => api::finish(args.conn.json, api::info::templates(args)),

@@ -1,5 +1,5 @@
-//! The commands that drive a CodeBox server's API: `sessions`, `exec`, `sh`, `files`,
-//! `install`, `templates`, `metrics`, `history` and `contexts`.
+//! The commands that drive a CodeBox server's API: `sessions`, `exec`, `sh`, `processes`,
+//! `files`, `install`, `templates`, `metrics`, `history` and `contexts`.
 //!
 //! They are ordinary blocking programs, so they use `codebox::blocking`. Every one takes the
 //! server's URL and key from `--url`/`--api-key` or, better, from `CODEBOX_API_URL` (or
@@ -21,6 +21,7 @@ use serde::Serialize;
 pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod info;
+pub(crate) mod processes;
 pub(crate) mod sessions;
 
 /// The command did what it was asked.

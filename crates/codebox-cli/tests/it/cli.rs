@@ -1,5 +1,5 @@
-//! The API commands (`sessions`, `exec`, `sh`, `files`, `install`, `templates`, `metrics`,
-//! `history`, `contexts`) as a user runs them: the built binary against a real
+//! The API commands (`sessions`, `exec`, `sh`, `processes`, `files`, `install`, `templates`,
+//! `metrics`, `history`, `contexts`) as a user runs them: the built binary against a real
 //! `codebox serve`, the server and key from `CODEBOX_API_URL` and `CODEBOX_API_KEY`.
 
 use std::io::Write;
@@ -47,6 +47,20 @@ impl Server {
 
     fn run(&self, args: &[&str]) -> Run {
         self.run_with(KEY_A, args, b"")
+    }
+
+    /// `codebox ARGS` as tenant A, left running, its output piped.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_codebox"))
+            .args(args)
+            .env_remove("CODEBOX_BASE_URL")
+            .env("CODEBOX_API_URL", format!("http://{}", self.serve.addr))
+            .env("CODEBOX_API_KEY", KEY_A)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run codebox")
     }
 }
 
@@ -258,6 +272,67 @@ fn files_go_up_and_down_in_chunks_and_are_listed_made_and_removed() {
 }
 
 #[test]
+fn background_processes_are_started_listed_fed_followed_and_signalled() {
+    if !can_run() {
+        return;
+    }
+    let s = Server::start();
+    let id = s.run(&["sessions", "create"]).ok().trim().to_owned();
+
+    // A program that answers the lines it reads, followed from its start by `start --follow`.
+    let echo = "while read l; do echo got $l; done; echo bye >&2; exit 3";
+    let follower =
+        s.spawn(&["processes", "start", &id, "--stdin", "--tag", "echo", "--follow", "--", "sh", "-c", echo]);
+    let pid = wait_for(|| {
+        let list = s.run(&["processes", "ls", "--json", &id]).json();
+        list.as_array().unwrap().iter().find(|p| p["spec"]["tag"] == "echo").map(|p| p["pid"].to_string())
+    });
+    let listed = s.run(&["processes", "ls", &id]).ok();
+    assert!(listed.contains(&format!("{pid}\techo\tsh -c while read l")), "{listed}");
+    assert_eq!(s.run(&["processes", "input", &id, &pid, "one\n"]).ok(), format!("wrote 4 bytes to {pid}\n"));
+    s.run_with(KEY_A, &["processes", "input", &id, &pid, "--close"], b"two\n").ok();
+    let followed = follower.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&followed.stdout), String::from_utf8_lossy(&followed.stderr));
+    assert_eq!(followed.status.code(), Some(1), "{out}\n{err}");
+    assert_eq!(out, "got one\ngot two\n");
+    assert!(err.contains(&format!("started process {pid}")) && err.contains("bye\n"), "{err}");
+    assert!(err.contains("exited with status 3"), "{err}");
+
+    // Started and left running: its pid on stdout; `logs` follows it to its end.
+    let ticks = "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; sleep 0.2; done";
+    let pid = s.run(&["processes", "start", &id, "--", "sh", "-c", ticks]).ok().trim().to_owned();
+    let logs = s.run(&["processes", "logs", &id, &pid]).ok();
+    assert!(logs.ends_with("tick 10\n"), "{logs}");
+
+    // Signalled: gone from the list; its end still answers `logs --json` for a while.
+    let sleeper = s.run(&["processes", "start", "--json", &id, "--tag", "sleeper", "--", "sleep", "100"]).json();
+    let pid = sleeper["pid"].to_string();
+    s.run(&["processes", "input", &id, &pid, "x"]).exit(2); // started without --stdin
+    assert_eq!(s.run(&["processes", "kill", &id, &pid, "--signal", "kill"]).ok(), format!("sent SIGKILL to {pid}\n"));
+    wait_for(|| (!s.run(&["processes", "ls", &id]).ok().contains("sleeper")).then_some(()));
+    let end = s.run(&["processes", "logs", "--json", &id, &pid]).exit(1);
+    let end: serde_json::Value = serde_json::from_str(end.lines().last().unwrap()).unwrap();
+    assert_eq!((end["type"].as_str(), end["signal"].as_i64()), (Some("end"), Some(9)), "{end}");
+
+    s.run(&["processes", "kill", &id, &pid, "--signal", "HUP"]).exit(2);
+    s.run(&["processes", "start", &id]).exit(2);
+    s.run(&["processes", "ls", "no-such-session"]).exit(2);
+    s.serve.stop();
+}
+
+/// Poll `f` until it gives a value (at most 30 s).
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "gave up waiting");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn install_templates_metrics_history_and_contexts() {
     if !can_run() {
         return;
@@ -310,7 +385,7 @@ fn dist_assets_writes_completions_and_man_pages_of_every_command() {
         .expect("run codebox");
     assert!(status.success());
     let bash = std::fs::read_to_string(out.path().join("completions/codebox.bash")).unwrap();
-    for word in ["sessions", "set-timeout", "exec", "files", "mkdir", "--json", "--api-key"] {
+    for word in ["sessions", "set-timeout", "exec", "processes", "files", "mkdir", "--json", "--api-key"] {
         assert!(bash.contains(word), "bash completions lack {word}");
     }
     for shell in ["_codebox", "codebox.fish", "codebox.elv", "_codebox.ps1"] {
@@ -322,7 +397,14 @@ fn dist_assets_writes_completions_and_man_pages_of_every_command() {
         let text = std::fs::read_to_string(out.path().join("man").join(page)).unwrap();
         assert!(text.contains("Exit status: 0 ok; 1 the code raised"), "{page} documents the exit statuses");
     }
-    for page in ["codebox.1", "codebox-sessions-create.1", "codebox-files-put.1", "codebox-sh.1", "codebox-history.1"] {
+    for page in [
+        "codebox.1",
+        "codebox-sessions-create.1",
+        "codebox-files-put.1",
+        "codebox-sh.1",
+        "codebox-processes-start.1",
+        "codebox-history.1",
+    ] {
         assert!(out.path().join("man").join(page).is_file(), "{page}");
     }
     assert!(!out.path().join("man/codebox-dist-assets.1").exists(), "the hidden command has no page");
