@@ -4,7 +4,6 @@
 //! Everything here is blocking file reading (`/proc`, `/sys/fs/cgroup`, a bounded walk of
 //! the working directory); [`sample`] runs on the blocking pool.
 
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -206,26 +205,13 @@ fn proc_counters(pid: i32) -> Option<ProcCounters> {
     })
 }
 
-/// `root` and every process descending from it, from the parent ids in `/proc`.
+/// `root` and every process descending from it.
 fn process_tree(root: i32) -> Vec<i32> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some(ppid) = stat_fields(&stat).and_then(|f| f.get(1)?.parse::<i32>().ok()) else { continue };
-        children.entry(ppid).or_default().push(pid);
-    }
     if !Path::new(&format!("/proc/{root}")).exists() {
         return Vec::new();
     }
     let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        if let Some(kids) = children.get(&tree[i]) {
-            tree.extend(kids.iter().copied().filter(|k| *k != root));
-        }
-        i += 1;
-    }
+    tree.extend(codebox_sandbox::proctree::descendants(root));
     tree
 }
 

@@ -51,6 +51,7 @@ mod netns;
 mod netproxy;
 mod policy;
 mod probe;
+pub mod proctree;
 mod rlimits;
 pub mod rmtree;
 mod seccomp;

@@ -87,20 +87,12 @@ fn namespace_id(file: &File) -> io::Result<(u64, u64)> {
     Ok((meta.dev(), meta.ino()))
 }
 
-/// The parent pid of `pid`, from `/proc/<pid>/stat` (after the command name, which may hold
-/// anything, including parentheses: the last `)` ends it).
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The children of every process in `parents`, each with its parent, by one pass over `/proc`.
 fn children_of(parents: &[i32]) -> Vec<(i32, Option<i32>)> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut children: Vec<(i32, Option<i32>)> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| parent_of(pid).filter(|p| parents.contains(p)).map(|p| (pid, Some(p))))
+        .filter_map(|pid| crate::proctree::parent_of(pid).filter(|p| parents.contains(p)).map(|p| (pid, Some(p))))
         .collect();
     children.sort_unstable();
     children
@@ -122,7 +114,7 @@ impl BoxNamespace {
                 let Ok(id) = namespace_id(&ns) else { continue };
                 // The descriptor holds the namespace from here on; a pid checked again after
                 // opening cannot have been reused by a process outside the tree in between.
-                let still_in_tree = parent.is_none_or(|p| parent_of(pid) == Some(p));
+                let still_in_tree = parent.is_none_or(|p| crate::proctree::parent_of(pid) == Some(p));
                 if id != ours && still_in_tree {
                     return Ok(Some(Self { ns }));
                 }

@@ -370,10 +370,8 @@ impl Follow {
         if self.group_id <= 1 {
             return;
         }
-        for pid in descendants(self.group_id) {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, signal);
-            }
+        for pid in codebox_sandbox::proctree::descendants(self.group_id) {
+            codebox_sandbox::proctree::signal_if_below(self.group_id, pid, signal);
         }
     }
 
@@ -401,30 +399,6 @@ impl Follow {
             lock(&table).by_pid.remove(&self.pid);
         }
     }
-}
-
-/// The processes below `ancestor` (not itself), from `/proc`: children before their own.
-fn descendants(ancestor: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut children: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-        if let Some(ppid) = ppid {
-            children.entry(ppid).or_default().push(pid);
-        }
-    }
-    let mut found = Vec::new();
-    let mut next = vec![ancestor];
-    while let Some(pid) = next.pop() {
-        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
-            found.push(child);
-            next.push(child);
-        }
-    }
-    found
 }
 
 /// How a process that exited with `status` ended.
