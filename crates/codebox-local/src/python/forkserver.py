@@ -1,7 +1,8 @@
 
 # codebox's kernel fork server: this process has imported everything the lean kernel
-# imports and runs no code of anyone's; each lean kernel is a fork of it, so the pages of
-# those imports are shared between kernels instead of being built again in every one.
+# imports, and built its IPython shell, and runs no code of anyone's; each lean kernel is a
+# fork of it, so the pages of those imports and of that shell are shared between kernels
+# instead of being built again in every one.
 #
 # It runs after the lean kernel's source (with `_CODEBOX_FORKSERVER` set, so that its
 # `main` does not run), as `python -c <lean kernel + this> <network forwarder source>`, with

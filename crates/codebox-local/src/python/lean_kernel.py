@@ -322,6 +322,44 @@ def _no_comms(*args, **kwargs):
     )
 
 
+def _build_shell():
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    return LeanShell.instance(config=config, colors="nocolor")
+
+
+def _prebuild_shell():
+    """In the fork server: build the shell once, before any box exists, so that every kernel
+    forked from it shares its objects instead of building its own (about 5 MiB each). Its
+    IPython directory is a throwaway one; a kernel takes its box's in `_shell_for_box`."""
+    import shutil
+    import tempfile
+
+    ipython_dir = tempfile.mkdtemp(prefix="codebox-ipython-")
+    os.environ["IPYTHONDIR"] = ipython_dir
+    try:
+        _build_shell()
+    finally:
+        del os.environ["IPYTHONDIR"]
+        shutil.rmtree(ipython_dir, ignore_errors=True)
+
+
+def _shell_for_box():
+    """The kernel's shell: built now or, in a kernel forked from the fork server, the one
+    built there, given what belongs to the box: the IPython directory and profile under its
+    home, its working directory, a history session of its own (which holds the directory
+    history, `_dh`), and its virtualenv."""
+    if not LeanShell.initialized():
+        return _build_shell()
+    shell = LeanShell.instance()
+    shell.init_ipython_dir(None)
+    shell.init_profile_dir(None)
+    shell.starting_dir = os.getcwd()
+    shell.history_manager.reset(new_session=True)
+    shell.init_virtualenv()
+    return shell
+
+
 class Kernel:
     def __init__(self, connection):
         self.session = Session(connection.get("key", ""), connection.get("signature_scheme", "hmac-sha256"))
@@ -374,9 +412,7 @@ class Kernel:
         sys.__stdout__.flush()
         self.fd_capture = FdCapture(1, self.stdout)
 
-        config = Config()
-        config.HistoryManager.hist_file = ":memory:"
-        self.shell = LeanShell.instance(config=config, colors="nocolor")
+        self.shell = _shell_for_box()
         self.shell.codebox_kernel = self
         builtins.input = _no_stdin
         # ipywidgets and other comm users get a clear error rather than a silent dummy.
@@ -565,3 +601,5 @@ def main(argv):
 # Under the fork server (forkserver.py) this module is loaded once and each kernel is a fork.
 if not globals().get("_CODEBOX_FORKSERVER"):
     main(sys.argv[1:])
+else:
+    _prebuild_shell()

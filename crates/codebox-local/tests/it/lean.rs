@@ -238,6 +238,15 @@ async fn under_bubblewrap_the_lean_kernel_is_forked_from_the_fork_server() {
     // In the box's own pid namespace (its init, the placeholder, the kernel), in its directory.
     let workdir = lb.working_dir().await.unwrap();
     assert_eq!(ex.stdout().trim(), format!("3 {}", workdir.display()));
+    // The IPython shell the fork server built is the box's: its IPython directory under the
+    // box's home, its working directory and directory history, a history of its own (`In`
+    // holds the empty entry and this box's two cells).
+    let shell = "import os\nip = get_ipython()\nhome = os.environ['HOME']\n\
+                 print(ip.ipython_dir.startswith(home), ip.profile_dir.location.startswith(home), \
+                 os.path.isdir(ip.profile_dir.location), [str(d) for d in _dh] == [os.getcwd()], \
+                 ip.starting_dir == os.getcwd(), len(In))";
+    let ex = within("shell", lb.exec(shell)).await.unwrap();
+    assert_eq!(ex.stdout(), "True True True True True 3\n", "{ex:?}");
     lb.stop().await.unwrap();
     // Executed as before when asked.
     let lb = builder().with_kernel(LEAN_KERNEL).with_sandbox(policy).with_fork_server(false).build().unwrap();
