@@ -335,7 +335,10 @@ def _prebuild_shell():
     import shutil
     import tempfile
 
-    ipython_dir = tempfile.mkdtemp(prefix="codebox-ipython-")
+    try:
+        ipython_dir = tempfile.mkdtemp(prefix="codebox-ipython-")
+    except OSError:
+        return  # Nowhere to build it: each kernel builds its own.
     os.environ["IPYTHONDIR"] = ipython_dir
     try:
         _build_shell()
