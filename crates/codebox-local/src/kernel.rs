@@ -96,8 +96,6 @@ pub(crate) struct Kernel {
     _net_proxy: Option<NetProxy>,
     /// Removed without recursion: under Landlock the box's TMPDIR and HOME are in it.
     runtime_dir: codebox_sandbox::rmtree::OwnedDir,
-    /// Forked from the fork server rather than executed.
-    forked: bool,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -171,7 +169,6 @@ impl Kernel {
         let key = random_hex(32);
         let (endpoints, conn_file) = write_connection_file(spec, runtime_dir.path(), &key)?;
         let spawned = spawn_kernel(spec, &conn_file, &env, &confinement, runtime_dir.path()).await?;
-        let forked = matches!(spawned, Spawned::Forked(_));
 
         let max_message = spec.sandbox.limits.max_message;
         let oversize = Arc::new(Oversize::default());
@@ -218,7 +215,6 @@ impl Kernel {
             confinement,
             _net_proxy: net_proxy,
             runtime_dir,
-            forked,
         };
         match kernel.wait_ready(deadline, spec.start_timeout).await {
             Ok(()) => {
@@ -416,7 +412,7 @@ impl Kernel {
 
     /// Whether the kernel was forked from the fork server rather than executed.
     pub(crate) fn forked(&self) -> bool {
-        self.forked
+        self.process.holder.is_some()
     }
 
     /// The directory of the kernel's sockets and connection file.

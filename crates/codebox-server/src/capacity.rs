@@ -1,7 +1,7 @@
 //! How many sessions a host's memory holds, for a server that is not told.
 
 /// Memory counted for each session when the session cap follows from a host's memory
-/// ([`max_sessions_for_memory`]). An idle session of the default template holds about 13 MiB
+/// ([`max_sessions_for_memory`]). An idle session of the default template holds about 10 MiB
 /// (PSS, every process of it; 18 MiB with `--no-fork-server`: `cargo xtask bench --only
 /// burst`); the rest is headroom for the sessions working at any moment, which may each grow
 /// to their own memory limit.

@@ -1,7 +1,7 @@
 //! `codebox exec SESSION CODE` (code in the session's kernel, its output streamed) and
 //! `codebox sh SESSION -- CMD ARGS…` (a program, no shell).
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use codebox::{CommandSpec, ExecEvent, MimeBundle, Outcome as RunOutcome, RunOptions};
@@ -31,13 +31,8 @@ pub(crate) struct ExecArgs {
 
 pub(crate) fn exec(args: ExecArgs) -> Outcome {
     let code = if args.code == "-" {
-        let mut stdin = std::io::stdin();
-        if stdin.is_terminal() {
-            return Err(Failure::usage("CODE is `-` but stdin is a terminal: pipe the code in"));
-        }
-        let mut code = String::new();
-        stdin.read_to_string(&mut code).map_err(|e| Failure::usage(format!("reading code from stdin: {e}")))?;
-        code
+        let code = super::piped_stdin("CODE is `-` but stdin is a terminal: pipe the code in")?;
+        String::from_utf8(code).map_err(|_| Failure::usage("the code on stdin is not UTF-8"))?
     } else {
         args.code.clone()
     };

@@ -11,7 +11,7 @@
 // Printing results and errors is these commands' whole job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use codebox::blocking::{Client, RemoteBox};
@@ -154,6 +154,17 @@ pub(crate) fn finish(json: bool, outcome: Outcome) -> ExitCode {
             ExitCode::from(f.exit)
         }
     }
+}
+
+/// All of stdin, which must be piped: on a terminal, a usage error saying `when_terminal`.
+pub(crate) fn piped_stdin(when_terminal: &str) -> Result<Vec<u8>, Failure> {
+    let mut stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(Failure::usage(when_terminal));
+    }
+    let mut data = Vec::new();
+    stdin.read_to_end(&mut data).map_err(|e| Failure::usage(format!("reading stdin: {e}")))?;
+    Ok(data)
 }
 
 /// Parse `KEY=VALUE`.

@@ -1,7 +1,7 @@
 //! `codebox processes ls|start|logs|input|kill SESSION …`: a session's background processes
 //! (a server, a watcher, a long build) that run on between commands.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use codebox::blocking::ProcessEvents;
@@ -161,15 +161,7 @@ pub(crate) fn main(args: ProcessesArgs) -> Outcome {
             let data = match text {
                 Some(text) => text.into_bytes(),
                 None if close && std::io::stdin().is_terminal() => Vec::new(),
-                None => {
-                    let mut stdin = std::io::stdin();
-                    if stdin.is_terminal() {
-                        return Err(Failure::usage("no TEXT and stdin is a terminal: give TEXT or pipe it in"));
-                    }
-                    let mut data = Vec::new();
-                    stdin.read_to_end(&mut data).map_err(|e| Failure::usage(format!("reading stdin: {e}")))?;
-                    data
-                }
+                None => super::piped_stdin("no TEXT and stdin is a terminal: give TEXT or pipe it in")?,
             };
             let (_, b) = conn.session(&session)?;
             let written = data.len();
